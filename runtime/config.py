@@ -1,0 +1,183 @@
+"""Configuration: what the model folder says (ModelConfig) and how to run it (EngineConfig)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    theta: float = 10000.0
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The subset of a Hugging Face config.json that our model code needs."""
+
+    path: str
+    architecture: str
+    family: str  # llama | qwen2 | qwen3: which layer variant to build
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    qk_norm: bool
+    rope: RopeConfig
+    torch_dtype: str
+    eos_token_ids: tuple[int, ...]
+    sliding_window: int | None = None
+
+    @staticmethod
+    def from_path(path: str | os.PathLike) -> "ModelConfig":
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder not found: {str(path)!r}")
+        cfg_file = folder / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"no config.json in model folder {str(path)!r}")
+        raw = json.loads(cfg_file.read_text())
+        archs = raw.get("architectures") or []
+        arch = archs[0] if archs else None
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"unsupported model architecture {arch!r} in {cfg_file} "
+                f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})"
+            )
+        family = SUPPORTED_ARCHITECTURES[arch]
+        num_heads = raw["num_attention_heads"]
+        head_dim = raw.get("head_dim") or raw["hidden_size"] // num_heads
+        eos = _eos_ids(folder, raw)
+        sliding = raw.get("sliding_window")
+        if family != "llama" and not raw.get("use_sliding_window", False):
+            sliding = None
+        return ModelConfig(
+            path=str(folder.resolve()),
+            architecture=arch,
+            family=family,
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=raw.get("num_key_value_heads") or num_heads,
+            head_dim=head_dim,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            max_position_embeddings=raw.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            attention_bias=family == "qwen2" or bool(raw.get("attention_bias", False)),
+            qk_norm=family == "qwen3",
+            rope=_rope_config(raw, cfg_file),
+            torch_dtype=str(raw.get("dtype") or raw.get("torch_dtype") or "float32"),
+            eos_token_ids=eos,
+            sliding_window=sliding,
+        )
+
+
+def _rope_config(raw: dict[str, Any], where: Path) -> RopeConfig:
+    # transformers >= 5 writes "rope_parameters"; older folders have rope_theta + rope_scaling.
+    params = dict(raw.get("rope_parameters") or {})
+    if not params:
+        params = dict(raw.get("rope_scaling") or {})
+        params.setdefault("rope_theta", raw.get("rope_theta", 10000.0))
+    rope_type = params.get("rope_type") or params.get("type") or "default"
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise ValueError(f"unsupported rope type {rope_type!r} in {where} (supported: {SUPPORTED_ROPE_TYPES})")
+    return RopeConfig(
+        theta=float(params.get("rope_theta", raw.get("rope_theta", 10000.0))),
+        rope_type=rope_type,
+        factor=float(params.get("factor", 1.0)),
+        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=int(
+            params.get("original_max_position_embeddings", raw.get("max_position_embeddings", 8192))
+        ),
+    )
+
+
+def _eos_ids(folder: Path, raw: dict[str, Any]) -> tuple[int, ...]:
+    ids: list[int] = []
+
+    def add(value: Any) -> None:
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and v not in ids:
+                ids.append(v)
+
+    add(raw.get("eos_token_id"))
+    gen_file = folder / "generation_config.json"
+    if gen_file.is_file():
+        add(json.loads(gen_file.read_text()).get("eos_token_id"))
+    return tuple(ids)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to run a model. Every field is an `Engine(...)` keyword."""
+
+    model_path: str
+    tokenizer_path: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    context_length: int | None = None  # default: the model's max_position_embeddings
+    # KV pool size: a token count wins; else a fraction of free GPU memory; CPU defaults to a budget.
+    max_total_tokens: int | None = None
+    mem_fraction_static: float = 0.85
+    max_running_requests: int | None = None
+    max_prefill_tokens: int = 16384
+    chunked_prefill_size: int | None = None  # default: 8192 on GPU, 2048 on CPU; -1 disables chunking
+    schedule_policy: str = "lpm"  # lpm | fcfs
+    disable_radix_cache: bool = False
+    schedule_conservativeness: float = 1.0
+    random_seed: int | None = None
+    log_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if self.schedule_policy not in ("lpm", "fcfs"):
+            raise ValueError(f"schedule_policy must be 'lpm' or 'fcfs', got {self.schedule_policy!r}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.max_total_tokens is not None and self.max_total_tokens < 2:
+            raise ValueError(f"max_total_tokens must be >= 2, got {self.max_total_tokens}")
+        if not 0.0 < self.mem_fraction_static < 1.0:
+            raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
+        if self.context_length is not None and self.context_length < 2:
+            raise ValueError(f"context_length must be >= 2, got {self.context_length}")
+        if self.chunked_prefill_size is not None and self.chunked_prefill_size == 0:
+            raise ValueError("chunked_prefill_size must be positive, or -1 to disable chunking")
+        if self.max_prefill_tokens < 1:
+            raise ValueError(f"max_prefill_tokens must be >= 1, got {self.max_prefill_tokens}")
+
+    @staticmethod
+    def from_kwargs(model_path: str, **options: Any) -> "EngineConfig":
+        names = {f.name for f in dataclasses.fields(EngineConfig)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"unknown engine option(s): {', '.join(unknown)}")
+        return EngineConfig(model_path=str(model_path), **options)
+
+
+__all__ = ["ModelConfig", "EngineConfig", "RopeConfig", "SUPPORTED_ARCHITECTURES"]

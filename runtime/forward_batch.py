@@ -1,0 +1,67 @@
+"""The contract between scheduler and model runner: one batch in, one result out.
+
+The scheduler decides who runs and where their KV lives (`ForwardBatch`); the runner
+turns that into logits and sampled tokens (`ForwardResult`). The model's layers read
+their attention metadata from the same `ForwardBatch`, so nothing about batching
+leaks into layer signatures.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from radixlm.runtime.attention import AttentionBackend
+    from radixlm.runtime.sampling import SamplingBatch
+
+
+class ForwardMode(enum.Enum):
+    EXTEND = "extend"  # new tokens over a cached prefix (prefill, chunk, jump-forward)
+    DECODE = "decode"  # exactly one new token per request
+
+
+@dataclass
+class ForwardBatch:
+    mode: ForwardMode
+    input_ids: torch.Tensor  # [T] new tokens, request-major
+    positions: torch.Tensor  # [T] absolute position of each new token
+    out_cache_loc: torch.Tensor  # [T] KV slot each new token's K/V is written to
+    req_pool_indices: torch.Tensor  # [B] row of req_to_token per request
+    seq_lens: torch.Tensor  # [B] prefix + new tokens
+    prefix_lens: torch.Tensor  # [B] tokens already in the KV cache
+    extend_lens: torch.Tensor  # [B] new tokens (1 per request in decode)
+    # Which rows of the new tokens need logits, and which of those are sampled from:
+    # `logits_indices` selects hidden states; `sample_rows[i]` is the row of request i's
+    # last token inside that selection, or -1 for a request that samples nothing.
+    logits_indices: torch.Tensor
+    sample_rows: list[int]
+    sampling: "SamplingBatch | None" = None
+    # Logprob requests, one entry per logits row that wants them: the row (into the
+    # selection), the token whose logprob is wanted (-1: the token sampled from that row),
+    # and how many top alternatives to return.
+    logprob_rows: list[int] = field(default_factory=list)
+    logprob_targets: list[int] = field(default_factory=list)
+    logprob_top_k: list[int] = field(default_factory=list)
+    attn_backend: "AttentionBackend | None" = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.req_pool_indices.numel())
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+
+@dataclass
+class ForwardResult:
+    next_token_ids: list[int]  # one per request; -1 where nothing was sampled
+    # Per logprob request, in order: the target token's logprob and its top alternatives
+    # as (token_id, logprob) pairs. Logprobs are the model's log-softmax, before
+    # temperature, penalties and filtering.
+    token_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)

@@ -1,0 +1,73 @@
+"""Memory pools: the request-to-token table, the KV pool and its slot allocator (page size 1).
+
+`req_to_token[req_slot, pos]` is the KV slot of token `pos` of the request in `req_slot`.
+KV slot 0 is a dummy that is never handed out, so padded positions can point at it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ReqToTokenPool:
+    """Rows of KV slot indices, one row per running request."""
+
+    def __init__(self, num_rows: int, max_context_len: int, device: torch.device) -> None:
+        self.num_rows = num_rows
+        self.max_context_len = max_context_len
+        self.req_to_token = torch.zeros((num_rows, max_context_len), dtype=torch.int32, device=device)
+        self._free_rows = list(range(num_rows))
+
+    @property
+    def available(self) -> int:
+        return len(self._free_rows)
+
+    def alloc(self) -> int | None:
+        return self._free_rows.pop() if self._free_rows else None
+
+    def free(self, row: int) -> None:
+        assert row not in self._free_rows, f"double free of request row {row}"
+        self._free_rows.append(row)
+
+    def reset(self) -> None:
+        self._free_rows = list(range(self.num_rows))
+
+
+class KVPool:
+    """Per-layer K and V buffers `[num_slots + 1, kv_heads, head_dim]` and a free list of slots."""
+
+    def __init__(self, num_slots: int, num_layers: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.num_slots = num_slots
+        self.dtype = dtype
+        self.device = device
+        shape = (num_slots + 1, num_kv_heads, head_dim)
+        self.k_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.reset()
+
+    @staticmethod
+    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+    @property
+    def available(self) -> int:
+        return int(self._free.numel())
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        """n free slot indices (int64, on the pool's device), or None if fewer than n are free."""
+        if n > self._free.numel():
+            return None
+        out, self._free = self._free[:n], self._free[n:]
+        return out
+
+    def free(self, slots: torch.Tensor) -> None:
+        if slots.numel():
+            self._free = torch.cat([self._free, slots.to(self._free.device, torch.int64)])
+
+    def reset(self) -> None:
+        self._free = torch.arange(1, self.num_slots + 1, dtype=torch.int64, device=self.device)
+
+    def store(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k_buffers[layer][slots] = k.to(self.dtype)
+        self.v_buffers[layer][slots] = v.to(self.dtype)

@@ -1,0 +1,107 @@
+"""The model runner: owns the model, the KV pools and the attention backend; runs one batch.
+
+It never decides who runs. The scheduler hands it a `ForwardBatch`; it returns a
+`ForwardResult` with the sampled tokens and requested logprobs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from radixlm.runtime.attention import AttentionBackend
+from radixlm.runtime.config import EngineConfig, ModelConfig
+from radixlm.runtime.forward_batch import ForwardBatch, ForwardResult
+from radixlm.runtime.memory import KVPool, ReqToTokenPool
+from radixlm.runtime.models import load_model
+from radixlm.runtime.sampling import logprobs_of, sample
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CPU_DEFAULT_MAX_TOTAL_TOKENS = 65536
+MAX_RUNNING_REQUESTS_DEFAULT = 1024
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(name: str, model_cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cpu":
+        return torch.float32  # CPU half precision is slow and drifts from the fp32 oracle
+    return _DTYPES.get(model_cfg.torch_dtype, torch.bfloat16) if model_cfg.torch_dtype != "float32" else torch.bfloat16
+
+
+class ModelRunner:
+    def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig) -> None:
+        self.cfg = cfg
+        self.model_cfg = model_cfg
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, model_cfg, self.device)
+        self.vocab_size = model_cfg.vocab_size
+
+        limit = model_cfg.max_position_embeddings
+        if model_cfg.sliding_window:
+            limit = min(limit, model_cfg.sliding_window)  # no sliding-window attention: stay inside it
+        if cfg.context_length is not None and cfg.context_length > limit:
+            raise ValueError(f"context_length {cfg.context_length} exceeds the model's limit of {limit} tokens")
+        self.model_context_len = cfg.context_length or limit
+        self.model = load_model(model_cfg, self.dtype, self.device, self.model_context_len)
+
+        self.max_total_tokens = self._kv_capacity()
+        # a lone request must always fit in the pool, so the usable context is capped by it
+        self.context_len = min(self.model_context_len, self.max_total_tokens - 1)
+        rows = cfg.max_running_requests or min(MAX_RUNNING_REQUESTS_DEFAULT, max(self.max_total_tokens // 2, 1))
+        self.req_pool = ReqToTokenPool(rows, self.context_len + 1, self.device)
+        self.kv_pool = KVPool(self.max_total_tokens, model_cfg.num_layers, model_cfg.num_kv_heads,
+                              model_cfg.head_dim, self.dtype, self.device)
+        self.attn_backend = AttentionBackend(self.kv_pool, self.req_pool, model_cfg.num_heads, model_cfg.head_dim)
+        logger.info("model loaded: %s on %s (%s); KV pool %d tokens, %d request rows, context %d",
+                    model_cfg.architecture, self.device, self.dtype, self.max_total_tokens, rows, self.context_len)
+
+    def _kv_capacity(self) -> int:
+        if self.cfg.max_total_tokens is not None:
+            return self.cfg.max_total_tokens
+        per_token = KVPool.bytes_per_token(self.model_cfg.num_layers, self.model_cfg.num_kv_heads,
+                                           self.model_cfg.head_dim, self.dtype)
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = free - total * (1.0 - self.cfg.mem_fraction_static)
+            if budget < per_token * 16:
+                raise ValueError(
+                    f"not enough GPU memory for the KV cache after loading weights "
+                    f"(free {free / 2**30:.1f} GiB of {total / 2**30:.1f} GiB); raise mem_fraction_static"
+                )
+            return int(budget // per_token)
+        return CPU_DEFAULT_MAX_TOTAL_TOKENS
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> ForwardResult:
+        batch.attn_backend = self.attn_backend
+        hidden = self.model(batch)
+        logits = self.model.compute_logits(hidden)  # [rows, vocab] fp32
+        next_ids = [-1] * batch.batch_size
+        sample_reqs = [i for i, row in enumerate(batch.sample_rows) if row >= 0]
+        sampled = None
+        if sample_reqs:
+            rows = torch.tensor([batch.sample_rows[i] for i in sample_reqs], device=logits.device)
+            sampled = sample(logits[rows].clone(), batch.sampling)
+            for i, tok in zip(sample_reqs, sampled.tolist()):
+                next_ids[i] = tok
+        result = ForwardResult(next_token_ids=next_ids)
+        if batch.logprob_rows:
+            row_to_token = {batch.sample_rows[i]: next_ids[i] for i in sample_reqs}
+            targets = [t if t >= 0 else row_to_token[r] for r, t in zip(batch.logprob_rows, batch.logprob_targets)]
+            rows = torch.tensor(batch.logprob_rows, device=logits.device)
+            result.token_logprobs, result.top_logprobs = logprobs_of(
+                logits[rows], torch.tensor(targets, device=logits.device), batch.logprob_top_k)
+        return result

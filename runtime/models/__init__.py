@@ -1,0 +1,58 @@
+"""Model registry and loading from a local Hugging Face folder (config.json + safetensors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from radixlm.runtime.config import ModelConfig
+from radixlm.runtime.models.llama import LlamaForCausalLM
+
+# Every supported family shares the Llama decoder; ModelConfig switches on qkv bias (qwen2)
+# and q/k norm (qwen3).
+MODEL_CLASSES = {"llama": LlamaForCausalLM, "qwen2": LlamaForCausalLM, "qwen3": LlamaForCausalLM}
+
+
+def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors weights in model folder {str(folder)!r}")
+    for fname in files:
+        path = folder / fname
+        if not path.is_file():
+            raise FileNotFoundError(f"weight file {fname!r} listed in the index is missing from {str(folder)!r}")
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except Exception as exc:  # safetensors has its own error types for corrupt files
+            raise ValueError(f"cannot read weight file {str(path)!r}: {exc}") from exc
+        with handle as f:
+            for name in f.keys():
+                try:
+                    tensor = f.get_tensor(name)
+                except Exception as exc:
+                    raise ValueError(f"cannot read tensor {name!r} from {str(path)!r}: {exc}") from exc
+                yield name, tensor
+
+
+def load_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int) -> torch.nn.Module:
+    cls = MODEL_CLASSES[cfg.family]
+    with torch.device("meta"):
+        model = cls(cfg, max_positions)
+    model = model.to_empty(device=device)
+    # buffers (rotary tables) are computed, not loaded: rebuild them on the real device
+    for module in model.modules():
+        if hasattr(module, "cos") and hasattr(module, "sin"):
+            fresh = type(module)(cfg.head_dim, max_positions, cfg.rope)
+            module.cos, module.sin = fresh.cos.to(device), fresh.sin.to(device)
+    model.load_weights(iter_safetensors(cfg.path))
+    return model.to(dtype).eval()

@@ -1,0 +1,100 @@
+"""A request as the scheduler sees it: tokens, KV bookkeeping, stop rules and results.
+
+KV invariant: the first `kv_len` tokens of `fill_ids` have K/V in the pool, at slots
+`req_to_token[req_pool_idx, :kv_len]`; the first `cache_protected_len` of those belong
+to the radix tree (locked through `last_node`), the rest belong to this request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from radixlm.runtime.radix.radix_cache import TreeNode
+from radixlm.runtime.sampling import SamplingParams
+
+
+@dataclass(eq=False)
+class Req:
+    rid: str
+    origin_input_ids: list[int]
+    sampling_params: SamplingParams
+    seed: int
+    eos_ids: frozenset[int]  # model EOS ids (ignored with ignore_eos)
+    return_logprob: bool = False
+    logprob_start_len: int = -1  # first prompt position with a reported logprob; -1: none
+    top_logprobs_num: int = 0
+    output_ids: list[int] = field(default_factory=list)
+
+    # ---- KV state
+    req_pool_idx: int | None = None
+    kv_len: int = 0
+    cache_protected_len: int = 0
+    last_node: TreeNode | None = None
+    extend_target: int = 0  # kv_len after the extend in flight
+    is_chunked: bool = False
+
+    # ---- status and results
+    finished_reason: dict[str, Any] | None = None
+    to_abort: str | None = None  # abort message, applied at the next step
+    cached_tokens: int = -1  # prefix hit reported to the user (first admission only)
+    retraction_count: int = 0
+    input_logprob_next: int = 0  # next prompt position p whose token p+1 still needs a logprob
+    input_token_logprobs: list[tuple[float | None, int]] = field(default_factory=list)
+    input_top_logprobs: list[list[tuple[int, float]] | None] = field(default_factory=list)
+    output_token_logprobs: list[tuple[float, int]] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    stop_str_hit: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.return_logprob:
+            start = max(self.logprob_start_len, 0)
+            if start == 0:  # the first prompt token has no logprob
+                self.input_token_logprobs.append((None, self.origin_input_ids[0]))
+                self.input_top_logprobs.append(None)
+            self.input_logprob_next = max(start, 1) - 1
+        else:
+            self.input_logprob_next = len(self.origin_input_ids)
+
+    @property
+    def fill_ids(self) -> list[int]:
+        return self.origin_input_ids + self.output_ids
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.origin_input_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_reason is not None
+
+    @property
+    def needs_input_logprobs(self) -> bool:
+        return self.input_logprob_next < self.prompt_len - 1
+
+    @property
+    def stop_token_ids(self) -> frozenset[int]:
+        """Ids that end generation (and are masked before min_new_tokens)."""
+        extra = frozenset(self.sampling_params.stop_token_ids or ())
+        return extra if self.sampling_params.ignore_eos else extra | self.eos_ids
+
+    @property
+    def owned_kv_len(self) -> int:
+        return self.kv_len - self.cache_protected_len
+
+    def meta_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "id": self.rid,
+            "prompt_tokens": self.prompt_len,
+            "completion_tokens": len(self.output_ids),
+            "cached_tokens": max(self.cached_tokens, 0),
+            "finish_reason": self.finished_reason,
+            "retractions": self.retraction_count,
+        }
+        if self.return_logprob:
+            info["input_token_logprobs"] = list(self.input_token_logprobs)
+            info["output_token_logprobs"] = list(self.output_token_logprobs)
+            if self.top_logprobs_num:
+                info["input_top_logprobs"] = list(self.input_top_logprobs)
+                info["output_top_logprobs"] = list(self.output_top_logprobs)
+        return info

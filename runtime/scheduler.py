@@ -1,0 +1,454 @@
+"""The scheduler: continuous batching over a radix-cached KV pool.
+
+Each `step()` runs one batch: a prefill (extend) batch when waiting requests can be
+admitted, else one decode step for every running request. Prefill admits requests as
+extends over their cached prefix under token budgets, chunks long prompts (one chunked
+request at a time), and inserts freshly computed KV into the radix tree so concurrent
+requests share it at once. When decode runs out of KV slots, the requests that lose
+least are retracted (their KV is handed to the tree, where it stays reusable until
+evicted) and re-queued at the front; nothing is ever dropped.
+
+The scheduler knows nothing of attention math or sockets: it builds a `ForwardBatch`,
+gets a `ForwardResult` back, and reports the requests that progressed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from radixlm.runtime.config import EngineConfig
+from radixlm.runtime.forward_batch import ForwardBatch, ForwardMode, ForwardResult
+from radixlm.runtime.model_runner import ModelRunner
+from radixlm.runtime.policy import (InBatchPrefixFilter, PrefillBudget, SchedulePolicy,
+                                    match_limit)
+from radixlm.runtime.radix.radix_cache import RadixCache
+from radixlm.runtime.request import Req
+from radixlm.runtime.sampling import SamplingBatch
+
+logger = logging.getLogger(__name__)
+
+CPU_DEFAULT_CHUNK = 2048
+GPU_DEFAULT_CHUNK = 8192
+RETRACT_RESERVE_STEPS = 20  # decode steps of headroom to free per request left after a retraction
+
+
+@dataclass
+class SchedulerStats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_batches: int = 0
+    decode_steps: int = 0
+    retractions: int = 0
+    finished_requests: int = 0
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+class Scheduler:
+    def __init__(self, cfg: EngineConfig, runner: ModelRunner, decode_tokens: Callable[[list[int]], str]) -> None:
+        self.cfg = cfg
+        self.runner = runner
+        self.decode_tokens = decode_tokens
+        self.device = runner.device
+        self.kv_pool = runner.kv_pool
+        self.req_pool = runner.req_pool
+        self.tree = RadixCache(self.kv_pool.free, device=self.device, disable=cfg.disable_radix_cache)
+        self.policy = SchedulePolicy(cfg.schedule_policy, self.tree)
+        chunk = cfg.chunked_prefill_size or (GPU_DEFAULT_CHUNK if self.device.type == "cuda" else CPU_DEFAULT_CHUNK)
+        self.chunk_size = chunk if chunk > 0 else 1 << 62
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []
+        self.chunked_req: Req | None = None
+        self.init_new_token_ratio = min(0.7 * cfg.schedule_conservativeness, 1.0)
+        self.min_new_token_ratio = self.init_new_token_ratio * 0.14
+        self.new_token_ratio = self.init_new_token_ratio
+        self.ratio_decay = (self.init_new_token_ratio - self.min_new_token_ratio) / 600
+        self.stats = SchedulerStats()
+
+    # ------------------------------------------------------------------ public
+    def add_request(self, req: Req) -> None:
+        self.waiting.append(req)
+
+    def abort_request(self, rid: str, message: str = "aborted by user") -> bool:
+        found = False
+        for req in self._live_reqs() + self.waiting:
+            if req.rid == rid and not req.finished:
+                req.to_abort = message
+                found = True
+        return found
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.chunked_req)
+
+    def step(self) -> list[Req]:
+        """Run one batch. Returns the requests that gained output tokens or finished."""
+        touched = self._apply_aborts()
+        reqs = self._schedule_prefill()
+        if reqs:
+            touched += self._run_extend(reqs)
+        elif self.running:
+            touched += self._run_decode()
+        return touched
+
+    def flush_cache(self) -> bool:
+        """Drop every cached prefix. Refused (False) while requests are queued or running."""
+        if self.has_work:
+            return False
+        self.tree.reset()
+        self.kv_pool.reset()
+        self.req_pool.reset()
+        return True
+
+    def check_accounting(self) -> None:
+        """free + evictable + locked + in use == total, and the tree's own invariants."""
+        live = self._live_reqs()
+        in_use = sum(r.owned_kv_len for r in live)
+        total = self.kv_pool.available + self.tree.evictable_size + self.tree.protected_size + in_use
+        if total != self.kv_pool.num_slots:
+            raise AssertionError(
+                f"KV accounting broken: free {self.kv_pool.available} + evictable {self.tree.evictable_size} + "
+                f"locked {self.tree.protected_size} + in use {in_use} != total {self.kv_pool.num_slots}"
+            )
+        if self.req_pool.available + len(live) != self.req_pool.num_rows:
+            raise AssertionError("request rows leaked")
+        self.tree.self_check()
+
+    def usage(self) -> dict:
+        return {
+            "total_tokens": self.kv_pool.num_slots,
+            "free_tokens": self.kv_pool.available,
+            "evictable_tokens": self.tree.evictable_size,
+            "locked_tokens": self.tree.protected_size,
+            "in_use_tokens": sum(r.owned_kv_len for r in self._live_reqs()),
+            "running": len(self.running) + (1 if self.chunked_req else 0),
+            "waiting": len(self.waiting),
+        }
+
+    # ------------------------------------------------------------------ KV plumbing
+    def _live_reqs(self) -> list[Req]:
+        return self.running + ([self.chunked_req] if self.chunked_req else [])
+
+    def _alloc_slots(self, n: int) -> torch.Tensor | None:
+        if self.kv_pool.available < n:
+            self.tree.evict(n - self.kv_pool.available)
+        return self.kv_pool.alloc(n)
+
+    def _row(self, req: Req) -> torch.Tensor:
+        return self.req_pool.req_to_token[req.req_pool_idx]
+
+    def _cache_req(self, req: Req, finished: bool) -> None:
+        """Hand the request's computed KV to the tree. Finished (or retracted/aborted): free
+        the row and drop the lock. Unfinished: re-point the row at the tree's slots and move
+        the lock to the new deepest node, so the prefix stays protected."""
+        row = self._row(req)
+        tokens = req.fill_ids[: req.kv_len]
+        slots = row[: req.kv_len].to(torch.int64)
+        if self.tree.disable:
+            if finished:
+                self.kv_pool.free(slots)
+        else:
+            cached = self.tree.insert(tokens, slots)
+            # slots the tree already had for [protected, cached) were computed twice: ours go back
+            self.kv_pool.free(slots[req.cache_protected_len: cached])
+        if finished:
+            if req.last_node is not None:
+                self.tree.dec_lock_ref(req.last_node)
+            self.req_pool.free(req.req_pool_idx)
+            req.req_pool_idx, req.last_node = None, None
+            req.kv_len = req.cache_protected_len = 0
+            return
+        if self.tree.disable:
+            return
+        match = self.tree.match_prefix(tokens)
+        row[: req.kv_len] = match.kv_indices.to(row.dtype)
+        self.tree.inc_lock_ref(match.last_node)
+        if req.last_node is not None:
+            self.tree.dec_lock_ref(req.last_node)
+        req.last_node = match.last_node
+        req.cache_protected_len = req.kv_len
+
+    def _finish(self, req: Req, reason: dict) -> None:
+        req.finished_reason = reason
+        self.stats.finished_requests += 1
+
+    def _apply_aborts(self) -> list[Req]:
+        done = []
+        for req in [r for r in self.waiting if r.to_abort]:
+            self.waiting.remove(req)
+            self._finish(req, {"type": "abort", "message": req.to_abort})
+            done.append(req)
+        for req in [r for r in self._live_reqs() if r.to_abort]:
+            self._cache_req(req, finished=True)
+            if req is self.chunked_req:
+                self.chunked_req = None
+            else:
+                self.running.remove(req)
+            self._finish(req, {"type": "abort", "message": req.to_abort})
+            done.append(req)
+        return done
+
+    # ------------------------------------------------------------------ prefill
+    def _schedule_prefill(self) -> list[Req]:
+        budget = PrefillBudget(self.cfg.max_prefill_tokens, self.chunk_size, self.new_token_ratio)
+        batch: list[Req] = []
+        reserved = sum(budget.decode_reserve(r) for r in self.running)
+
+        if self.chunked_req is not None:
+            req = self.chunked_req
+            n = min(len(req.fill_ids) - req.kv_len, budget.rem_chunk_tokens)
+            if not self._extend_into(req, n):
+                return []  # not enough memory for the next chunk yet: decode frees some
+            budget.take(n)
+            batch.append(req)
+            if req.is_chunked:
+                return batch  # one chunked request at a time, and it used the whole chunk
+
+        if not self.waiting or self.req_pool.available == 0:
+            return batch
+        dedup = InBatchPrefixFilter(self.policy.policy == "lpm")
+        admitted: list[Req] = []
+        for req in self.policy.order(self.waiting):
+            if self.req_pool.available == 0 or budget.rem_chunk_tokens <= 0:
+                break
+            match = self.tree.match_prefix(req.fill_ids[: match_limit(req)])
+            cached_len = len(match.kv_indices)
+            extend_len = len(req.fill_ids) - cached_len
+            if dedup.should_defer(req, cached_len):
+                continue
+            self.tree.inc_lock_ref(match.last_node)
+            reserve = budget.decode_reserve(req)
+            room = self.kv_pool.available + self.tree.evictable_size - reserved
+            too_big = batch and extend_len > budget.rem_input_tokens
+            if extend_len + reserve > room or too_big:
+                self.tree.dec_lock_ref(match.last_node)
+                break
+            n = min(extend_len, budget.rem_chunk_tokens)
+            row = self.req_pool.alloc()
+            req.req_pool_idx, req.last_node = row, match.last_node
+            req.kv_len = req.cache_protected_len = cached_len
+            self.req_pool.req_to_token[row, :cached_len] = match.kv_indices.to(torch.int32)
+            if not self._extend_into(req, n):  # cannot happen after the room check; undo cleanly
+                self._cache_req(req, finished=True)
+                break
+            if req.cached_tokens < 0:
+                req.cached_tokens = cached_len
+                self.stats.prompt_tokens += req.prompt_len
+                self.stats.cached_tokens += min(cached_len, req.prompt_len)
+            reserved += reserve
+            budget.take(n)
+            batch.append(req)
+            admitted.append(req)
+            if req.is_chunked:
+                self.chunked_req = req
+                break
+        for req in admitted:
+            self.waiting.remove(req)
+        return batch
+
+    def _extend_into(self, req: Req, n: int) -> bool:
+        """Allocate n new KV slots for the request's next extend."""
+        slots = self._alloc_slots(n)
+        if slots is None:
+            return False
+        self._row(req)[req.kv_len: req.kv_len + n] = slots.to(torch.int32)
+        req.extend_target = req.kv_len + n
+        req.is_chunked = req.extend_target < len(req.fill_ids)
+        return True
+
+    def _wants_sample(self, req: Req) -> bool:
+        return not req.is_chunked and len(req.output_ids) < req.sampling_params.max_new_tokens
+
+    def _run_extend(self, reqs: list[Req]) -> list[Req]:
+        input_ids, positions, out_loc = [], [], []
+        logit_tokens: list[int] = []  # batch token index of each logits row
+        sample_rows: list[int] = []
+        lp_rows, lp_targets, lp_topk = [], [], []
+        lp_owner: list[tuple[Req, str]] = []
+        offset = 0
+        for req in reqs:
+            a, b = req.kv_len, req.extend_target
+            fill = req.fill_ids
+            input_ids += fill[a:b]
+            positions += range(a, b)
+            out_loc.append(self._row(req)[a:b])
+            p_end = min(b, req.prompt_len - 1)
+            for p in range(max(a, req.input_logprob_next), p_end):
+                lp_rows.append(len(logit_tokens))
+                logit_tokens.append(offset + p - a)
+                lp_targets.append(fill[p + 1])
+                lp_topk.append(req.top_logprobs_num)
+                lp_owner.append((req, "input"))
+            if self._wants_sample(req):
+                sample_rows.append(len(logit_tokens))
+                if req.return_logprob:
+                    lp_rows.append(len(logit_tokens))
+                    lp_targets.append(-1)
+                    lp_topk.append(req.top_logprobs_num)
+                    lp_owner.append((req, "output"))
+                logit_tokens.append(offset + b - a - 1)
+            else:
+                sample_rows.append(-1)
+            offset += b - a
+        batch = self._make_batch(ForwardMode.EXTEND, reqs, input_ids, positions, torch.cat(out_loc),
+                                 [r.kv_len for r in reqs], [r.extend_target - r.kv_len for r in reqs],
+                                 logit_tokens, sample_rows, lp_rows, lp_targets, lp_topk)
+        result = self.runner.forward(batch)
+        self.stats.prefill_batches += 1
+        self._store_logprobs(result, lp_owner)
+
+        touched = []
+        for req, token in zip(reqs, result.next_token_ids):
+            req.kv_len = req.extend_target
+            if req.is_chunked:
+                self._cache_req(req, finished=False)
+                continue
+            if req is self.chunked_req:
+                self.chunked_req = None
+            if token >= 0:
+                self._append_token(req, token)
+            elif len(req.output_ids) >= req.sampling_params.max_new_tokens:
+                self._finish(req, {"type": "length", "length": req.sampling_params.max_new_tokens})
+            if req.finished:
+                self._cache_req(req, finished=True)
+            else:
+                self._cache_req(req, finished=False)
+                self.running.append(req)
+            touched.append(req)
+        return touched
+
+    # ------------------------------------------------------------------ decode
+    def _run_decode(self) -> list[Req]:
+        self._ensure_decode_memory()
+        reqs = list(self.running)
+        slots = self._alloc_slots(len(reqs))
+        assert slots is not None, "decode slots must exist after retraction"
+        for req, slot in zip(reqs, slots.tolist()):
+            self._row(req)[req.kv_len] = slot
+        lp = [i for i, r in enumerate(reqs) if r.return_logprob]
+        batch = self._make_batch(
+            ForwardMode.DECODE, reqs, [r.fill_ids[-1] for r in reqs], [r.kv_len for r in reqs], slots,
+            [r.kv_len for r in reqs], [1] * len(reqs), list(range(len(reqs))), list(range(len(reqs))),
+            lp, [-1] * len(lp), [reqs[i].top_logprobs_num for i in lp],
+        )
+        result = self.runner.forward(batch)
+        self.stats.decode_steps += 1
+        self._store_logprobs(result, [(reqs[i], "output") for i in lp])
+        self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_new_token_ratio)
+        for req, token in zip(reqs, result.next_token_ids):
+            req.kv_len += 1
+            self._append_token(req, token)
+            if req.finished:
+                self.running.remove(req)
+                self._cache_req(req, finished=True)
+        return reqs
+
+    def _ensure_decode_memory(self) -> None:
+        need = len(self.running)
+        if self.kv_pool.available < need:
+            self.tree.evict(need - self.kv_pool.available)
+        retracted = []
+        while self.kv_pool.available < len(self.running):
+            victims = ([self.chunked_req] if self.chunked_req else []) + sorted(
+                self.running, key=lambda r: (len(r.output_ids), -r.prompt_len))
+            if len(victims) <= 1:
+                raise RuntimeError("KV pool cannot hold a single request; max_total_tokens is too small")
+            victim = victims[0]
+            self._cache_req(victim, finished=True)
+            if victim is self.chunked_req:
+                self.chunked_req = None
+            else:
+                self.running.remove(victim)
+            victim.retraction_count += 1
+            victim.is_chunked = False
+            retracted.append(victim)
+            want = len(self.running) * RETRACT_RESERVE_STEPS
+            if self.kv_pool.available < want:
+                self.tree.evict(want - self.kv_pool.available)
+        if retracted:
+            self.stats.retractions += len(retracted)
+            self.waiting[:0] = retracted
+            decoded = sum(len(r.output_ids) for r in self.running)
+            max_new = sum(r.sampling_params.max_new_tokens for r in self.running)
+            old = self.new_token_ratio
+            self.new_token_ratio = min(1.0, (decoded + RETRACT_RESERVE_STEPS * len(self.running)) / (max_new + 1))
+            logger.info("KV cache pool is full: retracted %d requests; new_token_ratio %.3f -> %.3f",
+                        len(retracted), old, self.new_token_ratio)
+
+    # ------------------------------------------------------------------ helpers
+    def _make_batch(self, mode, reqs, input_ids, positions, out_loc, prefix_lens, extend_lens,
+                    logit_tokens, sample_rows, lp_rows, lp_targets, lp_topk) -> ForwardBatch:
+        dev = self.device
+        i64 = dict(dtype=torch.int64, device=dev)
+        sampling_reqs = [r for r, row in zip(reqs, sample_rows) if row >= 0]
+        sampling = None
+        if sampling_reqs:
+            sampling = SamplingBatch.build(
+                [r.sampling_params for r in sampling_reqs], [r.seed for r in sampling_reqs],
+                [r.origin_input_ids for r in sampling_reqs], [r.output_ids for r in sampling_reqs],
+                [sorted(r.stop_token_ids) for r in sampling_reqs], self.runner.vocab_size, dev)
+        prefix = torch.tensor(prefix_lens, **i64)
+        extend = torch.tensor(extend_lens, **i64)
+        return ForwardBatch(
+            mode=mode,
+            input_ids=torch.tensor(input_ids, **i64),
+            positions=torch.tensor(positions, **i64),
+            out_cache_loc=out_loc.to(dev, torch.int64),
+            req_pool_indices=torch.tensor([r.req_pool_idx for r in reqs], **i64),
+            seq_lens=prefix + extend,
+            prefix_lens=prefix,
+            extend_lens=extend,
+            logits_indices=torch.tensor(logit_tokens, **i64),
+            sample_rows=sample_rows,
+            sampling=sampling,
+            logprob_rows=lp_rows,
+            logprob_targets=lp_targets,
+            logprob_top_k=lp_topk,
+        )
+
+    def _store_logprobs(self, result: ForwardResult, owners: list[tuple[Req, str]]) -> None:
+        for (req, kind), lp, top in zip(owners, result.token_logprobs, result.top_logprobs):
+            if kind == "input":
+                token = req.origin_input_ids[req.input_logprob_next + 1]
+                req.input_token_logprobs.append((lp, token))
+                req.input_top_logprobs.append(top if req.top_logprobs_num else None)
+                req.input_logprob_next += 1
+            else:
+                req.output_token_logprobs.append((lp, None))  # token filled in by _append_token
+                req.output_top_logprobs.append(top)
+
+    def _append_token(self, req: Req, token: int) -> None:
+        req.output_ids.append(token)
+        self.stats.generated_tokens += 1
+        if req.return_logprob and req.output_token_logprobs and req.output_token_logprobs[-1][1] is None:
+            req.output_token_logprobs[-1] = (req.output_token_logprobs[-1][0], token)
+        params = req.sampling_params
+        n_out = len(req.output_ids)
+        if token in req.stop_token_ids and n_out >= params.min_new_tokens:
+            self._finish(req, {"type": "stop", "matched": token})
+        elif params.stop and n_out >= params.min_new_tokens and self._hit_stop_str(req):
+            self._finish(req, {"type": "stop", "matched": req.stop_str_hit})
+        elif n_out >= params.max_new_tokens or len(req.fill_ids) >= self.runner.context_len:
+            self._finish(req, {"type": "length", "length": n_out})
+
+    def _hit_stop_str(self, req: Req) -> bool:
+        stops = req.sampling_params.stop_strs
+        # a token is at least one byte, and a character at most four
+        window = 4 * max(len(s) for s in stops) + 4
+        tail = self.decode_tokens(req.output_ids[-window:])
+        for s in stops:
+            if s in tail:
+                req.stop_str_hit = s
+                return True
+        return False
+
+    def idle_sleep(self) -> None:
+        time.sleep(0.001)

@@ -1,0 +1,206 @@
+"""Offline tiny models for tests, examples and benchmarks.
+
+Everything is built locally and cached on disk: a byte-level BPE tokenizer trained with
+`tokenizers` on text that ships with Python, and randomly initialised Llama / Mistral /
+Qwen2 / Qwen3 models saved as ordinary Hugging Face folders (config.json, safetensors,
+tokenizer files, chat template). Nothing is ever downloaded.
+
+Weights use a large init std so logits are peaked: greedy parity tests against Hugging
+Face are then not decided by near-ties.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sysconfig
+import tempfile
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+VOCAB_SIZE = 8192
+_BUILD_VERSION = "1"  # bump to rebuild every cached folder
+
+# name -> (architecture, config overrides). Shapes are tiny but keep the real structure:
+# GQA (4 query heads over 2 KV heads), head_dim 16, two layers.
+TINY_MODELS: dict[str, tuple[str, dict]] = {
+    "llama": ("llama", {"tie_word_embeddings": False}),
+    "llama-tied": ("llama", {"tie_word_embeddings": True}),
+    "llama3-rope": (
+        "llama",
+        {
+            "tie_word_embeddings": False,
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        },
+    ),
+    "mistral": ("mistral", {"tie_word_embeddings": False, "sliding_window": None}),
+    "qwen2": ("qwen2", {"tie_word_embeddings": True}),
+    "qwen3": ("qwen3", {"tie_word_embeddings": False}),
+}
+DEFAULT_MODEL = "llama"
+
+
+def cache_root() -> Path:
+    root = os.environ.get("RADIXLM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "radixlm"
+    )
+    return Path(root)
+
+
+def _training_text() -> list[str]:
+    """English prose (pydoc topics) plus some stdlib source, all shipped with Python."""
+    from pydoc_data import topics
+
+    texts = list(topics.topics.values())
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in ["json/__init__.py", "argparse.py", "dataclasses.py", "functools.py", "textwrap.py",
+                 "heapq.py", "bisect.py", "string.py", "pathlib.py", "random.py", "statistics.py"]:
+        path = stdlib / name
+        if path.exists():
+            try:
+                texts.append(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                continue
+    return texts
+
+
+def _atomic_build(target: Path, build) -> Path:
+    """Build into a temp dir beside target and rename, so concurrent builders never see halves."""
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text("ok")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process won the race
+            if not (target / ".complete").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_tokenizer_files() -> Path:
+    """Train (once) a byte-level BPE tokenizer; returns the folder holding tokenizer.json."""
+    key = hashlib.sha1(f"tok-{VOCAB_SIZE}-{_BUILD_VERSION}".encode()).hexdigest()[:10]
+
+    def build(out: Path) -> None:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=VOCAB_SIZE, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )
+        tok.train_from_iterator(_training_text(), trainer=trainer)
+        tok.save(str(out / "tokenizer.json"))
+
+    return _atomic_build(cache_root() / f"tokenizer-{key}", build)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer of a folder, with ids exactly as tokenizer.json defines them."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
+
+
+def _make_hf_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(build_tokenizer_files() / "tokenizer.json"),
+        bos_token=None, eos_token="<|im_end|>", pad_token="<|pad|>", unk_token=None,
+        additional_special_tokens=["<|endoftext|>", "<|im_start|>"],
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def _hf_config(arch: str, overrides: dict, tok):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch]
+    kw = dict(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+        rms_norm_eps=1e-6,
+    )
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def _randomize(model, seed: int) -> None:
+    """Peaked random weights: std 0.08 matrices, norm gains near 1, non-zero biases."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".bias"):
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+            elif name.endswith("embed_tokens.weight"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.08 * torch.randn(p.shape, generator=gen))
+
+
+def build_tiny_model(name: str = DEFAULT_MODEL) -> Path:
+    """Build (once) and return the folder of the tiny model `name` (see TINY_MODELS)."""
+    if name not in TINY_MODELS:
+        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_MODELS)}")
+    arch, overrides = TINY_MODELS[name]
+    key = hashlib.sha1(json.dumps([arch, overrides, VOCAB_SIZE, _BUILD_VERSION], sort_keys=True).encode())
+    folder = cache_root() / f"tiny-{name}-{key.hexdigest()[:10]}"
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, GenerationConfig
+
+        tok = _make_hf_tokenizer()
+        cfg = _hf_config(arch, overrides, tok)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        _randomize(model, seed=sum(map(ord, name)))
+        if cfg.tie_word_embeddings:
+            model.tie_weights()
+        model.generation_config = GenerationConfig(
+            eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")],
+            pad_token_id=tok.pad_token_id, do_sample=False,
+        )
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+
+    return _atomic_build(folder, build)
+
+
+def default_model_path() -> str:
+    return str(build_tiny_model(DEFAULT_MODEL))
+
+
+if __name__ == "__main__":
+    for model_name in TINY_MODELS:
+        print(model_name, build_tiny_model(model_name))
