@@ -4,48 +4,55 @@
         out = engine.generate("Hello", {"max_new_tokens": 16, "temperature": 0})
         out["text"], out["output_ids"], out["meta_info"]["cached_tokens"]
 
-Requests are validated here, before anything is queued, so a bad request raises a
-`ValueError` naming the problem and never disturbs the others.
+The Engine launches the runtime's processes (a scheduler process that owns the model and
+the radix cache, a detokenizer process) and runs the tokenizer manager on a private
+event loop in this process. Requests are validated before anything is queued, so a bad
+request raises a `ValueError` naming the problem and never disturbs the others.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import atexit
 import logging
-import random
-import uuid
-from typing import Any, Sequence
+import queue
+import threading
+import weakref
+from typing import Any, Iterator, Sequence
 
 from radixlm.runtime.config import EngineConfig, ModelConfig
-from radixlm.runtime.model_runner import ModelRunner
-from radixlm.runtime.request import Req
+from radixlm.runtime.launch import launch_runtime
 from radixlm.runtime.sampling import SamplingParams
-from radixlm.runtime.scheduler import Scheduler
 from radixlm.runtime.tokenizer import load_tokenizer
+from radixlm.runtime.tokenizer_manager import PreparedRequest, RequestError, TokenizerManager
 
 logger = logging.getLogger(__name__)
 
 PromptInput = str | Sequence[str] | None
 IdsInput = Sequence[int] | Sequence[Sequence[int]] | None
+_LIVE_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
 class Engine:
     def __init__(self, model_path: str, **options: Any) -> None:
         self.config = EngineConfig.from_kwargs(model_path, **options)
         logging.getLogger("radixlm").setLevel(self.config.log_level.upper())
-        self.model_config = ModelConfig.from_path(model_path)
+        self.model_config = ModelConfig.from_path(model_path)  # fail fast, before spawning anything
         self.tokenizer = load_tokenizer(self.config.tokenizer_path or model_path)
-        self.runner = ModelRunner(self.config, self.model_config)
-        self.scheduler = Scheduler(self.config, self.runner, self._decode_raw)
-        self.context_len = self.runner.context_len
-        self.vocab_size = self.model_config.vocab_size
-        eos = set(self.model_config.eos_token_ids)
-        if self.tokenizer.eos_token_id is not None:
-            eos.add(self.tokenizer.eos_token_id)
-        self.eos_ids = frozenset(eos)
-        self._rng = random.Random(self.config.random_seed)
-        self._counter = itertools.count()
+        self._closed = True
+        self._runtime = launch_runtime(self.config)
+        info = self._runtime.info
+        self.context_len: int = info["context_len"]
+        self.vocab_size: int = info["vocab_size"]
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="radixlm-tokenizer-manager",
+                                        daemon=True)
+        self._thread.start()
+        self.tokenizer_manager = TokenizerManager(self.config, self._runtime.addrs, self.tokenizer, info,
+                                                  self._runtime.processes)
         self._closed = False
+        self._call(self.tokenizer_manager.start())
+        _LIVE_ENGINES.add(self)
 
     # ------------------------------------------------------------------ API
     def generate(
@@ -56,62 +63,68 @@ class Engine:
         return_logprob: bool | Sequence[bool] = False,
         logprob_start_len: int | Sequence[int] | None = None,
         top_logprobs_num: int | Sequence[int] = 0,
-    ) -> dict | list[dict]:
+        stream: bool = False,
+    ) -> dict | list[dict] | Iterator[dict]:
         """Generate for one prompt (returns a dict) or a batch (returns a list of dicts, in order;
-        a prompt with n > 1 contributes n consecutive entries)."""
+        a prompt with n > 1 contributes n consecutive entries). With `stream=True` (one prompt)
+        returns an iterator of chunks whose `text` and `output_ids` are the new part only."""
         self._check_open()
-        prompts, single = self._normalise_inputs(prompt, input_ids)
+        prompts, single = _normalise_inputs(prompt, input_ids)
         count = len(prompts)
-        params = _broadcast(sampling_params, count, "sampling_params")
-        want_lp = _broadcast(return_logprob, count, "return_logprob")
-        starts = _broadcast(logprob_start_len, count, "logprob_start_len")
-        top_nums = _broadcast(top_logprobs_num, count, "top_logprobs_num")
-
-        reqs: list[Req] = []
-        for i in range(count):  # validate everything before queueing anything
-            where = f"request {i}: " if not single else ""
+        columns = [_broadcast(v, count, name) for v, name in (
+            (sampling_params, "sampling_params"), (return_logprob, "return_logprob"),
+            (logprob_start_len, "logprob_start_len"), (top_logprobs_num, "top_logprobs_num"))]
+        prepared: list[PreparedRequest] = []
+        tm = self.tokenizer_manager
+        for i, p in enumerate(prompts):  # validate everything before queueing anything
+            params, want_lp, start, top_n = (col[i] for col in columns)
             try:
-                reqs += self._make_reqs(prompts[i], params[i], want_lp[i], starts[i], top_nums[i])
+                text, ids = (p, None) if isinstance(p, str) else (None, p)
+                prepared.append(tm.prepare(text, ids, params, want_lp, start, top_n))
             except (ValueError, TypeError) as exc:
-                raise type(exc)(f"{where}{exc}") from None
-        for req in reqs:
-            self.scheduler.add_request(req)
-        self._run_until_done(reqs)
-        outputs = [self._output(r) for r in reqs]
-        if single and len(outputs) == 1:
-            return outputs[0]
-        return outputs
+                raise type(exc)(f"request {i}: {exc}" if not single else str(exc)) from None
+        if stream:
+            if count != 1:
+                raise ValueError("stream=True takes a single prompt")
+            return self._stream(prepared[0])
+        results = self._call(self._generate_all(prepared))
+        if single and len(results) == 1:
+            return results[0]
+        return results
 
-    def abort(self, rid: str) -> bool:
-        return self.scheduler.abort_request(rid)
+    def abort(self, rid: str) -> None:
+        self._call(self.tokenizer_manager.abort(rid))
 
     def flush_cache(self) -> bool:
-        return self.scheduler.flush_cache()
-
-    def check_accounting(self) -> None:
-        self.scheduler.check_accounting()
+        return self._call(self.tokenizer_manager.control("flush_cache")).ok
 
     def get_server_info(self) -> dict:
-        stats = self.scheduler.stats
-        return {
-            "model_path": self.config.model_path,
-            "architecture": self.model_config.architecture,
-            "device": str(self.runner.device),
-            "dtype": str(self.runner.dtype).removeprefix("torch."),
-            "context_length": self.context_len,
-            "max_total_tokens": self.runner.max_total_tokens,
-            "cache_hit_rate": stats.cache_hit_rate,
-            "prompt_tokens": stats.prompt_tokens,
-            "cached_tokens": stats.cached_tokens,
-            "generated_tokens": stats.generated_tokens,
-            "decode_steps": stats.decode_steps,
-            "prefill_batches": stats.prefill_batches,
-            "retractions": stats.retractions,
-            **self.scheduler.usage(),
-        }
+        reply = self._call(self.tokenizer_manager.control("server_info"))
+        return {"model_path": self.config.model_path, "architecture": self.model_config.architecture, **reply.data}
+
+    def check_accounting(self) -> dict:
+        """Raise AssertionError unless free + evictable + locked + in use == total in the scheduler."""
+        reply = self._call(self.tokenizer_manager.control("check_accounting"))
+        if not reply.ok:
+            raise AssertionError(reply.error)
+        return reply.data
+
+    @property
+    def process_ids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self._runtime.processes.items()}
 
     def shutdown(self) -> None:
+        if self._closed:
+            return
         self._closed = True
+        try:
+            self._call(self.tokenizer_manager.shutdown(), check=False)
+        except Exception:
+            logger.exception("error during shutdown")
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self._runtime.terminate()
 
     def __enter__(self) -> "Engine":
         return self
@@ -124,91 +137,66 @@ class Engine:
         if self._closed:
             raise RuntimeError("engine has been shut down")
 
-    def _normalise_inputs(self, prompt: PromptInput, input_ids: IdsInput) -> tuple[list, bool]:
-        if (prompt is None) == (input_ids is None):
-            raise ValueError("give exactly one of prompt or input_ids")
-        if prompt is not None:
-            if isinstance(prompt, str):
-                return [prompt], True
-            if not isinstance(prompt, (list, tuple)) or not all(isinstance(p, str) for p in prompt):
-                raise TypeError("prompt must be a string or a list of strings")
-            if not prompt:
-                raise ValueError("prompt list is empty")
-            return list(prompt), False
-        if not isinstance(input_ids, (list, tuple)):
-            raise TypeError("input_ids must be a list of token ids or a list of such lists")
-        if input_ids and all(isinstance(x, (list, tuple)) for x in input_ids):
-            return [list(x) for x in input_ids], False
-        return [list(input_ids)], True
+    def _call(self, coro: Any, check: bool = True) -> Any:
+        if check:
+            self._check_open()
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def _make_reqs(self, prompt: str | list[int], params_in: Any, return_logprob: bool,
-                   logprob_start_len: int | None, top_logprobs_num: int) -> list[Req]:
-        params = SamplingParams.from_any(params_in)
-        params.validate(self.vocab_size)
+    async def _generate_all(self, prepared: list[PreparedRequest]) -> list[dict]:
+        async def one(req: PreparedRequest) -> list[dict]:
+            outs = [item async for item in self.tokenizer_manager.generate(req)]
+            return [_public(o) for o in sorted(outs, key=lambda o: o["index"])]
+
+        groups = await asyncio.gather(*(one(r) for r in prepared))
+        return [o for group in groups for o in group]
+
+    def _stream(self, req: PreparedRequest) -> Iterator[dict]:
+        chunks: queue.Queue = queue.Queue()
+        end = object()
+
+        async def pump() -> None:
+            try:
+                async for item in self.tokenizer_manager.generate(req, stream=True):
+                    chunks.put(item)
+            except BaseException as exc:  # surfaced in the caller's thread
+                chunks.put(exc)
+            finally:
+                chunks.put(end)
+
+        future = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        try:
+            while True:
+                item = chunks.get()
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield {"text": item["text"], "output_ids": item["output_ids"], "meta_info": item["meta_info"],
+                       "finished": item["finished"]}
+        finally:
+            future.cancel()  # consumer stopped early: the request is aborted and its KV freed
+
+
+def _public(item: dict) -> dict:
+    return {"text": item["text"], "output_ids": list(item["output_ids"]), "meta_info": item["meta_info"]}
+
+
+def _normalise_inputs(prompt: PromptInput, input_ids: IdsInput) -> tuple[list, bool]:
+    if (prompt is None) == (input_ids is None):
+        raise ValueError("give exactly one of prompt or input_ids")
+    if prompt is not None:
         if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("prompt is empty")
-            ids = self.tokenizer(prompt).input_ids
-        else:
-            ids = prompt
-            if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.vocab_size for t in ids):
-                raise ValueError(f"input_ids must be integers in [0, {self.vocab_size})")
-        if not ids:
-            raise ValueError("prompt is empty (no tokens)")
-        need = len(ids) + (1 if params.max_new_tokens > 0 else 0)
-        if need > self.context_len:
-            raise ValueError(
-                f"prompt is too long: {len(ids)} tokens, context length is {self.context_len}"
-            )
-        params.max_new_tokens = min(params.max_new_tokens, self.context_len - len(ids))
-        params.min_new_tokens = min(params.min_new_tokens, params.max_new_tokens)
-        if not isinstance(top_logprobs_num, int) or top_logprobs_num < 0:
-            raise ValueError(f"top_logprobs_num must be an integer >= 0, got {top_logprobs_num!r}")
-        if logprob_start_len is None:
-            logprob_start_len = -1
-        if not -1 <= logprob_start_len < len(ids):
-            raise ValueError(f"logprob_start_len must be in [-1, {len(ids)}), got {logprob_start_len}")
-        base_seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
-        group = uuid.uuid4().hex[:12]
-        return [
-            Req(
-                rid=f"{group}-{next(self._counter)}",
-                origin_input_ids=list(ids),
-                sampling_params=params,
-                seed=base_seed + k,  # n > 1: distinct but reproducible samples
-                eos_ids=self.eos_ids,
-                return_logprob=bool(return_logprob),
-                logprob_start_len=logprob_start_len if return_logprob else -1,
-                top_logprobs_num=top_logprobs_num if return_logprob else 0,
-            )
-            for k in range(params.n)
-        ]
-
-    def _run_until_done(self, reqs: list[Req]) -> None:
-        pending = {id(r) for r in reqs}
-        while pending:
-            for req in self.scheduler.step():
-                if req.finished:
-                    pending.discard(id(req))
-            if pending and not self.scheduler.has_work:
-                raise RuntimeError("scheduler went idle with requests still pending")
-
-    def _decode_raw(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
-
-    def _output(self, req: Req) -> dict:
-        params = req.sampling_params
-        ids = req.output_ids
-        reason = req.finished_reason or {}
-        text_ids = ids
-        if reason.get("type") == "stop" and isinstance(reason.get("matched"), int) and not params.no_stop_trim:
-            text_ids = ids[:-1]
-        text = self.tokenizer.decode(text_ids, skip_special_tokens=params.skip_special_tokens)
-        if reason.get("type") == "stop" and isinstance(reason.get("matched"), str) and not params.no_stop_trim:
-            cut = text.find(reason["matched"])
-            if cut >= 0:
-                text = text[:cut]
-        return {"text": text, "output_ids": list(ids), "meta_info": req.meta_info()}
+            return [prompt], True
+        if not isinstance(prompt, (list, tuple)) or not all(isinstance(p, str) for p in prompt):
+            raise TypeError("prompt must be a string or a list of strings")
+        if not prompt:
+            raise ValueError("prompt list is empty")
+        return list(prompt), False
+    if not isinstance(input_ids, (list, tuple)):
+        raise TypeError("input_ids must be a list of token ids or a list of such lists")
+    if input_ids and all(isinstance(x, (list, tuple)) for x in input_ids):
+        return [list(x) for x in input_ids], False
+    return [list(input_ids)], True
 
 
 def _broadcast(value: Any, count: int, name: str) -> list:
@@ -218,3 +206,12 @@ def _broadcast(value: Any, count: int, name: str) -> list:
             raise ValueError(f"{name} has {len(value)} entries for {count} prompts")
         return list(value)
     return [value] * count
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for engine in list(_LIVE_ENGINES):
+        engine.shutdown()
+
+
+__all__ = ["Engine", "RequestError"]

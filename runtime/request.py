@@ -25,6 +25,7 @@ class Req:
     logprob_start_len: int = -1  # first prompt position with a reported logprob; -1: none
     top_logprobs_num: int = 0
     output_ids: list[int] = field(default_factory=list)
+    stream: bool = False
 
     # ---- KV state
     req_pool_idx: int | None = None
@@ -45,10 +46,15 @@ class Req:
     output_token_logprobs: list[tuple[float, int]] = field(default_factory=list)
     output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     stop_str_hit: str | None = None
+    # ---- what has been reported to the client already (the process boundary sends deltas)
+    sent_output_len: int = 0
+    sent_input_logprobs: int = 0
+    sent_output_logprobs: int = 0
 
     def __post_init__(self) -> None:
-        if self.return_logprob:
-            start = max(self.logprob_start_len, 0)
+        # logprob_start_len -1 (the default) asks for output logprobs only
+        start = self.logprob_start_len
+        if self.return_logprob and start >= 0:
             if start == 0:  # the first prompt token has no logprob
                 self.input_token_logprobs.append((None, self.origin_input_ids[0]))
                 self.input_top_logprobs.append(None)

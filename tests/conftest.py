@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
-from helpers import _ENGINES, get_engine
+from helpers import _ENGINES, _LOCAL, get_engine
 
 
 @pytest.fixture(autouse=True)
@@ -20,12 +20,17 @@ def _accounting_after_each_test():
     """After every test: the KV pool invariant holds for every engine, the tree passes its
     self-check, and flush_cache returns the pool to empty."""
     yield
-    for engine in _ENGINES.values():
+    for engine in list(_ENGINES.values()) + _LOCAL:
         engine.check_accounting()
         assert engine.flush_cache(), "flush_cache refused: requests still queued or running"
-        usage = engine.scheduler.usage()
+        usage = engine.check_accounting()
         assert usage["free_tokens"] == usage["total_tokens"], usage
-        engine.check_accounting()
+    _LOCAL.clear()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for engine in _ENGINES.values():
+        engine.shutdown()
 
 
 @pytest.fixture

@@ -15,14 +15,82 @@ _HF: dict[str, object] = {}
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+MAX_LIVE_ENGINES = 6  # each Engine holds two processes with torch loaded
+
+
 def get_engine(name: str = "llama", **options):
-    """A cached Engine per (model, options): building one is cheap but not free."""
+    """A cached Engine per (model, options), least recently used ones shut down."""
     from radixlm import Engine
 
     key = (name, tuple(sorted(options.items())))
-    if key not in _ENGINES:
-        _ENGINES[key] = Engine(str(build_tiny_model(name)), **options)
-    return _ENGINES[key]
+    engine = _ENGINES.pop(key, None)
+    if engine is None:
+        while len(_ENGINES) >= MAX_LIVE_ENGINES:
+            oldest = next(iter(_ENGINES))
+            _ENGINES.pop(oldest).shutdown()
+        engine = Engine(str(build_tiny_model(name)), **options)
+    _ENGINES[key] = engine  # most recently used last
+    return engine
+
+
+class LocalRuntime:
+    """ModelRunner + Scheduler in this process, for tests that drive scheduling step by step."""
+
+    def __init__(self, name: str = "llama", **options) -> None:
+        from radixlm.runtime.config import EngineConfig, ModelConfig
+        from radixlm.runtime.model_runner import ModelRunner
+        from radixlm.runtime.scheduler import Scheduler
+        from radixlm.runtime.tokenizer import load_tokenizer
+
+        path = str(build_tiny_model(name))
+        self.name = name
+        self.config = EngineConfig.from_kwargs(path, **options)
+        model_cfg = ModelConfig.from_path(path)
+        self.tokenizer = load_tokenizer(path)
+        self.runner = ModelRunner(self.config, model_cfg)
+        self.scheduler = Scheduler(self.config, self.runner,
+                                   lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False))
+        self.eos_ids = frozenset(model_cfg.eos_token_ids) | {self.tokenizer.eos_token_id}
+        self._count = 0
+        _LOCAL.append(self)
+
+    def submit(self, ids: list[int], params: dict, return_logprob: bool = False, logprob_start_len: int = -1,
+               top_logprobs_num: int = 0, seed: int = 0):
+        from radixlm.runtime.request import Req
+        from radixlm.runtime.sampling import SamplingParams
+
+        sp = SamplingParams.from_any(params)
+        sp.validate(self.runner.vocab_size)
+        sp.max_new_tokens = min(sp.max_new_tokens, self.runner.context_len - len(ids))
+        self._count += 1
+        req = Req(rid=f"r{self._count}", origin_input_ids=list(ids), sampling_params=sp, seed=seed,
+                  eos_ids=self.eos_ids, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
+                  top_logprobs_num=top_logprobs_num)
+        self.scheduler.add_request(req)
+        return req
+
+    def run_all(self, limit: int = 100_000) -> None:
+        for _ in range(limit):
+            if not self.scheduler.has_work:
+                return
+            self.scheduler.step()
+            self.scheduler.check_accounting()
+        raise AssertionError("scheduler did not drain")
+
+    def generate(self, prompts: list[list[int]], params: dict) -> list:
+        reqs = [self.submit(p, params) for p in prompts]
+        self.run_all()
+        return reqs
+
+    def check_accounting(self) -> dict:
+        self.scheduler.check_accounting()
+        return self.scheduler.usage()
+
+    def flush_cache(self) -> bool:
+        return self.scheduler.flush_cache()
+
+
+_LOCAL: list[LocalRuntime] = []
 
 
 def get_hf(name: str):

@@ -1,0 +1,114 @@
+"""The `radixlm` command: `radixlm serve --model PATH [options]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+
+from radixlm.runtime.config import EngineConfig
+
+logger = logging.getLogger("radixlm.serve")
+EXIT_GRACE_S = 1.0  # after a child dies: time for in-flight error responses to reach clients
+
+
+def _engine_args(parser: argparse.ArgumentParser) -> None:
+    """One flag per EngineConfig field, named like SGLang's (--max-total-tokens ...)."""
+    for f in dataclasses.fields(EngineConfig):
+        if f.name in ("model_path", "tokenizer_path"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        annotation = str(f.type)  # a string: config.py uses postponed annotations
+        if annotation == "bool":
+            parser.add_argument(flag, action="store_true", default=f.default)
+            continue
+        kind = int if annotation.startswith("int") else float if annotation.startswith("float") else str
+        parser.add_argument(flag, type=kind, default=f.default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radixlm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible) and ZeroMQ")
+    serve.add_argument("--model", "--model-path", dest="model_path", required=True, help="local HF model folder")
+    serve.add_argument("--tokenizer", "--tokenizer-path", dest="tokenizer_path", default=None)
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=30000)
+    serve.add_argument("--zmq-port", type=int, default=None, help="also serve the ZeroMQ client endpoint")
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on HTTP")
+    serve.add_argument("--served-model-name", default=None)
+    _engine_args(serve)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from radixlm.runtime.client_endpoint import ClientEndpoint
+    from radixlm.runtime.config import ModelConfig
+    from radixlm.runtime.launch import launch_runtime
+    from radixlm.runtime.server import create_app
+    from radixlm.runtime.tokenizer import load_tokenizer
+    from radixlm.runtime.tokenizer_manager import TokenizerManager
+
+    fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    cfg = EngineConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    logging.basicConfig(level=cfg.log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
+    ModelConfig.from_path(cfg.model_path)
+    tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model_path)
+    runtime = launch_runtime(cfg)
+    died: list[str] = []
+    try:
+        tm = TokenizerManager(cfg, runtime.addrs, tokenizer, runtime.info, runtime.processes)
+        model_name = args.served_model_name or os.path.basename(os.path.normpath(cfg.model_path))
+        zmq_addr = f"tcp://{args.host}:{args.zmq_port}" if args.zmq_port else None
+        endpoint = ClientEndpoint(tm, zmq_addr) if zmq_addr else None
+        server: uvicorn.Server | None = None
+
+        def on_death(message: str) -> None:
+            died.append(message)
+            asyncio.get_running_loop().call_later(EXIT_GRACE_S, lambda: setattr(server, "should_exit", True))
+
+        async def on_startup() -> None:
+            tm.on_death.append(on_death)
+            if endpoint:
+                await endpoint.start()
+            asyncio.get_running_loop().create_task(announce())
+
+        async def on_shutdown() -> None:
+            if endpoint:
+                await endpoint.close()
+
+        async def announce() -> None:
+            while not server.started:
+                await asyncio.sleep(0.05)
+            extra = f", zmq {zmq_addr}" if zmq_addr else ""
+            print(f"radixlm ready: http://{args.host}:{args.port} model={model_name} "
+                  f"context={tm.context_len} kv_tokens={runtime.info['max_total_tokens']}"
+                  f" device={runtime.info['device']}{extra}", flush=True)
+
+        app = create_app(tm, model_name, args.api_key, on_startup=on_startup, on_shutdown=on_shutdown)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=cfg.log_level.lower(),
+                                timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        server.run()
+    finally:
+        runtime.terminate()
+    if died:
+        print(f"radixlm serve: exiting because {died[0]}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

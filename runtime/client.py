@@ -1,0 +1,119 @@
+"""A small synchronous client for the runtime's ZeroMQ endpoint (`radixlm serve --zmq-port`).
+
+    client = RuntimeClient("tcp://127.0.0.1:30001")
+    out = client.generate("Hello", {"max_new_tokens": 8, "temperature": 0})
+    for chunk in client.generate_stream("Hello", {"max_new_tokens": 8}):
+        print(chunk["text"], end="")
+
+Thread-safe: each call uses its own DEALER socket, so programs may call it from many
+threads (forks, run_batch) at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any, Iterator, Sequence
+
+import zmq
+
+from radixlm.runtime.protocol import (ClientAbort, ClientChunk, ClientControl, ClientGenerate, ClientReply,
+                                      ClientResult, decoder, encoder)
+
+
+class RuntimeClient:
+    def __init__(self, address: str, timeout_s: float = 600.0) -> None:
+        self.address = address
+        self.timeout_ms = int(timeout_s * 1000)
+        self._ctx = zmq.Context.instance()
+        self._local = threading.local()
+        self._enc = encoder()
+        self._dec = decoder(ClientReply)
+
+    def _socket(self) -> zmq.Socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.address)
+            self._local.sock = sock
+        return sock
+
+    def _recv(self, sock: zmq.Socket, rid: str) -> Any:
+        while True:
+            if not sock.poll(self.timeout_ms):
+                raise TimeoutError(f"no reply from {self.address} within {self.timeout_ms / 1000:.0f}s")
+            msg = self._dec.decode(sock.recv())
+            if msg.rid in (rid, ""):
+                return msg
+
+    def _request(self, msg: Any) -> Any:
+        sock = self._socket()
+        sock.send(self._enc.encode(msg))
+        return sock, msg.rid
+
+    def generate(self, prompt: str | None = None, sampling_params: dict | None = None,
+                 input_ids: Sequence[int] | None = None, return_logprob: bool = False,
+                 logprob_start_len: int | None = None, top_logprobs_num: int = 0) -> dict:
+        rid = uuid.uuid4().hex
+        sock, rid = self._request(ClientGenerate(
+            rid=rid, text=prompt, input_ids=list(input_ids) if input_ids is not None else None,
+            sampling_params=dict(sampling_params or {}), return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, stream=False))
+        reply = self._recv(sock, rid)
+        return _result(reply)
+
+    def generate_stream(self, prompt: str | None = None, sampling_params: dict | None = None,
+                        input_ids: Sequence[int] | None = None) -> Iterator[dict]:
+        rid = uuid.uuid4().hex
+        sock, rid = self._request(ClientGenerate(
+            rid=rid, text=prompt, input_ids=list(input_ids) if input_ids is not None else None,
+            sampling_params=dict(sampling_params or {}), stream=True))
+        finished = False
+        try:
+            while not finished:
+                reply = self._recv(sock, rid)
+                chunk = _result(reply)
+                finished = chunk["finished"]
+                yield chunk
+        finally:
+            if not finished:
+                self.abort(rid)
+
+    def abort(self, rid: str) -> None:
+        sock = self._socket()
+        sock.send(self._enc.encode(ClientAbort(rid=rid)))
+
+    def control(self, op: str) -> dict:
+        sock, rid = self._request(ClientControl(rid=uuid.uuid4().hex, op=op))
+        reply = self._recv(sock, rid)
+        if not reply.ok:
+            raise RuntimeError(reply.error)
+        return reply.data
+
+    def flush_cache(self) -> bool:
+        try:
+            self.control("flush_cache")
+            return True
+        except RuntimeError:
+            return False
+
+    def get_server_info(self) -> dict:
+        return self.control("server_info")
+
+    def close(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            sock.close(0)
+            self._local.sock = None
+
+
+def _result(reply: Any) -> dict:
+    if isinstance(reply, ClientResult):
+        raise RuntimeError(reply.error or "request failed")
+    assert isinstance(reply, ClientChunk)
+    return {"text": reply.text, "output_ids": reply.output_ids, "meta_info": reply.meta_info,
+            "finished": reply.finished}
+
+
+__all__ = ["RuntimeClient"]

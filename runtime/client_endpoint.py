@@ -1,0 +1,100 @@
+"""The tokenizer manager's ZeroMQ endpoint for frontends (a ROUTER socket).
+
+Each client (a DEALER, e.g. `radixlm.runtime.client.RuntimeClient`) sends `ClientRequest`
+messages; replies go back to that client only. A frame that does not decode is answered
+with an error naming the problem (rid ""), and the endpoint keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from radixlm.runtime.ipc import make_socket
+from radixlm.runtime.protocol import (ClientAbort, ClientChunk, ClientControl, ClientGenerate, ClientRequest,
+                                      ClientResult, decoder, encoder)
+from radixlm.runtime.tokenizer_manager import TokenizerManager
+
+logger = logging.getLogger("radixlm.client_endpoint")
+CONTROL_OPS = ("flush_cache", "server_info", "health")
+
+
+class ClientEndpoint:
+    def __init__(self, tm: TokenizerManager, address: str) -> None:
+        self.tm = tm
+        self.address = address
+        self.enc = encoder()
+        self.dec = decoder(ClientRequest)
+        self._tasks: set[asyncio.Task] = set()
+        self._by_rid: dict[tuple[bytes, str], asyncio.Task] = {}
+
+    async def start(self) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.sock = make_socket(self.ctx, zmq.ROUTER, self.address, bind=True)
+        self._main = asyncio.create_task(self._serve())
+
+    async def close(self) -> None:
+        self._main.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        self.sock.close(0)
+        self.ctx.term()
+
+    async def _reply(self, identity: bytes, msg: Any) -> None:
+        await self.sock.send_multipart([identity, self.enc.encode(msg)])
+
+    async def _serve(self) -> None:
+        while True:
+            parts = await self.sock.recv_multipart()
+            identity, frames = parts[0], parts[1:]
+            if len(frames) != 1:
+                await self._reply(identity, ClientResult(rid="", ok=False, error="expected exactly one frame"))
+                continue
+            try:
+                msg = self.dec.decode(frames[0])
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                await self._reply(identity, ClientResult(rid="", ok=False, error=f"undecodable message: {exc}"))
+                continue
+            task = asyncio.create_task(self._handle(identity, msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, identity: bytes, msg: Any) -> None:
+        try:
+            if isinstance(msg, ClientGenerate):
+                key = (identity, msg.rid)
+                self._by_rid[key] = asyncio.current_task()
+                try:
+                    await self._generate(identity, msg)
+                finally:
+                    self._by_rid.pop(key, None)
+            elif isinstance(msg, ClientAbort):
+                task = self._by_rid.get((identity, msg.rid))
+                if task is not None:
+                    task.cancel()  # the tokenizer manager aborts the request as its stream closes
+                await self._reply(identity, ClientResult(rid=msg.rid, ok=True))
+            elif isinstance(msg, ClientControl):
+                if msg.op not in CONTROL_OPS:
+                    raise ValueError(f"unknown operation {msg.op!r}; expected one of {CONTROL_OPS}")
+                reply = await self.tm.control(msg.op)
+                await self._reply(identity, ClientResult(rid=msg.rid, ok=reply.ok, data=reply.data, error=reply.error))
+        except asyncio.CancelledError:
+            await self._reply(identity, ClientResult(rid=getattr(msg, "rid", ""), ok=False, error="aborted"))
+        except Exception as exc:
+            await self._reply(identity, ClientResult(rid=getattr(msg, "rid", ""), ok=False,
+                                                     error=f"{type(exc).__name__}: {exc}"))
+
+    async def _generate(self, identity: bytes, msg: ClientGenerate) -> None:
+        prepared = self.tm.prepare(msg.text, msg.input_ids, msg.sampling_params, msg.return_logprob,
+                                   msg.logprob_start_len, msg.top_logprobs_num)
+        if prepared.params.n != 1:
+            raise ValueError("the ZeroMQ endpoint takes n == 1; send n requests to sample n times")
+        async for item in self.tm.generate(prepared, stream=msg.stream):
+            finished = item.get("finished", True)
+            await self._reply(identity, ClientChunk(rid=msg.rid, text=item["text"], output_ids=list(item["output_ids"]),
+                                                    meta_info=item["meta_info"], finished=finished))

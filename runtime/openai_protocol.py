@@ -1,0 +1,141 @@
+"""HTTP request bodies (pydantic) for the native and OpenAI-compatible routes, and their
+translation into radixlm sampling parameters.
+
+OpenAI routes ignore fields they do not know (clients send many); fields they do know are
+type-checked, and features radixlm does not support yet are refused by name rather than
+silently ignored. The native /generate route refuses unknown fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _OpenAISampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = "default"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Union[str, list[str], None] = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    # extensions that SGLang and vLLM users know
+    top_k: int = -1
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    no_stop_trim: bool = False
+    stop_token_ids: list[int] | None = None
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    regex: str | None = None
+    json_schema: Any = None
+
+    def unsupported(self) -> str | None:
+        if self.logit_bias:
+            return "logit_bias is not supported"
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            return f"response_format {self.response_format.get('type')!r} is not supported yet"
+        if self.regex is not None or self.json_schema is not None:
+            return "regex / json_schema constrained decoding is not supported yet"
+        return None
+
+    def sampling_params(self, max_tokens: int | None) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
+            "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty, "min_new_tokens": self.min_tokens,
+            "ignore_eos": self.ignore_eos, "skip_special_tokens": self.skip_special_tokens,
+            "no_stop_trim": self.no_stop_trim, "stop": self.stop, "stop_token_ids": self.stop_token_ids,
+            "seed": self.seed, "n": self.n,
+        }
+        if max_tokens is not None:
+            params["max_new_tokens"] = max_tokens
+        return params
+
+
+class CompletionRequest(_OpenAISampling):
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+
+    def unsupported(self) -> str | None:
+        if self.echo:
+            return "echo is not supported"
+        if self.suffix:
+            return "suffix is not supported"
+        return super().unsupported()
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: Union[str, list[TextPart], None] = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_OpenAISampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+
+    def unsupported(self) -> str | None:
+        if self.tools:
+            return "tools / function calling is not supported"
+        return super().unsupported()
+
+
+class GenerateRequest(BaseModel):
+    """The native /generate body (SGLang's field names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Union[str, list[str], None] = None
+    input_ids: Union[list[int], list[list[int]], None] = None
+    sampling_params: dict[str, Any] = Field(default_factory=dict)
+    return_logprob: bool = False
+    logprob_start_len: int | None = None
+    top_logprobs_num: int = 0
+    stream: bool = False
+    rid: str | None = None
+
+
+def finish_reason_name(reason: dict | None) -> str | None:
+    if not reason:
+        return None
+    kind = reason.get("type")
+    if kind == "length":
+        return "length"
+    if kind == "abort":
+        return "abort"
+    return "stop"

@@ -1,0 +1,159 @@
+"""Messages between the runtime's processes and its clients: msgspec structs, msgpack-encoded.
+
+Every message is a tagged struct, so one decoder per socket turns bytes into exactly one
+of the types that socket may carry, or raises `msgspec.DecodeError`/`ValidationError` for
+anything else. Nothing is ever unpickled: a hostile message fails to decode, it does not
+run code.
+
+    tokenizer manager --ToScheduler--> scheduler --TokenOutputBatch--> detokenizer
+          ^      \\______________________________/ (control replies)          |
+          +-------------------------- TextOutputBatch ------------------------+
+    clients --ClientRequest--> tokenizer manager (ROUTER) --ClientReply--> clients
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import msgspec
+
+from radixlm.runtime.sampling import SamplingParams
+
+# Upper bound on one message; bigger frames are refused before decoding.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class Msg(msgspec.Struct, tag=True, forbid_unknown_fields=True):
+    """Base: subclasses are tagged with their class name."""
+
+
+# --------------------------------------------------------------------- to the scheduler
+class GenerateReq(Msg):
+    rid: str
+    input_ids: list[int]
+    sampling_params: SamplingParams
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+    stream: bool = False
+    seed: int = 0
+
+
+class AbortReq(Msg):
+    rid: str
+    message: str = "aborted"
+
+
+class ControlReq(Msg):
+    """flush_cache | server_info | health | check_accounting | shutdown"""
+
+    rid: str
+    op: str
+
+
+ToScheduler = Union[GenerateReq, AbortReq, ControlReq]
+
+
+# --------------------------------------------------------------------- scheduler -> detokenizer
+class TokenOutput(msgspec.Struct):
+    rid: str
+    new_ids: list[int]  # output ids since the last message for this rid
+    finished_reason: dict[str, Any] | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    retractions: int = 0
+    skip_special_tokens: bool = True
+    no_stop_trim: bool = False
+    stop_strs: list[str] = []
+    stream: bool = False
+    # logprobs new since the last message (None when not requested)
+    input_token_logprobs: list[tuple[float | None, int]] | None = None
+    input_top_logprobs: list[list[tuple[int, float]] | None] | None = None
+    output_token_logprobs: list[tuple[float, int]] | None = None
+    output_top_logprobs: list[list[tuple[int, float]]] | None = None
+
+
+class TokenOutputBatch(Msg):
+    outputs: list[TokenOutput]
+
+
+class ControlReply(Msg):
+    rid: str
+    op: str
+    ok: bool
+    data: dict[str, Any] = {}
+    error: str = ""
+
+
+class ShutdownAck(Msg):
+    process: str
+
+
+FromScheduler = Union[TokenOutputBatch, ControlReply, ShutdownAck]
+
+
+# --------------------------------------------------------------------- detokenizer -> tokenizer manager
+class TextOutput(msgspec.Struct):
+    rid: str
+    text_delta: str
+    token: TokenOutput
+
+
+class TextOutputBatch(Msg):
+    outputs: list[TextOutput]
+
+
+ToTokenizerManager = Union[TextOutputBatch, ControlReply, ShutdownAck]
+
+
+# --------------------------------------------------------------------- clients <-> tokenizer manager
+class ClientGenerate(Msg):
+    rid: str
+    text: str | None = None
+    input_ids: list[int] | None = None
+    sampling_params: dict[str, Any] = {}
+    return_logprob: bool = False
+    logprob_start_len: int | None = None
+    top_logprobs_num: int = 0
+    stream: bool = False
+
+
+class ClientAbort(Msg):
+    rid: str
+
+
+class ClientControl(Msg):
+    rid: str
+    op: str  # flush_cache | server_info | health
+
+
+ClientRequest = Union[ClientGenerate, ClientAbort, ClientControl]
+
+
+class ClientChunk(Msg):
+    """A streamed delta, or (finished=True) the last message for a generate request."""
+
+    rid: str
+    text: str  # streaming: the new text; final: the whole text
+    output_ids: list[int]
+    meta_info: dict[str, Any]
+    finished: bool
+
+
+class ClientResult(Msg):
+    rid: str
+    ok: bool
+    data: dict[str, Any] = {}
+    error: str = ""
+
+
+ClientReply = Union[ClientChunk, ClientResult]
+
+
+def encoder() -> msgspec.msgpack.Encoder:
+    return msgspec.msgpack.Encoder()
+
+
+def decoder(kind: Any) -> msgspec.msgpack.Decoder:
+    return msgspec.msgpack.Decoder(kind)

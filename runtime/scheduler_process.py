@@ -1,0 +1,253 @@
+"""The scheduler process: owns the model, the KV pools and the radix tree.
+
+Its loop never waits on a socket while there is work: it drains every pending message
+without blocking, runs one scheduler step, and pushes the token ids that the step
+produced to the detokenizer. Only when idle does it block, briefly, in `poll`.
+A message that fails to decode is logged and dropped (it has no trustworthy request id
+to answer); a request that decodes but is invalid is answered with an abort that names
+the problem. Neither ever stops the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import msgspec
+import zmq
+
+from radixlm.runtime.config import EngineConfig, ModelConfig
+from radixlm.runtime.ipc import IpcAddresses, die_with_parent, make_socket, parent_alive, set_process_title
+from radixlm.runtime.model_runner import ModelRunner
+from radixlm.runtime.protocol import (AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
+                                      ToScheduler, TokenOutput, TokenOutputBatch, decoder, encoder)
+from radixlm.runtime.request import Req
+from radixlm.runtime.scheduler import Scheduler
+from radixlm.runtime.tokenizer import load_tokenizer
+
+logger = logging.getLogger("radixlm.scheduler")
+
+LOG_INTERVAL_STEPS = 40
+
+
+def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: Any) -> None:
+    die_with_parent()
+    set_process_title("radixlm::sched")
+    logging.basicConfig(level=cfg.log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
+    try:
+        model_cfg = ModelConfig.from_path(cfg.model_path)
+        tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model_path)
+        runner = ModelRunner(cfg, model_cfg)
+        scheduler = Scheduler(cfg, runner, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+    except Exception as exc:  # report any start-up failure to the launcher, then exit
+        ready_conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        return
+    eos = set(model_cfg.eos_token_ids)
+    if tokenizer.eos_token_id is not None:
+        eos.add(tokenizer.eos_token_id)
+    loop = SchedulerLoop(cfg, addrs, scheduler, frozenset(eos))
+    ready_conn.send({
+        "ok": True, "pid": os.getpid(), "context_len": runner.context_len,
+        "max_total_tokens": runner.max_total_tokens, "vocab_size": runner.vocab_size,
+        "eos_ids": sorted(eos), "device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
+        "architecture": model_cfg.architecture,
+    })
+    loop.run()
+
+
+class SchedulerLoop:
+    def __init__(self, cfg: EngineConfig, addrs: IpcAddresses, scheduler: Scheduler, eos_ids: frozenset[int]):
+        self.cfg = cfg
+        self.scheduler = scheduler
+        self.eos_ids = eos_ids
+        self.ctx = zmq.Context()
+        self.recv_sock = make_socket(self.ctx, zmq.PULL, addrs.scheduler_input, bind=False)
+        self.to_detok = make_socket(self.ctx, zmq.PUSH, addrs.detokenizer_input, bind=False)
+        self.to_tm = make_socket(self.ctx, zmq.PUSH, addrs.tokenizer_input, bind=False)
+        self.enc = encoder()
+        self.dec = decoder(ToScheduler)
+        self.reqs: dict[str, Req] = {}
+        self.stopping = False
+        self._last_log = (time.perf_counter(), 0)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        last_parent_check = time.monotonic()
+        while not self.stopping:
+            self._drain()
+            if self.stopping:
+                break
+            if self.scheduler.has_work:
+                touched = self.scheduler.step()
+                self._emit(touched)
+                self._maybe_log()
+            else:
+                self.recv_sock.poll(50)
+            if time.monotonic() - last_parent_check > 1.0:
+                last_parent_check = time.monotonic()
+                if not parent_alive():
+                    return
+        self._linger_until_killed()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frame = self.recv_sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = self.dec.decode(frame)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                logger.warning("dropped a message that failed to decode (%d bytes): %s", len(frame), exc)
+                continue
+            try:
+                self._handle(msg)
+            except Exception as exc:  # a handler bug must not kill the loop
+                logger.exception("error handling %s", type(msg).__name__)
+                if isinstance(msg, GenerateReq):
+                    self._reject(msg, f"internal error: {exc}")
+                elif isinstance(msg, ControlReq):
+                    self._reply(msg, False, error=str(exc))
+
+    def _handle(self, msg: Any) -> None:
+        if isinstance(msg, GenerateReq):
+            self._add(msg)
+        elif isinstance(msg, AbortReq):
+            req = self.reqs.get(msg.rid)
+            if req is not None:
+                self.scheduler.abort_request(msg.rid, msg.message)
+        elif isinstance(msg, ControlReq):
+            self._control(msg)
+
+    def _add(self, msg: GenerateReq) -> None:
+        runner = self.scheduler.runner
+        params = msg.sampling_params
+        try:
+            if msg.rid in self.reqs:
+                raise ValueError(f"duplicate request id {msg.rid!r}")
+            params.validate(runner.vocab_size)
+            ids = msg.input_ids
+            if not ids:
+                raise ValueError("prompt is empty (no tokens)")
+            if any(t < 0 or t >= runner.vocab_size for t in ids):
+                raise ValueError(f"input_ids must be integers in [0, {runner.vocab_size})")
+            if len(ids) + (1 if params.max_new_tokens > 0 else 0) > runner.context_len:
+                raise ValueError(f"prompt is too long: {len(ids)} tokens, context length is {runner.context_len}")
+            if not -1 <= msg.logprob_start_len < len(ids) or msg.top_logprobs_num < 0:
+                raise ValueError("logprob_start_len or top_logprobs_num out of range")
+        except ValueError as exc:
+            self._reject(msg, str(exc))
+            return
+        params.max_new_tokens = min(params.max_new_tokens, runner.context_len - len(ids))
+        params.min_new_tokens = min(params.min_new_tokens, params.max_new_tokens)
+        req = Req(
+            rid=msg.rid, origin_input_ids=list(ids), sampling_params=params, seed=msg.seed, eos_ids=self.eos_ids,
+            return_logprob=msg.return_logprob,
+            logprob_start_len=msg.logprob_start_len if msg.return_logprob else -1,
+            top_logprobs_num=msg.top_logprobs_num if msg.return_logprob else 0, stream=msg.stream,
+        )
+        self.reqs[req.rid] = req
+        self.scheduler.add_request(req)
+
+    def _reject(self, msg: GenerateReq, message: str) -> None:
+        out = TokenOutput(rid=msg.rid, new_ids=[], finished_reason={"type": "abort", "message": message,
+                                                                    "status_code": 400},
+                          prompt_tokens=len(msg.input_ids), completion_tokens=0, cached_tokens=0)
+        self.to_detok.send(self.enc.encode(TokenOutputBatch([out])))
+
+    def _control(self, msg: ControlReq) -> None:
+        sched = self.scheduler
+        if msg.op == "flush_cache":
+            ok = sched.flush_cache()
+            self._reply(msg, ok, error="" if ok else "requests are still queued or running")
+        elif msg.op == "server_info":
+            self._reply(msg, True, data=self.server_info())
+        elif msg.op == "health":
+            self._reply(msg, True)
+        elif msg.op == "check_accounting":
+            try:
+                sched.check_accounting()
+                self._reply(msg, True, data=sched.usage())
+            except AssertionError as exc:
+                self._reply(msg, False, error=str(exc))
+        elif msg.op == "shutdown":
+            # the detokenizer acknowledges to the tokenizer manager itself
+            self.to_detok.send(self.enc.encode(ControlReq(rid=msg.rid, op="shutdown")))
+            self.to_tm.send(self.enc.encode(ShutdownAck(process="scheduler")))
+            self.stopping = True
+        else:
+            self._reply(msg, False, error=f"unknown control operation {msg.op!r}")
+
+    def _reply(self, msg: ControlReq, ok: bool, data: dict | None = None, error: str = "") -> None:
+        self.to_tm.send(self.enc.encode(ControlReply(rid=msg.rid, op=msg.op, ok=ok, data=data or {}, error=error)))
+
+    def server_info(self) -> dict:
+        sched, runner = self.scheduler, self.scheduler.runner
+        stats = sched.stats
+        return {
+            "context_length": runner.context_len, "max_total_tokens": runner.max_total_tokens,
+            "device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
+            "cache_hit_rate": stats.cache_hit_rate, "prompt_tokens": stats.prompt_tokens,
+            "cached_tokens": stats.cached_tokens, "generated_tokens": stats.generated_tokens,
+            "decode_steps": stats.decode_steps, "prefill_batches": stats.prefill_batches,
+            "retractions": stats.retractions, "finished_requests": stats.finished_requests,
+            **sched.usage(),
+        }
+
+    # ------------------------------------------------------------------ outputs
+    def _emit(self, touched: list[Req]) -> None:
+        outputs = []
+        for req in touched:
+            if not (req.finished or req.stream):
+                continue
+            outputs.append(self._token_output(req))
+            if req.finished:
+                self.reqs.pop(req.rid, None)
+        if outputs:
+            self.to_detok.send(self.enc.encode(TokenOutputBatch(outputs)))
+
+    def _token_output(self, req: Req) -> TokenOutput:
+        params = req.sampling_params
+        out = TokenOutput(
+            rid=req.rid, new_ids=req.output_ids[req.sent_output_len:], finished_reason=req.finished_reason,
+            prompt_tokens=req.prompt_len, completion_tokens=len(req.output_ids),
+            cached_tokens=max(req.cached_tokens, 0), retractions=req.retraction_count,
+            skip_special_tokens=params.skip_special_tokens, no_stop_trim=params.no_stop_trim,
+            stop_strs=params.stop_strs, stream=req.stream,
+        )
+        req.sent_output_len = len(req.output_ids)
+        if req.return_logprob:
+            out.input_token_logprobs = req.input_token_logprobs[req.sent_input_logprobs:]
+            out.output_token_logprobs = req.output_token_logprobs[req.sent_output_logprobs:]
+            if req.top_logprobs_num:
+                out.input_top_logprobs = req.input_top_logprobs[req.sent_input_logprobs:]
+                out.output_top_logprobs = req.output_top_logprobs[req.sent_output_logprobs:]
+            req.sent_input_logprobs = len(req.input_token_logprobs)
+            req.sent_output_logprobs = len(req.output_token_logprobs)
+        return out
+
+    def _maybe_log(self) -> None:
+        stats = self.scheduler.stats
+        if stats.decode_steps == 0 or stats.decode_steps % LOG_INTERVAL_STEPS or not logger.isEnabledFor(logging.INFO):
+            return
+        now = time.perf_counter()
+        last_t, last_tokens = self._last_log
+        throughput = (stats.generated_tokens - last_tokens) / max(now - last_t, 1e-9)
+        self._last_log = (now, stats.generated_tokens)
+        u = self.scheduler.usage()
+        used = u["total_tokens"] - u["free_tokens"] - u["evictable_tokens"]
+        logger.info(
+            "decode step %d: #running-req %d, #queue-req %d, #token %d, token usage %.2f, "
+            "cache hit rate %.1f%%, gen throughput %.1f tok/s",
+            stats.decode_steps, u["running"], u["waiting"], used, used / u["total_tokens"],
+            100 * stats.cache_hit_rate, throughput,
+        )
+
+    def _linger_until_killed(self) -> None:
+        """After acknowledging shutdown keep the sockets open (closing a PUSH socket right
+        after a send can lose the send) until the launcher terminates us or exits."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and parent_alive():
+            time.sleep(0.05)

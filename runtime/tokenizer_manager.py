@@ -1,0 +1,343 @@
+"""The tokenizer manager: the runtime's front door, in the caller's process (asyncio).
+
+It tokenises and validates requests (a bad request raises before anything is queued),
+sends them to the scheduler, tracks each request's state, and turns the detokenizer's
+text deltas into results and streams. It also watches the child processes: if one dies,
+every pending request fails at once with an error naming it, and health turns bad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Sequence
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from radixlm.runtime.config import EngineConfig
+from radixlm.runtime.ipc import IpcAddresses, make_socket
+from radixlm.runtime.protocol import (AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
+                                      TextOutputBatch, ToTokenizerManager, decoder, encoder)
+from radixlm.runtime.sampling import SamplingParams
+
+logger = logging.getLogger("radixlm.tokenizer_manager")
+
+WATCHDOG_INTERVAL_S = 0.25
+
+
+class RuntimeDiedError(RuntimeError):
+    """A runtime process died; pending and new requests fail with this."""
+
+
+class RequestError(RuntimeError):
+    """A request the runtime refused or aborted (bad input found late, abort, ...)."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass
+class ReqState:
+    rid: str
+    index: int
+    stream: bool
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    text: str = ""
+    output_ids: list[int] = field(default_factory=list)
+    meta_info: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
+    created: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+
+@dataclass
+class PreparedRequest:
+    """A validated request: token ids, sampling parameters and logprob options."""
+
+    input_ids: list[int]
+    params: SamplingParams
+    return_logprob: bool
+    logprob_start_len: int
+    top_logprobs_num: int
+
+
+class TokenizerManager:
+    def __init__(self, cfg: EngineConfig, addrs: IpcAddresses, tokenizer: Any, info: dict,
+                 processes: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.addrs = addrs
+        self.tokenizer = tokenizer
+        self.info = info
+        self.context_len: int = info["context_len"]
+        self.vocab_size: int = info["vocab_size"]
+        self.processes = processes
+        self.states: dict[str, ReqState] = {}
+        self.pending_control: dict[str, asyncio.Future] = {}
+        self.dead: str | None = None
+        self.on_death: list[Callable[[str], None]] = []
+        self.metrics: Any = None  # set by the HTTP server: observes TTFT, ITL, tokens
+        self._rng = random.Random(cfg.random_seed)
+        self._acks: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.to_scheduler = make_socket(self.ctx, zmq.PUSH, self.addrs.scheduler_input, bind=True)
+        self.from_runtime = make_socket(self.ctx, zmq.PULL, self.addrs.tokenizer_input, bind=True)
+        self.enc = encoder()
+        self.dec = decoder(ToTokenizerManager)
+        self._tasks = [asyncio.create_task(self._recv_loop()), asyncio.create_task(self._watchdog())]
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        if self.dead is None:
+            try:
+                await self._send(ControlReq(rid="shutdown", op="shutdown"))
+                deadline = time.monotonic() + timeout
+                while self._acks != {"scheduler", "detokenizer"} and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+            except Exception:  # best effort: the launcher terminates whatever is left
+                pass
+        self.dead = self.dead or "runtime shut down"
+        for task in self._tasks:
+            task.cancel()
+        self._fail_all(RuntimeDiedError("runtime shut down"))
+        self.to_scheduler.close(0)
+        self.from_runtime.close(0)
+        self.ctx.term()
+
+    # ------------------------------------------------------------------ validation
+    def prepare(self, prompt: str | None, input_ids: Sequence[int] | None, sampling_params: Any,
+                return_logprob: bool = False, logprob_start_len: int | None = None,
+                top_logprobs_num: int = 0) -> PreparedRequest:
+        """Tokenise and validate one request; raises ValueError/TypeError naming the problem."""
+        params = SamplingParams.from_any(sampling_params)
+        params.validate(self.vocab_size)
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("give exactly one of prompt (text) or input_ids")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+            if not prompt:
+                raise ValueError("prompt is empty")
+            ids = list(self.tokenizer(prompt).input_ids)
+        else:
+            if not isinstance(input_ids, (list, tuple)):
+                raise TypeError("input_ids must be a list of token ids")
+            ids = list(input_ids)
+            if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.vocab_size for t in ids):
+                raise ValueError(f"input_ids must be integers in [0, {self.vocab_size})")
+        if not ids:
+            raise ValueError("prompt is empty (no tokens)")
+        if len(ids) + (1 if params.max_new_tokens > 0 else 0) > self.context_len:
+            raise ValueError(f"prompt is too long: {len(ids)} tokens, context length is {self.context_len}")
+        params.max_new_tokens = min(params.max_new_tokens, self.context_len - len(ids))
+        params.min_new_tokens = min(params.min_new_tokens, params.max_new_tokens)
+        if not isinstance(return_logprob, bool):
+            raise TypeError("return_logprob must be a boolean")
+        if not isinstance(top_logprobs_num, int) or isinstance(top_logprobs_num, bool) or top_logprobs_num < 0:
+            raise ValueError(f"top_logprobs_num must be an integer >= 0, got {top_logprobs_num!r}")
+        start = -1 if logprob_start_len is None else logprob_start_len
+        if not isinstance(start, int) or not -1 <= start < len(ids):
+            raise ValueError(f"logprob_start_len must be in [-1, {len(ids)}), got {logprob_start_len!r}")
+        return PreparedRequest(ids, params, return_logprob, start, top_logprobs_num)
+
+    # ------------------------------------------------------------------ requests
+    async def generate(self, req: PreparedRequest, stream: bool = False,
+                       rid: str | None = None) -> AsyncIterator[dict]:
+        """Run a prepared request. Streaming yields deltas
+        `{"index", "text", "output_ids", "meta_info", "finished"}`; otherwise one final
+        `{"index", "text", "output_ids", "meta_info"}` per sample (n of them), in index order."""
+        self._check_alive()
+        rid = rid or uuid.uuid4().hex
+        params = req.params
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(62)
+        n = params.n
+        if n > 1:
+            # compute the shared prompt once, so the n samples hit the cache instead of racing
+            warm = SamplingParams.from_any({"max_new_tokens": 0})
+            async for _ in self._run_one(f"{rid}-warm", 0, req.input_ids, warm, seed, req, False, logprobs=False):
+                pass
+        rids = [rid] if n == 1 else [f"{rid}-{k}" for k in range(n)]
+        iters = [self._run_one(r, k, req.input_ids, params, seed + k, req, stream) for k, r in enumerate(rids)]
+        if len(iters) == 1:
+            async for item in iters[0]:
+                yield item
+            return
+        async for item in _merge(iters):
+            yield item
+
+    async def _run_one(self, rid: str, index: int, ids: list[int], params: SamplingParams, seed: int,
+                       req: PreparedRequest, stream: bool, logprobs: bool = True) -> AsyncIterator[dict]:
+        if rid in self.states:
+            raise ValueError(f"duplicate request id {rid!r}")
+        state = ReqState(rid=rid, index=index, stream=stream)
+        self.states[rid] = state
+        msg = GenerateReq(
+            rid=rid, input_ids=ids, sampling_params=params,
+            return_logprob=req.return_logprob and logprobs, logprob_start_len=req.logprob_start_len,
+            top_logprobs_num=req.top_logprobs_num, stream=stream, seed=seed,
+        )
+        try:
+            await self._send(msg)
+            while True:
+                item = await state.queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                if stream:
+                    yield item
+                    if item["finished"]:
+                        return
+                elif item["finished"]:
+                    yield {"index": index, "text": state.text, "output_ids": state.output_ids,
+                           "meta_info": state.meta_info}
+                    return
+        finally:
+            if not state.finished and self.dead is None:
+                # the consumer went away (client disconnect, cancellation): free its KV
+                await self._send(AbortReq(rid=rid, message="client disconnected"))
+            self.states.pop(rid, None)
+
+    async def abort(self, rid: str) -> None:
+        targets = [r for r in self.states if r == rid or r.startswith(f"{rid}-")]
+        for r in targets:
+            await self._send(AbortReq(rid=r, message="aborted by user"))
+
+    async def control(self, op: str, timeout: float = 30.0) -> ControlReply:
+        self._check_alive()
+        rid = uuid.uuid4().hex
+        fut = asyncio.get_running_loop().create_future()
+        self.pending_control[rid] = fut
+        try:
+            await self._send(ControlReq(rid=rid, op=op))
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self.pending_control.pop(rid, None)
+
+    # ------------------------------------------------------------------ internals
+    def _check_alive(self) -> None:
+        if self.dead is not None:
+            raise RuntimeDiedError(self.dead)
+
+    async def _send(self, msg: Any) -> None:
+        await self.to_scheduler.send(self.enc.encode(msg))
+
+    async def _recv_loop(self) -> None:
+        while True:
+            frame = await self.from_runtime.recv()
+            try:
+                msg = self.dec.decode(frame)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                logger.warning("dropped a message that failed to decode: %s", exc)
+                continue
+            try:
+                self._dispatch(msg)
+            except Exception:
+                logger.exception("error dispatching %s", type(msg).__name__)
+
+    def _dispatch(self, msg: Any) -> None:
+        if isinstance(msg, TextOutputBatch):
+            now = time.perf_counter()
+            for out in msg.outputs:
+                state = self.states.get(out.rid)
+                if state is not None:
+                    self._update(state, out, now)
+        elif isinstance(msg, ControlReply):
+            fut = self.pending_control.get(msg.rid)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif isinstance(msg, ShutdownAck):
+            self._acks.add(msg.process)
+
+    def _update(self, state: ReqState, out: Any, now: float) -> None:
+        tok = out.token
+        reason = tok.finished_reason
+        if reason is not None and reason.get("type") == "abort" and reason.get("status_code") == 400:
+            state.finished = True
+            state.queue.put_nowait(RequestError(reason.get("message", "invalid request"), 400))
+            return
+        if tok.new_ids:
+            if state.first_token_at is None:
+                state.first_token_at = now
+                if self.metrics:
+                    self.metrics.observe_ttft(now - state.created)
+            elif self.metrics and state.last_token_at is not None:
+                self.metrics.observe_itl((now - state.last_token_at) / len(tok.new_ids))
+            state.last_token_at = now
+        state.text += out.text_delta
+        state.output_ids += tok.new_ids
+        meta = state.meta_info
+        meta.update(id=state.rid, prompt_tokens=tok.prompt_tokens, completion_tokens=tok.completion_tokens,
+                    cached_tokens=tok.cached_tokens, finish_reason=reason, retractions=tok.retractions)
+        for key in ("input_token_logprobs", "input_top_logprobs", "output_token_logprobs", "output_top_logprobs"):
+            new = getattr(tok, key)
+            if new is not None:
+                meta.setdefault(key, []).extend(new)
+        state.finished = reason is not None
+        if state.finished:
+            meta["e2e_latency"] = now - state.created
+            if self.metrics:
+                self.metrics.observe_finished(state)
+        if state.stream:
+            state.queue.put_nowait({"index": state.index, "text": out.text_delta, "output_ids": list(tok.new_ids),
+                                    "meta_info": dict(meta), "finished": state.finished})
+        elif state.finished:
+            state.queue.put_nowait({"finished": True})
+
+    def _fail_all(self, exc: Exception) -> None:
+        for state in list(self.states.values()):
+            state.finished = True
+            state.queue.put_nowait(exc)
+        for fut in self.pending_control.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def _watchdog(self) -> None:
+        while self.dead is None:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            for name, proc in self.processes.items():
+                if not proc.is_alive():
+                    self.dead = f"the {name} process (pid {proc.pid}) died with exit code {proc.exitcode}"
+                    logger.error("%s; failing %d pending requests", self.dead, len(self.states))
+                    self._fail_all(RuntimeDiedError(self.dead))
+                    for callback in self.on_death:
+                        callback(self.dead)
+                    return
+
+
+async def _merge(iters: list[AsyncIterator[dict]]) -> AsyncIterator[dict]:
+    """Interleave several async iterators; non-streaming results come back in index order."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(it: AsyncIterator[dict]) -> None:
+        try:
+            async for item in it:
+                await queue.put(item)
+        except Exception as exc:
+            await queue.put(exc)
+        finally:
+            await queue.put(done)
+
+    tasks = [asyncio.create_task(pump(it)) for it in iters]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
