@@ -94,7 +94,10 @@ def serve(args: argparse.Namespace) -> int:
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=cfg.log_level.lower(),
                                 timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
-        server.run()
+        try:
+            server.run()
+        except KeyboardInterrupt:  # uvicorn re-raises the signal that stopped it: a clean stop
+            pass
     finally:
         runtime.terminate()
     if died:
@@ -104,6 +107,15 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt  # unwind through `finally`, which stops the children
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)

@@ -62,7 +62,10 @@ def make_socket(ctx: zmq.Context, kind: int, endpoint: str, bind: bool) -> zmq.S
 
 
 def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent exits, so no child is orphaned."""
+    """Ask Linux to SIGKILL this process when its parent exits, so no child is orphaned.
+    Also ignore SIGINT: a Ctrl-C reaches the whole process group, and shutdown is the
+    parent's to run (it stops the children in order, then terminates them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

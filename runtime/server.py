@@ -326,7 +326,8 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
     @app.get("/server_info")
     async def server_info():
         reply = await _control(tm, "server_info")
-        return {"model": model_name, **reply.data}
+        pids = {name: proc.pid for name, proc in tm.processes.items()}
+        return {"model": model_name, "process_ids": pids, **reply.data}
 
     @app.get("/metrics")
     async def prometheus_metrics():

@@ -102,7 +102,8 @@ class TokenizerManager:
             try:
                 await self._send(ControlReq(rid="shutdown", op="shutdown"))
                 deadline = time.monotonic() + timeout
-                while self._acks != {"scheduler", "detokenizer"} and time.monotonic() < deadline:
+                while (self._acks != {"scheduler", "detokenizer"} and time.monotonic() < deadline
+                       and all(p.is_alive() for p in self.processes.values())):
                     await asyncio.sleep(0.02)
             except Exception:  # best effort: the launcher terminates whatever is left
                 pass

@@ -1,0 +1,133 @@
+"""The Engine over its processes: n > 1, streaming, early stream close, process death, shutdown."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import get_engine
+from radixlm import Engine
+from radixlm.runtime.tokenizer_manager import RuntimeDiedError
+from radixlm.testing import build_tiny_model
+
+
+def ids_of(n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(4, 8192) for _ in range(n)]
+
+
+def gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" in status.read_text().lower()
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_n_samples_share_the_prompt_through_the_cache():
+    engine = get_engine("llama")
+    ids = ids_of(60, 6)
+    outs = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 6, "n": 4, "temperature": 1.0, "seed": 3})
+    assert len(outs) == 4
+    # the prompt is computed once (a warm-up request), then every sample hits the cache
+    assert all(o["meta_info"]["cached_tokens"] >= 59 for o in outs)
+    again = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 6, "n": 4, "temperature": 1.0, "seed": 3})
+    assert [o["output_ids"] for o in again] == [o["output_ids"] for o in outs]
+    assert len({tuple(o["output_ids"]) for o in outs}) > 1
+
+
+def test_batch_with_n_keeps_prompt_order():
+    engine = get_engine("llama")
+    prompts = [ids_of(10 + i, 70 + i) for i in range(3)]
+    outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 3, "n": 2, "temperature": 0,
+                                                               "ignore_eos": True})
+    assert len(outs) == 6
+    for i, ids in enumerate(prompts):
+        single = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 3, "temperature": 0,
+                                                                 "ignore_eos": True})
+        assert outs[2 * i]["output_ids"] == outs[2 * i + 1]["output_ids"] == single["output_ids"]
+
+
+def test_stream_concatenates_to_the_full_result():
+    engine = get_engine("llama")
+    params = {"max_new_tokens": 20, "temperature": 0, "ignore_eos": True}
+    full = engine.generate("The history of Python began", params)
+    chunks = list(engine.generate("The history of Python began", params, stream=True))
+    assert chunks[-1]["finished"] and not any(c["finished"] for c in chunks[:-1])
+    assert "".join(c["text"] for c in chunks) == full["text"]
+    assert [t for c in chunks for t in c["output_ids"]] == full["output_ids"]
+    assert chunks[-1]["meta_info"]["finish_reason"] == full["meta_info"]["finish_reason"]
+
+
+def test_closing_a_stream_early_aborts_and_frees_kv():
+    engine = get_engine("llama")
+    stream = engine.generate("Once upon a time", {"max_new_tokens": 1500, "temperature": 0, "ignore_eos": True},
+                             stream=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    assert wait_until(lambda: engine.get_server_info()["running"] == 0, 10)
+    usage = engine.check_accounting()
+    assert usage["in_use_tokens"] == 0 and usage["locked_tokens"] == 0
+
+
+def test_killed_scheduler_fails_pending_requests_fast_and_shutdown_leaves_no_orphans():
+    engine = Engine(str(build_tiny_model("llama")))
+    try:
+        pids = engine.process_ids
+        errors: list[BaseException] = []
+
+        def long_request() -> None:
+            try:
+                engine.generate("Hello", {"max_new_tokens": 1900, "temperature": 0, "ignore_eos": True})
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+                errors.append(exc)
+
+        worker = threading.Thread(target=long_request)
+        worker.start()
+        time.sleep(0.5)
+        killed_at = time.monotonic()
+        os.kill(pids["scheduler"], signal.SIGKILL)
+        worker.join(10)
+        assert not worker.is_alive(), "the pending request did not fail"
+        assert time.monotonic() - killed_at < 5
+        assert errors and isinstance(errors[0], RuntimeDiedError)
+        assert "scheduler" in str(errors[0])
+        with pytest.raises(RuntimeDiedError, match="scheduler"):
+            engine.generate("Hello", {"max_new_tokens": 2})
+    finally:
+        engine.shutdown()
+    assert wait_until(lambda: all(gone(pid) for pid in pids.values()), 10), pids
+
+
+def test_shutdown_stops_children_and_rejects_new_work():
+    engine = Engine(str(build_tiny_model("llama")))
+    pids = engine.process_ids
+    assert engine.generate("hi", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
+    engine.shutdown()
+    assert wait_until(lambda: all(gone(pid) for pid in pids.values()), 10), pids
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.generate("hi", {"max_new_tokens": 2})
+    engine.shutdown()  # idempotent
+
+
+def test_ipc_directory_is_private():
+    engine = get_engine("llama")
+    directory = engine._runtime.addrs.directory
+    assert os.stat(directory).st_mode & 0o777 == 0o700
