@@ -104,3 +104,23 @@ class Req:
                 info["input_top_logprobs"] = list(self.input_top_logprobs)
                 info["output_top_logprobs"] = list(self.output_top_logprobs)
         return info
+
+
+def check_request(ids: list[int], params: SamplingParams, vocab_size: int, context_len: int,
+                  logprob_start_len: int, top_logprobs_num: int) -> None:
+    """Validate a tokenised request, raising ValueError naming the problem, and clamp its
+    token budget to the context. The tokenizer manager runs this before queueing; the
+    scheduler runs it again on what arrives over its socket."""
+    params.validate(vocab_size)
+    if not ids:
+        raise ValueError("prompt is empty (no tokens)")
+    if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in ids):
+        raise ValueError(f"input_ids must be integers in [0, {vocab_size})")
+    if len(ids) + (1 if params.max_new_tokens > 0 else 0) > context_len:
+        raise ValueError(f"prompt is too long: {len(ids)} tokens, context length is {context_len}")
+    if not isinstance(top_logprobs_num, int) or isinstance(top_logprobs_num, bool) or top_logprobs_num < 0:
+        raise ValueError(f"top_logprobs_num must be an integer >= 0, got {top_logprobs_num!r}")
+    if not isinstance(logprob_start_len, int) or not -1 <= logprob_start_len < len(ids):
+        raise ValueError(f"logprob_start_len must be in [-1, {len(ids)}), got {logprob_start_len!r}")
+    params.max_new_tokens = min(params.max_new_tokens, context_len - len(ids))
+    params.min_new_tokens = min(params.min_new_tokens, params.max_new_tokens)

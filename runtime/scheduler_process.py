@@ -23,7 +23,7 @@ from radixlm.runtime.ipc import IpcAddresses, die_with_parent, make_socket, pare
 from radixlm.runtime.model_runner import ModelRunner
 from radixlm.runtime.protocol import (AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
                                       ToScheduler, TokenOutput, TokenOutputBatch, decoder, encoder)
-from radixlm.runtime.request import Req
+from radixlm.runtime.request import Req, check_request
 from radixlm.runtime.scheduler import Scheduler
 from radixlm.runtime.tokenizer import load_tokenizer
 
@@ -127,21 +127,12 @@ class SchedulerLoop:
         try:
             if msg.rid in self.reqs:
                 raise ValueError(f"duplicate request id {msg.rid!r}")
-            params.validate(runner.vocab_size)
-            ids = msg.input_ids
-            if not ids:
-                raise ValueError("prompt is empty (no tokens)")
-            if any(t < 0 or t >= runner.vocab_size for t in ids):
-                raise ValueError(f"input_ids must be integers in [0, {runner.vocab_size})")
-            if len(ids) + (1 if params.max_new_tokens > 0 else 0) > runner.context_len:
-                raise ValueError(f"prompt is too long: {len(ids)} tokens, context length is {runner.context_len}")
-            if not -1 <= msg.logprob_start_len < len(ids) or msg.top_logprobs_num < 0:
-                raise ValueError("logprob_start_len or top_logprobs_num out of range")
+            check_request(msg.input_ids, params, runner.vocab_size, runner.context_len, msg.logprob_start_len,
+                          msg.top_logprobs_num)
         except ValueError as exc:
             self._reject(msg, str(exc))
             return
-        params.max_new_tokens = min(params.max_new_tokens, runner.context_len - len(ids))
-        params.min_new_tokens = min(params.min_new_tokens, params.max_new_tokens)
+        ids = msg.input_ids
         req = Req(
             rid=msg.rid, origin_input_ids=list(ids), sampling_params=params, seed=msg.seed, eos_ids=self.eos_ids,
             return_logprob=msg.return_logprob,

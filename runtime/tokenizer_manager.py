@@ -24,6 +24,7 @@ from radixlm.runtime.config import EngineConfig
 from radixlm.runtime.ipc import IpcAddresses, make_socket
 from radixlm.runtime.protocol import (AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
                                       TextOutputBatch, ToTokenizerManager, decoder, encoder)
+from radixlm.runtime.request import check_request
 from radixlm.runtime.sampling import SamplingParams
 
 logger = logging.getLogger("radixlm.tokenizer_manager")
@@ -121,7 +122,6 @@ class TokenizerManager:
                 top_logprobs_num: int = 0) -> PreparedRequest:
         """Tokenise and validate one request; raises ValueError/TypeError naming the problem."""
         params = SamplingParams.from_any(sampling_params)
-        params.validate(self.vocab_size)
         if (prompt is None) == (input_ids is None):
             raise ValueError("give exactly one of prompt (text) or input_ids")
         if prompt is not None:
@@ -134,21 +134,10 @@ class TokenizerManager:
             if not isinstance(input_ids, (list, tuple)):
                 raise TypeError("input_ids must be a list of token ids")
             ids = list(input_ids)
-            if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.vocab_size for t in ids):
-                raise ValueError(f"input_ids must be integers in [0, {self.vocab_size})")
-        if not ids:
-            raise ValueError("prompt is empty (no tokens)")
-        if len(ids) + (1 if params.max_new_tokens > 0 else 0) > self.context_len:
-            raise ValueError(f"prompt is too long: {len(ids)} tokens, context length is {self.context_len}")
-        params.max_new_tokens = min(params.max_new_tokens, self.context_len - len(ids))
-        params.min_new_tokens = min(params.min_new_tokens, params.max_new_tokens)
         if not isinstance(return_logprob, bool):
             raise TypeError("return_logprob must be a boolean")
-        if not isinstance(top_logprobs_num, int) or isinstance(top_logprobs_num, bool) or top_logprobs_num < 0:
-            raise ValueError(f"top_logprobs_num must be an integer >= 0, got {top_logprobs_num!r}")
         start = -1 if logprob_start_len is None else logprob_start_len
-        if not isinstance(start, int) or not -1 <= start < len(ids):
-            raise ValueError(f"logprob_start_len must be in [-1, {len(ids)}), got {logprob_start_len!r}")
+        check_request(ids, params, self.vocab_size, self.context_len, start, top_logprobs_num)
         return PreparedRequest(ids, params, return_logprob, start, top_logprobs_num)
 
     # ------------------------------------------------------------------ requests
