@@ -69,7 +69,7 @@ class _OpenAISampling(BaseModel):
 
 class CompletionRequest(_OpenAISampling):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: int | None = 16
+    max_tokens: int | None = Field(default=16, ge=0)
     logprobs: int | None = None
     echo: bool = False
     suffix: str | None = None
@@ -103,8 +103,8 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_OpenAISampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: int | None = Field(default=None, ge=0)
+    max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list[Any] | None = None

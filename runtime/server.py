@@ -56,17 +56,8 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
     app = FastAPI(title="radixlm", lifespan=lifespan)
 
     # ------------------------------------------------------------------ middleware and errors
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse(_error_body(413, f"request body over {MAX_BODY_BYTES} bytes", "invalid_request_error"),
-                                status_code=413)
-        if api_key and request.url.path != "/health":
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return JSONResponse(_error_body(401, "missing or invalid API key", "authentication_error"),
-                                    status_code=401)
-        return await call_next(request)
+    # a plain ASGI middleware: Starlette's BaseHTTPMiddleware would hide client disconnects
+    app.add_middleware(GuardMiddleware, api_key=api_key)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
@@ -339,6 +330,55 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+class GuardMiddleware:
+    """API-key check and request-size limit, before any route runs. Bodies without a
+    Content-Length (chunked uploads) are read up to the limit first, then replayed."""
+
+    def __init__(self, app: Any, api_key: str | None) -> None:
+        self.app = app
+        self.api_key = api_key
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.api_key and scope.get("path") != "/health":
+            if headers.get("authorization", "") != f"Bearer {self.api_key}":
+                return await _send_json(send, 401, _error_body(401, "missing or invalid API key",
+                                                               "authentication_error"))
+        length = headers.get("content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                return await _send_json(send, 413, _error_body(413, f"request body over {MAX_BODY_BYTES} bytes",
+                                                               "invalid_request_error"))
+            return await self.app(scope, receive, send)
+        buffered, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                buffered.append(message)
+                break
+            total += len(message.get("body", b""))
+            if total > MAX_BODY_BYTES:
+                return await _send_json(send, 413, _error_body(413, f"request body over {MAX_BODY_BYTES} bytes",
+                                                               "invalid_request_error"))
+            buffered.append(message)
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> dict:
+            return buffered.pop(0) if buffered else await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _send_json(send: Callable, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 async def _control(tm: TokenizerManager, op: str):

@@ -277,8 +277,10 @@ class TokenizerManager:
             if self.metrics:
                 self.metrics.observe_finished(state)
         if state.stream:
+            # a snapshot: the consumer may read this chunk after later tokens have arrived
+            snapshot = {k: list(v) if isinstance(v, list) else v for k, v in meta.items()}
             state.queue.put_nowait({"index": state.index, "text": out.text_delta, "output_ids": list(tok.new_ids),
-                                    "meta_info": dict(meta), "finished": state.finished})
+                                    "meta_info": snapshot, "finished": state.finished})
         elif state.finished:
             state.queue.put_nowait({"finished": True})
 

@@ -131,3 +131,18 @@ def test_ipc_directory_is_private():
     engine = get_engine("llama")
     directory = engine._runtime.addrs.directory
     assert os.stat(directory).st_mode & 0o777 == 0o700
+
+
+def test_cached_tokens_reported_through_the_engine():
+    engine = get_engine("llama")
+    ids = ids_of(57, 81)
+    params = {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True}
+    first = engine.generate(input_ids=ids, sampling_params=params)
+    second = engine.generate(input_ids=ids, sampling_params=params)
+    assert first["meta_info"]["cached_tokens"] == 0
+    assert second["meta_info"]["cached_tokens"] >= len(ids) - 1
+    prefix = ids_of(100, 82)
+    a = engine.generate(input_ids=prefix + ids_of(7, 83), sampling_params=params)
+    b = engine.generate(input_ids=prefix + ids_of(9, 84), sampling_params=params)
+    assert a["meta_info"]["cached_tokens"] == 0 and b["meta_info"]["cached_tokens"] >= 100
+    assert 0 < engine.get_server_info()["cache_hit_rate"] < 1
