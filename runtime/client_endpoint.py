@@ -11,13 +11,12 @@ import asyncio
 import logging
 from typing import Any
 
-import msgspec
 import zmq
 import zmq.asyncio
 
 from radixlm.runtime.ipc import make_socket
-from radixlm.runtime.protocol import (ClientAbort, ClientChunk, ClientControl, ClientGenerate, ClientRequest,
-                                      ClientResult, decoder, encoder)
+from radixlm.runtime.protocol import (DECODE_ERRORS, ClientAbort, ClientChunk, ClientControl, ClientGenerate,
+                                      ClientRequest, ClientResult, decoder, encoder)
 from radixlm.runtime.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger("radixlm.client_endpoint")
@@ -57,7 +56,7 @@ class ClientEndpoint:
                 continue
             try:
                 msg = self.dec.decode(frames[0])
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except DECODE_ERRORS as exc:
                 await self._reply(identity, ClientResult(rid="", ok=False, error=f"undecodable message: {exc}"))
                 continue
             task = asyncio.create_task(self._handle(identity, msg))

@@ -31,6 +31,9 @@ class DecodeState:
     read_offset: int = 0
     text: str = ""  # committed text (complete characters)
     sent: int = 0  # characters of the visible text already handed out
+    # characters of text before the first token allowed to complete a stop string
+    # (min_new_tokens); None until that many tokens have arrived
+    stop_floor: int | None = None
 
 
 class IncrementalDetokenizer:
@@ -39,7 +42,8 @@ class IncrementalDetokenizer:
         self.decode = decode
 
     def update(self, state: DecodeState, new_ids: list[int], skip_special: bool, finished: bool,
-               stop_strs: list[str], matched_stop: str | None, no_stop_trim: bool) -> str:
+               stop_strs: list[str], matched_stop: str | None, no_stop_trim: bool,
+               min_new_tokens: int = 0) -> str:
         """Add tokens; return the text that became visible."""
         state.ids.extend(new_ids)
         if len(state.ids) > state.read_offset:
@@ -50,24 +54,31 @@ class IncrementalDetokenizer:
                 state.prefix_offset = state.read_offset
                 state.read_offset = len(state.ids)
         visible = state.text
+        # a stop string only counts if it ends in text of token min_new_tokens or later
+        first_stop_token = min_new_tokens - 1
+        if first_stop_token <= 0:
+            state.stop_floor = 0
+        elif state.stop_floor is None and len(state.ids) >= first_stop_token:
+            state.stop_floor = len(self.decode(state.ids[:first_stop_token], skip_special))
+        floor = state.stop_floor if state.stop_floor is not None else len(visible)
         if finished:
             if matched_stop and not no_stop_trim:
-                cut = visible.find(matched_stop)
+                cut = visible.find(matched_stop, max(0, floor - len(matched_stop) + 1))
                 if cut >= 0:
                     visible = visible[:cut]
         elif stop_strs:
-            visible = visible[: len(visible) - _held_back(visible, stop_strs)]
+            visible = visible[: len(visible) - _held_back(visible, stop_strs, floor)]
         delta = visible[state.sent:] if len(visible) > state.sent else ""
         state.sent = max(state.sent, len(visible))
         return delta
 
 
-def _held_back(text: str, stop_strs: list[str]) -> int:
+def _held_back(text: str, stop_strs: list[str], floor: int = 0) -> int:
     """Length of the longest suffix of text that is a proper prefix of a stop string, or that
-    contains a whole stop string (which the scheduler is about to report)."""
+    holds a whole stop string ending after `floor` (which the scheduler is about to report)."""
     hold = 0
     for stop in stop_strs:
-        at = text.find(stop)
+        at = text.find(stop, max(0, floor - len(stop) + 1))
         if at >= 0:
             hold = max(hold, len(text) - at)
             continue
@@ -86,11 +97,10 @@ def run_detokenizer_process(tokenizer_path: str, addrs: "IpcAddresses", log_leve
     import collections
     import time
 
-    import msgspec
     import zmq
 
     from radixlm.runtime.ipc import die_with_parent, make_socket, parent_alive, set_process_title
-    from radixlm.runtime.protocol import (ControlReq, ShutdownAck, TextOutput, TextOutputBatch,
+    from radixlm.runtime.protocol import (DECODE_ERRORS, ControlReq, ShutdownAck, TextOutput, TextOutputBatch,
                                           TokenOutputBatch, decoder, encoder)
     from radixlm.runtime.tokenizer import load_tokenizer
 
@@ -116,7 +126,7 @@ def run_detokenizer_process(tokenizer_path: str, addrs: "IpcAddresses", log_leve
         frame = recv.recv()
         try:
             msg = dec.decode(frame)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             logger.warning("dropped a message that failed to decode: %s", exc)
             continue
         if isinstance(msg, ControlReq):
@@ -142,7 +152,8 @@ def run_detokenizer_process(tokenizer_path: str, addrs: "IpcAddresses", log_leve
                 new_ids = new_ids[:-1]  # the stop token itself is not part of the text
             try:
                 delta = detok.update(state, new_ids, out.skip_special_tokens, finished, out.stop_strs,
-                                     matched if isinstance(matched, str) else None, out.no_stop_trim)
+                                     matched if isinstance(matched, str) else None, out.no_stop_trim,
+                                     out.min_new_tokens)
             except Exception as exc:  # a tokenizer failure must not lose the request
                 logger.exception("detokenization failed for %s", out.rid)
                 delta = ""

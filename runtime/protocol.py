@@ -66,6 +66,7 @@ class TokenOutput(msgspec.Struct):
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
     stop_strs: list[str] = []
+    min_new_tokens: int = 0
     stream: bool = False
     # logprobs new since the last message (None when not requested)
     input_token_logprobs: list[tuple[float | None, int]] | None = None
@@ -151,9 +152,31 @@ class ClientResult(Msg):
 ClientReply = Union[ClientChunk, ClientResult]
 
 
+# What decoding a bad frame raises, and all it may raise (see SafeDecoder).
+DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+
+
+class SafeDecoder:
+    """A msgpack decoder for one union of message types. msgspec reports most bad frames as
+    DecodeError/ValidationError, but invalid UTF-8 in a string raises UnicodeDecodeError and
+    absurd nesting RecursionError; those become DecodeError too, so a receive loop needs to
+    catch DECODE_ERRORS only."""
+
+    def __init__(self, kind: Any) -> None:
+        self._dec = msgspec.msgpack.Decoder(kind)
+
+    def decode(self, frame: bytes) -> Any:
+        try:
+            return self._dec.decode(frame)
+        except DECODE_ERRORS:
+            raise
+        except (UnicodeDecodeError, RecursionError, ValueError, TypeError, OverflowError) as exc:
+            raise msgspec.DecodeError(f"malformed message: {type(exc).__name__}: {exc}") from None
+
+
 def encoder() -> msgspec.msgpack.Encoder:
     return msgspec.msgpack.Encoder()
 
 
-def decoder(kind: Any) -> msgspec.msgpack.Decoder:
-    return msgspec.msgpack.Decoder(kind)
+def decoder(kind: Any) -> SafeDecoder:
+    return SafeDecoder(kind)

@@ -15,7 +15,6 @@ gets a `ForwardResult` back, and reports the requests that progressed.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -440,15 +439,17 @@ class Scheduler:
             self._finish(req, {"type": "length", "length": n_out})
 
     def _hit_stop_str(self, req: Req) -> bool:
+        """Does the decoded tail hold a stop string that ends in the text of token
+        min_new_tokens or later? (Earlier occurrences were generated before stops counted.)"""
         stops = req.sampling_params.stop_strs
+        ids = req.output_ids
         # a token is at least one byte, and a character at most four
-        window = 4 * max(len(s) for s in stops) + 4
-        tail = self.decode_tokens(req.output_ids[-window:])
+        start = max(len(ids) - (4 * max(len(s) for s in stops) + 4), 0)
+        tail = self.decode_tokens(ids[start:])
+        first_stop_token = req.sampling_params.min_new_tokens - 1
+        floor = len(self.decode_tokens(ids[start:first_stop_token])) if first_stop_token > start else 0
         for s in stops:
-            if s in tail:
+            if tail.find(s, max(0, floor - len(s) + 1)) >= 0:
                 req.stop_str_hit = s
                 return True
         return False
-
-    def idle_sleep(self) -> None:
-        time.sleep(0.001)

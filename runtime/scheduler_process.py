@@ -15,13 +15,12 @@ import os
 import time
 from typing import Any
 
-import msgspec
 import zmq
 
 from radixlm.runtime.config import EngineConfig, ModelConfig
 from radixlm.runtime.ipc import IpcAddresses, die_with_parent, make_socket, parent_alive, set_process_title
 from radixlm.runtime.model_runner import ModelRunner
-from radixlm.runtime.protocol import (AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
+from radixlm.runtime.protocol import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
                                       ToScheduler, TokenOutput, TokenOutputBatch, decoder, encoder)
 from radixlm.runtime.request import Req, check_request
 from radixlm.runtime.scheduler import Scheduler
@@ -99,7 +98,7 @@ class SchedulerLoop:
                 return
             try:
                 msg = self.dec.decode(frame)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except DECODE_ERRORS as exc:
                 logger.warning("dropped a message that failed to decode (%d bytes): %s", len(frame), exc)
                 continue
             try:
@@ -206,7 +205,7 @@ class SchedulerLoop:
             prompt_tokens=req.prompt_len, completion_tokens=len(req.output_ids),
             cached_tokens=max(req.cached_tokens, 0), retractions=req.retraction_count,
             skip_special_tokens=params.skip_special_tokens, no_stop_trim=params.no_stop_trim,
-            stop_strs=params.stop_strs, stream=req.stream,
+            stop_strs=params.stop_strs, min_new_tokens=params.min_new_tokens, stream=req.stream,
         )
         req.sent_output_len = len(req.output_ids)
         if req.return_logprob:

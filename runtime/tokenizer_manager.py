@@ -16,13 +16,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Sequence
 
-import msgspec
 import zmq
 import zmq.asyncio
 
 from radixlm.runtime.config import EngineConfig
 from radixlm.runtime.ipc import IpcAddresses, make_socket
-from radixlm.runtime.protocol import (AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
+from radixlm.runtime.protocol import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
                                       TextOutputBatch, ToTokenizerManager, decoder, encoder)
 from radixlm.runtime.request import check_request
 from radixlm.runtime.sampling import SamplingParams
@@ -225,7 +224,7 @@ class TokenizerManager:
             frame = await self.from_runtime.recv()
             try:
                 msg = self.dec.decode(frame)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except DECODE_ERRORS as exc:
                 logger.warning("dropped a message that failed to decode: %s", exc)
                 continue
             try:
