@@ -7,7 +7,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
