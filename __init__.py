@@ -1,7 +1,23 @@
-"""radixlm: structured generation on a radix-tree KV-cache runtime."""
+"""radixlm: structured generation on a radix-tree KV-cache runtime.
 
+    import radixlm as rl            # SGLang programs run after `import radixlm as sgl`
+    rl.set_default_backend(rl.Runtime(model_path))
+"""
+
+from radixlm.lang import *  # noqa: F401,F403 - the DSL is the package's public face
+from radixlm.lang import __all__ as _lang_all
 from radixlm.runtime.engine import Engine
 from radixlm.runtime.sampling import SamplingParams
 
-__all__ = ["Engine", "SamplingParams"]
+
+def __getattr__(name: str):
+    # backends load the runtime client and tokenizer; import them only when asked for
+    if name in ("Runtime", "RuntimeEndpoint"):
+        from radixlm.lang.backend import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'radixlm' has no attribute {name!r}")
+
+
+__all__ = ["Engine", "SamplingParams", "Runtime", "RuntimeEndpoint", *_lang_all]
 __version__ = "0.1.0"

@@ -17,8 +17,8 @@ from typing import Any, Iterator, Sequence
 
 import zmq
 
-from radixlm.runtime.protocol import (ClientAbort, ClientChunk, ClientControl, ClientGenerate, ClientReply,
-                                      ClientResult, decoder, encoder)
+from radixlm.runtime.protocol import (ClientAbort, ClientBatch, ClientChunk, ClientControl, ClientGenerate,
+                                      ClientReply, ClientResult, decoder, encoder)
 
 
 class RuntimeClient:
@@ -62,6 +62,22 @@ class RuntimeClient:
             logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, stream=False))
         reply = self._recv(sock, rid)
         return _result(reply)
+
+    def generate_batch(self, requests: Sequence[dict]) -> list[dict]:
+        """Several requests at once (each a dict of `generate`'s keywords: prompt or input_ids,
+        sampling_params, return_logprob, logprob_start_len, top_logprobs_num)."""
+        msgs = []
+        for r in requests:
+            ids = r.get("input_ids")
+            msgs.append(ClientGenerate(
+                rid=uuid.uuid4().hex, text=r.get("prompt"), input_ids=list(ids) if ids is not None else None,
+                sampling_params=dict(r.get("sampling_params") or {}), return_logprob=r.get("return_logprob", False),
+                logprob_start_len=r.get("logprob_start_len"), top_logprobs_num=r.get("top_logprobs_num", 0)))
+        sock, rid = self._request(ClientBatch(rid=uuid.uuid4().hex, requests=msgs))
+        reply = self._recv(sock, rid)
+        if not isinstance(reply, ClientResult) or not reply.ok:
+            raise RuntimeError(getattr(reply, "error", "") or "batch request failed")
+        return reply.data["outputs"]
 
     def generate_stream(self, prompt: str | None = None, sampling_params: dict | None = None,
                         input_ids: Sequence[int] | None = None) -> Iterator[dict]:

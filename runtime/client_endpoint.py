@@ -15,8 +15,8 @@ import zmq
 import zmq.asyncio
 
 from radixlm.runtime.ipc import make_socket
-from radixlm.runtime.protocol import (DECODE_ERRORS, ClientAbort, ClientChunk, ClientControl, ClientGenerate,
-                                      ClientRequest, ClientResult, decoder, encoder)
+from radixlm.runtime.protocol import (DECODE_ERRORS, ClientAbort, ClientBatch, ClientChunk, ClientControl,
+                                      ClientGenerate, ClientRequest, ClientResult, decoder, encoder)
 from radixlm.runtime.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger("radixlm.client_endpoint")
@@ -72,6 +72,10 @@ class ClientEndpoint:
                     await self._generate(identity, msg)
                 finally:
                     self._by_rid.pop(key, None)
+            elif isinstance(msg, ClientBatch):
+                prepared = [self._prepare(req) for req in msg.requests]  # all valid, or none runs
+                outs = await asyncio.gather(*(self._collect(p) for p in prepared))
+                await self._reply(identity, ClientResult(rid=msg.rid, ok=True, data={"outputs": outs}))
             elif isinstance(msg, ClientAbort):
                 task = self._by_rid.get((identity, msg.rid))
                 if task is not None:
@@ -88,11 +92,19 @@ class ClientEndpoint:
             await self._reply(identity, ClientResult(rid=getattr(msg, "rid", ""), ok=False,
                                                      error=f"{type(exc).__name__}: {exc}"))
 
-    async def _generate(self, identity: bytes, msg: ClientGenerate) -> None:
+    def _prepare(self, msg: ClientGenerate):
         prepared = self.tm.prepare(msg.text, msg.input_ids, msg.sampling_params, msg.return_logprob,
                                    msg.logprob_start_len, msg.top_logprobs_num)
         if prepared.params.n != 1:
             raise ValueError("the ZeroMQ endpoint takes n == 1; send n requests to sample n times")
+        return prepared
+
+    async def _collect(self, prepared) -> dict:
+        [out] = [item async for item in self.tm.generate(prepared)]
+        return {"text": out["text"], "output_ids": list(out["output_ids"]), "meta_info": out["meta_info"]}
+
+    async def _generate(self, identity: bytes, msg: ClientGenerate) -> None:
+        prepared = self._prepare(msg)
         async for item in self.tm.generate(prepared, stream=msg.stream):
             finished = item.get("finished", True)
             await self._reply(identity, ClientChunk(rid=msg.rid, text=item["text"], output_ids=list(item["output_ids"]),

@@ -50,6 +50,7 @@ class Engine:
         self._thread.start()
         self.tokenizer_manager = TokenizerManager(self.config, self._runtime.addrs, self.tokenizer, info,
                                                   self._runtime.processes)
+        self._endpoints: list = []
         self._closed = False
         self._call(self.tokenizer_manager.start())
         _LIVE_ENGINES.add(self)
@@ -109,6 +110,15 @@ class Engine:
             raise AssertionError(reply.error)
         return reply.data
 
+    def serve_zmq(self, address: str) -> str:
+        """Also serve the ZeroMQ client endpoint (for `RuntimeClient` / the DSL) at `address`."""
+        from radixlm.runtime.client_endpoint import ClientEndpoint
+
+        endpoint = ClientEndpoint(self.tokenizer_manager, address)
+        self._call(endpoint.start())
+        self._endpoints.append(endpoint)
+        return address
+
     @property
     def process_ids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self._runtime.processes.items()}
@@ -118,6 +128,8 @@ class Engine:
             return
         self._closed = True
         try:
+            for endpoint in self._endpoints:
+                self._call(endpoint.close(), check=False)
             self._call(self.tokenizer_manager.shutdown(), check=False)
         except Exception:
             logger.exception("error during shutdown")

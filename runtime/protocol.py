@@ -120,6 +120,14 @@ class ClientGenerate(Msg):
     stream: bool = False
 
 
+class ClientBatch(Msg):
+    """Several non-streaming generate requests sent together, so the scheduler sees them
+    at once (select scores all its choices this way); one ClientResult with every output."""
+
+    rid: str
+    requests: list[ClientGenerate]
+
+
 class ClientAbort(Msg):
     rid: str
 
@@ -129,7 +137,7 @@ class ClientControl(Msg):
     op: str  # flush_cache | server_info | health
 
 
-ClientRequest = Union[ClientGenerate, ClientAbort, ClientControl]
+ClientRequest = Union[ClientGenerate, ClientBatch, ClientAbort, ClientControl]
 
 
 class ClientChunk(Msg):

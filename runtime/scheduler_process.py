@@ -177,6 +177,7 @@ class SchedulerLoop:
         sched, runner = self.scheduler, self.scheduler.runner
         stats = sched.stats
         return {
+            "model_path": self.cfg.model_path, "tokenizer_path": self.cfg.tokenizer_path or self.cfg.model_path,
             "context_length": runner.context_len, "max_total_tokens": runner.max_total_tokens,
             "device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
             "cache_hit_rate": stats.cache_hit_rate, "prompt_tokens": stats.prompt_tokens,

@@ -1,0 +1,42 @@
+"""What a backend must do for the interpreter. Each call gets the state's full text so far;
+reuse of the shared prefix is the runtime's business (its radix cache)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from radixlm.lang.chat_template import ChatTemplate, get_chat_template
+from radixlm.lang.choices import ChoicesDecision, ChoicesSamplingMethod
+
+
+class BaseBackend:
+    chat_template: ChatTemplate = get_chat_template("default")
+
+    def generate(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
+                 logprob_start_len: int | None = None,
+                 top_logprobs_num: int = 0) -> tuple[str | list[str], dict | list[dict]]:
+        """(completion, meta_info); with n > 1 both are lists of n."""
+        raise NotImplementedError
+
+    def generate_stream(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
+                        logprob_start_len: int | None = None,
+                        top_logprobs_num: int = 0) -> Iterator[tuple[str, dict]]:
+        """(text delta, meta_info so far) pairs; the default streams the whole completion once."""
+        text, meta = self.generate(prompt, sampling_params, return_logprob, logprob_start_len, top_logprobs_num)
+        yield (text[0] if isinstance(text, list) else text), meta
+
+    def select(self, prompt: str, choices: list[str], temperature: float,
+               method: ChoicesSamplingMethod) -> ChoicesDecision:
+        raise NotImplementedError(f"{type(self).__name__} cannot score choices")
+
+    def cache_prefix(self, prompt: str) -> None:
+        """Prefill `prompt` so that later requests sharing it hit the cache (optional)."""
+
+    def flush_cache(self) -> bool:
+        return False
+
+    def get_server_info(self) -> dict:
+        return {}
+
+    def shutdown(self) -> None:
+        pass

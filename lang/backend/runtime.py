@@ -1,0 +1,132 @@
+"""The radixlm runtime as a backend: `RuntimeEndpoint` talks to a running runtime's ZeroMQ
+endpoint (`radixlm serve --zmq-port`); `Runtime` launches one in this process's children.
+
+select scores every choice in one batch of prompt-logprob requests over the cached prefix.
+A choice's tokens are scored from where its tokenisation first differs from the prompt's,
+so a token that merges across the prompt/choice boundary is scored as part of the choice.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterator
+
+from radixlm.lang.backend.base import BaseBackend
+from radixlm.lang.chat_template import chat_template_from_tokenizer, get_chat_template
+from radixlm.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
+from radixlm.runtime.client import RuntimeClient
+from radixlm.runtime.tokenizer import load_tokenizer
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class RuntimeEndpoint(BaseBackend):
+    def __init__(self, address: str, chat_template_name: str | None = None, tokenizer_path: str | None = None,
+                 timeout_s: float = 600.0) -> None:
+        self.address = address
+        self.client = RuntimeClient(address, timeout_s=timeout_s)
+        self.info = self.client.get_server_info()
+        self.tokenizer = load_tokenizer(tokenizer_path or self.info["tokenizer_path"])
+        if chat_template_name is not None:
+            self.chat_template = get_chat_template(chat_template_name)
+        else:
+            self.chat_template = chat_template_from_tokenizer(self.tokenizer) or get_chat_template("default")
+        self._rng = random.Random()
+
+    # ------------------------------------------------------------------ generation
+    @staticmethod
+    def _params(sampling_params: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in sampling_params.items() if v is not None and k != "n"}
+
+    def generate(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
+                 logprob_start_len: int | None = None, top_logprobs_num: int = 0):
+        n = int(sampling_params.get("n") or 1)
+        params = self._params(sampling_params)
+        kw = dict(return_logprob=return_logprob, logprob_start_len=logprob_start_len,
+                  top_logprobs_num=top_logprobs_num)
+        if n == 1:
+            out = self.client.generate(prompt, params, **kw)
+            return out["text"], out["meta_info"]
+        self.cache_prefix(prompt)  # the n samples share the prompt through the cache
+        seed = params.pop("seed", None)
+        base = seed if seed is not None else self._rng.getrandbits(62)
+        outs = self.client.generate_batch([{"prompt": prompt, "sampling_params": {**params, "seed": base + k}, **kw}
+                                           for k in range(n)])
+        return [o["text"] for o in outs], [o["meta_info"] for o in outs]
+
+    def generate_stream(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
+                        logprob_start_len: int | None = None, top_logprobs_num: int = 0) -> Iterator[tuple[str, dict]]:
+        for chunk in self.client.generate_stream(prompt, self._params(sampling_params)):
+            yield chunk["text"], chunk["meta_info"]
+
+    def cache_prefix(self, prompt: str) -> None:
+        if prompt:
+            self.client.generate(prompt, {"max_new_tokens": 0})
+
+    # ------------------------------------------------------------------ select
+    def choice_logprobs(self, prompt: str, choices: list[str], unconditional: bool = False):
+        """Per choice: the logprob entries (logprob, token_id) of its tokens given the prompt,
+        and, if asked, of the same tokens with no context."""
+        prompt_ids = self.tokenizer(prompt).input_ids
+        full = [self.tokenizer(prompt + c).input_ids for c in choices]
+        starts = [min(_common_prefix(prompt_ids, ids), len(ids) - 1) for ids in full]
+        reqs = [{"input_ids": ids, "sampling_params": {"max_new_tokens": 0}, "return_logprob": True,
+                 "logprob_start_len": start} for ids, start in zip(full, starts)]
+        if unconditional:
+            reqs += [{"input_ids": ids[start:], "sampling_params": {"max_new_tokens": 0}, "return_logprob": True,
+                      "logprob_start_len": 0} for ids, start in zip(full, starts)]
+        outs = self.client.generate_batch(reqs)
+        scored = [[tuple(e) for e in o["meta_info"].get("input_token_logprobs", [])] for o in outs]
+        k = len(choices)
+        return scored[:k], (scored[k:] if unconditional else None)
+
+    def select(self, prompt: str, choices: list[str], temperature: float,
+               method: ChoicesSamplingMethod) -> ChoicesDecision:
+        conditional, uncond = self.choice_logprobs(prompt, choices, method.requires_unconditional_logprobs)
+        return method(choices=choices, normalized_prompt_logprobs=[normalized_logprob(c) for c in conditional],
+                      input_token_logprobs=conditional, output_token_logprobs=[[] for _ in choices],
+                      unconditional_token_logprobs=uncond, temperature=temperature, rng=self._rng)
+
+    # ------------------------------------------------------------------ operations
+    def flush_cache(self) -> bool:
+        return self.client.flush_cache()
+
+    def get_server_info(self) -> dict:
+        return self.client.get_server_info()
+
+    def shutdown(self) -> None:
+        self.client.close()
+
+
+class Runtime:
+    """Launch the runtime (scheduler + detokenizer processes) for this program and connect
+    to it over ZeroMQ; pass it (or `.endpoint`) as a backend."""
+
+    def __init__(self, model_path: str, chat_template_name: str | None = None, **options: Any) -> None:
+        from radixlm.runtime.engine import Engine
+
+        self.engine = Engine(model_path, **options)
+        address = f"ipc://{self.engine._runtime.addrs.directory}/client"
+        self.engine.serve_zmq(address)
+        self.endpoint = RuntimeEndpoint(address, chat_template_name=chat_template_name)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "endpoint":  # not built (a failed __init__): no recursion
+            raise AttributeError(name)
+        return getattr(self.endpoint, name)
+
+    def shutdown(self) -> None:
+        self.endpoint.shutdown()
+        self.engine.shutdown()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
