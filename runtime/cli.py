@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on HTTP")
     serve.add_argument("--served-model-name", default=None)
     _engine_args(serve)
+    from radixlm import demo
+
+    demo.build_parser(sub.add_parser("demo", help="a tour of the DSL on the offline tiny model"))
     return parser
 
 
@@ -119,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "demo":
+        from radixlm import demo
+
+        return demo.run(args)
     return 2
 
 

@@ -184,6 +184,7 @@ class SchedulerLoop:
             "cached_tokens": stats.cached_tokens, "generated_tokens": stats.generated_tokens,
             "decode_steps": stats.decode_steps, "prefill_batches": stats.prefill_batches,
             "retractions": stats.retractions, "finished_requests": stats.finished_requests,
+            "constrained_decoding": False,  # regex / json_schema are refused until grammars land
             **sched.usage(),
         }
 

@@ -86,6 +86,10 @@ SAMPLES: list[tuple[str, object]] = [
         rid="c2", input_ids=[5, 6], sampling_params={"stop": ["a", "b"], "top_p": 0.5, "seed": None},
         return_logprob=True, logprob_start_len=0, top_logprobs_num=3, stream=True)),
     ("ClientGenerate/defaults", P.ClientGenerate(rid="c3")),
+    ("ClientBatch", P.ClientBatch(rid="b1", requests=[
+        P.ClientGenerate(rid="c5", text="a", sampling_params={"max_new_tokens": 0}, return_logprob=True,
+                         logprob_start_len=0),
+        P.ClientGenerate(rid="c6", input_ids=[1, 2, 3])])),
     ("ClientAbort", P.ClientAbort(rid="c1")),
     ("ClientControl", P.ClientControl(rid="c4", op="server_info")),
     ("ClientChunk", P.ClientChunk(rid="c1", text="abc", output_ids=[1, 2], finished=True, meta_info={

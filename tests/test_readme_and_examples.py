@@ -25,9 +25,34 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd in ci.splitlines(), "the README's test command must appear verbatim in .ci/run"
 
 
-def test_readme_main_command_runs_the_offline_example():
-    main_cmd = next(c for c in readme_commands() if "examples/" in c)
-    assert "examples/offline_batch.py" in main_cmd
+def test_readme_main_command_is_the_demo():
+    main_cmd = readme_commands()[0]
+    assert main_cmd.endswith("HF_HUB_OFFLINE=1 .venv/bin/radixlm demo")
+
+
+def test_demo_runs_every_program_and_reports_the_cache_hit_rate():
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "radixlm.runtime.cli", "demo", "--max-tokens", "6"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for section in ("multi-turn chat", "select", "3-way fork and join", "JSON-schema gen"):
+        assert f"=== {section} " in out
+    assert out.count("[assistant]") == 2 and "chose ' " in out and "idea 3:" in out
+    rate = float(re.search(r"cache hit rate: ([0-9.]+)%", out).group(1))
+    assert rate > 30  # the chat's second turn, the fork's children and the select reuse prefixes
+
+
+def test_readme_dsl_tour_program_runs(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    [program] = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "@rl.function" in b]
+    script = tmp_path / "tour.py"
+    script.write_text(program)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("0.")  # the cache hit rate
 
 
 @pytest.mark.parametrize("script", ["examples/offline_batch.py"])

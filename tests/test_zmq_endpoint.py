@@ -211,6 +211,26 @@ def test_bad_request_raises_naming_the_problem(client, kwargs, match):
             list(client.generate_stream(**kwargs))
 
 
+def test_batch_returns_outputs_in_order_and_is_all_or_nothing(client):
+    engine = get_engine("llama")
+    reqs = [{"prompt": PROMPT, "sampling_params": GREEDY},
+            {"prompt": "héllo", "sampling_params": {"max_new_tokens": 0}, "return_logprob": True,
+             "logprob_start_len": 0},
+            {"input_ids": engine.tokenizer(PROMPT).input_ids[:5], "sampling_params": {**GREEDY, "max_new_tokens": 3}}]
+    outs = client.generate_batch(reqs)
+    assert [o["output_ids"] for o in outs] == [
+        engine.generate(**{"sampling_params": r["sampling_params"], **{k: v for k, v in r.items()
+                                                                        if k in ("prompt", "input_ids")}})["output_ids"]
+        for r in reqs]
+    assert outs[1]["output_ids"] == [] and len(outs[1]["meta_info"]["input_token_logprobs"]) >= 2
+    assert client.generate_batch([]) == []
+    before = client.get_server_info()["finished_requests"]
+    with pytest.raises(RuntimeError, match="temperature"):  # one bad request: none of them runs
+        client.generate_batch([reqs[0], {"prompt": PROMPT, "sampling_params": {"temperature": -1}}])
+    assert _wait_idle(client)["finished_requests"] == before
+    _assert_pool_empty_after_flush(client)
+
+
 @pytest.mark.parametrize("op", ["shutdown", "check_accounting", "", "flush_cache; shutdown"])
 def test_internal_control_operations_are_refused(client, op):
     with pytest.raises(RuntimeError, match="unknown operation"):
