@@ -16,8 +16,12 @@ def __getattr__(name: str):
         from radixlm.lang.backend import runtime
 
         return getattr(runtime, name)
+    if name == "OpenAI":
+        from radixlm.lang.backend.openai import OpenAI
+
+        return OpenAI
     raise AttributeError(f"module 'radixlm' has no attribute {name!r}")
 
 
-__all__ = ["Engine", "SamplingParams", "Runtime", "RuntimeEndpoint", *_lang_all]
+__all__ = ["Engine", "SamplingParams", "Runtime", "RuntimeEndpoint", "OpenAI", *_lang_all]
 __version__ = "0.1.0"

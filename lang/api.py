@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import inspect
 import os
+import threading
 from typing import Any, Callable, Iterator, Sequence
 
 from radixlm.lang import ir
@@ -64,9 +65,12 @@ def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int 
         ignore_eos: bool | None = None, n: int | None = None, return_logprob: bool | None = None,
         logprob_start_len: int | None = None, top_logprobs_num: int | None = None,
         regex: str | None = None, json_schema: Any = None, dtype: Any = None,
-        choices: list[str] | None = None, choices_method: ChoicesSamplingMethod | None = None) -> ir.Expr:
+        choices: list[str] | None = None, choices_method: ChoicesSamplingMethod | None = None,
+        return_text_in_logprobs: bool | None = None, stop_regex: Any = None) -> ir.Expr:
     """Generate text, appended to the state and stored in `s[name]`. Keywords left as None
     inherit the run-level defaults. With `choices`, this is `select`."""
+    if stop_regex is not None:
+        raise ValueError("stop_regex is not supported: use stop strings, or regex= to constrain the output")
     if choices:
         return select(name, choices, temperature=temperature or 0.0,
                       choices_method=choices_method or token_length_normalized)
@@ -81,7 +85,8 @@ def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int 
                  json_schema=json_schema)
     params = {ir.SAMPLING_KEYS[k]: v for k, v in given.items() if v is not None}
     logprob = {k: v for k, v in (("return_logprob", return_logprob), ("logprob_start_len", logprob_start_len),
-                                 ("top_logprobs_num", top_logprobs_num)) if v is not None}
+                                 ("top_logprobs_num", top_logprobs_num),
+                                 ("return_text_in_logprobs", return_text_in_logprobs)) if v is not None}
     return ir.Gen(name, params, logprob, dtype)
 
 
@@ -171,23 +176,30 @@ class SglFunction:
         sampling = {k: v for k, v in kwargs.items() if k not in program}
         return program, sampling
 
-    def run(self, *args: Any, backend: Any = None, stream: bool = False, **kwargs: Any) -> ProgramState:
-        """Start the program and return its state at once; reads on it wait for results."""
+    def run(self, *args: Any, backend: Any = None, stream: bool = False, use_thread: bool = True,
+            **kwargs: Any) -> ProgramState:
+        """Start the program and return its state at once; reads on it wait for results.
+        `use_thread=False` executes every expression in the caller's thread as it is appended."""
         program_kwargs, sampling = self._split(kwargs)
         backend = _backend(backend)
         defaults = {k: v for k, v in {**RUN_DEFAULTS, **sampling}.items() if v is not None}
-        executor = StateExecutor(backend, backend.chat_template, defaults, stream=stream)
+        if stream and not use_thread:
+            raise ValueError("stream=True needs use_thread=True")
+        executor = StateExecutor(backend, backend.chat_template, defaults, stream=stream, use_thread=use_thread)
         state = ProgramState(executor)
         call_kwargs = {**self.bind_arguments, **program_kwargs}
 
         def body() -> None:
             try:
                 state.ret_value = self.func(state, *args, **call_kwargs)
+            except BaseException as exc:
+                if not stream:
+                    raise  # the caller's own thread: it sees the exception directly
+                executor.fail_after_pending(exc)  # a streaming reader sees it via error()
             finally:
                 executor.end()
 
         if stream:
-            import threading
             threading.Thread(target=body, daemon=True, name="radixlm-program-body").start()
         else:
             body()

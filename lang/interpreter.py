@@ -25,8 +25,9 @@ class ProgramError(RuntimeError):
 
 class StateExecutor:
     def __init__(self, backend: Any, chat_template: ChatTemplate, defaults: dict[str, Any], stream: bool = False,
-                 parent: "StateExecutor | None" = None) -> None:
+                 parent: "StateExecutor | None" = None, use_thread: bool = True) -> None:
         self.backend = backend
+        self.use_thread = use_thread
         self.chat_template = chat_template
         self.defaults = dict(defaults)
         self.stream = stream
@@ -63,6 +64,11 @@ class StateExecutor:
             self._put(item)
 
     def _put(self, item: ir.Expr) -> None:
+        if not self.use_thread:  # run(use_thread=False): execute in the caller's thread, now
+            with self._lock:
+                self._unfinished += 1
+            self._run_one(item)
+            return
         with self._lock:
             self._pending.append(item)
             self._unfinished += 1
@@ -74,6 +80,12 @@ class StateExecutor:
         """Wait until every expression submitted so far has run (or been skipped)."""
         with self._lock:
             self._lock.wait_for(lambda: self._unfinished == 0)
+
+    def fail_after_pending(self, exc: BaseException) -> None:
+        """The program body raised: once what it queued has run, the state is failed."""
+        def record() -> None:
+            self.error_ = self.error_ or exc
+        self._put(_Call(record, always=True))
 
     def end(self) -> None:
         """The program body returned: once the queue reaches this point, streams may end."""
@@ -103,18 +115,21 @@ class StateExecutor:
                     self._worker_running = False
                     return
                 item = self._pending.popleft()
-            try:
-                if self.error_ is None or item_always_runs(item):
-                    try:
-                        self._execute(item)
-                    except BaseException as exc:  # recorded; surfaces through error() and reads
-                        self.error_ = self.error_ or exc
-                if self.error_ is not None:
-                    self._fail_pending(item)
-            finally:
-                with self._lock:
-                    self._unfinished -= 1
-                    self._lock.notify_all()
+            self._run_one(item)
+
+    def _run_one(self, item: ir.Expr) -> None:
+        try:
+            if self.error_ is None or item_always_runs(item):
+                try:
+                    self._execute(item)
+                except BaseException as exc:  # recorded; surfaces through error() and reads
+                    self.error_ = self.error_ or exc
+            if self.error_ is not None:
+                self._fail_pending(item)
+        finally:
+            with self._lock:
+                self._unfinished -= 1
+                self._lock.notify_all()
 
     def _fail_pending(self, item: ir.Expr) -> None:
         name = getattr(item, "name", None)
@@ -157,6 +172,8 @@ class StateExecutor:
         event = self.events.get(name)
         if event is not None:
             event.set()
+        with self.changed:  # wakes streaming readers of this variable
+            self.changed.notify_all()
 
     def resolve_params(self, gen: ir.Gen) -> dict[str, Any]:
         """Run-level defaults, overridden by the gen's own keywords; the chat template's stop
@@ -170,19 +187,30 @@ class StateExecutor:
         params["stop"] = list(dict.fromkeys(stops)) or None
         return params
 
+    def conversation(self) -> list[dict]:
+        """The messages a chat API sees: the closed turns, then the open turn with its content so far."""
+        messages = [dict(m) for m in self.messages_]
+        if self.cur_role is not None:
+            messages.append({"role": self.cur_role, "content": self.text_[self.cur_role_begin:].lstrip()})
+        return messages
+
     def _gen(self, gen: ir.Gen) -> None:
         params = self.resolve_params(gen)
+        kwargs = dict(gen.logprob)
+        if getattr(self.backend, "takes_messages", False):
+            kwargs["messages"] = self.conversation()
         if self.stream and params.get("n", 1) == 1:
             if gen.name is not None:
                 self.variables[gen.name] = ""
             meta: dict = {}
-            for chunk, meta in self.backend.generate_stream(self.text_, params, **gen.logprob):
+            for chunk, meta in self.backend.generate_stream(self.text_, params, **kwargs):
                 if gen.name is not None:
                     self.variables[gen.name] += chunk
+                    self.meta_info[gen.name] = meta
                 self._append(chunk)
             self._set_var(gen.name, self.variables.get(gen.name, ""), meta)
             return
-        text, meta = self.backend.generate(self.text_, params, **gen.logprob)
+        text, meta = self.backend.generate(self.text_, params, **kwargs)
         self._append(text[0] if isinstance(text, list) else text)
         self._set_var(gen.name, text, meta)
 
@@ -245,6 +273,10 @@ class ProgramState:
         return self.stream_executor.get_var(name)
 
     def __setitem__(self, name: str, value: Any) -> None:
+        self.set_var(name, value)
+
+    def set_var(self, name: str, value: Any) -> None:
+        """Set a variable now (not queued): later reads and forks see it."""
         self.stream_executor.variables[name] = value
 
     def __contains__(self, name: str) -> bool:
@@ -274,10 +306,13 @@ class ProgramState:
 
     # ------------------------------------------------------------------ roles and scopes
     def _role(self, role: str, expr: Any) -> Any:
+        """`s.user(x)` appends the turn itself and returns an empty expression, so SGLang code
+        that also writes `s += s.user(x)` gets the turn once, not twice. Without an
+        argument: a context manager (`with s.user(): ...`)."""
         if expr is None:
             return self._role_block(role)
         self += ir.RoleBegin(role) + ir._as_expr(expr) + ir.RoleEnd(role)
-        return None
+        return ir.ExprList([])
 
     @contextlib.contextmanager
     def _role_block(self, role: str) -> Iterator[None]:
@@ -315,6 +350,13 @@ class ProgramState:
         children = [ProgramState(StateExecutor(ex.backend, ex.chat_template, ex.defaults, ex.stream, parent=ex))
                     for _ in range(size)]
         return ProgramStateGroup(children, self)
+
+    @contextlib.contextmanager
+    def copy(self) -> Iterator["ProgramState"]:
+        """`with s.copy() as c:` a one-child fork, joined (its new variables gathered) on exit."""
+        group = self.fork(1)
+        yield group[0]
+        group.join()
 
     # ------------------------------------------------------------------ streaming
     def text_iter(self, var_name: str | None = None) -> Iterator[str]:
@@ -355,7 +397,10 @@ class ProgramState:
                     self.get_var(name)  # raises ProgramError naming the cause
                 return
 
-    async def text_async_iter(self, var_name: str | None = None) -> AsyncIterator[str]:
+    async def text_async_iter(self, var_name: str | None = None,
+                              return_meta_data: bool = False) -> AsyncIterator[Any]:
+        """`text_iter` for asyncio. With `return_meta_data`, yields (chunk, meta) where meta is
+        the variable's meta info so far (None when iterating the whole text)."""
         loop = asyncio.get_running_loop()
         iterator = self.text_iter(var_name)
         end = object()
@@ -363,7 +408,11 @@ class ProgramState:
             chunk = await loop.run_in_executor(None, next, iterator, end)
             if chunk is end:
                 return
-            yield chunk
+            if return_meta_data:
+                meta = self.stream_executor.meta_info.get(var_name) if var_name else None
+                yield chunk, meta
+            else:
+                yield chunk
 
 
 class ProgramStateGroup:

@@ -75,8 +75,6 @@ class CompletionRequest(_OpenAISampling):
     suffix: str | None = None
 
     def unsupported(self) -> str | None:
-        if self.echo:
-            return "echo is not supported"
         if self.suffix:
             return "suffix is not supported"
         return super().unsupported()
@@ -122,10 +120,11 @@ class GenerateRequest(BaseModel):
 
     text: Union[str, list[str], None] = None
     input_ids: Union[list[int], list[list[int]], None] = None
-    sampling_params: dict[str, Any] = Field(default_factory=dict)
-    return_logprob: bool = False
-    logprob_start_len: int | None = None
-    top_logprobs_num: int = 0
+    # one value for all prompts, or a list with one per prompt (a batch)
+    sampling_params: Union[dict[str, Any], list[dict[str, Any]]] = Field(default_factory=dict)
+    return_logprob: Union[bool, list[bool]] = False
+    logprob_start_len: Union[int, None, list[Union[int, None]]] = None
+    top_logprobs_num: Union[int, list[int]] = 0
     stream: bool = False
     rid: str | None = None
 

@@ -113,6 +113,21 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
     def token_text(token_id: int) -> str:
         return tm.tokenizer.decode([token_id])
 
+    def echo_prompt(text: str | None, ids: list[int]) -> tuple[str, list[int]]:
+        """An echoed prompt's text (a token-id prompt is decoded) and where each token starts in
+        it: from the tokenizer's offset mapping where it has one (tokens it added, such as BOS,
+        start where the text does), else by adding up the tokens' texts."""
+        if text is not None and getattr(tm.tokenizer, "is_fast", False):
+            enc = tm.tokenizer(text, return_offsets_mapping=True)
+            if list(enc["input_ids"]) == list(ids):
+                return text, [start for start, _ in enc["offset_mapping"]]
+        text = tm.tokenizer.decode(ids) if text is None else text
+        offsets, pos = [], 0
+        for tid in ids:
+            offsets.append(pos)
+            pos += len(token_text(tid))
+        return text, offsets
+
     # ------------------------------------------------------------------ native
     @app.post("/generate")
     async def generate(body: GenerateRequest, request: Request):
@@ -127,9 +142,19 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
             single = not nested
         if not inputs:
             raise HTTPError(400, "no prompts given")
-        reqs = [prepare(t, ids, body.sampling_params, return_logprob=body.return_logprob,
-                        logprob_start_len=body.logprob_start_len, top_logprobs_num=body.top_logprobs_num)
-                for t, ids in inputs]
+        # each option is one value for every prompt, or a list with one value per prompt
+        options = {}
+        for field in ("sampling_params", "return_logprob", "logprob_start_len", "top_logprobs_num"):
+            value = getattr(body, field)
+            if isinstance(value, list):
+                if single or len(value) != len(inputs):
+                    raise HTTPError(400, f"{field} is a list of {len(value)} but there "
+                                         f"{'is one prompt' if single else f'are {len(inputs)} prompts'}")
+                options[field] = value
+            else:
+                options[field] = [value] * len(inputs)
+        reqs = [prepare(t, ids, params, return_logprob=want_lp, logprob_start_len=start, top_logprobs_num=top)
+                for (t, ids), params, want_lp, start, top in zip(inputs, *options.values())]
         if body.stream:
             if len(reqs) != 1 or reqs[0].params.n != 1:
                 raise HTTPError(400, "stream takes one prompt with n == 1")
@@ -171,12 +196,18 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
         if want_lp and not 0 <= body.logprobs <= 20:
             raise HTTPError(400, "logprobs must be between 0 and 20")
         params = body.sampling_params(body.max_tokens)
-        reqs = [prepare(t, ids, params, return_logprob=want_lp, top_logprobs_num=body.logprobs or 0)
+        # echo with logprobs scores the prompt too: its logprobs from the first token on
+        reqs = [prepare(t, ids, params, return_logprob=want_lp, top_logprobs_num=body.logprobs or 0,
+                        logprob_start_len=0 if body.echo and want_lp else None)
                 for t, ids in inputs]
+        # echo: per prompt, its text and where each of its tokens starts in that text
+        echoes = [echo_prompt(t, r.input_ids) if body.echo else ("", []) for (t, _), r in zip(inputs, reqs)]
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
 
-        def lp_block(meta: dict, offset: int, text_start: int) -> dict | None:
+        def lp_block(meta: dict, offset: int, text_start: int, echo_offsets: list[int] | None = None) -> dict | None:
+            """Logprobs of the output tokens from `offset` on, whose text starts at `text_start`;
+            with `echo_offsets` the prompt's tokens come first (the first one has no logprob)."""
             if not want_lp:
                 return None
             entries = meta.get("output_token_logprobs", [])[offset:]
@@ -186,6 +217,12 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
             for tok in tokens:
                 offsets.append(pos)
                 pos += len(tok)
+            if echo_offsets is not None:
+                prompt_entries = meta.get("input_token_logprobs", [])
+                prompt_tops = meta.get("input_top_logprobs", []) if body.logprobs else [None] * len(prompt_entries)
+                entries, tops = prompt_entries + entries, prompt_tops + tops
+                tokens = [token_text(tid) for _, tid in prompt_entries] + tokens
+                offsets = echo_offsets[:len(prompt_entries)] + offsets
             return {"tokens": tokens, "token_logprobs": [lp for lp, _ in entries], "text_offset": offsets,
                     "top_logprobs": [({token_text(t): v for t, v in top} if top else None) for top in tops]}
 
@@ -194,11 +231,23 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
                 seen: dict[int, tuple[int, int]] = {}
                 usage = {"prompt_tokens": 0, "completion_tokens": 0}
                 for p_idx, req in enumerate(reqs):
+                    echo_text, echo_offsets = echoes[p_idx]
                     async for item in _guard(tm.generate(req, stream=True)):
                         index = p_idx * body.n + item["index"]
-                        n_ids, n_chars = seen.get(index, (0, 0))
                         meta = item["meta_info"]
-                        choice = {"index": index, "text": item["text"], "logprobs": lp_block(meta, n_ids, n_chars),
+                        text, lp_extra = item["text"], None
+                        if body.echo and index not in seen:
+                            # the echoed prompt leads the first chunk, once its logprobs are all in
+                            # (a chunked prefill reports them over several steps, with no text)
+                            ready = (not want_lp or item["finished"] or item["output_ids"]
+                                     or len(meta.get("input_token_logprobs", [])) >= len(req.input_ids))
+                            if not ready:
+                                continue
+                            text, lp_extra = echo_text + text, echo_offsets
+                            n_ids, n_chars = 0, len(echo_text)
+                        else:
+                            n_ids, n_chars = seen.get(index, (0, 0))
+                        choice = {"index": index, "text": text, "logprobs": lp_block(meta, n_ids, n_chars, lp_extra),
                                   "finish_reason": finish_reason_name(meta.get("finish_reason"))}
                         seen[index] = (n_ids + len(item["output_ids"]), n_chars + len(item["text"]))
                         if item["finished"]:
@@ -215,11 +264,12 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for p_idx, group in enumerate(groups):
             prompt_tokens += group[0]["meta_info"]["prompt_tokens"]
+            echo_text, echo_offsets = echoes[p_idx]
             for out in group:
                 meta = out["meta_info"]
                 completion_tokens += meta["completion_tokens"]
-                choices.append({"index": p_idx * body.n + out["index"], "text": out["text"],
-                                "logprobs": lp_block(meta, 0, 0),
+                choices.append({"index": p_idx * body.n + out["index"], "text": echo_text + out["text"],
+                                "logprobs": lp_block(meta, 0, len(echo_text), echo_offsets if body.echo else None),
                                 "finish_reason": finish_reason_name(meta.get("finish_reason"))})
         return {**base, "choices": choices, "usage": {"prompt_tokens": prompt_tokens,
                                                       "completion_tokens": completion_tokens,

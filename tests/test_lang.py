@@ -360,3 +360,77 @@ def test_no_backend_is_a_clear_error():
     rl.set_default_backend(None)
     with pytest.raises(ValueError, match="backend"):
         rl.function(lambda s: None).run()
+
+
+def test_state_methods_for_roles_copy_and_set_var():
+    be = FakeBackend(template="chatml")
+
+    @rl.function
+    def prog(s):
+        s += s.user("Hi")  # SGLang style: s.user(x) already appends, so += adds nothing more
+        s.set_var("topic", "trees")
+        with s.copy() as c:
+            c += rl.assistant(rl.gen("draft"))
+        s += rl.assistant("final " + s["topic"])
+
+    st = prog.run(backend=be)
+    assert st.text() == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nfinal trees<|im_end|>\n"
+    assert st["draft"] == ["<1>"]  # the copy is a one-child fork, gathered on exit
+    assert st["topic"] == "trees" and "topic" in st
+
+
+def test_use_thread_false_runs_each_append_in_the_callers_thread():
+    be = FakeBackend()
+    threads = []
+    be.script = lambda p, _: threads.append(threading.current_thread()) or "ok"
+
+    @rl.function
+    def prog(s):
+        s += "a" + rl.gen("x")
+        assert s.stream_executor.variables["x"] == "ok"  # already done: no queue
+
+    st = prog.run(backend=be, use_thread=False)
+    assert st.error() is None and threads == [threading.current_thread()]
+    with pytest.raises(ValueError, match="use_thread"):
+        prog.run(backend=be, use_thread=False, stream=True)
+
+
+def test_unsupported_gen_options_fail_at_the_call_site():
+    with pytest.raises(ValueError, match="stop_regex"):
+        rl.gen("x", stop_regex=r"\d")
+    with pytest.raises(TypeError, match="unknown @function option"):
+        rl.function(num_api_spec_tokens=64)
+
+
+def test_async_iter_with_meta_data_and_a_failing_stream():
+    be = FakeBackend(script=lambda p, _: "abc")
+
+    @rl.function
+    def prog(s):
+        s += "Say: " + rl.gen("x")
+
+    async def collect():
+        st = prog.run(backend=be, stream=True)
+        return [item async for item in st.text_async_iter("x", return_meta_data=True)]
+
+    items = asyncio.run(collect())
+    assert "".join(c for c, _ in items) == "abc"
+    assert all(meta["prompt"] == "Say: " for _, meta in items)
+
+    bad = FakeBackend(fail_on="Say")
+    st = prog.run(backend=bad, stream=True)
+    with pytest.raises(ProgramError, match="backend exploded"):
+        list(st.text_iter("x"))
+
+
+def test_an_exception_in_a_streamed_program_body_reaches_error():
+    @rl.function
+    def prog(s):
+        s += "hi" + rl.gen("a", max_tokens=3)
+        raise ValueError("boom")
+
+    st = prog.run(backend=FakeBackend(), stream=True)
+    assert "".join(st.text_iter()) == "hi<1>"
+    assert isinstance(st.error(), ValueError) and st["a"] == "<1>"
+    with pytest.raises(ValueError, match="boom"):
+        prog.run(backend=FakeBackend())

@@ -1,7 +1,7 @@
 """The HTTP server (`radixlm serve`) as a real subprocess, driven over 127.0.0.1.
 
-* the official `openai` client: completions and chat, streamed and not, n, stop, logprobs, usage;
-  greedy text equals the in-process Engine's;
+* the official `openai` client: completions and chat, streamed and not, n, stop, logprobs, usage,
+  echo (with prompt logprobs, as clients that score text use it); greedy text equals the in-process Engine's;
 * 200 concurrent streams each equal to the same request non-streamed;
 * the native SGLang-style /generate route (cumulative SSE text, batches);
 * bad input: a 4xx naming the problem, after which the server answers exactly as before;
@@ -341,6 +341,82 @@ def test_completion_logprobs_are_shaped_right(oai):
     assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).choices[0].logprobs is None
 
 
+def engine_prompt_logprobs(engine, prompt: str) -> list[float | None]:
+    out = engine.generate(prompt, {"max_new_tokens": 0}, return_logprob=True, logprob_start_len=0)
+    return [lp for lp, _ in out["meta_info"]["input_token_logprobs"]]
+
+
+def assert_offsets_fit(text: str, lp) -> None:
+    """Each token's text_offset is where its text starts in the returned text."""
+    assert lp.text_offset == sorted(lp.text_offset)
+    for tok, off in zip(lp.tokens, lp.text_offset):
+        assert text[off:off + len(tok)] == tok, (tok, off, text)
+
+
+def test_completion_echo_returns_the_prompt_then_the_completion(oai, ref):
+    want = engine_greedy(ref, PROMPT, 6)["text"]
+    r = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, echo=True)
+    assert r.choices[0].text == PROMPT + want and r.choices[0].logprobs is None
+    assert r.usage.prompt_tokens == len(ref.tokenizer(PROMPT).input_ids)
+    # max_tokens=0: the prompt alone, nothing generated
+    r = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=0, echo=True)
+    assert r.choices[0].text == PROMPT and r.usage.completion_tokens == 0
+    # several prompts, n=2: every choice echoes its own prompt
+    prompts = [PROMPT, "Once upon a time"]
+    r = oai.completions.create(model="tiny", prompt=prompts, max_tokens=3, temperature=0, n=2, echo=True)
+    texts = {c.index: c.text for c in r.choices}
+    for k, p in enumerate(prompts):
+        completion = engine_greedy(ref, p, 3)["text"]
+        assert texts[2 * k] == texts[2 * k + 1] == p + completion
+    # a token-id prompt echoes its decoded text
+    ids = ref.tokenizer(PROMPT).input_ids
+    r = oai.completions.create(model="tiny", prompt=ids, max_tokens=6, temperature=0, echo=True)
+    assert r.choices[0].text == ref.tokenizer.decode(ids) + want
+    # streamed: the echoed prompt leads the first chunk, the rest is the completion
+    chunks = [c for c in oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, echo=True,
+                                                stream=True) if c.choices]
+    assert chunks[0].choices[0].text.startswith(PROMPT)
+    assert "".join(c.choices[0].text for c in chunks) == PROMPT + want
+
+
+def test_completion_echo_with_logprobs_scores_the_prompt_like_the_engine(oai, ref):
+    ids = ref.tokenizer(PROMPT).input_ids
+    want_prompt = engine_prompt_logprobs(ref, PROMPT)
+    # max_tokens=0 (how a client scores text): one entry per prompt token, the first without a logprob
+    r = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == len(lp.top_logprobs) == len(ids)
+    assert lp.tokens == [ref.tokenizer.decode([t]) for t in ids]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(want_prompt[1:], abs=1e-4)
+    assert all(len(top) == 1 and max(top.values()) >= v - 1e-5 for top, v in zip(lp.top_logprobs[1:],
+                                                                                  lp.token_logprobs[1:]))
+    assert lp.text_offset[0] == 0
+    assert_offsets_fit(r.choices[0].text, lp)
+    # with a completion: the prompt's entries, then exactly the non-echoed request's entries
+    plain = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2).choices[0]
+    echoed = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2,
+                                    echo=True).choices[0]
+    n = len(ids)
+    assert echoed.text == PROMPT + plain.text
+    assert echoed.logprobs.tokens == lp.tokens + plain.logprobs.tokens
+    assert echoed.logprobs.token_logprobs[1:n] == pytest.approx(want_prompt[1:], abs=1e-4)
+    assert echoed.logprobs.token_logprobs[n:] == pytest.approx(plain.logprobs.token_logprobs, abs=1e-5)
+    assert echoed.logprobs.text_offset[n:] == [len(PROMPT) + o for o in plain.logprobs.text_offset]
+    assert echoed.logprobs.top_logprobs[n:] == plain.logprobs.top_logprobs
+    assert_offsets_fit(echoed.text, echoed.logprobs)
+    # streamed: the chunks' entries add up to the non-streamed ones
+    tokens, values, offsets = [], [], []
+    for chunk in oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2,
+                                        echo=True, stream=True):
+        block = chunk.choices[0].logprobs
+        tokens += block.tokens
+        values += block.token_logprobs
+        offsets += block.text_offset
+    assert tokens == echoed.logprobs.tokens and offsets == echoed.logprobs.text_offset
+    assert values[0] is None and values[1:] == pytest.approx(echoed.logprobs.token_logprobs[1:], abs=1e-5)
+
+
 def test_chat_greedy_matches_engine_on_the_chat_template(oai, ref):
     want = ref.generate(input_ids=chat_ids(ref, MESSAGES), sampling_params={"max_new_tokens": 10, **GREEDY})
     r = oai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=10, temperature=0)
@@ -627,7 +703,6 @@ BAD_ROWS = [
     Bad("both text and input_ids (generate)", "/generate", {"text": "hi", "input_ids": [5]}, "exactly one"),
     Bad("stream with n=2 (generate)", "/generate",
         {"text": "hi", "sampling_params": {"n": 2, "max_new_tokens": 2}, "stream": True}, "stream"),
-    Bad("echo", "/v1/completions", {**CMPL_OK, "echo": True}, "echo"),
     Bad("suffix", "/v1/completions", {**CMPL_OK, "suffix": "end"}, "suffix"),
     Bad("logit_bias", "/v1/completions", {**CMPL_OK, "logit_bias": {"5": 10}}, "logit_bias"),
     Bad("chat logit_bias", "/v1/chat/completions", {**CHAT_OK, "logit_bias": {"5": 10}}, "logit_bias"),
@@ -790,7 +865,7 @@ def test_client_disconnect_mid_stream_aborts_and_frees_kv(server):
 
 
 def test_client_disconnect_while_waiting_for_a_non_streamed_result_aborts(server):
-    max_tokens = 600
+    max_tokens = 2000  # several seconds of decoding even on a fast CPU (context is 2048)
     before = wait_idle_and_kv_free(server)["generated_tokens"]
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.5 s and closes the connection

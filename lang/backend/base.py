@@ -1,5 +1,9 @@
 """What a backend must do for the interpreter. Each call gets the state's full text so far;
-reuse of the shared prefix is the runtime's business (its radix cache)."""
+reuse of the shared prefix is the runtime's business (its radix cache).
+
+A backend that talks to a chat API needs the conversation rather than the text: it sets
+`takes_messages = True`, and generate / generate_stream then also get `messages=`, the closed
+turns followed by the open turn (if any) with its content so far."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from radixlm.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 
 class BaseBackend:
     chat_template: ChatTemplate = get_chat_template("default")
+    takes_messages: bool = False  # True: generate / generate_stream also get messages=[...]
 
     def generate(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
                  logprob_start_len: int | None = None,
@@ -20,9 +25,10 @@ class BaseBackend:
 
     def generate_stream(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
                         logprob_start_len: int | None = None,
-                        top_logprobs_num: int = 0) -> Iterator[tuple[str, dict]]:
+                        top_logprobs_num: int = 0, **kwargs: Any) -> Iterator[tuple[str, dict]]:
         """(text delta, meta_info so far) pairs; the default streams the whole completion once."""
-        text, meta = self.generate(prompt, sampling_params, return_logprob, logprob_start_len, top_logprobs_num)
+        text, meta = self.generate(prompt, sampling_params, return_logprob, logprob_start_len, top_logprobs_num,
+                                   **kwargs)
         yield (text[0] if isinstance(text, list) else text), meta
 
     def select(self, prompt: str, choices: list[str], temperature: float,

@@ -15,6 +15,7 @@ from radixlm.lang.backend.base import BaseBackend
 from radixlm.lang.chat_template import chat_template_from_tokenizer, get_chat_template
 from radixlm.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
 from radixlm.runtime.client import RuntimeClient
+from radixlm.runtime.http_client import HttpRuntimeClient
 from radixlm.runtime.tokenizer import load_tokenizer
 
 
@@ -27,12 +28,26 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class RuntimeEndpoint(BaseBackend):
-    def __init__(self, address: str, chat_template_name: str | None = None, tokenizer_path: str | None = None,
-                 timeout_s: float = 600.0) -> None:
+    """A running runtime, by its ZeroMQ address (`tcp://HOST:ZMQ_PORT`, `ipc://...`) or its
+    HTTP address (`http://HOST:PORT`, as in SGLang). select tokenises locally, so the
+    server's tokenizer folder (or `tokenizer_path`) must be readable here."""
+
+    def __init__(self, address: str, api_key: str | None = None, chat_template_name: str | None = None,
+                 tokenizer_path: str | None = None, timeout_s: float = 600.0) -> None:
         self.address = address
-        self.client = RuntimeClient(address, timeout_s=timeout_s)
+        if address.startswith(("http://", "https://")):
+            self.client: Any = HttpRuntimeClient(address, api_key=api_key, timeout_s=timeout_s)
+        elif address.startswith(("tcp://", "ipc://")):
+            self.client = RuntimeClient(address, timeout_s=timeout_s)
+        else:
+            raise ValueError(f"endpoint address must start with http://, https://, tcp:// or ipc://, got {address!r}")
         self.info = self.client.get_server_info()
-        self.tokenizer = load_tokenizer(tokenizer_path or self.info["tokenizer_path"])
+        path = tokenizer_path or self.info["tokenizer_path"]
+        try:
+            self.tokenizer = load_tokenizer(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot load the server's tokenizer from {path!r} here ({exc}); "
+                             f"pass tokenizer_path=") from exc
         if chat_template_name is not None:
             self.chat_template = get_chat_template(chat_template_name)
         else:
@@ -45,23 +60,42 @@ class RuntimeEndpoint(BaseBackend):
         return {k: v for k, v in sampling_params.items() if v is not None and k != "n"}
 
     def generate(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
-                 logprob_start_len: int | None = None, top_logprobs_num: int = 0):
+                 logprob_start_len: int | None = None, top_logprobs_num: int = 0,
+                 return_text_in_logprobs: bool = False, **_: Any):
         n = int(sampling_params.get("n") or 1)
         params = self._params(sampling_params)
         kw = dict(return_logprob=return_logprob, logprob_start_len=logprob_start_len,
                   top_logprobs_num=top_logprobs_num)
         if n == 1:
             out = self.client.generate(prompt, params, **kw)
-            return out["text"], out["meta_info"]
+            return out["text"], self._meta(out["meta_info"], return_text_in_logprobs)
         self.cache_prefix(prompt)  # the n samples share the prompt through the cache
         seed = params.pop("seed", None)
         base = seed if seed is not None else self._rng.getrandbits(62)
         outs = self.client.generate_batch([{"prompt": prompt, "sampling_params": {**params, "seed": base + k}, **kw}
                                            for k in range(n)])
-        return [o["text"] for o in outs], [o["meta_info"] for o in outs]
+        return [o["text"] for o in outs], [self._meta(o["meta_info"], return_text_in_logprobs) for o in outs]
+
+    def _meta(self, meta: dict, with_text: bool) -> dict:
+        """With `with_text`, logprob entries become (logprob, token_id, token_text)."""
+        if not with_text:
+            return meta
+        meta = dict(meta)
+
+        def entry(e: Any) -> tuple:
+            return (e[0], e[1], self.tokenizer.decode([e[1]]))
+
+        for key in ("input_token_logprobs", "output_token_logprobs"):
+            if meta.get(key) is not None:
+                meta[key] = [entry(e) for e in meta[key]]
+        if meta.get("output_top_logprobs") is not None:
+            meta["output_top_logprobs"] = [[entry(e) for e in top] if top else top
+                                           for top in meta["output_top_logprobs"]]
+        return meta
 
     def generate_stream(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
-                        logprob_start_len: int | None = None, top_logprobs_num: int = 0) -> Iterator[tuple[str, dict]]:
+                        logprob_start_len: int | None = None, top_logprobs_num: int = 0,
+                        **_: Any) -> Iterator[tuple[str, dict]]:
         for chunk in self.client.generate_stream(prompt, self._params(sampling_params)):
             yield chunk["text"], chunk["meta_info"]
 
