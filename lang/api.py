@@ -15,6 +15,7 @@ import concurrent.futures
 import inspect
 import os
 import threading
+import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 from radixlm.lang import ir
@@ -29,6 +30,22 @@ RUN_DEFAULTS = {
 }
 PRECACHE_MIN_CHARS = 64
 
+class GlobalConfig:
+    """SGLang's `global_config`, for programs that use it: the default backend, and whether
+    run_batch pre-caches the traced constant prefix."""
+
+    enable_precache_with_tracing: bool = True
+
+    @property
+    def default_backend(self) -> Any:
+        return _default_backend
+
+    @default_backend.setter
+    def default_backend(self, backend: Any) -> None:
+        set_default_backend(backend)
+
+
+global_config = GlobalConfig()
 _default_backend: Any = None
 
 
@@ -213,7 +230,7 @@ class SglFunction:
         calls = [self._batch_args(i, item) for i, item in enumerate(batch_kwargs)]
         if not calls:
             return iter(()) if generator_style else []
-        if len(calls) > 1:
+        if len(calls) > 1 and global_config.enable_precache_with_tracing:
             self.cache(backend)
         if num_threads == "auto":
             num_threads = max(96, (os.cpu_count() or 1) * 16)
@@ -272,10 +289,16 @@ class SglFunction:
         return prefix
 
 
-def function(func: Callable | None = None, **options: Any) -> Any:
-    """Decorator, bare (`@function`) or with arguments (`@function()`)."""
+def function(func: Callable | None = None, num_api_spec_tokens: int | None = None, **options: Any) -> Any:
+    """Decorator, bare (`@function`) or with arguments (`@function()`).
+
+    `num_api_spec_tokens` (SGLang's speculative execution for OpenAI-style APIs) is accepted
+    so SGLang programs load, and ignored with a warning: programs run exactly as written."""
     if options:
         raise TypeError(f"unknown @function option(s): {', '.join(sorted(options))}")
+    if num_api_spec_tokens is not None:
+        warnings.warn("@function(num_api_spec_tokens=...) is ignored: radixlm runs every gen as its own request",
+                      stacklevel=2)
     if func is None:
         return lambda f: SglFunction(f)
     return SglFunction(func)

@@ -204,10 +204,11 @@ class StateExecutor:
                 self.variables[gen.name] = ""
             meta: dict = {}
             for chunk, meta in self.backend.generate_stream(self.text_, params, **kwargs):
-                if gen.name is not None:
-                    self.variables[gen.name] += chunk
-                    self.meta_info[gen.name] = meta
-                self._append(chunk)
+                with self.changed:  # value and meta change together: a reader sees a consistent pair
+                    if gen.name is not None:
+                        self.variables[gen.name] += chunk
+                        self.meta_info[gen.name] = meta
+                    self._append(chunk)
             self._set_var(gen.name, self.variables.get(gen.name, ""), meta)
             return
         text, meta = self.backend.generate(self.text_, params, **kwargs)
@@ -246,6 +247,17 @@ class _Call(ir.Expr):
 
 def item_always_runs(item: ir.Expr) -> bool:
     return isinstance(item, _Call) and item.always
+
+
+def _incremental_meta(meta: Any, sent: int) -> tuple[Any, int]:
+    """(meta with the output logprob lists cut to the entries after `sent`, the new count)."""
+    if not isinstance(meta, dict) or meta.get("output_token_logprobs") is None:
+        return meta, sent
+    total = len(meta["output_token_logprobs"])
+    meta = dict(meta, output_token_logprobs=meta["output_token_logprobs"][sent:], output_token_logprobs_length=total)
+    if meta.get("output_top_logprobs") is not None:
+        meta["output_top_logprobs"] = meta["output_top_logprobs"][sent:]
+    return meta, total
 
 
 def _as_list(stop: Any) -> list[str]:
@@ -379,19 +391,26 @@ class ProgramState:
             if done and pos >= len(ex.text_):
                 return
 
-    def _var_iter(self, name: str) -> Iterator[str]:
+    def _var_iter(self, name: str, with_meta: bool = False) -> Iterator[Any]:
+        """A variable's new text as it grows; with_meta: (text, meta) pairs, where the meta's
+        output logprob lists hold only the entries new since the previous pair."""
         ex = self.stream_executor
-        pos = 0
+        pos = sent = 0
         while True:
             with ex.changed:
                 ex.changed.wait_for(lambda: len(ex.variables.get(name) or "") > pos
                                     or ex.events.get(name, threading.Event()).is_set() or ex.finished.is_set(),
                                     timeout=0.1)
-            value = ex.variables.get(name) or ""
-            done = ex.events[name].is_set() if name in ex.events else ex.finished.is_set()
+                value = ex.variables.get(name) or ""
+                meta = ex.meta_info.get(name)
+                done = ex.events[name].is_set() if name in ex.events else ex.finished.is_set()
             if len(value) > pos:
-                yield value[pos:]
-                pos = len(value)
+                chunk, pos = value[pos:], len(value)
+                if with_meta:
+                    meta, sent = _incremental_meta(meta, sent)
+                    yield chunk, meta
+                else:
+                    yield chunk
             if done:
                 if name in ex.failed:
                     self.get_var(name)  # raises ProgramError naming the cause
@@ -399,20 +418,24 @@ class ProgramState:
 
     async def text_async_iter(self, var_name: str | None = None,
                               return_meta_data: bool = False) -> AsyncIterator[Any]:
-        """`text_iter` for asyncio. With `return_meta_data`, yields (chunk, meta) where meta is
-        the variable's meta info so far (None when iterating the whole text)."""
+        """`text_iter` for asyncio. With `return_meta_data` (needs var_name), yields
+        (chunk, meta): meta is the variable's meta so far, except that `output_token_logprobs`
+        and `output_top_logprobs` hold only the tokens new in this chunk, and
+        `output_token_logprobs_length` counts all of them so far."""
+        if return_meta_data and var_name is None:
+            raise ValueError("return_meta_data needs var_name: meta belongs to one gen")
         loop = asyncio.get_running_loop()
-        iterator = self.text_iter(var_name)
+        if not self.stream_executor.stream:
+            iterator: Iterator[Any] = iter([(self.get_var(var_name), _incremental_meta(
+                self.get_meta_info(var_name), 0)[0])] if return_meta_data else self.text_iter(var_name))
+        else:
+            iterator = self._var_iter(var_name, return_meta_data) if var_name else self.text_iter()
         end = object()
         while True:
-            chunk = await loop.run_in_executor(None, next, iterator, end)
-            if chunk is end:
+            item = await loop.run_in_executor(None, next, iterator, end)
+            if item is end:
                 return
-            if return_meta_data:
-                meta = self.stream_executor.meta_info.get(var_name) if var_name else None
-                yield chunk, meta
-            else:
-                yield chunk
+            yield item
 
 
 class ProgramStateGroup:

@@ -80,11 +80,15 @@ class RuntimeClient:
         return reply.data["outputs"]
 
     def generate_stream(self, prompt: str | None = None, sampling_params: dict | None = None,
-                        input_ids: Sequence[int] | None = None) -> Iterator[dict]:
+                        input_ids: Sequence[int] | None = None, return_logprob: bool = False,
+                        logprob_start_len: int | None = None, top_logprobs_num: int = 0) -> Iterator[dict]:
+        """Chunks of new text and token ids; each chunk's meta_info is cumulative (its logprob
+        lists cover every token so far)."""
         rid = uuid.uuid4().hex
         sock, rid = self._request(ClientGenerate(
             rid=rid, text=prompt, input_ids=list(input_ids) if input_ids is not None else None,
-            sampling_params=dict(sampling_params or {}), stream=True))
+            sampling_params=dict(sampling_params or {}), return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, stream=True))
         finished = False
         try:
             while not finished:

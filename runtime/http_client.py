@@ -84,10 +84,12 @@ class HttpRuntimeClient:
         return self._json("POST", "/generate", body)
 
     def generate_stream(self, prompt: str | None = None, sampling_params: dict | None = None,
-                        input_ids: Sequence[int] | None = None) -> Iterator[dict]:
+                        input_ids: Sequence[int] | None = None, return_logprob: bool = False,
+                        logprob_start_len: int | None = None, top_logprobs_num: int = 0) -> Iterator[dict]:
         """Chunks with the text and token ids *added* since the last one (the route sends
         cumulative text; this turns it into deltas like the ZeroMQ client)."""
-        body = {**self._body(prompt, input_ids, sampling_params, False, None, 0), "stream": True}
+        body = {**self._body(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
+                             top_logprobs_num), "stream": True}
         text_len = ids_len = 0
         last: dict | None = None
         with self._open("POST", "/generate", body) as resp:

@@ -399,7 +399,30 @@ def test_unsupported_gen_options_fail_at_the_call_site():
     with pytest.raises(ValueError, match="stop_regex"):
         rl.gen("x", stop_regex=r"\d")
     with pytest.raises(TypeError, match="unknown @function option"):
-        rl.function(num_api_spec_tokens=64)
+        rl.function(speculate=64)
+    with pytest.warns(UserWarning, match="num_api_spec_tokens"):  # SGLang programs still load
+        prog = rl.function(num_api_spec_tokens=64)(lambda s: s.__iadd__("x" + rl.gen("y")))
+    assert prog.run(backend=FakeBackend())["y"] == "<1>"
+
+
+def test_global_config_default_backend_and_precache_switch():
+    be = FakeBackend()
+    rl.global_config.default_backend = be
+    try:
+        assert rl.get_default_backend() is be
+
+        @rl.function
+        def prog(s, q):
+            s += "A long constant header that is worth caching once per batch. " * 2 + q + rl.gen("a")
+
+        prog.run_batch([{"q": "1"}, {"q": "2"}])
+        assert sum(kind == "cache" for kind, _, _ in be.calls) == 1
+        rl.global_config.enable_precache_with_tracing = False
+        prog.run_batch([{"q": "1"}, {"q": "2"}])
+        assert sum(kind == "cache" for kind, _, _ in be.calls) == 1
+    finally:
+        rl.global_config.enable_precache_with_tracing = True
+        rl.set_default_backend(None)
 
 
 def test_async_iter_with_meta_data_and_a_failing_stream():

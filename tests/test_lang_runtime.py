@@ -194,3 +194,27 @@ def test_cache_prefills_the_traced_prefix(rt):
     solve.cache(rt)
     st = solve.run(a="what is 2 plus 2?", backend=rt)
     assert st.get_meta_info("x")["cached_tokens"] >= len(rt.endpoint.tokenizer(FEW_SHOT).input_ids) - 2
+
+
+def test_streamed_logprobs_come_in_increments_aligned_with_the_tokens(rt):
+    """SGLang's test_stream_logprobs contract, through the ZeroMQ runtime."""
+    @rl.function
+    def qa(s):
+        s += rl.user("Tell me about Hawaii.")
+        s += rl.assistant(rl.gen("answer", return_logprob=True, return_text_in_logprobs=True))
+
+    async def collect():
+        state = qa.run(backend=rt, stream=True, temperature=0, max_new_tokens=12, ignore_eos=True)
+        return [item async for item in state.text_async_iter("answer", return_meta_data=True)], state
+
+    items, st = asyncio.run(collect())
+    assert items and all(chunk for chunk, _ in items)
+    previous = 0
+    for _, meta in items:
+        assert meta["completion_tokens"] == meta["output_token_logprobs_length"]
+        assert len(meta["output_token_logprobs"]) == meta["completion_tokens"] - previous
+        previous = meta["completion_tokens"]
+    assert previous == 12
+    entries = [e for _, meta in items for e in meta["output_token_logprobs"]]
+    assert "".join(text for _, _, text in entries) == st["answer"]
+    assert rt.get_model_name() == rt.endpoint.info["model_path"]

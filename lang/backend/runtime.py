@@ -95,9 +95,12 @@ class RuntimeEndpoint(BaseBackend):
 
     def generate_stream(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
                         logprob_start_len: int | None = None, top_logprobs_num: int = 0,
-                        **_: Any) -> Iterator[tuple[str, dict]]:
-        for chunk in self.client.generate_stream(prompt, self._params(sampling_params)):
-            yield chunk["text"], chunk["meta_info"]
+                        return_text_in_logprobs: bool = False, **_: Any) -> Iterator[tuple[str, dict]]:
+        """(text delta, cumulative meta_info) pairs."""
+        for chunk in self.client.generate_stream(prompt, self._params(sampling_params), return_logprob=return_logprob,
+                                                 logprob_start_len=logprob_start_len,
+                                                 top_logprobs_num=top_logprobs_num):
+            yield chunk["text"], self._meta(chunk["meta_info"], return_text_in_logprobs)
 
     def cache_prefix(self, prompt: str) -> None:
         if prompt:
@@ -133,6 +136,9 @@ class RuntimeEndpoint(BaseBackend):
 
     def get_server_info(self) -> dict:
         return self.client.get_server_info()
+
+    def get_model_name(self) -> str:
+        return self.info["model_path"]
 
     def shutdown(self) -> None:
         self.client.close()
