@@ -196,7 +196,13 @@ class SglFunction:
     def run(self, *args: Any, backend: Any = None, stream: bool = False, use_thread: bool = True,
             **kwargs: Any) -> ProgramState:
         """Start the program and return its state at once; reads on it wait for results.
-        `use_thread=False` executes every expression in the caller's thread as it is appended."""
+        `use_thread=False` executes every expression in the caller's thread as it is appended.
+        An exception raised by the program's own Python code reaches the caller; with
+        stream=True (the body runs on its own thread) it is kept in `state.error()`."""
+        return self._run(args, kwargs, backend, stream, use_thread, keep_errors=stream)
+
+    def _run(self, args: tuple, kwargs: dict[str, Any], backend: Any, stream: bool, use_thread: bool,
+             keep_errors: bool) -> ProgramState:
         program_kwargs, sampling = self._split(kwargs)
         backend = _backend(backend)
         defaults = {k: v for k, v in {**RUN_DEFAULTS, **sampling}.items() if v is not None}
@@ -209,10 +215,10 @@ class SglFunction:
         def body() -> None:
             try:
                 state.ret_value = self.func(state, *args, **call_kwargs)
-            except BaseException as exc:
-                if not stream:
+            except Exception as exc:
+                if not keep_errors:
                     raise  # the caller's own thread: it sees the exception directly
-                executor.fail_after_pending(exc)  # a streaming reader sees it via error()
+                executor.fail_after_pending(exc)  # seen through error() and reads of later variables
             finally:
                 executor.end()
 
@@ -225,7 +231,9 @@ class SglFunction:
     def run_batch(self, batch_kwargs: Sequence[dict | Sequence[Any]], *, backend: Any = None,
                   num_threads: int | str = "auto", progress_bar: bool = False, generator_style: bool = False,
                   **sampling: Any) -> list[ProgramState] | Iterator[ProgramState]:
-        """Run the program once per argument set; states come back in input order, finished."""
+        """Run the program once per argument set; states come back in input order, finished.
+        A program that fails (its request or its own Python code) does not stop the batch: its
+        state's `error()` says why."""
         backend = _backend(backend)
         calls = [self._batch_args(i, item) for i, item in enumerate(batch_kwargs)]
         if not calls:
@@ -237,7 +245,7 @@ class SglFunction:
         num_threads = max(1, min(int(num_threads), len(calls)))
 
         def one(kwargs: dict) -> ProgramState:
-            state = self.run(backend=backend, **kwargs, **sampling)
+            state = self._run((), {**kwargs, **sampling}, backend, False, True, keep_errors=True)
             state.sync()
             return state
 

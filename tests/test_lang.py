@@ -318,6 +318,21 @@ def test_run_batch_keeps_order_checks_arity_and_precaches_the_prefix():
     assert [st["label"] for st in gen_style] == ["g1", "g2"]
 
 
+def test_run_batch_keeps_going_when_one_program_fails():
+    @rl.function
+    def prog(s, i):
+        s += f"item {i}:" + rl.gen("out")
+        if i == 1:
+            raise ZeroDivisionError("program 1 divided by zero")
+
+    states = prog.run_batch([{"i": 0}, {"i": 1}, {"i": 2}], backend=FakeBackend(fail_on="item 2"))
+    assert states[0].error() is None and states[0]["out"].startswith("<")
+    assert isinstance(states[1].error(), ZeroDivisionError) and states[1]["out"].startswith("<")
+    assert isinstance(states[2].error(), ConnectionError)
+    with pytest.raises(ProgramError, match="backend exploded"):
+        states[2]["out"]
+
+
 def test_trace_stops_at_the_first_non_constant():
     be = FakeBackend(template="chatml")
 
