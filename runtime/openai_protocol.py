@@ -47,11 +47,36 @@ class _OpenAISampling(BaseModel):
     def unsupported(self) -> str | None:
         if self.logit_bias:
             return "logit_bias is not supported"
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            return f"response_format {self.response_format.get('type')!r} is not supported yet"
-        if self.regex is not None or self.json_schema is not None:
-            return "regex / json_schema constrained decoding is not supported yet"
+        try:
+            self.constraint()
+        except ValueError as exc:
+            return str(exc)
         return None
+
+    def constraint(self) -> dict[str, Any]:
+        """The regex / json_schema sampling parameter this request asks for, from
+        `response_format` (OpenAI) or the `regex` / `json_schema` extensions (SGLang, vLLM)."""
+        found: dict[str, Any] = {}
+        if self.regex is not None:
+            found["regex"] = self.regex
+        if self.json_schema is not None:
+            found["json_schema"] = self.json_schema
+        fmt = self.response_format
+        if fmt is not None:
+            kind = fmt.get("type")
+            if kind == "json_object":
+                found["json_schema"] = {"type": "object"}
+            elif kind == "json_schema":
+                spec = fmt.get("json_schema")
+                if not isinstance(spec, dict) or not isinstance(spec.get("schema"), (dict, bool)):
+                    raise ValueError("response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}")
+                found["json_schema"] = spec["schema"]
+            elif kind not in (None, "text"):
+                raise ValueError(f"response_format type must be 'text', 'json_object' or 'json_schema', got {kind!r}")
+        if len(found) > 1 or (fmt is not None and fmt.get("type") not in (None, "text")
+                              and (self.regex is not None or self.json_schema is not None)):
+            raise ValueError("give at most one of response_format, regex and json_schema")
+        return found
 
     def sampling_params(self, max_tokens: int | None) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -60,7 +85,7 @@ class _OpenAISampling(BaseModel):
             "repetition_penalty": self.repetition_penalty, "min_new_tokens": self.min_tokens,
             "ignore_eos": self.ignore_eos, "skip_special_tokens": self.skip_special_tokens,
             "no_stop_trim": self.no_stop_trim, "stop": self.stop, "stop_token_ids": self.stop_token_ids,
-            "seed": self.seed, "n": self.n,
+            "seed": self.seed, "n": self.n, **self.constraint(),
         }
         if max_tokens is not None:
             params["max_new_tokens"] = max_tokens

@@ -63,6 +63,7 @@ class TokenOutput(msgspec.Struct):
     completion_tokens: int
     cached_tokens: int
     retractions: int = 0
+    jump_forward_tokens: int | None = None  # constrained requests: output tokens not sampled
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
     stop_strs: list[str] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from radixlm.runtime.constrained import Grammar
 from radixlm.runtime.radix.radix_cache import TreeNode
 from radixlm.runtime.sampling import SamplingParams
 
@@ -46,6 +47,9 @@ class Req:
     output_token_logprobs: list[tuple[float, int]] = field(default_factory=list)
     output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     stop_str_hit: str | None = None
+    # ---- constrained decoding: the automaton's state follows output_ids
+    grammar: Grammar | None = None
+    jump_forward_tokens: int = 0  # output tokens appended by jump-forward, not sampled
     # ---- what has been reported to the client already (the process boundary sends deltas)
     sent_output_len: int = 0
     sent_input_logprobs: int = 0
@@ -97,6 +101,8 @@ class Req:
             "finish_reason": self.finished_reason,
             "retractions": self.retraction_count,
         }
+        if self.grammar is not None:
+            info["jump_forward_tokens"] = self.jump_forward_tokens
         if self.return_logprob:
             info["input_token_logprobs"] = list(self.input_token_logprobs)
             info["output_token_logprobs"] = list(self.output_token_logprobs)

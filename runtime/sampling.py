@@ -50,7 +50,8 @@ class SamplingParams:
     no_stop_trim: bool = False
     n: int = 1
     seed: int | None = None
-    # reserved for constrained decoding (a later issue); rejected until supported
+    # constrained decoding (at most one): the output must match the regex / the JSON schema
+    # (JSON text here; from_any also takes a dict, a pydantic model or a msgspec Struct type)
     regex: str | None = None
     json_schema: str | None = None
 
@@ -66,7 +67,12 @@ class SamplingParams:
         unknown = sorted(set(value) - names)
         if unknown:
             raise ValueError(f"unknown sampling parameter(s): {', '.join(unknown)}")
-        return SamplingParams(**value)
+        params = SamplingParams(**value)
+        if params.json_schema is not None:
+            from radixlm.runtime.constrained import normalize_json_schema
+
+            params.json_schema = normalize_json_schema(params.json_schema)
+        return params
 
     @property
     def stop_strs(self) -> list[str]:
@@ -121,8 +127,17 @@ class SamplingParams:
             ids = self.stop_token_ids
             if not isinstance(ids, (list, tuple)) or not all(is_int(t) and 0 <= t < vocab_size for t in ids):
                 bad(f"stop_token_ids must be token ids in [0, {vocab_size}), got {ids!r}")
+        if self.regex is not None and self.json_schema is not None:
+            bad("give at most one of regex and json_schema")
         if self.regex is not None or self.json_schema is not None:
-            bad("regex / json_schema constrained decoding is not supported yet")
+            from radixlm.runtime import constrained
+
+            if self.regex is not None:
+                constrained.check_regex_syntax(self.regex)
+            else:
+                if not isinstance(self.json_schema, str):
+                    bad(f"json_schema must be JSON text here, got {type(self.json_schema).__name__}")
+                constrained.json_schema_to_regex(constrained.normalize_json_schema(self.json_schema))
 
 
 @dataclass
@@ -149,6 +164,8 @@ class SamplingBatch:
     # min_new_tokens: rows still below their minimum and the ids they must not emit
     min_tokens_rows: torch.Tensor | None = None
     min_tokens_ids: list[list[int]] | None = None
+    # constrained decoding: [B, V] True where the row's grammar bans the token
+    vocab_mask: torch.Tensor | None = None
 
     @staticmethod
     def build(params: Sequence[SamplingParams], seeds: Sequence[int], prompt_ids: Sequence[Sequence[int]],
@@ -207,6 +224,8 @@ def apply_penalties(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
     if sb.min_tokens_rows is not None:
         for row, ids in zip(sb.min_tokens_rows.tolist(), sb.min_tokens_ids):
             logits[row, ids] = float("-inf")
+    if sb.vocab_mask is not None:
+        logits.masked_fill_(sb.vocab_mask, float("-inf"))
     return logits
 
 

@@ -14,6 +14,7 @@ gets a `ForwardResult` back, and reports the requests that progressed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -21,6 +22,7 @@ from typing import Callable
 import torch
 
 from radixlm.runtime.config import EngineConfig
+from radixlm.runtime.constrained import Grammar, GrammarCache, build_vocab_mask
 from radixlm.runtime.forward_batch import ForwardBatch, ForwardMode, ForwardResult
 from radixlm.runtime.model_runner import ModelRunner
 from radixlm.runtime.policy import (InBatchPrefixFilter, PrefillBudget, SchedulePolicy,
@@ -45,6 +47,7 @@ class SchedulerStats:
     decode_steps: int = 0
     retractions: int = 0
     finished_requests: int = 0
+    jump_forward_tokens: int = 0
 
     @property
     def cache_hit_rate(self) -> float:
@@ -52,8 +55,10 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, cfg: EngineConfig, runner: ModelRunner, decode_tokens: Callable[[list[int]], str]) -> None:
+    def __init__(self, cfg: EngineConfig, runner: ModelRunner, decode_tokens: Callable[[list[int]], str],
+                 grammars: GrammarCache | None = None) -> None:
         self.cfg = cfg
+        self.grammars = grammars  # None: constrained requests are refused
         self.runner = runner
         self.decode_tokens = decode_tokens
         self.device = runner.device
@@ -64,6 +69,7 @@ class Scheduler:
         chunk = cfg.chunked_prefill_size or (GPU_DEFAULT_CHUNK if self.device.type == "cuda" else CPU_DEFAULT_CHUNK)
         self.chunk_size = chunk if chunk > 0 else 1 << 62
         self.waiting: list[Req] = []
+        self.grammar_waiting: list[tuple[Req, object]] = []  # (request, future of its grammar)
         self.running: list[Req] = []
         self.chunked_req: Req | None = None
         self.init_new_token_ratio = min(0.7 * cfg.schedule_conservativeness, 1.0)
@@ -74,11 +80,39 @@ class Scheduler:
 
     # ------------------------------------------------------------------ public
     def add_request(self, req: Req) -> None:
-        self.waiting.append(req)
+        params = req.sampling_params
+        key = GrammarCache.key_of(params.regex, params.json_schema)
+        if key is None or req.grammar is not None:
+            self.waiting.append(req)
+        elif self.grammars is None:
+            refused: concurrent.futures.Future = concurrent.futures.Future()
+            refused.set_exception(ValueError("this runtime has no constrained decoding (regex / json_schema)"))
+            self.grammar_waiting.append((req, refused))
+        else:  # queued once its grammar is compiled (a cached one is ready at once)
+            self.grammar_waiting.append((req, self.grammars.get(key)))
 
+    def _poll_grammars(self) -> list[Req]:
+        """Move requests whose grammar is ready to the waiting queue; fail those whose
+        grammar could not be built (an error naming the problem, status 400)."""
+        failed, still = [], []
+        for req, fut in self.grammar_waiting:
+            if not fut.done() and not req.to_abort:
+                still.append((req, fut))
+                continue
+            if req.to_abort:
+                self._finish(req, {"type": "abort", "message": req.to_abort})
+                failed.append(req)
+            elif fut.exception() is not None:
+                self._finish(req, {"type": "abort", "message": str(fut.exception()), "status_code": 400})
+                failed.append(req)
+            else:
+                req.grammar = Grammar(fut.result())
+                self.waiting.append(req)
+        self.grammar_waiting = still
+        return failed
     def abort_request(self, rid: str, message: str = "aborted by user") -> bool:
         found = False
-        for req in self._live_reqs() + self.waiting:
+        for req in self._live_reqs() + self.waiting + [r for r, _ in self.grammar_waiting]:
             if req.rid == rid and not req.finished:
                 req.to_abort = message
                 found = True
@@ -86,11 +120,12 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked_req)
+        return bool(self.waiting or self.running or self.chunked_req or self.grammar_waiting)
 
     def step(self) -> list[Req]:
         """Run one batch. Returns the requests that gained output tokens or finished."""
-        touched = self._apply_aborts()
+        touched = self._poll_grammars() if self.grammar_waiting else []
+        touched += self._apply_aborts()
         reqs = self._schedule_prefill()
         if reqs:
             touched += self._run_extend(reqs)
@@ -102,6 +137,8 @@ class Scheduler:
         """Drop every cached prefix. Refused (False) while requests are queued or running."""
         if self.has_work:
             return False
+        if self.grammars is not None:
+            self.grammars.clear()
         self.tree.reset()
         self.kv_pool.reset()
         self.req_pool.reset()
@@ -394,6 +431,10 @@ class Scheduler:
                 [r.sampling_params for r in sampling_reqs], [r.seed for r in sampling_reqs],
                 [r.origin_input_ids for r in sampling_reqs], [r.output_ids for r in sampling_reqs],
                 [sorted(r.stop_token_ids) for r in sampling_reqs], self.runner.vocab_size, dev)
+            sampling.vocab_mask = build_vocab_mask(
+                [r.grammar for r in sampling_reqs],
+                [sorted(r.stop_token_ids) if len(r.output_ids) >= r.sampling_params.min_new_tokens else []
+                 for r in sampling_reqs], self.runner.vocab_size, dev)
         prefix = torch.tensor(prefix_lens, **i64)
         extend = torch.tensor(extend_lens, **i64)
         return ForwardBatch(
@@ -431,6 +472,14 @@ class Scheduler:
             req.output_token_logprobs[-1] = (req.output_token_logprobs[-1][0], token)
         params = req.sampling_params
         n_out = len(req.output_ids)
+        grammar = req.grammar
+        if grammar is not None and not (token in req.stop_token_ids and grammar.is_final):
+            if not grammar.advance(token):  # cannot happen under the mask: a bug, reported
+                self._finish(req, {"type": "abort", "message": f"token {token} breaks the grammar"})
+                return
+            if grammar.is_complete:
+                self._finish(req, {"type": "stop", "matched": None})
+                return
         if token in req.stop_token_ids and n_out >= params.min_new_tokens:
             self._finish(req, {"type": "stop", "matched": token})
         elif params.stop and n_out >= params.min_new_tokens and self._hit_stop_str(req):

@@ -19,6 +19,7 @@ import zmq
 
 from radixlm.runtime.config import EngineConfig, ModelConfig
 from radixlm.runtime.ipc import IpcAddresses, die_with_parent, make_socket, parent_alive, set_process_title
+from radixlm.runtime.constrained import GrammarCache, TokenizerVocab
 from radixlm.runtime.model_runner import ModelRunner
 from radixlm.runtime.protocol import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
                                       ToScheduler, TokenOutput, TokenOutputBatch, decoder, encoder)
@@ -39,13 +40,14 @@ def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: An
         model_cfg = ModelConfig.from_path(cfg.model_path)
         tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model_path)
         runner = ModelRunner(cfg, model_cfg)
-        scheduler = Scheduler(cfg, runner, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+        eos = set(model_cfg.eos_token_ids)
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        grammars = GrammarCache(TokenizerVocab(tokenizer, runner.vocab_size, sorted(eos)))
+        scheduler = Scheduler(cfg, runner, lambda ids: tokenizer.decode(ids, skip_special_tokens=False), grammars)
     except Exception as exc:  # report any start-up failure to the launcher, then exit
         ready_conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return
-    eos = set(model_cfg.eos_token_ids)
-    if tokenizer.eos_token_id is not None:
-        eos.add(tokenizer.eos_token_id)
     loop = SchedulerLoop(cfg, addrs, scheduler, frozenset(eos))
     ready_conn.send({
         "ok": True, "pid": os.getpid(), "context_len": runner.context_len,
@@ -184,9 +186,18 @@ class SchedulerLoop:
             "cached_tokens": stats.cached_tokens, "generated_tokens": stats.generated_tokens,
             "decode_steps": stats.decode_steps, "prefill_batches": stats.prefill_batches,
             "retractions": stats.retractions, "finished_requests": stats.finished_requests,
-            "constrained_decoding": False,  # regex / json_schema are refused until grammars land
+            "constrained_decoding": sched.grammars is not None, **self._grammar_info(),
             **sched.usage(),
         }
+
+    def _grammar_info(self) -> dict:
+        grammars = self.scheduler.grammars
+        if grammars is None:
+            return {}
+        st = grammars.stats
+        return {"grammar_cache_hits": st.hits, "grammar_cache_misses": st.misses,
+                "grammar_compile_time_s": round(st.compile_time_s, 6), "grammar_failures": st.failures,
+                "jump_forward_tokens": self.scheduler.stats.jump_forward_tokens}
 
     # ------------------------------------------------------------------ outputs
     def _emit(self, touched: list[Req]) -> None:
@@ -206,6 +217,7 @@ class SchedulerLoop:
             rid=req.rid, new_ids=req.output_ids[req.sent_output_len:], finished_reason=req.finished_reason,
             prompt_tokens=req.prompt_len, completion_tokens=len(req.output_ids),
             cached_tokens=max(req.cached_tokens, 0), retractions=req.retraction_count,
+            jump_forward_tokens=req.jump_forward_tokens if req.grammar is not None else None,
             skip_special_tokens=params.skip_special_tokens, no_stop_trim=params.no_stop_trim,
             stop_strs=params.stop_strs, min_new_tokens=params.min_new_tokens, stream=req.stream,
         )

@@ -266,6 +266,8 @@ class TokenizerManager:
         meta = state.meta_info
         meta.update(id=state.rid, prompt_tokens=tok.prompt_tokens, completion_tokens=tok.completion_tokens,
                     cached_tokens=tok.cached_tokens, finish_reason=reason, retractions=tok.retractions)
+        if tok.jump_forward_tokens is not None:
+            meta["jump_forward_tokens"] = tok.jump_forward_tokens
         for key in ("input_token_logprobs", "input_top_logprobs", "output_token_logprobs", "output_top_logprobs"):
             new = getattr(tok, key)
             if new is not None:

@@ -47,10 +47,13 @@ class LocalRuntime:
         self.config = EngineConfig.from_kwargs(path, **options)
         model_cfg = ModelConfig.from_path(path)
         self.tokenizer = load_tokenizer(path)
+        from radixlm.runtime.constrained import GrammarCache, TokenizerVocab
+
         self.runner = ModelRunner(self.config, model_cfg)
-        self.scheduler = Scheduler(self.config, self.runner,
-                                   lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False))
         self.eos_ids = frozenset(model_cfg.eos_token_ids) | {self.tokenizer.eos_token_id}
+        self.grammars = GrammarCache(TokenizerVocab(self.tokenizer, self.runner.vocab_size, sorted(self.eos_ids)))
+        self.scheduler = Scheduler(self.config, self.runner,
+                                   lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False), self.grammars)
         self._count = 0
         _LOCAL.append(self)
 
