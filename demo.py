@@ -20,8 +20,11 @@ import radixlm as rl
 DOCS = ("radixlm keeps every prompt prefix it has computed in a radix tree, so programs that "
         "share a beginning (a system prompt, few-shot examples, the text before a fork) pay for "
         "it once. ") * 3
-PERSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-                 "required": ["name", "age"]}
+# bounded fields: a random-weight model would otherwise happily write digits forever
+PERSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 16},
+                                                  "age": {"type": "integer", "maxDigits": 2},
+                                                  "language": {"enum": ["python", "rust", "go"]}},
+                 "required": ["name", "age", "language"]}
 
 
 @rl.function
@@ -50,7 +53,7 @@ def brainstorm(s, max_tokens: int):
 @rl.function
 def extract(s, max_tokens: int):
     s += "Describe a person as JSON.\n"
-    s += rl.gen("person", max_tokens=max_tokens, json_schema=json.dumps(PERSON_SCHEMA))
+    s += rl.gen("person", max_tokens=max_tokens, json_schema=PERSON_SCHEMA)
 
 
 @contextlib.contextmanager
@@ -94,8 +97,10 @@ def run_demo(backend: Any, max_tokens: int) -> None:
 
     _section("JSON-schema gen")
     if backend.get_server_info().get("constrained_decoding"):
-        state = extract.run(max_tokens=4 * max_tokens, temperature=0)
-        print(json.dumps(json.loads(state["person"])))
+        state = extract.run(max_tokens=64, temperature=0)
+        meta = state.get_meta_info("person")
+        print(f"{json.dumps(json.loads(state['person']))}  ({meta['completion_tokens']} tokens, "
+              f"{meta.get('jump_forward_tokens', 0)} of them jump-forward)")
     else:
         print("skipped: this runtime has no constrained decoding yet")
 

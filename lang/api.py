@@ -93,6 +93,13 @@ def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int 
                       choices_method=choices_method or token_length_normalized)
     if regex is not None:
         ir.check_regex(regex)
+    if regex is not None and json_schema is not None:
+        raise ValueError("give at most one of regex and json_schema")
+    if json_schema is not None:
+        # JSON text, a dict, a pydantic model class or a msgspec Struct type -> JSON text
+        from radixlm.runtime.constrained import normalize_json_schema
+
+        json_schema = normalize_json_schema(json_schema)
     if dtype is not None:
         ir.dtype_regex(dtype)  # fail fast on an unknown dtype
     given = dict(max_tokens=max_tokens, min_tokens=min_tokens, n=n, stop=stop, stop_token_ids=stop_token_ids,

@@ -151,6 +151,8 @@ class EngineConfig:
     chunked_prefill_size: int | None = None  # default: 8192 on GPU, 2048 on CPU; -1 disables chunking
     schedule_policy: str = "lpm"  # lpm | fcfs
     disable_radix_cache: bool = False
+    # constrained requests: draft the text their grammar forces and verify it in one pass
+    disable_jump_forward: bool = False
     schedule_conservativeness: float = 1.0
     random_seed: int | None = None
     log_level: str = "warning"

@@ -99,6 +99,7 @@ class TokenizerVocab:
         from outlines_core import Vocabulary
 
         self.vocab_size = vocab_size  # the model's logits width (may exceed the tokenizer's)
+        self.tokenizer = tokenizer
         self.token_bytes = token_bytes_table(tokenizer)
         self.eos_ids = frozenset(eos_ids)
         anchor_eos = min(self.eos_ids) if self.eos_ids else (tokenizer.eos_token_id or 0)
@@ -108,6 +109,10 @@ class TokenizerVocab:
                 mapping.setdefault(raw, []).append(tid)
         self.anchor_eos = anchor_eos
         self.vocabulary = Vocabulary(anchor_eos, mapping)
+
+    def encode(self, text: str) -> list[int]:
+        """The tokenizer's own (natural) tokenization of a piece of text, no special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
 
 # ---------------------------------------------------------------------------- schemas
@@ -143,11 +148,44 @@ def _is_msgspec_struct(cls: type) -> bool:
     return issubclass(cls, msgspec.Struct)
 
 
+# Keywords the regex translation would silently drop; an output could then break them, so a
+# schema using one is refused instead (naming it and where it is).
+UNENFORCED_KEYWORDS = frozenset({
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
+    "minProperties", "maxProperties", "patternProperties", "propertyNames", "dependentRequired",
+    "dependentSchemas", "dependencies", "contains", "minContains", "maxContains", "if", "then", "else",
+    "not", "unevaluatedProperties", "unevaluatedItems",
+})
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")  # name -> schema
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")  # [schema, ...]
+_SCHEMA_ONE = ("items", "additionalProperties", "additionalItems")  # a schema (or bool)
+
+
+def unenforced_features(schema: Any, path: str = "") -> list[str]:
+    """`keyword at /json/pointer` for every keyword of UNENFORCED_KEYWORDS in the schema."""
+    if not isinstance(schema, dict):
+        return []
+    found = [f"{k} at {path or '/'}" for k in schema if k in UNENFORCED_KEYWORDS]
+    for key in _SCHEMA_MAPS:
+        for name, sub in (schema.get(key) or {}).items() if isinstance(schema.get(key), dict) else []:
+            found += unenforced_features(sub, f"{path}/{key}/{name}")
+    for key in _SCHEMA_LISTS:
+        for i, sub in enumerate(schema.get(key) or []) if isinstance(schema.get(key), list) else []:
+            found += unenforced_features(sub, f"{path}/{key}/{i}")
+    for key in _SCHEMA_ONE:
+        found += unenforced_features(schema.get(key), f"{path}/{key}")
+    return found
+
+
 def json_schema_to_regex(schema_json: str, whitespace_pattern: str | None = None) -> str:
     """The regex that matches exactly the JSON texts the schema allows (outlines-core's
     translation). Raises ValueError naming what is not supported."""
     from outlines_core.json_schema import build_regex_from_schema
 
+    unenforced = unenforced_features(json.loads(schema_json))
+    if unenforced:
+        raise ValueError(f"unsupported json_schema feature(s), which the output could not be held to: "
+                         f"{', '.join(unenforced[:5])}")
     try:
         return build_regex_from_schema(schema_json, whitespace_pattern or DEFAULT_WHITESPACE)
     except Exception as exc:  # outlines-core raises assorted types for unsupported features
@@ -177,7 +215,8 @@ class CompiledGrammar:
         self.vocab = vocab
         self._allowed: dict[int, list[int]] = {}
         self._allowed_dev: dict[tuple[int, str], torch.Tensor] = {}
-        self._forced: dict[int, tuple[str, list[int]] | None] = {}
+        self._forced: dict[int, bytes] = {}
+        self._drafts: dict[int, list[int]] = {}
 
     @property
     def initial_state(self) -> int:
@@ -205,6 +244,54 @@ class CompiledGrammar:
 
     def next_state(self, state: int, token: int) -> int | None:
         return self.index.get_next_state(state, token)
+
+    def forced_bytes(self, state: int) -> bytes:
+        """The bytes every accepted continuation from `state` starts with: while all allowed
+        tokens begin with the same byte (and the state is not final), that byte is forced;
+        the single-byte token for it leads to the next state."""
+        found = self._forced.get(state)
+        if found is not None:
+            return found
+        out = b""
+        cur: int | None = state
+        table = self.vocab.token_bytes
+        while cur is not None and len(out) < MAX_JUMP_CHARS and not self.is_final(cur):
+            allowed = self.allowed(cur)
+            first = {table[t][:1] for t in allowed}
+            if len(first) != 1:
+                break
+            byte = first.pop()
+            step = next((t for t in allowed if table[t] == byte), None)
+            if step is None:
+                break
+            out += byte
+            cur = self.next_state(cur, step)
+        self._forced[state] = out
+        return out
+
+    def draft(self, state: int) -> list[int]:
+        """The forced text from `state` in the tokenizer's natural tokenization (the longest
+        prefix the automaton accepts): the tokens jump-forward proposes for verification."""
+        found = self._drafts.get(state)
+        if found is not None:
+            return found
+        forced = self.forced_bytes(state)
+        text = ""
+        for cut in range(len(forced), max(len(forced) - 4, -1), -1):  # drop a torn UTF-8 tail
+            try:
+                text = forced[:cut].decode("utf-8")
+                break
+            except UnicodeDecodeError:
+                continue
+        tokens: list[int] = []
+        cur: int | None = state
+        for t in self.vocab.encode(text) if text else []:
+            cur = self.next_state(cur, t)
+            if cur is None:
+                break
+            tokens.append(t)
+        self._drafts[state] = tokens
+        return tokens
 
 
 class Grammar:
@@ -242,29 +329,15 @@ class Grammar:
                 return None
         return state
 
-    def forced_bytes(self, limit: int = MAX_JUMP_CHARS) -> bytes:
-        """The bytes every accepted continuation starts with: while exactly one byte can
-        follow (and the state is not final), it is forced. Found by walking the token
-        automaton: the allowed tokens' bytes must all share the prefix."""
-        out = b""
-        state = self.state
-        while len(out) < limit and not self.compiled.is_final(state):
-            allowed = self.compiled.allowed(state)
-            if not allowed:
-                break
-            table = self.compiled.vocab.token_bytes
-            first = {table[t][:1] for t in allowed}
-            if len(first) != 1:
-                break
-            byte = first.pop()
-            # follow the single-byte token for that byte if there is one; else stop (the
-            # automaton only moves in whole tokens, and a longer token may not be forced)
-            step = next((t for t in allowed if table[t] == byte), None)
-            if step is None:
-                break
-            out += byte
-            state = self.compiled.next_state(state, step)
-        return out
+    def draft(self) -> list[int]:
+        """Tokens the grammar forces from here (see CompiledGrammar.draft)."""
+        return self.compiled.draft(self.state)
+
+    def at(self, state: int) -> "Grammar":
+        """A view of the same grammar in another state (for drafted positions)."""
+        view = Grammar(self.compiled)
+        view.state = state
+        return view
 
 
 @dataclass

@@ -365,6 +365,9 @@ class Scheduler:
     def _run_decode(self) -> list[Req]:
         self._ensure_decode_memory()
         reqs = list(self.running)
+        drafts = self._drafts(reqs)
+        if drafts is not None:
+            return self._run_decode_with_drafts(reqs, drafts)
         slots = self._alloc_slots(len(reqs))
         assert slots is not None, "decode slots must exist after retraction"
         for req, slot in zip(reqs, slots.tolist()):
@@ -382,6 +385,95 @@ class Scheduler:
         for req, token in zip(reqs, result.next_token_ids):
             req.kv_len += 1
             self._append_token(req, token)
+            if req.finished:
+                self.running.remove(req)
+                self._cache_req(req, finished=True)
+        return reqs
+
+    # ------------------------------------------------------------------ jump-forward
+    def _drafts(self, reqs: list[Req]) -> list[list[int]] | None:
+        """Per request, the tokens its grammar forces next (jump-forward), or None when no
+        request has any or there is no room for them."""
+        if self.cfg.disable_jump_forward or not any(r.grammar is not None for r in reqs):
+            return None
+        drafts = []
+        for req in reqs:
+            draft: list[int] = []
+            if req.grammar is not None:
+                room = min(req.sampling_params.max_new_tokens - len(req.output_ids),
+                           self.runner.context_len - len(req.fill_ids)) - 1
+                draft = req.grammar.draft()[:max(room, 0)]
+            drafts.append(draft)
+        extra = sum(len(d) for d in drafts)
+        if extra == 0:
+            return None
+        if self.kv_pool.available + self.tree.evictable_size < len(reqs) + extra:
+            return None  # decode one token each this step; drafting can wait for memory
+        return drafts
+
+    def _run_decode_with_drafts(self, reqs: list[Req], drafts: list[list[int]]) -> list[Req]:
+        """One step in which every request decodes its last token and, where its grammar
+        forces text, also feeds the drafted tokens of that text. Each drafted token is kept
+        only while it equals what sampling yields at its position (same mask, same seed and
+        step, so the same token as decoding one at a time would give); the first position
+        that differs contributes the sampled token instead. Outputs are therefore identical
+        with jump-forward on or off; accepted drafts save one decode step each."""
+        lens = [1 + len(d) for d in drafts]
+        slots = self._alloc_slots(sum(lens))
+        assert slots is not None, "room for the drafts was checked"
+        input_ids, positions, rows = [], [], []
+        start = 0
+        for req, draft, n in zip(reqs, drafts, lens):
+            req_slots = slots[start: start + n]
+            self._row(req)[req.kv_len: req.kv_len + n] = req_slots.to(torch.int32)
+            input_ids += [req.fill_ids[-1]] + draft
+            positions += range(req.kv_len, req.kv_len + n)
+            rows.append(list(range(start, start + n)))
+            start += n
+        # every fed position samples: draft positions to verify, the last one free
+        lp_rows, lp_targets, lp_topk, lp_owner = [], [], [], []
+        for req, req_rows in zip(reqs, rows):
+            if req.return_logprob:
+                for r in req_rows:
+                    lp_rows.append(r)
+                    lp_targets.append(-1)
+                    lp_topk.append(req.top_logprobs_num)
+                    lp_owner.append(req)
+        batch = self._make_batch(ForwardMode.EXTEND, reqs, input_ids, positions, slots,
+                                 [r.kv_len for r in reqs], lens, list(range(start)), [rr[-1] for rr in rows],
+                                 lp_rows, lp_targets, lp_topk, drafts=drafts)
+        result = self.runner.forward(batch)
+        self.stats.decode_steps += 1
+        self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_new_token_ratio)
+        lp_by_req: dict[int, list[tuple[float, list]]] = {}
+        for req, lp, top in zip(lp_owner, result.token_logprobs, result.top_logprobs):
+            lp_by_req.setdefault(id(req), []).append((lp, top))
+        for i, (req, draft) in enumerate(zip(reqs, drafts)):
+            sampled = result.draft_token_ids[i] + [result.next_token_ids[i]]
+            accepted = 0
+            while accepted < len(draft) and sampled[accepted] == draft[accepted]:
+                accepted += 1
+            new_tokens = sampled[: accepted + 1]  # the verified drafts, then the first sampled token
+            fed = 1 + len(draft)
+            logprobs = lp_by_req.get(id(req), [])
+            appended = 0
+            for k, token in enumerate(new_tokens):
+                if req.return_logprob:
+                    lp, top = logprobs[k]
+                    req.output_token_logprobs.append((lp, token))
+                    req.output_top_logprobs.append(top)
+                req.kv_len += 1  # the token fed at this position now has its K/V
+                self._append_token(req, token)
+                appended += 1
+                if k < accepted:
+                    req.jump_forward_tokens += 1
+                    self.stats.jump_forward_tokens += 1
+                if req.finished:
+                    break
+            # K/V written for drafted tokens that were not kept: give the slots back
+            unused = self._row(req)[req.kv_len: req.kv_len + fed - appended].to(torch.int64)
+            if unused.numel():
+                self.kv_pool.free(unused)
             if req.finished:
                 self.running.remove(req)
                 self._cache_req(req, finished=True)
@@ -421,20 +513,33 @@ class Scheduler:
 
     # ------------------------------------------------------------------ helpers
     def _make_batch(self, mode, reqs, input_ids, positions, out_loc, prefix_lens, extend_lens,
-                    logit_tokens, sample_rows, lp_rows, lp_targets, lp_topk) -> ForwardBatch:
+                    logit_tokens, sample_rows, lp_rows, lp_targets, lp_topk,
+                    drafts: list[list[int]] | None = None) -> ForwardBatch:
         dev = self.device
         i64 = dict(dtype=torch.int64, device=dev)
-        sampling_reqs = [r for r, row in zip(reqs, sample_rows) if row >= 0]
+        # one sampling row per sampled position: a request with a draft samples at each
+        # drafted position as if the draft's earlier tokens were already its output
+        rows: list[tuple[Req, list[int], Grammar | None]] = []
+        for i, (req, row) in enumerate(zip(reqs, sample_rows)):
+            if row < 0:
+                continue
+            draft = drafts[i] if drafts else []
+            grammar, state = req.grammar, req.grammar.state if req.grammar is not None else None
+            for j in range(len(draft) + 1):
+                rows.append((req, req.output_ids + draft[:j], grammar.at(state) if grammar is not None else None))
+                if grammar is not None and j < len(draft):
+                    state = grammar.compiled.next_state(state, draft[j])
         sampling = None
-        if sampling_reqs:
+        if rows:
+            stop_ids = [sorted(r.stop_token_ids) for r, _, _ in rows]
             sampling = SamplingBatch.build(
-                [r.sampling_params for r in sampling_reqs], [r.seed for r in sampling_reqs],
-                [r.origin_input_ids for r in sampling_reqs], [r.output_ids for r in sampling_reqs],
-                [sorted(r.stop_token_ids) for r in sampling_reqs], self.runner.vocab_size, dev)
+                [r.sampling_params for r, _, _ in rows], [r.seed for r, _, _ in rows],
+                [r.origin_input_ids for r, _, _ in rows], [out for _, out, _ in rows],
+                stop_ids, self.runner.vocab_size, dev)
             sampling.vocab_mask = build_vocab_mask(
-                [r.grammar for r in sampling_reqs],
-                [sorted(r.stop_token_ids) if len(r.output_ids) >= r.sampling_params.min_new_tokens else []
-                 for r in sampling_reqs], self.runner.vocab_size, dev)
+                [g for _, _, g in rows],
+                [ids if len(out) >= r.sampling_params.min_new_tokens else []
+                 for (r, out, _), ids in zip(rows, stop_ids)], self.runner.vocab_size, dev)
         prefix = torch.tensor(prefix_lens, **i64)
         extend = torch.tensor(extend_lens, **i64)
         return ForwardBatch(
@@ -452,6 +557,7 @@ class Scheduler:
             logprob_rows=lp_rows,
             logprob_targets=lp_targets,
             logprob_top_k=lp_topk,
+            draft_rows=[rr[:-1] for rr in _rows_of(sample_rows, drafts)] if drafts else None,
         )
 
     def _store_logprobs(self, result: ForwardResult, owners: list[tuple[Req, str]]) -> None:
@@ -502,3 +608,9 @@ class Scheduler:
                 req.stop_str_hit = s
                 return True
         return False
+
+
+def _rows_of(sample_rows: list[int], drafts: list[list[int]]) -> list[list[int]]:
+    """Per request, the logits rows it samples at: its draft positions, then its last one
+    (a request's fed positions are consecutive rows ending at its sample row)."""
+    return [list(range(row - len(d), row + 1)) if row >= 0 else [] for row, d in zip(sample_rows, drafts)]
