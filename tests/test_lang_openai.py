@@ -13,6 +13,8 @@ runtime backend's select runs on the very same model for comparison):
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import openai
 import pytest
@@ -403,3 +405,47 @@ def test_native_generate_takes_per_prompt_options(server):
     assert len(second["output_ids"]) == 2 and "input_token_logprobs" not in second["meta_info"]
     r = httpx.post(f"{server.url}/generate", json={**body, "return_logprob": [True]}, headers=headers, timeout=60)
     assert r.status_code == 400 and "return_logprob is a list of 1 but there are 2 prompts" in r.text
+
+
+# ======================================================================================== constrained output
+SHAPE = {"type": "object", "properties": {"shape": {"enum": ["circle", "square"]},
+                                          "label": {"type": "string", "maxLength": 8}},
+         "required": ["shape", "label"]}
+
+
+def test_response_format_json_schema_through_the_openai_client_and_the_backend(server, chat, cmpl):
+    import json
+
+    import jsonschema
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "A shape, as JSON."}], max_tokens=64, temperature=1.0,
+        seed=3, response_format={"type": "json_schema", "json_schema": {"name": "shape", "schema": SHAPE}})
+    jsonschema.validate(json.loads(r.choices[0].message.content), SHAPE)
+    assert r.choices[0].finish_reason == "stop"
+    r = client.completions.create(model=MODEL, prompt="Code:", max_tokens=16, extra_body={"regex": "[A-Z]{3}-[0-9]{2}"})
+    assert re.fullmatch("[A-Z]{3}-[0-9]{2}", r.choices[0].text)
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "JSON please"}],
+                                       max_tokens=48, response_format={"type": "json_object"}, temperature=0)
+    assert r.choices[0].message.content.startswith("{")
+    with pytest.raises(openai.BadRequestError, match="unsupported json_schema feature"):
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "n"}], max_tokens=8,
+            response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer",
+                                                                                            "maximum": 3}}})
+
+    @rl.function
+    def shape(s):
+        s += rl.user("Describe a shape.")
+        s += rl.assistant(rl.gen("json", json_schema=SHAPE, max_tokens=64))
+
+    for backend in (chat, ):
+        st = shape.run(backend=backend, temperature=0.7)
+        jsonschema.validate(json.loads(st["json"]), SHAPE)
+
+    @rl.function
+    def code(s):
+        s += "Code: " + rl.gen("code", regex="[A-Z]{3}-[0-9]{2}", max_tokens=16)
+
+    assert re.fullmatch("[A-Z]{3}-[0-9]{2}", code.run(backend=cmpl)["code"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -218,3 +219,41 @@ def test_streamed_logprobs_come_in_increments_aligned_with_the_tokens(rt):
     entries = [e for _, meta in items for e in meta["output_token_logprobs"]]
     assert "".join(text for _, _, text in entries) == st["answer"]
     assert rt.get_model_name() == rt.endpoint.info["model_path"]
+
+
+def test_constrained_gens_in_programs(rt):
+    import json
+    from typing import Literal
+
+    import jsonschema
+    import pydantic
+
+    class Pet(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=10)
+        kind: str = pydantic.Field(pattern=r"^(cat|dog|owl)$")
+        legs: Literal[0, 2, 4]
+
+    @rl.function
+    def prog(s):
+        s += "Hours in a day: " + rl.gen_int("hours", max_tokens=6) + "\n"
+        s += "Is water wet? " + rl.gen("wet", dtype=bool) + "\n"
+        s += "Pi is about " + rl.gen("pi", dtype=float, max_tokens=8) + "\n"
+        s += "Date: " + rl.gen("date", regex=r"20[0-9]{2}-(0[1-9]|1[0-2])-[0-2][0-9]") + "\n"
+        s += "Pet: " + rl.gen("pet", json_schema=Pet, max_tokens=96)
+
+    st = prog.run(backend=rt, temperature=0)
+    assert st.error() is None, st.error()
+    int(st["hours"])
+    assert st["wet"] in ("True", "False")
+    float(st["pi"])
+    assert re.fullmatch(r"20[0-9]{2}-(0[1-9]|1[0-2])-[0-2][0-9]", st["date"])
+    pet = Pet.model_validate_json(st["pet"])
+    jsonschema.validate(json.loads(st["pet"]), Pet.model_json_schema())
+    assert st.get_meta_info("pet")["jump_forward_tokens"] > 0 and pet.kind in ("cat", "dog", "owl")
+
+    @rl.function
+    def bad(s):
+        s += "x" + rl.gen("v", json_schema={"type": "integer", "minimum": 0})
+
+    with pytest.raises(ProgramError, match="unsupported json_schema feature.*minimum"):
+        bad.run(backend=rt)["v"]
