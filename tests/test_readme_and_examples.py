@@ -43,16 +43,30 @@ def test_demo_runs_every_program_and_reports_the_cache_hit_rate():
     assert rate > 30  # the chat's second turn, the fork's children and the select reuse prefixes
 
 
-def test_readme_dsl_tour_program_runs(tmp_path):
+def _readme_programs() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    [program] = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "@rl.function" in b]
-    script = tmp_path / "tour.py"
+    return [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "@rl.function" in b]
+
+
+def _run_program(tmp_path, program: str) -> str:
+    script = tmp_path / "program.py"
     script.write_text(program)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1].startswith("0.")  # the cache hit rate
+    return proc.stdout
+
+
+def test_readme_dsl_tour_program_runs(tmp_path):
+    tour = _readme_programs()[0]
+    assert _run_program(tmp_path, tour).strip().splitlines()[-1].startswith("0.")  # the cache hit rate
+
+
+def test_readme_constrained_output_program_runs(tmp_path):
+    [program] = [p for p in _readme_programs() if "json_schema=" in p]
+    out = _run_program(tmp_path, program)
+    assert "name=" in out and "role=" in out  # the validated pydantic model, printed
 
 
 @pytest.mark.parametrize("script", ["examples/offline_batch.py"])
