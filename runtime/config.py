@@ -153,6 +153,8 @@ class EngineConfig:
     disable_radix_cache: bool = False
     # constrained requests: draft the text their grammar forces and verify it in one pass
     disable_jump_forward: bool = False
+    # regex for the whitespace a JSON-schema output may have between tokens (default "[ ]?")
+    constrained_json_whitespace_pattern: str | None = None
     schedule_conservativeness: float = 1.0
     random_seed: int | None = None
     log_level: str = "warning"

@@ -187,7 +187,8 @@ def json_schema_to_regex(schema_json: str, whitespace_pattern: str | None = None
         raise ValueError(f"unsupported json_schema feature(s), which the output could not be held to: "
                          f"{', '.join(unenforced[:5])}")
     try:
-        return build_regex_from_schema(schema_json, whitespace_pattern or DEFAULT_WHITESPACE)
+        return build_regex_from_schema(schema_json, DEFAULT_WHITESPACE if whitespace_pattern is None
+                                       else whitespace_pattern)
     except Exception as exc:  # outlines-core raises assorted types for unsupported features
         raise ValueError(f"unsupported json_schema: {exc}") from None
 
@@ -351,8 +352,10 @@ class GrammarStats:
 class GrammarCache:
     """Compiled grammars by (kind, pattern), LRU, compiled on one worker thread."""
 
-    def __init__(self, vocab: TokenizerVocab, capacity: int = GRAMMAR_CACHE_SIZE) -> None:
+    def __init__(self, vocab: TokenizerVocab, capacity: int = GRAMMAR_CACHE_SIZE,
+                 whitespace_pattern: str | None = None) -> None:
         self.vocab = vocab
+        self.whitespace_pattern = whitespace_pattern
         self.capacity = capacity
         self._entries: collections.OrderedDict[tuple[str, str], concurrent.futures.Future] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -388,7 +391,7 @@ class GrammarCache:
         start = time.perf_counter()
         kind, pattern = key
         try:
-            regex = json_schema_to_regex(pattern) if kind == "json" else pattern
+            regex = json_schema_to_regex(pattern, self.whitespace_pattern) if kind == "json" else pattern
             try:
                 index = Index(regex, self.vocab.vocabulary)
             except Exception as exc:

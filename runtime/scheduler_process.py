@@ -43,7 +43,8 @@ def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: An
         eos = set(model_cfg.eos_token_ids)
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
-        grammars = GrammarCache(TokenizerVocab(tokenizer, runner.vocab_size, sorted(eos)))
+        grammars = GrammarCache(TokenizerVocab(tokenizer, runner.vocab_size, sorted(eos)),
+                                whitespace_pattern=cfg.constrained_json_whitespace_pattern)
         scheduler = Scheduler(cfg, runner, lambda ids: tokenizer.decode(ids, skip_special_tokens=False), grammars)
     except Exception as exc:  # report any start-up failure to the launcher, then exit
         ready_conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})

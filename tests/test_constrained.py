@@ -227,3 +227,12 @@ def test_jump_forward_keeps_outputs_identical_and_saves_one_decode_step_per_forc
         assert len(run["meta_info"]["output_top_logprobs"]) == len(run["output_ids"])
     assert [lp for lp, _ in on["meta_info"]["output_token_logprobs"]] == pytest.approx(
         [lp for lp, _ in off["meta_info"]["output_token_logprobs"]], abs=1e-4)
+
+
+def test_the_json_whitespace_pattern_is_an_engine_option():
+    engine = get_engine("llama", constrained_json_whitespace_pattern="")
+    outs = engine.generate(["Order:"] * 3, [{"json_schema": LONG_KEYS, "max_new_tokens": 160, "temperature": 1.0,
+                                             "seed": s} for s in range(3)])
+    for out in outs:
+        obj = json.loads(out["text"])
+        assert out["text"] == json.dumps(obj, separators=(",", ":"), ensure_ascii=False)  # not one optional space
