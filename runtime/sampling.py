@@ -241,7 +241,9 @@ def _uniform(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch
     cols = torch.arange(vocab_size, dtype=torch.int64, device=seeds.device)
     bits = mix(base[:, None] + (cols[None, :] + 1) * _GOLDEN)
     top24 = ((bits >> 40) & ((1 << 24) - 1)).float()
-    return (top24 + 0.5) * (1.0 / (1 << 24))
+    # (2**24 - 0.5) / 2**24 rounds to exactly 1.0 in fp32; the noise -log(u) would then be
+    # -0, and a banned token's 0 / -0 a NaN that argmax picks. Keep u strictly below 1.
+    return ((top24 + 0.5) * (1.0 / (1 << 24))).clamp_(max=1.0 - 2.0 ** -24)
 
 
 def sample(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:

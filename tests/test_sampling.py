@@ -504,3 +504,23 @@ def test_default_logprob_start_len_reports_output_logprobs_only(llama, prompt_id
     assert len(out["meta_info"]["output_token_logprobs"]) == 3
     assert out["meta_info"]["input_token_logprobs"] == []
     assert out["meta_info"]["cached_tokens"] >= len(prompt_ids) - 1
+
+
+def test_uniform_noise_stays_strictly_inside_zero_one_and_banned_tokens_are_never_drawn():
+    from radixlm.runtime.sampling import _uniform
+
+    # seed 1060, step 0 hits the top 24-bit value for token 2532 (fp32 rounding made u == 1.0,
+    # the noise -0, and a banned token's 0 / -0 a NaN that argmax picked)
+    u = _uniform(torch.tensor([1060]), torch.tensor([0]), 8192)
+    assert float(u.max()) < 1.0 and float(u.min()) > 0.0
+    for seed in range(1055, 1065):
+        u = _uniform(torch.tensor([seed] * 64), torch.arange(64), 8192)
+        assert bool((u < 1.0).all()) and bool((u > 0.0).all())
+    logits = torch.randn(1, 8192)
+    banned = torch.ones(1, 8192, dtype=torch.bool)
+    banned[0, :5] = False
+    sb = SamplingBatch.build([SamplingParams(temperature=1.0)], [1060], [[1]], [[]], [[]], 8192, torch.device("cpu"))
+    sb.vocab_mask = banned
+    for step in range(200):
+        sb.steps = torch.tensor([step])
+        assert int(sample(logits.clone(), sb)[0]) < 5
