@@ -166,6 +166,10 @@ def unenforced_features(schema: Any, path: str = "") -> list[str]:
     if not isinstance(schema, dict):
         return []
     found = [f"{k} at {path or '/'}" for k in schema if k in UNENFORCED_KEYWORDS]
+    props = schema.get("properties")
+    if isinstance(props, dict):  # outlines-core writes property names into the regex unescaped
+        found += [f"a property name with a quote, backslash or control character ({name!r}) at {path or '/'}"
+                  for name in props if any(c in name for c in '"\\') or any(ord(c) < 0x20 for c in name)]
     for key in _SCHEMA_MAPS:
         for name, sub in (schema.get(key) or {}).items() if isinstance(schema.get(key), dict) else []:
             found += unenforced_features(sub, f"{path}/{key}/{name}")

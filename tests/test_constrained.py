@@ -114,6 +114,9 @@ def test_keywords_the_regex_cannot_enforce_are_refused_by_name_and_place():
     with pytest.raises(ValueError, match="unsupported json_schema feature.*maximum at /properties/n/items"):
         json_schema_to_regex(json.dumps(schema))
     assert json_schema_to_regex(json.dumps({"type": "object", "properties": {"minimum": {"type": "integer"}}}))
+    # outlines-core would write this key into the regex unescaped, so output would not be JSON
+    with pytest.raises(ValueError, match="property name with a quote"):
+        json_schema_to_regex(json.dumps({"type": "object", "properties": {'say "hi"': {"type": "boolean"}}}))
     with pytest.raises(ValueError, match="unsupported json_schema"):
         json_schema_to_regex(json.dumps({"type": "martian"}))
 
