@@ -35,6 +35,7 @@ import torch
 # JSON-schema whitespace between tokens: what outlines-core uses by default (at most one space)
 DEFAULT_WHITESPACE = r"[ ]?"
 GRAMMAR_CACHE_SIZE = 256
+MASK_ROW_CACHE_BYTES = 64 << 20  # per compiled grammar and device: banned-token rows kept ready
 MAX_JUMP_CHARS = 256
 
 
@@ -220,6 +221,7 @@ class CompiledGrammar:
         self.vocab = vocab
         self._allowed: dict[int, list[int]] = {}
         self._allowed_dev: dict[tuple[int, str], torch.Tensor] = {}
+        self._mask_rows: collections.OrderedDict[tuple[int, str], torch.Tensor] = collections.OrderedDict()
         self._forced: dict[int, bytes] = {}
         self._drafts: dict[int, list[int]] = {}
 
@@ -243,6 +245,21 @@ class CompiledGrammar:
             t = torch.tensor(self.allowed(state), dtype=torch.int64, device=device)
             self._allowed_dev[key] = t
         return t
+
+    def mask_row(self, state: int, device: torch.device) -> torch.Tensor:
+        """[V] bool on `device`, True where `state` bans the token (EOS included), kept in a
+        byte-bounded LRU so a step's mask is one stack of ready rows."""
+        key = (state, str(device))
+        row = self._mask_rows.get(key)
+        if row is not None:
+            self._mask_rows.move_to_end(key)
+            return row
+        row = torch.ones(self.vocab.vocab_size, dtype=torch.bool, device=device)
+        row[self.allowed_tensor(state, device)] = False
+        self._mask_rows[key] = row
+        while len(self._mask_rows) * self.vocab.vocab_size > MASK_ROW_CACHE_BYTES and len(self._mask_rows) > 1:
+            self._mask_rows.popitem(last=False)
+        return row
 
     def is_final(self, state: int) -> bool:
         return bool(self.index.is_final_state(state))
@@ -421,19 +438,14 @@ def build_vocab_mask(grammars: Sequence[Grammar | None], stop_ids: Sequence[Sequ
                      device: torch.device) -> torch.Tensor | None:
     """[B, V] bool, True where a token is banned, or None when no row is constrained.
     Row i bans everything its grammar does not allow; a grammar in a final state also lets
-    `stop_ids[i]` through. One scatter for the whole batch."""
-    rows = [i for i, g in enumerate(grammars) if g is not None]
-    if not rows:
+    `stop_ids[i]` through. One stack of per-state rows cached on the device (no loop over
+    the vocabulary, no per-step host-to-device copy once the states have been seen)."""
+    if all(g is None for g in grammars):
         return None
-    mask = torch.zeros((len(grammars), vocab_size), dtype=torch.bool, device=device)
-    mask[torch.tensor(rows, dtype=torch.int64, device=device)] = True
-    row_parts, col_parts = [], []
-    for i in rows:
-        g = grammars[i]
-        cols = g.compiled.allowed_tensor(g.state, device)
-        if g.is_final and stop_ids[i]:
-            cols = torch.cat([cols, torch.tensor(list(stop_ids[i]), dtype=torch.int64, device=device)])
-        row_parts.append(torch.full((cols.numel(),), i, dtype=torch.int64, device=device))
-        col_parts.append(cols)
-    mask[torch.cat(row_parts), torch.cat(col_parts)] = False
+    free = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    mask = torch.stack([g.compiled.mask_row(g.state, device)[:vocab_size] if g is not None else free
+                        for g in grammars])
+    for i, g in enumerate(grammars):
+        if g is not None and stop_ids[i] and g.is_final:
+            mask[i, list(stop_ids[i])] = False
     return mask

@@ -40,10 +40,6 @@ class ForwardBatch:
     logits_indices: torch.Tensor
     sample_rows: list[int]
     sampling: "SamplingBatch | None" = None
-    # Jump-forward drafts: per request, the rows (before its `sample_rows` row) that also
-    # sample, to verify drafted tokens. `sampling` then has one row per sampled logits row,
-    # in request order, each request's draft rows first.
-    draft_rows: list[list[int]] | None = None
     # Logprob requests, one entry per logits row that wants them: the row (into the
     # selection), the token whose logprob is wanted (-1: the token sampled from that row),
     # and how many top alternatives to return.
@@ -64,7 +60,6 @@ class ForwardBatch:
 @dataclass
 class ForwardResult:
     next_token_ids: list[int]  # one per request; -1 where nothing was sampled
-    draft_token_ids: list[list[int]] = field(default_factory=list)  # per request: tokens sampled at its draft rows
     # Per logprob request, in order: the target token's logprob and its top alternatives
     # as (token_id, logprob) pairs. Logprobs are the model's log-softmax, before
     # temperature, penalties and filtering.

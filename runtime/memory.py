@@ -52,21 +52,33 @@ class KVPool:
 
     @property
     def available(self) -> int:
-        return int(self._free.numel())
+        return int(self._free.numel()) + self._returned_count
 
     def alloc(self, n: int) -> torch.Tensor | None:
         """n free slot indices (int64, on the pool's device), or None if fewer than n are free."""
+        if n > self._free.numel() and self._returned:
+            self._merge()
         if n > self._free.numel():
             return None
         out, self._free = self._free[:n], self._free[n:]
         return out
 
     def free(self, slots: torch.Tensor) -> None:
+        """Returned slots wait in a list and join the free tensor only when an allocation
+        needs them: concatenating onto a free list of millions of slots on every free (a
+        finished request, a rejected draft) would copy the whole list each time."""
         if slots.numel():
-            self._free = torch.cat([self._free, slots.to(self._free.device, torch.int64)])
+            self._returned.append(slots.to(self.device, torch.int64))
+            self._returned_count += int(slots.numel())
+
+    def _merge(self) -> None:
+        self._free = torch.cat([self._free, *self._returned])
+        self._returned, self._returned_count = [], 0
 
     def reset(self) -> None:
         self._free = torch.arange(1, self.num_slots + 1, dtype=torch.int64, device=self.device)
+        self._returned: list[torch.Tensor] = []
+        self._returned_count = 0
 
     def store(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k_buffers[layer][slots] = k.to(self.dtype)

@@ -90,21 +90,16 @@ class ModelRunner:
         hidden = self.model(batch)
         logits = self.model.compute_logits(hidden)  # [rows, vocab] fp32
         next_ids = [-1] * batch.batch_size
-        drafts = batch.draft_rows or [[] for _ in range(batch.batch_size)]
-        draft_ids: list[list[int]] = [[] for _ in range(batch.batch_size)]
         sample_reqs = [i for i, row in enumerate(batch.sample_rows) if row >= 0]
-        row_to_token: dict[int, int] = {}
+        sampled = None
         if sample_reqs:
-            flat = [r for i in sample_reqs for r in drafts[i] + [batch.sample_rows[i]]]
-            sampled = sample(logits[torch.tensor(flat, device=logits.device)].clone(), batch.sampling).tolist()
-            row_to_token = dict(zip(flat, sampled))
-            pos = 0
-            for i in sample_reqs:
-                n = len(drafts[i])
-                draft_ids[i], next_ids[i] = sampled[pos: pos + n], sampled[pos + n]
-                pos += n + 1
-        result = ForwardResult(next_token_ids=next_ids, draft_token_ids=draft_ids)
+            rows = torch.tensor([batch.sample_rows[i] for i in sample_reqs], device=logits.device)
+            sampled = sample(logits[rows].clone(), batch.sampling)
+            for i, tok in zip(sample_reqs, sampled.tolist()):
+                next_ids[i] = tok
+        result = ForwardResult(next_token_ids=next_ids)
         if batch.logprob_rows:
+            row_to_token = {batch.sample_rows[i]: next_ids[i] for i in sample_reqs}
             targets = [t if t >= 0 else row_to_token[r] for r, t in zip(batch.logprob_rows, batch.logprob_targets)]
             rows = torch.tensor(batch.logprob_rows, device=logits.device)
             result.token_logprobs, result.top_logprobs = logprobs_of(

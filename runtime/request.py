@@ -50,6 +50,7 @@ class Req:
     # ---- constrained decoding: the automaton's state follows output_ids
     grammar: Grammar | None = None
     jump_forward_tokens: int = 0  # output tokens appended by jump-forward, not sampled
+    draft_budget: int = 4  # jump-forward: most draft tokens to feed next step (adapts to acceptance)
     # ---- what has been reported to the client already (the process boundary sends deltas)
     sent_output_len: int = 0
     sent_input_logprobs: int = 0

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 CPU_DEFAULT_CHUNK = 2048
 GPU_DEFAULT_CHUNK = 8192
 RETRACT_RESERVE_STEPS = 20  # decode steps of headroom to free per request left after a retraction
+MAX_DRAFT_TOKENS = 32  # jump-forward: most drafted tokens one request feeds in one step
 
 
 @dataclass
@@ -402,7 +403,7 @@ class Scheduler:
             if req.grammar is not None:
                 room = min(req.sampling_params.max_new_tokens - len(req.output_ids),
                            self.runner.context_len - len(req.fill_ids)) - 1
-                draft = req.grammar.draft()[:max(room, 0)]
+                draft = req.grammar.draft()[:max(min(room, req.draft_budget), 0)]
             drafts.append(draft)
         extra = sum(len(d) for d in drafts)
         if extra == 0:
@@ -412,57 +413,58 @@ class Scheduler:
         return drafts
 
     def _run_decode_with_drafts(self, reqs: list[Req], drafts: list[list[int]]) -> list[Req]:
-        """One step in which every request decodes its last token and, where its grammar
-        forces text, also feeds the drafted tokens of that text. Each drafted token is kept
-        only while it equals what sampling yields at its position (same mask, same seed and
-        step, so the same token as decoding one at a time would give); the first position
-        that differs contributes the sampled token instead. Outputs are therefore identical
-        with jump-forward on or off; accepted drafts save one decode step each."""
-        lens = [1 + len(d) for d in drafts]
-        slots = self._alloc_slots(sum(lens))
+        """One decode step in which a request whose grammar forces text also feeds the
+        drafted tokens of that text. Each fed token is its own decode row (same request row,
+        its own position, attending to everything before it), so the step stays a batched
+        decode. Every row samples as if the earlier drafted tokens were already output (same
+        mask, seed and step as decoding one at a time), and a drafted token is kept only
+        while it equals the sample of the row before it; the first that differs is replaced
+        by that sample. Outputs are therefore identical with jump-forward on or off, and
+        each kept draft token saves a decode step."""
+        fed = [[req.fill_ids[-1]] + draft for req, draft in zip(reqs, drafts)]
+        slots = self._alloc_slots(sum(len(f) for f in fed))
         assert slots is not None, "room for the drafts was checked"
-        input_ids, positions, rows = [], [], []
+        rows: list[Req] = []
+        views: list[tuple[list[int], Grammar | None]] = []
+        input_ids, positions = [], []
         start = 0
-        for req, draft, n in zip(reqs, drafts, lens):
-            req_slots = slots[start: start + n]
-            self._row(req)[req.kv_len: req.kv_len + n] = req_slots.to(torch.int32)
-            input_ids += [req.fill_ids[-1]] + draft
-            positions += range(req.kv_len, req.kv_len + n)
-            rows.append(list(range(start, start + n)))
+        for req, draft, tokens in zip(reqs, drafts, fed):
+            n = len(tokens)
+            self._row(req)[req.kv_len: req.kv_len + n] = slots[start: start + n].to(torch.int32)
             start += n
-        # every fed position samples: draft positions to verify, the last one free
-        lp_rows, lp_targets, lp_topk, lp_owner = [], [], [], []
-        for req, req_rows in zip(reqs, rows):
-            if req.return_logprob:
-                for r in req_rows:
-                    lp_rows.append(r)
-                    lp_targets.append(-1)
-                    lp_topk.append(req.top_logprobs_num)
-                    lp_owner.append(req)
-        batch = self._make_batch(ForwardMode.EXTEND, reqs, input_ids, positions, slots,
-                                 [r.kv_len for r in reqs], lens, list(range(start)), [rr[-1] for rr in rows],
-                                 lp_rows, lp_targets, lp_topk, drafts=drafts)
+            state = req.grammar.state if req.grammar is not None else None
+            for j in range(n):
+                rows.append(req)
+                views.append((req.output_ids + draft[:j], req.grammar.at(state) if req.grammar is not None else None))
+                if req.grammar is not None and j < len(draft):
+                    state = req.grammar.compiled.next_state(state, draft[j])
+            input_ids += tokens
+            positions += range(req.kv_len, req.kv_len + n)
+        lp = [i for i, r in enumerate(rows) if r.return_logprob]
+        everything = list(range(len(rows)))
+        batch = self._make_batch(ForwardMode.DECODE, rows, input_ids, positions, slots, positions, [1] * len(rows),
+                                 everything, everything, lp, [-1] * len(lp), [rows[i].top_logprobs_num for i in lp],
+                                 views=views)
         result = self.runner.forward(batch)
         self.stats.decode_steps += 1
         self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_new_token_ratio)
-        lp_by_req: dict[int, list[tuple[float, list]]] = {}
-        for req, lp, top in zip(lp_owner, result.token_logprobs, result.top_logprobs):
-            lp_by_req.setdefault(id(req), []).append((lp, top))
-        for i, (req, draft) in enumerate(zip(reqs, drafts)):
-            sampled = result.draft_token_ids[i] + [result.next_token_ids[i]]
+        lp_of = dict(zip(lp, zip(result.token_logprobs, result.top_logprobs)))
+        row = 0
+        for req, draft, tokens in zip(reqs, drafts, fed):
+            sampled = result.next_token_ids[row: row + len(tokens)]
             accepted = 0
             while accepted < len(draft) and sampled[accepted] == draft[accepted]:
                 accepted += 1
-            new_tokens = sampled[: accepted + 1]  # the verified drafts, then the first sampled token
-            fed = 1 + len(draft)
-            logprobs = lp_by_req.get(id(req), [])
+            if draft:  # rejected rows are wasted work: draft longer only while drafts hold
+                req.draft_budget = (min(2 * req.draft_budget, MAX_DRAFT_TOKENS) if accepted == len(draft)
+                                    else max(1, accepted))
             appended = 0
-            for k, token in enumerate(new_tokens):
+            for k, token in enumerate(sampled[: accepted + 1]):  # the kept drafts, then a sample
                 if req.return_logprob:
-                    lp, top = logprobs[k]
-                    req.output_token_logprobs.append((lp, token))
+                    value, top = lp_of[row + k]
+                    req.output_token_logprobs.append((value, token))
                     req.output_top_logprobs.append(top)
-                req.kv_len += 1  # the token fed at this position now has its K/V
+                req.kv_len += 1  # the token fed at this row now has its K/V
                 self._append_token(req, token)
                 appended += 1
                 if k < accepted:
@@ -470,13 +472,14 @@ class Scheduler:
                     self.stats.jump_forward_tokens += 1
                 if req.finished:
                     break
-            # K/V written for drafted tokens that were not kept: give the slots back
-            unused = self._row(req)[req.kv_len: req.kv_len + fed - appended].to(torch.int64)
+            # K/V written for fed tokens that were not kept: give the slots back
+            unused = self._row(req)[req.kv_len: req.kv_len + len(tokens) - appended].to(torch.int64)
             if unused.numel():
                 self.kv_pool.free(unused)
             if req.finished:
                 self.running.remove(req)
                 self._cache_req(req, finished=True)
+            row += len(tokens)
         return reqs
 
     def _ensure_decode_memory(self) -> None:
@@ -514,32 +517,24 @@ class Scheduler:
     # ------------------------------------------------------------------ helpers
     def _make_batch(self, mode, reqs, input_ids, positions, out_loc, prefix_lens, extend_lens,
                     logit_tokens, sample_rows, lp_rows, lp_targets, lp_topk,
-                    drafts: list[list[int]] | None = None) -> ForwardBatch:
+                    views: list[tuple[list[int], Grammar | None]] | None = None) -> ForwardBatch:
+        """`views[i]`: the output ids and grammar state request row i samples with (default:
+        the request's own; jump-forward rows sample as if their draft were already output)."""
         dev = self.device
         i64 = dict(dtype=torch.int64, device=dev)
-        # one sampling row per sampled position: a request with a draft samples at each
-        # drafted position as if the draft's earlier tokens were already its output
-        rows: list[tuple[Req, list[int], Grammar | None]] = []
-        for i, (req, row) in enumerate(zip(reqs, sample_rows)):
-            if row < 0:
-                continue
-            draft = drafts[i] if drafts else []
-            grammar, state = req.grammar, req.grammar.state if req.grammar is not None else None
-            for j in range(len(draft) + 1):
-                rows.append((req, req.output_ids + draft[:j], grammar.at(state) if grammar is not None else None))
-                if grammar is not None and j < len(draft):
-                    state = grammar.compiled.next_state(state, draft[j])
+        picked = [i for i, row in enumerate(sample_rows) if row >= 0]
         sampling = None
-        if rows:
-            stop_ids = [sorted(r.stop_token_ids) for r, _, _ in rows]
+        if picked:
+            reqs_s = [reqs[i] for i in picked]
+            outs = [views[i][0] if views else reqs[i].output_ids for i in picked]
+            grammars = [views[i][1] if views else reqs[i].grammar for i in picked]
+            stop_ids = [sorted(r.stop_token_ids) for r in reqs_s]
             sampling = SamplingBatch.build(
-                [r.sampling_params for r, _, _ in rows], [r.seed for r, _, _ in rows],
-                [r.origin_input_ids for r, _, _ in rows], [out for _, out, _ in rows],
-                stop_ids, self.runner.vocab_size, dev)
+                [r.sampling_params for r in reqs_s], [r.seed for r in reqs_s], [r.origin_input_ids for r in reqs_s],
+                outs, stop_ids, self.runner.vocab_size, dev)
             sampling.vocab_mask = build_vocab_mask(
-                [g for _, _, g in rows],
-                [ids if len(out) >= r.sampling_params.min_new_tokens else []
-                 for (r, out, _), ids in zip(rows, stop_ids)], self.runner.vocab_size, dev)
+                grammars, [ids if len(out) >= r.sampling_params.min_new_tokens else []
+                           for r, out, ids in zip(reqs_s, outs, stop_ids)], self.runner.vocab_size, dev)
         prefix = torch.tensor(prefix_lens, **i64)
         extend = torch.tensor(extend_lens, **i64)
         return ForwardBatch(
@@ -557,7 +552,6 @@ class Scheduler:
             logprob_rows=lp_rows,
             logprob_targets=lp_targets,
             logprob_top_k=lp_topk,
-            draft_rows=[rr[:-1] for rr in _rows_of(sample_rows, drafts)] if drafts else None,
         )
 
     def _store_logprobs(self, result: ForwardResult, owners: list[tuple[Req, str]]) -> None:
@@ -609,8 +603,3 @@ class Scheduler:
                 return True
         return False
 
-
-def _rows_of(sample_rows: list[int], drafts: list[list[int]]) -> list[list[int]]:
-    """Per request, the logits rows it samples at: its draft positions, then its last one
-    (a request's fed positions are consecutive rows ending at its sample row)."""
-    return [list(range(row - len(d), row + 1)) if row >= 0 else [] for row, d in zip(sample_rows, drafts)]
