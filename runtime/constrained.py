@@ -156,6 +156,8 @@ UNENFORCED_KEYWORDS = frozenset({
     "minProperties", "maxProperties", "patternProperties", "propertyNames", "dependentRequired",
     "dependentSchemas", "dependencies", "contains", "minContains", "maxContains", "if", "then", "else",
     "not", "unevaluatedProperties", "unevaluatedItems",
+    # outlines-core extensions whose regexes accept invalid JSON numbers ("12.", "1e+")
+    "maxDigitsFraction", "maxDigitsExponent",
 })
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")  # name -> schema
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")  # [schema, ...]
@@ -167,6 +169,13 @@ def unenforced_features(schema: Any, path: str = "") -> list[str]:
     if not isinstance(schema, dict):
         return []
     found = [f"{k} at {path or '/'}" for k in schema if k in UNENFORCED_KEYWORDS]
+    # outlines-core keeps only one string constraint: a pattern next to a length, or a format
+    # next to either, would be dropped
+    lengths = [k for k in ("minLength", "maxLength") if k in schema]
+    if "pattern" in schema and lengths:
+        found.append(f"pattern together with {'/'.join(lengths)} at {path or '/'}")
+    if "format" in schema and (lengths or "pattern" in schema):
+        found.append(f"format together with {'/'.join(lengths) or 'pattern'} at {path or '/'}")
     props = schema.get("properties")
     if isinstance(props, dict):  # outlines-core writes property names into the regex unescaped
         found += [f"a property name with a quote, backslash or control character ({name!r}) at {path or '/'}"

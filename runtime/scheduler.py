@@ -135,7 +135,8 @@ class Scheduler:
         return touched
 
     def flush_cache(self) -> bool:
-        """Drop every cached prefix. Refused (False) while requests are queued or running."""
+        """Drop every cached prefix, and the compiled grammars with them (SGLang does the same;
+        a later request recompiles). Refused (False) while requests are queued or running."""
         if self.has_work:
             return False
         if self.grammars is not None:

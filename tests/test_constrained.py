@@ -114,6 +114,11 @@ def test_keywords_the_regex_cannot_enforce_are_refused_by_name_and_place():
     with pytest.raises(ValueError, match="unsupported json_schema feature.*maximum at /properties/n/items"):
         json_schema_to_regex(json.dumps(schema))
     assert json_schema_to_regex(json.dumps({"type": "object", "properties": {"minimum": {"type": "integer"}}}))
+    for bad, named in [({"type": "string", "pattern": "^a+$", "maxLength": 3}, "pattern together with maxLength"),
+                       ({"type": "string", "format": "date", "pattern": "^2"}, "format together with pattern"),
+                       ({"type": "number", "maxDigitsFraction": 2}, "maxDigitsFraction")]:
+        with pytest.raises(ValueError, match=named):
+            json_schema_to_regex(json.dumps(bad))
     # outlines-core would write this key into the regex unescaped, so output would not be JSON
     with pytest.raises(ValueError, match="property name with a quote"):
         json_schema_to_regex(json.dumps({"type": "object", "properties": {'say "hi"': {"type": "boolean"}}}))
