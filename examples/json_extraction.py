@@ -24,8 +24,8 @@ import radixlm as rl
 from _backend import backend_from_args, make_parser, print_cache_hit_rate
 
 # Every string and list is bounded: a model that never closes a quote would otherwise run to max_tokens.
-# (The email's pattern bounds it; don't add max_length to a pattern: the regex translation would
-# keep the length and drop the pattern.)
+# (The email's pattern bounds it. A max_length next to a pattern is refused: the regex
+# translation would keep the length and drop the pattern.)
 Tag = Annotated[str, StringConstraints(max_length=12)]
 
 
