@@ -5,27 +5,21 @@ but arithmetic."""
 from __future__ import annotations
 
 import ast
-import collections
 import importlib
 import os
-import queue
 import re
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from radixlm.testing import default_model_path
+from test_server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 RUN_TIMEOUT_S = 240
-READY_TIMEOUT_S = 120
 HIT_RATE = re.compile(r"^cache hit rate: (\d+(?:\.\d+)?)%", re.M)
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
@@ -122,69 +116,18 @@ def test_streaming():
 
 
 # ---------------------------------------------------------------------------------------- --endpoint
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`radixlm serve --zmq-port` in a subprocess, its output drained by a thread."""
-
-    def __init__(self) -> None:
-        http_port = _free_port()
-        zmq_port = _free_port()
-        while zmq_port == http_port:
-            zmq_port = _free_port()
-        self.address = f"tcp://127.0.0.1:{zmq_port}"
-        cmd = [sys.executable, "-m", "radixlm.runtime.cli", "serve", "--model", default_model_path(),
-               "--port", str(http_port), "--zmq-port", str(zmq_port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-        self.log: collections.deque[str] = collections.deque(maxlen=200)
-        self._ready: queue.Queue = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        try:
-            line = self._ready.get(timeout=READY_TIMEOUT_S)
-        except queue.Empty:
-            line = "timeout"
-        if line is None or line == "timeout":
-            self.stop()
-            pytest.fail(f"radixlm serve not ready ({line or 'exited'}):\n" + "".join(self.log))
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.log.append(line)
-            if line.startswith("radixlm ready:"):
-                self._ready.put(line)
-        self.proc.wait()
-        self._ready.put(None)
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._reader.join(5)
-        return self.proc.returncode
-
-
 def test_examples_against_a_running_server():
     """Two examples connect to one `radixlm serve`; it outlives them and still stops cleanly."""
-    server = Server()
+    server = ServerProcess(default_model_path()).start()
+    address = f"tcp://127.0.0.1:{server.zmq_port}"
     try:
-        t0 = time.perf_counter()
-        check_react(run_example("react_agent.py", "--endpoint", server.address, "--max-steps", "2",
+        check_react(run_example("react_agent.py", "--endpoint", address, "--max-steps", "2",
                                 "--max-tokens", "8").stdout, 2)
-        check_streaming(run_example("streaming.py", "--endpoint", server.address, "--max-tokens", "8").stdout)
-        assert server.proc.poll() is None, "an example with --endpoint stopped the server:\n" + "".join(server.log)
-        assert time.perf_counter() - t0 < RUN_TIMEOUT_S
+        check_streaming(run_example("streaming.py", "--endpoint", address, "--max-tokens", "8").stdout)
+        assert server.proc.poll() is None, "an example with --endpoint stopped the server:\n" + server.output()
     finally:
         rc = server.stop()
-    assert rc == 0, "".join(server.log)
+    assert rc == 0, server.output()
 
 
 # ---------------------------------------------------------------------------------------- the ReAct tools
@@ -212,10 +155,8 @@ def test_calculator_does_arithmetic(react_agent, expression, value):
     "1 +", "", "\x00",
 ])
 def test_calculator_refuses_everything_else(react_agent, expression):
-    start = time.perf_counter()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # refused, not computed: "9 ** 9 ** 9" would never return
         react_agent.calculator(expression)
-    assert time.perf_counter() - start < 1.0
 
 
 def test_react_observations(react_agent):
