@@ -7,15 +7,17 @@ turns followed by the open turn (if any) with its content so far."""
 
 from __future__ import annotations
 
+import random
 from typing import Any, Iterator
 
 from radixlm.lang.chat_template import ChatTemplate, get_chat_template
-from radixlm.lang.choices import ChoicesDecision, ChoicesSamplingMethod
+from radixlm.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
 
 
 class BaseBackend:
     chat_template: ChatTemplate = get_chat_template("default")
     takes_messages: bool = False  # True: generate / generate_stream also get messages=[...]
+    _rng: random.Random | None = None  # draws select's choice at temperature > 0 (None: a fresh one)
 
     def generate(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
                  logprob_start_len: int | None = None,
@@ -31,9 +33,17 @@ class BaseBackend:
                                    **kwargs)
         yield (text[0] if isinstance(text, list) else text), meta
 
+    def choice_logprobs(self, prompt: str, choices: list[str], unconditional: bool = False):
+        """Per choice, the logprob entries of its tokens after `prompt` (and, if asked, of the
+        same tokens with no context): what `select` scores."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score choices")
+
     def select(self, prompt: str, choices: list[str], temperature: float,
                method: ChoicesSamplingMethod) -> ChoicesDecision:
-        raise NotImplementedError(f"{type(self).__name__} cannot score choices")
+        conditional, uncond = self.choice_logprobs(prompt, choices, method.requires_unconditional_logprobs)
+        return method(choices=choices, normalized_prompt_logprobs=[normalized_logprob(c) for c in conditional],
+                      input_token_logprobs=conditional, output_token_logprobs=[[] for _ in choices],
+                      unconditional_token_logprobs=uncond, temperature=temperature, rng=self._rng)
 
     def cache_prefix(self, prompt: str) -> None:
         """Prefill `prompt` so that later requests sharing it hit the cache (optional)."""

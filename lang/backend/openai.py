@@ -31,7 +31,6 @@ except ImportError as exc:  # an optional dependency: only this backend needs it
 
 from radixlm.lang.backend.base import BaseBackend
 from radixlm.lang.chat_template import ChatTemplate, get_chat_template
-from radixlm.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
 
 # OpenAI's own completion (non-chat) models; any other name is taken for a chat model unless
 # is_chat_model says otherwise (SGLang's rule).
@@ -270,13 +269,6 @@ class OpenAI(BaseBackend):
                                    f"({len(entries)} in context, {len(pairs)} alone); cannot score it unconditionally")
             prior.append([(None if k == 0 else lp, None, tok) for k, (lp, tok) in enumerate(pairs)])
         return conditional, prior
-
-    def select(self, prompt: str, choices: list[str], temperature: float,
-               method: ChoicesSamplingMethod) -> ChoicesDecision:
-        conditional, uncond = self.choice_logprobs(prompt, choices, method.requires_unconditional_logprobs)
-        return method(choices=choices, normalized_prompt_logprobs=[normalized_logprob(c) for c in conditional],
-                      input_token_logprobs=conditional, output_token_logprobs=[[] for _ in choices],
-                      unconditional_token_logprobs=uncond, temperature=temperature, rng=self._rng)
 
     # ------------------------------------------------------------------ operations
     def get_server_info(self) -> dict:

@@ -13,7 +13,6 @@ from typing import Any, Iterator
 
 from radixlm.lang.backend.base import BaseBackend
 from radixlm.lang.chat_template import chat_template_from_tokenizer, get_chat_template
-from radixlm.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
 from radixlm.runtime.client import RuntimeClient
 from radixlm.runtime.http_client import HttpRuntimeClient
 from radixlm.runtime.tokenizer import load_tokenizer
@@ -122,13 +121,6 @@ class RuntimeEndpoint(BaseBackend):
         scored = [[tuple(e) for e in o["meta_info"].get("input_token_logprobs", [])] for o in outs]
         k = len(choices)
         return scored[:k], (scored[k:] if unconditional else None)
-
-    def select(self, prompt: str, choices: list[str], temperature: float,
-               method: ChoicesSamplingMethod) -> ChoicesDecision:
-        conditional, uncond = self.choice_logprobs(prompt, choices, method.requires_unconditional_logprobs)
-        return method(choices=choices, normalized_prompt_logprobs=[normalized_logprob(c) for c in conditional],
-                      input_token_logprobs=conditional, output_token_logprobs=[[] for _ in choices],
-                      unconditional_token_logprobs=uncond, temperature=temperature, rng=self._rng)
 
     # ------------------------------------------------------------------ operations
     def flush_cache(self) -> bool:
