@@ -258,20 +258,6 @@ MAX_REGEX_WIDTH = 60
 
 
 # ------------------------------------------------------------------------------ tiny vocabulary
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte <-> printable-unicode table used by byte-level BPE."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) \
-        + list(range(ord("\u00ae"), ord("\u00ff") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 @lru_cache(maxsize=None)
 def special_ids(name: str = "llama") -> frozenset[int]:
     """Added / special token ids of a tiny model's tokenizer (EOS among them)."""
@@ -284,19 +270,14 @@ def special_ids(name: str = "llama") -> frozenset[int]:
 
 @lru_cache(maxsize=None)
 def tiny_vocabulary(name: str = "llama") -> Vocabulary:
-    """outlines Vocabulary of a tiny model's tokenizer: token strings mapped back to raw bytes,
-    added / special tokens left out, EOS given separately (it must not be in the map)."""
+    """The runtime's outlines Vocabulary for a tiny model's tokenizer (raw bytes, specials and
+    EOS left out)."""
+    from radixlm.runtime.constrained import TokenizerVocab
     from radixlm.runtime.tokenizer import load_tokenizer
     from radixlm.testing import build_tiny_model
 
     tok = load_tokenizer(build_tiny_model(name))
-    unicode_to_byte = {u: b for b, u in _bytes_to_unicode().items()}
-    mapping: dict[bytes, list[int]] = {}
-    for token, tid in tok.get_vocab().items():
-        if tid in special_ids(name):
-            continue
-        mapping.setdefault(bytes(unicode_to_byte[ch] for ch in token), []).append(tid)
-    return Vocabulary(tok.eos_token_id, mapping)
+    return TokenizerVocab(tok, len(tok), [tok.eos_token_id]).vocabulary
 
 
 def build_index(regex: str, name: str = "llama") -> Index:
