@@ -50,10 +50,8 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,6 +64,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from radixlm import Engine  # noqa: E402
+from run_info import git_commit, git_dirty, loadavg, machine_info  # noqa: E402
 
 # ---------------------------------------------------------------------- schemas
 MAX_STR = 16
@@ -440,57 +439,6 @@ def run_mask_benchmark(args: argparse.Namespace, devices: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------------- reporting
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
-def _git_dirty() -> bool | None:
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                             cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
-def machine_info(device: str) -> dict:
-    info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                            "platform": platform.platform(), "nproc": os.cpu_count()}
-    try:
-        info["nproc"] = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        pass
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info["cpu_model"] = name
-    info["device_name"] = f"{name} ({info['nproc']} CPUs)"
-    if device.startswith("cuda") and torch.cuda.is_available():
-        index = torch.device(device).index or 0
-        info["gpu_name"] = torch.cuda.get_device_name(index)
-        info["device_name"] = info["gpu_name"]
-    return info
-
-
 def _table(head: list[str], rows: list[list[str]], left: int) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
 
@@ -567,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *(sys.argv if argv is None else
                                                                              [sys.argv[0], *argv])])
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    load_before = _loadavg()
+    load_before = loadavg()
     if load_before and load_before[0] > 0.5 * (os.cpu_count() or 1):
         print(f"note: load average {load_before[0]:.2f} on {os.cpu_count()} CPUs before the run; "
               f"other work on this machine will skew the timings", file=sys.stderr)
@@ -581,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t0
 
     machine = machine_info(runtime_device)
-    machine["loadavg_before"], machine["loadavg_after"] = load_before, _loadavg()
+    machine["loadavg_before"], machine["loadavg_after"] = load_before, loadavg()
     print(f"\nmodel: {args.model}")
     print(f"device: {runtime_device} ({engines['jf_on'].get('dtype')}), {machine['device_name']}, "
           f"torch {machine['torch']}")
@@ -614,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         payload = {
             "command": command, "argv": sys.argv if argv is None else [sys.argv[0], *argv], "date": date,
-            "git_commit": _git_commit(), "git_dirty": _git_dirty(), "machine": machine, "engines": engines,
+            "git_commit": git_commit(), "git_dirty": git_dirty(), "machine": machine, "engines": engines,
             "settings": {"model": args.model, "device": args.device, "num_requests": args.num_requests,
                          "max_tokens": args.max_tokens, "repeats": args.repeats, "modes": args.modes,
                          "mode_params": {m: MODES[m] for m in args.modes}, "seed_base": SEED_BASE,

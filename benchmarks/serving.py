@@ -69,11 +69,9 @@ import datetime
 import json
 import math
 import os
-import platform
 import random
 import shlex
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,6 +83,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from run_info import git_commit, loadavg, machine_info  # noqa: E402
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -377,46 +376,6 @@ def compute_metrics(records: list[dict], duration: float, facts: dict, dtype: st
 
 
 # ---------------------------------------------------------------------- reporting
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
-def machine_info(device: str) -> dict:
-    info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                            "platform": platform.platform(), "nproc": os.cpu_count()}
-    try:
-        info["nproc"] = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        pass
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info["loadavg"] = _loadavg()
-    info["cpu_model"] = name
-    info["device_name"] = f"{name} ({info['nproc']} CPUs)"
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu_name"] = torch.cuda.get_device_name(torch.device(device).index or 0)
-        info["device_name"] = info["gpu_name"]
-    return info
-
-
 def _fmt(x: Any, digits: int = 2) -> str:
     if x is None:
         return "-"
@@ -514,7 +473,7 @@ def run_configs(targets: dict[str, Any], reqs: list[dict], args: argparse.Namesp
     for _ in range(args.repeats):
         for name, target in targets.items():
             results[name].append(once(target))
-            loads[name].append(_loadavg())
+            loads[name].append(loadavg())
     out = {}
     for name, rs in results.items():
         order = sorted(range(len(rs)), key=lambda i: rs[i][1])
@@ -592,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         out = {"command": shlex.join([sys.executable, *sys.argv]),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "git_commit": _git_commit(), "machine": machine, "device": device, "dtype": dtype,
+               "git_commit": git_commit(), "machine": machine, "device": device, "dtype": dtype,
                "settings": settings, "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "model": facts, "num_requests": len(reqs),
                "mem_bandwidth_gbs": bandwidth, "mem_bandwidth_source": "given" if args.mem_bandwidth_gbs else "measured",
                "peak_tflops": peak, "peak_tflops_source": "given" if args.peak_tflops else "measured",

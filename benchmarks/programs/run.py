@@ -30,10 +30,8 @@ import concurrent.futures
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: 
 import radixlm as rl  # noqa: E402
 
 from programs.workloads import ALIASES, WORKLOADS, Workload  # noqa: E402
+from run_info import git_commit, loadavg, machine_info  # noqa: E402
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "cache": {"engine": {"disable_radix_cache": True}, "hints": True, "what": "radix cache disabled"},
@@ -169,42 +168,6 @@ def run_all(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 # ---------------------------------------------------------------------- reporting
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
-def machine_info(runtime_info: dict) -> dict:
-    import torch
-
-    info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                            "platform": platform.platform(), "cpu_count": os.cpu_count()}
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info["cpu_model"] = cpu
-    device = str(runtime_info.get("device", ""))
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["device_name"] = torch.cuda.get_device_name(torch.device(device).index or 0)
-    else:
-        info["device_name"] = f"{cpu} ({os.cpu_count()} CPUs)"
-    return info
-
-
 def format_table(results: dict, ablations: list[str]) -> str:
     head = ["workload", "config", "prog/s", "lat mean s", "lat p90 s", "hit rate", "gen tok", "prompt tok", "ratio"]
     rows = []
@@ -274,15 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *(sys.argv if argv is None else
                                                                               [sys.argv[0], *argv])])
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    load_before = _loadavg()
+    load_before = loadavg()
     if load_before and load_before[0] > 0.5 * (os.cpu_count() or 1):
         print(f"note: load average {load_before[0]:.2f} on {os.cpu_count()} CPUs before the run; "
               f"other work on this machine will skew the timings", file=sys.stderr)
     t0 = time.perf_counter()
     results, runtime_info = run_all(args)
     total = time.perf_counter() - t0
-    machine = machine_info(runtime_info)
-    machine["loadavg_before"], machine["loadavg_after"] = load_before, _loadavg()
+    machine = machine_info(str(runtime_info.get("device", "")))
+    machine["loadavg_before"], machine["loadavg_after"] = load_before, loadavg()
 
     print(f"\nmodel: {args.model}\ndevice: {runtime_info.get('device')} ({runtime_info.get('dtype')}), "
           f"{machine['device_name']}, torch {machine['torch']}")
@@ -297,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         print(f"WARNING: {errors} program(s) failed; see first_error in the JSON", file=sys.stderr)
     if args.json:
-        payload = {"command": command, "argv": sys.argv, "date": date, "git_commit": _git_commit(),
+        payload = {"command": command, "argv": sys.argv, "date": date, "git_commit": git_commit(),
                    "machine": machine, "runtime": runtime_info,
                    "settings": {"model": args.model, "device": args.device, "num_programs": args.num_programs,
                                 "max_tokens": args.max_tokens, "workloads": args.workload_names,
