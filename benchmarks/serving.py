@@ -57,6 +57,16 @@ Weight bytes and parameter counts come from the model folder's safetensors heade
 output throughput and of mean TTFT. On a shared-prefix workload this shows the radix cache's
 effect. On CPU, `--cpu-threads 1` (OMP_NUM_THREADS for the engine's processes) keeps other load
 on the machine from slowing the OpenMP-parallel steps down by an order of magnitude.
+`--hf-baseline` (off by default) then runs the peer baseline in the same process on the same
+prompts (token ids) and output lengths: Hugging Face transformers `generate` on the same model
+folder, device and dtype (benchmarks/hf_baseline.py: greedy, min_new_tokens = max_new_tokens,
+left-padded batches of --hf-batch-size, default --max-concurrency or all requests at once), after
+the radixlm engines are shut down so the two never compete. `--hf-modes eager,static-compile`
+(default eager; static-compile = `cache_implementation="static"`, compiled by transformers only on
+GPU). HF gets the same warm-up + --repeats passes and the same --cpu-threads (torch threads). The
+table then has an `hf_eager` column (throughput, E2E; HF has no streaming, so no TTFT/ITL) and
+rows `output tok/s vs hf_eager` = radixlm output throughput / HF's; the JSON has `hf_baseline`
+(per mode) and `ratios_vs_hf` (per mode, per radixlm run: output and total throughput ratios).
 `--json OUT` writes everything, with the command line, date, git commit, machine and
 torch version.
 """
@@ -83,7 +93,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from run_info import git_commit, loadavg, machine_info  # noqa: E402
+from run_info import git_commit, git_dirty, loadavg, machine_info  # noqa: E402
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -384,12 +394,23 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return str(x)
 
 
-def format_table(runs: dict[str, dict]) -> str:
-    names = list(runs)
+def _safe(get: Any, m: dict) -> Any:
+    """A metric the column doesn't have (HF baseline: no TTFT, MBU, ...) shows as '-'."""
+    try:
+        return get(m)
+    except (KeyError, TypeError):
+        return None
+
+
+def format_table(runs: dict[str, dict], hf: dict[str, dict] | None = None) -> str:
+    """One column per radixlm run, then one per HF baseline mode (`hf_eager`, ...)."""
+    hf = hf or {}
+    cols = {**runs, **hf}
+    names = list(cols)
     rows: list[list[str]] = []
 
     def add(label: str, get: Any, digits: int = 2) -> None:
-        rows.append([label] + [_fmt(get(runs[n]), digits) for n in names])
+        rows.append([label] + [_fmt(_safe(get, cols[n]), digits) for n in names])
 
     add("completed / failed", lambda m: f"{m['completed']} / {m['failed']}")
     add("duration (s)", lambda m: m["duration_s"], 3)
@@ -406,6 +427,8 @@ def format_table(runs: dict[str, dict]) -> str:
     add("decode achieved GB/s", lambda m: m["mbu"]["achieved_gbs"], 3)
     add("prefill MFU", lambda m: m["mfu"]["mfu"], 4)
     add("prefill achieved TFLOP/s", lambda m: m["mfu"]["achieved_tflops"], 4)
+    for hf_name, h in hf.items():  # radixlm / HF, per column; the HF column itself is 1
+        add(f"output tok/s vs {hf_name} (x)", lambda m, h=h: m["output_throughput"] / h["output_throughput"])
     head = ["metric"] + names
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
 
@@ -446,6 +469,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-threads", type=int, default=None,
                    help="set OMP_NUM_THREADS for the engine's processes (CPU: with other load on the machine, "
                         "OpenMP threads oversubscribing the cores can slow steps down many times)")
+    p.add_argument("--hf-baseline", action="store_true",
+                   help="also run Hugging Face transformers generate on the same prompts (after the radixlm runs)")
+    p.add_argument("--hf-modes", default="eager",
+                   help="comma list of eager, static-compile (static cache; compiled by transformers on GPU only)")
+    p.add_argument("--hf-batch-size", type=int, default=None,
+                   help="HF generate batch size (default: --max-concurrency, else all requests in one batch)")
     p.add_argument("--mem-bandwidth-gbs", type=float, default=None)
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--json", default=None)
@@ -454,7 +483,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.dataset = "generated-shared-prefix"
     if args.ablate and args.backend != "engine":
         p.error("--ablate needs --backend engine (the cache is a server option)")
+    from hf_baseline import MODES as HF_MODES
+
+    args.hf_modes = [m.strip() for m in args.hf_modes.split(",") if m.strip()]
+    if not args.hf_modes or any(m not in HF_MODES for m in args.hf_modes):
+        p.error(f"--hf-modes: choose from {', '.join(HF_MODES)}")
+    if args.hf_batch_size is not None and args.hf_batch_size < 1:
+        p.error("--hf-batch-size must be >= 1")
     return args
+
+
+def run_hf(args: argparse.Namespace, reqs: list[dict], device: str, dtype: str) -> dict[str, dict]:
+    """The HF generate peer on the same prompts, device and dtype; one entry per --hf-modes."""
+    from hf_baseline import run_hf_baseline
+
+    batch = args.hf_batch_size or args.max_concurrency or len(reqs)
+    out = {}
+    for mode in args.hf_modes:
+        print(f"[hf] {mode}: batch size {min(batch, len(reqs))}, {len(reqs)} requests", file=sys.stderr, flush=True)
+        out["hf_" + mode.replace("-", "_")] = run_hf_baseline(
+            args.model, [r["input_ids"] for r in reqs], [r["output_len"] for r in reqs], batch_size=batch,
+            mode=mode, device=device, dtype=dtype, repeats=args.repeats, threads=args.cpu_threads)
+    return out
 
 
 def run_configs(targets: dict[str, Any], reqs: list[dict], args: argparse.Namespace) -> dict[str, tuple]:
@@ -515,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for target in targets.values():
             target.close()
+    # the peer after radixlm is shut down, so they never share the machine
+    hf = run_hf(args, reqs, device, dtype) if args.hf_baseline else {}
     # after the runs, so the engines' own work doesn't compete with the micro-benchmarks
     bandwidth = args.mem_bandwidth_gbs or measure_bandwidth_gbs(device)
     peak = args.peak_tflops or measure_matmul_tflops(device, dtype)
@@ -532,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
                   "request_throughput_on_over_off": on["request_throughput"] / off["request_throughput"],
                   "mean_ttft_on_over_off": (on["ttft_ms"]["mean"] / off["ttft_ms"]["mean"]
                                             if off["ttft_ms"]["mean"] else None)}
+    ratios_vs_hf = {hf_name: {name: {"output_throughput": m["output_throughput"] / h["output_throughput"],
+                                     "total_throughput": m["total_throughput"] / h["total_throughput"]}
+                              for name, m in runs.items()}
+                    for hf_name, h in hf.items()} or None
     machine = machine_info(device or "cpu")
     settings = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in vars(args).items()}
     settings["request_rate"] = "inf" if math.isinf(args.request_rate) else args.request_rate
@@ -541,7 +597,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory bandwidth {bandwidth:.1f} GB/s ({'given' if args.mem_bandwidth_gbs else 'measured: tensor copy'}), "
           f"peak {peak:.4f} TFLOP/s ({'given' if args.peak_tflops else f'measured: matmul, {dtype}'}), "
           f"params {facts['params']:,} (non-embedding {facts['non_embedding_params']:,})")
-    print(format_table(runs))
+    print(format_table(runs, hf))
+    for hf_name, per_run in (ratios_vs_hf or {}).items():
+        print(f"ratios (radixlm / {hf_name}, output throughput): "
+              + ", ".join(f"{name} {r['output_throughput']:.2f}x" for name, r in per_run.items()))
     if ratios:
         print("ratios (cache on / cache off): output throughput "
               f"{ratios['output_throughput_on_over_off']:.2f}x, mean TTFT {_fmt(ratios['mean_ttft_on_over_off'])}x")
@@ -551,11 +610,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         out = {"command": shlex.join([sys.executable, *sys.argv]),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "git_commit": git_commit(), "machine": machine, "device": device, "dtype": dtype,
+               "git_commit": git_commit(), "git_dirty": git_dirty(), "machine": machine, "device": device, "dtype": dtype,
                "settings": settings, "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "model": facts, "num_requests": len(reqs),
                "mem_bandwidth_gbs": bandwidth, "mem_bandwidth_source": "given" if args.mem_bandwidth_gbs else "measured",
                "peak_tflops": peak, "peak_tflops_source": "given" if args.peak_tflops else "measured",
-               "runs": runs, "ratios": ratios}
+               "runs": runs, "ratios": ratios, "hf_baseline": hf or None, "ratios_vs_hf": ratios_vs_hf}
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0 if all(m["failed"] == 0 for m in runs.values()) else 1
 

@@ -1,36 +1,120 @@
 """Attention backend: stores a layer's new K/V into the pool and runs the kernel for the batch.
 
-Kernels are chosen by device: the PyTorch reference kernels on CPU (and as the fallback
-everywhere). The GPU issue adds Triton kernels behind the same `forward` call.
+Kernels are chosen by device: Triton on CUDA (split-KV decode, paged extend), the PyTorch
+reference kernels on CPU or when asked (`attention_backend="torch"`).
+
+Per-batch metadata (decode split count and its scratch buffers, extend offsets) is built
+once per batch in `init_forward_metadata`, not once per layer. A CUDA graph captures the
+kernels with the metadata of its capture, so decode metadata depends only on the batch
+size: the split count is fixed per size and each request's split length is computed on
+the device from its `seq_lens`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from radixlm.runtime.forward_batch import ForwardBatch, ForwardMode
-from radixlm.runtime.kernels import reference
+from radixlm.runtime.kernels import ops, reference
 from radixlm.runtime.memory import KVPool, ReqToTokenPool
 
 
+@dataclass
+class DecodeMetadata:
+    num_kv_splits: int
+    partial_out: torch.Tensor  # [B, H, splits, D] fp32, per-split normalised outputs
+    partial_lse: torch.Tensor  # [B, H, splits] fp32, per-split log-sum-exp
+
+
+@dataclass
+class ExtendMetadata:
+    extend_start_loc: torch.Tensor  # [B] first row of each request in the new tokens
+    max_extend_len: int
+    # A few long prompts with nothing cached go to PyTorch's SDPA (flash) one request at a time:
+    # on an H200 it reached 547-568 TFLOP/s on an 8k causal prefill against 434-462 for our
+    # extend kernel, which must also gather a paged prefix (benchmarks/bench_kernels.py).
+    sdpa_spans: list[tuple[int, int]] | None = None
+
+
+SDPA_MAX_REQUESTS = 8
+SDPA_MIN_TOKENS = 1024
+
+
 class AttentionBackend:
-    def __init__(self, kv_pool: KVPool, req_pool: ReqToTokenPool, num_heads: int, head_dim: int) -> None:
+    def __init__(self, kv_pool: KVPool, req_pool: ReqToTokenPool, num_heads: int, head_dim: int,
+                 use_triton: bool) -> None:
         self.kv_pool = kv_pool
         self.req_pool = req_pool
         self.num_heads = num_heads
+        self.num_kv_heads = kv_pool.k_buffers[0].shape[1]
+        self.head_dim = head_dim
         self.sm_scale = head_dim ** -0.5
+        self.use_triton = use_triton
+        device = kv_pool.device
+        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if use_triton else 0
+
+    def num_kv_splits(self, batch_size: int) -> int:
+        from radixlm.runtime.kernels.triton.decode_attention import choose_num_kv_splits
+        return choose_num_kv_splits(batch_size, self.num_kv_heads, self.req_pool.max_context_len, self.num_sms)
+
+    def init_forward_metadata(self, batch: ForwardBatch) -> None:
+        batch.attn_backend = self
+        if not self.use_triton:
+            return
+        if batch.mode is ForwardMode.DECODE:
+            bs, splits = batch.batch_size, self.num_kv_splits(batch.batch_size)
+            dev = batch.input_ids.device
+            batch.attn_metadata = DecodeMetadata(
+                splits,
+                torch.empty((bs, self.num_heads, splits, self.head_dim), dtype=torch.float32, device=dev),
+                torch.empty((bs, self.num_heads, splits), dtype=torch.float32, device=dev),
+            )
+        else:
+            starts = torch.cumsum(batch.extend_lens, 0) - batch.extend_lens
+            lens = batch.extend_lens_cpu
+            meta = ExtendMetadata(starts, max(lens, default=0))
+            if (not any(batch.prefix_lens_cpu) and len(lens) <= SDPA_MAX_REQUESTS
+                    and sum(lens) >= SDPA_MIN_TOKENS * len(lens)):
+                offsets = [0]
+                for n in lens:
+                    offsets.append(offsets[-1] + n)
+                meta.sdpa_spans = list(zip(offsets[:-1], offsets[1:]))
+            batch.attn_metadata = meta
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
                 batch: ForwardBatch) -> torch.Tensor:
         """q: [T, H, D]; k, v: [T, Hkv, D] for the batch's new tokens. Returns [T, H, D]."""
-        pool = self.kv_pool
-        pool.store(layer, batch.out_cache_loc, k, v)
+        k_buffer, v_buffer = self.kv_pool.k_buffers[layer], self.kv_pool.v_buffers[layer]
+        ops.store_kv(k, v, k_buffer, v_buffer, batch.out_cache_loc)
+        req_to_token = self.req_pool.req_to_token
+        if not self.use_triton:
+            if batch.mode is ForwardMode.DECODE:
+                return reference.decode_attention(q, k_buffer, v_buffer, req_to_token, batch.req_pool_indices,
+                                                  batch.seq_lens, self.sm_scale)
+            return reference.extend_attention(q, k, v, k_buffer, v_buffer, req_to_token, batch.req_pool_indices,
+                                              batch.prefix_lens, batch.extend_lens, self.sm_scale)
+        meta = batch.attn_metadata
         if batch.mode is ForwardMode.DECODE:
-            return reference.decode_attention(
-                q, pool.k_buffers[layer], pool.v_buffers[layer], self.req_pool.req_to_token,
-                batch.req_pool_indices, batch.seq_lens, self.sm_scale,
-            )
-        return reference.extend_attention(
-            q, k, v, pool.k_buffers[layer], pool.v_buffers[layer], self.req_pool.req_to_token,
-            batch.req_pool_indices, batch.prefix_lens, batch.extend_lens, self.sm_scale,
-        )
+            from radixlm.runtime.kernels.triton.decode_attention import decode_attention
+            return decode_attention(q, k_buffer, v_buffer, req_to_token, batch.req_pool_indices, batch.seq_lens,
+                                    self.sm_scale, num_kv_splits=meta.num_kv_splits,
+                                    partial_out=meta.partial_out, partial_lse=meta.partial_lse)
+        if meta.sdpa_spans is not None:
+            return self._sdpa_prefill(q, k, v, meta.sdpa_spans)
+        from radixlm.runtime.kernels.triton.extend_attention import extend_attention
+        return extend_attention(q, k, v, k_buffer, v_buffer, req_to_token, batch.req_pool_indices,
+                                batch.prefix_lens, batch.extend_lens, self.sm_scale,
+                                extend_start_loc=meta.extend_start_loc, max_extend_len=meta.max_extend_len)
+
+    def _sdpa_prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      spans: list[tuple[int, int]]) -> torch.Tensor:
+        """Causal self-attention of requests with no cached prefix, one SDPA call each."""
+        out = torch.empty_like(q)
+        for start, end in spans:
+            qr, kr, vr = (x[start:end].transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # [1, heads, t, D]
+            o = torch.nn.functional.scaled_dot_product_attention(
+                qr, kr, vr, is_causal=True, scale=self.sm_scale, enable_gqa=self.num_heads != self.num_kv_heads)
+            out[start:end] = o[0].transpose(0, 1)
+        return out

@@ -156,6 +156,11 @@ class EngineConfig:
     # regex for the whitespace a JSON-schema output may have between tokens (default "[ ]?")
     constrained_json_whitespace_pattern: str | None = None
     schedule_conservativeness: float = 1.0
+    # GPU kernels: auto/triton = Triton on CUDA; torch = the PyTorch reference kernels everywhere
+    attention_backend: str = "auto"
+    # decode steps replay CUDA graphs captured at start-up for batch sizes up to this (GPU only)
+    disable_cuda_graph: bool = False
+    cuda_graph_max_bs: int = 128
     random_seed: int | None = None
     log_level: str = "warning"
 
@@ -172,6 +177,10 @@ class EngineConfig:
             raise ValueError(f"context_length must be >= 2, got {self.context_length}")
         if self.chunked_prefill_size is not None and self.chunked_prefill_size == 0:
             raise ValueError("chunked_prefill_size must be positive, or -1 to disable chunking")
+        if self.attention_backend not in ("auto", "triton", "torch"):
+            raise ValueError(f"attention_backend must be auto, triton or torch, got {self.attention_backend!r}")
+        if self.cuda_graph_max_bs < 1:
+            raise ValueError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.max_prefill_tokens < 1:
             raise ValueError(f"max_prefill_tokens must be >= 1, got {self.max_prefill_tokens}")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,6 +34,9 @@ class ForwardBatch:
     seq_lens: torch.Tensor  # [B] prefix + new tokens
     prefix_lens: torch.Tensor  # [B] tokens already in the KV cache
     extend_lens: torch.Tensor  # [B] new tokens (1 per request in decode)
+    # the same two on the host: kernel grids and kernel choices are made without a device sync
+    prefix_lens_cpu: list[int]
+    extend_lens_cpu: list[int]
     # Which rows of the new tokens need logits, and which of those are sampled from:
     # `logits_indices` selects hidden states; `sample_rows[i]` is the row of request i's
     # last token inside that selection, or -1 for a request that samples nothing.
@@ -47,6 +50,7 @@ class ForwardBatch:
     logprob_targets: list[int] = field(default_factory=list)
     logprob_top_k: list[int] = field(default_factory=list)
     attn_backend: "AttentionBackend | None" = None
+    attn_metadata: Any = None  # the backend's per-batch data (split buffers, offsets)
 
     @property
     def batch_size(self) -> int:

@@ -12,7 +12,9 @@ import torch
 
 from radixlm.runtime.attention import AttentionBackend
 from radixlm.runtime.config import EngineConfig, ModelConfig
+from radixlm.runtime.cuda_graph import CudaGraphRunner
 from radixlm.runtime.forward_batch import ForwardBatch, ForwardResult
+from radixlm.runtime.kernels import ops
 from radixlm.runtime.memory import KVPool, ReqToTokenPool
 from radixlm.runtime.models import load_model
 from radixlm.runtime.sampling import logprobs_of, sample
@@ -55,6 +57,8 @@ class ModelRunner:
         if cfg.context_length is not None and cfg.context_length > limit:
             raise ValueError(f"context_length {cfg.context_length} exceeds the model's limit of {limit} tokens")
         self.model_context_len = cfg.context_length or limit
+        use_triton = self.device.type == "cuda" and cfg.attention_backend != "torch"
+        ops.set_backend("triton" if use_triton else "torch")
         self.model = load_model(model_cfg, self.dtype, self.device, self.model_context_len)
 
         self.max_total_tokens = self._kv_capacity()
@@ -64,9 +68,16 @@ class ModelRunner:
         self.req_pool = ReqToTokenPool(rows, self.context_len + 1, self.device)
         self.kv_pool = KVPool(self.max_total_tokens, model_cfg.num_layers, model_cfg.num_kv_heads,
                               model_cfg.head_dim, self.dtype, self.device)
-        self.attn_backend = AttentionBackend(self.kv_pool, self.req_pool, model_cfg.num_heads, model_cfg.head_dim)
-        logger.info("model loaded: %s on %s (%s); KV pool %d tokens, %d request rows, context %d",
-                    model_cfg.architecture, self.device, self.dtype, self.max_total_tokens, rows, self.context_len)
+        self.attn_backend = AttentionBackend(self.kv_pool, self.req_pool, model_cfg.num_heads, model_cfg.head_dim,
+                                             use_triton)
+        logger.info("model loaded: %s on %s (%s); KV pool %d tokens, %d request rows, context %d; kernels %s",
+                    model_cfg.architecture, self.device, self.dtype, self.max_total_tokens, rows, self.context_len,
+                    "triton" if use_triton else "torch")
+        # graphs need the Triton decode kernel: the reference one sizes tensors from seq_lens on the host
+        self.graph_runner = None
+        if use_triton and not cfg.disable_cuda_graph:
+            self.graph_runner = CudaGraphRunner(self.model, self.attn_backend, min(cfg.cuda_graph_max_bs, rows),
+                                                self.device)
 
     def _kv_capacity(self) -> int:
         if self.cfg.max_total_tokens is not None:
@@ -86,9 +97,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> ForwardResult:
-        batch.attn_backend = self.attn_backend
-        hidden = self.model(batch)
-        logits = self.model.compute_logits(hidden)  # [rows, vocab] fp32
+        if self.graph_runner is not None and self.graph_runner.can_run(batch):
+            logits = self.graph_runner.replay(batch)
+        else:
+            self.attn_backend.init_forward_metadata(batch)
+            logits = self.model.compute_logits(self.model(batch))  # [rows, vocab] fp32
         next_ids = [-1] * batch.batch_size
         sample_reqs = [i for i, row in enumerate(batch.sample_rows) if row >= 0]
         sampled = None

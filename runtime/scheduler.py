@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,6 +50,11 @@ class SchedulerStats:
     retractions: int = 0
     finished_requests: int = 0
     jump_forward_tokens: int = 0
+    # wall time of decode iterations of the scheduler loop (receive, schedule, forward, emit)
+    # and of the model runner's forward inside them (GPU work, sampling, the copy back):
+    # their difference is the scheduler's CPU time per step that the GPU waits for
+    decode_iter_s: float = 0.0
+    decode_forward_s: float = 0.0
 
     @property
     def cache_hit_rate(self) -> float:
@@ -380,7 +386,7 @@ class Scheduler:
             [r.kv_len for r in reqs], [1] * len(reqs), list(range(len(reqs))), list(range(len(reqs))),
             lp, [-1] * len(lp), [reqs[i].top_logprobs_num for i in lp],
         )
-        result = self.runner.forward(batch)
+        result = self._forward_decode(batch)
         self.stats.decode_steps += 1
         self._store_logprobs(result, [(reqs[i], "output") for i in lp])
         self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_new_token_ratio)
@@ -391,6 +397,12 @@ class Scheduler:
                 self.running.remove(req)
                 self._cache_req(req, finished=True)
         return reqs
+
+    def _forward_decode(self, batch: ForwardBatch) -> ForwardResult:
+        start = time.perf_counter()
+        result = self.runner.forward(batch)
+        self.stats.decode_forward_s += time.perf_counter() - start
+        return result
 
     # ------------------------------------------------------------------ jump-forward
     def _drafts(self, reqs: list[Req]) -> list[list[int]] | None:
@@ -446,7 +458,7 @@ class Scheduler:
         batch = self._make_batch(ForwardMode.DECODE, rows, input_ids, positions, slots, positions, [1] * len(rows),
                                  everything, everything, lp, [-1] * len(lp), [rows[i].top_logprobs_num for i in lp],
                                  views=views)
-        result = self.runner.forward(batch)
+        result = self._forward_decode(batch)
         self.stats.decode_steps += 1
         self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_new_token_ratio)
         lp_of = dict(zip(lp, zip(result.token_logprobs, result.top_logprobs)))
@@ -547,6 +559,8 @@ class Scheduler:
             seq_lens=prefix + extend,
             prefix_lens=prefix,
             extend_lens=extend,
+            prefix_lens_cpu=list(prefix_lens),
+            extend_lens_cpu=list(extend_lens),
             logits_indices=torch.tensor(logit_tokens, **i64),
             sample_rows=sample_rows,
             sampling=sampling,

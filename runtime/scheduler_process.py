@@ -77,13 +77,17 @@ class SchedulerLoop:
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
         last_parent_check = time.monotonic()
+        stats = self.scheduler.stats
         while not self.stopping:
+            start, decode_steps = time.perf_counter(), stats.decode_steps
             self._drain()
             if self.stopping:
                 break
             if self.scheduler.has_work:
                 touched = self.scheduler.step()
                 self._emit(touched)
+                if stats.decode_steps != decode_steps:
+                    stats.decode_iter_s += time.perf_counter() - start
                 self._maybe_log()
             else:
                 self.recv_sock.poll(50)
@@ -183,10 +187,18 @@ class SchedulerLoop:
             "model_path": self.cfg.model_path, "tokenizer_path": self.cfg.tokenizer_path or self.cfg.model_path,
             "context_length": runner.context_len, "max_total_tokens": runner.max_total_tokens,
             "device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
+            "attention_backend": "triton" if runner.attn_backend.use_triton else "torch",
+            "cuda_graph_batch_sizes": runner.graph_runner.batch_sizes if runner.graph_runner else [],
             "cache_hit_rate": stats.cache_hit_rate, "prompt_tokens": stats.prompt_tokens,
             "cached_tokens": stats.cached_tokens, "generated_tokens": stats.generated_tokens,
             "decode_steps": stats.decode_steps, "prefill_batches": stats.prefill_batches,
-            "retractions": stats.retractions, "finished_requests": stats.finished_requests,
+            "retractions": stats.retractions,
+            # per decode step: the loop iteration and the forward inside it (ms); overhead =
+            # the share of the iteration the device waits on the scheduler's CPU work
+            "decode_iter_ms": 1e3 * stats.decode_iter_s / stats.decode_steps if stats.decode_steps else None,
+            "decode_forward_ms": 1e3 * stats.decode_forward_s / stats.decode_steps if stats.decode_steps else None,
+            "scheduler_overhead": (1 - stats.decode_forward_s / stats.decode_iter_s) if stats.decode_iter_s else None,
+            "decode_iter_s": stats.decode_iter_s, "decode_forward_s": stats.decode_forward_s, "finished_requests": stats.finished_requests,
             "constrained_decoding": sched.grammars is not None, **self._grammar_info(),
             **sched.usage(),
         }

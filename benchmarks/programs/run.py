@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: 
 import radixlm as rl  # noqa: E402
 
 from programs.workloads import ALIASES, WORKLOADS, Workload  # noqa: E402
-from run_info import git_commit, loadavg, machine_info  # noqa: E402
+from run_info import git_commit, git_dirty, loadavg, machine_info  # noqa: E402
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "cache": {"engine": {"disable_radix_cache": True}, "hints": True, "what": "radix cache disabled"},
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         print(f"WARNING: {errors} program(s) failed; see first_error in the JSON", file=sys.stderr)
     if args.json:
-        payload = {"command": command, "argv": sys.argv, "date": date, "git_commit": git_commit(),
+        payload = {"command": command, "argv": sys.argv, "date": date, "git_commit": git_commit(), "git_dirty": git_dirty(),
                    "machine": machine, "runtime": runtime_info,
                    "settings": {"model": args.model, "device": args.device, "num_programs": args.num_programs,
                                 "max_tokens": args.max_tokens, "workloads": args.workload_names,

@@ -1,4 +1,4 @@
-"""Plain-PyTorch attention over the paged KV cache: the CPU path and the oracle for Triton.
+"""Plain-PyTorch kernels (paged attention and the small fused ops): the CPU path and the oracle for Triton.
 
 Layout conventions shared with the Triton kernels:
   * q, k, v, o: `[num_tokens, num_heads, head_dim]` (token-major, heads contiguous);
@@ -11,6 +11,7 @@ All math runs in fp32 and the output is cast back to q's dtype.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _gqa_expand(kv: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -79,3 +80,60 @@ def decode_attention(
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("bkgl,blkd->bkgd", probs, v)
     return out.reshape(batch, num_heads, head_dim).to(q.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small fused ops: the oracles of runtime/kernels/triton/{norm,activation,rotary,kv_store}.py.
+# Each states where it rounds to the input dtype; everything between roundings is fp32.
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [T, hidden] -> weight * (x * rsqrt(mean(x^2) + eps)), output in x's dtype.
+
+    Rounding (the Hugging Face / layers.RMSNorm order): statistics and the normalised row in
+    fp32, the row rounded to x's dtype, then the gain product in fp32 of the two dtype values,
+    rounded once -- bit-identical to eager `weight * normed.to(dtype)` for same-dtype weights."""
+    dtype = x.dtype
+    x32 = x.float()
+    normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
+    return (weight.float() * normed.float()).to(dtype)
+
+
+def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Out of place: returns (rmsnorm(h), h) with h = x + residual, the sum exact in fp32 and
+    rounded once to the dtype (what torch's half-precision add does)."""
+    h = (x.float() + residual.float()).to(x.dtype)
+    return rmsnorm(h, weight, eps), h
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2I] -> silu(gate) * up [T, I], gate = first half. fp32 math, rounded once.
+    (Eager `F.silu(gate) * up` in half precision rounds silu(gate) first; it can differ by an ulp.)"""
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    return (F.silu(gate) * up).to(gate_up.dtype)
+
+
+def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_cache: torch.Tensor,
+                 sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half RoPE, out of place: x * cos + rotate_half(x) * sin for q [T, H, D] and
+    k [T, Hkv, D] with the fp32 tables [P, D] indexed by positions [T]. fp32 math, rounded once
+    to each input's dtype (eager layers.RotaryEmbedding rounds cos/sin and each product to the
+    dtype first, so half-precision results can differ from it by an ulp)."""
+    cos = cos_cache[positions].float()[:, None, :]
+    sin = sin_cache[positions].float()[:, None, :]
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        half = x32.shape[-1] // 2
+        rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
+        return (x32 * cos + rotated * sin).to(x.dtype)
+
+    return rotate(q), rotate(k)
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+             slots: torch.Tensor) -> None:
+    """In place: k_buffer[slots] = k and v_buffer[slots] = v, cast to the buffers' dtype."""
+    k_buffer[slots] = k.to(k_buffer.dtype)
+    v_buffer[slots] = v.to(v_buffer.dtype)

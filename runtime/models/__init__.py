@@ -47,12 +47,13 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
 def load_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int) -> torch.nn.Module:
     cls = MODEL_CLASSES[cfg.family]
     with torch.device("meta"):
-        model = cls(cfg, max_positions)
+        model = cls(cfg, max_positions).to(dtype)
+    # allocated once, in the final dtype: an 8B model never exists in fp32 on the device
     model = model.to_empty(device=device)
-    # buffers (rotary tables) are computed, not loaded: rebuild them on the real device
+    # buffers (rotary tables) are computed, not loaded: rebuild them on the real device, fp32
     for module in model.modules():
         if hasattr(module, "cos") and hasattr(module, "sin"):
             fresh = type(module)(cfg.head_dim, max_positions, cfg.rope)
             module.cos, module.sin = fresh.cos.to(device), fresh.sin.to(device)
     model.load_weights(iter_safetensors(cfg.path))
-    return model.to(dtype).eval()
+    return model.eval()

@@ -1,0 +1,350 @@
+"""Batch-shape speed of radixlm beside Hugging Face transformers: same weights, same card, same run.
+
+    python benchmarks/bench_offline.py --shape llama-3.1-8b --out results.json      # GPU
+    python benchmarks/bench_offline.py --shape tiny --device cpu --out smoke.json   # CPU smoke test
+
+The model: `--shape llama-3.1-8b` builds HF `LlamaForCausalLM` with the Llama-3.1-8B config
+and random N(0, 0.02) weights (norm gains 1) directly on the device, runs the HF cases,
+saves it as an ordinary HF folder (safetensors plus this repo's offline tokenizer files) in
+`--model-dir`, frees it, and loads that folder into radixlm: both engines run the same weights.
+
+Cases. Every prompt is fresh random token ids, so no case is served from another's cache,
+and every output has a fixed length (greedy; `ignore_eos`, or HF's `min_new_tokens`).
+  decode (batch b in --batch-sizes, --input-len prompt tokens, N = --output-len new tokens):
+      t1 = wall time to generate 1 token, tN = to generate N, each the median of --reps runs;
+      decode ms/step = (tN - t1) / (N - 1); TTFT = t1; output tok/s = b * N / tN;
+      decode tok/s = b / step; MBU = (weight bytes + b * mean context * KV bytes per token)
+      / step / bandwidth, mean context = input + N / 2. (The method of the HF baseline in
+      ../shared/reference/gpu-baselines.md, applied to both engines.)
+  prefill (one prompt of --prefill-len tokens, 1 new token): TFLOP/s = FLOPs / t1 with
+      FLOPs = 2 * decoder-linear params * T + 2 * lm_head params (one row of logits)
+      + 2 * L * hidden * T^2 (QK^T and PV, causal half); MFU = TFLOP/s / measured matmul peak.
+Engines: radixlm (Triton kernels and CUDA graphs on GPU), hf-eager (generate with the default
+dynamic cache, sdpa attention), hf-static-compile (`cache_implementation="static"`: transformers
+compiles the decode step; batch 1 only; GPU only), and with --ablations our own runtime with
+a feature off: radixlm-no-cuda-graph, radixlm-torch-kernels (reference kernels, no graphs).
+Bandwidth (a large device copy, read + write) and the matmul peak are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_info import git_commit, git_dirty, machine_info  # noqa: E402
+from serving import measure_bandwidth_gbs, measure_matmul_tflops  # noqa: E402
+
+SHAPES: dict[str, dict] = {
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5, tie_word_embeddings=False,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 8192}),
+    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
+                     rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+                     rms_norm_eps=1e-5, tie_word_embeddings=True),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=8192, max_position_embeddings=4096,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                 rms_norm_eps=1e-6, tie_word_embeddings=False),
+}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], Any], reps: int, device: str) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+class Prompts:
+    """Fresh random prompts: ids in [16, vocab) so no special token appears."""
+
+    def __init__(self, vocab: int, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.vocab = vocab
+
+    def batch(self, b: int, n: int) -> list[list[int]]:
+        return torch.randint(16, self.vocab, (b, n), generator=self.gen).tolist()
+
+
+# ---------------------------------------------------------------------- shapes and FLOPs
+def model_numbers(cfg: dict, dtype: torch.dtype) -> dict:
+    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    head_dim = h // heads
+    decoder_linear = layers * (h * (heads + 2 * kv_heads) * head_dim + heads * head_dim * h + 3 * h * inter)
+    embed = cfg["vocab_size"] * h
+    lm_head = 0 if cfg["tie_word_embeddings"] else embed
+    norms = layers * 2 * h + h
+    params = decoder_linear + embed + lm_head + norms
+    elem = torch.empty((), dtype=dtype).element_size()
+    return {"params": params, "decoder_linear_params": decoder_linear, "lm_head_params": embed,
+            "weight_bytes": params * elem, "kv_bytes_per_token": 2 * layers * kv_heads * head_dim * elem,
+            "num_layers": layers, "hidden_size": h}
+
+
+def prefill_flops(nums: dict, t: int) -> float:
+    return (2 * nums["decoder_linear_params"] * t + 2 * nums["lm_head_params"]
+            + 2 * nums["num_layers"] * nums["hidden_size"] * t * t)
+
+
+# ---------------------------------------------------------------------- engines
+class HFEngine:
+    def __init__(self, model: Any, mode: str, device: str) -> None:
+        self.model, self.mode, self.device = model, mode, device
+
+    def generate(self, prompts: list[list[int]], n: int) -> None:
+        ids = torch.tensor(prompts, device=self.device)
+        extra = {"cache_implementation": "static"} if self.mode == "hf-static-compile" else {}
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                      min_new_tokens=n, do_sample=False, pad_token_id=0, **extra)
+        assert out.shape[1] == ids.shape[1] + n, "HF generated a different length"
+
+    def close(self) -> None:
+        pass
+
+
+class RadixEngine:
+    def __init__(self, folder: Path, options: dict) -> None:
+        from radixlm import Engine
+
+        self.engine = Engine(str(folder), **options)
+        self.info = self.engine.get_server_info()
+
+    def step_counters(self) -> tuple[int, float, float]:
+        info = self.engine.get_server_info()
+        return info["decode_steps"], info["decode_iter_s"], info["decode_forward_s"]
+
+    def generate(self, prompts: list[list[int]], n: int) -> None:
+        outs = self.engine.generate(input_ids=prompts, sampling_params={
+            "max_new_tokens": n, "temperature": 0, "ignore_eos": True})
+        assert all(len(o["output_ids"]) == n for o in outs), "radixlm generated a different length"
+
+    def close(self) -> None:
+        self.engine.shutdown()
+
+
+def run_cases(name: str, engine: Any, args: argparse.Namespace, prompts: Prompts, nums: dict, device: str,
+              bandwidth: float, peak: float, batch_sizes: list[int], prefill: bool) -> list[dict]:
+    rows = []
+    n = args.output_len
+    for b in batch_sizes:
+        engine.generate(prompts.batch(b, args.input_len), 1)  # warm-up: kernel compiles, allocator, graphs
+        engine.generate(prompts.batch(b, args.input_len), n)
+        reps = args.reps if b == 1 else max(1, args.reps - 1)
+        t1, t1_all = median_time(lambda: engine.generate(prompts.batch(b, args.input_len), 1), reps, device)
+        before = engine.step_counters() if hasattr(engine, "step_counters") else None
+        tn, tn_all = median_time(lambda: engine.generate(prompts.batch(b, args.input_len), n), reps, device)
+        overhead = None
+        if before is not None:  # the scheduler's own account of its decode steps in the tN runs
+            after = engine.step_counters()
+            steps, iter_s, fwd_s = (a - b_ for a, b_ in zip(after, before))
+            overhead = {"steps": steps, "iter_ms": 1e3 * iter_s / max(steps, 1),
+                        "forward_ms": 1e3 * fwd_s / max(steps, 1),
+                        "scheduler_overhead": 1 - fwd_s / iter_s if iter_s else None}
+        step = (tn - t1) / (n - 1)
+        step_bytes = nums["weight_bytes"] + b * (args.input_len + n / 2) * nums["kv_bytes_per_token"]
+        rows.append({"engine": name, "case": "decode", "batch_size": b, "input_len": args.input_len,
+                     "output_len": n, "ttft_ms": t1 * 1e3, "decode_ms_per_step": step * 1e3,
+                     "decode_tok_s": b / step, "output_tok_s": b * n / tn,
+                     "mbu": step_bytes / step / (bandwidth * 1e9), "prefill_tflops": None, "mfu": None,
+                     "cache_hit_rate": None, "wall_s": tn, "t1_s": t1_all, "tn_s": tn_all,
+                     "scheduler": overhead})
+        print(f"  {name:24s} decode b={b:<3d} ttft {t1 * 1e3:8.1f} ms  step {step * 1e3:7.2f} ms  "
+              f"{b / step:9.1f} tok/s  MBU {rows[-1]['mbu']:.1%}"
+              + (f"  (scheduler: iter {overhead['iter_ms']:.2f} ms, forward {overhead['forward_ms']:.2f} ms)"
+                 if overhead else ""), flush=True)
+    if prefill:
+        t = args.prefill_len
+        engine.generate(prompts.batch(1, t), 1)
+        t1, t1_all = median_time(lambda: engine.generate(prompts.batch(1, t), 1), args.reps + 2, device)
+        tflops = prefill_flops(nums, t) / t1 / 1e12
+        rows.append({"engine": name, "case": "prefill", "batch_size": 1, "input_len": t, "output_len": 1,
+                     "ttft_ms": t1 * 1e3, "decode_ms_per_step": None, "decode_tok_s": None,
+                     "output_tok_s": None, "mbu": None, "prefill_tflops": tflops, "mfu": tflops / peak,
+                     "cache_hit_rate": None, "wall_s": t1, "prefill_tok_s": t / t1, "t1_s": t1_all})
+        print(f"  {name:24s} prefill {t} tokens {t1 * 1e3:8.1f} ms  {tflops:7.1f} TFLOP/s  MFU {tflops / peak:.1%}",
+              flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------- model folder
+def build_hf_model(shape: str, dtype: torch.dtype, device: str, seed: int) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**SHAPES[shape], bos_token_id=None, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02)
+    return model.eval()
+
+
+def save_model_folder(model: Any, folder: Path) -> None:
+    from radixlm.testing import build_tokenizer_files
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.save_pretrained(folder)
+    for f in build_tokenizer_files().iterdir():
+        if f.is_file():
+            shutil.copy(f, folder / f.name)
+
+
+# ---------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.1-8b")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="default bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--batch-sizes", default="1,32,64")
+    p.add_argument("--input-len", type=int, default=512)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--prefill-len", type=int, default=8192)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--engines", default="radixlm,hf-eager,hf-static-compile")
+    p.add_argument("--ablations", default="", help="comma list: no-cuda-graph, torch-kernels")
+    p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
+    p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
+    p.add_argument("--mem-bandwidth-gbs", type=float, default=None)
+    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON results path")
+    args = p.parse_args(argv)
+    if args.output_len < 2:
+        p.error("--output-len must be >= 2 (decode time is the difference of two lengths)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device
+    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = getattr(torch, dtype_name)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    ablations = [a.strip() for a in args.ablations.split(",") if a.strip()]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    nums = model_numbers(SHAPES[args.shape], dtype)
+    info = machine_info(device)
+    bandwidth = args.mem_bandwidth_gbs or measure_bandwidth_gbs(device)
+    peak = args.peak_tflops or measure_matmul_tflops(device, dtype_name)
+    print(f"{info['device_name']}: copy bandwidth {bandwidth:.0f} GB/s, {dtype_name} matmul {peak:.0f} TFLOP/s; "
+          f"model {args.shape} ({nums['params'] / 1e9:.2f} B params, {nums['weight_bytes'] / 1e9:.2f} GB)", flush=True)
+    prompts = Prompts(SHAPES[args.shape]["vocab_size"], args.seed)
+    rows: list[dict] = []
+    folder = Path(args.model_dir)
+
+    t = time.perf_counter()
+    hf = build_hf_model(args.shape, dtype, device, args.seed)
+    print(f"built random HF model in {time.perf_counter() - t:.1f} s", flush=True)
+    if "hf-eager" in engines:
+        rows += run_cases("hf-eager", HFEngine(hf, "hf-eager", device), args, prompts, nums, device, bandwidth, peak,
+                          batch_sizes, prefill=True)
+    if "hf-static-compile" in engines and device.startswith("cuda"):
+        t = time.perf_counter()
+        rows += run_cases("hf-static-compile", HFEngine(hf, "hf-static-compile", device), args, prompts, nums, device,
+                          bandwidth, peak, [1], prefill=False)
+        print(f"  (hf-static-compile including its compile: {time.perf_counter() - t:.0f} s)", flush=True)
+    t = time.perf_counter()
+    save_model_folder(hf, folder)
+    print(f"saved the weights to {folder} in {time.perf_counter() - t:.1f} s", flush=True)
+    del hf
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+    context = max(args.input_len + args.output_len, args.prefill_len + 1) + 16
+    base = {"device": device, "dtype": dtype_name, "context_length": context,
+            "max_prefill_tokens": max(16384, args.prefill_len), "chunked_prefill_size": max(8192, args.prefill_len)}
+    configs = []
+    if "radixlm" in engines:
+        configs.append(("radixlm", {}, batch_sizes, True))
+    if "no-cuda-graph" in ablations:
+        configs.append(("radixlm-no-cuda-graph", {"disable_cuda_graph": True}, batch_sizes, False))
+    if "torch-kernels" in ablations:
+        configs.append(("radixlm-torch-kernels", {"attention_backend": "torch"}, batch_sizes, True))
+    engine_info = {}
+    for name, extra, sizes, prefill in configs:
+        t = time.perf_counter()
+        engine = RadixEngine(folder, {**base, **extra})
+        engine_info[name] = {k: engine.info.get(k) for k in ("attention_backend", "cuda_graph_batch_sizes",
+                                                               "max_total_tokens", "dtype", "device")}
+        print(f"{name}: engine up in {time.perf_counter() - t:.1f} s ({engine_info[name]})", flush=True)
+        try:
+            rows += run_cases(name, engine, args, prompts, nums, device, bandwidth, peak, sizes, prefill)
+        finally:
+            engine.close()
+    if not args.keep_model:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    result = {
+        "run_info": {"commit": git_commit(), "dirty": git_dirty(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                     "machine": info},
+        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "card": info.get("gpu_name") or info["device_name"],
+        "model": {"name": f"{args.shape}-random", "params": nums["params"], "dtype": dtype_name,
+                  "weight_bytes": nums["weight_bytes"], "kv_bytes_per_token": nums["kv_bytes_per_token"],
+                  "config": SHAPES[args.shape]},
+        "bandwidth_gbs": bandwidth, "peak_tflops": peak, "engines": engine_info, "results": rows,
+    }
+    print(format_table(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def format_table(result: dict) -> str:
+    rows = result["results"]
+    hf = {(r["case"], r["batch_size"]): r for r in rows if r["engine"] == "hf-eager"}
+    lines = [f"card: {result['card']}  model: {result['model']['name']} ({result['model']['dtype']})",
+             "| engine | case | batch | TTFT ms | step ms | decode tok/s | output tok/s | MBU | TFLOP/s | MFU | vs hf-eager |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(x: Any, spec: str) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+    for r in rows:
+        base = hf.get((r["case"], r["batch_size"]))
+        ratio = None
+        if base is not None and r["engine"] != "hf-eager":
+            ratio = (base["ttft_ms"] / r["ttft_ms"] if r["case"] == "prefill"
+                     else base["decode_ms_per_step"] / r["decode_ms_per_step"])
+        lines.append(f"| {r['engine']} | {r['case']} | {r['batch_size']} | {f(r['ttft_ms'], '.1f')} | "
+                     f"{f(r['decode_ms_per_step'], '.2f')} | {f(r['decode_tok_s'], '.1f')} | "
+                     f"{f(r['output_tok_s'], '.1f')} | {f(r['mbu'], '.1%')} | {f(r['prefill_tflops'], '.1f')} | "
+                     f"{f(r['mfu'], '.1%')} | {f(ratio, '.2f')}{'x' if ratio else ''} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One GPU call's worth of checks and measurements, written under $OUT (default ./gpu-out).
+#   bash benchmarks/gpu_session.sh check    # tests/gpu + kernel micro-benchmarks (~5 min on an H100)
+#   bash benchmarks/gpu_session.sh speed    # 8B-shape radixlm vs HF, offline shapes + shared-prefix serving
+# The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
+# benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/radixlm
+  export PYTHONPATH=/tmp/pkg:/tmp/site
+fi
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
+case "${1:-check}" in
+  check)
+    python3 -m pytest -p no:cacheprovider -q tests/gpu 2>&1 | tee "$OUT/gpu-tests.log"
+    python3 benchmarks/bench_kernels.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
+    ;;
+  speed)
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
+      --ablations "${ABLATIONS:-no-cuda-graph}" --out "$OUT/offline.json" 2>&1 | tee "$OUT/offline.log"
+    python3 benchmarks/serving.py --model /tmp/bench-8b --device cuda --dtype bfloat16 --max-total-tokens 100000 \
+      --gsp-num-groups 16 --gsp-prompts-per-group 8 --gsp-system-prompt-len 2048 --gsp-question-len 128 \
+      --gsp-output-len 128 --repeats 2 --ablate --hf-baseline --hf-batch-size 64 \
+      --json "$OUT/serving-gsp.json" 2>&1 | tee "$OUT/serving-gsp.log"
+    ;;
+esac

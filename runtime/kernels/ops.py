@@ -1,0 +1,76 @@
+"""Kernel selection for the model's small ops: Triton on CUDA tensors, PyTorch elsewhere.
+
+Each op is chosen per call from its input's device, so the same model code runs on CPU
+(the reference path, also the oracle in tests) and on GPU (one fused Triton launch per op
+instead of the 5-10 elementwise kernels eager PyTorch issues; at batch-1 decode those
+launches, not the bytes, are what the small ops cost). `set_backend("torch")` forces the
+reference path on GPU too: for A/B benchmarks and for bisecting a numerical difference.
+
+Every function returns its results; the Triton versions work in place on their inputs
+where the docstring says so, and callers must not rely on either behaviour beyond that.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from radixlm.runtime.kernels import reference
+
+_BACKENDS = ("triton", "torch")
+_backend = "triton"
+
+
+def set_backend(name: str) -> None:
+    """'triton' (default: Triton for CUDA tensors) or 'torch' (the reference everywhere).
+    Process-wide: one scheduler process owns one model."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"kernel backend must be one of {_BACKENDS}, got {name!r}")
+    _backend = name
+
+
+def uses_triton(x: torch.Tensor) -> bool:
+    return _backend == "triton" and x.is_cuda
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if uses_triton(x) and x.dim() == 2 and x.is_contiguous():
+        from radixlm.runtime.kernels.triton import norm
+        return norm.rmsnorm(x, weight, eps)
+    return reference.rmsnorm(x, weight, eps)
+
+
+def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(x + residual), x + residual). The Triton version overwrites x and residual."""
+    if uses_triton(x) and x.dim() == 2 and x.is_contiguous() and residual.is_contiguous():
+        from radixlm.runtime.kernels.triton import norm
+        return norm.fused_add_rmsnorm(x, residual, weight, eps)
+    return reference.fused_add_rmsnorm(x, residual, weight, eps)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    if uses_triton(gate_up) and gate_up.is_contiguous():
+        from radixlm.runtime.kernels.triton import activation
+        return activation.silu_and_mul(gate_up)
+    return reference.silu_and_mul(gate_up)
+
+
+def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half RoPE of q [T, H, D] and k [T, Hkv, D] (the Triton version in place)."""
+    if uses_triton(q):
+        from radixlm.runtime.kernels.triton import rotary
+        rotary.apply_rotary(positions, q, k, cos, sin)
+        return q, k
+    return reference.apply_rotary(positions, q, k, cos, sin)
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+             slots: torch.Tensor) -> None:
+    """Write the new tokens' K/V into the pool rows `slots` (cast to the pool's dtype)."""
+    if uses_triton(k):
+        from radixlm.runtime.kernels.triton import kv_store
+        kv_store.store_kv(k, v, k_buffer, v_buffer, slots)
+        return
+    reference.store_kv(k, v, k_buffer, v_buffer, slots)
