@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 case "${1:-check}" in
   check)
-    python3 -m pytest -p no:cacheprovider -q tests/gpu 2>&1 | tee "$OUT/gpu-tests.log"
+    python3 -m pytest -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gpu-tests.log"
     python3 benchmarks/bench_kernels.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
     ;;
   speed)
