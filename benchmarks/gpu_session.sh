@@ -2,6 +2,7 @@
 # One GPU call's worth of checks and measurements, written under $OUT (default ./gpu-out).
 #   bash benchmarks/gpu_session.sh check    # tests/gpu + kernel micro-benchmarks (~5 min on an H100)
 #   bash benchmarks/gpu_session.sh speed    # 8B-shape radixlm vs HF, offline shapes + shared-prefix serving
+#   bash benchmarks/gpu_session.sh final    # tests/gpu, then speed (~8 min on an H100)
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
 set -uo pipefail
@@ -14,7 +15,12 @@ if [ -d .whl ]; then
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
-case "${1:-check}" in
+MODE=${1:-check}
+if [ "$MODE" = final ]; then
+  python3 -m pytest -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gpu-tests.log"
+  MODE=speed
+fi
+case "$MODE" in
   check)
     python3 -m pytest -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gpu-tests.log"
     python3 benchmarks/bench_kernels.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"

@@ -106,8 +106,12 @@ class ModelRunner:
         sample_reqs = [i for i, row in enumerate(batch.sample_rows) if row >= 0]
         sampled = None
         if sample_reqs:
-            rows = torch.tensor([batch.sample_rows[i] for i in sample_reqs], device=logits.device)
-            sampled = sample(logits[rows].clone(), batch.sampling)
+            rows = [batch.sample_rows[i] for i in sample_reqs]
+            # sampling edits its logits in place: give it a copy (a plain slice when the rows are
+            # the leading ones, as in decode, which spares a host-to-device index copy)
+            picked = (logits[: len(rows)].clone() if rows == list(range(len(rows)))
+                      else logits[torch.tensor(rows, device=logits.device)])
+            sampled = sample(picked, batch.sampling)
             for i, tok in zip(sample_reqs, sampled.tolist()):
                 next_ids[i] = tok
         result = ForwardResult(next_token_ids=next_ids)

@@ -175,13 +175,15 @@ class SamplingBatch:
         f32 = dict(dtype=torch.float32, device=device)
         i64 = dict(dtype=torch.int64, device=device)
         greedy = [p.is_greedy for p in params]
+        # one host-to-device copy per dtype (each copy costs a launch and a sync every step)
+        floats = torch.tensor([[0.0 if g else float(p.temperature) for p, g in zip(params, greedy)],
+                               [float(p.top_p) for p in params], [float(p.min_p) for p in params]],
+                              dtype=torch.float32).to(device)
+        ints = torch.tensor([[vocab_size if p.top_k < 0 else min(p.top_k, vocab_size) for p in params],
+                             [_as_int64(s) for s in seeds], [len(o) for o in output_ids]], dtype=torch.int64).to(device)
         batch = SamplingBatch(
-            temperatures=torch.tensor([[0.0 if g else float(p.temperature)] for p, g in zip(params, greedy)], **f32),
-            top_ps=torch.tensor([float(p.top_p) for p in params], **f32),
-            top_ks=torch.tensor([vocab_size if p.top_k < 0 else min(p.top_k, vocab_size) for p in params], **i64),
-            min_ps=torch.tensor([float(p.min_p) for p in params], **f32),
-            seeds=torch.tensor([_as_int64(s) for s in seeds], **i64),
-            steps=torch.tensor([len(o) for o in output_ids], **i64),
+            temperatures=floats[0][:, None], top_ps=floats[1], min_ps=floats[2],
+            top_ks=ints[0], seeds=ints[1], steps=ints[2],
             is_all_greedy=all(greedy),
             need_top_k=any(0 < p.top_k < vocab_size and not g for p, g in zip(params, greedy)),
             need_top_p=any(p.top_p < 1.0 and not g for p, g in zip(params, greedy)),

@@ -378,8 +378,8 @@ class Scheduler:
             return self._run_decode_with_drafts(reqs, drafts)
         slots = self._alloc_slots(len(reqs))
         assert slots is not None, "decode slots must exist after retraction"
-        for req, slot in zip(reqs, slots.tolist()):
-            self._row(req)[req.kv_len] = slot
+        # one scatter for the whole batch, not a device write (and a sync) per request
+        self.req_pool.req_to_token[[r.req_pool_idx for r in reqs], [r.kv_len for r in reqs]] = slots.to(torch.int32)
         lp = [i for i, r in enumerate(reqs) if r.return_logprob]
         batch = self._make_batch(
             ForwardMode.DECODE, reqs, [r.fill_ids[-1] for r in reqs], [r.kv_len for r in reqs], slots,
@@ -534,7 +534,6 @@ class Scheduler:
         """`views[i]`: the output ids and grammar state request row i samples with (default:
         the request's own; jump-forward rows sample as if their draft were already output)."""
         dev = self.device
-        i64 = dict(dtype=torch.int64, device=dev)
         picked = [i for i, row in enumerate(sample_rows) if row >= 0]
         sampling = None
         if picked:
@@ -548,20 +547,23 @@ class Scheduler:
             sampling.vocab_mask = build_vocab_mask(
                 grammars, [ids if len(out) >= r.sampling_params.min_new_tokens else []
                            for r, out, ids in zip(reqs_s, outs, stop_ids)], self.runner.vocab_size, dev)
-        prefix = torch.tensor(prefix_lens, **i64)
-        extend = torch.tensor(extend_lens, **i64)
+        # every integer column in one host-to-device copy, then views of it
+        t, b = len(input_ids), len(reqs)
+        packed = torch.tensor(list(input_ids) + list(positions) + [r.req_pool_idx for r in reqs] + list(prefix_lens)
+                              + list(extend_lens) + list(logit_tokens), dtype=torch.int64).to(dev)
+        input_t, pos_t, rows_t, prefix, extend, logits_t = packed.split([t, t, b, b, b, len(logit_tokens)])
         return ForwardBatch(
             mode=mode,
-            input_ids=torch.tensor(input_ids, **i64),
-            positions=torch.tensor(positions, **i64),
+            input_ids=input_t,
+            positions=pos_t,
             out_cache_loc=out_loc.to(dev, torch.int64),
-            req_pool_indices=torch.tensor([r.req_pool_idx for r in reqs], **i64),
+            req_pool_indices=rows_t,
             seq_lens=prefix + extend,
             prefix_lens=prefix,
             extend_lens=extend,
             prefix_lens_cpu=list(prefix_lens),
             extend_lens_cpu=list(extend_lens),
-            logits_indices=torch.tensor(logit_tokens, **i64),
+            logits_indices=logits_t,
             sample_rows=sample_rows,
             sampling=sampling,
             logprob_rows=lp_rows,
