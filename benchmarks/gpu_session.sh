@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu_session.sh check    # tests/gpu + kernel micro-benchmarks (~5 min on an H100)
 #   bash benchmarks/gpu_session.sh speed    # 8B-shape radixlm vs HF, offline shapes + shared-prefix serving
 #   bash benchmarks/gpu_session.sh final    # tests/gpu, then speed (~8 min on an H100)
+#   bash benchmarks/gpu_session.sh gsp      # the shared-prefix serving run alone
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
 set -uo pipefail
@@ -24,6 +25,14 @@ case "$MODE" in
   check)
     python3 -m pytest -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gpu-tests.log"
     python3 benchmarks/bench_kernels.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
+    ;;
+  gsp)  # the shared-prefix serving run alone (the model folder is rebuilt first)
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
+      --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
+    python3 benchmarks/serving.py --model /tmp/bench-8b --device cuda --dtype bfloat16 --max-total-tokens 100000 \
+      --gsp-num-groups 16 --gsp-prompts-per-group 8 --gsp-system-prompt-len 2048 --gsp-question-len 128 \
+      --gsp-output-len 128 --repeats "${REPEATS:-3}" --ablate --hf-baseline --hf-batch-size 64 \
+      --json "$OUT/serving-gsp.json" 2>&1 | tee "$OUT/serving-gsp.log"
     ;;
   speed)
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \

@@ -44,7 +44,9 @@ def choose_num_kv_splits(batch_size: int, num_kv_heads: int, max_seq_len_hint: i
     return int(max(1, min(want, by_length, MAX_KV_SPLITS)))
 
 
-@triton.jit
+# num_splits is never specialised: a split count first seen while serving must not compile a
+# new variant (see extend_attention.py)
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_stage1_kernel(
     q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr,
     part_out_ptr, part_lse_ptr,
@@ -120,7 +122,7 @@ def _decode_stage1_kernel(
         tl.store(part_lse_ptr + b.to(tl.int64) * stride_lb + heads * stride_lh + split, lse, mask=mask_h)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_stage2_kernel(
     part_out_ptr, part_lse_ptr, out_ptr,
     stride_pb, stride_ph, stride_ps,

@@ -64,7 +64,10 @@ def _attend_tile(acc, m_i, l_i, q, k, v, mask, qk_scale,
     return acc, m_new, l_i
 
 
-@triton.jit
+# Triton specialises integer arguments on their value (== 1, divisible by 16) and compiles a
+# new variant for each class; the tile count changes with every batch, so a variant first
+# met while serving would stall that step for a compile. It is never specialised.
+@triton.jit(do_not_specialize=["NUM_M_TILES"])
 def _extend_kernel(
     q_ptr, k_ext_ptr, v_ext_ptr, k_buf_ptr, v_buf_ptr, out_ptr,
     req_to_token_ptr, req_pool_ptr, prefix_lens_ptr, extend_lens_ptr, start_loc_ptr,
