@@ -197,6 +197,39 @@ def build_tiny_model(name: str = DEFAULT_MODEL) -> Path:
     return _atomic_build(folder, build)
 
 
+def random_llama(config: dict, dtype, device, seed: int = 0, std: float = 0.02):
+    """HF `LlamaForCausalLM` with `LlamaConfig(**config)`, built directly on `device` in `dtype`
+    with N(0, std) matrices and unit norm gains: the large random models of GPU speed and
+    logprob runs (no download, never materialised on the CPU)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**{"bos_token_id": None, "eos_token_id": 0, "pad_token_id": 0, **config})
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, std)
+    return model.eval()
+
+
+def save_model_folder(model, folder: str | os.PathLike) -> Path:
+    """Save an HF model as an ordinary model folder (replacing `folder`) with this module's
+    offline tokenizer files, so radixlm can load the same weights."""
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.save_pretrained(folder)
+    for f in build_tokenizer_files().iterdir():
+        if f.is_file():
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
 def default_model_path() -> str:
     return str(build_tiny_model(DEFAULT_MODEL))
 

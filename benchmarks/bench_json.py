@@ -47,10 +47,8 @@ real model's 32k-150k vocabulary cost more.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -64,7 +62,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from radixlm import Engine  # noqa: E402
-from run_info import git_commit, git_dirty, loadavg, machine_info  # noqa: E402
+from run_info import command_line, git_commit, git_dirty, load_before_run, loadavg, machine_info, utc_now  # noqa: E402
 
 # ---------------------------------------------------------------------- schemas
 MAX_STR = 16
@@ -512,13 +510,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *(sys.argv if argv is None else
-                                                                             [sys.argv[0], *argv])])
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    load_before = loadavg()
-    if load_before and load_before[0] > 0.5 * (os.cpu_count() or 1):
-        print(f"note: load average {load_before[0]:.2f} on {os.cpu_count()} CPUs before the run; "
-              f"other work on this machine will skew the timings", file=sys.stderr)
+    command, date, load_before = command_line(argv), utc_now(), load_before_run()
     t0 = time.perf_counter()
     results, engines = run_decode_benchmark(args)
     runtime_device = str(engines["jf_on"].get("device") or args.device)

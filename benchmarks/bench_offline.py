@@ -42,8 +42,10 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_info import git_commit, git_dirty, machine_info  # noqa: E402
-from serving import measure_bandwidth_gbs, measure_matmul_tflops  # noqa: E402
+from run_info import command_line, git_commit, git_dirty, machine_info, utc_now  # noqa: E402
+
+from radixlm.testing import save_model_folder  # noqa: E402
+from serving import measure_bandwidth_gbs, measure_matmul_tflops, sync_device  # noqa: E402
 
 SHAPES: dict[str, dict] = {
     "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -63,18 +65,13 @@ SHAPES: dict[str, dict] = {
 }
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def median_time(fn: Callable[[], Any], reps: int, device: str) -> tuple[float, list[float]]:
     times = []
     for _ in range(reps):
-        sync(device)
+        sync_device(device)
         t = time.perf_counter()
         fn()
-        sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times), times
 
@@ -194,30 +191,9 @@ def run_cases(name: str, engine: Any, args: argparse.Namespace, prompts: Prompts
 
 # ---------------------------------------------------------------------- model folder
 def build_hf_model(shape: str, dtype: torch.dtype, device: str, seed: int) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from radixlm.testing import random_llama
 
-    cfg = LlamaConfig(**SHAPES[shape], bos_token_id=None, eos_token_id=0, pad_token_id=0)
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = LlamaForCausalLM._from_config(cfg, dtype=dtype, attn_implementation="sdpa")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02)
-    return model.eval()
-
-
-def save_model_folder(model: Any, folder: Path) -> None:
-    from radixlm.testing import build_tokenizer_files
-
-    if folder.exists():
-        shutil.rmtree(folder)
-    model.save_pretrained(folder)
-    for f in build_tokenizer_files().iterdir():
-        if f.is_file():
-            shutil.copy(f, folder / f.name)
+    return random_llama(SHAPES[shape], dtype, device, seed)
 
 
 # ---------------------------------------------------------------------- main
@@ -307,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
     result = {
-        "run_info": {"commit": git_commit(), "dirty": git_dirty(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "run_info": {"commit": git_commit(), "dirty": git_dirty(), "date": utc_now(),
                      "machine": info},
-        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "command": command_line(argv),
         "card": info.get("gpu_name") or info["device_name"],
         "model": {"name": f"{args.shape}-random", "params": nums["params"], "dtype": dtype_name,
                   "weight_bytes": nums["weight_bytes"], "kv_bytes_per_token": nums["kv_bytes_per_token"],

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,25 @@ def loadavg() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):
         return None
+
+
+def command_line(argv: list[str] | None) -> str:
+    """The command that ran this script, as a shell line (argv: what main() was given)."""
+    args = sys.argv if argv is None else [sys.argv[0], *argv]
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *args])
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def load_before_run() -> list[float] | None:
+    """The load average now, with a warning when other work would skew the timings."""
+    load = loadavg()
+    if load and load[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"note: load average {load[0]:.2f} on {os.cpu_count()} CPUs before the run; "
+              f"other work on this machine will skew the timings", file=sys.stderr)
+    return load
 
 
 def machine_info(device: str) -> dict[str, Any]:

@@ -282,7 +282,7 @@ async def run_load(target: Any, reqs: list[dict], rate: float, max_concurrency: 
 
 
 # ---------------------------------------------------------------------- device micro-benchmarks
-def _sync(device: str) -> None:
+def sync_device(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -294,10 +294,10 @@ def measure_bandwidth_gbs(device: str) -> float:
     dst = torch.empty_like(src)
     best = math.inf
     for _ in range(8):
-        _sync(device)
+        sync_device(device)
         t = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        sync_device(device)
         best = min(best, time.perf_counter() - t)
     del src, dst
     return 2 * nbytes / best / 1e9
@@ -314,10 +314,10 @@ def measure_matmul_tflops(device: str, dtype: str) -> float:
         a @ b
     best = math.inf
     for _ in range(5):
-        _sync(device)
+        sync_device(device)
         t = time.perf_counter()
         a @ b
-        _sync(device)
+        sync_device(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e12
 

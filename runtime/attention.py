@@ -12,6 +12,7 @@ the device from its `seq_lens`.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -52,12 +53,15 @@ class AttentionBackend:
         self.head_dim = head_dim
         self.sm_scale = head_dim ** -0.5
         self.use_triton = use_triton
-        device = kv_pool.device
-        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if use_triton else 0
+        self.num_sms = 0
+        if use_triton:  # imported only where used: CPU processes never load the GPU kernels
+            from radixlm.runtime.kernels.triton import decode_attention, extend_attention
+            self._decode_kernels, self._extend_attention = decode_attention, extend_attention.extend_attention
+            self.num_sms = torch.cuda.get_device_properties(kv_pool.device).multi_processor_count
 
     def num_kv_splits(self, batch_size: int) -> int:
-        from radixlm.runtime.kernels.triton.decode_attention import choose_num_kv_splits
-        return choose_num_kv_splits(batch_size, self.num_kv_heads, self.req_pool.max_context_len, self.num_sms)
+        return self._decode_kernels.choose_num_kv_splits(batch_size, self.num_kv_heads,
+                                                         self.req_pool.max_context_len, self.num_sms)
 
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
         batch.attn_backend = self
@@ -77,10 +81,8 @@ class AttentionBackend:
             meta = ExtendMetadata(starts, max(lens, default=0))
             if (not any(batch.prefix_lens_cpu) and len(lens) <= SDPA_MAX_REQUESTS
                     and sum(lens) >= SDPA_MIN_TOKENS * len(lens)):
-                offsets = [0]
-                for n in lens:
-                    offsets.append(offsets[-1] + n)
-                meta.sdpa_spans = list(zip(offsets[:-1], offsets[1:]))
+                ends = list(itertools.accumulate(lens))
+                meta.sdpa_spans = list(zip([0] + ends[:-1], ends))
             batch.attn_metadata = meta
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
@@ -97,14 +99,12 @@ class AttentionBackend:
                                               batch.prefix_lens, batch.extend_lens, self.sm_scale)
         meta = batch.attn_metadata
         if batch.mode is ForwardMode.DECODE:
-            from radixlm.runtime.kernels.triton.decode_attention import decode_attention
-            return decode_attention(q, k_buffer, v_buffer, req_to_token, batch.req_pool_indices, batch.seq_lens,
+            return self._decode_kernels.decode_attention(q, k_buffer, v_buffer, req_to_token, batch.req_pool_indices, batch.seq_lens,
                                     self.sm_scale, num_kv_splits=meta.num_kv_splits,
                                     partial_out=meta.partial_out, partial_lse=meta.partial_lse)
         if meta.sdpa_spans is not None:
             return self._sdpa_prefill(q, k, v, meta.sdpa_spans)
-        from radixlm.runtime.kernels.triton.extend_attention import extend_attention
-        return extend_attention(q, k, v, k_buffer, v_buffer, req_to_token, batch.req_pool_indices,
+        return self._extend_attention(q, k, v, k_buffer, v_buffer, req_to_token, batch.req_pool_indices,
                                 batch.prefix_lens, batch.extend_lens, self.sm_scale,
                                 extend_start_loc=meta.extend_start_loc, max_extend_len=meta.max_extend_len)
 

@@ -378,12 +378,12 @@ class Scheduler:
             return self._run_decode_with_drafts(reqs, drafts)
         slots = self._alloc_slots(len(reqs))
         assert slots is not None, "decode slots must exist after retraction"
+        kv_lens = [r.kv_len for r in reqs]  # the new token's position = tokens already cached
         # one scatter for the whole batch, not a device write (and a sync) per request
-        self.req_pool.req_to_token[[r.req_pool_idx for r in reqs], [r.kv_len for r in reqs]] = slots.to(torch.int32)
+        self.req_pool.req_to_token[[r.req_pool_idx for r in reqs], kv_lens] = slots.to(torch.int32)
         lp = [i for i, r in enumerate(reqs) if r.return_logprob]
         batch = self._make_batch(
-            ForwardMode.DECODE, reqs, [r.fill_ids[-1] for r in reqs], [r.kv_len for r in reqs], slots,
-            [r.kv_len for r in reqs], [1] * len(reqs), list(range(len(reqs))), list(range(len(reqs))),
+            ForwardMode.DECODE, reqs, [r.fill_ids[-1] for r in reqs], kv_lens, slots, kv_lens, [1] * len(reqs), list(range(len(reqs))), list(range(len(reqs))),
             lp, [-1] * len(lp), [reqs[i].top_logprobs_num for i in lp],
         )
         result = self._forward_decode(batch)

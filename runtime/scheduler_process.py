@@ -192,13 +192,13 @@ class SchedulerLoop:
             "cache_hit_rate": stats.cache_hit_rate, "prompt_tokens": stats.prompt_tokens,
             "cached_tokens": stats.cached_tokens, "generated_tokens": stats.generated_tokens,
             "decode_steps": stats.decode_steps, "prefill_batches": stats.prefill_batches,
-            "retractions": stats.retractions,
+            "retractions": stats.retractions, "finished_requests": stats.finished_requests,
             # per decode step: the loop iteration and the forward inside it (ms); overhead =
             # the share of the iteration the device waits on the scheduler's CPU work
             "decode_iter_ms": 1e3 * stats.decode_iter_s / stats.decode_steps if stats.decode_steps else None,
             "decode_forward_ms": 1e3 * stats.decode_forward_s / stats.decode_steps if stats.decode_steps else None,
             "scheduler_overhead": (1 - stats.decode_forward_s / stats.decode_iter_s) if stats.decode_iter_s else None,
-            "decode_iter_s": stats.decode_iter_s, "decode_forward_s": stats.decode_forward_s, "finished_requests": stats.finished_requests,
+            "decode_iter_s": stats.decode_iter_s, "decode_forward_s": stats.decode_forward_s,
             "constrained_decoding": sched.grammars is not None, **self._grammar_info(),
             **sched.usage(),
         }

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -45,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: 
 import radixlm as rl  # noqa: E402
 
 from programs.workloads import ALIASES, WORKLOADS, Workload  # noqa: E402
-from run_info import git_commit, git_dirty, loadavg, machine_info  # noqa: E402
+from run_info import command_line, git_commit, git_dirty, load_before_run, loadavg, machine_info, utc_now  # noqa: E402
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "cache": {"engine": {"disable_radix_cache": True}, "hints": True, "what": "radix cache disabled"},
@@ -234,13 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *(sys.argv if argv is None else
-                                                                              [sys.argv[0], *argv])])
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    load_before = loadavg()
-    if load_before and load_before[0] > 0.5 * (os.cpu_count() or 1):
-        print(f"note: load average {load_before[0]:.2f} on {os.cpu_count()} CPUs before the run; "
-              f"other work on this machine will skew the timings", file=sys.stderr)
+    command, date, load_before = command_line(argv), utc_now(), load_before_run()
     t0 = time.perf_counter()
     results, runtime_info = run_all(args)
     total = time.perf_counter() - t0

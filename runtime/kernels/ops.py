@@ -18,6 +18,17 @@ from radixlm.runtime.kernels import reference
 
 _BACKENDS = ("triton", "torch")
 _backend = "triton"
+_triton_modules = None
+
+
+def _kernels():
+    """The Triton kernel modules, imported on first GPU use (not at start-up on CPU, and not
+    once per call in the per-layer hot path)."""
+    global _triton_modules
+    if _triton_modules is None:
+        from radixlm.runtime.kernels.triton import activation, kv_store, norm, rotary
+        _triton_modules = (norm, activation, rotary, kv_store)
+    return _triton_modules
 
 
 def set_backend(name: str) -> None:
@@ -35,8 +46,7 @@ def uses_triton(x: torch.Tensor) -> bool:
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if uses_triton(x) and x.dim() == 2 and x.is_contiguous():
-        from radixlm.runtime.kernels.triton import norm
-        return norm.rmsnorm(x, weight, eps)
+        return _kernels()[0].rmsnorm(x, weight, eps)
     return reference.rmsnorm(x, weight, eps)
 
 
@@ -44,15 +54,13 @@ def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Ten
                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(norm(x + residual), x + residual). The Triton version overwrites x and residual."""
     if uses_triton(x) and x.dim() == 2 and x.is_contiguous() and residual.is_contiguous():
-        from radixlm.runtime.kernels.triton import norm
-        return norm.fused_add_rmsnorm(x, residual, weight, eps)
+        return _kernels()[0].fused_add_rmsnorm(x, residual, weight, eps)
     return reference.fused_add_rmsnorm(x, residual, weight, eps)
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if uses_triton(gate_up) and gate_up.is_contiguous():
-        from radixlm.runtime.kernels.triton import activation
-        return activation.silu_and_mul(gate_up)
+        return _kernels()[1].silu_and_mul(gate_up)
     return reference.silu_and_mul(gate_up)
 
 
@@ -60,8 +68,7 @@ def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos:
                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate-half RoPE of q [T, H, D] and k [T, Hkv, D] (the Triton version in place)."""
     if uses_triton(q):
-        from radixlm.runtime.kernels.triton import rotary
-        rotary.apply_rotary(positions, q, k, cos, sin)
+        _kernels()[2].apply_rotary(positions, q, k, cos, sin)
         return q, k
     return reference.apply_rotary(positions, q, k, cos, sin)
 
@@ -70,7 +77,6 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer:
              slots: torch.Tensor) -> None:
     """Write the new tokens' K/V into the pool rows `slots` (cast to the pool's dtype)."""
     if uses_triton(k):
-        from radixlm.runtime.kernels.triton import kv_store
-        kv_store.store_kv(k, v, k_buffer, v_buffer, slots)
+        _kernels()[3].store_kv(k, v, k_buffer, v_buffer, slots)
         return
     reference.store_kv(k, v, k_buffer, v_buffer, slots)

@@ -75,24 +75,13 @@ def test_bf16_top5_logprobs_agree_with_hf_on_a_random_1b_shaped_model(tmp_path):
     """A Llama-3.2-1B-shaped model with random weights, bf16: at every prompt position our top-5
     tokens' logprobs match HF's (fp32 log-softmax of its bf16 logits) within bf16 noise, and the
     top-1 token agrees almost everywhere."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from radixlm.testing import random_llama, save_model_folder
 
-    from radixlm.testing import build_tokenizer_files
-
-    cfg = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
-                      rope_parameters={"rope_type": "default", "rope_theta": 500000.0}, rms_norm_eps=1e-5,
-                      tie_word_embeddings=True, bos_token_id=None, eos_token_id=0, pad_token_id=0)
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        hf = LlamaForCausalLM._from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            p.fill_(1.0) if name.endswith("norm.weight") else p.normal_(0.0, 0.02)
-    hf.save_pretrained(tmp_path)
-    for f in build_tokenizer_files().iterdir():
-        if f.is_file():
-            (tmp_path / f.name).write_bytes(f.read_bytes())
+    hf = random_llama(dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                           num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
+                           rope_parameters={"rope_type": "default", "rope_theta": 500000.0}, rms_norm_eps=1e-5,
+                           tie_word_embeddings=True), torch.bfloat16, "cuda")
+    save_model_folder(hf, tmp_path)
     ids = ids_of(200, 11)
     with torch.inference_mode():
         ref = torch.log_softmax(hf(torch.tensor([ids], device="cuda")).logits[0].float(), -1).cpu()
