@@ -22,7 +22,10 @@ and every output has a fixed length (greedy; `ignore_eos`, or HF's `min_new_toke
 Engines: radixlm (Triton kernels and CUDA graphs on GPU), hf-eager (generate with the default
 dynamic cache, sdpa attention), hf-static-compile (`cache_implementation="static"`: transformers
 compiles the decode step; batch 1 only; GPU only), and with --ablations our own runtime with
-a feature off: radixlm-no-cuda-graph, radixlm-torch-kernels (reference kernels, no graphs).
+a feature off: radixlm-no-overlap (no overlap scheduling), radixlm-no-cuda-graph,
+radixlm-torch-kernels (reference kernels, no graphs). Each decode row also carries the
+scheduler's own per-step account: loop iteration, launch + wait, and on CUDA the device's busy
+time per step and the share of decode time it sat idle between steps waiting for the host.
 Bandwidth (a large device copy, read + write) and the matmul peak are measured in the same run.
 """
 
@@ -132,9 +135,10 @@ class RadixEngine:
         self.engine = Engine(str(folder), **options)
         self.info = self.engine.get_server_info()
 
-    def step_counters(self) -> tuple[int, float, float]:
+    def step_counters(self) -> tuple[int, float, float, float, float]:
         info = self.engine.get_server_info()
-        return info["decode_steps"], info["decode_iter_s"], info["decode_forward_s"]
+        return (info["decode_steps"], info["decode_iter_s"], info["decode_forward_s"],
+                info.get("decode_gpu_busy_s") or 0.0, info.get("decode_gpu_idle_s") or 0.0)
 
     def generate(self, prompts: list[list[int]], n: int) -> None:
         outs = self.engine.generate(input_ids=prompts, sampling_params={
@@ -159,10 +163,12 @@ def run_cases(name: str, engine: Any, args: argparse.Namespace, prompts: Prompts
         overhead = None
         if before is not None:  # the scheduler's own account of its decode steps in the tN runs
             after = engine.step_counters()
-            steps, iter_s, fwd_s = (a - b_ for a, b_ in zip(after, before))
+            steps, iter_s, fwd_s, busy_s, idle_s = (a - b_ for a, b_ in zip(after, before))
             overhead = {"steps": steps, "iter_ms": 1e3 * iter_s / max(steps, 1),
                         "forward_ms": 1e3 * fwd_s / max(steps, 1),
-                        "scheduler_overhead": 1 - fwd_s / iter_s if iter_s else None}
+                        "scheduler_overhead": 1 - fwd_s / iter_s if iter_s else None,
+                        "gpu_busy_ms": 1e3 * busy_s / max(steps, 1) if busy_s else None,
+                        "gpu_idle_share": idle_s / (idle_s + busy_s) if busy_s else None}
         step = (tn - t1) / (n - 1)
         step_bytes = nums["weight_bytes"] + b * (args.input_len + n / 2) * nums["kv_bytes_per_token"]
         rows.append({"engine": name, "case": "decode", "batch_size": b, "input_len": args.input_len,
@@ -173,8 +179,9 @@ def run_cases(name: str, engine: Any, args: argparse.Namespace, prompts: Prompts
                      "scheduler": overhead})
         print(f"  {name:24s} decode b={b:<3d} ttft {t1 * 1e3:8.1f} ms  step {step * 1e3:7.2f} ms  "
               f"{b / step:9.1f} tok/s  MBU {rows[-1]['mbu']:.1%}"
-              + (f"  (scheduler: iter {overhead['iter_ms']:.2f} ms, forward {overhead['forward_ms']:.2f} ms)"
-                 if overhead else ""), flush=True)
+              + (f"  (scheduler: iter {overhead['iter_ms']:.2f} ms, launch+wait {overhead['forward_ms']:.2f} ms"
+                 + (f", device idle {overhead['gpu_idle_share']:.1%}" if overhead["gpu_idle_share"] is not None
+                    else "") + ")" if overhead else ""), flush=True)
     if prefill:
         t = args.prefill_len
         engine.generate(prompts.batch(1, t), 1)
@@ -208,7 +215,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefill-len", type=int, default=8192)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--engines", default="radixlm,hf-eager,hf-static-compile")
-    p.add_argument("--ablations", default="", help="comma list: no-cuda-graph, torch-kernels")
+    p.add_argument("--ablations", default="", help="comma list: no-overlap, no-cuda-graph, torch-kernels")
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
     p.add_argument("--mem-bandwidth-gbs", type=float, default=None)
@@ -264,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = []
     if "radixlm" in engines:
         configs.append(("radixlm", {}, batch_sizes, True))
+    if "no-overlap" in ablations:
+        configs.append(("radixlm-no-overlap", {"overlap_schedule": "off"}, batch_sizes, False))
     if "no-cuda-graph" in ablations:
         configs.append(("radixlm-no-cuda-graph", {"disable_cuda_graph": True}, batch_sizes, False))
     if "torch-kernels" in ablations:
@@ -273,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         engine = RadixEngine(folder, {**base, **extra})
         engine_info[name] = {k: engine.info.get(k) for k in ("attention_backend", "cuda_graph_batch_sizes",
-                                                               "max_total_tokens", "dtype", "device")}
+                                                               "overlap_schedule", "max_total_tokens", "dtype",
+                                                               "device")}
         print(f"{name}: engine up in {time.perf_counter() - t:.1f} s ({engine_info[name]})", flush=True)
         try:
             rows += run_cases(name, engine, args, prompts, nums, device, bandwidth, peak, sizes, prefill)

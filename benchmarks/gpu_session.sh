@@ -36,7 +36,7 @@ case "$MODE" in
     ;;
   speed)
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
-      --ablations "${ABLATIONS:-no-cuda-graph}" --out "$OUT/offline.json" 2>&1 | tee "$OUT/offline.log"
+      --ablations "${ABLATIONS:-no-overlap,no-cuda-graph}" --out "$OUT/offline.json" 2>&1 | tee "$OUT/offline.log"
     python3 benchmarks/serving.py --model /tmp/bench-8b --device cuda --dtype bfloat16 --max-total-tokens 100000 \
       --gsp-num-groups 16 --gsp-prompts-per-group 8 --gsp-system-prompt-len 2048 --gsp-question-len 128 \
       --gsp-output-len 128 --repeats 2 --ablate --hf-baseline --hf-batch-size 64 \

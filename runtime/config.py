@@ -161,6 +161,9 @@ class EngineConfig:
     # decode steps replay CUDA graphs captured at start-up for batch sizes up to this (GPU only)
     disable_cuda_graph: bool = False
     cuda_graph_max_bs: int = 128
+    # queue decode step N+1 before processing step N's tokens: auto = on for CUDA, off on CPU
+    # (where the host is also the device and nothing can overlap)
+    overlap_schedule: str = "auto"  # auto | on | off
     random_seed: int | None = None
     log_level: str = "warning"
 
@@ -179,6 +182,8 @@ class EngineConfig:
             raise ValueError("chunked_prefill_size must be positive, or -1 to disable chunking")
         if self.attention_backend not in ("auto", "triton", "torch"):
             raise ValueError(f"attention_backend must be auto, triton or torch, got {self.attention_backend!r}")
+        if self.overlap_schedule not in ("auto", "on", "off"):
+            raise ValueError(f"overlap_schedule must be auto, on or off, got {self.overlap_schedule!r}")
         if self.cuda_graph_max_bs < 1:
             raise ValueError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.max_prefill_tokens < 1:

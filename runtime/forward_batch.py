@@ -1,7 +1,10 @@
 """The contract between scheduler and model runner: one batch in, one result out.
 
 The scheduler decides who runs and where their KV lives (`ForwardBatch`); the runner
-turns that into logits and sampled tokens (`ForwardResult`). The model's layers read
+queues the work and hands back a `ForwardHandle` at once, whose `result()` waits for the
+sampled tokens and requested logprobs (`ForwardResult`). Between the two the host is
+free: the overlap scheduler prepares and queues the next step there, feeding it the
+sampled ids that are still on the device (`ForwardHandle.sampled`). The model's layers read
 their attention metadata from the same `ForwardBatch`, so nothing about batching
 leaks into layer signatures.
 """
@@ -16,6 +19,7 @@ import torch
 
 if TYPE_CHECKING:
     from radixlm.runtime.attention import AttentionBackend
+    from radixlm.runtime.device_copy import HostCopy
     from radixlm.runtime.sampling import SamplingBatch
 
 
@@ -69,3 +73,39 @@ class ForwardResult:
     # temperature, penalties and filtering.
     token_logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+
+
+@dataclass
+class ForwardHandle:
+    """A forward queued on the device. `sampled[j]` is the token of the j-th sampling
+    request (`sample_reqs[j]` is its index in the batch); it stays valid after the step, so
+    a following decode step can take its input ids from it without a round trip."""
+
+    batch_size: int
+    sample_reqs: list[int]
+    sampled: torch.Tensor | None
+    copies: "HostCopy"  # sampled ids (empty if none), then if asked: logprobs, top-k values, top-k ids
+    top_k: list[int] = field(default_factory=list)
+    has_logprobs: bool = False
+    # CUDA events around the step's device work (None on CPU): busy time and the gaps between steps
+    start_event: Any = None
+    end_event: Any = None
+    _result: ForwardResult | None = None
+
+    def result(self) -> ForwardResult:
+        if self._result is not None:
+            return self._result
+        host = self.copies.get()
+        next_ids = [-1] * self.batch_size
+        if self.sample_reqs:
+            for i, tok in zip(self.sample_reqs, host[0].tolist()):
+                next_ids[i] = tok
+        result = ForwardResult(next_token_ids=next_ids)
+        if self.has_logprobs:
+            result.token_logprobs = host[1].tolist()
+            result.top_logprobs = [[] for _ in self.top_k]
+            if len(host) > 2:
+                vals, ids = host[2].tolist(), host[3].tolist()
+                result.top_logprobs = [list(zip(ids[i][:n], vals[i][:n])) for i, n in enumerate(self.top_k)]
+        self._result = result
+        return result

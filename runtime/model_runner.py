@@ -1,7 +1,8 @@
 """The model runner: owns the model, the KV pools and the attention backend; runs one batch.
 
-It never decides who runs. The scheduler hands it a `ForwardBatch`; it returns a
-`ForwardResult` with the sampled tokens and requested logprobs.
+It never decides who runs. The scheduler hands it a `ForwardBatch`; `launch` queues the
+work and returns a `ForwardHandle`, whose `result()` is the `ForwardResult` with the
+sampled tokens and requested logprobs (`forward` does both).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import torch
 from radixlm.runtime.attention import AttentionBackend
 from radixlm.runtime.config import EngineConfig, ModelConfig
 from radixlm.runtime.cuda_graph import CudaGraphRunner
-from radixlm.runtime.forward_batch import ForwardBatch, ForwardResult
+from radixlm.runtime.device_copy import HostCopy, to_device
+from radixlm.runtime.forward_batch import ForwardBatch, ForwardHandle, ForwardResult
 from radixlm.runtime.kernels import ops
 from radixlm.runtime.memory import KVPool, ReqToTokenPool
 from radixlm.runtime.models import load_model
@@ -95,14 +97,23 @@ class ModelRunner:
             return int(budget // per_token)
         return CPU_DEFAULT_MAX_TOTAL_TOKENS
 
-    @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> ForwardResult:
+        return self.launch(batch).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: ForwardBatch) -> ForwardHandle:
+        """Queue the batch's forward, sampling and logprobs on the device and return at once.
+        Nothing here waits for the device, so the caller may prepare the next step meanwhile."""
+        dev = self.device
+        timed = dev.type == "cuda"
+        start = torch.cuda.Event(enable_timing=True) if timed else None
+        if start is not None:
+            start.record()
         if self.graph_runner is not None and self.graph_runner.can_run(batch):
             logits = self.graph_runner.replay(batch)
         else:
             self.attn_backend.init_forward_metadata(batch)
             logits = self.model.compute_logits(self.model(batch))  # [rows, vocab] fp32
-        next_ids = [-1] * batch.batch_size
         sample_reqs = [i for i, row in enumerate(batch.sample_rows) if row >= 0]
         sampled = None
         if sample_reqs:
@@ -110,15 +121,24 @@ class ModelRunner:
             # sampling edits its logits in place: give it a copy (a plain slice when the rows are
             # the leading ones, as in decode, which spares a host-to-device index copy)
             picked = (logits[: len(rows)].clone() if rows == list(range(len(rows)))
-                      else logits[torch.tensor(rows, device=logits.device)])
+                      else logits[to_device(rows, torch.int64, dev)])
             sampled = sample(picked, batch.sampling)
-            for i, tok in zip(sample_reqs, sampled.tolist()):
-                next_ids[i] = tok
-        result = ForwardResult(next_token_ids=next_ids)
+        outputs = [sampled if sampled is not None else torch.empty(0, dtype=torch.int64, device=dev)]
         if batch.logprob_rows:
-            row_to_token = {batch.sample_rows[i]: next_ids[i] for i in sample_reqs}
-            targets = [t if t >= 0 else row_to_token[r] for r, t in zip(batch.logprob_rows, batch.logprob_targets)]
-            rows = torch.tensor(batch.logprob_rows, device=logits.device)
-            result.token_logprobs, result.top_logprobs = logprobs_of(
-                logits[rows], torch.tensor(targets, device=logits.device), batch.logprob_top_k)
-        return result
+            # a target of -1 means "the token sampled from this row": take it from `sampled` on
+            # the device rather than waiting for it on the host
+            index_of_row = {batch.sample_rows[i]: j for j, i in enumerate(sample_reqs)}
+            fixed = [max(t, 0) for t in batch.logprob_targets]
+            from_sampled = [index_of_row[r] if t < 0 else -1 for r, t in zip(batch.logprob_rows, batch.logprob_targets)]
+            cols = to_device([batch.logprob_rows, fixed, from_sampled], torch.int64, dev)
+            targets = cols[1]
+            if sampled is not None and any(j >= 0 for j in from_sampled):
+                targets = torch.where(cols[2] >= 0, sampled[cols[2].clamp(min=0)], cols[1])
+            outputs += logprobs_of(logits[cols[0]], targets, batch.logprob_top_k)
+        end = None
+        if timed:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+        return ForwardHandle(batch_size=batch.batch_size, sample_reqs=sample_reqs, sampled=sampled,
+                             copies=HostCopy(*outputs), top_k=list(batch.logprob_top_k),
+                             has_logprobs=bool(batch.logprob_rows), start_event=start, end_event=end)

@@ -1,8 +1,11 @@
 """A request as the scheduler sees it: tokens, KV bookkeeping, stop rules and results.
 
-KV invariant: the first `kv_len` tokens of `fill_ids` have K/V in the pool, at slots
-`req_to_token[req_pool_idx, :kv_len]`; the first `cache_protected_len` of those belong
-to the radix tree (locked through `last_node`), the rest belong to this request.
+KV invariant: the first `kv_len` tokens of `fill_ids` have K/V in the pool (or being
+written by a step already queued on the device, which every later reader follows), at
+slots `req_to_token[req_pool_idx, :kv_len]`; the first `cache_protected_len` of those
+belong to the radix tree (locked through `last_node`), the rest belong to this request.
+While an overlapped decode step is in flight, `kv_len` is one past `len(fill_ids)`: the
+step writes the K/V of a token the host has not received yet.
 """
 
 from __future__ import annotations
@@ -70,6 +73,14 @@ class Req:
     @property
     def fill_ids(self) -> list[int]:
         return self.origin_input_ids + self.output_ids
+
+    @property
+    def seq_len(self) -> int:  # len(fill_ids) without building it (decode asks every step)
+        return len(self.origin_input_ids) + len(self.output_ids)
+
+    @property
+    def last_token_id(self) -> int:
+        return self.output_ids[-1] if self.output_ids else self.origin_input_ids[-1]
 
     @property
     def prompt_len(self) -> int:

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
+from radixlm.runtime.device_copy import to_device
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -161,26 +163,28 @@ class SamplingBatch:
     frequency: torch.Tensor | None = None  # [P, 1]
     presence: torch.Tensor | None = None
     repetition: torch.Tensor | None = None
-    # min_new_tokens: rows still below their minimum and the ids they must not emit
-    min_tokens_rows: torch.Tensor | None = None
-    min_tokens_ids: list[list[int]] | None = None
+    # min_new_tokens: [2, n] (row, token id) pairs banned while a row is below its minimum
+    min_tokens_banned: torch.Tensor | None = None
     # constrained decoding: [B, V] True where the row's grammar bans the token
     vocab_mask: torch.Tensor | None = None
 
     @staticmethod
     def build(params: Sequence[SamplingParams], seeds: Sequence[int], prompt_ids: Sequence[Sequence[int]],
               output_ids: Sequence[Sequence[int]], stop_ids: Sequence[Sequence[int]], vocab_size: int,
-              device: torch.device) -> "SamplingBatch":
-        """`stop_ids[i]`: the token ids request i may not emit before min_new_tokens."""
+              device: torch.device, pending: Sequence[int] | None = None) -> "SamplingBatch":
+        """`stop_ids[i]`: the token ids request i may not emit before min_new_tokens.
+        `pending[i]`: tokens request i has sampled in steps still in flight (not yet in
+        `output_ids[i]`); they count for the output position, and a request with pending
+        tokens must not use penalties, which need their ids."""
+        out_lens = [len(o) + (pending[i] if pending else 0) for i, o in enumerate(output_ids)]
         f32 = dict(dtype=torch.float32, device=device)
         i64 = dict(dtype=torch.int64, device=device)
         greedy = [p.is_greedy for p in params]
-        # one host-to-device copy per dtype (each copy costs a launch and a sync every step)
-        floats = torch.tensor([[0.0 if g else float(p.temperature) for p, g in zip(params, greedy)],
-                               [float(p.top_p) for p in params], [float(p.min_p) for p in params]],
-                              dtype=torch.float32).to(device)
-        ints = torch.tensor([[vocab_size if p.top_k < 0 else min(p.top_k, vocab_size) for p in params],
-                             [_as_int64(s) for s in seeds], [len(o) for o in output_ids]], dtype=torch.int64).to(device)
+        # one host-to-device copy per dtype, none of which waits for the device
+        floats = to_device([[0.0 if g else float(p.temperature) for p, g in zip(params, greedy)],
+                            [float(p.top_p) for p in params], [float(p.min_p) for p in params]], torch.float32, device)
+        ints = to_device([[vocab_size if p.top_k < 0 else min(p.top_k, vocab_size) for p in params],
+                          [_as_int64(s) for s in seeds], out_lens], torch.int64, device)
         batch = SamplingBatch(
             temperatures=floats[0][:, None], top_ps=floats[1], min_ps=floats[2],
             top_ks=ints[0], seeds=ints[1], steps=ints[2],
@@ -192,6 +196,7 @@ class SamplingBatch:
         pen = [i for i, p in enumerate(params)
                if p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0]
         if pen:
+            assert not any(out_lens[i] != len(output_ids[i]) for i in pen), "penalties need every output id"
             counts = torch.zeros((len(pen), vocab_size), **f32)
             seen = torch.zeros((len(pen), vocab_size), dtype=torch.bool, device=device)
             for row, i in enumerate(pen):
@@ -207,10 +212,10 @@ class SamplingBatch:
             batch.frequency = torch.tensor([[float(params[i].frequency_penalty)] for i in pen], **f32)
             batch.presence = torch.tensor([[float(params[i].presence_penalty)] for i in pen], **f32)
             batch.repetition = torch.tensor([[float(params[i].repetition_penalty)] for i in pen], **f32)
-        below = [i for i, p in enumerate(params) if len(output_ids[i]) < p.min_new_tokens and stop_ids[i]]
+        below = [i for i, p in enumerate(params) if out_lens[i] < p.min_new_tokens and stop_ids[i]]
         if below:
-            batch.min_tokens_rows = torch.tensor(below, **i64)
-            batch.min_tokens_ids = [list(stop_ids[i]) for i in below]
+            pairs = [(i, t) for i in below for t in stop_ids[i]]
+            batch.min_tokens_banned = to_device([[i for i, _ in pairs], [t for _, t in pairs]], torch.int64, device)
         return batch
 
 
@@ -223,9 +228,8 @@ def apply_penalties(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
         rows = torch.where(sb.prompt_seen, rep, rows)
         rows = rows - sb.frequency * sb.output_counts - sb.presence * (sb.output_counts > 0).float()
         logits[sb.penalty_rows] = rows
-    if sb.min_tokens_rows is not None:
-        for row, ids in zip(sb.min_tokens_rows.tolist(), sb.min_tokens_ids):
-            logits[row, ids] = float("-inf")
+    if sb.min_tokens_banned is not None:
+        logits[sb.min_tokens_banned[0], sb.min_tokens_banned[1]] = float("-inf")
     if sb.vocab_mask is not None:
         logits.masked_fill_(sb.vocab_mask, float("-inf"))
     return logits
@@ -272,14 +276,13 @@ def sample(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
     return torch.where(sb.temperatures[:, 0] > 0, sampled, greedy_ids)
 
 
-def logprobs_of(logits: torch.Tensor, targets: torch.Tensor, top_k: Sequence[int]):
-    """Log-softmax of fp32 logits [N, V]: the targets' logprobs and each row's top-k."""
+def logprobs_of(logits: torch.Tensor, targets: torch.Tensor, top_k: Sequence[int]) -> list[torch.Tensor]:
+    """Log-softmax of fp32 logits [N, V], on the device: the targets' logprobs [N], and when
+    any row asks for alternatives, the top-k values and ids [N, max k] (rows slice their own k)."""
     logp = torch.log_softmax(logits, dim=-1)
-    token_lp = logp.gather(1, targets[:, None])[:, 0].tolist()
+    out = [logp.gather(1, targets[:, None])[:, 0]]
     k = max(top_k, default=0)
-    top: list[list[tuple[int, float]]] = [[] for _ in top_k]
     if k > 0:
         vals, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)
-        vals, ids = vals.tolist(), ids.tolist()
-        top = [list(zip(ids[i][:n], vals[i][:n])) for i, n in enumerate(top_k)]
-    return token_lp, top
+        out += [vals, ids]
+    return out

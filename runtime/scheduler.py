@@ -8,6 +8,15 @@ requests share it at once. When decode runs out of KV slots, the requests that l
 least are retracted (their KV is handed to the tree, where it stays reusable until
 evicted) and re-queued at the front; nothing is ever dropped.
 
+Overlap (on by default on CUDA): in steady decode the scheduler queues step N+1 before it
+waits for step N, with N's sampled ids (still on the device) as N+1's input, then
+processes N's tokens (stop checks, outputs to the client) while the device runs N+1. The
+device never waits for the host's bookkeeping. A request that finishes at N has been fed
+into N+1 anyway; that one token is dropped, and the K/V it wrote goes to the tree with the
+rest of the request. Steps that need host-side history to sample (grammar masks,
+penalties), admissions, aborts and retractions first wait for the step in flight, so
+outputs are identical with overlap on or off.
+
 The scheduler knows nothing of attention math or sockets: it builds a `ForwardBatch`,
 gets a `ForwardResult` back, and reports the requests that progressed.
 """
@@ -24,7 +33,8 @@ import torch
 
 from radixlm.runtime.config import EngineConfig
 from radixlm.runtime.constrained import Grammar, GrammarCache, build_vocab_mask
-from radixlm.runtime.forward_batch import ForwardBatch, ForwardMode, ForwardResult
+from radixlm.runtime.device_copy import to_device
+from radixlm.runtime.forward_batch import ForwardBatch, ForwardHandle, ForwardMode, ForwardResult
 from radixlm.runtime.model_runner import ModelRunner
 from radixlm.runtime.policy import (InBatchPrefixFilter, PrefillBudget, SchedulePolicy,
                                     match_limit)
@@ -55,10 +65,25 @@ class SchedulerStats:
     # their difference is the scheduler's CPU time per step that the GPU waits for
     decode_iter_s: float = 0.0
     decode_forward_s: float = 0.0
+    # on CUDA, from events around each decode step's device work: the device's own time per
+    # step, and the gaps between consecutive decode steps in which it waited for the host
+    decode_gpu_busy_s: float = 0.0
+    decode_gpu_idle_s: float = 0.0
+    overlapped_steps: int = 0  # decode steps queued while the previous one was still running
 
     @property
     def cache_hit_rate(self) -> float:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+@dataclass
+class InflightDecode:
+    """A decode step queued on the device whose tokens the host has not processed yet."""
+
+    reqs: list[Req]
+    handle: ForwardHandle
+    logprob_owners: list[tuple[Req, str]]
+    row_of: dict[int, int]  # id(request) -> its row in this step
 
 
 class Scheduler:
@@ -84,6 +109,10 @@ class Scheduler:
         self.new_token_ratio = self.init_new_token_ratio
         self.ratio_decay = (self.init_new_token_ratio - self.min_new_token_ratio) / 600
         self.stats = SchedulerStats()
+        mode = cfg.overlap_schedule
+        self.overlap = mode == "on" or (mode == "auto" and self.device.type == "cuda")
+        self.inflight: InflightDecode | None = None
+        self._last_decode_end = None  # end event of the previous decode step, if nothing ran since
 
     # ------------------------------------------------------------------ public
     def add_request(self, req: Req) -> None:
@@ -127,18 +156,27 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked_req or self.grammar_waiting)
+        return bool(self.waiting or self.running or self.chunked_req or self.grammar_waiting or self.inflight)
 
     def step(self) -> list[Req]:
-        """Run one batch. Returns the requests that gained output tokens or finished."""
+        """Run one batch (with overlap: queue one and process the one before). Returns the
+        requests that gained output tokens or finished."""
         touched = self._poll_grammars() if self.grammar_waiting else []
+        if self.inflight is not None and (self.waiting or self.chunked_req
+                                          or any(r.to_abort for r in self.running)):
+            touched += self._drain()  # admissions and aborts work on settled requests
         touched += self._apply_aborts()
-        reqs = self._schedule_prefill()
+        reqs = self._schedule_prefill() if self.inflight is None else []
         if reqs:
             touched += self._run_extend(reqs)
-        elif self.running:
-            touched += self._run_decode()
+        elif self.running or self.inflight is not None:
+            touched += self._overlapped_decode() if self.overlap else self._run_decode()
         return touched
+
+    def _drain(self) -> list[Req]:
+        """Wait for the decode step in flight and process its tokens."""
+        inflight, self.inflight = self.inflight, None
+        return self._complete_decode(inflight) if inflight is not None else []
 
     def flush_cache(self) -> bool:
         """Drop every cached prefix, and the compiled grammars with them (SGLang does the same;
@@ -193,6 +231,7 @@ class Scheduler:
         """Hand the request's computed KV to the tree. Finished (or retracted/aborted): free
         the row and drop the lock. Unfinished: re-point the row at the tree's slots and move
         the lock to the new deepest node, so the prefix stays protected."""
+        assert req.kv_len <= req.seq_len, "a request's token in flight must be processed before caching it"
         row = self._row(req)
         tokens = req.fill_ids[: req.kv_len]
         slots = row[: req.kv_len].to(torch.int64)
@@ -346,6 +385,7 @@ class Scheduler:
                                  [r.kv_len for r in reqs], [r.extend_target - r.kv_len for r in reqs],
                                  logit_tokens, sample_rows, lp_rows, lp_targets, lp_topk)
         result = self.runner.forward(batch)
+        self._last_decode_end = None  # the next decode step's wait is not the host's fault
         self.stats.prefill_batches += 1
         self._store_logprobs(result, lp_owner)
 
@@ -371,37 +411,101 @@ class Scheduler:
 
     # ------------------------------------------------------------------ decode
     def _run_decode(self) -> list[Req]:
+        """One decode step for every running request, start to finish."""
         self._ensure_decode_memory()
         reqs = list(self.running)
         drafts = self._drafts(reqs)
         if drafts is not None:
             return self._run_decode_with_drafts(reqs, drafts)
+        return self._complete_decode(self._launch_decode(reqs, None))
+
+    def _overlapped_decode(self) -> list[Req]:
+        """Queue the next decode step, then process the one in flight while it runs. Falls
+        back to a plain step (after draining) when the next step needs settled state."""
+        prev = self.inflight
+        # requests certain to finish with the step in flight (length limits) are not fed again
+        pending = 1 if prev is not None else 0
+        reqs = [r for r in self.running
+                if len(r.output_ids) + pending < r.sampling_params.max_new_tokens
+                and r.seq_len + pending < self.runner.context_len]
+        if not reqs:
+            return self._drain()
+        if prev is not None and not all(id(r) in prev.row_of for r in reqs):
+            return self._drain() + (self._run_decode() if self.running else [])
+        if not all(self._can_overlap(r) for r in reqs) or not self._reserve_decode_slots(len(reqs)):
+            touched = self._drain()
+            return touched + (self._run_decode() if self.running else [])
+        self.inflight = self._launch_decode(reqs, prev)
+        if prev is not None:
+            self.stats.overlapped_steps += 1
+            return self._complete_decode(prev)
+        return []
+
+    def _can_overlap(self, req: Req) -> bool:
+        """Sampling this request needs no token of the step in flight on the host."""
+        p = req.sampling_params
+        return (req.grammar is None and not p.frequency_penalty and not p.presence_penalty
+                and p.repetition_penalty == 1.0)
+
+    def _reserve_decode_slots(self, n: int) -> bool:
+        """Make n KV slots free by evicting cached prefixes only (retraction needs a drain)."""
+        if self.kv_pool.available < n:
+            self.tree.evict(n - self.kv_pool.available)
+        return self.kv_pool.available >= n
+
+    def _launch_decode(self, reqs: list[Req], prev: InflightDecode | None) -> InflightDecode:
+        """Queue one decode step. With `prev` (a step in flight that fed every one of `reqs`)
+        the input ids are prev's sampled ids, gathered on the device; each request's
+        `kv_len` then already counts prev's token, whose id the host does not know yet."""
         slots = self._alloc_slots(len(reqs))
         assert slots is not None, "decode slots must exist after retraction"
         kv_lens = [r.kv_len for r in reqs]  # the new token's position = tokens already cached
-        # one scatter for the whole batch, not a device write (and a sync) per request
-        self.req_pool.req_to_token[[r.req_pool_idx for r in reqs], kv_lens] = slots.to(torch.int32)
         lp = [i for i, r in enumerate(reqs) if r.return_logprob]
+        everything = list(range(len(reqs)))
         batch = self._make_batch(
-            ForwardMode.DECODE, reqs, [r.fill_ids[-1] for r in reqs], kv_lens, slots, kv_lens, [1] * len(reqs), list(range(len(reqs))), list(range(len(reqs))),
-            lp, [-1] * len(lp), [reqs[i].top_logprobs_num for i in lp],
-        )
-        result = self._forward_decode(batch)
+            ForwardMode.DECODE, reqs, None if prev else [r.last_token_id for r in reqs], kv_lens, slots, kv_lens,
+            [1] * len(reqs), everything, everything, lp, [-1] * len(lp), [reqs[i].top_logprobs_num for i in lp],
+            prev=(prev.handle.sampled, [prev.row_of[id(r)] for r in reqs]) if prev else None)
+        # one scatter for the whole batch, with device-side indices (no host sync)
+        self.req_pool.req_to_token[batch.req_pool_indices, batch.positions] = slots.to(torch.int32)
+        for req in reqs:
+            req.kv_len += 1  # its K/V is being written by this step
+        start = time.perf_counter()
+        handle = self.runner.launch(batch)
+        self.stats.decode_forward_s += time.perf_counter() - start
         self.stats.decode_steps += 1
-        self._store_logprobs(result, [(reqs[i], "output") for i in lp])
         self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_new_token_ratio)
-        for req, token in zip(reqs, result.next_token_ids):
-            req.kv_len += 1
+        return InflightDecode(reqs, handle, [(reqs[i], "output") for i in lp], {id(r): i for i, r in enumerate(reqs)})
+
+    def _complete_decode(self, step: InflightDecode) -> list[Req]:
+        """Process a decode step's tokens. Requests that finished while it was in flight
+        (overlap fed them once more) drop their token: their K/V already went to the tree."""
+        result = self._wait(step.handle)
+        owners = [(i, o) for i, o in enumerate(step.logprob_owners) if not o[0].finished]
+        if len(owners) != len(step.logprob_owners):
+            result.token_logprobs = [result.token_logprobs[i] for i, _ in owners]
+            result.top_logprobs = [result.top_logprobs[i] for i, _ in owners]
+        self._store_logprobs(result, [o for _, o in owners])
+        touched = []
+        for req, token in zip(step.reqs, result.next_token_ids):
+            if req.finished:
+                continue
             self._append_token(req, token)
+            touched.append(req)
             if req.finished:
                 self.running.remove(req)
                 self._cache_req(req, finished=True)
-        return reqs
+        return touched
 
-    def _forward_decode(self, batch: ForwardBatch) -> ForwardResult:
+    def _wait(self, handle: ForwardHandle) -> ForwardResult:
         start = time.perf_counter()
-        result = self.runner.forward(batch)
+        result = handle.result()
         self.stats.decode_forward_s += time.perf_counter() - start
+        if handle.start_event is not None:
+            self.stats.decode_gpu_busy_s += handle.start_event.elapsed_time(handle.end_event) / 1e3
+            if self._last_decode_end is not None:
+                self.stats.decode_gpu_idle_s += self._last_decode_end.elapsed_time(handle.start_event) / 1e3
+            self._last_decode_end = handle.end_event
         return result
 
     # ------------------------------------------------------------------ jump-forward
@@ -458,7 +562,7 @@ class Scheduler:
         batch = self._make_batch(ForwardMode.DECODE, rows, input_ids, positions, slots, positions, [1] * len(rows),
                                  everything, everything, lp, [-1] * len(lp), [rows[i].top_logprobs_num for i in lp],
                                  views=views)
-        result = self._forward_decode(batch)
+        result = self._wait(self.runner.launch(batch))
         self.stats.decode_steps += 1
         self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_new_token_ratio)
         lp_of = dict(zip(lp, zip(result.token_logprobs, result.top_logprobs)))
@@ -530,9 +634,12 @@ class Scheduler:
     # ------------------------------------------------------------------ helpers
     def _make_batch(self, mode, reqs, input_ids, positions, out_loc, prefix_lens, extend_lens,
                     logit_tokens, sample_rows, lp_rows, lp_targets, lp_topk,
-                    views: list[tuple[list[int], Grammar | None]] | None = None) -> ForwardBatch:
+                    views: list[tuple[list[int], Grammar | None]] | None = None,
+                    prev: tuple[torch.Tensor, list[int]] | None = None) -> ForwardBatch:
         """`views[i]`: the output ids and grammar state request row i samples with (default:
-        the request's own; jump-forward rows sample as if their draft were already output)."""
+        the request's own; jump-forward rows sample as if their draft were already output).
+        `prev`: (sampled ids of the step in flight, the row of each request in it): input ids
+        come from there on the device (`input_ids` is None), one token per request."""
         dev = self.device
         picked = [i for i, row in enumerate(sample_rows) if row >= 0]
         sampling = None
@@ -543,15 +650,18 @@ class Scheduler:
             stop_ids = [sorted(r.stop_token_ids) for r in reqs_s]
             sampling = SamplingBatch.build(
                 [r.sampling_params for r in reqs_s], [r.seed for r in reqs_s], [r.origin_input_ids for r in reqs_s],
-                outs, stop_ids, self.runner.vocab_size, dev)
+                outs, stop_ids, self.runner.vocab_size, dev, pending=[1] * len(reqs_s) if prev else None)
             sampling.vocab_mask = build_vocab_mask(
                 grammars, [ids if len(out) >= r.sampling_params.min_new_tokens else []
                            for r, out, ids in zip(reqs_s, outs, stop_ids)], self.runner.vocab_size, dev)
         # every integer column in one host-to-device copy, then views of it
-        t, b = len(input_ids), len(reqs)
-        packed = torch.tensor(list(input_ids) + list(positions) + [r.req_pool_idx for r in reqs] + list(prefix_lens)
-                              + list(extend_lens) + list(logit_tokens), dtype=torch.int64).to(dev)
+        t, b = len(positions), len(reqs)
+        first = list(input_ids) if prev is None else prev[1]
+        packed = to_device(first + list(positions) + [r.req_pool_idx for r in reqs] + list(prefix_lens)
+                           + list(extend_lens) + list(logit_tokens), torch.int64, dev)
         input_t, pos_t, rows_t, prefix, extend, logits_t = packed.split([t, t, b, b, b, len(logit_tokens)])
+        if prev is not None:
+            input_t = prev[0][input_t]
         return ForwardBatch(
             mode=mode,
             input_ids=input_t,
@@ -601,7 +711,7 @@ class Scheduler:
             self._finish(req, {"type": "stop", "matched": token})
         elif params.stop and n_out >= params.min_new_tokens and self._hit_stop_str(req):
             self._finish(req, {"type": "stop", "matched": req.stop_str_hit})
-        elif n_out >= params.max_new_tokens or len(req.fill_ids) >= self.runner.context_len:
+        elif n_out >= params.max_new_tokens or req.seq_len >= self.runner.context_len:
             self._finish(req, {"type": "length", "length": n_out})
 
     def _hit_stop_str(self, req: Req) -> bool:

@@ -193,12 +193,19 @@ class SchedulerLoop:
             "cached_tokens": stats.cached_tokens, "generated_tokens": stats.generated_tokens,
             "decode_steps": stats.decode_steps, "prefill_batches": stats.prefill_batches,
             "retractions": stats.retractions, "finished_requests": stats.finished_requests,
-            # per decode step: the loop iteration and the forward inside it (ms); overhead =
-            # the share of the iteration the device waits on the scheduler's CPU work
+            # per decode step: the loop iteration and the launch + wait for the step inside it
+            # (ms); overhead = the share of the iteration spent in the scheduler's own CPU work,
+            # which the device waits for unless overlap scheduling hides it
             "decode_iter_ms": 1e3 * stats.decode_iter_s / stats.decode_steps if stats.decode_steps else None,
             "decode_forward_ms": 1e3 * stats.decode_forward_s / stats.decode_steps if stats.decode_steps else None,
             "scheduler_overhead": (1 - stats.decode_forward_s / stats.decode_iter_s) if stats.decode_iter_s else None,
             "decode_iter_s": stats.decode_iter_s, "decode_forward_s": stats.decode_forward_s,
+            # CUDA only: the device's time per decode step and the share of decode time it sat
+            # idle between consecutive decode steps waiting for the host (what overlap hides)
+            "overlap_schedule": sched.overlap, "overlapped_steps": stats.overlapped_steps,
+            "decode_gpu_busy_s": stats.decode_gpu_busy_s, "decode_gpu_idle_s": stats.decode_gpu_idle_s,
+            "decode_gpu_idle_share": (stats.decode_gpu_idle_s / (stats.decode_gpu_idle_s + stats.decode_gpu_busy_s)
+                                      if stats.decode_gpu_busy_s else None),
             "constrained_decoding": sched.grammars is not None, **self._grammar_info(),
             **sched.usage(),
         }

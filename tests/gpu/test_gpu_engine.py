@@ -59,7 +59,7 @@ def test_cuda_graphs_and_triton_kernels_match_the_eager_reference_path():
     params = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
     outs = {}
     for name, opts in {"graphs": {}, "no-graphs": {"disable_cuda_graph": True},
-                       "torch": {"attention_backend": "torch"}}.items():
+                       "torch": {"attention_backend": "torch"}, "no-overlap": {"overlap_schedule": "off"}}.items():
         with Engine(str(build_tiny_model("llama")), device="cuda", dtype="float32", max_total_tokens=4000,
                     cuda_graph_max_bs=8, **opts) as engine:
             info = engine.get_server_info()
@@ -68,7 +68,47 @@ def test_cuda_graphs_and_triton_kernels_match_the_eager_reference_path():
             engine.generate(input_ids=shared, sampling_params={"max_new_tokens": 1})  # cache the prefix
             outs[name] = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
             engine.check_accounting()
-    assert outs["graphs"] == outs["no-graphs"] == outs["torch"]
+    assert outs["graphs"] == outs["no-graphs"] == outs["torch"] == outs["no-overlap"]
+
+
+def test_overlap_matches_plain_steps_on_gpu_for_every_kind_of_request():
+    from test_overlap import assert_same_results, run_mix
+
+    on, rt_on = run_mix("on", device="cuda", dtype="float32", cuda_graph_max_bs=16)
+    off, _ = run_mix("off", device="cuda", dtype="float32", cuda_graph_max_bs=16)
+    assert_same_results(on, off)
+    assert rt_on.scheduler.stats.overlapped_steps > 10
+
+
+def test_queuing_an_overlapped_decode_step_never_waits_for_the_device():
+    """The whole point of overlap: building and queuing step N+1 must not block on step N.
+    PyTorch's sync debug mode turns any host-device synchronisation inside into an error."""
+    from helpers import LocalRuntime
+
+    rt = LocalRuntime("llama", device="cuda", overlap_schedule="on", cuda_graph_max_bs=8)
+    sched = rt.scheduler
+    launch = sched._launch_decode
+    launched = []
+
+    def strict_launch(reqs, prev):
+        if prev is None:
+            return launch(reqs, prev)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step = launch(reqs, prev)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        launched.append(len(reqs))
+        return step
+
+    sched._launch_decode = strict_launch
+    params = [{"max_new_tokens": 20, "temperature": 0, "ignore_eos": True},
+              {"max_new_tokens": 25, "temperature": 0.8, "top_p": 0.9, "top_k": 20, "min_new_tokens": 5},
+              {"max_new_tokens": 18, "temperature": 1.0, "min_p": 0.1, "ignore_eos": True}]
+    reqs = [rt.submit(ids_of(10 + i, 500 + i), params[i % 3], return_logprob=i % 2 == 0,
+                      top_logprobs_num=2 * (i % 2 == 0), seed=i) for i in range(6)]
+    rt.run_all()
+    assert all(r.finished for r in reqs) and len(launched) > 10
 
 
 def test_bf16_top5_logprobs_agree_with_hf_on_a_random_1b_shaped_model(tmp_path):
