@@ -229,7 +229,8 @@ def apply_penalties(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
         rows = rows - sb.frequency * sb.output_counts - sb.presence * (sb.output_counts > 0).float()
         logits[sb.penalty_rows] = rows
     if sb.min_tokens_banned is not None:
-        logits[sb.min_tokens_banned[0], sb.min_tokens_banned[1]] = float("-inf")
+        # a device tensor as the value: a Python float would be copied to the device with a sync
+        logits.index_put_((sb.min_tokens_banned[0], sb.min_tokens_banned[1]), logits.new_full((1,), float("-inf")))
     if sb.vocab_mask is not None:
         logits.masked_fill_(sb.vocab_mask, float("-inf"))
     return logits

@@ -64,7 +64,7 @@ def test_cuda_graphs_and_triton_kernels_match_the_eager_reference_path():
                     cuda_graph_max_bs=8, **opts) as engine:
             info = engine.get_server_info()
             assert info["attention_backend"] == ("torch" if name == "torch" else "triton")
-            assert bool(info["cuda_graph_batch_sizes"]) == (name == "graphs")
+            assert bool(info["cuda_graph_batch_sizes"]) == (name in ("graphs", "no-overlap"))
             engine.generate(input_ids=shared, sampling_params={"max_new_tokens": 1})  # cache the prefix
             outs[name] = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
             engine.check_accounting()
@@ -74,8 +74,8 @@ def test_cuda_graphs_and_triton_kernels_match_the_eager_reference_path():
 def test_overlap_matches_plain_steps_on_gpu_for_every_kind_of_request():
     from test_overlap import assert_same_results, run_mix
 
-    on, rt_on = run_mix("on", device="cuda", dtype="float32", cuda_graph_max_bs=16)
-    off, _ = run_mix("off", device="cuda", dtype="float32", cuda_graph_max_bs=16)
+    on, rt_on = run_mix("on", device="cuda", dtype="float32", cuda_graph_max_bs=16, max_total_tokens=4000)
+    off, _ = run_mix("off", device="cuda", dtype="float32", cuda_graph_max_bs=16, max_total_tokens=4000)
     assert_same_results(on, off)
     assert rt_on.scheduler.stats.overlapped_steps > 10
 
@@ -85,7 +85,7 @@ def test_queuing_an_overlapped_decode_step_never_waits_for_the_device():
     PyTorch's sync debug mode turns any host-device synchronisation inside into an error."""
     from helpers import LocalRuntime
 
-    rt = LocalRuntime("llama", device="cuda", overlap_schedule="on", cuda_graph_max_bs=8)
+    rt = LocalRuntime("llama", device="cuda", overlap_schedule="on", cuda_graph_max_bs=8, max_total_tokens=4000)
     sched = rt.scheduler
     launch = sched._launch_decode
     launched = []
