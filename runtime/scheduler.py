@@ -61,8 +61,8 @@ class SchedulerStats:
     finished_requests: int = 0
     jump_forward_tokens: int = 0
     # wall time of decode iterations of the scheduler loop (receive, schedule, forward, emit)
-    # and of the model runner's forward inside them (GPU work, sampling, the copy back):
-    # their difference is the scheduler's CPU time per step that the GPU waits for
+    # and of queuing the step plus waiting for its tokens inside them: their difference is
+    # the scheduler's own CPU time per step, which the GPU waits for unless overlap hides it
     decode_iter_s: float = 0.0
     decode_forward_s: float = 0.0
     # on CUDA, from events around each decode step's device work: the device's own time per
@@ -430,9 +430,8 @@ class Scheduler:
                 and r.seq_len + pending < self.runner.context_len]
         if not reqs:
             return self._drain()
-        if prev is not None and not all(id(r) in prev.row_of for r in reqs):
-            return self._drain() + (self._run_decode() if self.running else [])
-        if not all(self._can_overlap(r) for r in reqs) or not self._reserve_decode_slots(len(reqs)):
+        fed_by_prev = prev is None or all(id(r) in prev.row_of for r in reqs)
+        if not (fed_by_prev and all(self._can_overlap(r) for r in reqs) and self._reserve_decode_slots(len(reqs))):
             touched = self._drain()
             return touched + (self._run_decode() if self.running else [])
         self.inflight = self._launch_decode(reqs, prev)
@@ -481,11 +480,7 @@ class Scheduler:
         """Process a decode step's tokens. Requests that finished while it was in flight
         (overlap fed them once more) drop their token: their K/V already went to the tree."""
         result = self._wait(step.handle)
-        owners = [(i, o) for i, o in enumerate(step.logprob_owners) if not o[0].finished]
-        if len(owners) != len(step.logprob_owners):
-            result.token_logprobs = [result.token_logprobs[i] for i, _ in owners]
-            result.top_logprobs = [result.top_logprobs[i] for i, _ in owners]
-        self._store_logprobs(result, [o for _, o in owners])
+        self._store_logprobs(result, step.logprob_owners)
         touched = []
         for req, token in zip(step.reqs, result.next_token_ids):
             if req.finished:
@@ -683,6 +678,8 @@ class Scheduler:
 
     def _store_logprobs(self, result: ForwardResult, owners: list[tuple[Req, str]]) -> None:
         for (req, kind), lp, top in zip(owners, result.token_logprobs, result.top_logprobs):
+            if req.finished:  # finished while an overlapped step that fed it was in flight
+                continue
             if kind == "input":
                 token = req.origin_input_ids[req.input_logprob_next + 1]
                 req.input_token_logprobs.append((lp, token))
