@@ -137,3 +137,70 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer:
     """In place: k_buffer[slots] = k and v_buffer[slots] = v, cast to the buffers' dtype."""
     k_buffer[slots] = k.to(k_buffer.dtype)
     v_buffer[slots] = v.to(v_buffer.dtype)
+
+
+# ---------------------------------------------------------------------------- FP8 (e4m3)
+# Conventions shared with the Triton FP8 kernels and the checkpoint format of Hugging Face's
+# "fp8" block quantisation (DeepSeek-V3 style):
+#   * activations: per-token groups of `group_size` along K; x ~= q * scale per group;
+#   * weights [N, K]: blocks of block_n x block_k; w ~= q * scale_inv per block (the
+#     checkpoint's `weight_scale_inv`, shape [ceil(N / block_n), ceil(K / block_k)]);
+#   * K and N need not be multiples of the group / block: the last group or block is partial.
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
+FP8_EPS = 1e-10  # an all-zero group gets a tiny scale, not a division by zero
+
+
+def _pad_last(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    pad = -x.shape[-1] % multiple
+    return F.pad(x, (0, pad)) if pad else x
+
+
+def per_token_group_quant_fp8(x: torch.Tensor, group_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] -> (q e4m3 [..., K], scale fp32 [..., ceil(K / group_size)])."""
+    k = x.shape[-1]
+    groups = _pad_last(x.float(), group_size).unflatten(-1, (-1, group_size))
+    scale = groups.abs().amax(dim=-1).clamp(min=FP8_EPS) / FP8_MAX
+    q = (groups / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q.flatten(-2)[..., :k], scale
+
+
+def block_quant_fp8(w: torch.Tensor, block_size: tuple[int, int] = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] -> (q e4m3 [N, K], scale_inv fp32 [ceil(N / bn), ceil(K / bk)]), w ~= q * scale_inv."""
+    bn, bk = block_size
+    n, k = w.shape
+    padded = _pad_last(_pad_last(w.float(), bk).t(), bn).t()  # [N', K']
+    blocks = padded.unflatten(0, (-1, bn)).unflatten(2, (-1, bk))  # [N'/bn, bn, K'/bk, bk]
+    scale = blocks.abs().amax(dim=(1, 3)).clamp(min=FP8_EPS) / FP8_MAX
+    q = (blocks / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q.flatten(2).flatten(0, 1)[:n, :k].contiguous(), scale
+
+
+def block_dequant_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block_size: tuple[int, int] = (128, 128)) -> torch.Tensor:
+    """The fp32 weights [N, K] that `q` and its block scales stand for."""
+    bn, bk = block_size
+    n, k = q.shape
+    full = scale_inv.repeat_interleave(bn, dim=0).repeat_interleave(bk, dim=1)[:n, :k]
+    return q.float() * full
+
+
+def w8a8_block_fp8_matmul(a_q: torch.Tensor, a_scale: torch.Tensor, b_q: torch.Tensor, b_scale: torch.Tensor,
+                          block_size: tuple[int, int] = (128, 128), out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """a [M, K] (per-token-group scales, group = block_k) @ b [N, K]^T (block scales) -> [M, N],
+    computed in fp32 on the dequantised operands."""
+    bk = block_size[1]
+    k = a_q.shape[-1]
+    a = a_q.float() * a_scale.repeat_interleave(bk, dim=-1)[..., :k]
+    return (a @ block_dequant_fp8(b_q, b_scale, block_size).t()).to(out_dtype)
+
+
+def fp8_block_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor, bias: torch.Tensor | None,
+                     block_size: tuple[int, int] = (128, 128)) -> torch.Tensor:
+    """y = x @ w^T (+ bias) the way the FP8 path computes it: x quantised per token group
+    (group = block_k), the product of the quantised operands, output in x's dtype."""
+    a_q, a_scale = per_token_group_quant_fp8(x.reshape(-1, x.shape[-1]), block_size[1])
+    y = w8a8_block_fp8_matmul(a_q, a_scale, w_q, w_scale_inv, block_size, torch.float32)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype).reshape(*x.shape[:-1], w_q.shape[0])
