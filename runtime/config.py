@@ -51,6 +51,9 @@ class ModelConfig:
     torch_dtype: str
     eos_token_ids: tuple[int, ...]
     sliding_window: int | None = None
+    # the checkpoint's own quantisation: ("fp8", (block_n, block_k)) for Hugging Face's
+    # block-wise fp8 format (`quantization_config.weight_block_size`, `weight_scale_inv`)
+    checkpoint_fp8_block: tuple[int, int] | None = None
 
     @staticmethod
     def from_path(path: str | os.PathLike) -> "ModelConfig":
@@ -95,6 +98,7 @@ class ModelConfig:
             torch_dtype=str(raw.get("dtype") or raw.get("torch_dtype") or "float32"),
             eos_token_ids=eos,
             sliding_window=sliding,
+            checkpoint_fp8_block=_checkpoint_fp8_block(raw, cfg_file),
         )
 
 
@@ -117,6 +121,23 @@ def _rope_config(raw: dict[str, Any], where: Path) -> RopeConfig:
             params.get("original_max_position_embeddings", raw.get("max_position_embeddings", 8192))
         ),
     )
+
+
+def _checkpoint_fp8_block(raw: dict[str, Any], cfg_file: Path) -> tuple[int, int] | None:
+    qc = raw.get("quantization_config")
+    if not qc:
+        return None
+    method = qc.get("quant_method")
+    if method != "fp8":
+        raise ValueError(f"{cfg_file}: quantization method {method!r} is not supported (only 'fp8')")
+    if qc.get("activation_scheme", "dynamic") != "dynamic":
+        raise ValueError(f"{cfg_file}: fp8 activation_scheme {qc.get('activation_scheme')!r} is not supported "
+                         "(only 'dynamic': per-token-group scales computed at run time)")
+    block = qc.get("weight_block_size")
+    if not (isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b >= 16 for b in block)):
+        raise ValueError(f"{cfg_file}: fp8 checkpoints must be block-quantised: weight_block_size [n, k] with "
+                         f"n, k >= 16, got {block!r}")
+    return block[0], block[1]
 
 
 def _eos_ids(folder: Path, raw: dict[str, Any]) -> tuple[int, ...]:
@@ -164,6 +185,11 @@ class EngineConfig:
     # queue decode step N+1 before processing step N's tokens: auto = on for CUDA, off on CPU
     # (where the host is also the device and nothing can overlap)
     overlap_schedule: str = "auto"  # auto | on | off
+    # weights: None = as stored (an fp8 checkpoint loads as fp8); "fp8" = block-quantise a
+    # bf16/fp16/fp32 checkpoint at load time (128 x 128 blocks, per-token-group activations)
+    quantization: str | None = None
+    # KV cache: "auto" = the model dtype; "fp8_e4m3" halves KV bytes (per-layer scales)
+    kv_cache_dtype: str = "auto"
     random_seed: int | None = None
     log_level: str = "warning"
 
@@ -184,6 +210,10 @@ class EngineConfig:
             raise ValueError(f"attention_backend must be auto, triton or torch, got {self.attention_backend!r}")
         if self.overlap_schedule not in ("auto", "on", "off"):
             raise ValueError(f"overlap_schedule must be auto, on or off, got {self.overlap_schedule!r}")
+        if self.quantization not in (None, "fp8"):
+            raise ValueError(f"quantization must be None or 'fp8', got {self.quantization!r}")
+        if self.kv_cache_dtype not in ("auto", "fp8_e4m3"):
+            raise ValueError(f"kv_cache_dtype must be auto or fp8_e4m3, got {self.kv_cache_dtype!r}")
         if self.cuda_graph_max_bs < 1:
             raise ValueError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.max_prefill_tokens < 1:

@@ -61,7 +61,8 @@ class ModelRunner:
         self.model_context_len = cfg.context_length or limit
         use_triton = self.device.type == "cuda" and cfg.attention_backend != "torch"
         ops.set_backend("triton" if use_triton else "torch")
-        self.model = load_model(model_cfg, self.dtype, self.device, self.model_context_len)
+        self.model = load_model(model_cfg, self.dtype, self.device, self.model_context_len, cfg.quantization)
+        self.quantization = "fp8" if cfg.quantization == "fp8" or model_cfg.checkpoint_fp8_block else None
 
         self.max_total_tokens = self._kv_capacity()
         # a lone request must always fit in the pool, so the usable context is capped by it

@@ -80,3 +80,29 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer:
         _kernels()[3].store_kv(k, v, k_buffer, v_buffer, slots)
         return
     reference.store_kv(k, v, k_buffer, v_buffer, slots)
+
+
+def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor, bias: torch.Tensor | None,
+               block_size: tuple[int, int]) -> torch.Tensor:
+    """x [..., K] @ w^T (+ bias) -> [..., N] in x's dtype, with x quantised to e4m3 per token and
+    group of block_k, and w [N, K] e4m3 with per-block scales (see runtime/quantization.py)."""
+    if uses_triton(x):
+        quant, gemm = _fp8_kernels()
+        x2 = x.reshape(-1, x.shape[-1])
+        a_q, a_scale = quant.per_token_group_quant_fp8(x2 if x2.is_contiguous() else x2.contiguous(), block_size[1])
+        y = gemm.w8a8_block_fp8_matmul(a_q, a_scale, w_q, w_scale_inv, block_size, out_dtype=x.dtype)
+        if bias is not None:
+            y += bias
+        return y.reshape(*x.shape[:-1], w_q.shape[0])
+    return reference.fp8_block_linear(x, w_q, w_scale_inv, bias, block_size)
+
+
+_fp8_modules = None
+
+
+def _fp8_kernels():
+    global _fp8_modules
+    if _fp8_modules is None:
+        from radixlm.runtime.kernels.triton import fp8_gemm, fp8_quant
+        _fp8_modules = (fp8_quant, fp8_gemm)
+    return _fp8_modules

@@ -10,6 +10,7 @@ import torch
 
 from radixlm.runtime.config import ModelConfig
 from radixlm.runtime.models.llama import LlamaForCausalLM
+from radixlm.runtime.quantization import DEFAULT_BLOCK, quantize_linears, replace_linears
 
 # Every supported family shares the Llama decoder; ModelConfig switches on qkv bias (qwen2)
 # and q/k norm (qwen3).
@@ -44,10 +45,15 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, tensor
 
 
-def load_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int) -> torch.nn.Module:
+def load_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int,
+               quantization: str | None = None) -> torch.nn.Module:
+    """The model in `dtype` on `device`. An fp8 checkpoint keeps its fp8 linears;
+    `quantization="fp8"` block-quantises the linears of any other checkpoint after loading."""
     cls = MODEL_CLASSES[cfg.family]
     with torch.device("meta"):
         model = cls(cfg, max_positions).to(dtype)
+        if cfg.checkpoint_fp8_block is not None:
+            replace_linears(model, cfg.checkpoint_fp8_block)
     # allocated once, in the final dtype: an 8B model never exists in fp32 on the device
     model = model.to_empty(device=device)
     # buffers (rotary tables) are computed, not loaded: rebuild them on the real device, fp32
@@ -56,4 +62,8 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_p
             fresh = type(module)(cfg.head_dim, max_positions, cfg.rope)
             module.cos, module.sin = fresh.cos.to(device), fresh.sin.to(device)
     model.load_weights(iter_safetensors(cfg.path))
+    if quantization == "fp8" and cfg.checkpoint_fp8_block is None:
+        quantize_linears(model, DEFAULT_BLOCK)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the bf16 weights' memory goes back before the KV pool is sized
     return model.eval()

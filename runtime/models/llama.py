@@ -104,6 +104,15 @@ class LlamaForCausalLM(nn.Module):
             bounds = [0, cfg.intermediate_size, 2 * cfg.intermediate_size]
         return slice(bounds[shard], bounds[shard + 1])
 
+    def _block_rows(self, name: str, rows: slice) -> slice:
+        """The rows of an fp8 block-scale tensor that a fused shard's weight rows own (every
+        shard must start on a block boundary, so no block straddles two shards)."""
+        bn = self.cfg.checkpoint_fp8_block[0]
+        if rows.start % bn:
+            raise ValueError(f"fp8 checkpoint {self.cfg.path}: {name!r} starts at row {rows.start} of a fused "
+                             f"weight, not a multiple of weight_block_size {bn}; cannot fuse its block scales")
+        return slice(rows.start // bn, -(-rows.stop // bn))
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors in, fusing q/k/v and gate/up. Every parameter must be
         filled exactly once; anything missing or unexpected is an error."""
@@ -124,6 +133,8 @@ class LlamaForCausalLM(nn.Module):
             param = params.get(target)
             if param is None:
                 raise ValueError(f"unexpected weight {name!r} in checkpoint {self.cfg.path}")
+            if target.endswith(".weight_scale_inv") and rows != slice(None):
+                rows = self._block_rows(name, rows)
             dest = param.data[rows]
             if dest.shape != tensor.shape:
                 raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")

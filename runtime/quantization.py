@@ -1,0 +1,81 @@
+"""FP8 weights: block-wise W8A8 linear layers (e4m3), from fp8 checkpoints or quantised at load.
+
+The decoder's four matmuls per layer (qkv, o, gate_up, down) hold their weights as e4m3
+with one fp32 scale per `block_n x block_k` block (Hugging Face's "fp8" format:
+`weight` + `weight_scale_inv`, w ~= q * scale_inv), and quantise their input per token and
+group of `block_k` at run time (`activation_scheme: dynamic`). A decode step then reads
+half the weight bytes of bf16. Embeddings, the LM head and the norms stay in the model
+dtype, as in SGLang and vLLM: they are a small share of the bytes and the most sensitive.
+
+Two ways in: a checkpoint whose config.json says `quantization_config.quant_method: fp8`
+loads as it is stored (`replace_linears` before loading); `quantization="fp8"` quantises a
+bf16/fp16/fp32 checkpoint after loading, layer by layer (`quantize_linears`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from radixlm.runtime.kernels import ops, reference
+
+DEFAULT_BLOCK = (128, 128)
+QUANTIZED_LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+
+
+class Fp8Linear(nn.Module):
+    """y = x @ w^T (+ bias) with w block-quantised to e4m3 and x quantised per token group."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, block_size: tuple[int, int],
+                 bias_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.block_size = tuple(block_size)
+        bn, bk = self.block_size
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=reference.FP8_DTYPE),
+                                   requires_grad=False)
+        self.weight_scale_inv = nn.Parameter(
+            torch.empty(math.ceil(out_features / bn), math.ceil(in_features / bk), dtype=torch.float32),
+            requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=bias_dtype), requires_grad=False) if bias else None
+
+    @staticmethod
+    def quantize(linear: nn.Linear, block_size: tuple[int, int]) -> "Fp8Linear":
+        """An Fp8Linear holding `linear`'s weights, quantised on their device."""
+        w = linear.weight.data
+        out = Fp8Linear(linear.in_features, linear.out_features, linear.bias is not None, block_size, w.dtype)
+        out.weight.data, out.weight_scale_inv.data = reference.block_quant_fp8(w, block_size)
+        if linear.bias is not None:
+            out.bias.data = linear.bias.data
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.fp8_linear(x, self.weight, self.weight_scale_inv, self.bias, self.block_size)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, block={self.block_size}, bias={self.bias is not None}"
+
+
+def _targets(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    return [(module, name, child) for module in model.modules() for name, child in module.named_children()
+            if name in QUANTIZED_LINEARS and isinstance(child, nn.Linear)]
+
+
+def replace_linears(model: nn.Module, block_size: tuple[int, int]) -> None:
+    """Swap the decoder's linears for empty Fp8Linears (meta or real), to load an fp8 checkpoint into."""
+    for parent, name, linear in _targets(model):
+        setattr(parent, name, Fp8Linear(linear.in_features, linear.out_features, linear.bias is not None,
+                                        block_size, linear.weight.dtype).to(linear.weight.device))
+
+
+@torch.no_grad()
+def quantize_linears(model: nn.Module, block_size: tuple[int, int] = DEFAULT_BLOCK) -> int:
+    """Quantise the decoder's linears in place, one at a time (peak memory: one layer's fp32
+    copy on top of the model). Returns how many were quantised."""
+    targets = _targets(model)
+    for parent, name, linear in targets:
+        setattr(parent, name, Fp8Linear.quantize(linear, block_size))
+        del linear
+    return len(targets)
