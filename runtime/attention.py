@@ -89,24 +89,27 @@ class AttentionBackend:
                 batch: ForwardBatch) -> torch.Tensor:
         """q: [T, H, D]; k, v: [T, Hkv, D] for the batch's new tokens. Returns [T, H, D]."""
         k_buffer, v_buffer = self.kv_pool.k_buffers[layer], self.kv_pool.v_buffers[layer]
-        ops.store_kv(k, v, k_buffer, v_buffer, batch.out_cache_loc)
+        scales = self.kv_pool.scales[layer]  # (k, v): an fp8 pool stores value / scale
+        ops.store_kv(k, v, k_buffer, v_buffer, batch.out_cache_loc, *scales)
         req_to_token = self.req_pool.req_to_token
         if not self.use_triton:
             if batch.mode is ForwardMode.DECODE:
                 return reference.decode_attention(q, k_buffer, v_buffer, req_to_token, batch.req_pool_indices,
-                                                  batch.seq_lens, self.sm_scale)
+                                                  batch.seq_lens, self.sm_scale, *scales)
             return reference.extend_attention(q, k, v, k_buffer, v_buffer, req_to_token, batch.req_pool_indices,
-                                              batch.prefix_lens, batch.extend_lens, self.sm_scale)
+                                              batch.prefix_lens, batch.extend_lens, self.sm_scale, *scales)
         meta = batch.attn_metadata
         if batch.mode is ForwardMode.DECODE:
             return self._decode_kernels.decode_attention(q, k_buffer, v_buffer, req_to_token, batch.req_pool_indices, batch.seq_lens,
                                     self.sm_scale, num_kv_splits=meta.num_kv_splits,
-                                    partial_out=meta.partial_out, partial_lse=meta.partial_lse)
+                                    partial_out=meta.partial_out, partial_lse=meta.partial_lse,
+                                    k_scale=scales[0], v_scale=scales[1])
         if meta.sdpa_spans is not None:
             return self._sdpa_prefill(q, k, v, meta.sdpa_spans)
         return self._extend_attention(q, k, v, k_buffer, v_buffer, req_to_token, batch.req_pool_indices,
                                 batch.prefix_lens, batch.extend_lens, self.sm_scale,
-                                extend_start_loc=meta.extend_start_loc, max_extend_len=meta.max_extend_len)
+                                extend_start_loc=meta.extend_start_loc, max_extend_len=meta.max_extend_len,
+                                k_scale=scales[0], v_scale=scales[1])
 
     def _sdpa_prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       spans: list[tuple[int, int]]) -> torch.Tensor:

@@ -44,6 +44,9 @@ class KVPool:
         shape = (num_slots + 1, num_kv_heads, head_dim)
         self.k_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # per layer (k_scale, v_scale): the buffers hold K / k_scale and V / v_scale. 1 unless
+        # an fp8 cache got calibrated scales from its checkpoint.
+        self.scales = [(1.0, 1.0)] * num_layers
         self.reset()
 
     @staticmethod
@@ -80,6 +83,3 @@ class KVPool:
         self._returned: list[torch.Tensor] = []
         self._returned_count = 0
 
-    def store(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k_buffers[layer][slots] = k.to(self.dtype)
-        self.v_buffers[layer][slots] = v.to(self.dtype)

@@ -64,13 +64,20 @@ class ModelRunner:
         self.model = load_model(model_cfg, self.dtype, self.device, self.model_context_len, cfg.quantization)
         self.quantization = "fp8" if cfg.quantization == "fp8" or model_cfg.checkpoint_fp8_block else None
 
+        self.kv_dtype = torch.float8_e4m3fn if cfg.kv_cache_dtype == "fp8_e4m3" else self.dtype
         self.max_total_tokens = self._kv_capacity()
         # a lone request must always fit in the pool, so the usable context is capped by it
         self.context_len = min(self.model_context_len, self.max_total_tokens - 1)
         rows = cfg.max_running_requests or min(MAX_RUNNING_REQUESTS_DEFAULT, max(self.max_total_tokens // 2, 1))
         self.req_pool = ReqToTokenPool(rows, self.context_len + 1, self.device)
         self.kv_pool = KVPool(self.max_total_tokens, model_cfg.num_layers, model_cfg.num_kv_heads,
-                              model_cfg.head_dim, self.dtype, self.device)
+                              model_cfg.head_dim, self.kv_dtype, self.device)
+        if self.kv_dtype == torch.float8_e4m3fn:
+            scales = self.model.kv_scales
+            if len(scales) != model_cfg.num_layers:
+                logger.warning("fp8 KV cache without calibrated k/v scales in the checkpoint: using 1.0 "
+                               "(values saturate at +-448 and lose precision below ~0.016)")
+            self.kv_pool.scales = [tuple(scales.get(i, (1.0, 1.0))) for i in range(model_cfg.num_layers)]
         self.attn_backend = AttentionBackend(self.kv_pool, self.req_pool, model_cfg.num_heads, model_cfg.head_dim,
                                              use_triton)
         logger.info("model loaded: %s on %s (%s); KV pool %d tokens, %d request rows, context %d; kernels %s",
@@ -86,7 +93,7 @@ class ModelRunner:
         if self.cfg.max_total_tokens is not None:
             return self.cfg.max_total_tokens
         per_token = KVPool.bytes_per_token(self.model_cfg.num_layers, self.model_cfg.num_kv_heads,
-                                           self.model_cfg.head_dim, self.dtype)
+                                           self.model_cfg.head_dim, self.kv_dtype)
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             budget = free - total * (1.0 - self.cfg.mem_fraction_static)

@@ -189,6 +189,7 @@ class SchedulerLoop:
             "device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
             "attention_backend": "triton" if runner.attn_backend.use_triton else "torch",
             "quantization": runner.quantization,
+            "kv_cache_dtype": str(runner.kv_dtype).removeprefix("torch."),
             "cuda_graph_batch_sizes": runner.graph_runner.batch_sizes if runner.graph_runner else [],
             "cache_hit_rate": stats.cache_hit_rate, "prompt_tokens": stats.prompt_tokens,
             "cached_tokens": stats.cached_tokens, "generated_tokens": stats.generated_tokens,

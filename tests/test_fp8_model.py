@@ -1,7 +1,8 @@
-"""FP8 weights on the tiny models (CPU: the PyTorch reference path of the same math the
-Triton kernels run on GPU): online quantisation (`quantization="fp8"`), loading a Hugging
-Face block-quantised fp8 checkpoint (fused q/k/v and gate/up block scales), agreement with
-the unquantised model, and clear errors for checkpoints we cannot load."""
+"""FP8 on the tiny models (CPU: the PyTorch reference path of the same math the Triton
+kernels run on GPU): online weight quantisation (`quantization="fp8"`), loading a Hugging
+Face block-quantised fp8 checkpoint (fused q/k/v and gate/up block scales), the fp8 KV cache
+(`kv_cache_dtype="fp8_e4m3"`, per-layer scales from the checkpoint), agreement with the
+unquantised model, and clear errors for checkpoints we cannot load."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def teacher_forced_top5(engine: Engine, seqs: list[list[int]]) -> list[list[list
     return [[[t for t, _ in top] for top in o["meta_info"]["input_top_logprobs"][1:]] for o in outs]
 
 
-def agreement(path: str, fp8_path: str, fp8_options: dict) -> tuple[float, float]:
+def agreement(path: str, fp8_path: str, fp8_options: dict, info: dict | None = None) -> tuple[float, float]:
     """Top-1 agreement and mean top-5 overlap of the fp8 model with the unquantised one over
     the 32 greedy tokens of 16 prompts, both fed the same (unquantised greedy) tokens: once one
     token differs, free-running outputs diverge, so this is the per-token measure."""
@@ -65,7 +66,9 @@ def agreement(path: str, fp8_path: str, fp8_options: dict) -> tuple[float, float
         seqs = [p + o["output_ids"] for p, o in zip(ps, engine.generate(input_ids=ps, sampling_params=GREEDY))]
         ref = teacher_forced_top5(engine, seqs)
     with Engine(fp8_path, **fp8_options) as engine:
-        assert engine.get_server_info()["quantization"] == "fp8"
+        served = engine.get_server_info()
+        for key, value in (info or {"quantization": "fp8"}).items():
+            assert served[key] == value, (key, served[key])
         got = teacher_forced_top5(engine, seqs)
     pairs = [(a, b) for r, g in zip(ref, got) for a, b in zip(r[19:], g[19:])]  # the 32 generated positions
     assert len(pairs) == 16 * 32
@@ -134,3 +137,35 @@ def test_fp8_linear_reference_error_is_within_e4m3_rounding():
     assert (err <= w.abs() * 2 ** -4 + s.max() * 2 ** -9).all()
     zeros = reference.per_token_group_quant_fp8(torch.zeros(2, 256))
     assert torch.isfinite(zeros[1]).all() and (zeros[0].float() == 0).all()
+
+
+def test_fp8_kv_cache_agrees_with_the_unquantised_model():
+    path = str(build_tiny_model("llama"))
+    # 4-token chunks: every chunk after the first attends to earlier ones through the fp8 cache
+    top1, overlap = agreement(path, path, {"kv_cache_dtype": "fp8_e4m3", "chunked_prefill_size": 4},
+                              {"kv_cache_dtype": "float8_e4m3fn", "quantization": None})
+    assert top1 >= 0.95 and overlap >= 0.9, (top1, overlap)
+
+
+def test_fp8_kv_cache_halves_bytes_and_takes_checkpoint_scales(tmp_path):
+    from safetensors.torch import save_file
+
+    from radixlm.runtime.config import EngineConfig
+    from radixlm.runtime.memory import KVPool
+    from radixlm.runtime.model_runner import ModelRunner
+
+    assert KVPool.bytes_per_token(2, 2, 16, torch.float8_e4m3fn) * 2 == KVPool.bytes_per_token(2, 2, 16, torch.bfloat16)
+    src = build_tiny_model("llama")
+    folder = tmp_path / "scaled"
+    shutil.copytree(src, folder)
+    tensors = dict(iter_safetensors(src))
+    for layer in range(2):
+        tensors[f"model.layers.{layer}.self_attn.k_scale"] = torch.tensor(0.5 + layer)
+        tensors[f"model.layers.{layer}.self_attn.v_scale"] = torch.tensor(0.25)
+    save_file(tensors, str(folder / "model.safetensors"))
+    runner = ModelRunner(EngineConfig(str(folder), kv_cache_dtype="fp8_e4m3", max_total_tokens=256),
+                         ModelConfig.from_path(folder))
+    assert runner.kv_pool.k_buffers[0].dtype == torch.float8_e4m3fn
+    assert runner.kv_pool.scales == [(0.5, 0.25), (1.5, 0.25)]
+    plain = ModelRunner(EngineConfig(str(folder), max_total_tokens=256), ModelConfig.from_path(folder))
+    assert plain.kv_pool.scales == [(1.0, 1.0)] * 2  # a bf16/fp32 cache ignores them

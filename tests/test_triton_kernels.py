@@ -286,3 +286,65 @@ def test_store_kv(src_dtype, buf_dtype):
     ref.store_kv(k, v, exp_k, exp_v, slots)
     store_kv(k, v, kb, vb, slots)
     assert torch.equal(kb, exp_k) and torch.equal(vb, exp_v)  # a cast is exact either way
+
+
+# ------------------------------------------------------------------------------ fp8 KV cache
+# The pool holds e4m3 values (cast on the host: the interpreter's in-kernel fp32->fp8 cast is
+# wrong, so the fp8 store kernel is checked on the GPU only) with per-layer scales; the
+# kernels dequantise on load. The reference applies the same scales, so results agree to
+# the dtype's tolerance. Unowned slots stay NaN (e4m3fn has NaN); slot 0 holds a finite 400.
+
+
+def _fp8_pool(pool: Pool) -> Pool:
+    for name in ("k", "v"):
+        buf = getattr(pool, name).float()
+        buf[0] = 400.0
+        setattr(pool, name, (buf * 30.0).clamp(-448, 448).to(torch.float8_e4m3fn))
+    return pool
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_reads_an_fp8_cache_with_scales(dtype):
+    kv_heads, heads, head_dim = 2, 8, 64
+    pool = _fp8_pool(Pool(DECODE_LENS, kv_heads, head_dim, torch.float32, seed=21))
+    seq_lens = torch.tensor(DECODE_LENS)
+    q = torch.randn(len(DECODE_LENS), heads, head_dim).to(dtype)
+    k_scale, v_scale = 1 / 30.0, 0.05
+    expected = ref.decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim ** -0.5,
+                                    k_scale, v_scale)
+    for splits in (1, 4):
+        out = torch.full_like(q, float("nan"))
+        decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim ** -0.5,
+                         num_kv_splits=splits, out=out, k_scale=k_scale, v_scale=v_scale)
+        assert rel_err(out, expected) < TOL[dtype], (splits, rel_err(out, expected))
+    # the scales matter: without them the result is far off
+    plain = ref.decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim ** -0.5)
+    assert rel_err(plain, expected) > 0.5
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_extend_reads_an_fp8_prefix_with_scales(dtype):
+    kv_heads, heads, head_dim = 2, 4, 64
+    reqs = [(0, 17), (40, 5), (70, 33), (3, 1)]
+    prefix, ext = [p for p, _ in reqs], [e for _, e in reqs]
+    pool = _fp8_pool(Pool(prefix, kv_heads, head_dim, torch.float32, seed=22))
+    total = sum(ext)
+    q, k, v = (torch.randn(total, h, head_dim).to(dtype) for h in (heads, kv_heads, kv_heads))
+    prefix_lens, extend_lens = torch.tensor(prefix), torch.tensor(ext)
+    expected = ref.extend_attention(q, k, v, pool.k, pool.v, pool.req_to_token, pool.rows, prefix_lens,
+                                    extend_lens, head_dim ** -0.5, 1 / 30.0, 0.05)
+    out = torch.full((total, heads, head_dim), float("nan"), dtype=dtype)
+    extend_attention(q, k, v, pool.k, pool.v, pool.req_to_token, pool.rows, prefix_lens, extend_lens,
+                     head_dim ** -0.5, out=out, config=SMALL_TILES, k_scale=1 / 30.0, v_scale=0.05)
+    assert rel_err(out, expected) < TOL[dtype]
+
+
+def test_reference_fp8_store_divides_by_the_scale_and_saturates():
+    k = torch.tensor([[[1.0, -2.0, 1000.0, 0.5]]])
+    v = torch.tensor([[[3.0, 0.25, -1000.0, 8.0]]])
+    kb = torch.zeros(3, 1, 4, dtype=torch.float8_e4m3fn)
+    vb = torch.zeros(3, 1, 4, dtype=torch.float8_e4m3fn)
+    ref.store_kv(k, v, kb, vb, torch.tensor([2]), k_scale=0.5, v_scale=2.0)
+    assert kb[2].float().tolist() == [[2.0, -4.0, 448.0, 1.0]]
+    assert vb[2].float().tolist() == [[1.5, 0.125, -448.0, 4.0]]
+    assert (kb[:2].float() == 0).all()

@@ -74,12 +74,13 @@ def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos:
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
-             slots: torch.Tensor) -> None:
-    """Write the new tokens' K/V into the pool rows `slots` (cast to the pool's dtype)."""
+             slots: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+    """Write the new tokens' K/V into the pool rows `slots` (cast to the pool's dtype; an fp8
+    pool stores value / scale)."""
     if uses_triton(k):
-        _kernels()[3].store_kv(k, v, k_buffer, v_buffer, slots)
+        _kernels()[3].store_kv(k, v, k_buffer, v_buffer, slots, k_scale, v_scale)
         return
-    reference.store_kv(k, v, k_buffer, v_buffer, slots)
+    reference.store_kv(k, v, k_buffer, v_buffer, slots, k_scale, v_scale)
 
 
 def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor, bias: torch.Tensor | None,

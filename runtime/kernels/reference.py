@@ -31,6 +31,8 @@ def extend_attention(
     prefix_lens: torch.Tensor,  # [B] cached tokens of each request (read from the buffers)
     extend_lens: torch.Tensor,  # [B] new tokens of each request (sum == T)
     sm_scale: float,
+    k_scale: float = 1.0,  # cached K/V = stored value * scale (fp8 caches; 1 otherwise)
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """New tokens attend to their request's cached prefix (paged) and causally to themselves."""
     num_heads = q.shape[1]
@@ -39,8 +41,8 @@ def extend_attention(
     for row, prefix_len, extend_len in zip(req_pool_indices.tolist(), prefix_lens.tolist(), extend_lens.tolist()):
         end = start + extend_len
         slots = req_to_token[row, :prefix_len]
-        k = torch.cat([k_buffer[slots].float(), k_extend[start:end].float()])
-        v = torch.cat([v_buffer[slots].float(), v_extend[start:end].float()])
+        k = torch.cat([k_buffer[slots].float() * k_scale, k_extend[start:end].float()])
+        v = torch.cat([v_buffer[slots].float() * v_scale, v_extend[start:end].float()])
         k, v = _gqa_expand(k, num_heads), _gqa_expand(v, num_heads)
         qr = q[start:end].float()
         scores = torch.einsum("thd,shd->hts", qr, k) * sm_scale  # [H, extend, prefix+extend]
@@ -62,6 +64,8 @@ def decode_attention(
     req_pool_indices: torch.Tensor,  # [B]
     seq_lens: torch.Tensor,  # [B] tokens to attend to, the current one included
     sm_scale: float,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """One new token per request attends to all of its request's KV slots."""
     batch, num_heads, head_dim = q.shape
@@ -71,8 +75,8 @@ def decode_attention(
     positions = torch.arange(max_len, device=q.device)
     valid = positions[None, :] < seq_lens[:, None]  # [B, L]
     slots = req_to_token[req_pool_indices][:, :max_len] * valid  # padded positions read dummy slot 0
-    k = k_buffer[slots].float()  # [B, L, Hkv, D]
-    v = v_buffer[slots].float()
+    k = k_buffer[slots].float() * k_scale  # [B, L, Hkv, D]
+    v = v_buffer[slots].float() * v_scale
     group = num_heads // k.shape[2]
     qg = q.float().view(batch, k.shape[2], group, head_dim)  # heads of one KV group together
     scores = torch.einsum("bkgd,blkd->bkgl", qg, k) * sm_scale
@@ -133,10 +137,14 @@ def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
-             slots: torch.Tensor) -> None:
-    """In place: k_buffer[slots] = k and v_buffer[slots] = v, cast to the buffers' dtype."""
-    k_buffer[slots] = k.to(k_buffer.dtype)
-    v_buffer[slots] = v.to(v_buffer.dtype)
+             slots: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+    """In place: k_buffer[slots] = k / k_scale and v_buffer[slots] = v / v_scale, cast to the
+    buffers' dtype (an fp8 buffer saturates at +-448 rather than overflowing to NaN)."""
+    for x, buf, scale in ((k, k_buffer, k_scale), (v, v_buffer, v_scale)):
+        x = x.float() / scale if scale != 1.0 or buf.dtype == FP8_DTYPE else x
+        if buf.dtype == FP8_DTYPE:
+            x = x.clamp(-FP8_MAX, FP8_MAX)
+        buf[slots] = x.to(buf.dtype)
 
 
 # ---------------------------------------------------------------------------- FP8 (e4m3)

@@ -7,6 +7,7 @@ batching: attention metadata comes from the `ForwardBatch`.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import torch
@@ -15,6 +16,8 @@ from torch import nn
 from radixlm.runtime.config import ModelConfig
 from radixlm.runtime.forward_batch import ForwardBatch
 from radixlm.runtime.models.layers import GatedMLP, RMSNorm, RotaryEmbedding
+
+KV_SCALE_NAME = re.compile(r"layers\.(\d+)\.self_attn\.([kv])_scale")
 
 
 class Attention(nn.Module):
@@ -81,6 +84,8 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, rotary) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # layer -> (k_scale, v_scale) for an fp8 KV cache, when the checkpoint has calibrated ones
+        self.kv_scales: dict[int, tuple[float, float]] = {}
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Final hidden states of the rows `batch.logits_indices` selects."""
@@ -125,6 +130,12 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name == "lm_head.weight" and self.lm_head is None:
                 continue  # tied: some checkpoints still store a copy
+            kv_scale = KV_SCALE_NAME.fullmatch(name)
+            if kv_scale:  # "layers.N.self_attn.k_scale": a scalar for the fp8 KV cache
+                layer, which = int(kv_scale[1]), kv_scale[2]
+                k, v = self.kv_scales.get(layer, (1.0, 1.0))
+                self.kv_scales[layer] = (float(tensor), v) if which == "k" else (k, float(tensor))
+                continue
             target, rows = name, slice(None)
             for frag, (fused, shard) in self.stacked_params.items():
                 if frag in name:

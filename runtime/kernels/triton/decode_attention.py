@@ -51,6 +51,7 @@ def _decode_stage1_kernel(
     q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr,
     part_out_ptr, part_lse_ptr,
     qk_scale,  # sm_scale * log2(e): the softmax runs in base 2
+    k_scale, v_scale,  # cached K/V = stored * scale (fp8 caches)
     stride_qb, stride_qh,
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_r2t,
@@ -66,6 +67,7 @@ def _decode_stage1_kernel(
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     FINAL: tl.constexpr,  # one split: part_out_ptr is the output itself (q's dtype), no lse
+    KV_FP8: tl.constexpr,  # K/V stored as e4m3: dequantised to q's dtype on load
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1) // PROGS_PER_KV
@@ -99,6 +101,8 @@ def _decode_stage1_kernel(
         kv_mask = mask_n[:, None] & mask_d[None, :]
         k = tl.load(k_ptr + slots[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :],
                     mask=kv_mask, other=0.0)
+        if KV_FP8:
+            k = (k.to(tl.float32) * k_scale).to(q.dtype)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         qk = tl.where(mask_n[None, :], qk, float("-inf"))
         # The loop only visits tiles with >= 1 valid key, so m_new is finite for every row.
@@ -108,6 +112,8 @@ def _decode_stage1_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + slots[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :],
                     mask=kv_mask, other=0.0)
+        if KV_FP8:
+            v = (v.to(tl.float32) * v_scale).to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -162,6 +168,8 @@ def decode_attention(
     sm_scale: float,
     *,
     num_kv_splits: int,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
     out: torch.Tensor | None = None,
     partial_out: torch.Tensor | None = None,
     partial_lse: torch.Tensor | None = None,
@@ -215,7 +223,7 @@ def decode_attention(
     _decode_stage1_kernel[(batch, num_kv_heads * progs_per_kv, num_kv_splits)](
         q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens,
         partial_out, partial_lse,
-        sm_scale * 1.4426950408889634,
+        sm_scale * 1.4426950408889634, k_scale, v_scale,
         q.stride(0), q.stride(1),
         k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
         req_to_token.stride(0),
@@ -223,7 +231,7 @@ def decode_attention(
         num_kv_splits,
         GROUP=group, HEADS_PER_PROG=heads_per_prog, PROGS_PER_KV=progs_per_kv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=BLOCK_H,
-        BLOCK_N=block_n, DOT_PRECISION=precision, FINAL=final,
+        BLOCK_N=block_n, DOT_PRECISION=precision, FINAL=final, KV_FP8=k_buffer.dtype == torch.float8_e4m3fn,
         num_warps=num_warps, num_stages=num_stages,
     )
     if final:

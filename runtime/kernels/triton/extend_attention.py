@@ -72,6 +72,7 @@ def _extend_kernel(
     q_ptr, k_ext_ptr, v_ext_ptr, k_buf_ptr, v_buf_ptr, out_ptr,
     req_to_token_ptr, req_pool_ptr, prefix_lens_ptr, extend_lens_ptr, start_loc_ptr,
     qk_scale,  # sm_scale * log2(e)
+    k_scale, v_scale,  # cached prefix K/V = stored * scale (fp8 caches)
     stride_qt, stride_qh,
     stride_ket, stride_keh, stride_vet, stride_veh,
     stride_kbt, stride_kbh, stride_vbt, stride_vbh,
@@ -84,6 +85,7 @@ def _extend_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    KV_FP8: tl.constexpr,  # the cached prefix is e4m3: dequantised to q's dtype on load
 ):
     h = tl.program_id(0)
     m_tile = NUM_M_TILES - 1 - tl.program_id(1)
@@ -119,6 +121,9 @@ def _extend_kernel(
                     mask=kv_mask, other=0.0)
         v = tl.load(v_buf_ptr + slots[:, None] * stride_vbt + kv_head * stride_vbh + offs_d[None, :],
                     mask=kv_mask, other=0.0)
+        if KV_FP8:
+            k = (k.to(tl.float32) * k_scale).to(q.dtype)
+            v = (v.to(tl.float32) * v_scale).to(q.dtype)
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, mask_n[None, :], qk_scale,
                                      True, DOT_PRECISION)
 
@@ -170,6 +175,8 @@ def extend_attention(
     max_extend_len: int | None = None,
     out: torch.Tensor | None = None,
     config: ExtendConfig | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Same result as `reference.extend_attention`.
 
@@ -206,7 +213,7 @@ def extend_attention(
     _extend_kernel[(num_heads, num_m_tiles, batch)](
         q, k_extend, v_extend, k_buffer, v_buffer, out,
         req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_start_loc,
-        sm_scale * 1.4426950408889634,
+        sm_scale * 1.4426950408889634, k_scale, v_scale,
         q.stride(0), q.stride(1),
         k_extend.stride(0), k_extend.stride(1), v_extend.stride(0), v_extend.stride(1),
         k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
@@ -215,6 +222,7 @@ def extend_attention(
         num_m_tiles,
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOT_PRECISION=precision,
+        KV_FP8=k_buffer.dtype == torch.float8_e4m3fn,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
