@@ -23,7 +23,9 @@ Engines: radixlm (Triton kernels and CUDA graphs on GPU), hf-eager (generate wit
 dynamic cache, sdpa attention), hf-static-compile (`cache_implementation="static"`: transformers
 compiles the decode step; batch 1 only; GPU only), and with --ablations our own runtime with
 a feature off: radixlm-no-overlap (no overlap scheduling), radixlm-no-cuda-graph,
-radixlm-torch-kernels (reference kernels, no graphs). Each decode row also carries the
+radixlm-torch-kernels (reference kernels, no graphs); and FP8 variants: radixlm-fp8 (decoder
+weights block-quantised to e4m3 at load), radixlm-fp8-kv (plus the fp8 KV cache), whose MBU
+counts the fp8 bytes (and prefill MFU the bf16 peak). Each decode row also carries the
 scheduler's own per-step account: loop iteration, launch + wait, and on CUDA the device's busy
 time per step and the share of decode time it sat idle between steps waiting for the host.
 Bandwidth (a large device copy, read + write) and the matmul peak are measured in the same run.
@@ -104,6 +106,20 @@ def model_numbers(cfg: dict, dtype: torch.dtype) -> dict:
     return {"params": params, "decoder_linear_params": decoder_linear, "lm_head_params": embed,
             "weight_bytes": params * elem, "kv_bytes_per_token": 2 * layers * kv_heads * head_dim * elem,
             "num_layers": layers, "hidden_size": h}
+
+
+def fp8_numbers(nums: dict, weights: bool, kv: bool) -> dict:
+    """Bytes per decode step with fp8 decoder linears (1 byte per weight plus one fp32 scale
+    per 128 x 128 block; embeddings, LM head and norms stay 16-bit) and/or an fp8 KV cache:
+    the byte count MBU is measured against for those runs."""
+    out = dict(nums)
+    elem = nums["weight_bytes"] / nums["params"]
+    if weights:
+        linear = nums["decoder_linear_params"]
+        out["weight_bytes"] = nums["weight_bytes"] - linear * elem + linear * (1 + 4 / (128 * 128))
+    if kv:
+        out["kv_bytes_per_token"] = nums["kv_bytes_per_token"] / elem
+    return out
 
 
 def prefill_flops(nums: dict, t: int) -> float:
@@ -215,7 +231,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefill-len", type=int, default=8192)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--engines", default="radixlm,hf-eager,hf-static-compile")
-    p.add_argument("--ablations", default="", help="comma list: no-overlap, no-cuda-graph, torch-kernels")
+    p.add_argument("--ablations", default="", help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-kv")
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
     p.add_argument("--mem-bandwidth-gbs", type=float, default=None)
@@ -271,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     configs = []
     if "radixlm" in engines:
         configs.append(("radixlm", {}, batch_sizes, True))
+    if "fp8" in ablations:
+        configs.append(("radixlm-fp8", {"quantization": "fp8"}, batch_sizes, True))
+    if "fp8-kv" in ablations:
+        configs.append(("radixlm-fp8-kv", {"quantization": "fp8", "kv_cache_dtype": "fp8_e4m3"}, batch_sizes, False))
     if "no-overlap" in ablations:
         configs.append(("radixlm-no-overlap", {"overlap_schedule": "off"}, batch_sizes, False))
     if "no-cuda-graph" in ablations:
@@ -282,11 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         engine = RadixEngine(folder, {**base, **extra})
         engine_info[name] = {k: engine.info.get(k) for k in ("attention_backend", "cuda_graph_batch_sizes",
-                                                               "overlap_schedule", "max_total_tokens", "dtype",
-                                                               "device")}
+                                                               "overlap_schedule", "quantization", "kv_cache_dtype",
+                                                               "max_total_tokens", "dtype", "device")}
         print(f"{name}: engine up in {time.perf_counter() - t:.1f} s ({engine_info[name]})", flush=True)
         try:
-            rows += run_cases(name, engine, args, prompts, nums, device, bandwidth, peak, sizes, prefill)
+            engine_nums = fp8_numbers(nums, "quantization" in extra, "kv_cache_dtype" in extra)
+            rows += run_cases(name, engine, args, prompts, engine_nums, device, bandwidth, peak, sizes, prefill)
         finally:
             engine.close()
     if not args.keep_model:

@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_session.sh speed    # 8B-shape radixlm vs HF, offline shapes + shared-prefix serving
 #   bash benchmarks/gpu_session.sh final    # tests/gpu, then speed (~8 min on an H100)
 #   bash benchmarks/gpu_session.sh gsp      # the shared-prefix serving run alone
+#   bash benchmarks/gpu_session.sh fp8      # FP8 GPU tests, GEMM vs _scaled_mm, 8B fp8 vs bf16 vs HF
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
 set -uo pipefail
@@ -33,6 +34,13 @@ case "$MODE" in
       --gsp-num-groups 16 --gsp-prompts-per-group 8 --gsp-system-prompt-len 2048 --gsp-question-len 128 \
       --gsp-output-len 128 --repeats "${REPEATS:-3}" --ablate --hf-baseline --hf-batch-size 64 \
       --json "$OUT/serving-gsp.json" 2>&1 | tee "$OUT/serving-gsp.log"
+    ;;
+  fp8)  # FP8 tests, GEMM vs torch._scaled_mm, and the 8B shape: fp8 / fp8 + fp8 KV vs bf16 vs HF eager
+    timeout 240 python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_fp8.py tests/gpu/test_gpu_fp8_kernels.py \
+      2>&1 | tee "$OUT/gpu-tests-fp8.log" | tail -5
+    timeout 100 python3 benchmarks/bench_fp8_gemm.py --reps 30 --out "$OUT/fp8-gemm.json" > "$OUT/fp8-gemm.log" 2>&1
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines radixlm,hf-eager --batch-sizes 1,64 \
+      --ablations fp8,fp8-kv --out "$OUT/offline-fp8.json" 2>&1 | tee "$OUT/offline-fp8.log"
     ;;
   speed)
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \

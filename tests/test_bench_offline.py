@@ -19,7 +19,7 @@ def test_bench_offline_tiny_cpu(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--shape", "tiny", "--device", "cpu", "--batch-sizes", "1,3",
          "--input-len", "12", "--output-len", "4", "--prefill-len", "40", "--reps", "1",
-         "--engines", "radixlm,hf-eager", "--ablations", "no-cuda-graph", "--model-dir", str(folder),
+         "--engines", "radixlm,hf-eager", "--ablations", "no-cuda-graph,fp8-kv", "--model-dir", str(folder),
          "--out", str(out)],
         capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -30,7 +30,9 @@ def test_bench_offline_tiny_cpu(tmp_path):
     got = {(r["engine"], r["case"], r["batch_size"]) for r in data["results"]}
     for engine in ("radixlm", "hf-eager"):
         assert {(engine, "decode", 1), (engine, "decode", 3), (engine, "prefill", 1)} <= got
-    assert ("radixlm-no-cuda-graph", "decode", 3) in got
+    assert ("radixlm-no-cuda-graph", "decode", 3) in got and ("radixlm-fp8-kv", "decode", 3) in got
+    fp8 = data["engines"]["radixlm-fp8-kv"]
+    assert fp8["quantization"] == "fp8" and fp8["kv_cache_dtype"] == "float8_e4m3fn"
     for r in data["results"]:
         if r["case"] == "decode":
             assert r["decode_ms_per_step"] is not None and r["output_tok_s"] > 0 and r["mbu"] > 0

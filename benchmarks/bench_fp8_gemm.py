@@ -1,0 +1,249 @@
+"""FP8 linear layers at Llama-3.1-8B shapes on one GPU: the block-wise W8A8 Triton kernels
+(runtime/kernels/triton/fp8_quant.py + fp8_gemm.py) beside torch's per-tensor `_scaled_mm` and a
+bf16 `torch.matmul`.
+
+    python benchmarks/bench_fp8_gemm.py --out fp8_gemm.json
+    python benchmarks/bench_fp8_gemm.py --shapes 6144,4096 --m 1 4096
+
+For each weight shape (N, K) (default: qkv 6144,4096; o_proj 4096,4096; gate_up 28672,4096; down
+4096,14336) and M in {1, 16, 128, 4096}, on the same random bf16 x [M, K] and w [N, K]:
+  * triton gemm: `w8a8_block_fp8_matmul` on activations already quantised (per-token groups of
+    128) and 128x128-block weights, bf16 output, its tile config from `choose_config`;
+  * triton quant+gemm: the same with `per_token_group_quant_fp8` of x in the timed region (what a
+    linear layer costs);
+  * scaled_mm: `torch._scaled_mm` with per-tensor fp32 scales (activations quantised beforehand,
+    outside the timed region), a_q [M, K] row-major, b_q = w_q.t() (column-major, as cuBLAS
+    needs), bf16 output. Some torch versions need M padded to a multiple of 16: when the call
+    with the true M fails, M is zero-padded and the row says so (`padded_m`);
+  * bf16 matmul: `x @ w.t()`, the unquantised baseline.
+TFLOP/s = 2*M*N*K / time. Relative Frobenius errors against the fp32 product of the unquantised
+bf16 x and w (`err_vs_fp32`: quantisation plus kernel), and for the Triton kernel also against
+reference.w8a8_block_fp8_matmul on the same fp8 operands (`err_vs_reference`: the kernel alone).
+
+Timing: warm-up calls, then many calls each timed by CUDA events, median kept; before every timed
+call a 256 MB buffer is zeroed outside the timed region, which evicts L2, so weights come from
+device memory as in a forward pass (one layer's weights differ from the next's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+LLAMA_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+SHAPE_NAMES = {(6144, 4096): "qkv", (4096, 4096): "o_proj", (28672, 4096): "gate_up", (4096, 14336): "down"}
+MS = [1, 16, 128, 4096]
+BLOCK_SIZE = (128, 128)
+HOLD_CYCLES = 50_000_000  # ~25 ms of GPU clock cycles: longer than queueing the timed calls takes
+
+
+def load_kernel_modules():
+    """(reference, fp8_quant, fp8_gemm). They import only torch and triton, so when the radixlm
+    package itself is not importable (its __init__ pulls in the serving stack), they are loaded
+    from their files."""
+    names = ["reference", "triton.fp8_quant", "triton.fp8_gemm"]
+    try:
+        return [importlib.import_module(f"radixlm.runtime.kernels.{n}") for n in names]
+    except ImportError:
+        root = Path(__file__).resolve().parent.parent / "runtime" / "kernels"
+        mods = []
+        for n in names:
+            spec = importlib.util.spec_from_file_location("bench_" + n.replace(".", "_"),
+                                                          root / (n.replace(".", "/") + ".py"))
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            mods.append(mod)
+        return mods
+
+
+def time_ms(fn, flush: torch.Tensor, warmup: int = 10, reps: int = 50) -> float:
+    """Median ms of `fn()` over `reps` calls, each timed by CUDA events after an L2 flush."""
+    for _ in range(warmup):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    torch.cuda.synchronize()
+    # hold the GPU while the host queues every rep: a call whose host side (Python wrapper, launch)
+    # outlasts the flush would otherwise time the host's gaps, not the kernels
+    torch.cuda._sleep(HOLD_CYCLES)
+    for s, e in zip(starts, ends):
+        flush.zero_()
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
+    if torch.isnan(out).any():
+        return float("nan")
+    out, expected = out.double(), expected.double()
+    return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+def per_tensor_quant(t: torch.Tensor, fp8_dtype, fp8_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, scale) with t ~= q * scale, one fp32 scale (a 0-dim device tensor) for the tensor."""
+    scale = (t.abs().amax().float().clamp(min=1e-12) / fp8_max)
+    q = (t.float() / scale).clamp(-fp8_max, fp8_max).to(fp8_dtype)
+    return q, scale
+
+
+def scaled_mm_fn(a_q: torch.Tensor, a_scale: torch.Tensor, b_q_t: torch.Tensor, b_scale: torch.Tensor):
+    """A callable running torch._scaled_mm at a_q's M, or at M padded to a multiple of 16 when this
+    torch refuses the true M. Returns (fn, padded_m or None, error text or None)."""
+    m = a_q.shape[0]
+
+    def call(a):
+        return torch._scaled_mm(a, b_q_t, scale_a=a_scale, scale_b=b_scale, out_dtype=torch.bfloat16)
+
+    try:
+        call(a_q)
+        torch.cuda.synchronize()
+        return (lambda: call(a_q)), None, None
+    except RuntimeError as exc:
+        first_error = str(exc).splitlines()[0]
+    padded = -(-m // 16) * 16
+    if padded == m:
+        return None, None, first_error
+    a_pad = torch.zeros(padded, a_q.shape[1], dtype=a_q.dtype, device=a_q.device)
+    a_pad[:m] = a_q
+    try:
+        call(a_pad)
+        torch.cuda.synchronize()
+    except RuntimeError as exc:
+        return None, padded, str(exc).splitlines()[0]
+    return (lambda: call(a_pad)[:m]), padded, None
+
+
+def bench_shape(ref, quant, gemm, n: int, k: int, m: int, flush: torch.Tensor, args) -> dict:
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16)
+    flops = 2 * m * n * k
+    exact = x.float() @ w.float().t()  # fp32 (torch's default: no TF32 for fp32 matmul)
+    row: dict = {"name": SHAPE_NAMES.get((n, k), ""), "N": n, "K": k, "M": m}
+
+    def tflops(ms: float) -> float:
+        return flops / ms / 1e9
+
+    # (a) block-wise W8A8 Triton kernels
+    w_q, w_s = ref.block_quant_fp8(w, BLOCK_SIZE)
+    a_q, a_s = quant.per_token_group_quant_fp8(x, BLOCK_SIZE[1])
+    cfg = gemm.choose_config(m, n, k, BLOCK_SIZE)
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    gemm.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s, BLOCK_SIZE, torch.bfloat16, out=out)
+    row["config"] = cfg.to_dict()
+    row["triton_err_vs_fp32"] = rel_err(out, exact)
+    row["triton_err_vs_reference"] = rel_err(out, ref.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s, BLOCK_SIZE))
+
+    def gemm_only():
+        gemm.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s, BLOCK_SIZE, torch.bfloat16, out=out)
+
+    def quant_gemm():
+        q, s = quant.per_token_group_quant_fp8(x, BLOCK_SIZE[1])
+        gemm.w8a8_block_fp8_matmul(q, s, w_q, w_s, BLOCK_SIZE, torch.bfloat16, out=out)
+
+    row["triton_gemm_ms"] = time_ms(gemm_only, flush, args.warmup, args.reps)
+    row["triton_quant_gemm_ms"] = time_ms(quant_gemm, flush, args.warmup, args.reps)
+    row["triton_quant_ms"] = time_ms(lambda: quant.per_token_group_quant_fp8(x, BLOCK_SIZE[1]), flush,
+                                     args.warmup, args.reps)
+
+    # (b) per-tensor torch._scaled_mm
+    ta_q, ta_s = per_tensor_quant(x, ref.FP8_DTYPE, ref.FP8_MAX)
+    tw_q, tw_s = per_tensor_quant(w, ref.FP8_DTYPE, ref.FP8_MAX)
+    fn, padded, error = scaled_mm_fn(ta_q, ta_s, tw_q.t(), tw_s)
+    row["scaled_mm_padded_m"] = padded
+    if fn is None:
+        row["scaled_mm_error"] = error
+        row["scaled_mm_ms"] = row["scaled_mm_err_vs_fp32"] = float("nan")
+    else:
+        row["scaled_mm_err_vs_fp32"] = rel_err(fn(), exact)
+        row["scaled_mm_ms"] = time_ms(fn, flush, args.warmup, args.reps)
+
+    # (c) bf16 matmul
+    row["bf16_err_vs_fp32"] = rel_err(x @ w.t(), exact)
+    row["bf16_ms"] = time_ms(lambda: x @ w.t(), flush, args.warmup, args.reps)
+
+    for key in ("triton_gemm", "triton_quant_gemm", "scaled_mm", "bf16"):
+        row[key + "_tflops"] = tflops(row[key + "_ms"])
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    print()
+    print(f"{'':27}| {'TFLOP/s':^42} | {'rel err vs fp32':^19} | {'triton':>10} | {'triton us':^19}")
+    print(f"{'layer':8} {'N':>6} {'K':>6} {'M':>4} | {'gemm':>9} {'quant+gemm':>10} {'scaled_mm':>10} {'bf16':>9} | "
+          f"{'triton':>9} {'scaled_mm':>9} | {'vs ref':>10} | {'gemm':>6} {'q+gemm':>6} {'quant':>5}")
+    for r in rows:
+        pad = "*" if r["scaled_mm_padded_m"] else " "
+        print(f"{r['name']:8} {r['N']:6d} {r['K']:6d} {r['M']:4d} | {r['triton_gemm_tflops']:9.1f} "
+              f"{r['triton_quant_gemm_tflops']:10.1f} {r['scaled_mm_tflops']:9.1f}{pad} {r['bf16_tflops']:9.1f} | "
+              f"{r['triton_err_vs_fp32']:9.2e} {r['scaled_mm_err_vs_fp32']:9.2e} | {r['triton_err_vs_reference']:10.2e} | "
+              f"{r['triton_gemm_ms'] * 1e3:6.1f} {r['triton_quant_gemm_ms'] * 1e3:6.1f} {r['triton_quant_ms'] * 1e3:5.1f}")
+    if any(r["scaled_mm_padded_m"] for r in rows):
+        print("* scaled_mm ran with M zero-padded to a multiple of 16 (this torch refused the true M); "
+              "TFLOP/s counts the true M")
+    errors = {r.get("scaled_mm_error") for r in rows} - {None}
+    for e in errors:
+        print("scaled_mm failed:", e)
+
+
+def parse_shape(s: str) -> tuple[int, int]:
+    n, k = s.split(",")
+    return int(n), int(k)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, metavar="N,K",
+                        help="weight shapes (default: the Llama-3.1-8B linear layers)")
+    parser.add_argument("--m", nargs="+", type=int, default=MS, help=f"M values (default {MS})")
+    parser.add_argument("--reps", type=int, default=50, help="timed calls per measurement (median kept)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed calls first")
+    parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_fp8_gemm.py needs a CUDA GPU (torch.cuda.is_available() is False)")
+    if torch.cuda.get_device_capability() < (8, 9):
+        sys.exit(f"bench_fp8_gemm.py needs fp8 support (compute capability 8.9+); "
+                 f"{torch.cuda.get_device_name(0)} is {torch.cuda.get_device_capability()}")
+    import triton
+
+    ref, quant, gemm = load_kernel_modules()
+    info = {"device": torch.cuda.get_device_name(0), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds"), "torch": torch.__version__, "triton": triton.__version__,
+        "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    try:  # the commit the numbers belong to (benchmarks/run_info.py, beside this script)
+        import run_info
+
+        info["git_commit"], info["git_dirty"] = run_info.git_commit(), run_info.git_dirty()
+    except ImportError:
+        pass
+    print("card:", info["device"], "| torch", info["torch"], "| triton", info["triton"])
+    torch.manual_seed(0)
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    rows = []
+    for n, k in args.shapes or LLAMA_8B_SHAPES:
+        for m in args.m:
+            row = bench_shape(ref, quant, gemm, n, k, m, flush, args)
+            print(f"{row['name']} N={n} K={k} M={m}: triton {row['triton_gemm_tflops']:.1f} TFLOP/s "
+                  f"(quant+gemm {row['triton_quant_gemm_tflops']:.1f}), scaled_mm {row['scaled_mm_tflops']:.1f}, "
+                  f"bf16 {row['bf16_tflops']:.1f}", flush=True)
+            rows.append(row)
+            torch.cuda.empty_cache()
+    print_table(rows)
+    if args.out:
+        args.out.write_text(json.dumps({"info": info, "results": rows}, indent=1, default=str))
+        print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

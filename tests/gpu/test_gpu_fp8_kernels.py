@@ -1,0 +1,177 @@
+"""The FP8 Triton kernels (runtime/kernels/triton/fp8_quant.py, fp8_gemm.py) on a CUDA device
+against the PyTorch reference (runtime/kernels/reference.py, FP8 section). Skipped where CUDA is
+absent (CI); run on the GPU machine with `pytest tests/gpu/test_gpu_fp8_kernels.py`. Needs a GPU
+with fp8 support in Triton (compute capability 8.9+: Ada, Hopper).
+
+Here, unlike under the interpreter (tests/test_fp8_kernels.py), the in-kernel fp32 -> e4m3 cast
+is the hardware's round-to-nearest-even, so q is checked bit-exact and bf16 is covered. Fresh
+random inputs for every check, outputs poisoned with NaN before each launch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+if torch.cuda.is_available():
+    from radixlm.runtime.kernels import reference as ref
+    from radixlm.runtime.kernels.triton import fp8_gemm
+    from radixlm.runtime.kernels.triton.fp8_gemm import Fp8GemmConfig, w8a8_block_fp8_matmul
+    from radixlm.runtime.kernels.triton.fp8_quant import per_token_group_quant_fp8
+
+DEV = "cuda"
+# relative Frobenius error vs the fp32 reference on the same fp8 operands: fp32 output differs
+# only by the tensor cores' fp8 accumulation inside each block_k step; bf16 output adds its rounding
+GEMM_TOL = {torch.float32: 1e-3, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+@pytest.fixture(autouse=True)
+def _needs_fp8():
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs compute capability 8.9+")
+
+
+def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
+    assert not torch.isnan(out).any(), "output has NaN: unwritten element or a poisoned read"
+    out, expected = out.double(), expected.double()
+    return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+def assert_q_exact(q: torch.Tensor, rq: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, group: int) -> None:
+    """Bit-equal but on ties. The kernel divides by the correctly rounded amax / 448; torch on CUDA
+    divides by a Python scalar as a multiplication by its reciprocal, so the reference's scale can
+    be one fp32 ulp off. Where x / scale is exactly halfway between two e4m3 values (common when
+    the group's amax is 1.75 * 2^e: then scale is a power of two and x / scale keeps x's bits),
+    that ulp decides the rounding: there the two may differ by one e4m3 ulp."""
+    assert not torch.isnan(q.float()).any(), "q has NaN: an unwritten element"
+    qb, rb = q.view(torch.uint8).long(), rq.view(torch.uint8).long()
+    diff = qb != rb
+    if diff.any():
+        same_sign = ((qb ^ rb) & 0x80 == 0) | ((qb & 0x7F) == 0) | ((rb & 0x7F) == 0)
+        one_ulp = same_sign & (((qb & 0x7F) - (rb & 0x7F)).abs() <= 1)
+        assert one_ulp[diff].all(), f"{int((diff & ~one_ulp).sum())} q values off by more than one ulp"
+        y = x.double() / scale.double().repeat_interleave(group, dim=1)[:, : x.shape[1]]
+        mid = (q.double() + rq.double()) / 2
+        tie = (y - mid).abs() <= 1e-6 * mid.abs()
+        assert tie[diff].all(), f"{int((diff & ~tie).sum())} q values differ away from a rounding tie"
+
+
+# ------------------------------------------------------------------------------------------ quant
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("m,k,group", [(1, 4096, 128), (37, 4096, 128), (256, 14336, 128), (5, 1000, 128),
+                                       (64, 7168, 64), (3, 100, 48)])
+def test_quant_exact(dtype, m, k, group):
+    x = (torch.randn(m, k, device=DEV) * torch.rand(m, 1, device=DEV) * 20).to(dtype)
+    x[0, :group] = 0  # an all-zero group
+    q = torch.full((m, k), float("nan"), device=DEV).to(ref.FP8_DTYPE)
+    s = torch.full((m, (k + group - 1) // group), float("nan"), device=DEV)
+    per_token_group_quant_fp8(x, group, out_q=q, out_scale=s)
+    rq, rs = ref.per_token_group_quant_fp8(x, group)
+    assert torch.isfinite(s).all()
+    torch.testing.assert_close(s, rs, rtol=1e-6, atol=0)
+    assert_q_exact(q, rq, x, s, group)
+
+
+def test_quant_empty():
+    q, s = per_token_group_quant_fp8(torch.empty(0, 4096, device=DEV, dtype=torch.bfloat16))
+    assert q.shape == (0, 4096) and s.shape == (0, 32)
+
+
+# ------------------------------------------------------------------------------------------ GEMM
+
+def quantised_operands(m: int, n: int, k: int, block=(128, 128)):
+    a = torch.randn(m, k, device=DEV) * (torch.rand(m, 1, device=DEV) * 4 + 0.1)
+    w = torch.randn(n, k, device=DEV) * 0.02
+    w[: min(n, block[0])] *= 10  # blocks of different magnitudes
+    a_q, a_s = ref.per_token_group_quant_fp8(a, block[1])
+    b_q, b_s = ref.block_quant_fp8(w, block)
+    return a_q, a_s, b_q, b_s
+
+
+def run_gemm(m, n, k, out_dtype, block=(128, 128), config=None):
+    a_q, a_s, b_q, b_s = quantised_operands(m, n, k, block)
+    out = torch.full((m, n), float("nan"), dtype=out_dtype, device=DEV)
+    w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, block, out_dtype, config=config, out=out)
+    expected = ref.w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, block, torch.float32)
+    return rel_err(out, expected)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n,k", [(256, 512), (1024, 2048), (2048, 1024), (700, 1000)])  # 700, 1000: partial blocks
+@pytest.mark.parametrize("m", [1, 7, 16, 128, 1000])
+def test_gemm(m, n, k, out_dtype):
+    assert run_gemm(m, n, k, out_dtype) < GEMM_TOL[out_dtype]
+
+
+@pytest.mark.parametrize("m", [1, 64, 512])
+def test_gemm_large_k(m):
+    """K=8192: 64 block_k steps. Promoting each step's fp8 product into the fp32 accumulator keeps
+    the error at the K=128 level (tl.dot accumulating across steps on Hopper: ~2e-3)."""
+    assert run_gemm(m, 1024, 8192, torch.float32) < 3e-4
+
+
+@pytest.mark.parametrize("config", [  # BLOCK_M, BLOCK_N, GROUP_M, num_warps, num_stages
+    (16, 64, 1, 4, 4), (16, 32, 1, 4, 5), (32, 128, 4, 4, 3), (64, 64, 8, 4, 4), (64, 128, 8, 4, 3),
+    (128, 128, 8, 8, 3), (128, 128, 1, 4, 5), (128, 64, 16, 4, 4),
+])
+def test_gemm_configs(config):
+    """Every tile shape the tuner may pick computes the same function (odd M, N, K edges)."""
+    cfg = Fp8GemmConfig(*config)
+    assert run_gemm(333, 1152, 1000, torch.float32, config=cfg) < GEMM_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("block", [(64, 128), (128, 64)])
+def test_gemm_other_blocks(block):
+    assert run_gemm(100, 640, 1024, torch.bfloat16, block) < GEMM_TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336)])
+@pytest.mark.parametrize("m", [1, 96, 3000])
+def test_gemm_model_shapes_tuned_configs(m, n, k):
+    """Llama-3.1-8B shapes with the configs of fp8_gemm_configs.json."""
+    assert run_gemm(m, n, k, torch.bfloat16) < GEMM_TOL[torch.bfloat16]
+
+
+def test_linear_end_to_end():
+    """bf16 x -> quant kernel -> GEMM, against reference.fp8_block_linear."""
+    x = torch.randn(77, 4096, device=DEV, dtype=torch.bfloat16)
+    w_q, w_s = ref.block_quant_fp8(torch.randn(1536, 4096, device=DEV) * 0.02)
+    a_q, a_s = per_token_group_quant_fp8(x, 128)
+    out = w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s, (128, 128), torch.bfloat16)
+    assert rel_err(out, ref.fp8_block_linear(x, w_q, w_s, None)) < GEMM_TOL[torch.bfloat16]
+
+
+def test_gemm_empty():
+    a_q, a_s, b_q, b_s = quantised_operands(1, 256, 512)
+    out = w8a8_block_fp8_matmul(a_q[:0], a_s[:0], b_q, b_s)
+    assert out.shape == (0, 256)
+
+
+def _num_compiled(kernel) -> int:
+    caches = getattr(kernel, "device_caches", None)
+    if caches is not None:  # triton 3.x: {device: (kernel_cache, ...)}
+        return sum(len(entry[0]) for entry in caches.values())
+    cache = getattr(kernel, "cache", None)  # older: {device: {key: kernel}}
+    if cache is not None:
+        return sum(len(v) for v in cache.values())
+    pytest.skip("this triton keeps its compiled kernels elsewhere")
+
+
+def test_gemm_new_m_does_not_recompile():
+    """M is not specialised: batch sizes met while serving reuse the compiled kernel."""
+    config = Fp8GemmConfig(32, 64, 4, 4, 3)
+    n, k = 512, 1024
+    b_q, b_s = ref.block_quant_fp8(torch.randn(n, k, device=DEV) * 0.02)
+
+    def call(m):
+        a_q, a_s = ref.per_token_group_quant_fp8(torch.randn(m, k, device=DEV), 128)
+        w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, config=config)
+
+    call(5)
+    before = _num_compiled(fp8_gemm._w8a8_block_fp8_matmul_kernel)
+    for m in (1, 16, 17, 64, 333, 1024):
+        call(m)
+    assert _num_compiled(fp8_gemm._w8a8_block_fp8_matmul_kernel) == before

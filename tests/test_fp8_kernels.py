@@ -1,0 +1,288 @@
+"""The FP8 Triton kernels (runtime/kernels/triton/fp8_quant.py, fp8_gemm.py) against the PyTorch
+reference (runtime/kernels/reference.py, FP8 section), run on the CPU under the Triton interpreter,
+plus the GEMM's config choice.
+
+What the interpreter gets right decides what is checked here (tests/gpu/test_gpu_fp8_kernels.py
+checks the rest on a GPU):
+  * an fp32 -> e4m3 cast inside a kernel rounds wrongly in the interpreter: ties are not rounded
+    to even (272 -> 288, not 256), some subnormals round the wrong way (0.0014 -> 0, not 2^-9),
+    and a value that should round up across a power of two (124.3 -> 128) loses the carry into
+    the exponent and comes out at half (64). The quant kernel's scales are checked exactly, its q
+    against the reference's allowing exactly those errors (one e4m3 ulp, or the dropped carry),
+    which must stay rare; bit-exact q is a GPU test;
+  * bf16 arithmetic and bf16 `tl.dot` are garbage in the interpreter, fp8 loads and fp8 dots are
+    right: the GEMM is fed fp8 operands quantised on the host by the reference quantisers (torch's
+    casts are right) and checked with fp32 and fp16 outputs.
+Every check uses fresh random inputs and poisons its outputs with NaN before the launch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+from radixlm.runtime.kernels import reference as ref  # noqa: E402
+from radixlm.runtime.kernels.triton import fp8_gemm  # noqa: E402
+from radixlm.runtime.kernels.triton.fp8_gemm import (Fp8GemmConfig, M_BUCKETS, bucket_for, choose_config,  # noqa: E402
+                                                     default_config, load_configs, w8a8_block_fp8_matmul)
+from radixlm.runtime.kernels.triton import fp8_quant  # noqa: E402
+from radixlm.runtime.kernels.triton.fp8_quant import per_token_group_quant_fp8  # noqa: E402
+
+if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("interpreter tests; tests/gpu covers CUDA", allow_module_level=True)
+
+LLAMA_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+GEMM_TOL = {torch.float32: 1e-5, torch.float16: 2e-3}  # relative Frobenius error vs the fp32 reference
+
+
+def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
+    assert not torch.isnan(out).any(), "output has NaN: unwritten element or a poisoned read"
+    out, expected = out.double(), expected.double()
+    return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+def poisoned_quant_outputs(m: int, k: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q = torch.full((m, k), float("nan")).to(ref.FP8_DTYPE)  # e4m3 has a NaN (0x7f)
+    s = torch.full((m, math.ceil(k / group)), float("nan"))
+    return q, s
+
+
+def check_q(q: torch.Tensor, rq: torch.Tensor) -> None:
+    """q equal to the reference but for the interpreter's mis-rounding (module doc): one e4m3 ulp
+    (ties, subnormals) or the dropped carry (the reference a power of two, q half of it)."""
+    assert not torch.isnan(q.float()).any(), "q has NaN: an unwritten element"
+    qb, rb = q.view(torch.uint8).long(), rq.view(torch.uint8).long()
+    q_mag, r_mag = qb & 0x7F, rb & 0x7F
+    same_sign = ((qb ^ rb) & 0x80 == 0) | (q_mag == 0) | (r_mag == 0)
+    one_ulp = same_sign & ((q_mag - r_mag).abs() <= 1)
+    dropped_carry = same_sign & (r_mag & 0x07 == 0) & (q_mag == r_mag - 8)
+    ok = one_ulp | dropped_carry
+    assert ok.all(), f"{int((~ok).sum())} q values off by more than the interpreter's mis-rounding"
+    assert (qb != rb).float().mean() < 0.1
+
+
+# ------------------------------------------------------------------------------------------ quant
+
+def test_constants_match_reference():
+    assert (fp8_quant.FP8_DTYPE, fp8_quant.FP8_MAX, fp8_quant.FP8_EPS) == (ref.FP8_DTYPE, ref.FP8_MAX, ref.FP8_EPS)
+    assert fp8_gemm.FP8_DTYPE == ref.FP8_DTYPE
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m,k,group", [(3, 256, 128), (5, 300, 128), (2, 1000, 128), (4, 200, 64), (3, 100, 48),
+                                       (1, 40, 128)])
+def test_quant_matches_reference(dtype, m, k, group):
+    x = (torch.randn(m, k) * torch.rand(m, 1) * 10).to(dtype)
+    q, s = poisoned_quant_outputs(m, k, group)
+    out_q, out_s = per_token_group_quant_fp8(x, group, out_q=q, out_scale=s)
+    assert out_q is q and out_s is s
+    rq, rs = ref.per_token_group_quant_fp8(x, group)
+    assert not torch.isnan(s).any()
+    torch.testing.assert_close(s, rs, rtol=1e-6, atol=0)  # the kernel uses IEEE division: exact in fact
+    check_q(q, rq)
+
+
+def test_quant_allocates_outputs_and_dequantises():
+    m, k = 6, 384
+    x = torch.randn(m, k, dtype=torch.float16) * 4
+    q, s = per_token_group_quant_fp8(x)
+    assert q.dtype == ref.FP8_DTYPE and q.shape == (m, k)
+    assert s.dtype == torch.float32 and s.shape == (m, 3)
+    deq = q.float() * s.repeat_interleave(128, dim=1)
+    # e4m3 keeps 3 mantissa bits (relative rounding <= 1/16); the interpreter's dropped carry
+    # (module doc) halves a few values, so the bound is loose for those
+    err = (deq - x.float()).abs()
+    ok = err <= x.float().abs() / 16 + s.repeat_interleave(128, dim=1) * 2.0 ** -9
+    assert ok.float().mean() > 0.9
+
+
+def test_quant_zero_group_and_partial_group():
+    m, k, group = 3, 330, 128  # groups of 128, 128, 74
+    x = torch.randn(m, k, dtype=torch.float32)
+    x[0, :128] = 0  # an all-zero group
+    x[1, 256:] = 0  # the all-zero partial last group
+    x[2, 256:] *= 1000  # the partial group's amax is its own: no lane past K is read
+    q, s = poisoned_quant_outputs(m, k, group)
+    per_token_group_quant_fp8(x, group, out_q=q, out_scale=s)
+    rq, rs = ref.per_token_group_quant_fp8(x, group)
+    assert torch.isfinite(s).all() and torch.isfinite(q.float()).all()
+    assert s[0, 0] == pytest.approx(ref.FP8_EPS / ref.FP8_MAX) and s[1, 2] == s[0, 0]
+    assert (q[0, :128].float() == 0).all() and (q[1, 256:].float() == 0).all()
+    torch.testing.assert_close(s, rs, rtol=1e-6, atol=0)
+    check_q(q, rq)
+
+
+def test_quant_strided_input_and_scale_output():
+    m, k = 4, 256
+    base = torch.randn(m, k + 64, dtype=torch.float16)
+    x = base[:, 32: 32 + k]  # rows 320 apart
+    scale_buf = torch.full((2, m), float("nan"))  # scales written through a transposed view
+    q, s = per_token_group_quant_fp8(x, 128, out_scale=scale_buf.t())
+    rq, rs = ref.per_token_group_quant_fp8(x, 128)
+    torch.testing.assert_close(scale_buf.t(), rs, rtol=1e-6, atol=0)
+    check_q(q, rq)
+
+
+def test_quant_empty():
+    q, s = per_token_group_quant_fp8(torch.empty(0, 300, dtype=torch.bfloat16))
+    assert q.shape == (0, 300) and q.dtype == ref.FP8_DTYPE and s.shape == (0, 3) and s.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------ GEMM
+
+def nan_padded(t: torch.Tensor, rows: int = 3, cols: int = 32) -> torch.Tensor:
+    """t as a view into a larger buffer whose other elements are NaN: a read past K (or past the
+    last row) that the kernel should have masked ruins the result."""
+    buf = torch.full((t.shape[0] + rows, t.shape[1] + cols), float("nan")).to(t.dtype)
+    buf[: t.shape[0], : t.shape[1]] = t
+    return buf[: t.shape[0], : t.shape[1]]
+
+
+def quantised_operands(m: int, n: int, k: int, block: tuple[int, int]):
+    a = torch.randn(m, k) * torch.rand(m, 1) * 4  # rows of different magnitudes
+    w = torch.randn(n, k) * 0.05
+    w[: min(n, block[0])] *= 10  # blocks of different magnitudes
+    a_q, a_s = ref.per_token_group_quant_fp8(a, block[1])
+    b_q, b_s = ref.block_quant_fp8(w, block)
+    return nan_padded(a_q), nan_padded(a_s, cols=1), nan_padded(b_q), nan_padded(b_s, rows=1, cols=1)
+
+
+def run_gemm(m, n, k, block, out_dtype, config=None):
+    a_q, a_s, b_q, b_s = quantised_operands(m, n, k, block)
+    out = torch.full((m, n), float("nan"), dtype=out_dtype)
+    res = w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, block, out_dtype, config=config, out=out)
+    assert res is out
+    expected = ref.w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, block, torch.float32)
+    return out, expected
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("k", [64, 128, 300])
+@pytest.mark.parametrize("n", [128, 200])
+@pytest.mark.parametrize("m", [1, 5, 33])
+def test_gemm_matches_reference(m, n, k, out_dtype):
+    out, expected = run_gemm(m, n, k, (128, 128), out_dtype)
+    assert rel_err(out, expected) < GEMM_TOL[out_dtype]
+
+
+@pytest.mark.parametrize("m,n,k,block,config", [
+    (33, 200, 300, (64, 128), None),  # block_n 64: a tile must not straddle two scale blocks
+    (20, 192, 256, (64, 64), None),  # block_k 64: two K steps per 128 of K
+    (70, 300, 256, (128, 128), Fp8GemmConfig(BLOCK_M=16, BLOCK_N=64, GROUP_M=3, num_warps=4, num_stages=2)),
+    (40, 130, 200, (128, 128), Fp8GemmConfig(BLOCK_M=32, BLOCK_N=128, GROUP_M=8, num_warps=4, num_stages=2)),
+    (3, 96, 160, (32, 128), {"BLOCK_M": 16, "BLOCK_N": 32, "GROUP_M": 1, "num_warps": 4, "num_stages": 2}),
+])
+def test_gemm_blocks_and_tiles(m, n, k, block, config):
+    """Non-square blocks, grouped program order over several row and column tiles, partial tiles
+    at every edge; config as a dataclass or a dict."""
+    out, expected = run_gemm(m, n, k, block, torch.float32, config)
+    assert rel_err(out, expected) < GEMM_TOL[torch.float32]
+
+
+def test_gemm_strided_a_and_scales():
+    """A rows from a wider buffer (as a slice of a fused activation would be)."""
+    m, n, k = 9, 128, 256
+    a_q, a_s, b_q, b_s = quantised_operands(m, n, k, (128, 128))
+    a_buf = torch.zeros(m, k + 128, dtype=ref.FP8_DTYPE)
+    a_buf[:, 64: 64 + k] = a_q
+    s_buf = torch.zeros(m, 5)
+    s_buf[:, 1:3] = a_s
+    out = w8a8_block_fp8_matmul(a_buf[:, 64: 64 + k], s_buf[:, 1:3], b_q, b_s, (128, 128), torch.float32)
+    expected = ref.w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, (128, 128), torch.float32)
+    assert rel_err(out, expected) < GEMM_TOL[torch.float32]
+
+
+def test_gemm_quant_kernel_roundtrip():
+    """Activations quantised by the Triton kernel feed the GEMM (fp16 x, as fp8_block_linear)."""
+    m, n, k = 7, 256, 384
+    x = torch.randn(m, k, dtype=torch.float16)
+    w_q, w_s = ref.block_quant_fp8(torch.randn(n, k) * 0.05)
+    a_q, a_s = per_token_group_quant_fp8(x, 128)
+    out = w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s, (128, 128), torch.float16)
+    expected = ref.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s, (128, 128), torch.float32)
+    assert rel_err(out, expected) < GEMM_TOL[torch.float16]
+    # and close to the unquantised product (fp8 activations and weights: a few percent)
+    exact = x.float() @ ref.block_dequant_fp8(w_q, w_s).t()
+    assert rel_err(out, exact) < 0.1
+
+
+def test_gemm_empty():
+    b_q, b_s = ref.block_quant_fp8(torch.randn(128, 256))
+    a_q = torch.empty(0, 256, dtype=ref.FP8_DTYPE)
+    out = w8a8_block_fp8_matmul(a_q, torch.empty(0, 2), b_q, b_s)
+    assert out.shape == (0, 128) and out.dtype == torch.bfloat16
+
+
+def test_gemm_rejects_bad_config():
+    a_q, a_s, b_q, b_s = quantised_operands(4, 128, 128, (64, 128))
+    with pytest.raises(AssertionError):  # BLOCK_N 128 straddles two block_n=64 scale blocks
+        w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, (64, 128), config=Fp8GemmConfig(16, 128))
+    with pytest.raises(AssertionError):  # a_scale of the wrong group count
+        w8a8_block_fp8_matmul(a_q, a_s[:, :0], b_q, b_s, (64, 128))
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+def test_bucket_for():
+    assert [bucket_for(m) for m in (0, 1, 2, 3, 5, 16, 17, 4096, 4097, 100000)] == \
+        [1, 1, 2, 4, 8, 16, 32, 4096, 4096, 4096]
+    assert bucket_for(3, [8, 2]) == 8 and bucket_for(9, [8, 2]) == 8
+
+
+def test_shipped_config_file():
+    table = load_configs()
+    assert table, f"{fp8_gemm.CONFIG_FILE} missing or unreadable"
+    assert "_comment" in table and table.get("_block_size") == [128, 128]
+    for n, k in LLAMA_8B_SHAPES:
+        by_m = table[f"{n},{k}"]
+        assert sorted(int(b) for b in by_m) == list(M_BUCKETS)
+        for bucket, d in by_m.items():
+            cfg = Fp8GemmConfig.from_dict(d)
+            assert cfg.to_dict() == d, "every field given, no others"
+            for v in (cfg.BLOCK_M, cfg.BLOCK_N, cfg.num_warps):
+                assert v & (v - 1) == 0, cfg  # powers of two
+            assert cfg.GROUP_M >= 1
+            assert cfg.BLOCK_M >= 16 and 16 <= cfg.BLOCK_N and 128 % cfg.BLOCK_N == 0
+            assert 1 <= cfg.num_stages <= 6
+            assert choose_config(int(bucket), n, k) == cfg
+    # a M between buckets takes the next bucket up; past the largest, the largest
+    n, k = LLAMA_8B_SHAPES[0]
+    by_m = table[f"{n},{k}"]
+    assert choose_config(3, n, k) == Fp8GemmConfig.from_dict(by_m["4"])
+    assert choose_config(100, n, k) == Fp8GemmConfig.from_dict(by_m["128"])
+    assert choose_config(50000, n, k) == Fp8GemmConfig.from_dict(by_m["4096"])
+
+
+def test_choose_config_lookup_and_fallback():
+    small = {"BLOCK_M": 16, "BLOCK_N": 32, "GROUP_M": 1, "num_warps": 2, "num_stages": 5}
+    big = {"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 4, "num_warps": 8, "num_stages": 4}
+    table = {"_comment": "test", "_block_size": [128, 128], "512,256": {"8": small, "1024": big}}
+    assert choose_config(1, 512, 256, configs=table) == Fp8GemmConfig(**small)
+    assert choose_config(8, 512, 256, configs=table) == Fp8GemmConfig(**small)
+    assert choose_config(9, 512, 256, configs=table) == Fp8GemmConfig(**big)
+    assert choose_config(10 ** 6, 512, 256, configs=table) == Fp8GemmConfig(**big)
+    # unknown shape, another block size, an empty table: the default
+    assert choose_config(9, 512, 512, configs=table) == default_config(9, 512, 512)
+    assert choose_config(9, 512, 256, (64, 128), configs=table) == default_config(9, 512, 256, (64, 128))
+    assert choose_config(9, 512, 256, configs={}) == default_config(9, 512, 256)
+    # a tuned BLOCK_N that does not divide block_n is never used
+    odd = {"_block_size": [64, 128], "512,256": {"1": big}}
+    assert choose_config(1, 512, 256, (64, 128), configs=odd).BLOCK_N == 64
+
+
+@pytest.mark.parametrize("block", [(128, 128), (64, 128), (32, 128), (96, 128), (128, 64)])
+def test_default_config(block):
+    seen = set()
+    for m in [0, 1, 7, 16, 17, 64, 100, 256, 257, 4096, 100000]:
+        cfg = default_config(m, 4096, 4096, block)
+        assert block[0] % cfg.BLOCK_N == 0 and cfg.BLOCK_N >= 16 and cfg.BLOCK_M >= 16
+        assert cfg == choose_config(m, 4096, 4096, block, configs={})
+        seen.add(cfg.BLOCK_M)
+    assert min(seen) <= 32 and max(seen) == 128  # thin tiles for decode, square ones for prefill
