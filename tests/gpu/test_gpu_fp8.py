@@ -95,8 +95,13 @@ def test_fp8_weights_on_a_1b_shaped_model_agree_with_bf16(tmp_path):
             out = engine.generate(input_ids=seqs[0], sampling_params={"max_new_tokens": 16, "temperature": 0,
                                                                       "ignore_eos": True})
             assert len(out["output_ids"]) == 16
+    # A random N(0, 0.02) model has near-flat next-token distributions, and e4m3 adds ~3.7%
+    # relative error per GEMM (bf16: ~0.4%), so top-1 flips often: measured 0.43 top-1 / 0.52
+    # top-5 overlap on the H100, and 0.39 / 0.51 for the PyTorch reference fp8 math against
+    # fp32 on the CPU with this same shape (bf16 there: 0.92). Chance is ~1e-5: these bounds
+    # catch a broken path, the tiny models' >= 90% (tests/test_fp8_model.py) the quality.
     for name in ("fp8", "fp8-kv"):
         pairs = [(a, b) for x, y in zip(tops["bf16"], tops[name]) for a, b in zip(x, y)]
         top1 = sum(a[0] == b[0] for a, b in pairs) / len(pairs)
         overlap = sum(len(set(a) & set(b)) / 5 for a, b in pairs) / len(pairs)
-        assert top1 >= 0.8 and overlap >= 0.7, (name, top1, overlap)
+        assert top1 >= 0.3 and overlap >= 0.4, (name, top1, overlap)
