@@ -29,65 +29,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
-import importlib.util
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
+from kernel_timing import load_kernel_modules, rel_err, time_ms
 
 LLAMA_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 SHAPE_NAMES = {(6144, 4096): "qkv", (4096, 4096): "o_proj", (28672, 4096): "gate_up", (4096, 14336): "down"}
 MS = [1, 16, 128, 4096]
 BLOCK_SIZE = (128, 128)
-HOLD_CYCLES = 50_000_000  # ~25 ms of GPU clock cycles: longer than queueing the timed calls takes
-
-
-def load_kernel_modules():
-    """(reference, fp8_quant, fp8_gemm). They import only torch and triton, so when the radixlm
-    package itself is not importable (its __init__ pulls in the serving stack), they are loaded
-    from their files."""
-    names = ["reference", "triton.fp8_quant", "triton.fp8_gemm"]
-    try:
-        return [importlib.import_module(f"radixlm.runtime.kernels.{n}") for n in names]
-    except ImportError:
-        root = Path(__file__).resolve().parent.parent / "runtime" / "kernels"
-        mods = []
-        for n in names:
-            spec = importlib.util.spec_from_file_location("bench_" + n.replace(".", "_"),
-                                                          root / (n.replace(".", "/") + ".py"))
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            mods.append(mod)
-        return mods
-
-
-def time_ms(fn, flush: torch.Tensor, warmup: int = 10, reps: int = 50) -> float:
-    """Median ms of `fn()` over `reps` calls, each timed by CUDA events after an L2 flush."""
-    for _ in range(warmup):
-        fn()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    torch.cuda.synchronize()
-    # hold the GPU while the host queues every rep: a call whose host side (Python wrapper, launch)
-    # outlasts the flush would otherwise time the host's gaps, not the kernels
-    torch.cuda._sleep(HOLD_CYCLES)
-    for s, e in zip(starts, ends):
-        flush.zero_()
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
-
-
-def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
-    if torch.isnan(out).any():
-        return float("nan")
-    out, expected = out.double(), expected.double()
-    return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
 
 
 def per_tensor_quant(t: torch.Tensor, fp8_dtype, fp8_max: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"{torch.cuda.get_device_name(0)} is {torch.cuda.get_device_capability()}")
     import triton
 
-    ref, quant, gemm = load_kernel_modules()
+    ref, quant, gemm = load_kernel_modules("reference", "triton.fp8_quant", "triton.fp8_gemm")
     info = {"device": torch.cuda.get_device_name(0), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "torch": torch.__version__, "triton": triton.__version__,
         "command": " ".join([Path(sys.executable).name, *sys.argv])}

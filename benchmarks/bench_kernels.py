@@ -24,8 +24,6 @@ random data (never zeros). The KV pool's slots are a random permutation (worst-c
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -35,6 +33,7 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 from triton.testing import do_bench
+from kernel_timing import load_kernel_modules, rel_err
 
 H, HKV, D = 32, 8, 128
 HIDDEN, INTER = 4096, 14336
@@ -43,35 +42,10 @@ DEV = "cuda"
 BF16_TOL = 1e-2  # relative Frobenius error
 
 
-def load_kernels():
-    """The kernel modules and the reference. They import only torch and triton, so when the
-    radixlm package itself is not importable here (its __init__ pulls in the serving stack),
-    they are loaded straight from their files."""
-    names = ["reference", "triton.decode_attention", "triton.extend_attention", "triton.norm",
-             "triton.activation", "triton.rotary", "triton.kv_store"]
-    try:
-        return [importlib.import_module(f"radixlm.runtime.kernels.{n}") for n in names]
-    except ImportError:
-        root = Path(__file__).resolve().parent.parent / "runtime" / "kernels"
-        mods = []
-        for n in names:
-            spec = importlib.util.spec_from_file_location("bench_" + n.replace(".", "_"),
-                                                          root / (n.replace(".", "/") + ".py"))
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            mods.append(mod)
-        return mods
-
-
-ref, dec, ext, norm, act, rot, kvs = load_kernels()
+ref, dec, ext, norm, act, rot, kvs = load_kernel_modules(
+    "reference", "triton.decode_attention", "triton.extend_attention", "triton.norm", "triton.activation",
+    "triton.rotary", "triton.kv_store")
 RESULTS: list[dict] = []
-
-
-def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
-    if torch.isnan(out).any():
-        return float("nan")
-    out, expected = out.double(), expected.double()
-    return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
 
 
 def check(name: str, out: torch.Tensor, expected: torch.Tensor, tol: float = BF16_TOL) -> float:

@@ -21,65 +21,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
-import importlib.util
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from kernel_timing import load_kernel_modules, time_ms
 
 LLAMA_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 BLOCK_SIZE = (128, 128)
 HOLD_CYCLES = 20_000_000  # ~10 ms of GPU clock cycles: longer than queueing the timed calls takes
 SMEM_LIMIT = 220 * 1024  # bytes of shared memory a config's pipeline may take (H100: 227 KB per block)
-
-
-def load_kernel_modules():
-    """(reference, fp8_gemm). They import only torch and triton, so when the radixlm package itself
-    is not importable (its __init__ pulls in the serving stack), they are loaded from their files."""
-    names = ["reference", "triton.fp8_gemm"]
-    try:
-        return [importlib.import_module(f"radixlm.runtime.kernels.{n}") for n in names]
-    except ImportError:
-        root = Path(__file__).resolve().parent.parent / "runtime" / "kernels"
-        mods = []
-        for n in names:
-            spec = importlib.util.spec_from_file_location("tune_" + n.replace(".", "_"),
-                                                          root / (n.replace(".", "/") + ".py"))
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            mods.append(mod)
-        return mods
-
-
-def time_ms(fn, flush: torch.Tensor, warmup: int = 5, reps: int = 30, budget_ms: float = 200.0) -> float:
-    """Median ms of `fn()` over up to `reps` calls (fewer when a call is long: about budget_ms of
-    calls, at least 5), each timed by CUDA events after an L2 flush, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    first = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    flush.zero_()
-    first[0].record()
-    fn()
-    first[1].record()
-    torch.cuda.synchronize()
-    reps = max(5, min(reps, int(budget_ms / max(first[0].elapsed_time(first[1]), 1e-3))))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    torch.cuda.synchronize()
-    # hold the GPU while the host queues every rep: a call whose host side (Python wrapper, launch)
-    # outlasts the flush would otherwise time the host's gaps, not the kernels
-    torch.cuda._sleep(HOLD_CYCLES)
-    for s, e in zip(starts, ends):
-        flush.zero_()
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
 def candidates(m: int, block_n: int, quick: bool) -> list[dict]:
@@ -133,7 +86,7 @@ def tune_shape(ref, gemm, n: int, k: int, ms: list[int], flush: torch.Tensor, ar
             err = float((out.double() - expected.double()).norm() / expected.double().norm())
             if not err < 1e-2:  # NaN fails too
                 raise SystemExit(f"CORRECTNESS FAILURE N,K={n},{k} M={m} {cfg}: rel err {err:.3e}")
-            results.append((time_ms(run, flush, args.warmup, args.reps), cfg))
+            results.append((time_ms(run, flush, args.warmup, args.reps, budget_ms=200.0, hold_cycles=HOLD_CYCLES), cfg))
         results.sort(key=lambda r: r[0])
         ms_best, cfg_best = results[0]
         default = gemm.default_config(m, n, k, BLOCK_SIZE).to_dict()
@@ -166,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
                  "run it on the machine whose configs you want")
     import triton
 
-    ref, gemm = load_kernel_modules()
+    ref, gemm = load_kernel_modules("reference", "triton.fp8_gemm")
     shapes = args.shapes or LLAMA_8B_SHAPES
     ms = args.m or list(gemm.M_BUCKETS)
     out_path = args.out or gemm.CONFIG_FILE

@@ -1,0 +1,70 @@
+"""Shared pieces of the GPU kernel benchmarks (bench_kernels.py, bench_fp8_gemm.py,
+tune_fp8_gemm.py): loading the kernel modules, CUDA-event timing, relative error."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import statistics
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+KERNELS_DIR = Path(__file__).resolve().parent.parent / "runtime" / "kernels"
+
+
+def load_kernel_modules(*names: str) -> list:
+    """`radixlm.runtime.kernels.<name>` for each name ("reference", "triton.fp8_gemm", ...).
+    The kernel modules import only torch and triton, so where the radixlm package itself is
+    not importable (its __init__ pulls in the serving stack, absent on a bare GPU image) they
+    are loaded straight from their files."""
+    try:
+        return [importlib.import_module(f"radixlm.runtime.kernels.{n}") for n in names]
+    except ImportError:
+        mods = []
+        for n in names:
+            spec = importlib.util.spec_from_file_location("kernel_" + n.replace(".", "_"),
+                                                          KERNELS_DIR / (n.replace(".", "/") + ".py"))
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            mods.append(mod)
+        return mods
+
+
+def time_ms(fn: Callable[[], object], flush: torch.Tensor, warmup: int = 10, reps: int = 50,
+            budget_ms: float | None = None, hold_cycles: int = 50_000_000) -> float:
+    """Median ms of `fn()` over `reps` calls (with `budget_ms`: fewer when a call is long, about
+    that much in all, at least 5), each timed by CUDA events after an L2 flush (zeroing `flush`),
+    after `warmup` calls. The GPU is held busy (`hold_cycles` of clock, ~25 ms by default) while
+    the host queues every rep: a call whose host side (Python wrapper, launch) outlasts the flush
+    would otherwise time the host's gaps, not the kernels."""
+    for _ in range(warmup):
+        fn()
+    if budget_ms is not None:
+        first = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        flush.zero_()
+        first[0].record()
+        fn()
+        first[1].record()
+        torch.cuda.synchronize()
+        reps = max(5, min(reps, int(budget_ms / max(first[0].elapsed_time(first[1]), 1e-3))))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    torch.cuda.synchronize()
+    torch.cuda._sleep(hold_cycles)
+    for s, e in zip(starts, ends):
+        flush.zero_()
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
+    """Relative Frobenius error in fp64; NaN anywhere in `out` gives NaN."""
+    if torch.isnan(out).any():
+        return float("nan")
+    out, expected = out.double(), expected.double()
+    return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
