@@ -75,7 +75,8 @@ def quantize_linears(model: nn.Module, block_size: tuple[int, int] = DEFAULT_BLO
     """Quantise the decoder's linears in place, one at a time (peak memory: one layer's fp32
     copy on top of the model). Returns how many were quantised."""
     targets = _targets(model)
-    for parent, name, linear in targets:
+    count = len(targets)
+    while targets:  # popped, so each bf16 weight is freed once its fp8 copy is in place
+        parent, name, linear = targets.pop()
         setattr(parent, name, Fp8Linear.quantize(linear, block_size))
-        del linear
-    return len(targets)
+    return count
