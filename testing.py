@@ -237,3 +237,41 @@ def default_model_path() -> str:
 if __name__ == "__main__":
     for model_name in TINY_MODELS:
         print(model_name, build_tiny_model(model_name))
+
+
+def tp_greedy_worker(rank: int, size: int, init_file: str, model_path: str, prompts: list[list[int]],
+                     max_new_tokens: int, out_dir: str) -> None:
+    """One tensor-parallel rank (gloo, CPU) running the scheduler over `prompts` greedily and
+    writing its outputs to out_dir/rank{rank}.json: every rank must produce the same tokens,
+    equal to the single-rank model's. A module-level function so `torch.multiprocessing`
+    can spawn it."""
+    import json as _json
+
+    import torch
+
+    from radixlm.runtime.config import EngineConfig, ModelConfig
+    from radixlm.runtime.distributed import init_tensor_parallel
+    from radixlm.runtime.model_runner import ModelRunner
+    from radixlm.runtime.request import Req
+    from radixlm.runtime.sampling import SamplingParams
+    from radixlm.runtime.scheduler import Scheduler
+
+    torch.set_num_threads(1)
+    tp = init_tensor_parallel(rank, size, f"file://{init_file}", "gloo")
+    cfg = EngineConfig(model_path, device="cpu", max_total_tokens=4000)
+    model_cfg = ModelConfig.from_path(model_path)
+    runner = ModelRunner(cfg, model_cfg, tp)
+    scheduler = Scheduler(cfg, runner, decode_tokens=lambda ids: "")
+    reqs = []
+    for i, ids in enumerate(prompts):
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
+        reqs.append(Req(rid=f"r{i}", origin_input_ids=list(ids), sampling_params=params, seed=i,
+                        eos_ids=frozenset(model_cfg.eos_token_ids)))
+        scheduler.add_request(reqs[-1])
+    while scheduler.has_work:
+        scheduler.step()
+        scheduler.check_accounting()
+    Path(out_dir, f"rank{rank}.json").write_text(_json.dumps({
+        "outputs": [r.output_ids for r in reqs],
+        "local_heads": [runner.num_heads, runner.num_kv_heads],
+        "kv_pool_heads": runner.kv_pool.k_buffers[0].shape[1]}))

@@ -15,6 +15,7 @@ from radixlm.runtime.attention import AttentionBackend
 from radixlm.runtime.config import EngineConfig, ModelConfig
 from radixlm.runtime.cuda_graph import CudaGraphRunner
 from radixlm.runtime.device_copy import HostCopy, to_device
+from radixlm.runtime.distributed import TPGroup
 from radixlm.runtime.forward_batch import ForwardBatch, ForwardHandle, ForwardResult
 from radixlm.runtime.kernels import ops
 from radixlm.runtime.memory import KVPool, ReqToTokenPool
@@ -46,8 +47,9 @@ def resolve_dtype(name: str, model_cfg: ModelConfig, device: torch.device) -> to
 
 
 class ModelRunner:
-    def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig) -> None:
+    def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig, tp: TPGroup | None = None) -> None:
         self.cfg = cfg
+        self.tp = tp or TPGroup()
         self.model_cfg = model_cfg
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, model_cfg, self.device)
@@ -61,7 +63,10 @@ class ModelRunner:
         self.model_context_len = cfg.context_length or limit
         use_triton = self.device.type == "cuda" and cfg.attention_backend != "torch"
         ops.set_backend("triton" if use_triton else "torch")
-        self.model = load_model(model_cfg, self.dtype, self.device, self.model_context_len, cfg.quantization)
+        self.model = load_model(model_cfg, self.dtype, self.device, self.model_context_len, cfg.quantization,
+                                self.tp)
+        # this rank's heads: KV pool and attention hold only them
+        self.num_heads, self.num_kv_heads = self.model.local_num_heads, self.model.local_num_kv_heads
         self.quantization = "fp8" if cfg.quantization == "fp8" or model_cfg.checkpoint_fp8_block else None
 
         self.kv_dtype = torch.float8_e4m3fn if cfg.kv_cache_dtype == "fp8_e4m3" else self.dtype
@@ -70,7 +75,7 @@ class ModelRunner:
         self.context_len = min(self.model_context_len, self.max_total_tokens - 1)
         rows = cfg.max_running_requests or min(MAX_RUNNING_REQUESTS_DEFAULT, max(self.max_total_tokens // 2, 1))
         self.req_pool = ReqToTokenPool(rows, self.context_len + 1, self.device)
-        self.kv_pool = KVPool(self.max_total_tokens, model_cfg.num_layers, model_cfg.num_kv_heads,
+        self.kv_pool = KVPool(self.max_total_tokens, model_cfg.num_layers, self.num_kv_heads,
                               model_cfg.head_dim, self.kv_dtype, self.device)
         if self.kv_dtype == torch.float8_e4m3fn:
             scales = self.model.kv_scales
@@ -78,7 +83,7 @@ class ModelRunner:
                 logger.warning("fp8 KV cache without calibrated k/v scales in the checkpoint: using 1.0 "
                                "(values saturate at +-448 and lose precision below ~0.016)")
             self.kv_pool.scales = [tuple(scales.get(i, (1.0, 1.0))) for i in range(model_cfg.num_layers)]
-        self.attn_backend = AttentionBackend(self.kv_pool, self.req_pool, model_cfg.num_heads, model_cfg.head_dim,
+        self.attn_backend = AttentionBackend(self.kv_pool, self.req_pool, self.num_heads, model_cfg.head_dim,
                                              use_triton)
         logger.info("model loaded: %s on %s (%s); KV pool %d tokens, %d request rows, context %d; kernels %s",
                     model_cfg.architecture, self.device, self.dtype, self.max_total_tokens, rows, self.context_len,
@@ -92,7 +97,7 @@ class ModelRunner:
     def _kv_capacity(self) -> int:
         if self.cfg.max_total_tokens is not None:
             return self.cfg.max_total_tokens
-        per_token = KVPool.bytes_per_token(self.model_cfg.num_layers, self.model_cfg.num_kv_heads,
+        per_token = KVPool.bytes_per_token(self.model_cfg.num_layers, self.num_kv_heads,
                                            self.model_cfg.head_dim, self.kv_dtype)
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)

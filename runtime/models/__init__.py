@@ -9,6 +9,7 @@ from typing import Iterator
 import torch
 
 from radixlm.runtime.config import ModelConfig
+from radixlm.runtime.distributed import TPGroup
 from radixlm.runtime.models.llama import LlamaForCausalLM
 from radixlm.runtime.quantization import DEFAULT_BLOCK, quantize_linears, replace_linears
 
@@ -46,12 +47,16 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def load_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int,
-               quantization: str | None = None) -> torch.nn.Module:
-    """The model in `dtype` on `device`. An fp8 checkpoint keeps its fp8 linears;
-    `quantization="fp8"` block-quantises the linears of any other checkpoint after loading."""
+               quantization: str | None = None, tp: TPGroup | None = None) -> torch.nn.Module:
+    """The model (this tensor-parallel rank's slice of it) in `dtype` on `device`. An fp8
+    checkpoint keeps its fp8 linears; `quantization="fp8"` block-quantises the linears of any
+    other checkpoint after loading."""
     cls = MODEL_CLASSES[cfg.family]
+    tp = tp or TPGroup()
+    if tp.size > 1 and (quantization or cfg.checkpoint_fp8_block):
+        raise ValueError("fp8 weights with tensor parallelism are not supported yet")
     with torch.device("meta"):
-        model = cls(cfg, max_positions).to(dtype)
+        model = cls(cfg, max_positions, tp).to(dtype)
         if cfg.checkpoint_fp8_block is not None:
             replace_linears(model, cfg.checkpoint_fp8_block)
     # allocated once, in the final dtype: an 8B model never exists in fp32 on the device

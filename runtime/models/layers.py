@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -62,11 +63,16 @@ class RotaryEmbedding(nn.Module):
 class GatedMLP(nn.Module):
     """SiLU-gated MLP with gate and up projections fused into one matmul."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """`intermediate_size`: this rank's columns; `reduce`: the sum over tensor-parallel
+        ranks of down_proj's partial output (None: a single rank)."""
         super().__init__()
         self.intermediate_size = intermediate_size
+        self.reduce = reduce
         self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
+        out = self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
+        return self.reduce(out) if self.reduce is not None else out

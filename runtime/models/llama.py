@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from radixlm.runtime.config import ModelConfig
+from radixlm.runtime.distributed import TPGroup
 from radixlm.runtime.forward_batch import ForwardBatch
 from radixlm.runtime.models.layers import GatedMLP, RMSNorm, RotaryEmbedding
 
@@ -21,12 +22,16 @@ KV_SCALE_NAME = re.compile(r"layers\.(\d+)\.self_attn\.([kv])_scale")
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_id: int, rotary: RotaryEmbedding) -> None:
+    """This rank's query heads and their KV heads (all of them at tp=1); o_proj is row-parallel."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int, rotary: RotaryEmbedding, tp: TPGroup) -> None:
         super().__init__()
-        self.layer_id = layer_id
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q_size = cfg.num_heads * cfg.head_dim
-        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        self.layer_id, self.tp = layer_id, tp
+        q0, q1 = tp.split(cfg.num_heads, "number of attention heads")
+        k0, k1 = tp.kv_heads(cfg.num_kv_heads)
+        self.num_heads, self.num_kv_heads, self.head_dim = q1 - q0, k1 - k0, cfg.head_dim
+        self.q_size = self.num_heads * cfg.head_dim
+        self.kv_size = self.num_kv_heads * cfg.head_dim
         self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
@@ -42,16 +47,17 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(batch.positions, q, k)
         out = batch.attn_backend.forward(q, k, v, self.layer_id, batch)
-        return self.o_proj(out.reshape(-1, self.q_size))
+        return self.tp.all_reduce(self.o_proj(out.reshape(-1, self.q_size)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_id: int, rotary: RotaryEmbedding) -> None:
+    def __init__(self, cfg: ModelConfig, layer_id: int, rotary: RotaryEmbedding, tp: TPGroup) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, layer_id, rotary)
+        self.self_attn = Attention(cfg, layer_id, rotary, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
+        i0, i1 = tp.split(cfg.intermediate_size, "intermediate_size")
+        self.mlp = GatedMLP(cfg.hidden_size, i1 - i0, tp.all_reduce)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor | None,
                 batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,38 +82,81 @@ class LlamaForCausalLM(nn.Module):
         ".up_proj.": (".gate_up_proj.", 1),
     }
 
-    def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
+    def __init__(self, cfg: ModelConfig, max_positions: int, tp: TPGroup | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.tp = tp = tp or TPGroup()
+        # vocabulary rows [vocab_start, vocab_end) of the embedding and LM head live on this rank
+        self.vocab_start, self.vocab_end = tp.split(cfg.vocab_size, "vocab_size")
+        local_vocab = self.vocab_end - self.vocab_start
+        self.embed_tokens = nn.Embedding(local_vocab, cfg.hidden_size)
         rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, rotary) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, rotary, tp) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, local_vocab, bias=False)
+        attn = self.layers[0].self_attn
+        self.local_num_heads, self.local_num_kv_heads = attn.num_heads, attn.num_kv_heads
         # layer -> (k_scale, v_scale) for an fp8 KV cache, when the checkpoint has calibrated ones
         self.kv_scales: dict[int, tuple[float, float]] = {}
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Final hidden states of the rows `batch.logits_indices` selects."""
-        h, residual = self.embed_tokens(batch.input_ids), None
+        h, residual = self.embed(batch.input_ids), None
         for layer in self.layers:
             h, residual = layer(h, residual, batch)
         h, _ = self.norm(h[batch.logits_indices], residual[batch.logits_indices])
         return h
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return self.embed_tokens(ids)
+        # vocab-parallel: ids outside this rank's rows look up row 0 and are zeroed; the sum over
+        # ranks leaves each token's one real row
+        local = ids - self.vocab_start
+        mine = (local >= 0) & (local < self.vocab_end - self.vocab_start)
+        h = self.embed_tokens(torch.where(mine, local, 0)) * mine[:, None].to(self.embed_tokens.weight.dtype)
+        return self.tp.all_reduce(h)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return (hidden @ weight.t()).float()
+        return self.tp.all_gather_last((hidden @ weight.t()).float())
 
     # ------------------------------------------------------------------ weights
     def _shard_slice(self, fused: str, shard: int) -> slice:
-        cfg = self.cfg
+        """Rows of this rank's fused q/k/v or gate/up weight that hold checkpoint tensor `shard`."""
         if fused == ".qkv_proj.":
-            q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+            attn = self.layers[0].self_attn
+            q, kv = attn.q_size, attn.kv_size
             bounds = [0, q, q + kv, q + 2 * kv]
         else:
-            bounds = [0, cfg.intermediate_size, 2 * cfg.intermediate_size]
+            inter = self.layers[0].mlp.intermediate_size
+            bounds = [0, inter, 2 * inter]
         return slice(bounds[shard], bounds[shard + 1])
+
+    def _tp_piece(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a full checkpoint tensor (all of it at tp=1)."""
+        tp, cfg = self.tp, self.cfg
+        if tp.size == 1:
+            return tensor
+        if name.endswith((".weight_scale_inv",)):
+            raise ValueError("fp8 checkpoints with tensor parallelism are not supported yet")
+        hd = cfg.head_dim
+        if ".q_proj." in name:
+            a, b = tp.split(cfg.num_heads, "number of attention heads")
+            return tensor[a * hd: b * hd]
+        if ".k_proj." in name or ".v_proj." in name:
+            a, b = tp.kv_heads(cfg.num_kv_heads)
+            return tensor[a * hd: b * hd]
+        if ".o_proj." in name:
+            a, b = tp.split(cfg.num_heads, "number of attention heads")
+            return tensor[:, a * hd: b * hd]
+        if ".gate_proj." in name or ".up_proj." in name:
+            return tensor[slice(*tp.split(cfg.intermediate_size, "intermediate_size"))]
+        if ".down_proj." in name:
+            return tensor[:, slice(*tp.split(cfg.intermediate_size, "intermediate_size"))]
+        if name in ("embed_tokens.weight", "lm_head.weight"):
+            return tensor[self.vocab_start: self.vocab_end]
+        return tensor  # norms: replicated
 
     def _block_rows(self, name: str, rows: slice) -> slice:
         """The rows of an fp8 block-scale tensor that a fused shard's weight rows own (every
@@ -144,6 +193,7 @@ class LlamaForCausalLM(nn.Module):
             param = params.get(target)
             if param is None:
                 raise ValueError(f"unexpected weight {name!r} in checkpoint {self.cfg.path}")
+            tensor = self._tp_piece(name, tensor)
             if target.endswith(".weight_scale_inv") and rows != slice(None):
                 rows = self._block_rows(name, rows)
             dest = param.data[rows]
