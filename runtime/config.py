@@ -190,6 +190,10 @@ class EngineConfig:
     quantization: str | None = None
     # KV cache: "auto" = the model dtype; "fp8_e4m3" halves KV bytes (per-layer scales)
     kv_cache_dtype: str = "auto"
+    # tensor parallelism: one scheduler process per rank (one GPU each), weights sharded;
+    # dist_init_addr (host:port) rendezvous for torch.distributed, default a private file
+    tp_size: int = 1
+    dist_init_addr: str | None = None
     random_seed: int | None = None
     log_level: str = "warning"
 
@@ -214,6 +218,8 @@ class EngineConfig:
             raise ValueError(f"quantization must be None or 'fp8', got {self.quantization!r}")
         if self.kv_cache_dtype not in ("auto", "fp8_e4m3"):
             raise ValueError(f"kv_cache_dtype must be auto or fp8_e4m3, got {self.kv_cache_dtype!r}")
+        if self.tp_size < 1:
+            raise ValueError(f"tp_size must be >= 1, got {self.tp_size}")
         if self.cuda_graph_max_bs < 1:
             raise ValueError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.max_prefill_tokens < 1:

@@ -25,6 +25,12 @@ class TPGroup:
     rank: int = 0
     size: int = 1
     group: Any = None  # the torch.distributed process group of the TP ranks
+    cpu_group: Any = None  # a gloo group over the same ranks, for control messages (host bytes)
+
+    @property
+    def is_leader(self) -> bool:
+        """Rank 0 owns the client sockets and tells the other ranks what arrived."""
+        return self.rank == 0
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, in place."""
@@ -39,6 +45,21 @@ class TPGroup:
         parts = [torch.empty_like(x) for _ in range(self.size)]
         dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts, dim=-1)
+
+    def broadcast_bytes(self, payload: bytes) -> bytes:
+        """Rank 0's payload on every rank (others pass b""): a length, then the bytes, over the
+        CPU group. Messages stay msgspec-encoded: nothing is pickled."""
+        if self.size == 1:
+            return payload
+        n = torch.tensor([len(payload)], dtype=torch.int64)
+        dist.broadcast(n, src=0, group=self.cpu_group)
+        size = int(n.item())
+        if size == 0:
+            return b""
+        buf = (torch.frombuffer(bytearray(payload), dtype=torch.uint8) if self.is_leader
+               else torch.empty(size, dtype=torch.uint8))
+        dist.broadcast(buf, src=0, group=self.cpu_group)
+        return payload if self.is_leader else buf.numpy().tobytes()
 
     def split(self, n: int, what: str) -> tuple[int, int]:
         """This rank's [start, end) of n items split evenly; n must divide."""
@@ -66,4 +87,5 @@ def init_tensor_parallel(rank: int, size: int, init_method: str, backend: str | 
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=size)
-    return TPGroup(rank, size, dist.group.WORLD)
+    cpu_group = dist.group.WORLD if backend == "gloo" else dist.new_group(backend="gloo")
+    return TPGroup(rank, size, dist.group.WORLD, cpu_group)

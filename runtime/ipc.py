@@ -36,7 +36,7 @@ class IpcAddresses:
         )
 
     def cleanup(self) -> None:
-        for name in ("scheduler", "detokenizer", "tokenizer"):
+        for name in ("scheduler", "detokenizer", "tokenizer", "tp-init"):
             try:
                 os.unlink(os.path.join(self.directory, name))
             except FileNotFoundError:

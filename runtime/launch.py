@@ -45,23 +45,30 @@ def launch_runtime(cfg: EngineConfig) -> RuntimeProcesses:
     tokenizer_path = cfg.tokenizer_path or cfg.model_path
     detok = ctx.Process(target=run_detokenizer_process, args=(tokenizer_path, addrs, cfg.log_level),
                         name="radixlm-detokenizer", daemon=True)
-    reader, writer = ctx.Pipe(duplex=False)
-    sched = ctx.Process(target=run_scheduler_process, args=(cfg, addrs, writer), name="radixlm-scheduler",
-                        daemon=True)
-    handle = RuntimeProcesses(addrs, {"scheduler": sched, "detokenizer": detok}, {})
+    # one scheduler per tensor-parallel rank; rank 0's start-up report speaks for the runtime
+    pipes = [ctx.Pipe(duplex=False) for _ in range(cfg.tp_size)]
+    scheds = {("scheduler" if rank == 0 else f"scheduler-tp{rank}"): ctx.Process(
+        target=run_scheduler_process, args=(cfg, addrs, writer, rank), daemon=True,
+        name="radixlm-scheduler" if rank == 0 else f"radixlm-scheduler-tp{rank}")
+        for rank, (_, writer) in enumerate(pipes)}
+    handle = RuntimeProcesses(addrs, {**scheds, "detokenizer": detok}, {})
     try:
         with _main_module_hidden():
             detok.start()
-            sched.start()
-        writer.close()
-        while not reader.poll(0.2):
-            for name, proc in handle.processes.items():
-                if not proc.is_alive():
-                    raise RuntimeError(f"the {name} process exited with code {proc.exitcode} during start-up")
-        try:
-            info = reader.recv()
-        except EOFError:
-            raise RuntimeError("the scheduler process exited during start-up") from None
+            for proc in scheds.values():
+                proc.start()
+        infos = []
+        for reader, writer in pipes:
+            writer.close()
+            while not reader.poll(0.2):
+                for name, proc in handle.processes.items():
+                    if not proc.is_alive():
+                        raise RuntimeError(f"the {name} process exited with code {proc.exitcode} during start-up")
+            try:
+                infos.append(reader.recv())
+            except EOFError:
+                raise RuntimeError("a scheduler process exited during start-up") from None
+        info = next((i for i in infos if not i.get("ok")), infos[0])
         if not info.get("ok"):
             kind, _, message = info.get("error", "RuntimeError: unknown").partition(": ")
             raise _ERRORS.get(kind, RuntimeError)(message)

@@ -127,12 +127,18 @@ class Scheduler:
         else:  # queued once its grammar is compiled (a cached one is ready at once)
             self.grammar_waiting.append((req, self.grammars.get(key)))
 
-    def _poll_grammars(self) -> list[Req]:
+    def ready_grammar_rids(self) -> list[str]:
+        """Requests whose grammar is compiled (or failed, or that were aborted) by now."""
+        return [req.rid for req, fut in self.grammar_waiting if fut.done() or req.to_abort]
+
+    def _poll_grammars(self, ready: set[str] | None = None) -> list[Req]:
         """Move requests whose grammar is ready to the waiting queue; fail those whose
-        grammar could not be built (an error naming the problem, status 400)."""
+        grammar could not be built (an error naming the problem, status 400). `ready`: the
+        rids to treat as ready (tensor parallel: the leader's view, so every rank admits the
+        same requests in the same step; a rank still compiling one waits for it)."""
         failed, still = [], []
         for req, fut in self.grammar_waiting:
-            if not fut.done() and not req.to_abort:
+            if (req.rid not in ready) if ready is not None else (not fut.done() and not req.to_abort):
                 still.append((req, fut))
                 continue
             if req.to_abort:
@@ -158,10 +164,10 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.chunked_req or self.grammar_waiting or self.inflight)
 
-    def step(self) -> list[Req]:
+    def step(self, grammar_ready: set[str] | None = None) -> list[Req]:
         """Run one batch (with overlap: queue one and process the one before). Returns the
-        requests that gained output tokens or finished."""
-        touched = self._poll_grammars() if self.grammar_waiting else []
+        requests that gained output tokens or finished. `grammar_ready`: see _poll_grammars."""
+        touched = self._poll_grammars(grammar_ready) if self.grammar_waiting else []
         if self.inflight is not None and (self.waiting or self.chunked_req
                                           or any(r.to_abort for r in self.running)):
             touched += self._drain()  # admissions and aborts work on settled requests

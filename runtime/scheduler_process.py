@@ -15,11 +15,14 @@ import os
 import time
 from typing import Any
 
+import msgspec
+import torch
 import zmq
 
 from radixlm.runtime.config import EngineConfig, ModelConfig
 from radixlm.runtime.ipc import IpcAddresses, die_with_parent, make_socket, parent_alive, set_process_title
 from radixlm.runtime.constrained import GrammarCache, TokenizerVocab
+from radixlm.runtime.distributed import TPGroup, init_tensor_parallel
 from radixlm.runtime.model_runner import ModelRunner
 from radixlm.runtime.protocol import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
                                       ToScheduler, TokenOutput, TokenOutputBatch, decoder, encoder)
@@ -32,14 +35,26 @@ logger = logging.getLogger("radixlm.scheduler")
 LOG_INTERVAL_STEPS = 40
 
 
-def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: Any) -> None:
+def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: Any, tp_rank: int = 0) -> None:
+    """One scheduler per tensor-parallel rank. Rank 0 owns the sockets; every rank runs the
+    same scheduler on the same messages (rank 0 broadcasts what it received each iteration),
+    so all ranks make the same decisions and meet at the same collectives."""
     die_with_parent()
-    set_process_title("radixlm::sched")
+    set_process_title("radixlm::sched" if cfg.tp_size == 1 else f"radixlm::sched-tp{tp_rank}")
     logging.basicConfig(level=cfg.log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
     try:
         model_cfg = ModelConfig.from_path(cfg.model_path)
         tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model_path)
-        runner = ModelRunner(cfg, model_cfg)
+        tp = TPGroup()
+        if cfg.tp_size > 1:
+            if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
+                torch.cuda.set_device(tp_rank % torch.cuda.device_count())  # one GPU per local rank
+            init = (f"tcp://{cfg.dist_init_addr}" if cfg.dist_init_addr
+                    else f"file://{os.path.join(addrs.directory, 'tp-init')}")
+            tp = init_tensor_parallel(tp_rank, cfg.tp_size, init,
+                                      None if cfg.device in ("auto", "cuda") or cfg.device.startswith("cuda")
+                                      else "gloo")
+        runner = ModelRunner(cfg, model_cfg, tp)
         eos = set(model_cfg.eos_token_ids)
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
@@ -54,7 +69,7 @@ def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: An
         "ok": True, "pid": os.getpid(), "context_len": runner.context_len,
         "max_total_tokens": runner.max_total_tokens, "vocab_size": runner.vocab_size,
         "eos_ids": sorted(eos), "device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
-        "architecture": model_cfg.architecture,
+        "architecture": model_cfg.architecture, "tp_rank": tp.rank,
     })
     loop.run()
 
@@ -64,10 +79,14 @@ class SchedulerLoop:
         self.cfg = cfg
         self.scheduler = scheduler
         self.eos_ids = eos_ids
+        self.tp = scheduler.runner.tp
         self.ctx = zmq.Context()
-        self.recv_sock = make_socket(self.ctx, zmq.PULL, addrs.scheduler_input, bind=False)
-        self.to_detok = make_socket(self.ctx, zmq.PUSH, addrs.detokenizer_input, bind=False)
-        self.to_tm = make_socket(self.ctx, zmq.PUSH, addrs.tokenizer_input, bind=False)
+        self.recv_sock = self.to_detok = self.to_tm = None  # the leader's alone
+        if self.tp.is_leader:
+            self.recv_sock = make_socket(self.ctx, zmq.PULL, addrs.scheduler_input, bind=False)
+            self.to_detok = make_socket(self.ctx, zmq.PUSH, addrs.detokenizer_input, bind=False)
+            self.to_tm = make_socket(self.ctx, zmq.PUSH, addrs.tokenizer_input, bind=False)
+        self.sync_dec = msgspec.msgpack.Decoder(tuple[list[bytes], list[str]])
         self.enc = encoder()
         self.dec = decoder(ToScheduler)
         self.reqs: dict[str, Req] = {}
@@ -80,29 +99,41 @@ class SchedulerLoop:
         stats = self.scheduler.stats
         while not self.stopping:
             start, decode_steps = time.perf_counter(), stats.decode_steps
-            self._drain()
+            grammar_ready = self._drain()
             if self.stopping:
                 break
             if self.scheduler.has_work:
-                touched = self.scheduler.step()
+                touched = self.scheduler.step(grammar_ready)
                 self._emit(touched)
                 if stats.decode_steps != decode_steps:
                     stats.decode_iter_s += time.perf_counter() - start
                 self._maybe_log()
-            else:
-                self.recv_sock.poll(50)
+            elif self.recv_sock is not None:
+                self.recv_sock.poll(50)  # followers wait in the next broadcast instead
             if time.monotonic() - last_parent_check > 1.0:
                 last_parent_check = time.monotonic()
                 if not parent_alive():
                     return
         self._linger_until_killed()
 
-    def _drain(self) -> None:
-        while True:
+    def _drain(self) -> set[str] | None:
+        """Handle every message that arrived. With tensor parallelism the leader broadcasts the
+        frames it received, and the grammars it found ready, so every rank handles the same
+        messages and admits the same requests this iteration; returns those grammar rids
+        (None with one rank)."""
+        frames: list[bytes] = []
+        while self.recv_sock is not None:
             try:
-                frame = self.recv_sock.recv(zmq.NOBLOCK)
+                frames.append(self.recv_sock.recv(zmq.NOBLOCK))
             except zmq.Again:
-                return
+                break
+        grammar_ready = None
+        if self.tp.size > 1:
+            ready = self.scheduler.ready_grammar_rids() if self.tp.is_leader else []
+            payload = msgspec.msgpack.encode((frames, ready)) if self.tp.is_leader else b""
+            frames, ready = self.sync_dec.decode(self.tp.broadcast_bytes(payload))
+            grammar_ready = set(ready)
+        for frame in frames:
             try:
                 msg = self.dec.decode(frame)
             except DECODE_ERRORS as exc:
@@ -116,6 +147,11 @@ class SchedulerLoop:
                     self._reject(msg, f"internal error: {exc}")
                 elif isinstance(msg, ControlReq):
                     self._reply(msg, False, error=str(exc))
+        return grammar_ready
+
+    def _send(self, sock: Any, msg: Any) -> None:
+        if sock is not None:  # a follower rank: the leader answers the same message
+            sock.send(self.enc.encode(msg))
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, GenerateReq):
@@ -152,7 +188,7 @@ class SchedulerLoop:
         out = TokenOutput(rid=msg.rid, new_ids=[], finished_reason={"type": "abort", "message": message,
                                                                     "status_code": 400},
                           prompt_tokens=len(msg.input_ids), completion_tokens=0, cached_tokens=0)
-        self.to_detok.send(self.enc.encode(TokenOutputBatch([out])))
+        self._send(self.to_detok, TokenOutputBatch([out]))
 
     def _control(self, msg: ControlReq) -> None:
         sched = self.scheduler
@@ -171,14 +207,14 @@ class SchedulerLoop:
                 self._reply(msg, False, error=str(exc))
         elif msg.op == "shutdown":
             # the detokenizer acknowledges to the tokenizer manager itself
-            self.to_detok.send(self.enc.encode(ControlReq(rid=msg.rid, op="shutdown")))
-            self.to_tm.send(self.enc.encode(ShutdownAck(process="scheduler")))
+            self._send(self.to_detok, ControlReq(rid=msg.rid, op="shutdown"))
+            self._send(self.to_tm, ShutdownAck(process="scheduler"))
             self.stopping = True
         else:
             self._reply(msg, False, error=f"unknown control operation {msg.op!r}")
 
     def _reply(self, msg: ControlReq, ok: bool, data: dict | None = None, error: str = "") -> None:
-        self.to_tm.send(self.enc.encode(ControlReply(rid=msg.rid, op=msg.op, ok=ok, data=data or {}, error=error)))
+        self._send(self.to_tm, ControlReply(rid=msg.rid, op=msg.op, ok=ok, data=data or {}, error=error))
 
     def server_info(self) -> dict:
         sched, runner = self.scheduler, self.scheduler.runner
@@ -188,7 +224,7 @@ class SchedulerLoop:
             "context_length": runner.context_len, "max_total_tokens": runner.max_total_tokens,
             "device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
             "attention_backend": "triton" if runner.attn_backend.use_triton else "torch",
-            "quantization": runner.quantization,
+            "quantization": runner.quantization, "tp_size": self.tp.size,
             "kv_cache_dtype": str(runner.kv_dtype).removeprefix("torch."),
             "cuda_graph_batch_sizes": runner.graph_runner.batch_sizes if runner.graph_runner else [],
             "cache_hit_rate": stats.cache_hit_rate, "prompt_tokens": stats.prompt_tokens,
@@ -231,7 +267,7 @@ class SchedulerLoop:
             if req.finished:
                 self.reqs.pop(req.rid, None)
         if outputs:
-            self.to_detok.send(self.enc.encode(TokenOutputBatch(outputs)))
+            self._send(self.to_detok, TokenOutputBatch(outputs))
 
     def _token_output(self, req: Req) -> TokenOutput:
         params = req.sampling_params

@@ -43,3 +43,30 @@ def test_head_splits():
         TPGroup(0, 3).split(8, "number of attention heads")
     with pytest.raises(ValueError, match="multiple of the number of KV heads"):
         TPGroup(0, 3).kv_heads(2)
+
+
+def test_engine_with_two_ranks_serves_like_one():
+    """`Engine(tp_size=2)`: two scheduler processes, rank 0 on the sockets broadcasting what
+    arrives; greedy equals HF, streaming, a constrained request (both ranks must admit it in
+    the same step, though each compiles the grammar on its own), accounting."""
+    import re
+
+    from radixlm import Engine
+
+    path = str(build_tiny_model("llama"))
+    ps = prompts()
+    with Engine(path, tp_size=2, max_total_tokens=4000) as engine:
+        info = engine.get_server_info()
+        assert info["tp_size"] == 2
+        assert sum(name.startswith("scheduler") for name in engine.process_ids) == 2
+        outs = engine.generate(input_ids=ps, sampling_params={"max_new_tokens": 10, "temperature": 0,
+                                                              "ignore_eos": True})
+        assert [o["output_ids"] for o in outs] == [hf_greedy("llama", ids, 10) for ids in ps]
+        chunks = list(engine.generate(input_ids=ps[1], sampling_params={"max_new_tokens": 10, "temperature": 0,
+                                                                        "ignore_eos": True}, stream=True))
+        assert [t for c in chunks for t in c["output_ids"]] == outs[1]["output_ids"]
+        regex = "(red|green|blue)-[0-9]{3}"
+        out = engine.generate("Colour code:", {"max_new_tokens": 20, "temperature": 0.8, "regex": regex})
+        assert re.fullmatch(regex, out["text"]), out["text"]
+        engine.check_accounting()
+        assert engine.flush_cache()
