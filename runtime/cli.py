@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 
 from radixlm.runtime.config import EngineConfig
 
@@ -61,6 +62,8 @@ def serve(args: argparse.Namespace) -> int:
     cfg = EngineConfig(**{k: v for k, v in vars(args).items() if k in fields})
     logging.basicConfig(level=cfg.log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
     ModelConfig.from_path(cfg.model_path)
+    if cfg.node_rank > 0:
+        return serve_worker_node(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model_path)
     runtime = launch_runtime(cfg)
     died: list[str] = []
@@ -106,6 +109,24 @@ def serve(args: argparse.Namespace) -> int:
     if died:
         print(f"radixlm serve: exiting because {died[0]}", file=sys.stderr, flush=True)
         return 1
+    return 0
+
+
+def serve_worker_node(cfg: EngineConfig) -> int:
+    """Node `node_rank` > 0 of a multi-node tensor-parallel server: its scheduler ranks only
+    (no HTTP, no tokenizer); they follow rank 0 on node 0 until it shuts down."""
+    from radixlm.runtime.launch import launch_runtime
+
+    runtime = launch_runtime(cfg)
+    print(f"radixlm worker node {cfg.node_rank}/{cfg.nnodes} ready: tensor-parallel ranks "
+          f"{', '.join(n for n in runtime.processes)}", flush=True)
+    try:
+        while all(p.is_alive() for p in runtime.processes.values()):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.terminate()
     return 0
 
 

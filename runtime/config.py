@@ -194,6 +194,10 @@ class EngineConfig:
     # dist_init_addr (host:port) rendezvous for torch.distributed, default a private file
     tp_size: int = 1
     dist_init_addr: str | None = None
+    # multi-node tensor parallelism: tp_size / nnodes ranks per node; node 0 serves clients,
+    # the others run `radixlm serve --node-rank R` (worker ranks only) with the same dist_init_addr
+    nnodes: int = 1
+    node_rank: int = 0
     random_seed: int | None = None
     log_level: str = "warning"
 
@@ -220,6 +224,12 @@ class EngineConfig:
             raise ValueError(f"kv_cache_dtype must be auto or fp8_e4m3, got {self.kv_cache_dtype!r}")
         if self.tp_size < 1:
             raise ValueError(f"tp_size must be >= 1, got {self.tp_size}")
+        if self.nnodes < 1 or self.tp_size % self.nnodes:
+            raise ValueError(f"tp_size ({self.tp_size}) must be a multiple of nnodes ({self.nnodes})")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank must be in [0, {self.nnodes}), got {self.node_rank}")
+        if self.nnodes > 1 and not self.dist_init_addr:
+            raise ValueError("several nodes need dist_init_addr (host:port of node 0) to meet")
         if self.cuda_graph_max_bs < 1:
             raise ValueError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.max_prefill_tokens < 1:

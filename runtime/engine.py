@@ -36,6 +36,9 @@ _LIVE_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 class Engine:
     def __init__(self, model_path: str, **options: Any) -> None:
         self.config = EngineConfig.from_kwargs(model_path, **options)
+        if self.config.node_rank > 0:
+            raise ValueError("node_rank > 0 runs worker ranks only, with no clients: start it with "
+                             "`radixlm serve --node-rank N ...`; the Engine belongs on node 0")
         logging.getLogger("radixlm").setLevel(self.config.log_level.upper())
         self.model_config = ModelConfig.from_path(model_path)  # fail fast, before spawning anything
         self.tokenizer = load_tokenizer(self.config.tokenizer_path or model_path)

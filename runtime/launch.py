@@ -38,23 +38,29 @@ class RuntimeProcesses:
 
 
 def launch_runtime(cfg: EngineConfig) -> RuntimeProcesses:
-    """Spawn the detokenizer and the scheduler; return once the model is loaded.
+    """Spawn the detokenizer and the scheduler (one per tensor-parallel rank of this node);
+    return once the model is loaded. A node other than 0 runs its scheduler ranks only.
     A start-up failure (bad weights, no memory...) is raised here with its original type."""
     ctx = mp.get_context("spawn")
     addrs = IpcAddresses.create()
     tokenizer_path = cfg.tokenizer_path or cfg.model_path
     detok = ctx.Process(target=run_detokenizer_process, args=(tokenizer_path, addrs, cfg.log_level),
                         name="radixlm-detokenizer", daemon=True)
-    # one scheduler per tensor-parallel rank; rank 0's start-up report speaks for the runtime
-    pipes = [ctx.Pipe(duplex=False) for _ in range(cfg.tp_size)]
+    # one scheduler per tensor-parallel rank of this node; the first one's start-up report
+    # speaks for the runtime
+    per_node = cfg.tp_size // cfg.nnodes
+    ranks = range(cfg.node_rank * per_node, (cfg.node_rank + 1) * per_node)
+    pipes = [ctx.Pipe(duplex=False) for _ in ranks]
     scheds = {("scheduler" if rank == 0 else f"scheduler-tp{rank}"): ctx.Process(
         target=run_scheduler_process, args=(cfg, addrs, writer, rank), daemon=True,
         name="radixlm-scheduler" if rank == 0 else f"radixlm-scheduler-tp{rank}")
-        for rank, (_, writer) in enumerate(pipes)}
-    handle = RuntimeProcesses(addrs, {**scheds, "detokenizer": detok}, {})
+        for rank, (_, writer) in zip(ranks, pipes)}
+    workers_only = cfg.node_rank > 0
+    handle = RuntimeProcesses(addrs, {**scheds, **({} if workers_only else {"detokenizer": detok})}, {})
     try:
         with _main_module_hidden():
-            detok.start()
+            if not workers_only:
+                detok.start()
             for proc in scheds.values():
                 proc.start()
         infos = []

@@ -48,7 +48,8 @@ def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: An
         tp = TPGroup()
         if cfg.tp_size > 1:
             if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
-                torch.cuda.set_device(tp_rank % torch.cuda.device_count())  # one GPU per local rank
+                local_rank = tp_rank - cfg.node_rank * (cfg.tp_size // cfg.nnodes)
+                torch.cuda.set_device(local_rank)  # one GPU per rank of this node
             init = (f"tcp://{cfg.dist_init_addr}" if cfg.dist_init_addr
                     else f"file://{os.path.join(addrs.directory, 'tp-init')}")
             tp = init_tensor_parallel(tp_rank, cfg.tp_size, init,

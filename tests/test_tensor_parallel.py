@@ -70,3 +70,38 @@ def test_engine_with_two_ranks_serves_like_one():
         assert re.fullmatch(regex, out["text"]), out["text"]
         engine.check_accounting()
         assert engine.flush_cache()
+
+
+def test_two_nodes_on_one_machine(tmp_path):
+    """--nnodes 2: node 1 runs `radixlm serve --node-rank 1` (its rank only, no clients), node
+    0 the Engine with rank 0; they meet at dist_init_addr and serve like one rank."""
+    import socket
+    import subprocess
+    import sys
+
+    from radixlm import Engine
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = str(build_tiny_model("llama"))
+    common = dict(tp_size=2, nnodes=2, dist_init_addr=f"127.0.0.1:{port}", max_total_tokens=4000)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "radixlm.runtime.cli", "serve", "--model", path, "--tp-size", "2", "--nnodes", "2",
+         "--node-rank", "1", "--dist-init-addr", common["dist_init_addr"], "--max-total-tokens", "4000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with Engine(path, **common) as engine:
+            ps = prompts()[:2]
+            outs = engine.generate(input_ids=ps, sampling_params={"max_new_tokens": 8, "temperature": 0,
+                                                                  "ignore_eos": True})
+            assert [o["output_ids"] for o in outs] == [hf_greedy("llama", ids, 8) for ids in ps]
+        assert worker.wait(timeout=30) == 0  # rank 1 follows rank 0's shutdown
+        assert "radixlm worker node 1/2 ready" in worker.stdout.read()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    with pytest.raises(ValueError, match="worker ranks only"):
+        Engine(path, **{**common, "node_rank": 1})
+    with pytest.raises(ValueError, match="need dist_init_addr"):
+        Engine(path, tp_size=2, nnodes=2)
