@@ -198,6 +198,8 @@ class EngineConfig:
     # the others run `radixlm serve --node-rank R` (worker ranks only) with the same dist_init_addr
     nnodes: int = 1
     node_rank: int = 0
+    # data parallelism: dp_size replicas (each tp_size ranks) behind a prefix-aware router
+    dp_size: int = 1
     random_seed: int | None = None
     log_level: str = "warning"
 
@@ -224,6 +226,10 @@ class EngineConfig:
             raise ValueError(f"kv_cache_dtype must be auto or fp8_e4m3, got {self.kv_cache_dtype!r}")
         if self.tp_size < 1:
             raise ValueError(f"tp_size must be >= 1, got {self.tp_size}")
+        if self.dp_size < 1:
+            raise ValueError(f"dp_size must be >= 1, got {self.dp_size}")
+        if self.dp_size > 1 and self.nnodes > 1:
+            raise ValueError("data parallelism across several nodes is not supported yet (use nnodes=1)")
         if self.nnodes < 1 or self.tp_size % self.nnodes:
             raise ValueError(f"tp_size ({self.tp_size}) must be a multiple of nnodes ({self.nnodes})")
         if not 0 <= self.node_rank < self.nnodes:

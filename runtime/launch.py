@@ -12,6 +12,7 @@ from typing import Any
 from radixlm.runtime.config import EngineConfig
 from radixlm.runtime.detokenizer import run_detokenizer_process
 from radixlm.runtime.ipc import IpcAddresses
+from radixlm.runtime.router import run_router_process
 from radixlm.runtime.scheduler_process import run_scheduler_process
 
 _ERRORS = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError, "TypeError": TypeError}
@@ -49,12 +50,14 @@ def launch_runtime(cfg: EngineConfig) -> RuntimeProcesses:
     # one scheduler per tensor-parallel rank of this node; the first one's start-up report
     # speaks for the runtime
     per_node = cfg.tp_size // cfg.nnodes
-    ranks = range(cfg.node_rank * per_node, (cfg.node_rank + 1) * per_node)
+    ranks = [(dp, tp) for dp in range(cfg.dp_size) for tp in range(cfg.node_rank * per_node, (cfg.node_rank + 1) * per_node)]
     pipes = [ctx.Pipe(duplex=False) for _ in ranks]
-    scheds = {("scheduler" if rank == 0 else f"scheduler-tp{rank}"): ctx.Process(
-        target=run_scheduler_process, args=(cfg, addrs, writer, rank), daemon=True,
-        name="radixlm-scheduler" if rank == 0 else f"radixlm-scheduler-tp{rank}")
-        for rank, (_, writer) in zip(ranks, pipes)}
+    scheds = {}
+    for (dp, tp), (_, writer) in zip(ranks, pipes):
+        name = "scheduler" + (f"-dp{dp}" if cfg.dp_size > 1 else "") + (f"-tp{tp}" if tp else "")
+        replica_addrs = addrs.for_replica(dp) if cfg.dp_size > 1 else addrs
+        scheds[name] = ctx.Process(target=run_scheduler_process, args=(cfg, replica_addrs, writer, tp, dp),
+                                   daemon=True, name=f"radixlm-{name}")
     workers_only = cfg.node_rank > 0
     handle = RuntimeProcesses(addrs, {**scheds, **({} if workers_only else {"detokenizer": detok})}, {})
     try:
@@ -78,6 +81,16 @@ def launch_runtime(cfg: EngineConfig) -> RuntimeProcesses:
         if not info.get("ok"):
             kind, _, message = info.get("error", "RuntimeError: unknown").partition(": ")
             raise _ERRORS.get(kind, RuntimeError)(message)
+        if cfg.dp_size > 1:  # the router comes up once every replica has its model loaded
+            reader, writer = ctx.Pipe(duplex=False)
+            router = ctx.Process(target=run_router_process, daemon=True, name="radixlm-router",
+                                 args=(addrs, cfg.dp_size, info["max_total_tokens"], writer, cfg.log_level))
+            handle.processes["router"] = router
+            with _main_module_hidden():
+                router.start()
+            writer.close()
+            if not reader.poll(30) or not reader.recv().get("ok"):
+                raise RuntimeError("the data-parallel router did not start")
         handle.info = info
         return handle
     except BaseException:

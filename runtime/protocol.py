@@ -92,7 +92,14 @@ class ShutdownAck(Msg):
     process: str
 
 
+class RequestsDone(Msg):
+    """Data parallel: a replica tells the router which of its requests finished (its load)."""
+
+    rids: list[str]
+
+
 FromScheduler = Union[TokenOutputBatch, ControlReply, ShutdownAck]
+ToRouter = Union[ControlReply, ShutdownAck, RequestsDone]  # a replica's replies, to the router
 
 
 # --------------------------------------------------------------------- detokenizer -> tokenizer manager

@@ -24,8 +24,8 @@ from radixlm.runtime.ipc import IpcAddresses, die_with_parent, make_socket, pare
 from radixlm.runtime.constrained import GrammarCache, TokenizerVocab
 from radixlm.runtime.distributed import TPGroup, init_tensor_parallel
 from radixlm.runtime.model_runner import ModelRunner
-from radixlm.runtime.protocol import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
-                                      ToScheduler, TokenOutput, TokenOutputBatch, decoder, encoder)
+from radixlm.runtime.protocol import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, RequestsDone,
+                                      ShutdownAck, ToScheduler, TokenOutput, TokenOutputBatch, decoder, encoder)
 from radixlm.runtime.request import Req, check_request
 from radixlm.runtime.scheduler import Scheduler
 from radixlm.runtime.tokenizer import load_tokenizer
@@ -35,23 +35,25 @@ logger = logging.getLogger("radixlm.scheduler")
 LOG_INTERVAL_STEPS = 40
 
 
-def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: Any, tp_rank: int = 0) -> None:
+def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: Any, tp_rank: int = 0,
+                          dp_rank: int = 0) -> None:
     """One scheduler per tensor-parallel rank. Rank 0 owns the sockets; every rank runs the
     same scheduler on the same messages (rank 0 broadcasts what it received each iteration),
     so all ranks make the same decisions and meet at the same collectives."""
     die_with_parent()
-    set_process_title("radixlm::sched" if cfg.tp_size == 1 else f"radixlm::sched-tp{tp_rank}")
+    set_process_title("radixlm::sched" + (f"-dp{dp_rank}" if cfg.dp_size > 1 else "")
+                      + (f"-tp{tp_rank}" if cfg.tp_size > 1 else ""))
     logging.basicConfig(level=cfg.log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
     try:
         model_cfg = ModelConfig.from_path(cfg.model_path)
         tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model_path)
         tp = TPGroup()
+        if torch.cuda.is_available() and cfg.device in ("auto", "cuda") and cfg.tp_size * cfg.dp_size > 1:
+            local_rank = tp_rank - cfg.node_rank * (cfg.tp_size // cfg.nnodes)
+            torch.cuda.set_device(dp_rank * cfg.tp_size + local_rank)  # one GPU per rank of this node
         if cfg.tp_size > 1:
-            if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
-                local_rank = tp_rank - cfg.node_rank * (cfg.tp_size // cfg.nnodes)
-                torch.cuda.set_device(local_rank)  # one GPU per rank of this node
             init = (f"tcp://{cfg.dist_init_addr}" if cfg.dist_init_addr
-                    else f"file://{os.path.join(addrs.directory, 'tp-init')}")
+                    else f"file://{os.path.join(addrs.directory, f'tp-init-{dp_rank}')}")
             tp = init_tensor_parallel(tp_rank, cfg.tp_size, init,
                                       None if cfg.device in ("auto", "cuda") or cfg.device.startswith("cuda")
                                       else "gloo")
@@ -190,6 +192,7 @@ class SchedulerLoop:
                                                                     "status_code": 400},
                           prompt_tokens=len(msg.input_ids), completion_tokens=0, cached_tokens=0)
         self._send(self.to_detok, TokenOutputBatch([out]))
+        self._report_done([msg.rid])
 
     def _control(self, msg: ControlReq) -> None:
         sched = self.scheduler
@@ -269,6 +272,12 @@ class SchedulerLoop:
                 self.reqs.pop(req.rid, None)
         if outputs:
             self._send(self.to_detok, TokenOutputBatch(outputs))
+            self._report_done([o.rid for o in outputs if o.finished_reason is not None])
+
+    def _report_done(self, rids: list[str]) -> None:
+        """Data parallel: the router balances load on the requests each replica still has."""
+        if rids and self.cfg.dp_size > 1:
+            self._send(self.to_tm, RequestsDone(rids))
 
     def _token_output(self, req: Req) -> TokenOutput:
         params = req.sampling_params
