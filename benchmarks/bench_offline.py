@@ -25,7 +25,8 @@ compiles the decode step; batch 1 only; GPU only), and with --ablations our own 
 a feature off: radixlm-no-overlap (no overlap scheduling), radixlm-no-cuda-graph,
 radixlm-torch-kernels (reference kernels, no graphs); and FP8 variants: radixlm-fp8 (decoder
 weights block-quantised to e4m3 at load), radixlm-fp8-kv (plus the fp8 KV cache), whose MBU
-counts the fp8 bytes (and prefill MFU the bf16 peak). Each decode row also carries the
+counts the fp8 bytes (and prefill MFU the bf16 peak); radixlm-tp2 (tensor parallel over two
+GPUs; MBU against one card's bandwidth, so up to 2x). Each decode row also carries the
 scheduler's own per-step account: loop iteration, launch + wait, and on CUDA the device's busy
 time per step and the share of decode time it sat idle between steps waiting for the host.
 Bandwidth (a large device copy, read + write) and the matmul peak are measured in the same run.
@@ -231,7 +232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefill-len", type=int, default=8192)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--engines", default="radixlm,hf-eager,hf-static-compile")
-    p.add_argument("--ablations", default="", help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-kv")
+    p.add_argument("--ablations", default="", help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-kv, tp2")
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
     p.add_argument("--mem-bandwidth-gbs", type=float, default=None)
@@ -291,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("radixlm-fp8", {"quantization": "fp8"}, batch_sizes, True))
     if "fp8-kv" in ablations:
         configs.append(("radixlm-fp8-kv", {"quantization": "fp8", "kv_cache_dtype": "fp8_e4m3"}, batch_sizes, False))
+    if "tp2" in ablations:  # the same model over two GPUs (NCCL), against one
+        configs.append(("radixlm-tp2", {"tp_size": 2}, batch_sizes, True))
     if "no-overlap" in ablations:
         configs.append(("radixlm-no-overlap", {"overlap_schedule": "off"}, batch_sizes, False))
     if "no-cuda-graph" in ablations:

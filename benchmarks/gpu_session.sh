@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_session.sh final    # tests/gpu, then speed (~8 min on an H100)
 #   bash benchmarks/gpu_session.sh gsp      # the shared-prefix serving run alone
 #   bash benchmarks/gpu_session.sh fp8      # FP8 GPU tests, GEMM vs _scaled_mm, 8B fp8 vs bf16 vs HF
+#   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
 set -uo pipefail
@@ -41,6 +42,11 @@ case "$MODE" in
       --reps 2 --ablations fp8,fp8-kv --out "$OUT/offline-fp8.json" > "$OUT/offline-fp8.log" 2>&1
     python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_fp8.py tests/gpu/test_gpu_fp8_kernels.py \
       > "$OUT/gpu-tests-fp8.log" 2>&1
+    ;;
+  tp)  # on a 2-GPU machine: TP/DP parity, then the 8B shape at TP=1 vs TP=2 (NCCL_NVLS_ENABLE=0 above)
+    python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_tensor_parallel.py 2>&1 | tee "$OUT/gpu-tests-tp.log" | tail -3
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines radixlm --batch-sizes 1,64 --reps 2 \
+      --ablations tp2 --out "$OUT/offline-tp.json" > "$OUT/offline-tp.log" 2>&1
     ;;
   speed)
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
