@@ -30,6 +30,7 @@ SOCKETS = {
     "client_endpoint": P.ClientRequest,  # client_endpoint.py
     "client": P.ClientReply,  # client.py
     "from_scheduler": P.FromScheduler,
+    "router": P.ToRouter,  # router.py: what data-parallel replicas send back
 }
 
 
@@ -77,6 +78,7 @@ SAMPLES: list[tuple[str, object]] = [
                                     data={"running": 0, "cache_hit_rate": 0.5, "device": "cpu", "nested": [1, [2]]})),
     ("ControlReply/error", P.ControlReply(rid="x", op="flush_cache", ok=False, error="busy")),
     ("ShutdownAck", P.ShutdownAck(process="scheduler")),
+    ("RequestsDone", P.RequestsDone(rids=["r1", "r2"])),
     ("TextOutputBatch", P.TextOutputBatch(outputs=[
         P.TextOutput(rid="r1", text_delta="héllo 日本語 🙂", token=FULL_TOKEN_OUTPUT),
         P.TextOutput(rid="r2", text_delta="", token=_token_output(rid="r2"))])),
