@@ -240,7 +240,7 @@ if __name__ == "__main__":
 
 
 def tp_greedy_worker(rank: int, size: int, init_file: str, model_path: str, prompts: list[list[int]],
-                     max_new_tokens: int, out_dir: str) -> None:
+                     max_new_tokens: int, out_dir: str, options: dict | None = None) -> None:
     """One tensor-parallel rank (gloo, CPU) running the scheduler over `prompts` greedily and
     writing its outputs to out_dir/rank{rank}.json: every rank must produce the same tokens,
     equal to the single-rank model's. A module-level function so `torch.multiprocessing`
@@ -258,7 +258,7 @@ def tp_greedy_worker(rank: int, size: int, init_file: str, model_path: str, prom
 
     torch.set_num_threads(1)
     tp = init_tensor_parallel(rank, size, f"file://{init_file}", "gloo")
-    cfg = EngineConfig(model_path, device="cpu", max_total_tokens=4000)
+    cfg = EngineConfig(model_path, device="cpu", max_total_tokens=4000, **(options or {}))
     model_cfg = ModelConfig.from_path(model_path)
     runner = ModelRunner(cfg, model_cfg, tp)
     scheduler = Scheduler(cfg, runner, decode_tokens=lambda ids: "")

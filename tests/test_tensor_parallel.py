@@ -105,3 +105,15 @@ def test_two_nodes_on_one_machine(tmp_path):
         Engine(path, **{**common, "node_rank": 1})
     with pytest.raises(ValueError, match="need dist_init_addr"):
         Engine(path, tp_size=2, nnodes=2)
+
+
+def test_online_fp8_with_two_ranks_agrees_with_the_unquantised_model():
+    """Each rank block-quantises the weight slice it loaded (its row-parallel layers quantise
+    their activations over the rank's own columns), so the per-token agreement with the
+    unquantised model is what one fp8 rank gives."""
+    from test_fp8_model import agreement
+
+    path = str(build_tiny_model("llama"))
+    top1, overlap = agreement(path, path, {"tp_size": 2, "quantization": "fp8", "max_total_tokens": 4000},
+                              {"quantization": "fp8", "tp_size": 2})
+    assert top1 >= 0.90 and overlap >= 0.85, (top1, overlap)
