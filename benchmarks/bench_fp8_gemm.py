@@ -34,9 +34,8 @@ import sys
 from pathlib import Path
 
 import torch
-from kernel_timing import load_kernel_modules, rel_err, time_ms
+from kernel_timing import LLAMA_8B_SHAPES, load_kernel_modules, parse_shape, rel_err, time_ms
 
-LLAMA_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 SHAPE_NAMES = {(6144, 4096): "qkv", (4096, 4096): "o_proj", (28672, 4096): "gate_up", (4096, 14336): "down"}
 MS = [1, 16, 128, 4096]
 BLOCK_SIZE = (128, 128)
@@ -146,11 +145,6 @@ def print_table(rows: list[dict]) -> None:
     errors = {r.get("scaled_mm_error") for r in rows} - {None}
     for e in errors:
         print("scaled_mm failed:", e)
-
-
-def parse_shape(s: str) -> tuple[int, int]:
-    n, k = s.split(",")
-    return int(n), int(k)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,14 @@ from typing import Callable
 import torch
 
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "runtime" / "kernels"
+# (N, K) of the Llama-3.1-8B linear layers: qkv, o_proj, gate_up, down
+LLAMA_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+
+
+def parse_shape(s: str) -> tuple[int, int]:
+    """argparse type for "N,K"."""
+    n, k = s.split(",")
+    return int(n), int(k)
 
 
 def load_kernel_modules(*names: str) -> list:

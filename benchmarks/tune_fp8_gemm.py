@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 
 import torch
-from kernel_timing import load_kernel_modules, time_ms
+from kernel_timing import LLAMA_8B_SHAPES, load_kernel_modules, parse_shape, time_ms
 
-LLAMA_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 BLOCK_SIZE = (128, 128)
 HOLD_CYCLES = 20_000_000  # ~10 ms of GPU clock cycles: longer than queueing the timed calls takes
 SMEM_LIMIT = 220 * 1024  # bytes of shared memory a config's pipeline may take (H100: 227 KB per block)
@@ -97,11 +96,6 @@ def tune_shape(ref, gemm, n: int, k: int, ms: list[int], flush: torch.Tensor, ar
               flush=True)
         best[str(m)] = cfg_best
     return best
-
-
-def parse_shape(s: str) -> tuple[int, int]:
-    n, k = s.split(",")
-    return int(n), int(k)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -80,11 +80,10 @@ class TPGroup:
         return head, head + 1
 
 
-def init_tensor_parallel(rank: int, size: int, init_method: str, backend: str | None = None) -> TPGroup:
+def init_tensor_parallel(rank: int, size: int, init_method: str, backend: str) -> TPGroup:
     """Join the TP process group (one process per rank). backend: nccl on CUDA, gloo on CPU."""
     if size == 1:
         return TPGroup()
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=size)
     cpu_group = dist.group.WORLD if backend == "gloo" else dist.new_group(backend="gloo")

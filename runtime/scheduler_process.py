@@ -23,7 +23,7 @@ from radixlm.runtime.config import EngineConfig, ModelConfig
 from radixlm.runtime.ipc import IpcAddresses, die_with_parent, make_socket, parent_alive, set_process_title
 from radixlm.runtime.constrained import GrammarCache, TokenizerVocab
 from radixlm.runtime.distributed import TPGroup, init_tensor_parallel
-from radixlm.runtime.model_runner import ModelRunner
+from radixlm.runtime.model_runner import ModelRunner, resolve_device
 from radixlm.runtime.protocol import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, RequestsDone,
                                       ShutdownAck, ToScheduler, TokenOutput, TokenOutputBatch, decoder, encoder)
 from radixlm.runtime.request import Req, check_request
@@ -48,15 +48,14 @@ def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: An
         model_cfg = ModelConfig.from_path(cfg.model_path)
         tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model_path)
         tp = TPGroup()
-        if torch.cuda.is_available() and cfg.device in ("auto", "cuda") and cfg.tp_size * cfg.dp_size > 1:
+        on_cuda = resolve_device(cfg.device).type == "cuda"
+        if on_cuda and cfg.device in ("auto", "cuda") and cfg.tp_size * cfg.dp_size > 1:
             local_rank = tp_rank - cfg.node_rank * (cfg.tp_size // cfg.nnodes)
             torch.cuda.set_device(dp_rank * cfg.tp_size + local_rank)  # one GPU per rank of this node
         if cfg.tp_size > 1:
             init = (f"tcp://{cfg.dist_init_addr}" if cfg.dist_init_addr
                     else f"file://{os.path.join(addrs.directory, f'tp-init-{dp_rank}')}")
-            tp = init_tensor_parallel(tp_rank, cfg.tp_size, init,
-                                      None if cfg.device in ("auto", "cuda") or cfg.device.startswith("cuda")
-                                      else "gloo")
+            tp = init_tensor_parallel(tp_rank, cfg.tp_size, init, "nccl" if on_cuda else "gloo")
         runner = ModelRunner(cfg, model_cfg, tp)
         eos = set(model_cfg.eos_token_ids)
         if tokenizer.eos_token_id is not None:
