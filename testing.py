@@ -275,3 +275,4 @@ def tp_greedy_worker(rank: int, size: int, init_file: str, model_path: str, prom
         "outputs": [r.output_ids for r in reqs],
         "local_heads": [runner.num_heads, runner.num_kv_heads],
         "kv_pool_heads": runner.kv_pool.k_buffers[0].shape[1]}))
+    tp.close()  # together, after the last collective (see TPGroup.close)

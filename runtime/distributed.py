@@ -79,6 +79,14 @@ class TPGroup:
         head = self.rank // (self.size // num_kv_heads)
         return head, head + 1
 
+    def close(self) -> None:
+        """Leave the group together: a process that exits while gloo still has a connection
+        open to a peer aborts in the C++ destructor ("terminate called without an active
+        exception"), so every rank waits at a barrier, then tears the group down."""
+        if self.size > 1 and dist.is_initialized():
+            dist.barrier(group=self.cpu_group)
+            dist.destroy_process_group()
+
 
 def init_tensor_parallel(rank: int, size: int, init_method: str, backend: str) -> TPGroup:
     """Join the TP process group (one process per rank). backend: nccl on CUDA, gloo on CPU."""
