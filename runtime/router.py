@@ -80,6 +80,9 @@ def merge_replies(op: str, replies: list[ControlReply], router: Router) -> tuple
                 data[key] = sum(info[key] for info in infos)
         data["cache_hit_rate"] = data["cached_tokens"] / data["prompt_tokens"] if data.get("prompt_tokens") else 0.0
         data["dp_size"] = len(infos)
+        broken = [f"replica {i}: {info.get('kv_accounting')}" for i, info in enumerate(infos)
+                  if info.get("kv_accounting") != "ok"]
+        data["kv_accounting"] = "; ".join(broken) or "ok"
         data["replicas"] = [{"cache_hit_rate": info.get("cache_hit_rate"), "prompt_tokens": info.get("prompt_tokens"),
                              "cached_tokens": info.get("cached_tokens"), "routed_requests": router.routed[i],
                              "routed_by_prefix": router.prefix_routed[i], "running": info.get("running"),

@@ -248,8 +248,17 @@ class SchedulerLoop:
             "decode_gpu_idle_share": (stats.decode_gpu_idle_s / (stats.decode_gpu_idle_s + stats.decode_gpu_busy_s)
                                       if stats.decode_gpu_busy_s else None),
             "constrained_decoding": sched.grammars is not None, **self._grammar_info(),
-            **sched.usage(),
+            **sched.usage(), "kv_accounting": self._accounting(),
         }
+
+    def _accounting(self) -> str:
+        """"ok", or what broke: free + evictable + locked + in use == total, request rows, and
+        the radix tree's self-check (cheap next to a step; monitoring may poll it)."""
+        try:
+            self.scheduler.check_accounting()
+        except AssertionError as exc:
+            return str(exc) or "radix tree self-check failed"
+        return "ok"
 
     def _grammar_info(self) -> dict:
         grammars = self.scheduler.grammars
