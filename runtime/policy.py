@@ -16,6 +16,10 @@ LPM_MAX_QUEUE = 128
 # A request whose uncached prefix is shared (>= this many tokens) with a request already
 # admitted this round waits one round: it will then hit the cache instead of recomputing.
 IN_BATCH_PREFIX_THRESHOLD = 32
+# Bounded wait under LPM: a request passed over in this many admission rounds (rounds that
+# admitted others while it waited) goes ahead of every request that has not waited as long,
+# so a stream of cache-hitting arrivals cannot keep a cold request out forever.
+MAX_PASSED_OVER = 16
 # Decode-token reserve per request is estimated from at most this many future tokens.
 CLIP_MAX_NEW_TOKENS = 4096
 
@@ -40,8 +44,10 @@ class SchedulePolicy:
         if self.policy == "fcfs" or len(waiting) > LPM_MAX_QUEUE:
             return list(waiting)
         hits = {id(r): len(self.tree.match_prefix(r.fill_ids[: match_limit(r)]).kv_indices) for r in waiting}
-        # retracted requests keep their place at the front; the sort is stable
-        return sorted(waiting, key=lambda r: (r.retraction_count == 0, -hits[id(r)]))
+        # retracted requests keep their place at the front, then requests that have waited
+        # long enough in arrival order, then the rest by cached prefix; the sort is stable
+        return sorted(waiting, key=lambda r: (r.retraction_count == 0, r.passed_over < MAX_PASSED_OVER,
+                                              -hits[id(r)] if r.passed_over < MAX_PASSED_OVER else 0))
 
 
 class InBatchPrefixFilter:

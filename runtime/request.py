@@ -44,6 +44,7 @@ class Req:
     to_abort: str | None = None  # abort message, applied at the next step
     cached_tokens: int = -1  # prefix hit reported to the user (first admission only)
     retraction_count: int = 0
+    passed_over: int = 0  # admission rounds that admitted others while this one waited (aging)
     input_logprob_next: int = 0  # next prompt position p whose token p+1 still needs a logprob
     input_token_logprobs: list[tuple[float | None, int]] = field(default_factory=list)
     input_top_logprobs: list[list[tuple[int, float]] | None] = field(default_factory=list)

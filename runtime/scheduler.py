@@ -8,6 +8,15 @@ requests share it at once. When decode runs out of KV slots, the requests that l
 least are retracted (their KV is handed to the tree, where it stays reusable until
 evicted) and re-queued at the front; nothing is ever dropped.
 
+Bounded wait (no request starves): admission tries waiting requests in policy order and
+stops at the first one that does not fit, so nothing behind it overtakes it for memory;
+retracted requests come first; under LPM a request passed over in `MAX_PASSED_OVER`
+admission rounds goes ahead of every request that has not waited as long (policy.py).
+Retraction takes the running request with the fewest output tokens (ties: the longest
+prompt); a retracted request keeps its outputs, so when it returns it is not chosen
+before newer arrivals. Every decode step adds a token to each running request and a
+retraction removes none, so the total only grows and every request finishes.
+
 Overlap (on by default on CUDA): in steady decode the scheduler queues step N+1 before it
 waits for step N, with N's sampled ids (still on the device) as N+1's input, then
 processes N's tokens (stop checks, outputs to the client) while the device runs N+1. The
@@ -341,6 +350,9 @@ class Scheduler:
                 break
         for req in admitted:
             self.waiting.remove(req)
+        if admitted:
+            for req in self.waiting:
+                req.passed_over += 1
         return batch
 
     def _extend_into(self, req: Req, n: int) -> bool:
