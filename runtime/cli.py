@@ -71,6 +71,10 @@ def serve(args: argparse.Namespace) -> int:
         tm = TokenizerManager(cfg, runtime.addrs, tokenizer, runtime.info, runtime.processes)
         model_name = args.served_model_name or os.path.basename(os.path.normpath(cfg.model_path))
         zmq_addr = f"tcp://{args.host}:{args.zmq_port}" if args.zmq_port else None
+        if zmq_addr and args.api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+            # the key guards HTTP only: a reachable ZeroMQ port would be an open side door
+            print(f"radixlm serve: warning: --api-key does not protect the ZeroMQ endpoint {zmq_addr}; "
+                  "serve it on a loopback --host or keep it behind a firewall", file=sys.stderr, flush=True)
         endpoint = ClientEndpoint(tm, zmq_addr) if zmq_addr else None
         server: uvicorn.Server | None = None
 
