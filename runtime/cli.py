@@ -59,13 +59,19 @@ def serve(args: argparse.Namespace) -> int:
     from radixlm.runtime.tokenizer_manager import TokenizerManager
 
     fields = {f.name for f in dataclasses.fields(EngineConfig)}
-    cfg = EngineConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    logging.basicConfig(level=cfg.log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
-    ModelConfig.from_path(cfg.model_path)
-    if cfg.node_rank > 0:
-        return serve_worker_node(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model_path)
-    runtime = launch_runtime(cfg)
+    try:
+        cfg = EngineConfig(**{k: v for k, v in vars(args).items() if k in fields})
+        logging.basicConfig(level=cfg.log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
+        ModelConfig.from_path(cfg.model_path)
+        if cfg.node_rank > 0:
+            return serve_worker_node(cfg)
+        tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model_path)
+        runtime = launch_runtime(cfg)
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        # a bad option or model folder (corrupt weights...) is the operator's to fix: say what
+        # is wrong in one line rather than burying it under a traceback through the launcher
+        print(f"radixlm serve: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
     died: list[str] = []
     try:
         tm = TokenizerManager(cfg, runtime.addrs, tokenizer, runtime.info, runtime.processes)

@@ -137,9 +137,22 @@ def check_request(ids: list[int], params: SamplingParams, vocab_size: int, conte
         raise ValueError(f"input_ids must be integers in [0, {vocab_size})")
     if len(ids) + (1 if params.max_new_tokens > 0 else 0) > context_len:
         raise ValueError(f"prompt is too long: {len(ids)} tokens, context length is {context_len}")
-    if not isinstance(top_logprobs_num, int) or isinstance(top_logprobs_num, bool) or top_logprobs_num < 0:
-        raise ValueError(f"top_logprobs_num must be an integer >= 0, got {top_logprobs_num!r}")
+    # the upper bound is msgpack's: a bigger int cannot cross to the scheduler
+    if (not isinstance(top_logprobs_num, int) or isinstance(top_logprobs_num, bool)
+            or not 0 <= top_logprobs_num < 1 << 64):
+        raise ValueError(f"top_logprobs_num must be an integer in [0, 2**64), got {top_logprobs_num!r}")
     if not isinstance(logprob_start_len, int) or not -1 <= logprob_start_len < len(ids):
         raise ValueError(f"logprob_start_len must be in [-1, {len(ids)}), got {logprob_start_len!r}")
     params.max_new_tokens = min(params.max_new_tokens, context_len - len(ids))
     params.min_new_tokens = min(params.min_new_tokens, params.max_new_tokens)
+
+
+def check_text(text: str, what: str = "prompt") -> None:
+    """Raise ValueError unless `text` can be encoded as UTF-8: a lone surrogate (which JSON's
+    \\ud800 escapes and Python strings allow) would otherwise fail deep in the tokenizer with
+    an error that does not say what is wrong."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid Unicode: lone surrogate {text[exc.start]!r} "
+                         f"at index {exc.start}") from None

@@ -20,6 +20,9 @@ import torch
 from radixlm.runtime.device_copy import to_device
 
 _MASK64 = (1 << 64) - 1
+# Most samples one request may ask for (OpenAI's limit): n = 10**6 would otherwise be
+# attempted, one queued request per sample.
+MAX_N = 128
 
 
 def _as_int64(x: int) -> int:
@@ -97,18 +100,22 @@ class SamplingParams:
         def is_num(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool)
 
+        def fits_msgpack(v: int) -> bool:  # a bigger int cannot cross to the scheduler
+            return -(1 << 63) <= v < 1 << 64
+
         if not is_int(self.max_new_tokens) or self.max_new_tokens < 0:
             bad(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
         if not is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens:
             bad(f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
         if self.min_new_tokens > self.max_new_tokens:
             bad(f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})")
-        if not is_num(self.temperature) or not self.temperature >= 0.0:
-            bad(f"temperature must be >= 0, got {self.temperature!r}")
+        # infinity is refused too: logits / inf turns a banned (-inf) token's logit into NaN
+        if not is_num(self.temperature) or not 0.0 <= self.temperature < float("inf"):
+            bad(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if not is_num(self.top_p) or not 0.0 < self.top_p <= 1.0:
             bad(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not is_int(self.top_k) or not (self.top_k == -1 or self.top_k >= 1):
-            bad(f"top_k must be -1 (no limit) or >= 1, got {self.top_k!r}")
+        if not is_int(self.top_k) or not (self.top_k == -1 or 1 <= self.top_k < 1 << 64):
+            bad(f"top_k must be -1 (no limit) or in [1, 2**64), got {self.top_k!r}")
         if not is_num(self.min_p) or not 0.0 <= self.min_p <= 1.0:
             bad(f"min_p must be in [0, 1], got {self.min_p!r}")
         for name in ("frequency_penalty", "presence_penalty"):
@@ -117,10 +124,10 @@ class SamplingParams:
                 bad(f"{name} must be in [-2, 2], got {v!r}")
         if not is_num(self.repetition_penalty) or not 0.0 < self.repetition_penalty <= 2.0:
             bad(f"repetition_penalty must be in (0, 2], got {self.repetition_penalty!r}")
-        if not is_int(self.n) or self.n < 1:
-            bad(f"n must be an integer >= 1, got {self.n!r}")
-        if self.seed is not None and not is_int(self.seed):
-            bad(f"seed must be an integer, got {self.seed!r}")
+        if not is_int(self.n) or not 1 <= self.n <= MAX_N:
+            bad(f"n must be an integer in [1, {MAX_N}], got {self.n!r}")
+        if self.seed is not None and not (is_int(self.seed) and fits_msgpack(self.seed)):
+            bad(f"seed must be an integer in [-2**63, 2**64), got {self.seed!r}")
         if self.stop is not None:
             stops = [self.stop] if isinstance(self.stop, str) else self.stop
             if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):

@@ -18,10 +18,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from radixlm.runtime.metrics import ServerMetrics
 from radixlm.runtime.openai_protocol import (ChatCompletionRequest, CompletionRequest, GenerateRequest,
                                              finish_reason_name)
+from radixlm.runtime.request import check_text
 from radixlm.runtime.tokenizer_manager import PreparedRequest, RequestError, RuntimeDiedError, TokenizerManager
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -70,6 +72,16 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
     @app.exception_handler(HTTPError)
     async def on_http_error(request: Request, exc: HTTPError):
         return JSONResponse(_error_body(exc.status, exc.message, exc.kind), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_starlette_error(request: Request, exc: StarletteHTTPException):
+        # 404/405 and bodies FastAPI cannot read get the same error shape as every other 4xx;
+        # FastAPI's own text for a body that is not UTF-8 does not say what is wrong with it
+        message = str(exc.detail)
+        if isinstance(exc.__cause__, UnicodeDecodeError):
+            message = f"request body is not valid UTF-8 JSON: {exc.__cause__}"
+        return JSONResponse(_error_body(exc.status_code, message, "invalid_request_error"),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     # ------------------------------------------------------------------ helpers
     def prepare(text: str | None, ids: list[int] | None, params: dict, **kw: Any) -> PreparedRequest:
@@ -284,6 +296,11 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
         if body.top_logprobs is not None and not 0 <= body.top_logprobs <= 20:
             raise HTTPError(400, "top_logprobs must be between 0 and 20")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        for i, m in enumerate(messages):
+            try:
+                check_text(m["content"], f"messages[{i}].content")
+            except ValueError as exc:
+                raise HTTPError(400, str(exc)) from None
         try:
             text = tm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # the model's own Jinja template rejected the conversation

@@ -9,6 +9,7 @@ every pending request fails at once with an error naming it, and health turns ba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -23,7 +24,7 @@ from radixlm.runtime.config import EngineConfig
 from radixlm.runtime.ipc import IpcAddresses, make_socket
 from radixlm.runtime.protocol import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
                                       TextOutputBatch, ToTokenizerManager, decoder, encoder)
-from radixlm.runtime.request import check_request
+from radixlm.runtime.request import check_request, check_text
 from radixlm.runtime.sampling import SamplingParams
 
 logger = logging.getLogger("radixlm.tokenizer_manager")
@@ -87,6 +88,7 @@ class TokenizerManager:
         self._rng = random.Random(cfg.random_seed)
         self._acks: set[str] = set()
         self._tasks: list[asyncio.Task] = []
+        self._died: asyncio.Future | None = None  # resolved once the runtime is dead or shut down
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -95,6 +97,7 @@ class TokenizerManager:
         self.from_runtime = make_socket(self.ctx, zmq.PULL, self.addrs.tokenizer_input, bind=True)
         self.enc = encoder()
         self.dec = decoder(ToTokenizerManager)
+        self._died = asyncio.get_running_loop().create_future()
         self._tasks = [asyncio.create_task(self._recv_loop()), asyncio.create_task(self._watchdog())]
 
     async def shutdown(self, timeout: float = 5.0) -> None:
@@ -108,6 +111,7 @@ class TokenizerManager:
             except Exception:  # best effort: the launcher terminates whatever is left
                 pass
         self.dead = self.dead or "runtime shut down"
+        self._set_died()
         for task in self._tasks:
             task.cancel()
         self._fail_all(RuntimeDiedError("runtime shut down"))
@@ -128,6 +132,7 @@ class TokenizerManager:
                 raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
             if not prompt:
                 raise ValueError("prompt is empty")
+            check_text(prompt)
             ids = list(self.tokenizer(prompt).input_ids)
         else:
             if not isinstance(input_ids, (list, tuple)):
@@ -168,6 +173,9 @@ class TokenizerManager:
                        req: PreparedRequest, stream: bool, logprobs: bool = True) -> AsyncIterator[dict]:
         if rid in self.states:
             raise ValueError(f"duplicate request id {rid!r}")
+        # checked again here: the samples of an n > 1 request start after their warm-up, by
+        # when the runtime may have died (and _fail_all no longer sees new states)
+        self._check_alive()
         state = ReqState(rid=rid, index=index, stream=stream)
         self.states[rid] = state
         msg = GenerateReq(
@@ -192,7 +200,8 @@ class TokenizerManager:
         finally:
             if not state.finished and self.dead is None:
                 # the consumer went away (client disconnect, cancellation): free its KV
-                await self._send(AbortReq(rid=rid, message="client disconnected"))
+                with contextlib.suppress(RuntimeDiedError):  # died meanwhile: nothing left to free
+                    await self._send(AbortReq(rid=rid, message="client disconnected"))
             self.states.pop(rid, None)
 
     async def abort(self, rid: str) -> None:
@@ -217,7 +226,22 @@ class TokenizerManager:
             raise RuntimeDiedError(self.dead)
 
     async def _send(self, msg: Any) -> None:
-        await self.to_scheduler.send(self.enc.encode(msg))
+        sending = self.to_scheduler.send(self.enc.encode(msg))
+        if not sending.done():
+            # a PUSH socket whose only peer died blocks until a peer connects, which never
+            # happens: give up when the watchdog declares the runtime dead, or the request
+            # sent in that window would hang instead of failing with the others
+            try:
+                await asyncio.wait({sending, self._died}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sending.cancel()  # a no-op once sent; withdraws it when dead or when we are cancelled
+            if sending.cancelled():
+                raise RuntimeDiedError(self.dead or "runtime shut down")
+        sending.result()
+
+    def _set_died(self) -> None:
+        if self._died is not None and not self._died.done():
+            self._died.set_result(None)
 
     async def _recv_loop(self) -> None:
         while True:
@@ -301,6 +325,7 @@ class TokenizerManager:
                     self.dead = f"the {name} process (pid {proc.pid}) died with exit code {proc.exitcode}"
                     logger.error("%s; failing %d pending requests", self.dead, len(self.states))
                     self._fail_all(RuntimeDiedError(self.dead))
+                    self._set_died()
                     for callback in self.on_death:
                         callback(self.dead)
                     return
