@@ -16,18 +16,22 @@ logger = logging.getLogger("radixlm.serve")
 EXIT_GRACE_S = 1.0  # after a child dies: time for in-flight error responses to reach clients
 
 
+# SGLang's short spellings of some flags, accepted as well
+FLAG_ALIASES = {"tp_size": ["--tp"], "dp_size": ["--dp"]}
+
+
 def _engine_args(parser: argparse.ArgumentParser) -> None:
     """One flag per EngineConfig field, named like SGLang's (--max-total-tokens ...)."""
     for f in dataclasses.fields(EngineConfig):
         if f.name in ("model_path", "tokenizer_path"):
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *FLAG_ALIASES.get(f.name, [])]
         annotation = str(f.type)  # a string: config.py uses postponed annotations
         if annotation == "bool":
-            parser.add_argument(flag, action="store_true", default=f.default)
+            parser.add_argument(*flags, dest=f.name, action="store_true", default=f.default)
             continue
         kind = int if annotation.startswith("int") else float if annotation.startswith("float") else str
-        parser.add_argument(flag, type=kind, default=f.default)
+        parser.add_argument(*flags, dest=f.name, type=kind, default=f.default)
 
 
 def build_parser() -> argparse.ArgumentParser:

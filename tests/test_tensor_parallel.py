@@ -117,3 +117,12 @@ def test_online_fp8_with_two_ranks_agrees_with_the_unquantised_model():
     top1, overlap = agreement(path, path, {"tp_size": 2, "quantization": "fp8", "max_total_tokens": 4000},
                               {"quantization": "fp8", "tp_size": 2})
     assert top1 >= 0.90 and overlap >= 0.85, (top1, overlap)
+
+
+def test_serve_accepts_sglang_short_flags():
+    from radixlm.runtime.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--model", "m", "--tp", "2", "--dp", "3"])
+    assert (args.tp_size, args.dp_size) == (2, 3)
+    args = build_parser().parse_args(["serve", "--model", "m", "--tp-size", "4", "--dp-size", "2"])
+    assert (args.tp_size, args.dp_size) == (4, 2)
