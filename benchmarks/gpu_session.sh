@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_session.sh final    # tests/gpu, then speed (~8 min on an H100)
 #   bash benchmarks/gpu_session.sh gsp      # the shared-prefix serving run alone
 #   bash benchmarks/gpu_session.sh fp8      # FP8 GPU tests, GEMM vs _scaled_mm, 8B fp8 vs bf16 vs HF
+#   bash benchmarks/gpu_session.sh fp8-gemv # W8A16 GEMV: tests, tuning + threshold, bench, 8B fp8 b=1 (~8 min)
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
@@ -42,6 +43,28 @@ case "$MODE" in
       --reps 2 --ablations fp8,fp8-kv --out "$OUT/offline-fp8.json" > "$OUT/offline-fp8.log" 2>&1
     python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_fp8.py tests/gpu/test_gpu_fp8_kernels.py \
       > "$OUT/gpu-tests-fp8.log" 2>&1
+    ;;
+  fp8-gemv)  # the W8A16 GEMV (runtime/kernels/triton/fp8_gemv.py). 1) the fp8 kernel tests (GEMV with the
+    # committed configs); 2) tune its configs and the M up to which it beats quant + W8A8 GEMM: rewrites
+    # fp8_gemv_configs.json in this tree (copied to $OUT: commit it from there); 3) GEMV vs W8A8 vs _scaled_mm at
+    # M = 1..16 with the tuned configs; 4) the 8B shape with fp8 weights at batch 1 with the tuned threshold.
+    # BASELINE=1 adds 4) before 2), with the committed file (GEMV off): a same-card W8A8 baseline (+~1.5 min).
+    CFG=runtime/kernels/triton/fp8_gemv_configs.json
+    cp "$CFG" "$OUT/fp8_gemv_configs.committed.json"
+    timeout 150 python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_fp8_kernels.py > "$OUT/gpu-tests-fp8-kernels.log" 2>&1
+    tail -3 "$OUT/gpu-tests-fp8-kernels.log"
+    OFFLINE_B1=(python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --ablations fp8
+                --batch-sizes 1 --reps 2)
+    if [ "${BASELINE:-0}" = 1 ]; then
+      timeout 120 "${OFFLINE_B1[@]}" --out "$OUT/offline-fp8-b1-w8a8.json" > "$OUT/offline-fp8-b1-w8a8.log" 2>&1
+    fi
+    timeout 210 python3 benchmarks/tune_fp8_gemm.py --gemv --reps 20 --results "$OUT/tune-gemv.json" 2>&1 \
+      | tee "$OUT/tune-gemv.log" | grep -E "^GEMV|wrote|FAILURE|Error"
+    cp "$CFG" "$OUT/fp8_gemv_configs.json"
+    timeout 100 python3 benchmarks/bench_fp8_gemm.py --m 1 2 4 8 16 --reps 20 --out "$OUT/fp8-gemv-bench.json" \
+      > "$OUT/fp8-gemv-bench.log" 2>&1
+    timeout 120 "${OFFLINE_B1[@]}" --out "$OUT/offline-fp8-b1.json" > "$OUT/offline-fp8-b1.log" 2>&1
+    grep -hE "decode b=1" "$OUT"/offline-fp8-b1*.log
     ;;
   tp)  # on a 2-GPU machine: TP/DP parity, then the 8B shape at TP=1 vs TP=2 (NCCL_NVLS_ENABLE=0 above)
     python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_tensor_parallel.py 2>&1 | tee "$OUT/gpu-tests-tp.log" | tail -3

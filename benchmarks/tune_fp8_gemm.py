@@ -1,8 +1,11 @@
 """Tune the block-wise W8A8 FP8 GEMM (runtime/kernels/triton/fp8_gemm.py) on one GPU and write the
-best tile config per (N, K) and M bucket to a JSON file in the format of fp8_gemm_configs.json.
+best tile config per (N, K) and M bucket to a JSON file in the format of fp8_gemm_configs.json;
+with --gemv, tune the W8A16 GEMV (fp8_gemv.py) instead and write fp8_gemv_configs.json, including
+the M up to which `ops.fp8_linear` should take it.
 
     python benchmarks/tune_fp8_gemm.py                                   # Llama-3.1-8B shapes, all buckets
     python benchmarks/tune_fp8_gemm.py --shapes 6144,4096 --m 1 16 128 --out /tmp/cfg.json
+    python benchmarks/tune_fp8_gemm.py --gemv                            # the GEMV, M = 1, 2, 4, 8, 16
 
 For every (N, K) (default the Llama-3.1-8B linear layers: qkv 6144,4096; o_proj 4096,4096;
 gate_up 28672,4096; down 4096,14336) and every M bucket (1, 2, 4, ..., 4096), each candidate
@@ -15,6 +18,16 @@ fresh random data (never zeros), quantised by the reference quantisers.
 
 The output file is updated, not replaced: shapes not tuned in this run keep their entries. Its
 "_comment" records the card, date and versions. The block size is (128, 128) (`_block_size`).
+
+--gemv: for every (N, K) and M bucket of the GEMV (1, 2, 4, 8, 16), in two rounds to bound the
+number of kernel compiles (each (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) compiles once, SPLIT_K is
+a launch argument): first BLOCK_K 128 without pipelining (num_stages 1) over a few (BLOCK_N, warps)
+pairs, each with every SPLIT_K that leaves >= 2 K steps a split; then, around the best, BLOCK_K 64
+(twice the columns) and pipelined loads (num_stages 3). Each candidate is checked against the
+reference, then timed as above, its split-K reduction included. The best is compared with what the W8A8 path costs at
+the same M (the activation quantisation plus the GEMM with its config from fp8_gemm_configs.json),
+and the shape's threshold is the largest tuned M up to which the GEMV wins at every tuned M
+(`_gemv_max_m_by_shape`); `_gemv_max_m` (shapes without their own) is the smallest of those.
 """
 
 from __future__ import annotations
@@ -98,19 +111,186 @@ def tune_shape(ref, gemm, n: int, k: int, ms: list[int], flush: torch.Tensor, ar
     return best
 
 
+# (BLOCK_N, num_warps) pairs of the GEMV's first round, at BLOCK_K 128: 8 to 64 weight bytes a
+# thread a step (>= 8: wide loads; more: more loads in flight, but more registers)
+GEMV_FIRST_ROUND = ((16, 2), (16, 4), (32, 4), (64, 4), (32, 8), (64, 8))
+GEMV_MAX_PRODUCTS = 256  # BLOCK_M * weight bytes a thread: the fp32 products a thread holds a step
+GEMV_MAX_PROGRAMS = 16384
+
+
+def gemv_split_ks(n: int, k: int, block_n: int, block_k: int) -> list[int]:
+    """SPLIT_K values worth timing: powers of two leaving >= 2 K steps a split, within
+    GEMV_MAX_PROGRAMS programs."""
+    tiles, k_steps = -(-n // block_n), -(-k // block_k)
+    splits = [1]
+    while k_steps // (splits[-1] * 2) >= 2 and tiles * splits[-1] * 2 <= GEMV_MAX_PROGRAMS:
+        splits.append(splits[-1] * 2)
+    return splits
+
+
+def gemv_fits(block_m: int, block_n: int, block_k: int, warps: int) -> bool:
+    per_thread = block_n * block_k // (32 * warps)
+    return per_thread >= 8 and block_m * per_thread <= GEMV_MAX_PRODUCTS
+
+
+def tune_gemv_shape(ref, quant, gemm, gemv, n: int, k: int, ms: list[int], flush: torch.Tensor,
+                    args) -> tuple[dict, dict]:
+    """({M bucket: best config}, {M bucket: {"gemv_us", "w8a8_us", "config"}}) for one weight shape."""
+    from triton.runtime.errors import OutOfResources
+
+    w = torch.randn(n, k, device="cuda") * 0.02
+    w_q, w_s = ref.block_quant_fp8(w, BLOCK_SIZE)
+    del w
+    best: dict[str, dict] = {}
+    measured: dict[str, dict] = {}
+    for m in ms:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        expected = ref.w8a16_block_fp8_matmul(x, w_q, w_s, BLOCK_SIZE)
+        out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        block_m = gemv.block_m_for(m)
+        timed: dict[tuple, float] = {}
+        t0 = time.time()
+
+        def measure(cfg: dict) -> None:
+            key = tuple(sorted(cfg.items()))
+            if key in timed:
+                return
+
+            def run(cfg=cfg):
+                gemv.w8a16_block_fp8_matmul(x, w_q, w_s, BLOCK_SIZE, config=cfg, out=out)
+            try:
+                out.fill_(float("nan"))
+                run()
+                torch.cuda.synchronize()
+            except OutOfResources as exc:
+                print(f"  skip {cfg}: {exc}", file=sys.stderr)
+                return
+            err = float((out.double() - expected.double()).norm() / expected.double().norm())
+            if not err < 1e-2:  # NaN fails too
+                raise SystemExit(f"CORRECTNESS FAILURE (GEMV) N,K={n},{k} M={m} {cfg}: rel err {err:.3e}")
+            timed[key] = time_ms(run, flush, args.warmup, args.reps, budget_ms=100.0, hold_cycles=HOLD_CYCLES)
+
+        def config(block_n, block_k, split_k, warps, stages) -> dict:
+            return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k, "num_warps": warps,
+                    "num_stages": stages}
+
+        # round 1: BLOCK_K 128, no pipelining, (BLOCK_N, warps) x SPLIT_K
+        for block_n, warps in GEMV_FIRST_ROUND:
+            if gemv_fits(block_m, block_n, 128, warps):
+                for split_k in gemv_split_ks(n, k, block_n, 128):
+                    measure(config(block_n, 128, split_k, warps, 1))
+        if not timed:
+            raise SystemExit(f"no GEMV candidate ran for N,K={n},{k} M={m}")
+        # round 2, around the best: half the K step with twice the columns (the same bytes a step,
+        # half the K reduction), then loads pipelined through shared memory
+        if not args.quick:
+            first = dict(min(timed, key=timed.get))
+            bn, split, warps = first["BLOCK_N"], first["SPLIT_K"], first["num_warps"]
+            if 2 * bn <= 128 and gemv_fits(block_m, 2 * bn, 64, warps):
+                measure(config(2 * bn, 64, split, warps, 1))
+            measure(config(bn, 128, split, warps, 3))
+        key_best = min(timed, key=timed.get)
+        cfg_best, ms_best = dict(key_best), timed[key_best]
+        ordered = {f: cfg_best[f] for f in ("BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages")}
+
+        # what the W8A8 path costs here: the activation quantisation plus the GEMM
+        w8a8_out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+
+        def w8a8():
+            a_q, a_s = quant.per_token_group_quant_fp8(x, BLOCK_SIZE[1])
+            gemm.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s, BLOCK_SIZE, torch.bfloat16, out=w8a8_out)
+        ms_w8a8 = time_ms(w8a8, flush, args.warmup, args.reps, budget_ms=100.0, hold_cycles=HOLD_CYCLES)
+        default = gemv.default_config(m, n, k, BLOCK_SIZE).to_dict()
+        ms_default = timed.get(tuple(sorted(default.items())), float("nan"))
+        weight_gbs = (w_q.numel() + 4 * w_s.numel()) / ms_best / 1e6
+        print(f"GEMV N,K={n},{k} M={m:2d}: {ms_best * 1e3:7.1f} us ({weight_gbs:5.0f} GB/s of weights; default "
+              f"{ms_default * 1e3:7.1f} us) vs W8A8 quant+gemm {ms_w8a8 * 1e3:7.1f} us: "
+              f"{ms_w8a8 / ms_best:4.2f}x ({len(timed)} configs, {time.time() - t0:.0f} s) {ordered}", flush=True)
+        best[str(m)] = ordered
+        measured[str(m)] = {"gemv_us": ms_best * 1e3, "w8a8_us": ms_w8a8 * 1e3, "default_us": ms_default * 1e3,
+                            "gemv_weight_gbs": weight_gbs, "config": ordered, "configs_timed": len(timed)}
+    return best, measured
+
+
+def gemv_max_m(measured: dict[str, dict]) -> int:
+    """The largest tuned M up to which the GEMV beats the W8A8 path at every tuned M (0: never)."""
+    max_m = 0
+    for m in sorted(measured, key=int):
+        if not measured[m]["gemv_us"] < measured[m]["w8a8_us"]:
+            break
+        max_m = int(m)
+    return max_m
+
+
+def main_gemv(args) -> None:
+    import triton
+
+    ref, quant, gemm, gemv = load_kernel_modules("reference", "triton.fp8_quant", "triton.fp8_gemm",
+                                                 "triton.fp8_gemv")
+    shapes = args.shapes or LLAMA_8B_SHAPES
+    ms = sorted(args.m or gemv.M_BUCKETS)
+    if ms[-1] > gemv.MAX_M or ms[0] < 1:
+        sys.exit(f"--gemv tunes 1 <= M <= {gemv.MAX_M}, got {ms}")
+    out_path = args.out or gemv.CONFIG_FILE
+    card = torch.cuda.get_device_name(0)
+    print(f"GEMV tuning | card: {card} | torch {torch.__version__} | triton {triton.__version__} | shapes {shapes} "
+          f"| M {ms}")
+    torch.manual_seed(0)
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    try:
+        table = json.loads(Path(out_path).read_text())
+    except (OSError, ValueError):
+        table = {}
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    results = {"card": card, "date": date, "torch": torch.__version__, "triton": triton.__version__, "shapes": {}}
+    for n, k in shapes:  # the file is rewritten after each shape: a cut-off run keeps what it tuned
+        key = f"{n},{k}"
+        configs, measured = tune_gemv_shape(ref, quant, gemm, gemv, n, k, ms, flush, args)
+        results["shapes"][key] = measured
+        by_shape = dict(table.get("_gemv_max_m_by_shape", {}))
+        by_shape[key] = gemv_max_m(measured)
+        table["_comment"] = (
+            f"Tuned by benchmarks/tune_fp8_gemm.py --gemv on {card}, {date}, torch {torch.__version__}, triton "
+            f"{triton.__version__} (shapes {'; '.join(results['shapes'])}, M {ms}; entries of other shapes or M may "
+            'be older). Keys: "_gemv_max_m": largest M that ops.fp8_linear sends to the GEMV (for shapes without '
+            'their own; the smallest of the tuned shapes\' values); "_gemv_max_m_by_shape": {"N,K": the largest '
+            'tuned M up to which the GEMV beat activation quant + W8A8 GEMM at every tuned M}; "N,K" of the '
+            'weight, then the M bucket (1, 2, 4, 8, 16; a given M uses the smallest bucket >= M).')
+        table["_block_size"] = list(BLOCK_SIZE)
+        table["_gemv_max_m_by_shape"] = by_shape
+        table["_gemv_max_m"] = min(by_shape.values())
+        table.setdefault(key, {}).update(configs)
+        ordered = {k2: table[k2] for k2 in ("_comment", "_block_size", "_gemv_max_m", "_gemv_max_m_by_shape")}
+        ordered.update((k2, v) for k2, v in table.items() if k2 not in ordered)
+        Path(out_path).write_text(gemm.dump_configs(ordered))
+        if args.results:
+            args.results.write_text(json.dumps(results, indent=1))
+    print(f"GEMV thresholds (largest M where it beats W8A8): {table['_gemv_max_m_by_shape']}; "
+          f"_gemv_max_m = {table['_gemv_max_m']}")
+    print("wrote", out_path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", type=parse_shape, metavar="N,K",
                         help="weight shapes to tune (default: the Llama-3.1-8B linear layers)")
     parser.add_argument("--m", nargs="+", type=int, help="M values (default: the config buckets)")
-    parser.add_argument("--out", type=Path, help="JSON to update (default: runtime/kernels/triton/fp8_gemm_configs.json)")
+    parser.add_argument("--out", type=Path, help="JSON to update (default: runtime/kernels/triton/"
+                        "fp8_gemm_configs.json, with --gemv fp8_gemv_configs.json)")
+    parser.add_argument("--gemv", action="store_true",
+                        help="tune the W8A16 GEMV (fp8_gemv.py) and its dispatch threshold instead of the W8A8 GEMM")
+    parser.add_argument("--results", type=Path, help="--gemv: also write every shape's timings here (JSON)")
     parser.add_argument("--reps", type=int, default=30, help="timed calls per config (median kept)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per config first")
-    parser.add_argument("--quick", action="store_true", help="fewer candidates (stages 3-4, GROUP_M 8 only)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer candidates (stages 3-4, GROUP_M 8 only; --gemv: the first round only)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("tune_fp8_gemm.py needs a CUDA GPU (torch.cuda.is_available() is False); "
                  "run it on the machine whose configs you want")
+    if args.gemv:
+        main_gemv(args)
+        return
     import triton
 
     ref, gemm = load_kernel_modules("reference", "triton.fp8_gemm")

@@ -3,9 +3,11 @@
 The decoder's four matmuls per layer (qkv, o, gate_up, down) hold their weights as e4m3
 with one fp32 scale per `block_n x block_k` block (Hugging Face's "fp8" format:
 `weight` + `weight_scale_inv`, w ~= q * scale_inv), and quantise their input per token and
-group of `block_k` at run time (`activation_scheme: dynamic`). A decode step then reads
-half the weight bytes of bf16. Embeddings, the LM head and the norms stay in the model
-dtype, as in SGLang and vLLM: they are a small share of the bytes and the most sensitive.
+group of `block_k` at run time (`activation_scheme: dynamic`), except at decode-sized batches
+up to a tuned M, where a W8A16 GEMV multiplies the unquantised input with the fp8 weights
+(`ops.fp8_linear`). A decode step then reads half the weight bytes of bf16. Embeddings, the
+LM head and the norms stay in the model dtype, as in SGLang and vLLM: they are a small share
+of the bytes and the most sensitive.
 
 Two ways in: a checkpoint whose config.json says `quantization_config.quant_method: fp8`
 loads as it is stored (`replace_linears` before loading); `quantization="fp8"` quantises a
@@ -26,7 +28,8 @@ QUANTIZED_LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
 class Fp8Linear(nn.Module):
-    """y = x @ w^T (+ bias) with w block-quantised to e4m3 and x quantised per token group."""
+    """y = x @ w^T (+ bias) with w block-quantised to e4m3 and x quantised per token group
+    (unquantised at small M: see ops.fp8_linear)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, block_size: tuple[int, int],
                  bias_dtype: torch.dtype) -> None:

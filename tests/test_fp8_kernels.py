@@ -1,6 +1,6 @@
-"""The FP8 Triton kernels (runtime/kernels/triton/fp8_quant.py, fp8_gemm.py) against the PyTorch
-reference (runtime/kernels/reference.py, FP8 section), run on the CPU under the Triton interpreter,
-plus the GEMM's config choice.
+"""The FP8 Triton kernels (runtime/kernels/triton/fp8_quant.py, fp8_gemm.py, fp8_gemv.py) against the
+PyTorch reference (runtime/kernels/reference.py, FP8 section), run on the CPU under the Triton
+interpreter, plus the GEMM's and GEMV's config choice and `ops.fp8_linear`'s choice between them.
 
 What the interpreter gets right decides what is checked here (tests/gpu/test_gpu_fp8_kernels.py
 checks the rest on a GPU):
@@ -12,7 +12,8 @@ checks the rest on a GPU):
     which must stay rare; bit-exact q is a GPU test;
   * bf16 arithmetic and bf16 `tl.dot` are garbage in the interpreter, fp8 loads and fp8 dots are
     right: the GEMM is fed fp8 operands quantised on the host by the reference quantisers (torch's
-    casts are right) and checked with fp32 and fp16 outputs.
+    casts are right) and checked with fp32 and fp16 outputs; the W8A16 GEMV, whose x is not
+    quantised, is fed fp32 and fp16 activations (bf16 is a GPU test).
 Every check uses fresh random inputs and poisons its outputs with NaN before the launch.
 """
 
@@ -28,11 +29,13 @@ import torch  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
+from radixlm.runtime.kernels import ops  # noqa: E402
 from radixlm.runtime.kernels import reference as ref  # noqa: E402
-from radixlm.runtime.kernels.triton import fp8_gemm  # noqa: E402
+from radixlm.runtime.kernels.triton import fp8_gemm, fp8_gemv  # noqa: E402
 from radixlm.runtime.kernels.triton.fp8_gemm import (Fp8GemmConfig, M_BUCKETS, bucket_for, choose_config,  # noqa: E402
                                                      default_config, load_configs, w8a8_block_fp8_matmul)
 from radixlm.runtime.kernels.triton import fp8_quant  # noqa: E402
+from radixlm.runtime.kernels.triton.fp8_gemv import Fp8GemvConfig, w8a16_block_fp8_matmul  # noqa: E402
 from radixlm.runtime.kernels.triton.fp8_quant import per_token_group_quant_fp8  # noqa: E402
 
 if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
@@ -72,7 +75,7 @@ def check_q(q: torch.Tensor, rq: torch.Tensor) -> None:
 
 def test_constants_match_reference():
     assert (fp8_quant.FP8_DTYPE, fp8_quant.FP8_MAX, fp8_quant.FP8_EPS) == (ref.FP8_DTYPE, ref.FP8_MAX, ref.FP8_EPS)
-    assert fp8_gemm.FP8_DTYPE == ref.FP8_DTYPE
+    assert fp8_gemm.FP8_DTYPE == ref.FP8_DTYPE and fp8_gemv.FP8_DTYPE == ref.FP8_DTYPE
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -286,3 +289,228 @@ def test_default_config(block):
         assert cfg == choose_config(m, 4096, 4096, block, configs={})
         seen.add(cfg.BLOCK_M)
     assert min(seen) <= 32 and max(seen) == 128  # thin tiles for decode, square ones for prefill
+
+
+# ------------------------------------------------------------------------------------------ GEMV
+# W8A16: x unquantised, so against reference.w8a16_block_fp8_matmul (fp32 x @ dequantised w) the
+# only differences are fp32 summation order and the output's rounding
+GEMV_TOL = {torch.float32: 1e-5, torch.float16: 1e-3}
+
+
+def gemv_operands(m: int, n: int, k: int, block: tuple[int, int], x_dtype: torch.dtype):
+    """x rows of different magnitudes and weight blocks of different magnitudes (so a scale
+    applied to the wrong block shows), each a view into a NaN-padded buffer."""
+    x = (torch.randn(m, k) * (torch.rand(m, 1) * 4 + 0.1)).to(x_dtype)
+    w = torch.randn(n, k) * 0.05
+    w *= torch.logspace(-2, 2, math.ceil(n / block[0])).repeat_interleave(block[0])[:n, None]
+    w *= torch.logspace(1, -1, math.ceil(k / block[1])).repeat_interleave(block[1])[None, :k]
+    w_q, w_s = ref.block_quant_fp8(w, block)
+    return nan_padded(x), nan_padded(w_q), nan_padded(w_s, rows=1, cols=1)
+
+
+def run_gemv(m, n, k, x_dtype, config=None, block=(128, 128)):
+    x, w_q, w_s = gemv_operands(m, n, k, block, x_dtype)
+    out = torch.full((m, n), float("nan"), dtype=x_dtype)
+    res = w8a16_block_fp8_matmul(x, w_q, w_s, block, config=config, out=out)
+    assert res is out
+    return rel_err(out, ref.w8a16_block_fp8_matmul(x, w_q, w_s, block))
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("n,k,config", [
+    (200, 256, Fp8GemvConfig(BLOCK_N=32, BLOCK_K=128, SPLIT_K=1)),  # N not a multiple of the tile
+    (200, 300, Fp8GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3)),  # K partial; 5 steps in 3 splits of 2
+    (96, 1000, Fp8GemvConfig(BLOCK_N=64, BLOCK_K=128, SPLIT_K=4, num_warps=2)),  # K partial, 4 splits
+    (130, 384, None),  # the default config
+])
+def test_gemv_matches_reference(m, n, k, config, x_dtype):
+    assert run_gemv(m, n, k, x_dtype, config) < GEMV_TOL[x_dtype]
+
+
+@pytest.mark.parametrize("block,config", [
+    ((64, 128), Fp8GemvConfig(BLOCK_N=64, BLOCK_K=128, SPLIT_K=2)),  # block_n 64: a tile in one scale row
+    ((128, 64), Fp8GemvConfig(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2)),  # block_k 64: one scale a K step
+    ((64, 128), None),  # the default with block_n 64
+    ((96, 128), None),  # block_n 96: tiles of 32 (its largest power-of-two divisor caps BLOCK_N)
+])
+def test_gemv_other_blocks(block, config):
+    assert run_gemv(5, 200, 300, torch.float32, config, block) < GEMV_TOL[torch.float32]
+
+
+def test_gemv_more_splits_than_k_steps():
+    """SPLIT_K 8 on 2 K steps runs 2 splits (none left empty): still the right sum."""
+    assert run_gemv(2, 64, 200, torch.float32, {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT_K": 8}) < 1e-5
+
+
+def test_gemv_out_dtype_and_allocation():
+    m, n, k = 2, 128, 256
+    x = torch.randn(m, k, dtype=torch.float16)
+    w_q, w_s = ref.block_quant_fp8(torch.randn(n, k) * 0.05)
+    out = w8a16_block_fp8_matmul(x, w_q, w_s)
+    assert out.shape == (m, n) and out.dtype == torch.float16
+    out32 = w8a16_block_fp8_matmul(x, w_q, w_s, out_dtype=torch.float32)
+    assert out32.dtype == torch.float32
+    assert rel_err(out32, ref.w8a16_block_fp8_matmul(x, w_q, w_s)) < 1e-6
+    # against W8A8 (x quantised too) the difference is x's e4m3 rounding, a few percent
+    a_q, a_s = ref.per_token_group_quant_fp8(x, 128)
+    assert rel_err(out32, ref.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s)) < 0.05
+
+
+def test_gemv_empty_and_zero_k():
+    w_q, w_s = ref.block_quant_fp8(torch.randn(128, 256))
+    out = w8a16_block_fp8_matmul(torch.empty(0, 256), w_q, w_s)
+    assert out.shape == (0, 128) and out.dtype == torch.float32
+    w_q0, w_s0 = w_q[:, :0], torch.empty(1, 0)
+    out = w8a16_block_fp8_matmul(torch.randn(2, 0), w_q0, w_s0)
+    assert out.shape == (2, 128) and (out == 0).all()
+
+
+def test_gemv_rejects_bad_input():
+    x, w_q, w_s = gemv_operands(4, 128, 256, (64, 128), torch.float32)
+    with pytest.raises(AssertionError):  # BLOCK_N 128 straddles two block_n=64 scale blocks
+        w8a16_block_fp8_matmul(x, w_q, w_s, (64, 128), config=Fp8GemvConfig(BLOCK_N=128, BLOCK_K=128))
+    with pytest.raises(AssertionError):  # BLOCK_K 256 straddles two block_k=128 scales
+        w8a16_block_fp8_matmul(x, w_q, w_s, (64, 128), config=Fp8GemvConfig(BLOCK_N=16, BLOCK_K=256))
+    with pytest.raises(AssertionError):  # scales of the wrong shape
+        w8a16_block_fp8_matmul(x, w_q, w_s[:, :1], (64, 128))
+    with pytest.raises(AssertionError):  # M past the GEMV's range
+        w8a16_block_fp8_matmul(torch.randn(fp8_gemv.MAX_M + 1, 256), w_q, w_s, (64, 128))
+
+
+# -------------------------------------------------------------------------------- GEMV configs
+
+def test_gemv_block_m_and_buckets():
+    assert [fp8_gemv.block_m_for(m) for m in (1, 2, 3, 4, 5, 8, 9, 16)] == [1, 2, 4, 4, 8, 8, 16, 16]
+    assert [fp8_gemv.bucket_for(m, fp8_gemv.M_BUCKETS) for m in (1, 3, 16, 17)] == [1, 4, 16, 16]
+    with pytest.raises(AssertionError):
+        fp8_gemv.block_m_for(17)
+
+
+def test_gemv_shipped_config_file():
+    """Well formed, whatever the last tuning wrote (the committed file, untuned, has the GEMV off)."""
+    table = fp8_gemv.load_configs()
+    assert table, f"{fp8_gemv.CONFIG_FILE} missing or unreadable"
+    assert "_comment" in table and table.get("_block_size") == [128, 128]
+    assert isinstance(table["_gemv_max_m"], int) and 0 <= table["_gemv_max_m"] <= fp8_gemv.MAX_M
+    for shape, value in table.get("_gemv_max_m_by_shape", {}).items():
+        assert len(shape.split(",")) == 2 and isinstance(value, int) and 0 <= value <= fp8_gemv.MAX_M
+    for shape, by_m in table.items():
+        if shape.startswith("_"):
+            continue
+        n, k = map(int, shape.split(","))
+        assert {int(b) for b in by_m} <= set(fp8_gemv.M_BUCKETS)
+        for bucket, d in by_m.items():
+            cfg = Fp8GemvConfig.from_dict(d)
+            assert cfg.to_dict() == d, "every field given, no others"
+            assert 128 % cfg.BLOCK_N == 0 and 128 % cfg.BLOCK_K == 0 and cfg.BLOCK_K >= 16
+            assert cfg.SPLIT_K >= 1 and cfg.num_warps in (1, 2, 4, 8) and 1 <= cfg.num_stages <= 6
+            assert fp8_gemv.choose_config(int(bucket), n, k) == cfg
+
+
+def test_gemv_choose_config_and_threshold_lookup():
+    small = {"BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 4, "num_warps": 4, "num_stages": 1}
+    big = {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1, "num_warps": 8, "num_stages": 3}
+    table = {"_block_size": [128, 128], "_gemv_max_m": 4, "_gemv_max_m_by_shape": {"512,256": 8, "64,64": 99},
+             "512,256": {"2": small, "16": big}}
+    choose = fp8_gemv.choose_config
+    assert choose(1, 512, 256, configs=table) == choose(2, 512, 256, configs=table) == Fp8GemvConfig(**small)
+    assert choose(3, 512, 256, configs=table) == choose(16, 512, 256, configs=table) == Fp8GemvConfig(**big)
+    assert choose(3, 512, 512, configs=table) == fp8_gemv.default_config(3, 512, 512)
+    assert choose(3, 512, 256, (64, 128), configs=table) == fp8_gemv.default_config(3, 512, 256, (64, 128))
+    assert choose(3, 512, 256, configs={}) == fp8_gemv.default_config(3, 512, 256)
+    max_m = fp8_gemv.max_m_for
+    assert max_m(512, 256, configs=table) == 8  # the shape's own value
+    assert max_m(4096, 4096, configs=table) == 4  # the global one
+    assert max_m(64, 64, configs=table) == fp8_gemv.MAX_M  # clamped to what the kernel takes
+    assert max_m(512, 256, (64, 128), configs=table) == 0  # tuned for another block size
+    assert max_m(512, 256, configs={}) == 0  # no data: off
+
+
+@pytest.mark.parametrize("block", [(128, 128), (64, 128), (128, 64), (96, 128)])
+def test_gemv_default_config(block):
+    for m in fp8_gemv.M_BUCKETS:
+        for n, k in LLAMA_8B_SHAPES + [(200, 300), (8, 64)]:
+            cfg = fp8_gemv.default_config(m, n, k, block)
+            assert block[0] % cfg.BLOCK_N == 0 and block[1] % cfg.BLOCK_K == 0 and cfg.BLOCK_K >= 16
+            assert cfg.SPLIT_K == 1 or math.ceil(k / cfg.BLOCK_K) // cfg.SPLIT_K >= 4
+    # small grids are split along K, large ones are not
+    assert fp8_gemv.default_config(1, 4096, 14336).SPLIT_K > 1
+    assert fp8_gemv.default_config(1, 28672, 4096).SPLIT_K == 1
+
+
+# ------------------------------------------------------------------------ ops.fp8_linear dispatch
+
+@pytest.fixture
+def triton_fp8_linear(monkeypatch):
+    """ops.fp8_linear taking its Triton path on CPU tensors (the interpreter runs the kernels),
+    with the kernel entry points counted and the activation quantiser's last output kept;
+    restores the GEMV threshold afterwards."""
+    monkeypatch.setattr(ops, "uses_triton", lambda x: True)
+    monkeypatch.setattr(ops, "_fp8_gemv_max_m_override", None)
+    calls = {"gemv": 0, "gemm": 0, "quant": 0, "last_quant": None}
+    quant, gemm, gemv = ops._fp8_kernels()
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            result = fn(*args, **kwargs)
+            if name == "quant":
+                calls["last_quant"] = result
+            return result
+        return wrapper
+
+    monkeypatch.setattr(gemv, "w8a16_block_fp8_matmul", counted("gemv", gemv.w8a16_block_fp8_matmul))
+    monkeypatch.setattr(gemm, "w8a8_block_fp8_matmul", counted("gemm", gemm.w8a8_block_fp8_matmul))
+    monkeypatch.setattr(quant, "per_token_group_quant_fp8", counted("quant", quant.per_token_group_quant_fp8))
+    return calls
+
+
+# the same math as the path taken, fp16 output rounding and bias add included
+LINEAR_TOL_SAME_MATH = 2e-3
+# against reference.fp8_block_linear (W8A8, x quantised by the reference): e4m3 rounding of x
+# (~2.5%) on the reference's side, and on the W8A8 route also on the kernel's, whose in-kernel
+# cast the interpreter mis-rounds (module doc: ~2% of q, some halved), measured up to ~5%
+LINEAR_TOL_W8A8 = 0.1
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.float32])
+def test_fp8_linear_routes_by_threshold(triton_fp8_linear, x_dtype):
+    calls = triton_fp8_linear
+    n, k = 192, 320
+    w_q, w_s = ref.block_quant_fp8(torch.randn(n, k) * 0.05)
+    bias = torch.randn(n).to(x_dtype)
+    ops.set_fp8_gemv_max_m(4)
+    assert ops.fp8_gemv_max_m(n, k, (128, 128)) == 4
+    for shape, expect_gemv in (((3, k), True), ((2, 2, k), True), ((5, k), False), ((2, 3, k), False)):
+        x = torch.randn(*shape).to(x_dtype)
+        before = dict(calls)
+        y = ops.fp8_linear(x, w_q, w_s, bias, (128, 128))
+        assert y.shape == (*shape[:-1], n) and y.dtype == x_dtype
+        assert (calls["gemv"] > before["gemv"]) == expect_gemv
+        assert (calls["gemm"] > before["gemm"]) != expect_gemv
+        assert (calls["quant"] > before["quant"]) != expect_gemv  # the GEMV quantises nothing
+        if expect_gemv:
+            same_math = ref.fp8_block_linear(x, w_q, w_s, bias, quantize_x=False)
+        else:  # the W8A8 oracle on the kernel's own quantised x
+            a_q, a_s = calls["last_quant"]
+            same_math = (ref.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s) + bias.float()).reshape(y.shape)
+        assert rel_err(y, same_math) < LINEAR_TOL_SAME_MATH
+        assert rel_err(y, ref.fp8_block_linear(x, w_q, w_s, bias)) < LINEAR_TOL_W8A8
+        # the reference path (a CPU engine, or set_backend("torch")) makes the same choice
+        ops.uses_triton, saved = (lambda t: False), ops.uses_triton
+        try:
+            torch.testing.assert_close(ops.fp8_linear(x, w_q, w_s, bias, (128, 128)),
+                                       ref.fp8_block_linear(x, w_q, w_s, bias, quantize_x=not expect_gemv),
+                                       rtol=0, atol=0)
+        finally:
+            ops.uses_triton = saved
+    ops.set_fp8_gemv_max_m(0)  # off: every M takes W8A8
+    ops.fp8_linear(torch.randn(1, k).to(x_dtype), w_q, w_s, None, (128, 128))
+    assert calls["gemv"] == 2 and calls["gemm"] == 3
+    ops.set_fp8_gemv_max_m(10 ** 6)  # clamped to the largest M the GEMV takes
+    assert ops.fp8_gemv_max_m(n, k, (128, 128)) == fp8_gemv.MAX_M
+    ops.set_fp8_gemv_max_m(None)  # back to the config data
+    assert ops.fp8_gemv_max_m(n, k, (128, 128)) == fp8_gemv.max_m_for(n, k)
+    with pytest.raises(ValueError):
+        ops.set_fp8_gemv_max_m(-1)

@@ -83,27 +83,64 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer:
     reference.store_kv(k, v, k_buffer, v_buffer, slots, k_scale, v_scale)
 
 
+# The M (rows of x: tokens) up to which fp8_linear takes the W8A16 path; None: the tuned value of
+# fp8_gemv_configs.json (`fp8_gemv.max_m_for`). Set by `set_fp8_gemv_max_m` (tests, benchmarks).
+_fp8_gemv_max_m_override: int | None = None
+
+
+def set_fp8_gemv_max_m(value: int | None) -> None:
+    """Take the W8A16 GEMV for M <= value (0: never; None: back to the tuned threshold of the config
+    data). Process-wide, like `set_backend`; for tests and benchmarks."""
+    global _fp8_gemv_max_m_override
+    if value is not None and value < 0:
+        raise ValueError(f"the GEMV threshold must be >= 0 or None, got {value}")
+    _fp8_gemv_max_m_override = value
+
+
+def fp8_gemv_max_m(n: int, k: int, block_size: tuple[int, int]) -> int:
+    """The largest M at which fp8_linear computes an [N, K] weight's product as W8A16 (never above
+    the GEMV's MAX_M)."""
+    gemv = _fp8_kernels()[2]
+    if _fp8_gemv_max_m_override is not None:
+        return min(_fp8_gemv_max_m_override, gemv.MAX_M)
+    return gemv.max_m_for(n, k, tuple(block_size))
+
+
 def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor, bias: torch.Tensor | None,
                block_size: tuple[int, int]) -> torch.Tensor:
-    """x [..., K] @ w^T (+ bias) -> [..., N] in x's dtype, with x quantised to e4m3 per token and
-    group of block_k, and w [N, K] e4m3 with per-block scales (see runtime/quantization.py)."""
+    """x [..., K] @ w^T (+ bias) -> [..., N] in x's dtype, w [N, K] e4m3 with per-block scales (see
+    runtime/quantization.py). Two maths, chosen by M = x's rows:
+      * M <= fp8_gemv_max_m(N, K) (decode batches): W8A16, x as it is times the dequantised weight
+        (runtime/kernels/triton/fp8_gemv.py: no activation quantisation, memory-bound GEMV);
+      * otherwise W8A8: x quantised to e4m3 per token and group of block_k (fp8_quant.py), then
+        the block-wise fp8 GEMM (fp8_gemm.py).
+    The reference path makes the same choice, so on either backend it is the same math."""
+    x2 = x.reshape(-1, x.shape[-1])
+    n, k = w_q.shape
+    weight_only = x2.shape[0] <= fp8_gemv_max_m(n, k, block_size)
     if uses_triton(x):
-        quant, gemm = _fp8_kernels()
-        x2 = x.reshape(-1, x.shape[-1])
-        a_q, a_scale = quant.per_token_group_quant_fp8(x2 if x2.is_contiguous() else x2.contiguous(), block_size[1])
-        y = gemm.w8a8_block_fp8_matmul(a_q, a_scale, w_q, w_scale_inv, block_size, out_dtype=x.dtype)
+        quant, gemm, gemv = _fp8_kernels()
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        if weight_only:
+            y = gemv.w8a16_block_fp8_matmul(x2, w_q, w_scale_inv, block_size, out_dtype=x.dtype)
+        else:
+            a_q, a_scale = quant.per_token_group_quant_fp8(x2, block_size[1])
+            y = gemm.w8a8_block_fp8_matmul(a_q, a_scale, w_q, w_scale_inv, block_size, out_dtype=x.dtype)
         if bias is not None:
             y += bias
-        return y.reshape(*x.shape[:-1], w_q.shape[0])
-    return reference.fp8_block_linear(x, w_q, w_scale_inv, bias, block_size)
+        return y.reshape(*x.shape[:-1], n)
+    return reference.fp8_block_linear(x, w_q, w_scale_inv, bias, block_size, quantize_x=not weight_only)
 
 
 _fp8_modules = None
 
 
 def _fp8_kernels():
+    """(fp8_quant, fp8_gemm, fp8_gemv), imported on first use. The reference path needs fp8_gemv
+    too: its config data holds the W8A16 threshold."""
     global _fp8_modules
     if _fp8_modules is None:
-        from radixlm.runtime.kernels.triton import fp8_gemm, fp8_quant
-        _fp8_modules = (fp8_quant, fp8_gemm)
+        from radixlm.runtime.kernels.triton import fp8_gemm, fp8_gemv, fp8_quant
+        _fp8_modules = (fp8_quant, fp8_gemm, fp8_gemv)
     return _fp8_modules

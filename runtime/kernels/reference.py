@@ -203,12 +203,25 @@ def w8a8_block_fp8_matmul(a_q: torch.Tensor, a_scale: torch.Tensor, b_q: torch.T
     return (a @ block_dequant_fp8(b_q, b_scale, block_size).t()).to(out_dtype)
 
 
+def w8a16_block_fp8_matmul(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor,
+                           block_size: tuple[int, int] = (128, 128),
+                           out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """x [M, K] unquantised @ b [N, K]^T (block scales) -> [M, N]: the fp32 product of x with the
+    dequantised weight (the oracle of runtime/kernels/triton/fp8_gemv.py)."""
+    return (x.float() @ block_dequant_fp8(w_q, w_scale_inv, block_size).t()).to(out_dtype)
+
+
 def fp8_block_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor, bias: torch.Tensor | None,
-                     block_size: tuple[int, int] = (128, 128)) -> torch.Tensor:
+                     block_size: tuple[int, int] = (128, 128), quantize_x: bool = True) -> torch.Tensor:
     """y = x @ w^T (+ bias) the way the FP8 path computes it: x quantised per token group
-    (group = block_k), the product of the quantised operands, output in x's dtype."""
-    a_q, a_scale = per_token_group_quant_fp8(x.reshape(-1, x.shape[-1]), block_size[1])
-    y = w8a8_block_fp8_matmul(a_q, a_scale, w_q, w_scale_inv, block_size, torch.float32)
+    (group = block_k) and the product of the quantised operands (W8A8), or with quantize_x=False
+    x as it is times the dequantised weight (W8A16, the small-M path); output in x's dtype."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if quantize_x:
+        a_q, a_scale = per_token_group_quant_fp8(x2, block_size[1])
+        y = w8a8_block_fp8_matmul(a_q, a_scale, w_q, w_scale_inv, block_size, torch.float32)
+    else:
+        y = w8a16_block_fp8_matmul(x2, w_q, w_scale_inv, block_size, torch.float32)
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype).reshape(*x.shape[:-1], w_q.shape[0])

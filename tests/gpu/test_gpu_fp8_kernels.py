@@ -1,4 +1,4 @@
-"""The FP8 Triton kernels (runtime/kernels/triton/fp8_quant.py, fp8_gemm.py) on a CUDA device
+"""The FP8 Triton kernels (runtime/kernels/triton/fp8_quant.py, fp8_gemm.py, fp8_gemv.py) on a CUDA device
 against the PyTorch reference (runtime/kernels/reference.py, FP8 section). Skipped where CUDA is
 absent (CI); run on the GPU machine with `pytest tests/gpu/test_gpu_fp8_kernels.py`. Needs a GPU
 with fp8 support in Triton (compute capability 8.9+: Ada, Hopper).
@@ -16,9 +16,11 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 if torch.cuda.is_available():
+    from radixlm.runtime.kernels import ops
     from radixlm.runtime.kernels import reference as ref
-    from radixlm.runtime.kernels.triton import fp8_gemm
+    from radixlm.runtime.kernels.triton import fp8_gemm, fp8_gemv
     from radixlm.runtime.kernels.triton.fp8_gemm import Fp8GemmConfig, w8a8_block_fp8_matmul
+    from radixlm.runtime.kernels.triton.fp8_gemv import Fp8GemvConfig, w8a16_block_fp8_matmul
     from radixlm.runtime.kernels.triton.fp8_quant import per_token_group_quant_fp8
 
 DEV = "cuda"
@@ -175,3 +177,110 @@ def test_gemm_new_m_does_not_recompile():
     for m in (1, 16, 17, 64, 333, 1024):
         call(m)
     assert _num_compiled(fp8_gemm._w8a8_block_fp8_matmul_kernel) == before
+
+
+# ------------------------------------------------------------------------------------------ GEMV
+# W8A16 against reference.w8a16_block_fp8_matmul (fp32 x @ dequantised w): only the summation
+# order and the output rounding differ (bf16: ~1e-3 relative)
+GEMV_TOL = {torch.float32: 1e-5, torch.bfloat16: 4e-3, torch.float16: 1e-3}
+
+
+def gemv_operands(m: int, n: int, k: int, x_dtype=torch.bfloat16, block=(128, 128)):
+    x = (torch.randn(m, k, device=DEV) * (torch.rand(m, 1, device=DEV) * 4 + 0.1)).to(x_dtype)
+    w = torch.randn(n, k, device=DEV) * 0.02
+    w[: min(n, block[0])] *= 10  # blocks of different magnitudes
+    w_q, w_s = ref.block_quant_fp8(w, block)
+    return x, w_q, w_s
+
+
+def run_gemv(m, n, k, x_dtype=torch.bfloat16, config=None, block=(128, 128)):
+    x, w_q, w_s = gemv_operands(m, n, k, x_dtype, block)
+    out = torch.full((m, n), float("nan"), dtype=x_dtype, device=DEV)
+    w8a16_block_fp8_matmul(x, w_q, w_s, block, config=config, out=out)
+    return rel_err(out, ref.w8a16_block_fp8_matmul(x, w_q, w_s, block))
+
+
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)])
+@pytest.mark.parametrize("m", [1, 4, 16])
+def test_gemv_model_shapes(m, n, k):
+    """Llama-3.1-8B shapes, bf16 x, the configs of fp8_gemv_configs.json (or the defaults)."""
+    assert run_gemv(m, n, k) < GEMV_TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("m", [1, 3, 8, 13])
+def test_gemv_dtypes_and_edges(m, x_dtype):
+    """Partial N tile and partial last K step (700, 1000), every BLOCK_M bucket, every x dtype."""
+    assert run_gemv(m, 700, 1000, x_dtype) < GEMV_TOL[x_dtype]
+
+
+@pytest.mark.parametrize("config", [  # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages
+    (8, 128, 1, 1, 1), (16, 128, 4, 4, 1), (32, 128, 8, 4, 1), (64, 128, 2, 4, 1), (128, 128, 1, 8, 1),
+    (32, 64, 3, 2, 1), (16, 32, 16, 1, 1), (32, 128, 4, 4, 3), (64, 64, 2, 8, 2), (16, 128, 1, 4, 4),
+])
+@pytest.mark.parametrize("m", [1, 16])
+def test_gemv_configs(m, config):
+    """Every tile shape the tuner may pick computes the same function (odd N, K edges)."""
+    assert run_gemv(m, 1152, 1000, torch.float32, Fp8GemvConfig(*config)) < GEMV_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("block", [(64, 128), (128, 64)])
+def test_gemv_other_blocks(block):
+    assert run_gemv(4, 640, 1024, torch.bfloat16, block=block) < GEMV_TOL[torch.bfloat16]
+
+
+def test_gemv_large_k_accuracy():
+    """K=14336 in fp32: each block's partial product is exact-input fp32 math, so the error stays
+    at summation-order level (no fp8 accumulation, unlike the W8A8 tensor cores)."""
+    assert run_gemv(2, 1024, 14336, torch.float32, Fp8GemvConfig(32, 128, 8)) < 2e-5
+
+
+def test_gemv_split_k_is_deterministic():
+    """The split-K partial sums are reduced in a fixed order: identical bits run after run."""
+    x, w_q, w_s = gemv_operands(4, 4096, 14336)
+    cfg = Fp8GemvConfig(BLOCK_N=16, BLOCK_K=128, SPLIT_K=16)
+    first = w8a16_block_fp8_matmul(x, w_q, w_s, config=cfg)
+    for _ in range(5):
+        assert torch.equal(w8a16_block_fp8_matmul(x, w_q, w_s, config=cfg), first)
+
+
+def test_gemv_empty():
+    x, w_q, w_s = gemv_operands(1, 256, 512)
+    assert w8a16_block_fp8_matmul(x[:0], w_q, w_s).shape == (0, 256)
+
+
+def test_gemv_new_m_in_bucket_does_not_recompile():
+    """M is not specialised: Ms of one BLOCK_M bucket (5..8) share one compiled kernel."""
+    config = Fp8GemvConfig(32, 128, 4)
+    n, k = 512, 1024
+    w_q, w_s = ref.block_quant_fp8(torch.randn(n, k, device=DEV) * 0.02)
+
+    def call(m):
+        w8a16_block_fp8_matmul(torch.randn(m, k, device=DEV, dtype=torch.bfloat16), w_q, w_s, config=config)
+
+    call(5)
+    before = (_num_compiled(fp8_gemv._w8a16_block_fp8_gemv_kernel), _num_compiled(fp8_gemv._split_k_reduce_kernel))
+    for m in (6, 7, 8):
+        call(m)
+    after = (_num_compiled(fp8_gemv._w8a16_block_fp8_gemv_kernel), _num_compiled(fp8_gemv._split_k_reduce_kernel))
+    assert after == before
+
+
+def test_fp8_linear_takes_the_gemv_below_the_threshold():
+    """ops.fp8_linear on bf16 x [2, 3, K]: W8A16 with the threshold at 8 (against the W8A16
+    reference), W8A8 with it at 0 (against reference.fp8_block_linear); each within the other's
+    activation-rounding distance."""
+    x = torch.randn(2, 3, 4096, device=DEV, dtype=torch.bfloat16)
+    w_q, w_s = ref.block_quant_fp8(torch.randn(1536, 4096, device=DEV) * 0.02)
+    bias = torch.randn(1536, device=DEV, dtype=torch.bfloat16)
+    try:
+        ops.set_fp8_gemv_max_m(8)
+        y16 = ops.fp8_linear(x, w_q, w_s, bias, (128, 128))
+        ops.set_fp8_gemv_max_m(0)
+        y8 = ops.fp8_linear(x, w_q, w_s, bias, (128, 128))
+    finally:
+        ops.set_fp8_gemv_max_m(None)
+    assert y16.shape == y8.shape == (2, 3, 1536)
+    assert rel_err(y16, ref.fp8_block_linear(x, w_q, w_s, bias, quantize_x=False)) < GEMV_TOL[torch.bfloat16]
+    assert rel_err(y8, ref.fp8_block_linear(x, w_q, w_s, bias)) < GEMM_TOL[torch.bfloat16]
+    assert rel_err(y16, y8) < 0.06  # x's e4m3 rounding (~3.7% with the weight's, measured)

@@ -65,7 +65,8 @@ def bucket_for(m: int, buckets=M_BUCKETS) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _load_config_file(path: str) -> dict:
+def load_config_file(path: str) -> dict:
+    """A tuned-config json (this GEMM's or fp8_gemv's), read once per path; {} when missing or unreadable."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -75,7 +76,7 @@ def _load_config_file(path: str) -> dict:
 def load_configs(path: str | Path | None = None) -> dict:
     """The tuned table {"N,K": {"<M bucket>": {BLOCK_M, BLOCK_N, GROUP_M, num_warps, num_stages}}}
     (keys starting with "_" are metadata); {} when the file is missing or unreadable."""
-    return _load_config_file(str(path or CONFIG_FILE))
+    return load_config_file(str(path or CONFIG_FILE))
 
 
 def dump_configs(table: dict) -> str:

@@ -1,0 +1,284 @@
+"""Block-wise W8A16 FP8 GEMV for decode-sized M: out [M, N] = x @ (w_q * w_scale)^T.
+
+x [M, K] stays in its own dtype (bf16 / fp16 / fp32; M small, at most MAX_M); w_q [N, K] e4m3 with
+block scales [ceil(N / block_n), ceil(K / block_k)] (Hugging Face "fp8" / DeepSeek-V3
+`weight_scale_inv`), the layout fp8_gemm.py reads. The oracle is `reference.w8a16_block_fp8_matmul`.
+
+Why a GEMV and not the W8A8 GEMM at these M: at M <= 16 a linear layer is bound by reading its
+weights (2 * M flops per weight byte; an H100 streams ~3 TB/s), so what counts is bytes in flight,
+not tensor-core throughput. `tl.dot` needs 16 rows and a shared-memory round trip per tile, and the
+W8A8 path also launches a quantisation kernel for x per layer. Here each program loads fp8 weight
+tiles straight into registers (16 bytes a thread along K), converts them to fp32 and multiplies
+them with the unquantised x rows on the CUDA cores (fp32 FMAs), so x is never quantised: no
+separate kernel, and the only rounding besides fp32 accumulation is the weight's own. The FMA cost
+grows with M (M FMAs per weight byte) while the bytes do not, so somewhere below M = 16 the W8A8
+tensor-core GEMM wins again; `ops.fp8_linear` switches at the measured M (`max_m_for`).
+
+Scales: a program owns BLOCK_N output columns, BLOCK_N dividing block_n, so one scale row of
+w_scale covers the whole tile; it walks K in steps of BLOCK_K, BLOCK_K dividing block_k, so one
+scale covers a step. A step's [BLOCK_M, BLOCK_N] partial dot product over BLOCK_K is computed
+from the raw e4m3 values (exact in fp32) and multiplied by that one scale before it is added to
+the fp32 accumulator: BLOCK_M * BLOCK_N multiplies a step instead of one per weight.
+
+Layout: the tiles are addressed as 3-D pointer blocks, x as [BLOCK_M, 1, BLOCK_K] and w as
+[1, BLOCK_N, BLOCK_K], so that the layout Triton's coalescing gives the weight load (16
+contiguous K bytes a thread) carries over to the [BLOCK_M, BLOCK_N, BLOCK_K] product: a thread
+multiplies its 16 weight bytes with the matching x values of every row, and the K reduction is
+in-thread FMAs plus a few shuffles. (2-D tiles broadcast to 3-D got a default layout with one K
+element a thread, reduced across the whole program every step.) The small x tile is moved into
+that layout through shared memory each step. Compiled offline for sm_90 (Triton 3.9): one
+16-byte load a thread per 16 columns a step, 3 shuffles per output, 39 to 96 registers from
+BLOCK_M 1 to 16 at the default tiles, no spills. num_stages > 1 pipelines the tile loads through
+shared memory (cp.async), but at BLOCK_M = 1 Triton then picked the one-element layout again:
+the default is 1 (latency hidden by resident programs), and the tuner times both.
+
+Split-K: with BLOCK_N columns a program, N / BLOCK_N programs can be too few to keep every SM
+streaming (o_proj and down_proj of Llama-3.1-8B have N = 4096). SPLIT_K > 1 gives each program a
+contiguous range of K (a multiple of BLOCK_K) and a second grid dimension; each writes its fp32
+partial sums to a workspace [SPLIT_K, M, N] and a small kernel adds the SPLIT_K partials in
+index order and casts to the output dtype. That costs one extra launch, but the result does not
+depend on which program finishes first (`tl.atomic_add` into a zeroed buffer would: fp32 addition
+in arrival order is not reproducible, and it needs a zeroing launch and a cast of its own).
+SPLIT_K = 1 writes the output directly.
+
+Edges: rows past M (BLOCK_M is M's next power of two) and columns past N are clamped (`% M`,
+`% N`) on load, so loads need no M/N mask and only the store is masked; a partial last K step
+(K not a multiple of BLOCK_K) loads its missing lanes as 0 (EVEN_K skips those masks).
+
+M changes at every serving step: it is never specialised (`do_not_specialize`); BLOCK_M (1, 2, 4,
+8 or 16) is, so each M bucket compiles once. Tile configs come from `choose_config`: tuned values
+in fp8_gemv_configs.json (written by `benchmarks/tune_fp8_gemm.py --gemv`) keyed by "N,K" and M
+bucket, else `default_config`. The same file holds the dispatch threshold (`max_m_for`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+# one M-bucket rule and one cached json reader for both fp8 kernels' tuned tables
+from radixlm.runtime.kernels.triton.fp8_gemm import bucket_for, load_config_file
+
+FP8_DTYPE = torch.float8_e4m3fn  # as reference.py; not imported, so this module needs only torch and triton
+
+CONFIG_FILE = Path(__file__).with_name("fp8_gemv_configs.json")
+MAX_M = 16  # the largest M this kernel takes: beyond it the weights stop being the bottleneck
+M_BUCKETS = (1, 2, 4, 8, 16)  # BLOCK_M values, and the M buckets of the tuned table
+# programs the default config aims for: about 4 per SM of an H100 (132 SMs), so that enough weight
+# loads are in flight; more splits would add partial sums to reduce for little gain
+TARGET_PROGRAMS = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class Fp8GemvConfig:
+    BLOCK_N: int
+    BLOCK_K: int
+    SPLIT_K: int = 1
+    num_warps: int = 4
+    num_stages: int = 1  # > 1: Triton pipelines the tile loads through shared memory (cp.async)
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Fp8GemvConfig:
+        return cls(**{f.name: int(d[f.name]) for f in dataclasses.fields(cls) if f.name in d})
+
+
+def block_m_for(m: int) -> int:
+    """BLOCK_M: M's next power of two (>= 1), the rows one program holds."""
+    assert 0 < m <= MAX_M, f"the GEMV takes 1 <= M <= {MAX_M}, got {m}"
+    return 1 << (m - 1).bit_length()
+
+
+def load_configs(path: str | Path | None = None) -> dict:
+    """The table {"_gemv_max_m": int, "_gemv_max_m_by_shape": {"N,K": int}, "N,K": {"<M bucket>":
+    {BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages}}} (other keys starting with "_" are
+    metadata); {} when the file is missing or unreadable. Read once per path."""
+    return load_config_file(str(path or CONFIG_FILE))
+
+
+def max_m_for(n: int, k: int, block_size: tuple[int, int] = (128, 128), configs: dict | None = None) -> int:
+    """The largest M at which `ops.fp8_linear` takes this GEMV for an [N, K] weight: the tuned
+    value for (N, K) if the table has one, else its "_gemv_max_m" (0, off, when absent or when the
+    table was tuned for another block size). Never above MAX_M."""
+    table = load_configs() if configs is None else configs
+    if list(table.get("_block_size", [128, 128])) != list(block_size):
+        return 0
+    by_shape = table.get("_gemv_max_m_by_shape", {})
+    value = by_shape.get(f"{n},{k}", table.get("_gemv_max_m", 0))
+    return max(0, min(int(value), MAX_M))
+
+
+def _largest_pow2_divisor(x: int, cap: int) -> int:
+    return min(x & -x, cap)
+
+
+def default_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 128)) -> Fp8GemvConfig:
+    """Untuned tiles: BLOCK_K = 128 (with 4 warps, 16 contiguous weight bytes a thread per 16 columns:
+    one 16-byte load), 32 columns a program up to M = 4 (two loads in flight a thread), 16 beyond
+    (the [BLOCK_M, BLOCK_N, BLOCK_K] product's registers grow with M), 8 warps at M = 16; no
+    software pipelining (num_stages 1: the loads go straight to registers, and enough resident
+    programs hide their latency); SPLIT_K doubled until about TARGET_PROGRAMS programs, keeping
+    at least 4 K steps a program."""
+    block_n, block_k = block_size
+    block_k_tile = _largest_pow2_divisor(block_k, 128)
+    assert block_k_tile >= 16, f"block_k {block_k} needs a power-of-two divisor >= 16"
+    block_n_tile = _largest_pow2_divisor(block_n, 32 if m <= 4 else 16)
+    tiles_n = triton.cdiv(n, block_n_tile)
+    k_steps = triton.cdiv(max(k, 1), block_k_tile)
+    split_k = 1
+    while tiles_n * split_k < TARGET_PROGRAMS and k_steps // (split_k * 2) >= 4:
+        split_k *= 2
+    return Fp8GemvConfig(BLOCK_N=block_n_tile, BLOCK_K=block_k_tile, SPLIT_K=split_k,
+                         num_warps=8 if m > 8 else 4, num_stages=1)
+
+
+def choose_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 128),
+                  configs: dict | None = None) -> Fp8GemvConfig:
+    """The tuned config for (N, K) at M's bucket when the table has one (tuned for this block size,
+    its tiles dividing the blocks), else `default_config`. configs: a table in the JSON file's
+    format (default: fp8_gemv_configs.json)."""
+    table = load_configs() if configs is None else configs
+    by_m = table.get(f"{n},{k}")
+    if by_m and list(table.get("_block_size", [128, 128])) == list(block_size):
+        buckets = [int(b) for b in by_m if not b.startswith("_")]
+        if buckets:
+            cfg = Fp8GemvConfig.from_dict(by_m[str(bucket_for(m, buckets))])
+            if block_size[0] % cfg.BLOCK_N == 0 and block_size[1] % cfg.BLOCK_K == 0:
+                return cfg
+    return default_config(m, n, k, block_size)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _w8a16_block_fp8_gemv_kernel(
+    x_ptr, w_ptr, ws_ptr, c_ptr,
+    M, N, K,
+    k_per_split,  # K range of one program along grid dim 1: a multiple of BLOCK_K
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_ws_n, stride_ws_k,
+    stride_cs, stride_cm, stride_cn,  # c: the output [M, N] (SPLIT_K 1) or the workspace [SPLIT_K, M, N]
+    BLOCK_SCALE_N: tl.constexpr,  # block_n of the weight scales; a multiple of BLOCK_N
+    BLOCK_SCALE_K: tl.constexpr,  # block_k; a multiple of BLOCK_K
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K masks
+    NUM_STAGES: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows = (offs_m % M).to(tl.int64)  # clamped: rows past M re-read valid rows, never stored
+    cols = (offs_n % N).to(tl.int64)
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+
+    # 3-D pointer tiles: the weight load's layout carries over to the product (module doc)
+    ks = (k_start + offs_k)[None, None, :]
+    x_ptrs = x_ptr + rows[:, None, None] * stride_xm + ks * stride_xk  # [BLOCK_M, 1, BLOCK_K]
+    w_ptrs = w_ptr + cols[None, :, None] * stride_wn + ks * stride_wk  # [1, BLOCK_N, BLOCK_K]
+    s_ptr = ws_ptr + (pid_n * BLOCK_N // BLOCK_SCALE_N).to(tl.int64) * stride_ws_n  # the tile's scale row
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            in_k = (k0 + offs_k)[None, None, :] < K  # only the last step of the last split is partial
+            x = tl.load(x_ptrs, mask=in_k, other=0.0)
+            w = tl.load(w_ptrs, mask=in_k, other=0.0)
+        scale = tl.load(s_ptr + (k0 // BLOCK_SCALE_K) * stride_ws_k)  # one per step: BLOCK_K | block_k
+        prod = x.to(tl.float32) * w.to(tl.float32)  # [BLOCK_M, BLOCK_N, BLOCK_K]; e4m3 -> fp32 is exact
+        acc += tl.sum(prod, axis=2) * scale
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    c = acc.to(c_ptr.dtype.element_ty)
+    c_ptrs = (c_ptr + pid_k.to(tl.int64) * stride_cs + offs_m.to(tl.int64)[:, None] * stride_cm
+              + offs_n[None, :] * stride_cn)
+    tl.store(c_ptrs, c, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit(do_not_specialize=["M", "split_k"])
+def _split_k_reduce_kernel(
+    ws_ptr, c_ptr,
+    M, N, split_k,
+    stride_ws_s, stride_ws_m, stride_cm, stride_cn,
+    BLOCK: tl.constexpr,
+):
+    """c[m, :] = sum over s of ws[s, m, :], added in index order (deterministic), cast to c's dtype."""
+    m = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    ptrs = ws_ptr + m * stride_ws_m + offs
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for _ in range(split_k):
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += stride_ws_s
+    tl.store(c_ptr + m * stride_cm + offs * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+REDUCE_BLOCK = 1024
+
+
+def w8a16_block_fp8_matmul(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor,
+                           block_size: tuple[int, int] = (128, 128), out_dtype: torch.dtype | None = None,
+                           config: Fp8GemvConfig | dict | None = None,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] (bf16 / fp16 / fp32, 1 <= M <= MAX_M) @ w^T with w_q [N, K] e4m3 (contiguous last
+    dim) and w_scale_inv fp32 [ceil(N / block_n), ceil(K / block_k)] -> out [M, N] in out_dtype
+    (default x's dtype), fp32 accumulation, x unquantised. config: tiles (default
+    `choose_config(M, N, K, block_size)`); out: an [M, N] buffer to write instead of a new one."""
+    block_n, block_k = block_size
+    assert x.dim() == 2 and w_q.dim() == 2 and x.shape[1] == w_q.shape[1], (x.shape, w_q.shape)
+    assert x.dtype in (torch.bfloat16, torch.float16, torch.float32), x.dtype
+    assert w_q.dtype == FP8_DTYPE and w_q.stride(1) == 1, "w_q: e4m3 with a contiguous last dim"
+    m, k = x.shape
+    n = w_q.shape[0]
+    assert m <= MAX_M, f"the GEMV takes M <= {MAX_M} (got {m}); use fp8_gemm for larger M"
+    assert w_scale_inv.shape == (triton.cdiv(n, block_n), triton.cdiv(k, block_k)) \
+        and w_scale_inv.dtype == torch.float32, (w_scale_inv.shape, w_scale_inv.dtype)
+    out_dtype = out_dtype or x.dtype
+    if out is None:
+        out = torch.empty((m, n), dtype=out_dtype, device=x.device)
+    assert out.shape == (m, n) and out.dtype == out_dtype, (out.shape, out.dtype)
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        return out.zero_()
+    if config is None:
+        config = choose_config(m, n, k, block_size)
+    elif isinstance(config, dict):
+        config = Fp8GemvConfig.from_dict(config)
+    assert block_n % config.BLOCK_N == 0, f"BLOCK_N {config.BLOCK_N} must divide block_n {block_n}"
+    assert block_k % config.BLOCK_K == 0, f"BLOCK_K {config.BLOCK_K} must divide block_k {block_k}"
+    assert config.BLOCK_K >= 16 and config.SPLIT_K >= 1, config
+
+    # each split gets whole BLOCK_K steps; fewer splits than asked when K has fewer steps, and
+    # none left empty (every workspace slice is written)
+    k_steps = triton.cdiv(k, config.BLOCK_K)
+    k_per_split = triton.cdiv(k_steps, min(config.SPLIT_K, k_steps)) * config.BLOCK_K
+    split_k = triton.cdiv(k, k_per_split)
+    target = out if split_k == 1 else torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
+    stride_cs = 0 if split_k == 1 else target.stride(0)
+    grid = (triton.cdiv(n, config.BLOCK_N), split_k)
+    _w8a16_block_fp8_gemv_kernel[grid](
+        x, w_q, w_scale_inv, target,
+        m, n, k, k_per_split,
+        x.stride(0), x.stride(1), w_q.stride(0), w_q.stride(1), w_scale_inv.stride(0), w_scale_inv.stride(1),
+        stride_cs, target.stride(-2), target.stride(-1),
+        BLOCK_SCALE_N=block_n, BLOCK_SCALE_K=block_k,
+        BLOCK_M=block_m_for(m), BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
+        EVEN_K=k % config.BLOCK_K == 0, NUM_STAGES=config.num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages)
+    if split_k > 1:
+        _split_k_reduce_kernel[(triton.cdiv(n, REDUCE_BLOCK), m)](
+            target, out, m, n, split_k,
+            target.stride(0), target.stride(1), out.stride(0), out.stride(1),
+            BLOCK=REDUCE_BLOCK, num_warps=4)
+    return out
