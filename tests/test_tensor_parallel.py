@@ -126,3 +126,26 @@ def test_serve_accepts_sglang_short_flags():
     assert (args.tp_size, args.dp_size) == (2, 3)
     args = build_parser().parse_args(["serve", "--model", "m", "--tp-size", "4", "--dp-size", "2"])
     assert (args.tp_size, args.dp_size) == (4, 2)
+
+
+def test_fp8_checkpoint_with_two_ranks_serves_like_one(tmp_path):
+    """An HF block-fp8 checkpoint under TP=2: each rank loads its rows/columns of every e4m3
+    weight and the matching rows/columns of its block scales (16x16 blocks: every rank's slice
+    is whole blocks). The row-parallel layers quantise activations in groups of 16 columns, so
+    each rank's groups are the single-rank model's groups: per token the two agree."""
+    from test_fp8_model import agreement, fp8_checkpoint
+
+    path = build_tiny_model("llama")
+    fp8 = str(fp8_checkpoint(path, tmp_path / "fp8", [16, 16]))
+    top1, overlap = agreement(fp8, fp8, {"tp_size": 2, "max_total_tokens": 4000}, {"quantization": "fp8", "tp_size": 2})
+    assert top1 >= 0.98 and overlap >= 0.95, (top1, overlap)
+
+
+def test_fp8_checkpoint_whose_blocks_straddle_ranks_is_refused(tmp_path):
+    """32-row blocks over TP=4: a rank's 16 rows of k_proj are half a block."""
+    from radixlm import Engine
+    from test_fp8_model import fp8_checkpoint
+
+    fp8 = str(fp8_checkpoint(build_tiny_model("llama"), tmp_path / "fp8", [32, 32]))
+    with pytest.raises(Exception, match="not on weight_block_size 32 boundaries"):
+        Engine(fp8, tp_size=4, max_total_tokens=4000)

@@ -53,10 +53,6 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_p
     other checkpoint after loading."""
     cls = MODEL_CLASSES[cfg.family]
     tp = tp or TPGroup()
-    if tp.size > 1 and cfg.checkpoint_fp8_block:
-        # (online quantisation works per rank: each quantises the slice it loaded)
-        raise ValueError("fp8 checkpoints with tensor parallelism are not supported yet "
-                         "(quantize a bf16 checkpoint at load with quantization='fp8' instead)")
     with torch.device("meta"):
         model = cls(cfg, max_positions, tp).to(dtype)
         if cfg.checkpoint_fp8_block is not None:

@@ -133,30 +133,50 @@ class LlamaForCausalLM(nn.Module):
             bounds = [0, inter, 2 * inter]
         return slice(bounds[shard], bounds[shard + 1])
 
-    def _tp_piece(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """This rank's slice of a full checkpoint tensor (all of it at tp=1)."""
-        tp, cfg = self.tp, self.cfg
-        if tp.size == 1:
-            return tensor
-        if name.endswith((".weight_scale_inv",)):
-            raise ValueError("fp8 checkpoints with tensor parallelism are not supported yet")
+    def _tp_ranges(self, name: str) -> tuple[slice, slice]:
+        """This rank's (rows, columns) of a full checkpoint weight (Megatron layout)."""
+        tp, cfg, full = self.tp, self.cfg, slice(None)
         hd = cfg.head_dim
         if ".q_proj." in name:
             a, b = tp.split(cfg.num_heads, "number of attention heads")
-            return tensor[a * hd: b * hd]
+            return slice(a * hd, b * hd), full
         if ".k_proj." in name or ".v_proj." in name:
             a, b = tp.kv_heads(cfg.num_kv_heads)
-            return tensor[a * hd: b * hd]
+            return slice(a * hd, b * hd), full
         if ".o_proj." in name:
             a, b = tp.split(cfg.num_heads, "number of attention heads")
-            return tensor[:, a * hd: b * hd]
+            return full, slice(a * hd, b * hd)
         if ".gate_proj." in name or ".up_proj." in name:
-            return tensor[slice(*tp.split(cfg.intermediate_size, "intermediate_size"))]
+            return slice(*tp.split(cfg.intermediate_size, "intermediate_size")), full
         if ".down_proj." in name:
-            return tensor[:, slice(*tp.split(cfg.intermediate_size, "intermediate_size"))]
+            return full, slice(*tp.split(cfg.intermediate_size, "intermediate_size"))
         if name in ("embed_tokens.weight", "lm_head.weight"):
-            return tensor[self.vocab_start: self.vocab_end]
-        return tensor  # norms: replicated
+            return slice(self.vocab_start, self.vocab_end), full
+        return full, full  # norms: replicated
+
+    def _tp_piece(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a full checkpoint tensor (all of it at tp=1). An fp8 block-scale
+        tensor is cut at the same place in block units, so the rank's slice must start and end
+        on block boundaries (no block is shared by two ranks)."""
+        if self.tp.size == 1:
+            return tensor
+        rows, cols = self._tp_ranges(name)
+        if rows == slice(None) and cols == slice(None):
+            return tensor
+        if name.endswith(".weight_scale_inv"):
+            bn, bk = self.cfg.checkpoint_fp8_block
+            rows, cols = self._in_blocks(name, rows, bn, "rows"), self._in_blocks(name, cols, bk, "columns")
+        return tensor[rows] if tensor.dim() == 1 else tensor[rows, cols]  # 1-D: a q/k/v bias
+
+    def _in_blocks(self, name: str, part: slice, block: int, what: str) -> slice:
+        if part == slice(None):
+            return part
+        if part.start % block or part.stop % block:
+            raise ValueError(f"fp8 checkpoint {self.cfg.path}: tensor-parallel rank {self.tp.rank} takes {what} "
+                             f"[{part.start}, {part.stop}) of {name[: -len('_scale_inv')]!r}, not on "
+                             f"weight_block_size {block} boundaries; use a tensor-parallel size that splits "
+                             f"whole blocks")
+        return slice(part.start // block, part.stop // block)
 
     def _block_rows(self, name: str, rows: slice) -> slice:
         """The rows of an fp8 block-scale tensor that a fused shard's weight rows own (every
