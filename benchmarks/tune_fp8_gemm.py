@@ -47,6 +47,25 @@ HOLD_CYCLES = 20_000_000  # ~10 ms of GPU clock cycles: longer than queueing the
 SMEM_LIMIT = 220 * 1024  # bytes of shared memory a config's pipeline may take (H100: 227 KB per block)
 
 
+def check_and_time(run, out: torch.Tensor, expected: torch.Tensor, what: str, flush: torch.Tensor, args,
+                   budget_ms: float) -> float | None:
+    """One candidate: run it once on a NaN-poisoned output and check it against the reference
+    (stop the whole run on a wrong result), then time it. None when it does not fit the GPU."""
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        out.fill_(float("nan"))
+        run()
+        torch.cuda.synchronize()
+    except OutOfResources as exc:
+        print(f"  skip {what}: {exc}", file=sys.stderr)
+        return None
+    err = float((out.double() - expected.double()).norm() / expected.double().norm())
+    if not err < 1e-2:  # NaN fails too
+        raise SystemExit(f"CORRECTNESS FAILURE {what}: rel err {err:.3e}")
+    return time_ms(run, flush, args.warmup, args.reps, budget_ms=budget_ms, hold_cycles=HOLD_CYCLES)
+
+
 def candidates(m: int, block_n: int, quick: bool) -> list[dict]:
     """Tile configs worth timing at this M: BLOCK_M from 16 up to M's next power of two (64 too
     for small M: Hopper's warpgroup MMA works on 64 rows; at least 64 for M >= 512), BLOCK_N
@@ -73,8 +92,6 @@ def candidates(m: int, block_n: int, quick: bool) -> list[dict]:
 
 
 def tune_shape(ref, gemm, n: int, k: int, ms: list[int], flush: torch.Tensor, args) -> dict[str, dict]:
-    from triton.runtime.errors import OutOfResources
-
     w = torch.randn(n, k, device="cuda") * 0.02
     b_q, b_s = ref.block_quant_fp8(w, BLOCK_SIZE)
     del w
@@ -88,17 +105,9 @@ def tune_shape(ref, gemm, n: int, k: int, ms: list[int], flush: torch.Tensor, ar
         for cfg in candidates(m, BLOCK_SIZE[0], args.quick):
             def run(cfg=cfg):
                 gemm.w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, BLOCK_SIZE, torch.bfloat16, config=cfg, out=out)
-            try:
-                out.fill_(float("nan"))
-                run()
-                torch.cuda.synchronize()
-            except OutOfResources as exc:
-                print(f"  skip {cfg}: {exc}", file=sys.stderr)
-                continue
-            err = float((out.double() - expected.double()).norm() / expected.double().norm())
-            if not err < 1e-2:  # NaN fails too
-                raise SystemExit(f"CORRECTNESS FAILURE N,K={n},{k} M={m} {cfg}: rel err {err:.3e}")
-            results.append((time_ms(run, flush, args.warmup, args.reps, budget_ms=200.0, hold_cycles=HOLD_CYCLES), cfg))
+            ms_run = check_and_time(run, out, expected, f"N,K={n},{k} M={m} {cfg}", flush, args, budget_ms=200.0)
+            if ms_run is not None:
+                results.append((ms_run, cfg))
         results.sort(key=lambda r: r[0])
         ms_best, cfg_best = results[0]
         default = gemm.default_config(m, n, k, BLOCK_SIZE).to_dict()
@@ -136,8 +145,6 @@ def gemv_fits(block_m: int, block_n: int, block_k: int, warps: int) -> bool:
 def tune_gemv_shape(ref, quant, gemm, gemv, n: int, k: int, ms: list[int], flush: torch.Tensor,
                     args) -> tuple[dict, dict]:
     """({M bucket: best config}, {M bucket: {"gemv_us", "w8a8_us", "config"}}) for one weight shape."""
-    from triton.runtime.errors import OutOfResources
-
     w = torch.randn(n, k, device="cuda") * 0.02
     w_q, w_s = ref.block_quant_fp8(w, BLOCK_SIZE)
     del w
@@ -158,17 +165,9 @@ def tune_gemv_shape(ref, quant, gemm, gemv, n: int, k: int, ms: list[int], flush
 
             def run(cfg=cfg):
                 gemv.w8a16_block_fp8_matmul(x, w_q, w_s, BLOCK_SIZE, config=cfg, out=out)
-            try:
-                out.fill_(float("nan"))
-                run()
-                torch.cuda.synchronize()
-            except OutOfResources as exc:
-                print(f"  skip {cfg}: {exc}", file=sys.stderr)
-                return
-            err = float((out.double() - expected.double()).norm() / expected.double().norm())
-            if not err < 1e-2:  # NaN fails too
-                raise SystemExit(f"CORRECTNESS FAILURE (GEMV) N,K={n},{k} M={m} {cfg}: rel err {err:.3e}")
-            timed[key] = time_ms(run, flush, args.warmup, args.reps, budget_ms=100.0, hold_cycles=HOLD_CYCLES)
+            ms_run = check_and_time(run, out, expected, f"(GEMV) N,K={n},{k} M={m} {cfg}", flush, args, budget_ms=100.0)
+            if ms_run is not None:
+                timed[key] = ms_run
 
         def config(block_n, block_k, split_k, warps, stages) -> dict:
             return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k, "num_warps": warps,

@@ -382,7 +382,7 @@ def test_gemv_rejects_bad_input():
 
 def test_gemv_block_m_and_buckets():
     assert [fp8_gemv.block_m_for(m) for m in (1, 2, 3, 4, 5, 8, 9, 16)] == [1, 2, 4, 4, 8, 8, 16, 16]
-    assert [fp8_gemv.bucket_for(m, fp8_gemv.M_BUCKETS) for m in (1, 3, 16, 17)] == [1, 4, 16, 16]
+    assert [bucket_for(m, fp8_gemv.M_BUCKETS) for m in (1, 3, 16, 17)] == [1, 4, 16, 16]
     with pytest.raises(AssertionError):
         fp8_gemv.block_m_for(17)
 

@@ -120,16 +120,22 @@ def choose_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 12
     """The tuned config for (N, K) at M's bucket when the table has one (and it was tuned for this
     block size and its BLOCK_N divides block_n), else `default_config`. configs: a table in the
     JSON file's format (default: fp8_gemm_configs.json)."""
-    table = load_configs() if configs is None else configs
-    tuned_block = table.get("_block_size", [128, 128])
-    by_m = table.get(f"{n},{k}")
-    if by_m and list(tuned_block) == list(block_size):
-        buckets = [int(b) for b in by_m if not b.startswith("_")]
-        if buckets:
-            cfg = Fp8GemmConfig.from_dict(by_m[str(bucket_for(m, buckets))])
-            if block_size[0] % cfg.BLOCK_N == 0:
-                return cfg
+    entry = tuned_entry(load_configs() if configs is None else configs, m, n, k, block_size)
+    if entry is not None:
+        cfg = Fp8GemmConfig.from_dict(entry)
+        if block_size[0] % cfg.BLOCK_N == 0:
+            return cfg
     return default_config(m, n, k, block_size)
+
+
+def tuned_entry(table: dict, m: int, n: int, k: int, block_size: tuple[int, int]) -> dict | None:
+    """The raw tuned config of a table (this GEMM's or fp8_gemv's) for (N, K) at M's bucket, when
+    the table has that shape and was tuned for this block size; else None."""
+    by_m = table.get(f"{n},{k}")
+    if not by_m or list(table.get("_block_size", [128, 128])) != list(block_size):
+        return None
+    buckets = [int(b) for b in by_m if not b.startswith("_")]
+    return by_m[str(bucket_for(m, buckets))] if buckets else None
 
 
 @triton.jit(do_not_specialize=["M"])

@@ -60,8 +60,8 @@ import torch
 import triton
 import triton.language as tl
 
-# one M-bucket rule and one cached json reader for both fp8 kernels' tuned tables
-from radixlm.runtime.kernels.triton.fp8_gemm import bucket_for, load_config_file
+# one M-bucket rule, tuned-table lookup and cached json reader for both fp8 kernels
+from radixlm.runtime.kernels.triton.fp8_gemm import load_config_file, tuned_entry
 
 FP8_DTYPE = torch.float8_e4m3fn  # as reference.py; not imported, so this module needs only torch and triton
 
@@ -143,14 +143,11 @@ def choose_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 12
     """The tuned config for (N, K) at M's bucket when the table has one (tuned for this block size,
     its tiles dividing the blocks), else `default_config`. configs: a table in the JSON file's
     format (default: fp8_gemv_configs.json)."""
-    table = load_configs() if configs is None else configs
-    by_m = table.get(f"{n},{k}")
-    if by_m and list(table.get("_block_size", [128, 128])) == list(block_size):
-        buckets = [int(b) for b in by_m if not b.startswith("_")]
-        if buckets:
-            cfg = Fp8GemvConfig.from_dict(by_m[str(bucket_for(m, buckets))])
-            if block_size[0] % cfg.BLOCK_N == 0 and block_size[1] % cfg.BLOCK_K == 0:
-                return cfg
+    entry = tuned_entry(load_configs() if configs is None else configs, m, n, k, block_size)
+    if entry is not None:
+        cfg = Fp8GemvConfig.from_dict(entry)
+        if block_size[0] % cfg.BLOCK_N == 0 and block_size[1] % cfg.BLOCK_K == 0:
+            return cfg
     return default_config(m, n, k, block_size)
 
 
