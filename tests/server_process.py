@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import AsyncIterator
 
 import httpx
 import pytest
@@ -160,6 +161,13 @@ def wait_idle_and_kv_free(srv: ServerProcess, timeout: float = 10.0) -> dict:
     assert info["free_tokens"] + info["evictable_tokens"] == info["total_tokens"], info
     assert info["kv_accounting"] == "ok", info["kv_accounting"]
     return info
+
+
+async def aiter_sse(response: httpx.Response) -> AsyncIterator[str]:
+    """The data payloads of a streaming SSE response, as they arrive."""
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            yield line[len("data:"):].strip()
 
 
 def sse_events(response: httpx.Response, limit: int = 10_000) -> list[str]:

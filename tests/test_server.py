@@ -30,7 +30,7 @@ import pytest
 
 from helpers import get_engine
 from radixlm.testing import build_tiny_model
-from server_process import (ServerProcess, children_of, descendants_of, gone, server_info, sse_events,
+from server_process import (ServerProcess, aiter_sse, children_of, descendants_of, gone, server_info, sse_events,
                             wait_idle_and_kv_free, wait_until)
 
 GREEDY = {"temperature": 0}
@@ -346,9 +346,9 @@ def test_streamed_logprobs_add_up_to_the_non_streamed_ones(server):
         path, body = spec(i)
         got: list[str] = []
         async with client.stream("POST", path, json={**body, "stream": True}) as r:
-            async for line in r.aiter_lines():
-                if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                    for c in json.loads(line[5:])["choices"]:
+            async for data in aiter_sse(r):
+                if data != "[DONE]":
+                    for c in json.loads(data)["choices"]:
                         if c.get("logprobs"):
                             got += tokens_of(c)
         return got
@@ -392,10 +392,7 @@ def test_200_concurrent_streams_match_their_non_streamed_twins(server):
         parts, done = [], False
         async with client.stream("POST", path, json={**body, "stream": True}) as r:
             assert r.status_code == 200, await r.aread()
-            async for line in r.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
+            async for data in aiter_sse(r):
                 if data == "[DONE]":
                     done = True
                     break

@@ -48,7 +48,7 @@ from radixlm import Engine
 from radixlm.runtime.openai_protocol import finish_reason_name
 from radixlm.runtime.tokenizer_manager import RuntimeDiedError
 from radixlm.testing import build_tiny_model
-from server_process import (HOST, ServerProcess, children_of, descendants_of, free_port, gone, server_info,
+from server_process import (HOST, ServerProcess, aiter_sse, children_of, descendants_of, free_port, gone, server_info,
                             wait_idle_and_kv_free, wait_until)
 
 KILL_DEADLINE_S = 5.0  # the spec: every pending request fails within 5 s of the kill
@@ -312,12 +312,11 @@ async def run_spec(client: httpx.AsyncClient, spec: Spec) -> Outcome:
             if spec.cancel == "close" and spec.after_events == 0:
                 out.cancelled = True
                 return out  # leaving the block closes the connection before any event
-            async for line in r.aiter_lines():
-                if line.startswith("data:"):
-                    read_event(spec, out, line[len("data:"):].strip())
-                    if spec.cancel == "close" and out.events >= spec.after_events:
-                        out.cancelled = True
-                        return out  # the client goes away mid-stream
+            async for data in aiter_sse(r):
+                read_event(spec, out, data)
+                if spec.cancel == "close" and out.events >= spec.after_events:
+                    out.cancelled = True
+                    return out  # the client goes away mid-stream
         return out
     if spec.cancel == "read_timeout":
         try:

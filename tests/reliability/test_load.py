@@ -28,7 +28,7 @@ import pytest
 
 from helpers import get_engine
 from radixlm.testing import build_tiny_model
-from server_process import ServerProcess, server_info
+from server_process import ServerProcess, aiter_sse, server_info
 
 NUM_REQUESTS = 1000
 SYSTEM = ("You are a careful assistant that answers questions about the history of computing, "
@@ -74,10 +74,7 @@ async def send(client: httpx.AsyncClient, item: dict) -> dict:
     text, finishes, done = "", [], 0
     async with client.stream("POST", item["path"], json=item["body"]) as r:
         assert r.status_code == 200, await r.aread()
-        async for line in r.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
+        async for data in aiter_sse(r):
             if data == "[DONE]":
                 done += 1
                 continue
