@@ -205,8 +205,9 @@ class Scheduler:
         self.req_pool.reset()
         return True
 
-    def check_accounting(self) -> None:
-        """free + evictable + locked + in use == total, and the tree's own invariants."""
+    def check_accounting(self, check_tree: bool = True) -> None:
+        """free + evictable + locked + in use == total, and (check_tree) the tree's own invariants,
+        which walk every node: ~0.1 s for a 20k-node tree."""
         live = self._live_reqs()
         in_use = sum(r.owned_kv_len for r in live)
         total = self.kv_pool.available + self.tree.evictable_size + self.tree.protected_size + in_use
@@ -217,7 +218,8 @@ class Scheduler:
             )
         if self.req_pool.available + len(live) != self.req_pool.num_rows:
             raise AssertionError("request rows leaked")
-        self.tree.self_check()
+        if check_tree:
+            self.tree.self_check()
 
     def usage(self) -> dict:
         return {

@@ -252,10 +252,11 @@ class SchedulerLoop:
         }
 
     def _accounting(self) -> str:
-        """"ok", or what broke: free + evictable + locked + in use == total, request rows, and
-        the radix tree's self-check (cheap next to a step; monitoring may poll it)."""
+        """"ok", or what broke: free + evictable + locked + in use == total and request rows
+        (counters: cheap), plus the radix tree's self-check when no request is queued or running
+        (it walks the whole tree, which must not delay a step each time monitoring polls)."""
         try:
-            self.scheduler.check_accounting()
+            self.scheduler.check_accounting(check_tree=not self.scheduler.has_work)
         except AssertionError as exc:
             return str(exc) or "radix tree self-check failed"
         return "ok"
