@@ -6,7 +6,7 @@
     python benchmarks/bench_fp8_gemm.py --shapes 6144,4096 --m 1 4096
 
 For each weight shape (N, K) (default: qkv 6144,4096; o_proj 4096,4096; gate_up 28672,4096; down
-4096,14336) and M in {1, 2, 4, 8, 16, 128, 4096}, on the same random bf16 x [M, K] and w [N, K]:
+4096,14336) and M in {1, 2, 4, 8, 16, 128, 4096, 8192}, on the same random bf16 x [M, K] and w [N, K]:
   * triton gemm: `w8a8_block_fp8_matmul` on activations already quantised (per-token groups of
     128) and 128x128-block weights, bf16 output, its tile config from `choose_config`;
   * triton quant+gemm: the same with `per_token_group_quant_fp8` of x in the timed region (what a
@@ -16,6 +16,10 @@ For each weight shape (N, K) (default: qkv 6144,4096; o_proj 4096,4096; gate_up 
     what a linear layer costs on that path). Reported also as GB/s of weight bytes (e4m3 bytes plus
     the fp32 block scales, beside quant+gemm's on the same bytes): at these M the weights are
     nearly all the traffic;
+  * cublas block: cuBLAS' block-scaled `torch._scaled_mm` (runtime/kernels/cublas_fp8.py) on the
+    same block-quantised operands as the Triton GEMM (activation scales M-major, rows padded to a
+    multiple of 4 as cuBLAS needs), gemm only, where this torch / CUDA has it (else the row says
+    why not);
   * scaled_mm: `torch._scaled_mm` with per-tensor fp32 scales (activations quantised beforehand,
     outside the timed region), a_q [M, K] row-major, b_q = w_q.t() (column-major, as cuBLAS
     needs), bf16 output. Some torch versions need M padded to a multiple of 16: when the call
@@ -27,7 +31,7 @@ their reference on the same operands (`err_vs_reference`: the kernel alone;
 reference.w8a8_block_fp8_matmul, reference.w8a16_block_fp8_matmul).
 
 Timing: warm-up calls, then many calls each timed by CUDA events, median kept; before every timed
-call a 256 MB buffer is zeroed outside the timed region, which evicts L2, so weights come from
+call a 256 MB buffer is read outside the timed region, which evicts L2 (kernel_timing.evict_l2), so weights come from
 device memory as in a forward pass (one layer's weights differ from the next's).
 """
 
@@ -43,7 +47,7 @@ import torch
 from kernel_timing import LLAMA_8B_SHAPES, load_kernel_modules, parse_shape, rel_err, time_ms
 
 SHAPE_NAMES = {(6144, 4096): "qkv", (4096, 4096): "o_proj", (28672, 4096): "gate_up", (4096, 14336): "down"}
-MS = [1, 2, 4, 8, 16, 128, 4096]
+MS = [1, 2, 4, 8, 16, 128, 4096, 8192]
 BLOCK_SIZE = (128, 128)
 
 
@@ -81,7 +85,7 @@ def scaled_mm_fn(a_q: torch.Tensor, a_scale: torch.Tensor, b_q_t: torch.Tensor, 
     return (lambda: call(a_pad)[:m]), padded, None
 
 
-def bench_shape(ref, quant, gemm, gemv, n: int, k: int, m: int, flush: torch.Tensor, args) -> dict:
+def bench_shape(ref, quant, gemm, gemv, cublas, n: int, k: int, m: int, flush: torch.Tensor, args) -> dict:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16)
     flops = 2 * m * n * k
@@ -131,6 +135,21 @@ def bench_shape(ref, quant, gemm, gemv, n: int, k: int, m: int, flush: torch.Ten
         row["gemv_config"] = None
         row["gemv_ms"] = row["gemv_err_vs_fp32"] = row["gemv_err_vs_reference"] = float("nan")
 
+    # (a'') cuBLAS block-scaled GEMM on the same operands
+    reason = cublas.unsupported_reason(torch.device("cuda"))
+    row["cublas_block_error"] = reason
+    if reason is None and cublas.shape_ok(n, k, BLOCK_SIZE):
+        a_q_pad, a_s_mmajor = cublas.pad_operands(a_q, a_s)  # rows padded to a multiple of 4
+        bout = cublas.block_scaled_mm(a_q_pad, a_s_mmajor, w_q, w_s)[:m]
+        row["cublas_block_err_vs_fp32"] = rel_err(bout, exact)
+        row["cublas_block_err_vs_reference"] = rel_err(bout, ref.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s,
+                                                                                        BLOCK_SIZE))
+        row["cublas_block_ms"] = time_ms(lambda: cublas.block_scaled_mm(a_q_pad, a_s_mmajor, w_q, w_s), flush,
+                                         args.warmup, args.reps)
+    else:
+        row["cublas_block_ms"] = row["cublas_block_err_vs_fp32"] = row["cublas_block_err_vs_reference"] = \
+            float("nan")
+
     # (b) per-tensor torch._scaled_mm
     ta_q, ta_s = per_tensor_quant(x, ref.FP8_DTYPE, ref.FP8_MAX)
     tw_q, tw_s = per_tensor_quant(w, ref.FP8_DTYPE, ref.FP8_MAX)
@@ -147,7 +166,7 @@ def bench_shape(ref, quant, gemm, gemv, n: int, k: int, m: int, flush: torch.Ten
     row["bf16_err_vs_fp32"] = rel_err(x @ w.t(), exact)
     row["bf16_ms"] = time_ms(lambda: x @ w.t(), flush, args.warmup, args.reps)
 
-    for key in ("triton_gemm", "triton_quant_gemm", "gemv", "scaled_mm", "bf16"):
+    for key in ("triton_gemm", "triton_quant_gemm", "gemv", "cublas_block", "scaled_mm", "bf16"):
         row[key + "_tflops"] = tflops(row[key + "_ms"])
     row["weight_bytes"] = weight_bytes
     for key in ("triton_quant_gemm", "gemv"):
@@ -162,28 +181,33 @@ def _num(value: float, fmt: str, width: int) -> str:
 
 def print_table(rows: list[dict]) -> None:
     print()
-    print(f"{'':27}| {'TFLOP/s':^52} | {'weight GB/s':^17} | {'rel err vs fp32':^29} | {'vs reference':^19} "
-          f"| {'us':^26}")
-    print(f"{'layer':8} {'N':>6} {'K':>6} {'M':>4} | {'gemm':>9} {'quant+gemm':>10} {'gemv':>9} {'scaled_mm':>10} "
-          f"{'bf16':>9} | {'q+gemm':>8} {'gemv':>8} | {'triton':>9} {'gemv':>9} {'scaled_mm':>9} | {'triton':>9} "
-          f"{'gemv':>9} | {'gemm':>6} {'q+gemm':>6} {'gemv':>6} {'quant':>5}")
+    print(f"{'':27}| {'TFLOP/s':^63} | {'weight GB/s':^17} | {'rel err vs fp32':^29} | {'vs reference':^29} "
+          f"| {'us':^33}")
+    print(f"{'layer':8} {'N':>6} {'K':>6} {'M':>4} | {'gemm':>9} {'quant+gemm':>10} {'gemv':>9} {'cublas blk':>10} "
+          f"{'scaled_mm':>10} {'bf16':>9} | {'q+gemm':>8} {'gemv':>8} | {'triton':>9} {'gemv':>9} {'scaled_mm':>9} | "
+          f"{'triton':>9} {'gemv':>9} {'cublas':>9} | {'gemm':>6} {'q+gemm':>6} {'gemv':>6} {'cublas':>6} "
+          f"{'quant':>5}")
     for r in rows:
         pad = "*" if r["scaled_mm_padded_m"] else " "
         print(f"{r['name']:8} {r['N']:6d} {r['K']:6d} {r['M']:4d} | {r['triton_gemm_tflops']:9.1f} "
               f"{r['triton_quant_gemm_tflops']:10.1f} {_num(r['gemv_tflops'], '.1f', 9)} "
+              f"{_num(r['cublas_block_tflops'], '.1f', 10)} "
               f"{r['scaled_mm_tflops']:9.1f}{pad} {r['bf16_tflops']:9.1f} | "
               f"{r['triton_quant_gemm_weight_gbs']:8.0f} {_num(r['gemv_weight_gbs'], '.0f', 8)} | "
               f"{r['triton_err_vs_fp32']:9.2e} {_num(r['gemv_err_vs_fp32'], '.2e', 9)} "
               f"{r['scaled_mm_err_vs_fp32']:9.2e} | {r['triton_err_vs_reference']:9.2e} "
-              f"{_num(r['gemv_err_vs_reference'], '.2e', 9)} | "
+              f"{_num(r['gemv_err_vs_reference'], '.2e', 9)} {_num(r['cublas_block_err_vs_reference'], '.2e', 9)} | "
               f"{r['triton_gemm_ms'] * 1e3:6.1f} {r['triton_quant_gemm_ms'] * 1e3:6.1f} "
-              f"{_num(r['gemv_ms'] * 1e3, '.1f', 6)} {r['triton_quant_ms'] * 1e3:5.1f}")
+              f"{_num(r['gemv_ms'] * 1e3, '.1f', 6)} {_num(r['cublas_block_ms'] * 1e3, '.1f', 6)} "
+              f"{r['triton_quant_ms'] * 1e3:5.1f}")
     if any(r["scaled_mm_padded_m"] for r in rows):
         print("* scaled_mm ran with M zero-padded to a multiple of 16 (this torch refused the true M); "
               "TFLOP/s counts the true M")
     errors = {r.get("scaled_mm_error") for r in rows} - {None}
     for e in errors:
         print("scaled_mm failed:", e)
+    for e in {r.get("cublas_block_error") for r in rows} - {None}:
+        print("cuBLAS block-scaled GEMM not measured:", e)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,8 +226,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"{torch.cuda.get_device_name(0)} is {torch.cuda.get_device_capability()}")
     import triton
 
-    ref, quant, gemm, gemv = load_kernel_modules("reference", "triton.fp8_quant", "triton.fp8_gemm",
-                                                 "triton.fp8_gemv")
+    ref, quant, gemm, gemv, cublas = load_kernel_modules("reference", "triton.fp8_quant", "triton.fp8_gemm",
+                                                         "triton.fp8_gemv", "cublas_fp8")
     info = {"device": torch.cuda.get_device_name(0), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "torch": torch.__version__, "triton": triton.__version__,
         "command": " ".join([Path(sys.executable).name, *sys.argv])}
@@ -219,11 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for n, k in args.shapes or LLAMA_8B_SHAPES:
         for m in args.m:
-            row = bench_shape(ref, quant, gemm, gemv, n, k, m, flush, args)
+            row = bench_shape(ref, quant, gemm, gemv, cublas, n, k, m, flush, args)
             gemv_text = (f", gemv {row['gemv_tflops']:.1f} ({row['gemv_weight_gbs']:.0f} GB/s of weights vs "
                          f"quant+gemm {row['triton_quant_gemm_weight_gbs']:.0f})" if m <= gemv.MAX_M else "")
             print(f"{row['name']} N={n} K={k} M={m}: triton {row['triton_gemm_tflops']:.1f} TFLOP/s "
-                  f"(quant+gemm {row['triton_quant_gemm_tflops']:.1f}){gemv_text}, scaled_mm "
+                  f"(quant+gemm {row['triton_quant_gemm_tflops']:.1f}){gemv_text}, cublas block "
+                  f"{row['cublas_block_tflops']:.1f}, scaled_mm "
                   f"{row['scaled_mm_tflops']:.1f}, bf16 {row['bf16_tflops']:.1f}", flush=True)
             rows.append(row)
             torch.cuda.empty_cache()

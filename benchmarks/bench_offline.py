@@ -24,7 +24,9 @@ dynamic cache, sdpa attention), hf-static-compile (`cache_implementation="static
 compiles the decode step; batch 1 only; GPU only), and with --ablations our own runtime with
 a feature off: radixlm-no-overlap (no overlap scheduling), radixlm-no-cuda-graph,
 radixlm-torch-kernels (reference kernels, no graphs); and FP8 variants: radixlm-fp8 (decoder
-weights block-quantised to e4m3 at load), radixlm-fp8-kv (plus the fp8 KV cache), whose MBU
+weights block-quantised to e4m3 at load), radixlm-fp8-triton (the same with the Triton W8A8 GEMM at
+every M, no cuBLAS block-scaled GEMM), radixlm-fp8-no-gemv (no W8A16 GEMV: activation quantisation
+and the W8A8 GEMM at every M), radixlm-fp8-kv (plus the fp8 KV cache), whose MBU
 counts the fp8 bytes (and prefill MFU the bf16 peak); radixlm-tp2 (tensor parallel over two
 GPUs; MBU against one card's bandwidth, so up to 2x). Each decode row also carries the
 scheduler's own per-step account: loop iteration, launch + wait, and on CUDA the device's busy
@@ -38,6 +40,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -232,7 +235,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefill-len", type=int, default=8192)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--engines", default="radixlm,hf-eager,hf-static-compile")
-    p.add_argument("--ablations", default="", help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-kv, tp2")
+    p.add_argument("--ablations", default="", help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, tp2")
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
     p.add_argument("--mem-bandwidth-gbs", type=float, default=None)
@@ -290,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("radixlm", {}, batch_sizes, True))
     if "fp8" in ablations:
         configs.append(("radixlm-fp8", {"quantization": "fp8"}, batch_sizes, True))
+    if "fp8-triton" in ablations:  # fp8 with the Triton GEMM at every M (no cuBLAS block-scaled GEMM)
+        configs.append(("radixlm-fp8-triton", {"quantization": "fp8", "fp8_gemm_backend": "triton"}, batch_sizes,
+                        True))
+    if "fp8-no-gemv" in ablations:  # fp8 without the W8A16 GEMV (quant + W8A8 at every M), decode only
+        configs.append(("radixlm-fp8-no-gemv", {"quantization": "fp8"}, batch_sizes, False))
     if "fp8-kv" in ablations:
         configs.append(("radixlm-fp8-kv", {"quantization": "fp8", "kv_cache_dtype": "fp8_e4m3"}, batch_sizes, False))
     if "tp2" in ablations:  # the same model over two GPUs (NCCL), against one
@@ -303,10 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     engine_info = {}
     for name, extra, sizes, prefill in configs:
         t = time.perf_counter()
+        # the GEMV threshold reaches the scheduler process through its environment
+        os.environ.pop("RADIXLM_FP8_GEMV_MAX_M", None)
+        if name == "radixlm-fp8-no-gemv":
+            os.environ["RADIXLM_FP8_GEMV_MAX_M"] = "0"
         engine = RadixEngine(folder, {**base, **extra})
-        engine_info[name] = {k: engine.info.get(k) for k in ("attention_backend", "cuda_graph_batch_sizes",
-                                                               "overlap_schedule", "quantization", "kv_cache_dtype",
-                                                               "max_total_tokens", "dtype", "device")}
+        engine_info[name] = {k: engine.info.get(k) for k in (
+            "attention_backend", "cuda_graph_batch_sizes", "overlap_schedule", "quantization", "fp8_gemm",
+            "kv_cache_dtype", "max_total_tokens", "dtype", "device")}
         print(f"{name}: engine up in {time.perf_counter() - t:.1f} s ({engine_info[name]})", flush=True)
         try:
             engine_nums = fp8_numbers(nums, "quantization" in extra, "kv_cache_dtype" in extra)

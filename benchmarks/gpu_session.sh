@@ -6,6 +6,9 @@
 #   bash benchmarks/gpu_session.sh gsp      # the shared-prefix serving run alone
 #   bash benchmarks/gpu_session.sh fp8      # FP8 GPU tests, GEMM vs _scaled_mm, 8B fp8 vs bf16 vs HF
 #   bash benchmarks/gpu_session.sh fp8-gemv # W8A16 GEMV: tests, tuning + threshold, bench, 8B fp8 b=1 (~8 min)
+#   bash benchmarks/gpu_session.sh fp8-kernels  # fp8 kernel tests; cuBLAS-vs-Triton threshold; GEMV tuning; GEMM bench
+#   bash benchmarks/gpu_session.sh profile  # kernel-by-kernel profile of 8k prefill and b=1 decode, bf16 and fp8
+#   bash benchmarks/gpu_session.sh fp8-final  # 8B shape: fp8 (cuBLAS/Triton) vs bf16 vs HF, b=1/64 and 8k prefill
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
@@ -65,6 +68,29 @@ case "$MODE" in
       > "$OUT/fp8-gemv-bench.log" 2>&1
     timeout 120 "${OFFLINE_B1[@]}" --out "$OUT/offline-fp8-b1.json" > "$OUT/offline-fp8-b1.log" 2>&1
     grep -hE "decode b=1" "$OUT"/offline-fp8-b1*.log
+    ;;
+  fp8-kernels)  # commit $OUT/fp8_gemm_configs.json and $OUT/fp8_gemv_configs.json from it (~8 min on an H100)
+    timeout 170 python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_fp8_kernels.py > "$OUT/gpu-tests-fp8-kernels.log" 2>&1
+    tail -3 "$OUT/gpu-tests-fp8-kernels.log"
+    timeout 100 python3 benchmarks/tune_fp8_gemm.py --scaled-mm --reps 20 --results "$OUT/tune-scaled-mm.json" 2>&1 \
+      | tee "$OUT/tune-scaled-mm.log" | grep -E "cuBLAS|wrote|FAILURE|Error|unavailable"
+    cp runtime/kernels/triton/fp8_gemm_configs.json "$OUT/fp8_gemm_configs.json"
+    timeout 200 python3 benchmarks/tune_fp8_gemm.py --gemv --reps 20 --results "$OUT/tune-gemv.json" 2>&1 \
+      | tee "$OUT/tune-gemv.log" | grep -E "^GEMV|wrote|FAILURE|Error"
+    cp runtime/kernels/triton/fp8_gemv_configs.json "$OUT/fp8_gemv_configs.json"
+    timeout 110 python3 benchmarks/bench_fp8_gemm.py --reps 20 --out "$OUT/fp8-gemm.json" > "$OUT/fp8-gemm.log" 2>&1
+    tail -45 "$OUT/fp8-gemm.log" | grep -v "^wrote"
+    ;;
+  profile)  # the 8B shape in one process under torch.profiler: bf16, then fp8 weights
+    for Q in none fp8; do
+      timeout 280 python3 benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization $Q \
+        --out "$OUT/profile-$Q.json" > "$OUT/profile-$Q.log" 2>&1; grep -A14 "==" "$OUT/profile-$Q.log"
+    done
+    ;;
+  fp8-final)  # the done-when table of issue 8: HF eager, radixlm bf16, fp8 (cuBLAS from the tuned M), fp8 Triton-only
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines radixlm,hf-eager --batch-sizes 1,64 \
+      --reps 2 --ablations "${ABLATIONS:-fp8,fp8-triton}" --out "$OUT/offline-fp8.json" > "$OUT/offline-fp8.log" 2>&1
+    grep -E "decode|prefill" "$OUT/offline-fp8.log" | grep -v "^|"
     ;;
   tp)  # on a 2-GPU machine: TP/DP parity, then the 8B shape at TP=1 vs TP=2 (NCCL_NVLS_ENABLE=0 above)
     python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_tensor_parallel.py 2>&1 | tee "$OUT/gpu-tests-tp.log" | tail -3

@@ -43,15 +43,15 @@ def load_kernel_modules(*names: str) -> list:
 def time_ms(fn: Callable[[], object], flush: torch.Tensor, warmup: int = 10, reps: int = 50,
             budget_ms: float | None = None, hold_cycles: int = 50_000_000) -> float:
     """Median ms of `fn()` over `reps` calls (with `budget_ms`: fewer when a call is long, about
-    that much in all, at least 5), each timed by CUDA events after an L2 flush (zeroing `flush`),
-    after `warmup` calls. The GPU is held busy (`hold_cycles` of clock, ~25 ms by default) while
+    that much in all, at least 5), each timed by CUDA events after an L2 flush (`evict_l2`), after
+    `warmup` calls. The GPU is held busy (`hold_cycles` of clock, ~25 ms by default) while
     the host queues every rep: a call whose host side (Python wrapper, launch) outlasts the flush
     would otherwise time the host's gaps, not the kernels."""
     for _ in range(warmup):
         fn()
     if budget_ms is not None:
         first = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        flush.zero_()
+        evict_l2(flush)
         first[0].record()
         fn()
         first[1].record()
@@ -62,12 +62,20 @@ def time_ms(fn: Callable[[], object], flush: torch.Tensor, warmup: int = 10, rep
     torch.cuda.synchronize()
     torch.cuda._sleep(hold_cycles)
     for s, e in zip(starts, ends):
-        flush.zero_()
+        evict_l2(flush)
         s.record()
         fn()
         e.record()
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def evict_l2(flush: torch.Tensor) -> None:
+    """Fill L2 with clean lines of `flush` (256 MB: five times an H100's L2) by reading it whole, so
+    the next call reads its operands from device memory, as a layer of a forward pass does. A read,
+    not a write: zeroing the buffer (what this did until 2026-11-26) left ~50 MB of dirty lines
+    that the timed call then had to write back, adding ~10-15 us to short memory-bound calls."""
+    torch.amax(flush.view(torch.int32))
 
 
 def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:

@@ -6,13 +6,14 @@ the M up to which `ops.fp8_linear` should take it.
     python benchmarks/tune_fp8_gemm.py                                   # Llama-3.1-8B shapes, all buckets
     python benchmarks/tune_fp8_gemm.py --shapes 6144,4096 --m 1 16 128 --out /tmp/cfg.json
     python benchmarks/tune_fp8_gemm.py --gemv                            # the GEMV, M = 1, 2, 4, 8, 16
+    python benchmarks/tune_fp8_gemm.py --scaled-mm                       # where cuBLAS takes over
 
 For every (N, K) (default the Llama-3.1-8B linear layers: qkv 6144,4096; o_proj 4096,4096;
 gate_up 28672,4096; down 4096,14336) and every M bucket (1, 2, 4, ..., 4096), each candidate
 (BLOCK_M, BLOCK_N, GROUP_M, num_warps, num_stages) is first checked against the reference on the
 same operands, then timed: warm-up calls, then `--reps` calls each timed by CUDA events, the median
-kept. Before every timed call a 256 MB buffer is zeroed (outside the timed region), which evicts
-L2, so each call reads its weights from device memory as a layer of a forward pass would (one
+kept. Before every timed call a 256 MB buffer is read (outside the timed region), which evicts
+L2 (kernel_timing.evict_l2), so each call reads its weights from device memory as a layer of a forward pass would (one
 layer's fp8 weights, 16 to 117 MB, would otherwise sit in the 50 MB L2 at small N*K). Operands are
 fresh random data (never zeros), quantised by the reference quantisers.
 
@@ -28,6 +29,15 @@ reference, then timed as above, its split-K reduction included. The best is comp
 the same M (the activation quantisation plus the GEMM with its config from fp8_gemm_configs.json),
 and the shape's threshold is the largest tuned M up to which the GEMV wins at every tuned M
 (`_gemv_max_m_by_shape`); `_gemv_max_m` (shapes without their own) is the smallest of those.
+
+--scaled-mm: for every (N, K) and M bucket from 16 up, the Triton GEMM (its config from the table)
+against cuBLAS' block-scaled `_scaled_mm` (runtime/kernels/cublas_fp8.py) on the same quantised
+operands, each checked against the reference and timed as above (the activation quantisation is the
+same kernel on either path and is left out). The shape's threshold is the smallest tuned M from
+which cuBLAS is faster by SCALED_MM_MARGIN at every larger tuned M (`_scaled_mm_min_m_by_shape`,
+null: never);
+`_scaled_mm_min_m` (shapes without their own) is the largest of those. Written into
+fp8_gemm_configs.json. Exits with a message, writing nothing, where this torch lacks the path.
 """
 
 from __future__ import annotations
@@ -269,6 +279,93 @@ def main_gemv(args) -> None:
     print("wrote", out_path)
 
 
+SCALED_MM_MS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# cuBLAS must be this much faster to take over: near the crossing the two are within a few percent
+# in isolation, and in a decode step at M = 64 the cuBLAS path was the slower (H100, 2026-11-26:
+# 7.09 vs 6.86 ms a step at batch 64 with it taking qkv and down from M = 16)
+SCALED_MM_MARGIN = 1.1
+
+
+def scaled_mm_min_m(measured: dict[str, dict], margin: float = SCALED_MM_MARGIN) -> int | None:
+    """The smallest tuned M from which cuBLAS beat the Triton GEMM by `margin` at every larger tuned
+    M (None: it did not at the largest)."""
+    min_m = None
+    for m in sorted(measured, key=int, reverse=True):
+        if not measured[m]["cublas_us"] * margin < measured[m]["triton_us"]:
+            break
+        min_m = int(m)
+    return min_m
+
+
+def main_scaled_mm(args) -> None:
+    import triton
+
+    ref, gemm, cublas = load_kernel_modules("reference", "triton.fp8_gemm", "cublas_fp8")
+    reason = cublas.unsupported_reason(torch.device("cuda"))
+    if reason is not None:
+        sys.exit(f"cuBLAS block-scaled GEMM unavailable here: {reason}")
+    shapes = args.shapes or LLAMA_8B_SHAPES
+    ms = sorted(args.m or SCALED_MM_MS)
+    out_path = args.out or gemm.CONFIG_FILE
+    card = torch.cuda.get_device_name(0)
+    print(f"Triton vs cuBLAS block-scaled | card: {card} | torch {torch.__version__} | triton {triton.__version__} "
+          f"| shapes {shapes} | M {ms}")
+    torch.manual_seed(0)
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    table = json.loads(Path(out_path).read_text())
+    results = {}
+    for n, k in shapes:
+        w = torch.randn(n, k, device="cuda") * 0.02
+        b_q, b_s = ref.block_quant_fp8(w, BLOCK_SIZE)
+        del w
+        measured = {}
+        for m in ms:
+            a_q, a_s = ref.per_token_group_quant_fp8(torch.randn(m, k, device="cuda"), BLOCK_SIZE[1])
+            a_q_pad, a_s_mmajor = cublas.pad_operands(a_q, a_s)
+            expected = ref.w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, BLOCK_SIZE, torch.float32)
+            out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+
+            def triton_run():
+                gemm.w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, BLOCK_SIZE, torch.bfloat16, out=out)
+
+            t_triton = check_and_time(triton_run, out, expected, f"triton N,K={n},{k} M={m}", flush, args, 200.0)
+            got = cublas.block_scaled_mm(a_q_pad, a_s_mmajor, b_q, b_s)[:m].double()
+            err = float((got - expected.double()).norm() / expected.double().norm())
+            if not err < 1e-2:
+                raise SystemExit(f"CORRECTNESS FAILURE cublas N,K={n},{k} M={m}: rel err {err:.3e}")
+
+            def cublas_only():
+                cublas.block_scaled_mm(a_q_pad, a_s_mmajor, b_q, b_s)
+            t_cublas = time_ms(cublas_only, flush, args.warmup, args.reps, budget_ms=200.0, hold_cycles=HOLD_CYCLES)
+            flops = 2 * m * n * k
+            measured[str(m)] = {"triton_us": t_triton * 1e3, "cublas_us": t_cublas * 1e3,
+                                "triton_tflops": flops / t_triton / 1e9, "cublas_tflops": flops / t_cublas / 1e9}
+            print(f"N,K={n},{k} M={m:5d}: triton {t_triton * 1e3:8.1f} us {flops / t_triton / 1e9:7.1f} TFLOP/s | "
+                  f"cublas {t_cublas * 1e3:8.1f} us {flops / t_cublas / 1e9:7.1f} TFLOP/s | "
+                  f"{t_triton / t_cublas:4.2f}x", flush=True)
+        results[f"{n},{k}"] = measured
+    by_shape = dict(table.get("_scaled_mm_min_m_by_shape", {}))
+    by_shape.update({key: scaled_mm_min_m(measured) for key, measured in results.items()})
+    known = [v for v in by_shape.values() if v is not None]
+    table["_scaled_mm_min_m_by_shape"] = by_shape
+    table["_scaled_mm_min_m"] = max(known) if len(known) == len(by_shape) else None
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    table["_scaled_mm_comment"] = (
+        f"Measured by benchmarks/tune_fp8_gemm.py --scaled-mm on {card}, {date}, torch {torch.__version__}: "
+        '"_scaled_mm_min_m_by_shape": {"N,K": the smallest tuned M from which cuBLAS block-scaled _scaled_mm beat '
+        f'this Triton GEMM by {SCALED_MM_MARGIN}x at every larger tuned M (null: never)}}; "_scaled_mm_min_m": for '
+        'other shapes (the largest of those; null if any is null).')
+    head = ("_comment", "_block_size", "_scaled_mm_comment", "_scaled_mm_min_m", "_scaled_mm_min_m_by_shape")
+    ordered = {key: table[key] for key in head if key in table}
+    ordered.update((key, v) for key, v in table.items() if key not in ordered)
+    Path(out_path).write_text(gemm.dump_configs(ordered))
+    if args.results:
+        args.results.write_text(json.dumps({"card": card, "date": date, "torch": torch.__version__,
+                                            "triton": triton.__version__, "shapes": results}, indent=1))
+    print(f"cuBLAS from M: {by_shape}; _scaled_mm_min_m = {table['_scaled_mm_min_m']}")
+    print("wrote", out_path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", type=parse_shape, metavar="N,K",
@@ -278,7 +375,9 @@ def main(argv: list[str] | None = None) -> None:
                         "fp8_gemm_configs.json, with --gemv fp8_gemv_configs.json)")
     parser.add_argument("--gemv", action="store_true",
                         help="tune the W8A16 GEMV (fp8_gemv.py) and its dispatch threshold instead of the W8A8 GEMM")
-    parser.add_argument("--results", type=Path, help="--gemv: also write every shape's timings here (JSON)")
+    parser.add_argument("--scaled-mm", action="store_true",
+                        help="measure from which M cuBLAS' block-scaled GEMM beats the Triton GEMM; record it")
+    parser.add_argument("--results", type=Path, help="--gemv / --scaled-mm: also write the timings here (JSON)")
     parser.add_argument("--reps", type=int, default=30, help="timed calls per config (median kept)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per config first")
     parser.add_argument("--quick", action="store_true",
@@ -289,6 +388,9 @@ def main(argv: list[str] | None = None) -> None:
                  "run it on the machine whose configs you want")
     if args.gemv:
         main_gemv(args)
+        return
+    if args.scaled_mm:
+        main_scaled_mm(args)
         return
     import triton
 

@@ -188,6 +188,9 @@ class EngineConfig:
     # weights: None = as stored (an fp8 checkpoint loads as fp8); "fp8" = block-quantise a
     # bf16/fp16/fp32 checkpoint at load time (128 x 128 blocks, per-token-group activations)
     quantization: str | None = None
+    # fp8 W8A8 products: "auto" = cuBLAS block-scaled GEMM from the tuned M where torch has it
+    # (prefill), Triton below; "triton" = the Triton GEMM at every M
+    fp8_gemm_backend: str = "auto"
     # KV cache: "auto" = the model dtype; "fp8_e4m3" halves KV bytes (per-layer scales)
     kv_cache_dtype: str = "auto"
     # tensor parallelism: one scheduler process per rank (one GPU each), weights sharded;
@@ -222,6 +225,8 @@ class EngineConfig:
             raise ValueError(f"overlap_schedule must be auto, on or off, got {self.overlap_schedule!r}")
         if self.quantization not in (None, "fp8"):
             raise ValueError(f"quantization must be None or 'fp8', got {self.quantization!r}")
+        if self.fp8_gemm_backend not in ("auto", "triton"):
+            raise ValueError(f"fp8_gemm_backend must be auto or triton, got {self.fp8_gemm_backend!r}")
         if self.kv_cache_dtype not in ("auto", "fp8_e4m3"):
             raise ValueError(f"kv_cache_dtype must be auto or fp8_e4m3, got {self.kv_cache_dtype!r}")
         if self.tp_size < 1:

@@ -68,6 +68,18 @@ class ModelRunner:
         # this rank's heads: KV pool and attention hold only them
         self.num_heads, self.num_kv_heads = self.model.local_num_heads, self.model.local_num_kv_heads
         self.quantization = "fp8" if cfg.quantization == "fp8" or model_cfg.checkpoint_fp8_block else None
+        ops.set_fp8_gemm_backend(cfg.fp8_gemm_backend)
+        # which kernels run fp8 W8A8 products (server_info); cuBLAS is probed here, before any
+        # CUDA graph is captured
+        self.fp8_gemm = None
+        if self.quantization == "fp8":
+            self.fp8_gemm = "torch reference" if not use_triton else "triton"
+            if use_triton and cfg.fp8_gemm_backend == "auto":
+                reason = ops.prepare_fp8(self.device)
+                if reason is None:
+                    self.fp8_gemm = "triton, cublas from the tuned M"
+                else:
+                    logger.info("fp8: cuBLAS block-scaled GEMM unavailable (%s); Triton runs at every M", reason)
 
         self.kv_dtype = torch.float8_e4m3fn if cfg.kv_cache_dtype == "fp8_e4m3" else self.dtype
         self.max_total_tokens = self._kv_capacity()

@@ -57,6 +57,11 @@ class Fp8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.fp8_linear(x, self.weight, self.weight_scale_inv, self.bias, self.block_size)
 
+    def forward_silu_gated(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """forward(silu_and_mul(gate_up)) for a gated MLP's down projection: at W8A8 sizes the
+        activation and this layer's input quantisation run as one kernel (ops.fp8_silu_gated_linear)."""
+        return ops.fp8_silu_gated_linear(gate_up, self.weight, self.weight_scale_inv, self.bias, self.block_size)
+
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, block={self.block_size}, bias={self.bias is not None}"
 

@@ -227,7 +227,7 @@ class SchedulerLoop:
             "context_length": runner.context_len, "max_total_tokens": runner.max_total_tokens,
             "device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
             "attention_backend": "triton" if runner.attn_backend.use_triton else "torch",
-            "quantization": runner.quantization, "tp_size": self.tp.size,
+            "quantization": runner.quantization, "fp8_gemm": runner.fp8_gemm, "tp_size": self.tp.size,
             "kv_cache_dtype": str(runner.kv_dtype).removeprefix("torch."),
             "cuda_graph_batch_sizes": runner.graph_runner.batch_sizes if runner.graph_runner else [],
             "cache_hit_rate": stats.cache_hit_rate, "prompt_tokens": stats.prompt_tokens,

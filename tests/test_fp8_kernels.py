@@ -514,3 +514,145 @@ def test_fp8_linear_routes_by_threshold(triton_fp8_linear, x_dtype):
     assert ops.fp8_gemv_max_m(n, k, (128, 128)) == fp8_gemv.max_m_for(n, k)
     with pytest.raises(ValueError):
         ops.set_fp8_gemv_max_m(-1)
+
+
+# ------------------------------------------------------- cuBLAS block-scaled path: routing and data
+# (the product itself needs a Hopper GPU: tests/gpu/test_gpu_fp8_kernels.py)
+
+def test_scaled_mm_min_m_lookup():
+    table = {"_block_size": [128, 128], "_scaled_mm_min_m": 512,
+             "_scaled_mm_min_m_by_shape": {"6144,4096": 128, "4096,4096": None}}
+    assert fp8_gemm.scaled_mm_min_m(6144, 4096, (128, 128), table) == 128
+    assert fp8_gemm.scaled_mm_min_m(4096, 4096, (128, 128), table) is None  # measured: never
+    assert fp8_gemm.scaled_mm_min_m(1024, 1024, (128, 128), table) == 512  # other shapes: the default
+    assert fp8_gemm.scaled_mm_min_m(6144, 4096, (64, 128), table) is None  # tuned for another block
+    assert fp8_gemm.scaled_mm_min_m(6144, 4096, (128, 128), {}) is None  # untuned: never
+    shipped = fp8_gemm.load_configs()
+    for shape, value in shipped.get("_scaled_mm_min_m_by_shape", {}).items():
+        n, k = map(int, shape.split(","))
+        assert value is None or (value >= 1 and fp8_gemm.scaled_mm_min_m(n, k) == value)
+
+
+def test_cublas_shapes_and_padding():
+    from radixlm.runtime.kernels import cublas_fp8
+
+    assert cublas_fp8.shape_ok(6144, 4096, (128, 128)) and cublas_fp8.shape_ok(128, 128, [128, 128])
+    assert not cublas_fp8.shape_ok(6144, 4000, (128, 128))  # a partial K block
+    assert not cublas_fp8.shape_ok(700, 4096, (128, 128))  # a partial N block
+    assert not cublas_fp8.shape_ok(6144, 4096, (64, 128))  # cuBLAS scales 128 x 128 blocks only
+    assert [cublas_fp8.padded_rows(m) for m in (1, 3, 4, 5, 8, 4097)] == [4, 4, 4, 8, 8, 4100]
+    a_q, a_s = ref.per_token_group_quant_fp8(torch.randn(7, 384), 128)
+    q, s = cublas_fp8.pad_operands(a_q, a_s)
+    assert q.shape == (8, 384) and s.shape == (8, 3) and s.stride() == (1, 8)  # M-major, rows padded
+    assert torch.equal(q[:7].view(torch.uint8), a_q.view(torch.uint8)) and torch.equal(s[:7], a_s)
+    assert not q[7:].float().any() and torch.equal(s[7:], torch.ones(1, 3))
+    assert cublas_fp8.unsupported_reason(torch.device("cpu")) == "not a CUDA device"
+    assert cublas_fp8.probed(torch.device("cpu"))
+
+
+def test_fp8_gemm_backend_setting_and_cpu_routing():
+    with pytest.raises(ValueError, match="fp8 GEMM backend"):
+        ops.set_fp8_gemm_backend("cutlass")
+    # never on a CPU tensor, whatever the threshold
+    assert not ops.fp8_uses_cublas(4096, 6144, 4096, (128, 128), torch.device("cpu"))
+    from radixlm.runtime.config import EngineConfig
+
+    assert EngineConfig(model_path="m").fp8_gemm_backend == "auto"
+    with pytest.raises(ValueError, match="fp8_gemm_backend"):
+        EngineConfig(model_path="m", fp8_gemm_backend="cublas")
+
+
+def test_gemv_threshold_from_the_environment():
+    """RADIXLM_FP8_GEMV_MAX_M reaches every process that imports ops (A/B benchmarks set it for the
+    scheduler process)."""
+    import subprocess
+    import sys
+
+    code = ("from radixlm.runtime.kernels import ops; "
+            "print(ops.fp8_gemv_max_m(6144, 4096, (128, 128)), ops.fp8_gemv_max_m(6144, 4096, (64, 64)))")
+    env = {**os.environ, ops.GEMV_MAX_M_ENV: "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "0"]
+    env[ops.GEMV_MAX_M_ENV] = "8"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["8", "8"]
+
+
+def test_tuner_scaled_mm_threshold_rule():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tune_fp8_gemm
+
+    def measured(pairs):  # {M: (triton_us, cublas_us)}
+        return {str(m): {"triton_us": t, "cublas_us": c} for m, (t, c) in pairs.items()}
+
+    rule = tune_fp8_gemm.scaled_mm_min_m
+    assert rule(measured({64: (10, 9.5), 128: (20, 15), 256: (40, 20)})) == 128  # 64: within the margin
+    assert rule(measured({64: (10, 8), 128: (20, 25), 256: (40, 20)})) == 256  # must win at every larger M
+    assert rule(measured({64: (10, 8), 128: (20, 15), 256: (40, 39)})) is None  # not at the largest
+    assert rule(measured({64: (10, 9.5)}), margin=1.0) == 64
+
+
+# ------------------------------------------------ gated MLP: activation fused with the quantisation
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m,inter,group", [(3, 256, 128), (5, 300, 128), (2, 200, 64), (1, 40, 128)])
+def test_silu_and_mul_quant_matches_the_two_kernels(dtype, m, inter, group):
+    """silu_and_mul_quant_fp8 quantises exactly what the Triton silu_and_mul hands the Triton
+    quantiser (bit-equal: the same formula and roundings), and what the reference pair computes
+    (scales to the activation's rounding, which an exp one fp32 ulp apart can move by one ulp of
+    the dtype; q up to the interpreter's mis-rounding in fp32, as e4m3 allows in fp16)."""
+    from radixlm.runtime.kernels.triton import activation
+
+    gate_up = (torch.randn(m, 2 * inter) * torch.rand(m, 1) * 6).to(dtype)
+    q, s = poisoned_quant_outputs(m, inter, group)
+    out_q, out_s = fp8_quant.silu_and_mul_quant_fp8(gate_up, group, out_q=q, out_scale=s)
+    assert out_q is q and out_s is s
+    tq, ts = per_token_group_quant_fp8(activation.silu_and_mul(gate_up), group)
+    assert torch.equal(s, ts) and torch.equal(q.view(torch.uint8), tq.view(torch.uint8))
+    h = ref.silu_and_mul(gate_up)
+    rq, rs = ref.per_token_group_quant_fp8(h, group)
+    torch.testing.assert_close(s, rs, rtol=1e-6 if dtype == torch.float32 else 1e-3, atol=0)
+    if dtype == torch.float32:
+        check_q(q, rq)
+    else:  # dequantised, as close to the reference activation as e4m3 allows (~3.7% rel.; with
+        # the interpreter's mis-rounded casts measured up to ~5%, as LINEAR_TOL_W8A8 notes)
+        deq = q.float() * s.repeat_interleave(group, dim=1)[:, :inter]
+        assert rel_err(deq, h.float()) < 0.1
+    e_q, e_s = fp8_quant.silu_and_mul_quant_fp8(gate_up[:0], group)
+    assert e_q.shape == (0, inter) and e_s.shape == (0, math.ceil(inter / group))
+
+
+def test_fp8_silu_gated_linear_routes_like_fp8_linear(triton_fp8_linear):
+    """The gated down projection: at GEMV sizes silu_and_mul then the GEMV; at W8A8 sizes the fused
+    activation-quantisation kernel (not the plain quantiser) then the GEMM; the same math as
+    fp8_linear(silu_and_mul(gate_up)) on either route and on the reference path."""
+    calls = triton_fp8_linear
+    n, inter = 192, 320
+    w_q, w_s = ref.block_quant_fp8(torch.randn(n, inter) * 0.05)
+    ops.set_fp8_gemv_max_m(2)
+    try:
+        for rows, expect_gemv in ((2, True), (7, False)):
+            gate_up = torch.randn(rows, 2 * inter, dtype=torch.float32) * 2
+            before = dict(calls)
+            y = ops.fp8_silu_gated_linear(gate_up, w_q, w_s, None, (128, 128))
+            assert y.shape == (rows, n)
+            assert (calls["gemv"] > before["gemv"]) == expect_gemv and (calls["gemm"] > before["gemm"]) != expect_gemv
+            assert calls["quant"] == before["quant"]  # the W8A8 route quantised in the fused kernel
+            h = ref.silu_and_mul(gate_up)
+            assert rel_err(y, ref.fp8_block_linear(h, w_q, w_s, None, quantize_x=not expect_gemv)) < LINEAR_TOL_W8A8
+            a_q, a_s = fp8_quant.silu_and_mul_quant_fp8(gate_up, 128)
+            if not expect_gemv:  # the same math on the kernel's own quantised activation
+                assert rel_err(y, ref.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s)) < LINEAR_TOL_SAME_MATH
+            ops.uses_triton, saved = (lambda t: False), ops.uses_triton
+            try:
+                torch.testing.assert_close(ops.fp8_silu_gated_linear(gate_up, w_q, w_s, None, (128, 128)),
+                                           ref.fp8_block_linear(h, w_q, w_s, None, quantize_x=not expect_gemv),
+                                           rtol=0, atol=0)
+            finally:
+                ops.uses_triton = saved
+    finally:
+        ops.set_fp8_gemv_max_m(None)

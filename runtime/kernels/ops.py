@@ -12,6 +12,8 @@ where the docstring says so, and callers must not rely on either behaviour beyon
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from radixlm.runtime.kernels import reference
@@ -84,8 +86,15 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer:
 
 
 # The M (rows of x: tokens) up to which fp8_linear takes the W8A16 path; None: the tuned value of
-# fp8_gemv_configs.json (`fp8_gemv.max_m_for`). Set by `set_fp8_gemv_max_m` (tests, benchmarks).
-_fp8_gemv_max_m_override: int | None = None
+# fp8_gemv_configs.json (`fp8_gemv.max_m_for`). Set by `set_fp8_gemv_max_m` (tests, benchmarks), or
+# for a whole run, scheduler processes included, by the environment variable (A/B benchmarks).
+GEMV_MAX_M_ENV = "RADIXLM_FP8_GEMV_MAX_M"
+_fp8_gemv_max_m_override: int | None = int(os.environ[GEMV_MAX_M_ENV]) if os.environ.get(GEMV_MAX_M_ENV) else None
+# Which kernels run the W8A8 product (`set_fp8_gemm_backend`): "auto" = cuBLAS' block-scaled
+# `_scaled_mm` (runtime/kernels/cublas_fp8.py) from the tuned M where this torch has it, Triton
+# below; "triton" = the Triton GEMM at every M.
+FP8_GEMM_BACKENDS = ("auto", "triton")
+_fp8_gemm_backend = "auto"
 
 
 def set_fp8_gemv_max_m(value: int | None) -> None:
@@ -97,6 +106,22 @@ def set_fp8_gemv_max_m(value: int | None) -> None:
     _fp8_gemv_max_m_override = value
 
 
+def set_fp8_gemm_backend(name: str) -> None:
+    """'auto' (default) or 'triton'; see FP8_GEMM_BACKENDS. Process-wide, like `set_backend`."""
+    global _fp8_gemm_backend
+    if name not in FP8_GEMM_BACKENDS:
+        raise ValueError(f"fp8 GEMM backend must be one of {FP8_GEMM_BACKENDS}, got {name!r}")
+    _fp8_gemm_backend = name
+
+
+def prepare_fp8(device: torch.device) -> str | None:
+    """Probe, once and outside any CUDA-graph capture, whether cuBLAS block-scaled fp8 works here
+    (the model runner calls this at load). Returns why not, or None when it does."""
+    from radixlm.runtime.kernels import cublas_fp8
+
+    return cublas_fp8.unsupported_reason(device)
+
+
 def fp8_gemv_max_m(n: int, k: int, block_size: tuple[int, int]) -> int:
     """The largest M at which fp8_linear computes an [N, K] weight's product as W8A16 (never above
     the GEMV's MAX_M)."""
@@ -106,6 +131,23 @@ def fp8_gemv_max_m(n: int, k: int, block_size: tuple[int, int]) -> int:
     return gemv.max_m_for(n, k, tuple(block_size))
 
 
+def fp8_uses_cublas(m: int, n: int, k: int, block_size: tuple[int, int], device: torch.device) -> bool:
+    """Whether fp8_linear runs an [M, K] x [N, K]^T W8A8 product on cuBLAS: backend "auto", M at or
+    above the tuned `fp8_gemm.scaled_mm_min_m`, a shape cuBLAS block-scales, and a device where the
+    probe (`prepare_fp8`) passed. Never decided by a probe during graph capture: an unprobed device
+    counts as unsupported there."""
+    from radixlm.runtime.kernels import cublas_fp8
+
+    if _fp8_gemm_backend != "auto" or device.type != "cuda" or not cublas_fp8.shape_ok(n, k, block_size):
+        return False
+    min_m = _fp8_kernels()[1].scaled_mm_min_m(n, k, tuple(block_size))
+    if min_m is None or m < min_m:
+        return False
+    if torch.cuda.is_current_stream_capturing() and not cublas_fp8.probed(device):
+        return False
+    return cublas_fp8.unsupported_reason(device) is None
+
+
 def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor, bias: torch.Tensor | None,
                block_size: tuple[int, int]) -> torch.Tensor:
     """x [..., K] @ w^T (+ bias) -> [..., N] in x's dtype, w [N, K] e4m3 with per-block scales (see
@@ -113,24 +155,72 @@ def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor, bi
       * M <= fp8_gemv_max_m(N, K) (decode batches): W8A16, x as it is times the dequantised weight
         (runtime/kernels/triton/fp8_gemv.py: no activation quantisation, memory-bound GEMV);
       * otherwise W8A8: x quantised to e4m3 per token and group of block_k (fp8_quant.py), then
-        the block-wise fp8 GEMM (fp8_gemm.py).
-    The reference path makes the same choice, so on either backend it is the same math."""
+        the block-wise fp8 GEMM: Triton (fp8_gemm.py), or from a tuned M on, cuBLAS
+        (cublas_fp8.py; `fp8_uses_cublas`), the same math with a different summation order.
+    The reference path makes the same choice of math, so on either backend it is the same."""
     x2 = x.reshape(-1, x.shape[-1])
     n, k = w_q.shape
-    weight_only = x2.shape[0] <= fp8_gemv_max_m(n, k, block_size)
+    m = x2.shape[0]
+    weight_only = m <= fp8_gemv_max_m(n, k, block_size)
     if uses_triton(x):
-        quant, gemm, gemv = _fp8_kernels()
+        quant, _, gemv = _fp8_kernels()
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         if weight_only:
             y = gemv.w8a16_block_fp8_matmul(x2, w_q, w_scale_inv, block_size, out_dtype=x.dtype)
         else:
-            a_q, a_scale = quant.per_token_group_quant_fp8(x2, block_size[1])
-            y = gemm.w8a8_block_fp8_matmul(a_q, a_scale, w_q, w_scale_inv, block_size, out_dtype=x.dtype)
+            y = _w8a8(lambda q, s: quant.per_token_group_quant_fp8(x2, block_size[1], out_q=q, out_scale=s),
+                      m, w_q, w_scale_inv, block_size, x.dtype, x.device)
         if bias is not None:
             y += bias
         return y.reshape(*x.shape[:-1], n)
     return reference.fp8_block_linear(x, w_q, w_scale_inv, bias, block_size, quantize_x=not weight_only)
+
+
+def fp8_silu_gated_linear(gate_up: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor,
+                          bias: torch.Tensor | None, block_size: tuple[int, int]) -> torch.Tensor:
+    """`fp8_linear(silu_and_mul(gate_up), ...)`, the gated MLP's down projection, with the same math
+    and routing; on the W8A8 route the activation and the input quantisation run as one kernel
+    (fp8_quant.silu_and_mul_quant_fp8), so the [M, I] activation never goes through memory."""
+    n, k = w_q.shape
+    m = gate_up.numel() // gate_up.shape[-1] if gate_up.shape[-1] else 0
+    if not uses_triton(gate_up) or m <= fp8_gemv_max_m(n, k, block_size):
+        return fp8_linear(silu_and_mul(gate_up), w_q, w_scale_inv, bias, block_size)
+    g2 = gate_up.reshape(-1, gate_up.shape[-1])
+    if not g2.is_contiguous():
+        g2 = g2.contiguous()
+    quant = _fp8_kernels()[0]
+    y = _w8a8(lambda q, s: quant.silu_and_mul_quant_fp8(g2, block_size[1], out_q=q, out_scale=s),
+              m, w_q, w_scale_inv, block_size, gate_up.dtype, gate_up.device)
+    if bias is not None:
+        y += bias
+    return y.reshape(*gate_up.shape[:-1], n)
+
+
+def _w8a8(quantize, m: int, w_q: torch.Tensor, w_scale_inv: torch.Tensor, block_size: tuple[int, int],
+          dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The W8A8 product [M, N] of an activation that `quantize(out_q, out_scale)` writes as e4m3 [M, K]
+    with per-token-group scales. On cuBLAS (`fp8_uses_cublas`) the operands are laid out as it
+    reads them: rows padded to a multiple of 4 (zeros, scale 1; their product rows dropped) and the
+    scales M-major (a transposed view of a [G, rows] buffer). Else the Triton GEMM."""
+    quant, gemm, _ = _fp8_kernels()
+    n, k = w_q.shape
+    group = block_size[1]
+    if fp8_uses_cublas(m, n, k, block_size, device):
+        from radixlm.runtime.kernels import cublas_fp8
+
+        rows = cublas_fp8.padded_rows(m)
+        a_q = torch.empty((rows, k), dtype=w_q.dtype, device=device)
+        a_scale = torch.empty((k // group, rows), dtype=torch.float32, device=device).t()
+        if rows > m:
+            a_q[m:].zero_()
+            a_scale[m:].fill_(1.0)
+        quantize(a_q[:m], a_scale[:m])
+        return cublas_fp8.block_scaled_mm(a_q, a_scale, w_q, w_scale_inv, out_dtype=dtype)[:m]
+    a_q = torch.empty((m, k), dtype=w_q.dtype, device=device)
+    a_scale = torch.empty((m, -(-k // group)), dtype=torch.float32, device=device)
+    quantize(a_q, a_scale)
+    return gemm.w8a8_block_fp8_matmul(a_q, a_scale, w_q, w_scale_inv, block_size, out_dtype=dtype)
 
 
 _fp8_modules = None

@@ -284,3 +284,117 @@ def test_fp8_linear_takes_the_gemv_below_the_threshold():
     assert rel_err(y16, ref.fp8_block_linear(x, w_q, w_s, bias, quantize_x=False)) < GEMV_TOL[torch.bfloat16]
     assert rel_err(y8, ref.fp8_block_linear(x, w_q, w_s, bias)) < GEMM_TOL[torch.bfloat16]
     assert rel_err(y16, y8) < 0.06  # x's e4m3 rounding (~3.7% with the weight's, measured)
+
+
+# ----------------------------------------------------------------- cuBLAS block-scaled GEMM
+
+def _cublas_or_skip():
+    from radixlm.runtime.kernels import cublas_fp8
+
+    reason = cublas_fp8.unsupported_reason(torch.device(DEV))
+    if reason is not None:
+        pytest.skip(f"cuBLAS block-scaled GEMM unavailable: {reason}")
+    return cublas_fp8
+
+
+@pytest.mark.parametrize("n,k", [(256, 512), (6144, 4096), (4096, 14336)])
+@pytest.mark.parametrize("m", [1, 7, 16, 301, 4096])
+def test_cublas_block_scaled_mm(m, n, k):
+    """cuBLAS' block-scaled _scaled_mm on the operands the Triton GEMM takes (rows padded to a
+    multiple of 4, activation scales M-major) against the reference."""
+    cublas_fp8 = _cublas_or_skip()
+    a_q, a_s, b_q, b_s = quantised_operands(m, n, k)
+    out = cublas_fp8.block_scaled_mm(*cublas_fp8.pad_operands(a_q, a_s), b_q, b_s)[:m]
+    expected = ref.w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, (128, 128), torch.float32)
+    assert rel_err(out, expected) < GEMM_TOL[torch.bfloat16]
+
+
+def test_quant_writes_m_major_scales():
+    """The quantisation kernel writing into an M-major scale buffer (what fp8_linear hands cuBLAS)
+    gives the same values as its row-major output."""
+    x = torch.randn(300, 4096, device=DEV, dtype=torch.bfloat16)
+    q1, s1 = per_token_group_quant_fp8(x, 128)
+    buf = torch.full((32, 300), float("nan"), device=DEV).t()
+    q2, s2 = per_token_group_quant_fp8(x, 128, out_scale=buf)
+    assert s2.stride() == (1, 300) and torch.equal(s1, s2) and torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
+
+
+@pytest.mark.parametrize("rows", [100, 33])  # M = 300, 99: a multiple of 4 and not (padded)
+def test_fp8_linear_takes_cublas_from_the_threshold(monkeypatch, rows):
+    """ops.fp8_linear at M = 3 * rows: cuBLAS with the threshold at 1, Triton with the backend
+    forced to triton; both against reference.fp8_block_linear, and against each other."""
+    _cublas_or_skip()
+    x = torch.randn(3, rows, 4096, device=DEV, dtype=torch.bfloat16)
+    w_q, w_s = ref.block_quant_fp8(torch.randn(1536, 4096, device=DEV) * 0.02)
+    bias = torch.randn(1536, device=DEV, dtype=torch.bfloat16)
+    monkeypatch.setattr(fp8_gemm, "scaled_mm_min_m", lambda *a, **kw: 1)
+    assert ops.fp8_uses_cublas(300, 1536, 4096, (128, 128), torch.device(DEV))
+    assert not ops.fp8_uses_cublas(300, 1536, 4000, (128, 128), torch.device(DEV))  # partial K block
+    assert not ops.fp8_uses_cublas(300, 1536, 4096, (128, 64), torch.device(DEV))
+    y_cublas = ops.fp8_linear(x, w_q, w_s, bias, (128, 128))
+    try:
+        ops.set_fp8_gemm_backend("triton")
+        assert not ops.fp8_uses_cublas(300, 1536, 4096, (128, 128), torch.device(DEV))
+        y_triton = ops.fp8_linear(x, w_q, w_s, bias, (128, 128))
+    finally:
+        ops.set_fp8_gemm_backend("auto")
+    expected = ref.fp8_block_linear(x, w_q, w_s, bias)
+    assert y_cublas.shape == y_triton.shape == (3, rows, 1536) and y_cublas.is_contiguous()
+    assert rel_err(y_cublas, expected) < GEMM_TOL[torch.bfloat16]
+    assert rel_err(y_triton, expected) < GEMM_TOL[torch.bfloat16]
+    assert rel_err(y_cublas, y_triton) < GEMM_TOL[torch.bfloat16]
+
+
+def test_fp8_linear_cublas_under_cuda_graph_capture(monkeypatch):
+    """The cuBLAS path captured in a CUDA graph (decode batches above the threshold replay graphs):
+    replays on new inputs match eager calls."""
+    _cublas_or_skip()
+    monkeypatch.setattr(fp8_gemm, "scaled_mm_min_m", lambda *a, **kw: 1)
+    ops.set_fp8_gemv_max_m(0)
+    try:
+        w_q, w_s = ref.block_quant_fp8(torch.randn(1024, 2048, device=DEV) * 0.02)
+        x = torch.randn(63, 2048, device=DEV, dtype=torch.bfloat16)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            ops.fp8_linear(x, w_q, w_s, None, (128, 128))  # warm-up off the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = ops.fp8_linear(x, w_q, w_s, None, (128, 128))
+        for _ in range(2):
+            x.copy_(torch.randn_like(x))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert rel_err(y, ops.fp8_linear(x, w_q, w_s, None, (128, 128))) < 1e-6
+    finally:
+        ops.set_fp8_gemv_max_m(None)
+
+
+# ------------------------------------------------ gated MLP: activation fused with the quantisation
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("m,inter", [(1, 256), (37, 1000), (512, 14336)])
+def test_silu_and_mul_quant_equals_the_two_kernels(dtype, m, inter):
+    """The fused kernel quantises bit for bit what silu_and_mul hands per_token_group_quant_fp8."""
+    from radixlm.runtime.kernels.triton import activation, fp8_quant
+
+    gate_up = (torch.randn(m, 2 * inter, device=DEV) * 4).to(dtype)
+    q = torch.full((m, inter), float("nan"), device=DEV).to(torch.float8_e4m3fn)
+    s = torch.full((m, -(-inter // 128)), float("nan"), device=DEV)
+    fp8_quant.silu_and_mul_quant_fp8(gate_up, 128, out_q=q, out_scale=s)
+    tq, ts = per_token_group_quant_fp8(activation.silu_and_mul(gate_up), 128)
+    assert torch.equal(s, ts) and torch.equal(q.view(torch.uint8), tq.view(torch.uint8))
+
+
+@pytest.mark.parametrize("rows", [3, 300, 601])  # Triton GEMM, Triton, cuBLAS (padded)
+def test_fp8_silu_gated_linear(rows):
+    """The gated down projection (fused route at W8A8 sizes, cuBLAS or Triton per the tuned data)
+    against the reference of the same math."""
+    gate_up = torch.randn(rows, 2 * 1536, device=DEV, dtype=torch.bfloat16) * 2
+    w_q, w_s = ref.block_quant_fp8(torch.randn(1024, 1536, device=DEV) * 0.02)
+    m_gemv = ops.fp8_gemv_max_m(1024, 1536, (128, 128))
+    y = ops.fp8_silu_gated_linear(gate_up, w_q, w_s, None, (128, 128))
+    h = ref.silu_and_mul(gate_up)
+    expected = ref.fp8_block_linear(h, w_q, w_s, None, quantize_x=rows > m_gemv)
+    assert y.shape == (rows, 1024) and rel_err(y, expected) < GEMM_TOL[torch.bfloat16]

@@ -21,7 +21,8 @@ groups of GROUP_M row-tiles so that consecutive programs share B tiles in L2.
 M changes at every serving step: it is never specialised (`do_not_specialize`), so a new batch
 size does not compile a new variant. Tile configs come from `choose_config`: tuned values in
 fp8_gemm_configs.json (written by benchmarks/tune_fp8_gemm.py) keyed by "N,K" and M bucket, else
-a default by M.
+a default by M. The same file holds the M from which cuBLAS' block-scaled GEMM takes over
+(`scaled_mm_min_m`; runtime/kernels/cublas_fp8.py).
 """
 
 from __future__ import annotations
@@ -136,6 +137,19 @@ def tuned_entry(table: dict, m: int, n: int, k: int, block_size: tuple[int, int]
         return None
     buckets = [int(b) for b in by_m if not b.startswith("_")]
     return by_m[str(bucket_for(m, buckets))] if buckets else None
+
+
+def scaled_mm_min_m(n: int, k: int, block_size: tuple[int, int] = (128, 128),
+                    configs: dict | None = None) -> int | None:
+    """The smallest M from which `ops.fp8_linear` runs this [N, K] weight's W8A8 product on cuBLAS
+    (runtime/kernels/cublas_fp8.py) instead of this kernel: the table's "_scaled_mm_min_m_by_shape"
+    entry for (N, K), else its "_scaled_mm_min_m"; None (never) when neither is set or the table
+    was tuned for another block size. Measured by benchmarks/tune_fp8_gemm.py --scaled-mm."""
+    table = load_configs() if configs is None else configs
+    if list(table.get("_block_size", [128, 128])) != list(block_size):
+        return None
+    value = table.get("_scaled_mm_min_m_by_shape", {}).get(f"{n},{k}", table.get("_scaled_mm_min_m"))
+    return None if value is None else max(1, int(value))
 
 
 @triton.jit(do_not_specialize=["M"])
