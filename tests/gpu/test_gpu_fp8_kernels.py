@@ -221,6 +221,9 @@ def test_gemv_dtypes_and_edges(m, x_dtype):
 @pytest.mark.parametrize("m", [1, 16])
 def test_gemv_configs(m, config):
     """Every tile shape the tuner may pick computes the same function (odd N, K edges)."""
+    block_n, block_k, _, warps, _ = config
+    if m * block_n * block_k // (32 * warps) > 256:  # tune_fp8_gemm.GEMV_MAX_PRODUCTS
+        pytest.skip("more fp32 products a thread than the tuner allows (compiling it took ~2 min on an H100)")
     assert run_gemv(m, 1152, 1000, torch.float32, Fp8GemvConfig(*config)) < GEMV_TOL[torch.float32]
 
 
