@@ -74,11 +74,11 @@ class ModelRunner:
         self.fp8_gemm = None
         if self.quantization == "fp8":
             self.fp8_gemm = "torch reference" if not use_triton else "triton"
-            if use_triton and cfg.fp8_gemm_backend == "auto":
+            if use_triton:
                 reason = ops.prepare_fp8(self.device)
                 if reason is None:
                     self.fp8_gemm = "triton, cublas from the tuned M"
-                else:
+                elif cfg.fp8_gemm_backend == "auto":
                     logger.info("fp8: cuBLAS block-scaled GEMM unavailable (%s); Triton runs at every M", reason)
 
         self.kv_dtype = torch.float8_e4m3fn if cfg.kv_cache_dtype == "fp8_e4m3" else self.dtype

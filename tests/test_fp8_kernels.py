@@ -66,9 +66,13 @@ def check_q(q: torch.Tensor, rq: torch.Tensor) -> None:
     same_sign = ((qb ^ rb) & 0x80 == 0) | (q_mag == 0) | (r_mag == 0)
     one_ulp = same_sign & ((q_mag - r_mag).abs() <= 1)
     dropped_carry = same_sign & (r_mag & 0x07 == 0) & (q_mag == r_mag - 8)
-    ok = one_ulp | dropped_carry
+    # the same below 2^-6 (subnormals and the smallest normal): a value just under 2^-8, 2^-7 or
+    # 2^-6 that rounds up to it comes out as the power of two below (seen with silu outputs)
+    dropped_carry_small = same_sign & ((r_mag == 2) | (r_mag == 4) | (r_mag == 8)) & (q_mag == r_mag // 2)
+    ok = one_ulp | dropped_carry | dropped_carry_small
     assert ok.all(), f"{int((~ok).sum())} q values off by more than the interpreter's mis-rounding"
-    assert (qb != rb).float().mean() < 0.1
+    # ~3-5% differ (measured over 80 seeds); a few more in tiny tensors (5 of 40 seen)
+    assert int((qb != rb).sum()) <= max(8, 0.1 * qb.numel()), "too many q values differ"
 
 
 # ------------------------------------------------------------------------------------------ quant
@@ -343,6 +347,22 @@ def test_gemv_more_splits_than_k_steps():
     assert run_gemv(2, 64, 200, torch.float32, {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT_K": 8}) < 1e-5
 
 
+def test_gemv_split_k_tile_counters_return_to_zero():
+    """Split-K programs take tickets from per-tile counters; the last one reduces and resets its
+    counter, so consecutive launches (other shapes, other splits) start from zero and agree."""
+    x = torch.randn(4, 1000)
+    w_q, w_s = ref.block_quant_fp8(torch.randn(300, 1000) * 0.05)
+    counters = fp8_gemv._tile_counters(torch.device("cpu"))
+    outs = []
+    for split in (2, 4, 8, 4):
+        cfg = {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT_K": split}
+        outs.append(w8a16_block_fp8_matmul(x, w_q, w_s, config=cfg))
+        assert not counters.any(), "a tile counter was left non-zero"
+    expected = ref.w8a16_block_fp8_matmul(x, w_q, w_s)
+    assert all(rel_err(o, expected) < 1e-5 for o in outs)
+    assert torch.equal(outs[1], outs[3])  # the same split: the same sum, bit for bit
+
+
 def test_gemv_out_dtype_and_allocation():
     m, n, k = 2, 128, 256
     x = torch.randn(m, k, dtype=torch.float16)
@@ -602,26 +622,23 @@ def test_tuner_scaled_mm_threshold_rule():
 @pytest.mark.parametrize("m,inter,group", [(3, 256, 128), (5, 300, 128), (2, 200, 64), (1, 40, 128)])
 def test_silu_and_mul_quant_matches_the_two_kernels(dtype, m, inter, group):
     """silu_and_mul_quant_fp8 quantises exactly what the Triton silu_and_mul hands the Triton
-    quantiser (bit-equal: the same formula and roundings), and what the reference pair computes
-    (scales to the activation's rounding, which an exp one fp32 ulp apart can move by one ulp of
-    the dtype; q up to the interpreter's mis-rounding in fp32, as e4m3 allows in fp16)."""
+    quantiser (bit-equal: the same formula and roundings); that activation matches the reference's
+    to an ulp of the dtype (exp evaluated differently), and the reference quantiser on it gives
+    the same scales and, but for the interpreter's mis-rounding, the same q."""
     from radixlm.runtime.kernels.triton import activation
 
     gate_up = (torch.randn(m, 2 * inter) * torch.rand(m, 1) * 6).to(dtype)
     q, s = poisoned_quant_outputs(m, inter, group)
     out_q, out_s = fp8_quant.silu_and_mul_quant_fp8(gate_up, group, out_q=q, out_scale=s)
     assert out_q is q and out_s is s
-    tq, ts = per_token_group_quant_fp8(activation.silu_and_mul(gate_up), group)
+    h = activation.silu_and_mul(gate_up)
+    tq, ts = per_token_group_quant_fp8(h, group)
     assert torch.equal(s, ts) and torch.equal(q.view(torch.uint8), tq.view(torch.uint8))
-    h = ref.silu_and_mul(gate_up)
+    tol = {torch.float32: 1e-5, torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(h, ref.silu_and_mul(gate_up), rtol=tol, atol=tol)
     rq, rs = ref.per_token_group_quant_fp8(h, group)
-    torch.testing.assert_close(s, rs, rtol=1e-6 if dtype == torch.float32 else 1e-3, atol=0)
-    if dtype == torch.float32:
-        check_q(q, rq)
-    else:  # dequantised, as close to the reference activation as e4m3 allows (~3.7% rel.; with
-        # the interpreter's mis-rounded casts measured up to ~5%, as LINEAR_TOL_W8A8 notes)
-        deq = q.float() * s.repeat_interleave(group, dim=1)[:, :inter]
-        assert rel_err(deq, h.float()) < 0.1
+    torch.testing.assert_close(s, rs, rtol=1e-6, atol=0)
+    check_q(q, rq)
     e_q, e_s = fp8_quant.silu_and_mul_quant_fp8(gate_up[:0], group)
     assert e_q.shape == (0, inter) and e_s.shape == (0, math.ceil(inter / group))
 

@@ -115,10 +115,14 @@ def set_fp8_gemm_backend(name: str) -> None:
 
 
 def prepare_fp8(device: torch.device) -> str | None:
-    """Probe, once and outside any CUDA-graph capture, whether cuBLAS block-scaled fp8 works here
-    (the model runner calls this at load). Returns why not, or None when it does."""
+    """What the fp8 kernels need made or probed before any CUDA graph is captured (the model runner
+    calls this at load): the GEMV's split-K tile counters, and, with backend "auto", whether
+    cuBLAS block-scaled fp8 works here. Returns why cuBLAS will not run (None: it will)."""
     from radixlm.runtime.kernels import cublas_fp8
 
+    _fp8_kernels()[2].prepare(device)
+    if _fp8_gemm_backend != "auto":
+        return f"fp8 GEMM backend {_fp8_gemm_backend!r}"
     return cublas_fp8.unsupported_reason(device)
 
 
