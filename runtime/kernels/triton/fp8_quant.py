@@ -82,20 +82,29 @@ def _silu_and_mul_quant_fp8_kernel(
                      groups < num_groups, eps, fp8_max)
 
 
-def _outputs(x: torch.Tensor, m: int, k: int, group_size: int, out_q: torch.Tensor | None,
-             out_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
-    """Checked (or new) outputs and the launch shape: (q, scale, num_groups, GROUPS, BLOCK_G)."""
+def _launch(kernel, src: torch.Tensor, m: int, k: int, group_size: int, out_q: torch.Tensor | None,
+            out_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run one of the two kernels over the [M, K] values it quantises (read from src): checked (or
+    new) outputs, one program per row and GROUPS groups."""
     assert group_size >= 1
     num_groups = triton.cdiv(k, group_size)
     if out_q is None:
-        out_q = torch.empty((m, k), dtype=FP8_DTYPE, device=x.device)
+        out_q = torch.empty((m, k), dtype=FP8_DTYPE, device=src.device)
     if out_scale is None:
-        out_scale = torch.empty((m, num_groups), dtype=torch.float32, device=x.device)
+        out_scale = torch.empty((m, num_groups), dtype=torch.float32, device=src.device)
     assert out_q.shape == (m, k) and out_q.dtype == FP8_DTYPE and (k <= 1 or out_q.stride(1) == 1)
     assert out_scale.shape == (m, num_groups) and out_scale.dtype == torch.float32
+    if m == 0 or k == 0:
+        return out_q, out_scale
     block_g = triton.next_power_of_2(group_size)
     groups = min(triton.next_power_of_2(num_groups), max(1, TILE_ELEMS // block_g))
-    return out_q, out_scale, num_groups, groups, block_g
+    kernel[(m, triton.cdiv(num_groups, groups))](
+        src, out_q, out_scale,
+        src.stride(0), out_q.stride(0), out_scale.stride(0), out_scale.stride(1),
+        k, num_groups, group_size,
+        FP8_EPS, FP8_MAX,
+        GROUPS=groups, BLOCK_G=block_g, num_warps=4)
+    return out_q, out_scale
 
 
 def per_token_group_quant_fp8(x: torch.Tensor, group_size: int = 128, out_q: torch.Tensor | None = None,
@@ -105,17 +114,7 @@ def per_token_group_quant_fp8(x: torch.Tensor, group_size: int = 128, out_q: tor
     (last dim of out_q contiguous; any strides for out_scale) and are written in place."""
     assert x.dim() == 2 and x.stride(1) == 1, "x must be [M, K] with a contiguous last dim"
     assert x.dtype in (torch.bfloat16, torch.float16, torch.float32), x.dtype
-    m, k = x.shape
-    out_q, out_scale, num_groups, groups, block_g = _outputs(x, m, k, group_size, out_q, out_scale)
-    if m == 0 or k == 0:
-        return out_q, out_scale
-    _per_token_group_quant_fp8_kernel[(m, triton.cdiv(num_groups, groups))](
-        x, out_q, out_scale,
-        x.stride(0), out_q.stride(0), out_scale.stride(0), out_scale.stride(1),
-        k, num_groups, group_size,
-        FP8_EPS, FP8_MAX,
-        GROUPS=groups, BLOCK_G=block_g, num_warps=4)
-    return out_q, out_scale
+    return _launch(_per_token_group_quant_fp8_kernel, x, x.shape[0], x.shape[1], group_size, out_q, out_scale)
 
 
 def silu_and_mul_quant_fp8(gate_up: torch.Tensor, group_size: int = 128, out_q: torch.Tensor | None = None,
@@ -127,14 +126,5 @@ def silu_and_mul_quant_fp8(gate_up: torch.Tensor, group_size: int = 128, out_q: 
     assert gate_up.dim() == 2 and gate_up.shape[1] % 2 == 0 and gate_up.stride(1) == 1, \
         "gate_up must be [M, 2I] with a contiguous last dim"
     assert gate_up.dtype in (torch.bfloat16, torch.float16, torch.float32), gate_up.dtype
-    m, inter = gate_up.shape[0], gate_up.shape[1] // 2
-    out_q, out_scale, num_groups, groups, block_g = _outputs(gate_up, m, inter, group_size, out_q, out_scale)
-    if m == 0 or inter == 0:
-        return out_q, out_scale
-    _silu_and_mul_quant_fp8_kernel[(m, triton.cdiv(num_groups, groups))](
-        gate_up, out_q, out_scale,
-        gate_up.stride(0), out_q.stride(0), out_scale.stride(0), out_scale.stride(1),
-        inter, num_groups, group_size,
-        FP8_EPS, FP8_MAX,
-        GROUPS=groups, BLOCK_G=block_g, num_warps=4)
-    return out_q, out_scale
+    return _launch(_silu_and_mul_quant_fp8_kernel, gate_up, gate_up.shape[0], gate_up.shape[1] // 2, group_size,
+                   out_q, out_scale)
