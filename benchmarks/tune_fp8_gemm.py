@@ -231,6 +231,31 @@ def gemv_max_m(measured: dict[str, dict]) -> int:
     return max_m
 
 
+def start_run(title: str, shapes, ms, out_path: Path) -> tuple[str, torch.Tensor, dict, str]:
+    """A tuning run's common start: print its banner, seed, and return (card, the L2-eviction
+    buffer, the config table at out_path ({} when missing or unreadable), today's date)."""
+    import triton
+
+    card = torch.cuda.get_device_name(0)
+    print(" | ".join([*([title] if title else []), f"card: {card}", f"torch {torch.__version__}",
+                      f"triton {triton.__version__}", f"shapes {shapes}", f"M {ms}"]))
+    torch.manual_seed(0)
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    try:
+        table = json.loads(Path(out_path).read_text())
+    except (OSError, ValueError):
+        table = {}
+    return card, flush, table, datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+def write_table(gemm, out_path: Path, table: dict, head: tuple[str, ...]) -> None:
+    """Write the config table: the metadata keys of `head` (those present) first, then the rest in
+    their order."""
+    ordered = {key: table[key] for key in head if key in table}
+    ordered.update((key, v) for key, v in table.items() if key not in ordered)
+    Path(out_path).write_text(gemm.dump_configs(ordered))
+
+
 def main_gemv(args) -> None:
     import triton
 
@@ -241,16 +266,7 @@ def main_gemv(args) -> None:
     if ms[-1] > gemv.MAX_M or ms[0] < 1:
         sys.exit(f"--gemv tunes 1 <= M <= {gemv.MAX_M}, got {ms}")
     out_path = args.out or gemv.CONFIG_FILE
-    card = torch.cuda.get_device_name(0)
-    print(f"GEMV tuning | card: {card} | torch {torch.__version__} | triton {triton.__version__} | shapes {shapes} "
-          f"| M {ms}")
-    torch.manual_seed(0)
-    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
-    try:
-        table = json.loads(Path(out_path).read_text())
-    except (OSError, ValueError):
-        table = {}
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    card, flush, table, date = start_run("GEMV tuning", shapes, ms, out_path)
     results = {"card": card, "date": date, "torch": torch.__version__, "triton": triton.__version__, "shapes": {}}
     for n, k in shapes:  # the file is rewritten after each shape: a cut-off run keeps what it tuned
         key = f"{n},{k}"
@@ -269,9 +285,7 @@ def main_gemv(args) -> None:
         table["_gemv_max_m_by_shape"] = by_shape
         table["_gemv_max_m"] = min(by_shape.values())
         table.setdefault(key, {}).update(configs)
-        ordered = {k2: table[k2] for k2 in ("_comment", "_block_size", "_gemv_max_m", "_gemv_max_m_by_shape")}
-        ordered.update((k2, v) for k2, v in table.items() if k2 not in ordered)
-        Path(out_path).write_text(gemm.dump_configs(ordered))
+        write_table(gemm, out_path, table, ("_comment", "_block_size", "_gemv_max_m", "_gemv_max_m_by_shape"))
         if args.results:
             args.results.write_text(json.dumps(results, indent=1))
     print(f"GEMV thresholds (largest M where it beats W8A8): {table['_gemv_max_m_by_shape']}; "
@@ -307,12 +321,7 @@ def main_scaled_mm(args) -> None:
     shapes = args.shapes or LLAMA_8B_SHAPES
     ms = sorted(args.m or SCALED_MM_MS)
     out_path = args.out or gemm.CONFIG_FILE
-    card = torch.cuda.get_device_name(0)
-    print(f"Triton vs cuBLAS block-scaled | card: {card} | torch {torch.__version__} | triton {triton.__version__} "
-          f"| shapes {shapes} | M {ms}")
-    torch.manual_seed(0)
-    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
-    table = json.loads(Path(out_path).read_text())
+    card, flush, table, date = start_run("Triton vs cuBLAS block-scaled", shapes, ms, out_path)
     results = {}
     for n, k in shapes:
         w = torch.randn(n, k, device="cuda") * 0.02
@@ -349,16 +358,13 @@ def main_scaled_mm(args) -> None:
     known = [v for v in by_shape.values() if v is not None]
     table["_scaled_mm_min_m_by_shape"] = by_shape
     table["_scaled_mm_min_m"] = max(known) if len(known) == len(by_shape) else None
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     table["_scaled_mm_comment"] = (
         f"Measured by benchmarks/tune_fp8_gemm.py --scaled-mm on {card}, {date}, torch {torch.__version__}: "
         '"_scaled_mm_min_m_by_shape": {"N,K": the smallest tuned M from which cuBLAS block-scaled _scaled_mm beat '
         f'this Triton GEMM by {SCALED_MM_MARGIN}x at every larger tuned M (null: never)}}; "_scaled_mm_min_m": for '
         'other shapes (the largest of those; null if any is null).')
-    head = ("_comment", "_block_size", "_scaled_mm_comment", "_scaled_mm_min_m", "_scaled_mm_min_m_by_shape")
-    ordered = {key: table[key] for key in head if key in table}
-    ordered.update((key, v) for key, v in table.items() if key not in ordered)
-    Path(out_path).write_text(gemm.dump_configs(ordered))
+    write_table(gemm, out_path, table,
+                ("_comment", "_block_size", "_scaled_mm_comment", "_scaled_mm_min_m", "_scaled_mm_min_m_by_shape"))
     if args.results:
         args.results.write_text(json.dumps({"card": card, "date": date, "torch": torch.__version__,
                                             "triton": triton.__version__, "shapes": results}, indent=1))
@@ -398,15 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     shapes = args.shapes or LLAMA_8B_SHAPES
     ms = args.m or list(gemm.M_BUCKETS)
     out_path = args.out or gemm.CONFIG_FILE
-    card = torch.cuda.get_device_name(0)
-    print(f"card: {card} | torch {torch.__version__} | triton {triton.__version__} | shapes {shapes} | M {ms}")
-    torch.manual_seed(0)
-    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
-    try:
-        table = json.loads(Path(out_path).read_text())
-    except (OSError, ValueError):
-        table = {}
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    card, flush, table, date = start_run("", shapes, ms, out_path)
     tuned: dict[str, dict] = {}
     for n, k in shapes:  # the file is rewritten after each shape: a cut-off run keeps what it tuned
         tuned[f"{n},{k}"] = tune_shape(ref, gemm, n, k, ms, flush, args)
@@ -416,10 +414,7 @@ def main(argv: list[str] | None = None) -> None:
                              "uses the smallest bucket >= M, else the largest).")
         table["_block_size"] = list(BLOCK_SIZE)
         table.setdefault(f"{n},{k}", {}).update(tuned[f"{n},{k}"])
-        # metadata first, then shapes in their original order
-        ordered = {key: table[key] for key in ("_comment", "_block_size")}
-        ordered.update((key, v) for key, v in table.items() if key not in ordered)
-        Path(out_path).write_text(gemm.dump_configs(ordered))
+        write_table(gemm, out_path, table, ("_comment", "_block_size"))  # metadata first, shapes in their order
     print("wrote", out_path)
 
 

@@ -19,6 +19,7 @@ Every check uses fresh random inputs and poisons its outputs with NaN before the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -486,6 +487,17 @@ def triton_fp8_linear(monkeypatch):
     return calls
 
 
+@contextlib.contextmanager
+def reference_path():
+    """ops on the PyTorch reference path (as on a CPU engine), even where a test fixture made it take
+    the Triton one."""
+    ops.uses_triton, saved = (lambda t: False), ops.uses_triton
+    try:
+        yield
+    finally:
+        ops.uses_triton = saved
+
+
 # the same math as the path taken, fp16 output rounding and bias add included
 LINEAR_TOL_SAME_MATH = 2e-3
 # against reference.fp8_block_linear (W8A8, x quantised by the reference): e4m3 rounding of x
@@ -518,13 +530,10 @@ def test_fp8_linear_routes_by_threshold(triton_fp8_linear, x_dtype):
         assert rel_err(y, same_math) < LINEAR_TOL_SAME_MATH
         assert rel_err(y, ref.fp8_block_linear(x, w_q, w_s, bias)) < LINEAR_TOL_W8A8
         # the reference path (a CPU engine, or set_backend("torch")) makes the same choice
-        ops.uses_triton, saved = (lambda t: False), ops.uses_triton
-        try:
+        with reference_path():
             torch.testing.assert_close(ops.fp8_linear(x, w_q, w_s, bias, (128, 128)),
                                        ref.fp8_block_linear(x, w_q, w_s, bias, quantize_x=not expect_gemv),
                                        rtol=0, atol=0)
-        finally:
-            ops.uses_triton = saved
     ops.set_fp8_gemv_max_m(0)  # off: every M takes W8A8
     ops.fp8_linear(torch.randn(1, k).to(x_dtype), w_q, w_s, None, (128, 128))
     assert calls["gemv"] == 2 and calls["gemm"] == 3
@@ -664,12 +673,9 @@ def test_fp8_silu_gated_linear_routes_like_fp8_linear(triton_fp8_linear):
             a_q, a_s = fp8_quant.silu_and_mul_quant_fp8(gate_up, 128)
             if not expect_gemv:  # the same math on the kernel's own quantised activation
                 assert rel_err(y, ref.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s)) < LINEAR_TOL_SAME_MATH
-            ops.uses_triton, saved = (lambda t: False), ops.uses_triton
-            try:
+            with reference_path():
                 torch.testing.assert_close(ops.fp8_silu_gated_linear(gate_up, w_q, w_s, None, (128, 128)),
                                            ref.fp8_block_linear(h, w_q, w_s, None, quantize_x=not expect_gemv),
                                            rtol=0, atol=0)
-            finally:
-                ops.uses_triton = saved
     finally:
         ops.set_fp8_gemv_max_m(None)

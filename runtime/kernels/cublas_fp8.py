@@ -45,15 +45,26 @@ def padded_rows(m: int) -> int:
     return -(-m // M_MULTIPLE) * M_MULTIPLE
 
 
-def pad_operands(a_q: torch.Tensor, a_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a_q, a_scale) with rows appended up to `padded_rows` (zeros, scale 1) and the scales M-major:
-    operands for `block_scaled_mm` from the row-major ones of the quantisation kernel (benchmarks,
-    tests; `ops.fp8_linear` writes them so directly)."""
-    m, k = a_q.shape
+def empty_operands(m: int, k: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Buffers for an [M, K] activation in cuBLAS's layout: (a_q [rows, K], a_scale [rows, K/128]
+    M-major: a transposed view of a [K/128, rows] buffer), rows = `padded_rows(M)`. The padding
+    rows are set (zeros, scale 1); the caller writes the first M rows, e.g. by quantising into
+    a_q[:M] and a_scale[:M], and drops the product's extra rows."""
     rows = padded_rows(m)
-    q = torch.zeros((rows, k), dtype=a_q.dtype, device=a_q.device)
+    a_q = torch.empty((rows, k), dtype=dtype, device=device)
+    a_scale = torch.empty((k // BLOCK, rows), dtype=torch.float32, device=device).t()
+    if rows > m:
+        a_q[m:].zero_()
+        a_scale[m:].fill_(1.0)
+    return a_q, a_scale
+
+
+def pad_operands(a_q: torch.Tensor, a_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a_q, a_scale) from the row-major ones of the quantisation kernel, copied into cuBLAS's
+    layout (`empty_operands`): for benchmarks and tests; `ops.fp8_linear` quantises into it directly."""
+    m, k = a_q.shape
+    q, s = empty_operands(m, k, a_q.dtype, a_q.device)
     q[:m] = a_q
-    s = torch.ones((a_scale.shape[1], rows), dtype=torch.float32, device=a_scale.device).t()
     s[:m] = a_scale
     return q, s
 

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from radixlm.runtime.kernels import reference
+from radixlm.runtime.kernels import cublas_fp8, reference  # cublas_fp8 needs only torch to import
 
 _BACKENDS = ("triton", "torch")
 _backend = "triton"
@@ -118,8 +118,6 @@ def prepare_fp8(device: torch.device) -> str | None:
     """What the fp8 kernels need made or probed before any CUDA graph is captured (the model runner
     calls this at load): the GEMV's split-K tile counters, and, with backend "auto", whether
     cuBLAS block-scaled fp8 works here. Returns why cuBLAS will not run (None: it will)."""
-    from radixlm.runtime.kernels import cublas_fp8
-
     _fp8_kernels()[2].prepare(device)
     if _fp8_gemm_backend != "auto":
         return f"fp8 GEMM backend {_fp8_gemm_backend!r}"
@@ -140,8 +138,6 @@ def fp8_uses_cublas(m: int, n: int, k: int, block_size: tuple[int, int], device:
     above the tuned `fp8_gemm.scaled_mm_min_m`, a shape cuBLAS block-scales, and a device where the
     probe (`prepare_fp8`) passed. Never decided by a probe during graph capture: an unprobed device
     counts as unsupported there."""
-    from radixlm.runtime.kernels import cublas_fp8
-
     if _fp8_gemm_backend != "auto" or device.type != "cuda" or not cublas_fp8.shape_ok(n, k, block_size):
         return False
     min_m = _fp8_kernels()[1].scaled_mm_min_m(n, k, tuple(block_size))
@@ -204,27 +200,18 @@ def fp8_silu_gated_linear(gate_up: torch.Tensor, w_q: torch.Tensor, w_scale_inv:
 def _w8a8(quantize, m: int, w_q: torch.Tensor, w_scale_inv: torch.Tensor, block_size: tuple[int, int],
           dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The W8A8 product [M, N] of an activation that `quantize(out_q, out_scale)` writes as e4m3 [M, K]
-    with per-token-group scales. On cuBLAS (`fp8_uses_cublas`) the operands are laid out as it
-    reads them: rows padded to a multiple of 4 (zeros, scale 1; their product rows dropped) and the
-    scales M-major (a transposed view of a [G, rows] buffer). Else the Triton GEMM."""
-    quant, gemm, _ = _fp8_kernels()
+    with per-token-group scales. On cuBLAS (`fp8_uses_cublas`) it writes them in the layout cuBLAS
+    reads (`cublas_fp8.empty_operands`: rows padded to a multiple of 4, scales M-major) and the
+    product's padding rows are dropped. Else the Triton GEMM."""
     n, k = w_q.shape
-    group = block_size[1]
-    if fp8_uses_cublas(m, n, k, block_size, device):
-        from radixlm.runtime.kernels import cublas_fp8
-
-        rows = cublas_fp8.padded_rows(m)
-        a_q = torch.empty((rows, k), dtype=w_q.dtype, device=device)
-        a_scale = torch.empty((k // group, rows), dtype=torch.float32, device=device).t()
-        if rows > m:
-            a_q[m:].zero_()
-            a_scale[m:].fill_(1.0)
+    if fp8_uses_cublas(m, n, k, block_size, device):  # block_size is (128, 128) there
+        a_q, a_scale = cublas_fp8.empty_operands(m, k, w_q.dtype, device)
         quantize(a_q[:m], a_scale[:m])
         return cublas_fp8.block_scaled_mm(a_q, a_scale, w_q, w_scale_inv, out_dtype=dtype)[:m]
     a_q = torch.empty((m, k), dtype=w_q.dtype, device=device)
-    a_scale = torch.empty((m, -(-k // group)), dtype=torch.float32, device=device)
+    a_scale = torch.empty((m, -(-k // block_size[1])), dtype=torch.float32, device=device)
     quantize(a_q, a_scale)
-    return gemm.w8a8_block_fp8_matmul(a_q, a_scale, w_q, w_scale_inv, block_size, out_dtype=dtype)
+    return _fp8_kernels()[1].w8a8_block_fp8_matmul(a_q, a_scale, w_q, w_scale_inv, block_size, out_dtype=dtype)
 
 
 _fp8_modules = None

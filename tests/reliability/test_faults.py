@@ -540,6 +540,20 @@ class Client:
         return self.payloads[-2]["error"]
 
 
+def kill_with_late_arrivals(pid: int, go: threading.Event, late: list[threading.Thread],
+                            everyone: list[threading.Thread], wait_s: float = 20.0) -> float:
+    """Start the late senders (they wait on `go`), SIGKILL `pid`, release them, and join every
+    thread for up to `wait_s` after the kill. Returns the kill's time.monotonic()."""
+    for t in late:
+        t.start()
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    go.set()
+    for t in everyone:
+        t.join(max(0.1, killed_at + wait_s - time.monotonic()))
+    return killed_at
+
+
 def long_clients() -> list[Client]:
     long = {"max_tokens": LONG, "ignore_eos": True, "temperature": 0}
     chat = [{"role": "user", "content": "Tell me a very long story."}]
@@ -577,13 +591,7 @@ def test_sigkill_under_serve_fails_pending_requests_fast_and_leaves_no_orphans(v
         late += [Client("late-stream", "/v1/completions", {"prompt": PREFIXES[0], "max_tokens": 20, "stream": True},
                         True, delay=0.1)]
         late_threads = [threading.Thread(target=c.run, args=(srv.url, go), daemon=True) for c in late]
-        for t in late_threads:
-            t.start()
-        killed_at = time.monotonic()
-        os.kill(pids[victim], signal.SIGKILL)
-        go.set()
-        for t in threads + late_threads:
-            t.join(max(0.1, killed_at + 20 - time.monotonic()))
+        killed_at = kill_with_late_arrivals(pids[victim], go, late_threads, threads + late_threads)
         hung = [c.name for c, t in zip(pending + late, threads + late_threads) if t.is_alive()]
         assert not hung, f"still waiting 20 s after the {victim} was killed: {hung}"
         for c in pending + late:
@@ -653,13 +661,7 @@ def test_sigkill_under_engine_fails_pending_requests_fast_and_leaves_no_orphans(
         late = [threading.Thread(target=whole, daemon=True,
                                  args=(f"late-{i}", PREFIXES[i % 3], {"max_new_tokens": 20}, 0.05 * i, go))
                 for i in range(5)]
-        for t in late:
-            t.start()
-        killed_at = time.monotonic()
-        os.kill(pids[victim], signal.SIGKILL)
-        go.set()
-        for t in threads + late:
-            t.join(max(0.1, killed_at + 20 - time.monotonic()))
+        killed_at = kill_with_late_arrivals(pids[victim], go, late, threads + late)
         assert not [t for t in threads + late if t.is_alive()], f"still waiting 20 s after the kill: {outcomes}"
         assert len(outcomes) == 10, outcomes
         for name, (exc, ended_at) in outcomes.items():
