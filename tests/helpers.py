@@ -57,6 +57,15 @@ class LocalRuntime:
         self._count = 0
         _LOCAL.append(self)
 
+    def fresh_scheduler(self) -> None:
+        """A new Scheduler over the same model and its drained pools: nothing adaptive carries over
+        from earlier work (new_token_ratio decays each decode step and jumps on retraction, and it
+        decides admission), so the same requests schedule the same way every time."""
+        from radixlm.runtime.scheduler import Scheduler
+
+        assert self.scheduler.flush_cache(), "fresh_scheduler needs a drained runtime"
+        self.scheduler = Scheduler(self.config, self.runner, self.scheduler.decode_tokens, self.grammars)
+
     def submit(self, ids: list[int], params: dict, return_logprob: bool = False, logprob_start_len: int = -1,
                top_logprobs_num: int = 0, seed: int = 0):
         from radixlm.runtime.request import Req

@@ -48,6 +48,9 @@ class SchedulerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.rt = runtime()
+        # every example from the same scheduler state: hypothesis replays examples (to shrink) and
+        # requires the same draws, which `abort` takes from whichever requests are still live
+        self.rt.fresh_scheduler()
         self.live: list = []
         self.done: list = []
 
