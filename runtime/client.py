@@ -19,6 +19,7 @@ import zmq
 
 from radixlm.runtime.protocol import (ClientAbort, ClientBatch, ClientChunk, ClientControl, ClientGenerate,
                                       ClientReply, ClientResult, decoder, encoder)
+from radixlm.runtime.request import check_text
 
 
 class RuntimeClient:
@@ -55,10 +56,8 @@ class RuntimeClient:
     def generate(self, prompt: str | None = None, sampling_params: dict | None = None,
                  input_ids: Sequence[int] | None = None, return_logprob: bool = False,
                  logprob_start_len: int | None = None, top_logprobs_num: int = 0) -> dict:
-        rid = uuid.uuid4().hex
-        sock, rid = self._request(ClientGenerate(
-            rid=rid, text=prompt, input_ids=list(input_ids) if input_ids is not None else None,
-            sampling_params=dict(sampling_params or {}), return_logprob=return_logprob,
+        sock, rid = self._request(_generate_message(
+            prompt=prompt, input_ids=input_ids, sampling_params=sampling_params, return_logprob=return_logprob,
             logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, stream=False))
         reply = self._recv(sock, rid)
         return _result(reply)
@@ -66,13 +65,10 @@ class RuntimeClient:
     def generate_batch(self, requests: Sequence[dict]) -> list[dict]:
         """Several requests at once (each a dict of `generate`'s keywords: prompt or input_ids,
         sampling_params, return_logprob, logprob_start_len, top_logprobs_num)."""
-        msgs = []
-        for r in requests:
-            ids = r.get("input_ids")
-            msgs.append(ClientGenerate(
-                rid=uuid.uuid4().hex, text=r.get("prompt"), input_ids=list(ids) if ids is not None else None,
-                sampling_params=dict(r.get("sampling_params") or {}), return_logprob=r.get("return_logprob", False),
-                logprob_start_len=r.get("logprob_start_len"), top_logprobs_num=r.get("top_logprobs_num", 0)))
+        msgs = [_generate_message(
+            prompt=r.get("prompt"), input_ids=r.get("input_ids"), sampling_params=r.get("sampling_params"),
+            return_logprob=r.get("return_logprob", False), logprob_start_len=r.get("logprob_start_len"),
+            top_logprobs_num=r.get("top_logprobs_num", 0), stream=False) for r in requests]
         sock, rid = self._request(ClientBatch(rid=uuid.uuid4().hex, requests=msgs))
         reply = self._recv(sock, rid)
         if not isinstance(reply, ClientResult) or not reply.ok:
@@ -84,10 +80,8 @@ class RuntimeClient:
                         logprob_start_len: int | None = None, top_logprobs_num: int = 0) -> Iterator[dict]:
         """Chunks of new text and token ids; each chunk's meta_info is cumulative (its logprob
         lists cover every token so far)."""
-        rid = uuid.uuid4().hex
-        sock, rid = self._request(ClientGenerate(
-            rid=rid, text=prompt, input_ids=list(input_ids) if input_ids is not None else None,
-            sampling_params=dict(sampling_params or {}), return_logprob=return_logprob,
+        sock, rid = self._request(_generate_message(
+            prompt=prompt, input_ids=input_ids, sampling_params=sampling_params, return_logprob=return_logprob,
             logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, stream=True))
         finished = False
         try:
@@ -126,6 +120,19 @@ class RuntimeClient:
         if sock is not None:
             sock.close(0)
             self._local.sock = None
+
+
+def _generate_message(*, prompt: Any, input_ids: Sequence[int] | None, sampling_params: dict | None,
+                      return_logprob: bool, logprob_start_len: int | None, top_logprobs_num: int,
+                      stream: bool) -> ClientGenerate:
+    """One generate request as it goes on the wire. A prompt with a lone surrogate cannot be
+    encoded as msgpack's UTF-8: it is refused here, by name, before anything is sent."""
+    if isinstance(prompt, str):
+        check_text(prompt)
+    return ClientGenerate(
+        rid=uuid.uuid4().hex, text=prompt, input_ids=list(input_ids) if input_ids is not None else None,
+        sampling_params=dict(sampling_params or {}), return_logprob=return_logprob,
+        logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, stream=stream)
 
 
 def _result(reply: Any) -> dict:

@@ -17,6 +17,7 @@ from typing import Any, Union
 
 import msgspec
 
+from radixlm.runtime.frame_errors import explain_decode_failure
 from radixlm.runtime.sampling import SamplingParams
 
 # Upper bound on one message; bigger frames are refused before decoding.
@@ -173,21 +174,22 @@ DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
 
 
 class SafeDecoder:
-    """A msgpack decoder for one union of message types. msgspec reports most bad frames as
-    DecodeError/ValidationError, but invalid UTF-8 in a string raises UnicodeDecodeError and
-    absurd nesting RecursionError; those become DecodeError too, so a receive loop needs to
-    catch DECODE_ERRORS only."""
+    """A msgpack decoder for one union of message types. Every failure is raised as
+    `msgspec.DecodeError` whose text says in our words what is wrong and where (see
+    frame_errors), so a receive loop catches DECODE_ERRORS only and what it reports does not
+    change with msgspec's wording. (msgspec raises UnicodeDecodeError for invalid UTF-8 in
+    some releases and RecursionError for absurd nesting: those are caught here too.)"""
 
     def __init__(self, kind: Any) -> None:
+        self._kind = kind
         self._dec = msgspec.msgpack.Decoder(kind)
 
     def decode(self, frame: bytes) -> Any:
         try:
             return self._dec.decode(frame)
-        except DECODE_ERRORS:
-            raise
-        except (UnicodeDecodeError, RecursionError, ValueError, TypeError, OverflowError) as exc:
-            raise msgspec.DecodeError(f"malformed message: {type(exc).__name__}: {exc}") from None
+        except (*DECODE_ERRORS, UnicodeDecodeError, RecursionError, ValueError, TypeError, OverflowError) as exc:
+            text = explain_decode_failure(frame, self._kind, f"{type(exc).__name__}: {exc}")
+            raise msgspec.DecodeError(text) from None
 
 
 def encoder() -> msgspec.msgpack.Encoder:

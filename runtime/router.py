@@ -32,7 +32,7 @@ logger = logging.getLogger("radixlm.router")
 
 MIN_USEFUL_PREFIX = 32  # tokens: below this a cached prefix saves less than balancing load does
 SUMMED = ("prompt_tokens", "cached_tokens", "generated_tokens", "decode_steps", "prefill_batches", "retractions",
-          "finished_requests", "max_total_tokens", "total_tokens", "free_tokens", "evictable_tokens",
+          "finished_requests", "aborted_requests", "max_total_tokens", "total_tokens", "free_tokens", "evictable_tokens",
           "locked_tokens", "in_use_tokens", "running", "waiting")
 
 

@@ -68,6 +68,7 @@ class SchedulerStats:
     decode_steps: int = 0
     retractions: int = 0
     finished_requests: int = 0
+    aborted_requests: int = 0  # of the finished: aborted (by a client, a grammar failure, shutdown)
     jump_forward_tokens: int = 0
     # wall time of decode iterations of the scheduler loop (receive, schedule, forward, emit)
     # and of queuing the step plus waiting for its tokens inside them: their difference is
@@ -279,6 +280,7 @@ class Scheduler:
     def _finish(self, req: Req, reason: dict) -> None:
         req.finished_reason = reason
         self.stats.finished_requests += 1
+        self.stats.aborted_requests += reason.get("type") == "abort"
 
     def _apply_aborts(self) -> list[Req]:
         done = []

@@ -234,6 +234,7 @@ class SchedulerLoop:
             "cached_tokens": stats.cached_tokens, "generated_tokens": stats.generated_tokens,
             "decode_steps": stats.decode_steps, "prefill_batches": stats.prefill_batches,
             "retractions": stats.retractions, "finished_requests": stats.finished_requests,
+            "aborted_requests": stats.aborted_requests,
             # per decode step: the loop iteration and the launch + wait for the step inside it
             # (ms); overhead = the share of the iteration spent in the scheduler's own CPU work,
             # which the device waits for unless overlap scheduling hides it

@@ -25,6 +25,7 @@ from radixlm.runtime.openai_protocol import (ChatCompletionRequest, CompletionRe
                                              finish_reason_name)
 from radixlm.runtime.request import check_text
 from radixlm.runtime.tokenizer_manager import PreparedRequest, RequestError, RuntimeDiedError, TokenizerManager
+from radixlm.runtime.validation_text import describe_undecodable_body, describe_validation_errors
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -63,10 +64,7 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'body'}: {err.get('msg')}"
-            for err in exc.errors()
-        )
+        problems = describe_validation_errors(exc.errors())
         return JSONResponse(_error_body(400, f"invalid request: {problems}", "invalid_request_error"), status_code=400)
 
     @app.exception_handler(HTTPError)
@@ -79,7 +77,7 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
         # FastAPI's own text for a body that is not UTF-8 does not say what is wrong with it
         message = str(exc.detail)
         if isinstance(exc.__cause__, UnicodeDecodeError):
-            message = f"request body is not valid UTF-8 JSON: {exc.__cause__}"
+            message = describe_undecodable_body(exc.__cause__)
         return JSONResponse(_error_body(exc.status_code, message, "invalid_request_error"),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 

@@ -26,7 +26,7 @@ class FakeBackend(BaseBackend):
         self.calls: list[tuple[str, str, dict]] = []
         self.lock = threading.Lock()
         self.count = 0
-        self.stream_delay = 0.01
+        self.intervals: list[tuple[str, tuple[float, float]]] = []  # (prompt tail, (start, end)) per generate
 
     def _record(self, kind: str, prompt: str, params: dict) -> int:
         with self.lock:
@@ -36,12 +36,15 @@ class FakeBackend(BaseBackend):
 
     def generate(self, prompt, sampling_params, return_logprob=False, logprob_start_len=None, top_logprobs_num=0):
         k = self._record("gen", prompt, sampling_params)
+        started = time.monotonic()
         if self.delay:
             time.sleep(self.delay)
         if self.fail_on is not None and self.fail_on in prompt:
             raise ConnectionError("backend exploded")
         n = sampling_params.get("n", 1)
         text = self.script(prompt, sampling_params) if self.script else f"<{k}>"
+        with self.lock:
+            self.intervals.append((prompt[-2:], (started, time.monotonic())))
         meta = {"prompt": prompt, "return_logprob": return_logprob}
         if n > 1:
             return [f"{text}#{i}" for i in range(n)], [meta] * n
@@ -50,7 +53,6 @@ class FakeBackend(BaseBackend):
     def generate_stream(self, prompt, sampling_params, **kw):
         text, meta = self.generate(prompt, sampling_params, **kw)
         for ch in text:
-            time.sleep(self.stream_delay)  # gives a reader time to see each chunk separately
             yield ch, meta
 
     def select(self, prompt, choices, temperature, method):
@@ -210,7 +212,15 @@ def test_fork_copies_state_warms_the_prefix_and_join_gathers_in_child_order():
 
 
 def test_nested_forks_give_nested_lists_and_children_run_concurrently():
-    be = FakeBackend(script=lambda p, _: p[-2:], delay=0.2)
+    # each inner fork's two children must both be inside the backend at once to get past
+    # their barrier: run one after the other, the first waits alone and the barrier breaks
+    barriers = {"a": threading.Barrier(2, timeout=30), "b": threading.Barrier(2, timeout=30)}
+
+    def meet_sibling(prompt: str, _params: dict) -> str:
+        barriers[prompt[-2]].wait()
+        return prompt[-2:]
+
+    be = FakeBackend(script=meet_sibling)
 
     @rl.function
     def prog(s):
@@ -223,10 +233,14 @@ def test_nested_forks_give_nested_lists_and_children_run_concurrently():
             inner.join()
         outer.join()
 
-    start = time.monotonic()
     st = prog.run(backend=be)
+    assert st.error() is None, st.error()
     assert st["leaf"] == [["a1", "a2"], ["b1", "b2"]]
-    assert time.monotonic() - start < 0.2 * 4  # the inner children overlapped
+    assert not any(b.broken for b in barriers.values())  # siblings were in the backend together
+    intervals = dict(be.intervals)
+    for pair in (("a1", "a2"), ("b1", "b2")):
+        (start0, end0), (start1, end1) = (intervals[p] for p in pair)
+        assert start0 < end1 and start1 < end0, (pair, intervals)  # the calls overlapped in time
 
 
 def test_join_concate_and_append_appends_children_text_in_order():
@@ -348,6 +362,21 @@ def test_trace_stops_at_the_first_non_constant():
     assert bound.trace(backend=be).endswith("Context: known<|im_end|>\n<|im_start|>assistant\n")
 
 
+class LockstepBackend(FakeBackend):
+    """Streams one character at a time, each only after the reader took the previous chunk
+    (`taken` released once per chunk read), so what the reader sees does not depend on timing."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.taken = threading.Semaphore(0)
+
+    def generate_stream(self, prompt, sampling_params, **kw):
+        text, meta = self.generate(prompt, sampling_params, **kw)
+        for ch in text:
+            assert self.taken.acquire(timeout=30), "the reader stopped reading"
+            yield ch, meta
+
+
 def test_streaming_text_iter_concatenates_to_the_final_text():
     be = FakeBackend(script=lambda p, _: "streamed words")
 
@@ -355,10 +384,14 @@ def test_streaming_text_iter_concatenates_to_the_final_text():
     def prog(s):
         s += "Say: " + rl.gen("x")
 
-    st = prog.run(backend=be, stream=True)
-    chunks = list(st.text_iter())
+    lockstep = LockstepBackend(script=lambda p, _: "streamed words")
+    st = prog.run(backend=lockstep, stream=True)
+    chunks = []
+    for chunk in st.text_iter():
+        chunks.append(chunk)
+        lockstep.taken.release()
+    assert chunks == ["Say: ", *"streamed words"]  # each piece as it was appended
     assert "".join(chunks) == st.text() == "Say: streamed words"
-    assert len(chunks) > 2
     st2 = prog.run(backend=be, stream=True)
     assert "".join(st2.text_iter("x")) == "streamed words"
 

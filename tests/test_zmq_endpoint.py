@@ -240,7 +240,7 @@ def test_internal_control_operations_are_refused(client, op):
 
 def test_abandoned_stream_is_aborted_and_freed(client):
     want = client.generate(PROMPT, GREEDY)
-    generated_before = client.get_server_info()["generated_tokens"]
+    before = client.get_server_info()
     long = {"max_new_tokens": 1500, "temperature": 0, "ignore_eos": True}
     seen = 0
     for chunk in client.generate_stream(PROMPT, long):
@@ -248,10 +248,10 @@ def test_abandoned_stream_is_aborted_and_freed(client):
         assert chunk["finished"] is False
         if seen == 3:
             break  # the iterator is dropped here: RuntimeClient sends ClientAbort
-    started = time.monotonic()
     info = _wait_idle(client, timeout=15)
-    assert time.monotonic() - started < 15
-    assert info["generated_tokens"] - generated_before < 1000  # it did not run to the end
+    # it ended by the abort the dropped iterator sent, not by running to its length
+    assert info["aborted_requests"] - before["aborted_requests"] == 1
+    assert info["finished_requests"] - before["finished_requests"] == 1
     _assert_pool_empty_after_flush(client)
     # the same thread's socket still gives exact answers (the aborted stream's leftovers are skipped)
     got = client.generate(PROMPT, GREEDY)
