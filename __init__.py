@@ -6,8 +6,8 @@
 
 from radixlm.lang import *  # noqa: F401,F403 - the DSL is the package's public face
 from radixlm.lang import __all__ as _lang_all
-from radixlm.runtime.engine import Engine
-from radixlm.runtime.sampling import SamplingParams
+from radixlm.runtime.entrypoints.engine import Engine
+from radixlm.runtime.layers.sampling import SamplingParams
 
 
 def __getattr__(name: str):

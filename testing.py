@@ -250,11 +250,11 @@ def tp_greedy_worker(rank: int, size: int, init_file: str, model_path: str, prom
     import torch
 
     from radixlm.runtime.config import EngineConfig, ModelConfig
-    from radixlm.runtime.distributed import init_tensor_parallel
-    from radixlm.runtime.model_runner import ModelRunner
-    from radixlm.runtime.request import Req
-    from radixlm.runtime.sampling import SamplingParams
-    from radixlm.runtime.scheduler import Scheduler
+    from radixlm.runtime.model_executor.distributed import init_tensor_parallel
+    from radixlm.runtime.model_executor.model_runner import ModelRunner
+    from radixlm.runtime.scheduler.request import Req
+    from radixlm.runtime.layers.sampling import SamplingParams
+    from radixlm.runtime.scheduler.scheduler import Scheduler
 
     torch.set_num_threads(1)
     tp = init_tensor_parallel(rank, size, f"file://{init_file}", "gloo")

@@ -31,7 +31,7 @@ Unconstrained baseline: the same prompts in the jump-forward-off engine, no sche
 max_new_tokens equal to the mean constrained output length of that mode (plain generation
 throughput, so the cost of constraining is visible; a request may stop early at EOS).
 
-Mask micro-benchmark: `radixlm.runtime.constrained.build_vocab_mask` alone, for batches of
+Mask micro-benchmark: `radixlm.runtime.constrained.grammar.build_vocab_mask` alone, for batches of
 1, 8 and 32 grammars in realistic states: each row walks a hand-written, schema-valid sample
 output (the tokenizer's own tokenization of it), rows staggered so they sit at different
 positions, one mask per step. Reported: mean µs per step with the per-state caches warm, and
@@ -341,7 +341,7 @@ def run_decode_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
 # ---------------------------------------------------------------------- mask micro-benchmark
 def _mask_setup(model: str) -> tuple[Any, dict, int, list[int]]:
     from radixlm.runtime.config import ModelConfig
-    from radixlm.runtime.constrained import GrammarCache, TokenizerVocab, normalize_json_schema
+    from radixlm.runtime.constrained.grammar import GrammarCache, TokenizerVocab, normalize_json_schema
     from radixlm.runtime.tokenizer import load_tokenizer
 
     model_cfg = ModelConfig.from_path(model)
@@ -361,7 +361,7 @@ def _mask_setup(model: str) -> tuple[Any, dict, int, list[int]]:
 
 def _sample_paths(vocab: Any, compiled: dict) -> list[tuple[str, list[int]]]:
     """(schema name, automaton states before each token) of every sample output."""
-    from radixlm.runtime.constrained import Grammar
+    from radixlm.runtime.constrained.grammar import Grammar
 
     paths = []
     for name, samples in SAMPLE_OUTPUTS.items():
@@ -383,7 +383,7 @@ def _time_masks(rows: list[tuple[Any, list[int]]], stop_ids: list[int], vocab_si
                 device: torch.device, steps: int) -> float:
     """Mean seconds per build_vocab_mask call over `steps` steps; row j at step t sits at
     position (t + offset_j) of its path."""
-    from radixlm.runtime.constrained import Grammar, build_vocab_mask
+    from radixlm.runtime.constrained.grammar import Grammar, build_vocab_mask
 
     grammars = [Grammar(c) for c, _ in rows]
     offsets = [(j * 7) % len(path) for j, (_, path) in enumerate(rows)]
@@ -405,7 +405,7 @@ def _time_masks(rows: list[tuple[Any, list[int]]], stop_ids: list[int], vocab_si
 
 
 def run_mask_benchmark(args: argparse.Namespace, devices: list[str]) -> dict:
-    from radixlm.runtime.constrained import CompiledGrammar
+    from radixlm.runtime.constrained.grammar import CompiledGrammar
 
     vocab, compiled, vocab_size, eos = _mask_setup(args.model)
     paths = _sample_paths(vocab, compiled)

@@ -43,8 +43,8 @@ class InProcess:
 
     def __init__(self, folder: Path, options: dict) -> None:
         from radixlm.runtime.config import EngineConfig, ModelConfig
-        from radixlm.runtime.model_runner import ModelRunner
-        from radixlm.runtime.scheduler import Scheduler
+        from radixlm.runtime.model_executor.model_runner import ModelRunner
+        from radixlm.runtime.scheduler.scheduler import Scheduler
 
         self.config = EngineConfig.from_kwargs(str(folder), **options)
         model_cfg = ModelConfig.from_path(str(folder))
@@ -53,8 +53,8 @@ class InProcess:
         self.count = 0
 
     def submit(self, ids: list[int], max_new: int):
-        from radixlm.runtime.request import Req
-        from radixlm.runtime.sampling import SamplingParams
+        from radixlm.runtime.scheduler.request import Req
+        from radixlm.runtime.layers.sampling import SamplingParams
 
         self.count += 1
         sp = SamplingParams.from_any({"max_new_tokens": max_new, "temperature": 0, "ignore_eos": True})

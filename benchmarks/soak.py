@@ -55,7 +55,7 @@ def rss_mb(pid: int) -> float | None:
 
 def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "radixlm.runtime.cli", "serve", "--model", model, "--port", str(port), *extra]
+    cmd = [sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "serve", "--model", model, "--port", str(port), *extra]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     ready = threading.Event()

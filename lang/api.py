@@ -97,7 +97,7 @@ def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int 
         raise ValueError("give at most one of regex and json_schema")
     if json_schema is not None:
         # JSON text, a dict, a pydantic model class or a msgspec Struct type -> JSON text
-        from radixlm.runtime.constrained import normalize_json_schema
+        from radixlm.runtime.constrained.grammar import normalize_json_schema
 
         json_schema = normalize_json_schema(json_schema)
     if dtype is not None:

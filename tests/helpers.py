@@ -38,8 +38,8 @@ class LocalRuntime:
 
     def __init__(self, name: str = "llama", **options) -> None:
         from radixlm.runtime.config import EngineConfig, ModelConfig
-        from radixlm.runtime.model_runner import ModelRunner
-        from radixlm.runtime.scheduler import Scheduler
+        from radixlm.runtime.model_executor.model_runner import ModelRunner
+        from radixlm.runtime.scheduler.scheduler import Scheduler
         from radixlm.runtime.tokenizer import load_tokenizer
 
         path = str(build_tiny_model(name))
@@ -47,7 +47,7 @@ class LocalRuntime:
         self.config = EngineConfig.from_kwargs(path, **options)
         model_cfg = ModelConfig.from_path(path)
         self.tokenizer = load_tokenizer(path)
-        from radixlm.runtime.constrained import GrammarCache, TokenizerVocab
+        from radixlm.runtime.constrained.grammar import GrammarCache, TokenizerVocab
 
         self.runner = ModelRunner(self.config, model_cfg)
         self.eos_ids = frozenset(model_cfg.eos_token_ids) | {self.tokenizer.eos_token_id}
@@ -61,15 +61,15 @@ class LocalRuntime:
         """A new Scheduler over the same model and its drained pools: nothing adaptive carries over
         from earlier work (new_token_ratio decays each decode step and jumps on retraction, and it
         decides admission), so the same requests schedule the same way every time."""
-        from radixlm.runtime.scheduler import Scheduler
+        from radixlm.runtime.scheduler.scheduler import Scheduler
 
         assert self.scheduler.flush_cache(), "fresh_scheduler needs a drained runtime"
         self.scheduler = Scheduler(self.config, self.runner, self.scheduler.decode_tokens, self.grammars)
 
     def submit(self, ids: list[int], params: dict, return_logprob: bool = False, logprob_start_len: int = -1,
                top_logprobs_num: int = 0, seed: int = 0):
-        from radixlm.runtime.request import Req
-        from radixlm.runtime.sampling import SamplingParams
+        from radixlm.runtime.scheduler.request import Req
+        from radixlm.runtime.layers.sampling import SamplingParams
 
         sp = SamplingParams.from_any(params)
         sp.validate(self.runner.vocab_size)

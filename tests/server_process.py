@@ -85,7 +85,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
 
 @dataclass
 class ServerProcess:
-    """`python -m radixlm.runtime.cli serve ...` with its stdout (and stderr) read by a thread."""
+    """`python -m radixlm.runtime.entrypoints.cli serve ...` with its stdout (and stderr) read by a thread."""
 
     model_path: str
     extra_args: list[str] = field(default_factory=list)
@@ -106,7 +106,7 @@ class ServerProcess:
         self.port, self.zmq_port = free_port(), free_port()
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
                    TOKENIZERS_PARALLELISM="false")
-        cmd = [sys.executable, "-m", "radixlm.runtime.cli", "serve", "--model", self.model_path,
+        cmd = [sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "serve", "--model", self.model_path,
                "--port", str(self.port), "--zmq-port", str(self.zmq_port), *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                      cwd=str(Path(__file__).resolve().parent.parent))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import LocalRuntime, get_engine
-from radixlm.runtime.constrained import (Grammar, GrammarCache, TokenizerVocab, build_vocab_mask,
+from radixlm.runtime.constrained.grammar import (Grammar, GrammarCache, TokenizerVocab, build_vocab_mask,
                                          json_schema_to_regex, normalize_json_schema, token_bytes_table,
                                          unenforced_features)
 from radixlm.testing import build_tiny_model

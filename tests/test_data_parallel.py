@@ -8,7 +8,7 @@ import random
 
 from helpers import hf_greedy
 from radixlm import Engine
-from radixlm.runtime.router import MIN_USEFUL_PREFIX, Router
+from radixlm.runtime.managers.dp_router import MIN_USEFUL_PREFIX, Router
 from radixlm.testing import build_tiny_model
 
 

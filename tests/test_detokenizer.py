@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from radixlm.runtime.detokenizer import REPLACEMENT_CHAR, DecodeState, IncrementalDetokenizer, _held_back
+from radixlm.runtime.managers.detokenizer import REPLACEMENT_CHAR, DecodeState, IncrementalDetokenizer, _held_back
 from radixlm.runtime.tokenizer import load_tokenizer
 from radixlm.testing import build_tiny_model
 
@@ -302,9 +302,9 @@ def test_held_back_matches_brute_force():
 def _detok_roundtrip(tok_path: str, batches: list, garbage: list[bytes]) -> list:
     import zmq
 
-    from radixlm.runtime.detokenizer import run_detokenizer_process
-    from radixlm.runtime.ipc import IpcAddresses, make_socket
-    from radixlm.runtime.protocol import ControlReq, ShutdownAck, TextOutputBatch, decoder, encoder
+    from radixlm.runtime.managers.detokenizer import run_detokenizer_process
+    from radixlm.runtime.managers.ipc import IpcAddresses, make_socket
+    from radixlm.runtime.managers.messages import ControlReq, ShutdownAck, TextOutputBatch, decoder, encoder
 
     addrs = IpcAddresses.create()
     ctx = zmq.Context()
@@ -342,7 +342,7 @@ def _detok_roundtrip(tok_path: str, batches: list, garbage: list[bytes]) -> list
 
 
 def test_detokenizer_process(tok):
-    from radixlm.runtime.protocol import TokenOutput, TokenOutputBatch
+    from radixlm.runtime.managers.messages import TokenOutput, TokenOutputBatch
 
     path = str(build_tiny_model("llama"))
     text = "héllo 日本 world. More"

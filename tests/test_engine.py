@@ -13,7 +13,7 @@ import pytest
 
 from helpers import get_engine
 from radixlm import Engine
-from radixlm.runtime.tokenizer_manager import RuntimeDiedError
+from radixlm.runtime.managers.tokenizer_manager import RuntimeDiedError
 from radixlm.testing import build_tiny_model
 
 

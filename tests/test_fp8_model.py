@@ -18,7 +18,7 @@ from radixlm import Engine
 from radixlm.runtime.config import ModelConfig
 from radixlm.runtime.kernels import reference
 from radixlm.runtime.models import iter_safetensors, load_model
-from radixlm.runtime.quantization import Fp8Linear
+from radixlm.runtime.layers.quantization import Fp8Linear
 from radixlm.testing import build_tiny_model
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -151,8 +151,8 @@ def test_fp8_kv_cache_halves_bytes_and_takes_checkpoint_scales(tmp_path):
     from safetensors.torch import save_file
 
     from radixlm.runtime.config import EngineConfig
-    from radixlm.runtime.memory import KVPool
-    from radixlm.runtime.model_runner import ModelRunner
+    from radixlm.runtime.radix.memory_pool import KVPool
+    from radixlm.runtime.model_executor.model_runner import ModelRunner
 
     assert KVPool.bytes_per_token(2, 2, 16, torch.float8_e4m3fn) * 2 == KVPool.bytes_per_token(2, 2, 16, torch.bfloat16)
     src = build_tiny_model("llama")

@@ -12,7 +12,7 @@ import torch
 from helpers import get_engine, hf_greedy
 from radixlm import Engine
 from radixlm.runtime.config import ModelConfig, RopeConfig
-from radixlm.runtime.models.layers import rope_inv_freq
+from radixlm.runtime.layers.decoder_blocks import rope_inv_freq
 from radixlm.testing import build_tiny_model
 
 

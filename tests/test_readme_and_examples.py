@@ -32,7 +32,7 @@ def test_readme_main_command_is_the_demo():
 
 def test_demo_runs_every_program_and_reports_the_cache_hit_rate():
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "radixlm.runtime.cli", "demo", "--max-tokens", "6"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "demo", "--max-tokens", "6"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import get_engine, hf_greedy, hf_logprobs
-from radixlm.runtime.sampling import SamplingBatch, SamplingParams, apply_penalties, sample
+from radixlm.runtime.layers.sampling import SamplingBatch, SamplingParams, apply_penalties, sample
 
 CPU = torch.device("cpu")
 
@@ -507,7 +507,7 @@ def test_default_logprob_start_len_reports_output_logprobs_only(llama, prompt_id
 
 
 def test_uniform_noise_stays_strictly_inside_zero_one_and_banned_tokens_are_never_drawn():
-    from radixlm.runtime.sampling import _uniform
+    from radixlm.runtime.layers.sampling import _uniform
 
     # seed 1060, step 0 hits the top 24-bit value for token 2532 (fp32 rounding made u == 1.0,
     # the noise -0, and a banned token's 0 / -0 a NaN that argmax picked)

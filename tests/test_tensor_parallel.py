@@ -12,7 +12,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from helpers import hf_greedy
-from radixlm.runtime.distributed import TPGroup
+from radixlm.runtime.model_executor.distributed import TPGroup
 from radixlm.testing import build_tiny_model, tp_greedy_worker
 
 
@@ -87,7 +87,7 @@ def test_two_nodes_on_one_machine(tmp_path):
     path = str(build_tiny_model("llama"))
     common = dict(tp_size=2, nnodes=2, dist_init_addr=f"127.0.0.1:{port}", max_total_tokens=4000)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "radixlm.runtime.cli", "serve", "--model", path, "--tp-size", "2", "--nnodes", "2",
+        [sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "serve", "--model", path, "--tp-size", "2", "--nnodes", "2",
          "--node-rank", "1", "--dist-init-addr", common["dist_init_addr"], "--max-total-tokens", "4000"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -120,7 +120,7 @@ def test_online_fp8_with_two_ranks_agrees_with_the_unquantised_model():
 
 
 def test_serve_accepts_sglang_short_flags():
-    from radixlm.runtime.cli import build_parser
+    from radixlm.runtime.entrypoints.cli import build_parser
 
     args = build_parser().parse_args(["serve", "--model", "m", "--tp", "2", "--dp", "3"])
     assert (args.tp_size, args.dp_size) == (2, 3)

@@ -256,7 +256,7 @@ def test_apply_rotary(dtype, head_dim):
 def test_apply_rotary_matches_eager_formula_fp32():
     """Against the model's tables (llama3 scaling) and Hugging Face's eager formula, written out."""
     from radixlm.runtime.config import RopeConfig
-    from radixlm.runtime.models.layers import RotaryEmbedding
+    from radixlm.runtime.layers.decoder_blocks import RotaryEmbedding
 
     rope = RotaryEmbedding(64, 256, RopeConfig(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
                                                high_freq_factor=4.0, original_max_position_embeddings=64))

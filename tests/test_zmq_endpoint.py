@@ -23,8 +23,8 @@ import pytest
 import zmq
 
 from helpers import get_engine
-from radixlm.runtime import protocol as P
-from radixlm.runtime.client import RuntimeClient
+from radixlm.runtime.managers import messages as P
+from radixlm.client.runtime_client import RuntimeClient
 from radixlm.testing import build_tiny_model
 
 PROMPT = "Once upon a time, in a land far away"
@@ -48,7 +48,7 @@ class Server:
             self.zmq_port = _free_port()
         self.address = f"tcp://127.0.0.1:{self.zmq_port}"
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        cmd = [sys.executable, "-m", "radixlm.runtime.cli", "serve", "--model", str(build_tiny_model("llama")),
+        cmd = [sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "serve", "--model", str(build_tiny_model("llama")),
                "--port", str(self.http_port), "--zmq-port", str(self.zmq_port)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.log: collections.deque[str] = collections.deque(maxlen=200)
@@ -479,7 +479,7 @@ KILLER_REASON = (
 @pytest.mark.parametrize("killer", list(KILLERS))
 def test_endpoint_survives_frames_that_fail_with_other_exceptions(killer):
     """In-process ClientEndpoint over a stub tokenizer manager: the minimal repro."""
-    from radixlm.runtime.client_endpoint import ClientEndpoint
+    from radixlm.runtime.entrypoints.zmq_endpoint import ClientEndpoint
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 
 from radixlm.lang.backend.base import BaseBackend
 from radixlm.lang.chat_template import chat_template_from_tokenizer, get_chat_template
-from radixlm.runtime.client import RuntimeClient
-from radixlm.runtime.http_client import HttpRuntimeClient
+from radixlm.client.runtime_client import RuntimeClient
+from radixlm.client.http_client import HttpRuntimeClient
 from radixlm.runtime.tokenizer import load_tokenizer
 
 
@@ -141,7 +141,7 @@ class Runtime:
     to it over ZeroMQ; pass it (or `.endpoint`) as a backend."""
 
     def __init__(self, model_path: str, chat_template_name: str | None = None, **options: Any) -> None:
-        from radixlm.runtime.engine import Engine
+        from radixlm.runtime.entrypoints.engine import Engine
 
         self.engine = Engine(model_path, **options)
         address = f"ipc://{self.engine._runtime.addrs.directory}/client"

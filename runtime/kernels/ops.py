@@ -151,7 +151,7 @@ def fp8_uses_cublas(m: int, n: int, k: int, block_size: tuple[int, int], device:
 def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor, bias: torch.Tensor | None,
                block_size: tuple[int, int]) -> torch.Tensor:
     """x [..., K] @ w^T (+ bias) -> [..., N] in x's dtype, w [N, K] e4m3 with per-block scales (see
-    runtime/quantization.py). Two maths, chosen by M = x's rows:
+    runtime/layers/quantization.py). Two maths, chosen by M = x's rows:
       * M <= fp8_gemv_max_m(N, K) (decode batches): W8A16, x as it is times the dequantised weight
         (runtime/kernels/triton/fp8_gemv.py: no activation quantisation, memory-bound GEMV);
       * otherwise W8A8: x quantised to e4m3 per token and group of block_k (fp8_quant.py), then

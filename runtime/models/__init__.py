@@ -9,9 +9,9 @@ from typing import Iterator
 import torch
 
 from radixlm.runtime.config import ModelConfig
-from radixlm.runtime.distributed import TPGroup
+from radixlm.runtime.model_executor.distributed import TPGroup
 from radixlm.runtime.models.llama import LlamaForCausalLM
-from radixlm.runtime.quantization import DEFAULT_BLOCK, quantize_linears, replace_linears
+from radixlm.runtime.layers.quantization import DEFAULT_BLOCK, quantize_linears, replace_linears
 
 # Every supported family shares the Llama decoder; ModelConfig switches on qkv bias (qwen2)
 # and q/k norm (qwen3).

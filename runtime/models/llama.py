@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from radixlm.runtime.config import ModelConfig
-from radixlm.runtime.distributed import TPGroup
-from radixlm.runtime.forward_batch import ForwardBatch
-from radixlm.runtime.models.layers import GatedMLP, RMSNorm, RotaryEmbedding
+from radixlm.runtime.model_executor.distributed import TPGroup
+from radixlm.runtime.model_executor.forward_batch import ForwardBatch
+from radixlm.runtime.layers.decoder_blocks import GatedMLP, RMSNorm, RotaryEmbedding
 
 KV_SCALE_NAME = re.compile(r"layers\.(\d+)\.self_attn\.([kv])_scale")
 

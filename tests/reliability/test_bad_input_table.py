@@ -45,8 +45,8 @@ import pytest
 import zmq
 
 from helpers import get_engine
-from radixlm.runtime import protocol as P
-from radixlm.runtime.client import RuntimeClient
+from radixlm.runtime.managers import messages as P
+from radixlm.client.runtime_client import RuntimeClient
 from radixlm.testing import build_tiny_model
 from server_process import HOST, ServerProcess, server_info
 

@@ -45,8 +45,8 @@ import pytest
 
 from helpers import get_engine
 from radixlm import Engine
-from radixlm.runtime.openai_protocol import finish_reason_name
-from radixlm.runtime.tokenizer_manager import RuntimeDiedError
+from radixlm.runtime.entrypoints.openai_protocol import finish_reason_name
+from radixlm.runtime.managers.tokenizer_manager import RuntimeDiedError
 from radixlm.testing import build_tiny_model
 from server_process import (HOST, ServerProcess, aiter_sse, children_of, descendants_of, free_port, gone, server_info,
                             wait_idle_and_kv_free, wait_until)
@@ -721,7 +721,7 @@ def test_serve_refuses_corrupt_weights_and_exits_cleanly(kind, corrupt_folders):
     folder = corrupt_folders[kind]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
                TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "radixlm.runtime.cli", "serve", "--model", str(folder),
+    cmd = [sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "serve", "--model", str(folder),
            "--host", HOST, "--port", str(free_port())]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=str(Path(__file__).resolve().parents[2]))

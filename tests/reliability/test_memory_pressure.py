@@ -3,7 +3,7 @@
 * A KV pool ten times smaller than the working set: every request still completes (the
   scheduler retracts and re-queues), greedy outputs equal those of an engine whose pool
   holds everything, and the retractions really happened.
-* The bounded-wait policy (runtime/scheduler.py docstring, runtime/policy.py
+* The bounded-wait policy (runtime/scheduler/scheduler.py docstring, runtime/scheduler/policy.py
   MAX_PASSED_OVER): under longest-prefix-match ordering a cold request facing an endless
   stream of cache-hitting arrivals is admitted within MAX_PASSED_OVER rounds; with the
   aging switched off the same traffic keeps it out (the scenario is adversarial).
@@ -18,7 +18,7 @@ import random
 import pytest
 
 from helpers import LocalRuntime, get_engine
-from radixlm.runtime import policy
+from radixlm.runtime.scheduler import policy
 
 PROMPT_LENS = (24, 40, 56)
 MAX_NEW = 40

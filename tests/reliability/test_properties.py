@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from helpers import LocalRuntime
-from radixlm.runtime.detokenizer import DecodeState, IncrementalDetokenizer
+from radixlm.runtime.managers.detokenizer import DecodeState, IncrementalDetokenizer
 from radixlm.runtime.tokenizer import load_tokenizer
 from radixlm.testing import build_tiny_model
 

@@ -21,10 +21,10 @@ import httpx
 import pytest
 import zmq
 
-from radixlm.runtime.cli import build_parser
-from radixlm.runtime.ipc import make_socket
-from radixlm.runtime.protocol import MAX_MESSAGE_BYTES
-from radixlm.runtime.server import MAX_BODY_BYTES
+from radixlm.runtime.entrypoints.cli import build_parser
+from radixlm.runtime.managers.ipc import make_socket
+from radixlm.runtime.managers.messages import MAX_MESSAGE_BYTES
+from radixlm.runtime.entrypoints.http_server import MAX_BODY_BYTES
 from radixlm.testing import build_tiny_model
 from server_process import ServerProcess, descendants_of, server_info
 

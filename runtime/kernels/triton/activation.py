@@ -1,7 +1,7 @@
 """SiLU-gated activation: out = silu(gate) * up for gate_up = [gate | up] along the last dim.
 
 Computed in fp32 and rounded once to the output dtype. Torch eager (`F.silu(gate) * up` in
-runtime/models/layers.py) rounds silu(gate) to the dtype before the multiply, so in bf16/fp16
+runtime/layers/decoder_blocks.py) rounds silu(gate) to the dtype before the multiply, so in bf16/fp16
 the two can differ in the last bit of some elements (fp32 inputs agree to fp32 rounding).
 """
 

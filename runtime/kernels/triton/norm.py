@@ -1,6 +1,6 @@
 """RMSNorm and fused residual-add + RMSNorm, one program per row.
 
-Rounding matches the eager model (runtime/models/layers.py RMSNorm, itself Hugging Face's order):
+Rounding matches the eager model (runtime/layers/decoder_blocks.py RMSNorm, itself Hugging Face's order):
 statistics in fp32, the normalised row rounded to the input dtype, then `weight * normed`
 computed in fp32 from the two dtype values and rounded once -- exactly what torch does for a
 half-precision elementwise product, so the gain step is bit-identical to eager. The sum of

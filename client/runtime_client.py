@@ -17,9 +17,9 @@ from typing import Any, Iterator, Sequence
 
 import zmq
 
-from radixlm.runtime.protocol import (ClientAbort, ClientBatch, ClientChunk, ClientControl, ClientGenerate,
+from radixlm.runtime.managers.messages import (ClientAbort, ClientBatch, ClientChunk, ClientControl, ClientGenerate,
                                       ClientReply, ClientResult, decoder, encoder)
-from radixlm.runtime.request import check_text
+from radixlm.runtime.scheduler.request import check_text
 
 
 class RuntimeClient:

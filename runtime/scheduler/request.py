@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from radixlm.runtime.constrained import Grammar
+from radixlm.runtime.constrained.grammar import Grammar
 from radixlm.runtime.radix.radix_cache import TreeNode
-from radixlm.runtime.sampling import SamplingParams
+from radixlm.runtime.layers.sampling import SamplingParams
 
 
 @dataclass(eq=False)

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from radixlm.runtime.config import EngineConfig
-from radixlm.runtime.detokenizer import run_detokenizer_process
-from radixlm.runtime.ipc import IpcAddresses
-from radixlm.runtime.router import run_router_process
-from radixlm.runtime.scheduler_process import run_scheduler_process
+from radixlm.runtime.managers.detokenizer import run_detokenizer_process
+from radixlm.runtime.managers.ipc import IpcAddresses
+from radixlm.runtime.managers.dp_router import run_router_process
+from radixlm.runtime.scheduler.scheduler_process import run_scheduler_process
 
 _ERRORS = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError, "TypeError": TypeError}
 

@@ -21,10 +21,10 @@ import weakref
 from typing import Any, Iterator, Sequence
 
 from radixlm.runtime.config import EngineConfig, ModelConfig
-from radixlm.runtime.launch import launch_runtime
-from radixlm.runtime.sampling import SamplingParams
+from radixlm.runtime.entrypoints.launch import launch_runtime
+from radixlm.runtime.layers.sampling import SamplingParams
 from radixlm.runtime.tokenizer import load_tokenizer
-from radixlm.runtime.tokenizer_manager import PreparedRequest, RequestError, TokenizerManager
+from radixlm.runtime.managers.tokenizer_manager import PreparedRequest, RequestError, TokenizerManager
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Engine:
 
     def serve_zmq(self, address: str) -> str:
         """Also serve the ZeroMQ client endpoint (for `RuntimeClient` / the DSL) at `address`."""
-        from radixlm.runtime.client_endpoint import ClientEndpoint
+        from radixlm.runtime.entrypoints.zmq_endpoint import ClientEndpoint
 
         endpoint = ClientEndpoint(self.tokenizer_manager, address)
         self._call(endpoint.start())

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from radixlm.runtime.ipc import IpcAddresses
+    from radixlm.runtime.managers.ipc import IpcAddresses
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ def run_detokenizer_process(tokenizer_path: str, addrs: "IpcAddresses", log_leve
 
     import zmq
 
-    from radixlm.runtime.ipc import die_with_parent, make_socket, parent_alive, set_process_title
-    from radixlm.runtime.protocol import (DECODE_ERRORS, ControlReq, ShutdownAck, TextOutput, TextOutputBatch,
+    from radixlm.runtime.managers.ipc import die_with_parent, make_socket, parent_alive, set_process_title
+    from radixlm.runtime.managers.messages import (DECODE_ERRORS, ControlReq, ShutdownAck, TextOutput, TextOutputBatch,
                                           TokenOutputBatch, decoder, encoder)
     from radixlm.runtime.tokenizer import load_tokenizer
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from radixlm.runtime.forward_batch import ForwardBatch, ForwardMode
+from radixlm.runtime.model_executor.forward_batch import ForwardBatch, ForwardMode
 from radixlm.runtime.kernels import ops, reference
-from radixlm.runtime.memory import KVPool, ReqToTokenPool
+from radixlm.runtime.radix.memory_pool import KVPool, ReqToTokenPool
 
 
 @dataclass

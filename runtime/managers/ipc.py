@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from radixlm.runtime.protocol import MAX_MESSAGE_BYTES
+from radixlm.runtime.managers.messages import MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)

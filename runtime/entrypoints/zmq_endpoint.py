@@ -1,6 +1,6 @@
 """The tokenizer manager's ZeroMQ endpoint for frontends (a ROUTER socket).
 
-Each client (a DEALER, e.g. `radixlm.runtime.client.RuntimeClient`) sends `ClientRequest`
+Each client (a DEALER, e.g. `radixlm.client.runtime_client.RuntimeClient`) sends `ClientRequest`
 messages; replies go back to that client only. A frame that does not decode is answered
 with an error naming the problem (rid ""), and the endpoint keeps serving.
 """
@@ -14,10 +14,10 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from radixlm.runtime.ipc import make_socket
-from radixlm.runtime.protocol import (DECODE_ERRORS, ClientAbort, ClientBatch, ClientChunk, ClientControl,
+from radixlm.runtime.managers.ipc import make_socket
+from radixlm.runtime.managers.messages import (DECODE_ERRORS, ClientAbort, ClientBatch, ClientChunk, ClientControl,
                                       ClientGenerate, ClientRequest, ClientResult, decoder, encoder)
-from radixlm.runtime.tokenizer_manager import TokenizerManager
+from radixlm.runtime.managers.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger("radixlm.client_endpoint")
 CONTROL_OPS = ("flush_cache", "server_info", "health")

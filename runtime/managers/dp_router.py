@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import zmq
 
-from radixlm.runtime.ipc import IpcAddresses, die_with_parent, make_socket, parent_alive, set_process_title
-from radixlm.runtime.protocol import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, RequestsDone,
+from radixlm.runtime.managers.ipc import IpcAddresses, die_with_parent, make_socket, parent_alive, set_process_title
+from radixlm.runtime.managers.messages import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, RequestsDone,
                                       ShutdownAck, ToRouter, ToScheduler, decoder, encoder)
 from radixlm.runtime.radix.radix_cache import RadixCache
 

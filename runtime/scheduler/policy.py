@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from radixlm.runtime.radix.radix_cache import RadixCache
-from radixlm.runtime.request import Req
+from radixlm.runtime.scheduler.request import Req
 
 # LPM matches every waiting request against the tree each round; past this queue length
 # that costs more than it saves, so the round falls back to FCFS (as SGLang does).

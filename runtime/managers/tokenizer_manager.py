@@ -21,11 +21,11 @@ import zmq
 import zmq.asyncio
 
 from radixlm.runtime.config import EngineConfig
-from radixlm.runtime.ipc import IpcAddresses, make_socket
-from radixlm.runtime.protocol import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
+from radixlm.runtime.managers.ipc import IpcAddresses, make_socket
+from radixlm.runtime.managers.messages import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
                                       TextOutputBatch, ToTokenizerManager, decoder, encoder)
-from radixlm.runtime.request import check_request, check_text
-from radixlm.runtime.sampling import SamplingParams
+from radixlm.runtime.scheduler.request import check_request, check_text
+from radixlm.runtime.layers.sampling import SamplingParams
 
 logger = logging.getLogger("radixlm.tokenizer_manager")
 

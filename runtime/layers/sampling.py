@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from radixlm.runtime.device_copy import to_device
+from radixlm.runtime.model_executor.device_copy import to_device
 
 _MASK64 = (1 << 64) - 1
 # Most samples one request may ask for (OpenAI's limit): n = 10**6 would otherwise be
@@ -74,7 +74,7 @@ class SamplingParams:
             raise ValueError(f"unknown sampling parameter(s): {', '.join(unknown)}")
         params = SamplingParams(**value)
         if params.json_schema is not None:
-            from radixlm.runtime.constrained import normalize_json_schema
+            from radixlm.runtime.constrained.grammar import normalize_json_schema
 
             params.json_schema = normalize_json_schema(params.json_schema)
         return params
@@ -139,7 +139,7 @@ class SamplingParams:
         if self.regex is not None and self.json_schema is not None:
             bad("give at most one of regex and json_schema")
         if self.regex is not None or self.json_schema is not None:
-            from radixlm.runtime import constrained
+            from radixlm.runtime.constrained import grammar as constrained
 
             if self.regex is not None:
                 constrained.check_regex_syntax(self.regex)

@@ -20,14 +20,14 @@ import torch
 import zmq
 
 from radixlm.runtime.config import EngineConfig, ModelConfig
-from radixlm.runtime.ipc import IpcAddresses, die_with_parent, make_socket, parent_alive, set_process_title
-from radixlm.runtime.constrained import GrammarCache, TokenizerVocab
-from radixlm.runtime.distributed import TPGroup, init_tensor_parallel
-from radixlm.runtime.model_runner import ModelRunner, resolve_device
-from radixlm.runtime.protocol import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, RequestsDone,
+from radixlm.runtime.managers.ipc import IpcAddresses, die_with_parent, make_socket, parent_alive, set_process_title
+from radixlm.runtime.constrained.grammar import GrammarCache, TokenizerVocab
+from radixlm.runtime.model_executor.distributed import TPGroup, init_tensor_parallel
+from radixlm.runtime.model_executor.model_runner import ModelRunner, resolve_device
+from radixlm.runtime.managers.messages import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, RequestsDone,
                                       ShutdownAck, ToScheduler, TokenOutput, TokenOutputBatch, decoder, encoder)
-from radixlm.runtime.request import Req, check_request
-from radixlm.runtime.scheduler import Scheduler
+from radixlm.runtime.scheduler.request import Req, check_request
+from radixlm.runtime.scheduler.scheduler import Scheduler
 from radixlm.runtime.tokenizer import load_tokenizer
 
 logger = logging.getLogger("radixlm.scheduler")

@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from radixlm.runtime.attention import AttentionBackend
-from radixlm.runtime.forward_batch import ForwardBatch, ForwardMode
+from radixlm.runtime.layers.attention import AttentionBackend
+from radixlm.runtime.model_executor.forward_batch import ForwardBatch, ForwardMode
 
 logger = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ import logging
 
 import torch
 
-from radixlm.runtime.attention import AttentionBackend
+from radixlm.runtime.layers.attention import AttentionBackend
 from radixlm.runtime.config import EngineConfig, ModelConfig
-from radixlm.runtime.cuda_graph import CudaGraphRunner
-from radixlm.runtime.device_copy import HostCopy, to_device
-from radixlm.runtime.distributed import TPGroup
-from radixlm.runtime.forward_batch import ForwardBatch, ForwardHandle, ForwardResult
+from radixlm.runtime.model_executor.cuda_graph import CudaGraphRunner
+from radixlm.runtime.model_executor.device_copy import HostCopy, to_device
+from radixlm.runtime.model_executor.distributed import TPGroup
+from radixlm.runtime.model_executor.forward_batch import ForwardBatch, ForwardHandle, ForwardResult
 from radixlm.runtime.kernels import ops
-from radixlm.runtime.memory import KVPool, ReqToTokenPool
+from radixlm.runtime.radix.memory_pool import KVPool, ReqToTokenPool
 from radixlm.runtime.models import load_model
-from radixlm.runtime.sampling import logprobs_of, sample
+from radixlm.runtime.layers.sampling import logprobs_of, sample
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from radixlm.runtime.metrics import ServerMetrics
-from radixlm.runtime.openai_protocol import (ChatCompletionRequest, CompletionRequest, GenerateRequest,
+from radixlm.runtime.entrypoints.metrics import ServerMetrics
+from radixlm.runtime.entrypoints.openai_protocol import (ChatCompletionRequest, CompletionRequest, GenerateRequest,
                                              finish_reason_name)
-from radixlm.runtime.request import check_text
-from radixlm.runtime.tokenizer_manager import PreparedRequest, RequestError, RuntimeDiedError, TokenizerManager
-from radixlm.runtime.validation_text import describe_undecodable_body, describe_validation_errors
+from radixlm.runtime.scheduler.request import check_text
+from radixlm.runtime.managers.tokenizer_manager import PreparedRequest, RequestError, RuntimeDiedError, TokenizerManager
+from radixlm.runtime.entrypoints.validation_text import describe_undecodable_body, describe_validation_errors
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 

@@ -17,8 +17,8 @@ from typing import Any, Union
 
 import msgspec
 
-from radixlm.runtime.frame_errors import explain_decode_failure
-from radixlm.runtime.sampling import SamplingParams
+from radixlm.runtime.managers.frame_errors import explain_decode_failure
+from radixlm.runtime.layers.sampling import SamplingParams
 
 # Upper bound on one message; bigger frames are refused before decoding.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

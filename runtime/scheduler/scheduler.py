@@ -41,15 +41,15 @@ from typing import Callable
 import torch
 
 from radixlm.runtime.config import EngineConfig
-from radixlm.runtime.constrained import Grammar, GrammarCache, build_vocab_mask
-from radixlm.runtime.device_copy import to_device
-from radixlm.runtime.forward_batch import ForwardBatch, ForwardHandle, ForwardMode, ForwardResult
-from radixlm.runtime.model_runner import ModelRunner
-from radixlm.runtime.policy import (InBatchPrefixFilter, PrefillBudget, SchedulePolicy,
+from radixlm.runtime.constrained.grammar import Grammar, GrammarCache, build_vocab_mask
+from radixlm.runtime.model_executor.device_copy import to_device
+from radixlm.runtime.model_executor.forward_batch import ForwardBatch, ForwardHandle, ForwardMode, ForwardResult
+from radixlm.runtime.model_executor.model_runner import ModelRunner
+from radixlm.runtime.scheduler.policy import (InBatchPrefixFilter, PrefillBudget, SchedulePolicy,
                                     match_limit)
 from radixlm.runtime.radix.radix_cache import RadixCache
-from radixlm.runtime.request import Req
-from radixlm.runtime.sampling import SamplingBatch
+from radixlm.runtime.scheduler.request import Req
+from radixlm.runtime.layers.sampling import SamplingBatch
 
 logger = logging.getLogger(__name__)
 

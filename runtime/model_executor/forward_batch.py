@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from radixlm.runtime.attention import AttentionBackend
-    from radixlm.runtime.device_copy import HostCopy
-    from radixlm.runtime.sampling import SamplingBatch
+    from radixlm.runtime.layers.attention import AttentionBackend
+    from radixlm.runtime.model_executor.device_copy import HostCopy
+    from radixlm.runtime.layers.sampling import SamplingBatch
 
 
 class ForwardMode(enum.Enum):

@@ -55,12 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from radixlm.runtime.client_endpoint import ClientEndpoint
+    from radixlm.runtime.entrypoints.zmq_endpoint import ClientEndpoint
     from radixlm.runtime.config import ModelConfig
-    from radixlm.runtime.launch import launch_runtime
-    from radixlm.runtime.server import create_app
+    from radixlm.runtime.entrypoints.launch import launch_runtime
+    from radixlm.runtime.entrypoints.http_server import create_app
     from radixlm.runtime.tokenizer import load_tokenizer
-    from radixlm.runtime.tokenizer_manager import TokenizerManager
+    from radixlm.runtime.managers.tokenizer_manager import TokenizerManager
 
     fields = {f.name for f in dataclasses.fields(EngineConfig)}
     try:
@@ -129,7 +129,7 @@ def serve(args: argparse.Namespace) -> int:
 def serve_worker_node(cfg: EngineConfig) -> int:
     """Node `node_rank` > 0 of a multi-node tensor-parallel server: its scheduler ranks only
     (no HTTP, no tokenizer); they follow rank 0 on node 0 until it shuts down."""
-    from radixlm.runtime.launch import launch_runtime
+    from radixlm.runtime.entrypoints.launch import launch_runtime
 
     runtime = launch_runtime(cfg)
     print(f"radixlm worker node {cfg.node_rank}/{cfg.nnodes} ready: tensor-parallel ranks "
