@@ -1,10 +1,10 @@
 """radixlm: structured generation on a radix-tree KV-cache runtime.
 
-    import radixlm as rl            # SGLang programs run after `import radixlm as sgl`
-    rl.set_default_backend(rl.Runtime(model_path))
+import radixlm as rl            # SGLang programs run after `import radixlm as sgl`
+rl.set_default_backend(rl.Runtime(model_path))
 """
 
-from radixlm.lang import *  # noqa: F401,F403 - the DSL is the package's public face
+from radixlm.lang import *  # noqa: F403 - the DSL is the package's public face
 from radixlm.lang import __all__ as _lang_all
 from radixlm.runtime.entrypoints.engine import Engine
 from radixlm.runtime.layers.sampling import SamplingParams

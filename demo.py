@@ -13,18 +13,26 @@ import contextlib
 import json
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import radixlm as rl
 
-DOCS = ("radixlm keeps every prompt prefix it has computed in a radix tree, so programs that "
-        "share a beginning (a system prompt, few-shot examples, the text before a fork) pay for "
-        "it once. ") * 3
+DOCS = (
+    "radixlm keeps every prompt prefix it has computed in a radix tree, so programs that "
+    "share a beginning (a system prompt, few-shot examples, the text before a fork) pay for "
+    "it once. "
+) * 3
 # bounded fields: a random-weight model would otherwise happily write digits forever
-PERSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 16},
-                                                  "age": {"type": "integer", "maxDigits": 2},
-                                                  "language": {"enum": ["python", "rust", "go"]}},
-                 "required": ["name", "age", "language"]}
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 16},
+        "age": {"type": "integer", "maxDigits": 2},
+        "language": {"enum": ["python", "rust", "go"]},
+    },
+    "required": ["name", "age", "language"],
+}
 
 
 @rl.function
@@ -78,16 +86,21 @@ def run_demo(backend: Any, max_tokens: int) -> None:
     rl.set_default_backend(backend)
 
     _section("multi-turn chat")
-    state = chat.run(questions=["What is a radix tree?", "And why does it help a cache?"],
-                     max_tokens=max_tokens, temperature=0)
+    state = chat.run(
+        questions=["What is a radix tree?", "And why does it help a cache?"],
+        max_tokens=max_tokens,
+        temperature=0,
+    )
     for message in state.messages():
         print(f"[{message['role']}] {message['content']!r}")
 
     _section("select")
     state = classify.run(review="The batching made our agent twice as fast.")
     meta = state.get_meta_info("sentiment")
-    scores = ", ".join(f"{c!r}: {v:.3f}" for c, v in zip([" positive", " negative", " neutral"],
-                                                         meta["normalized_prompt_logprobs"]))
+    scores = ", ".join(
+        f"{c!r}: {v:.3f}"
+        for c, v in zip([" positive", " negative", " neutral"], meta["normalized_prompt_logprobs"])
+    )
     print(f"chose {state['sentiment']!r} (mean token logprob {scores})")
 
     _section("3-way fork and join")
@@ -99,24 +112,33 @@ def run_demo(backend: Any, max_tokens: int) -> None:
     if backend.get_server_info().get("constrained_decoding"):
         state = extract.run(max_tokens=64, temperature=0)
         meta = state.get_meta_info("person")
-        print(f"{json.dumps(json.loads(state['person']))}  ({meta['completion_tokens']} tokens, "
-              f"{meta.get('jump_forward_tokens', 0)} of them jump-forward)")
+        print(
+            f"{json.dumps(json.loads(state['person']))}  ({meta['completion_tokens']} tokens, "
+            f"{meta.get('jump_forward_tokens', 0)} of them jump-forward)"
+        )
     else:
         print("skipped: this runtime has no constrained decoding yet")
 
     info = backend.get_server_info()
-    print(f"\ncache hit rate: {100 * info['cache_hit_rate']:.1f}% "
-          f"({info['cached_tokens']} of {info['prompt_tokens']} prompt tokens came from the radix cache)")
+    print(
+        f"\ncache hit rate: {100 * info['cache_hit_rate']:.1f}% "
+        f"({info['cached_tokens']} of {info['prompt_tokens']} prompt tokens came from the radix cache)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(argparse.ArgumentParser(prog="radixlm demo", description=__doc__,
-                                                  formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser = build_parser(
+        argparse.ArgumentParser(
+            prog="radixlm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+    )
     return run(parser.parse_args(argv))
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", default=None, help="local HF model folder (default: the offline tiny model)")
+    parser.add_argument(
+        "--model", default=None, help="local HF model folder (default: the offline tiny model)"
+    )
     parser.add_argument("--endpoint", default=None, help="ZeroMQ address of `radixlm serve --zmq-port`")
     parser.add_argument("--max-tokens", type=int, default=12)
     return parser

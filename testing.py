@@ -67,8 +67,19 @@ def _training_text() -> list[str]:
 
     texts = list(topics.topics.values())
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for name in ["json/__init__.py", "argparse.py", "dataclasses.py", "functools.py", "textwrap.py",
-                 "heapq.py", "bisect.py", "string.py", "pathlib.py", "random.py", "statistics.py"]:
+    for name in [
+        "json/__init__.py",
+        "argparse.py",
+        "dataclasses.py",
+        "functools.py",
+        "textwrap.py",
+        "heapq.py",
+        "bisect.py",
+        "string.py",
+        "pathlib.py",
+        "random.py",
+        "statistics.py",
+    ]:
         path = stdlib / name
         if path.exists():
             try:
@@ -110,8 +121,11 @@ def build_tokenizer_files() -> Path:
         tok.decoder = decoders.ByteLevel()
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
         trainer = trainers.BpeTrainer(
-            vocab_size=VOCAB_SIZE, min_frequency=2, special_tokens=SPECIAL_TOKENS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+            vocab_size=VOCAB_SIZE,
+            min_frequency=2,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
         tok.train_from_iterator(_training_text(), trainer=trainer)
         tok.save(str(out / "tokenizer.json"))
@@ -131,7 +145,10 @@ def _make_hf_tokenizer():
 
     tok = PreTrainedTokenizerFast(
         tokenizer_file=str(build_tokenizer_files() / "tokenizer.json"),
-        bos_token=None, eos_token="<|im_end|>", pad_token="<|pad|>", unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        unk_token=None,
         additional_special_tokens=["<|endoftext|>", "<|im_start|>"],
     )
     tok.chat_template = CHATML_TEMPLATE
@@ -143,9 +160,17 @@ def _hf_config(arch: str, overrides: dict, tok):
 
     cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch]
     kw = dict(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=2048,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
         rms_norm_eps=1e-6,
     )
     kw.update(overrides)
@@ -189,7 +214,8 @@ def build_tiny_model(name: str = DEFAULT_MODEL) -> Path:
             model.tie_weights()
         model.generation_config = GenerationConfig(
             eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")],
-            pad_token_id=tok.pad_token_id, do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            do_sample=False,
         )
         model.save_pretrained(out)
         tok.save_pretrained(out)
@@ -239,8 +265,16 @@ if __name__ == "__main__":
         print(model_name, build_tiny_model(model_name))
 
 
-def tp_greedy_worker(rank: int, size: int, init_file: str, model_path: str, prompts: list[list[int]],
-                     max_new_tokens: int, out_dir: str, options: dict | None = None) -> None:
+def tp_greedy_worker(
+    rank: int,
+    size: int,
+    init_file: str,
+    model_path: str,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    out_dir: str,
+    options: dict | None = None,
+) -> None:
     """One tensor-parallel rank (gloo, CPU) running the scheduler over `prompts` greedily and
     writing its outputs to out_dir/rank{rank}.json: every rank must produce the same tokens,
     equal to the single-rank model's. A module-level function so `torch.multiprocessing`
@@ -250,10 +284,10 @@ def tp_greedy_worker(rank: int, size: int, init_file: str, model_path: str, prom
     import torch
 
     from radixlm.runtime.config import EngineConfig, ModelConfig
+    from radixlm.runtime.layers.sampling import SamplingParams
     from radixlm.runtime.model_executor.distributed import init_tensor_parallel
     from radixlm.runtime.model_executor.model_runner import ModelRunner
     from radixlm.runtime.scheduler.request import Req
-    from radixlm.runtime.layers.sampling import SamplingParams
     from radixlm.runtime.scheduler.scheduler import Scheduler
 
     torch.set_num_threads(1)
@@ -265,14 +299,26 @@ def tp_greedy_worker(rank: int, size: int, init_file: str, model_path: str, prom
     reqs = []
     for i, ids in enumerate(prompts):
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
-        reqs.append(Req(rid=f"r{i}", origin_input_ids=list(ids), sampling_params=params, seed=i,
-                        eos_ids=frozenset(model_cfg.eos_token_ids)))
+        reqs.append(
+            Req(
+                rid=f"r{i}",
+                origin_input_ids=list(ids),
+                sampling_params=params,
+                seed=i,
+                eos_ids=frozenset(model_cfg.eos_token_ids),
+            )
+        )
         scheduler.add_request(reqs[-1])
     while scheduler.has_work:
         scheduler.step()
         scheduler.check_accounting()
-    Path(out_dir, f"rank{rank}.json").write_text(_json.dumps({
-        "outputs": [r.output_ids for r in reqs],
-        "local_heads": [runner.num_heads, runner.num_kv_heads],
-        "kv_pool_heads": runner.kv_pool.k_buffers[0].shape[1]}))
+    Path(out_dir, f"rank{rank}.json").write_text(
+        _json.dumps(
+            {
+                "outputs": [r.output_ids for r in reqs],
+                "local_heads": [runner.num_heads, runner.num_kv_heads],
+                "kv_pool_heads": runner.kv_pool.k_buffers[0].shape[1],
+            }
+        )
+    )
     tp.close()  # together, after the last collective (see TPGroup.close)

@@ -53,7 +53,7 @@ BLOCK_SIZE = (128, 128)
 
 def per_tensor_quant(t: torch.Tensor, fp8_dtype, fp8_max: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(q, scale) with t ~= q * scale, one fp32 scale (a 0-dim device tensor) for the tensor."""
-    scale = (t.abs().amax().float().clamp(min=1e-12) / fp8_max)
+    scale = t.abs().amax().float().clamp(min=1e-12) / fp8_max
     q = (t.float() / scale).clamp(-fp8_max, fp8_max).to(fp8_dtype)
     return q, scale
 
@@ -118,8 +118,9 @@ def bench_shape(ref, quant, gemm, gemv, cublas, n: int, k: int, m: int, flush: t
 
     row["triton_gemm_ms"] = time_ms(gemm_only, flush, args.warmup, args.reps)
     row["triton_quant_gemm_ms"] = time_ms(quant_gemm, flush, args.warmup, args.reps)
-    row["triton_quant_ms"] = time_ms(lambda: quant.per_token_group_quant_fp8(x, BLOCK_SIZE[1]), flush,
-                                     args.warmup, args.reps)
+    row["triton_quant_ms"] = time_ms(
+        lambda: quant.per_token_group_quant_fp8(x, BLOCK_SIZE[1]), flush, args.warmup, args.reps
+    )
 
     # (a') W8A16 GEMV on the unquantised x, at decode-sized M
     if m <= gemv.MAX_M:
@@ -129,8 +130,12 @@ def bench_shape(ref, quant, gemm, gemv, cublas, n: int, k: int, m: int, flush: t
         row["gemv_config"] = gcfg.to_dict()
         row["gemv_err_vs_fp32"] = rel_err(gout, exact)
         row["gemv_err_vs_reference"] = rel_err(gout, ref.w8a16_block_fp8_matmul(x, w_q, w_s, BLOCK_SIZE))
-        row["gemv_ms"] = time_ms(lambda: gemv.w8a16_block_fp8_matmul(x, w_q, w_s, BLOCK_SIZE, out=gout), flush,
-                                 args.warmup, args.reps)
+        row["gemv_ms"] = time_ms(
+            lambda: gemv.w8a16_block_fp8_matmul(x, w_q, w_s, BLOCK_SIZE, out=gout),
+            flush,
+            args.warmup,
+            args.reps,
+        )
     else:
         row["gemv_config"] = None
         row["gemv_ms"] = row["gemv_err_vs_fp32"] = row["gemv_err_vs_reference"] = float("nan")
@@ -142,13 +147,16 @@ def bench_shape(ref, quant, gemm, gemv, cublas, n: int, k: int, m: int, flush: t
         a_q_pad, a_s_mmajor = cublas.pad_operands(a_q, a_s)  # rows padded to a multiple of 4
         bout = cublas.block_scaled_mm(a_q_pad, a_s_mmajor, w_q, w_s)[:m]
         row["cublas_block_err_vs_fp32"] = rel_err(bout, exact)
-        row["cublas_block_err_vs_reference"] = rel_err(bout, ref.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s,
-                                                                                        BLOCK_SIZE))
-        row["cublas_block_ms"] = time_ms(lambda: cublas.block_scaled_mm(a_q_pad, a_s_mmajor, w_q, w_s), flush,
-                                         args.warmup, args.reps)
+        row["cublas_block_err_vs_reference"] = rel_err(
+            bout, ref.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s, BLOCK_SIZE)
+        )
+        row["cublas_block_ms"] = time_ms(
+            lambda: cublas.block_scaled_mm(a_q_pad, a_s_mmajor, w_q, w_s), flush, args.warmup, args.reps
+        )
     else:
-        row["cublas_block_ms"] = row["cublas_block_err_vs_fp32"] = row["cublas_block_err_vs_reference"] = \
+        row["cublas_block_ms"] = row["cublas_block_err_vs_fp32"] = row["cublas_block_err_vs_reference"] = (
             float("nan")
+        )
 
     # (b) per-tensor torch._scaled_mm
     ta_q, ta_s = per_tensor_quant(x, ref.FP8_DTYPE, ref.FP8_MAX)
@@ -181,28 +189,36 @@ def _num(value: float, fmt: str, width: int) -> str:
 
 def print_table(rows: list[dict]) -> None:
     print()
-    print(f"{'':27}| {'TFLOP/s':^63} | {'weight GB/s':^17} | {'rel err vs fp32':^29} | {'vs reference':^29} "
-          f"| {'us':^33}")
-    print(f"{'layer':8} {'N':>6} {'K':>6} {'M':>4} | {'gemm':>9} {'quant+gemm':>10} {'gemv':>9} {'cublas blk':>10} "
-          f"{'scaled_mm':>10} {'bf16':>9} | {'q+gemm':>8} {'gemv':>8} | {'triton':>9} {'gemv':>9} {'scaled_mm':>9} | "
-          f"{'triton':>9} {'gemv':>9} {'cublas':>9} | {'gemm':>6} {'q+gemm':>6} {'gemv':>6} {'cublas':>6} "
-          f"{'quant':>5}")
+    print(
+        f"{'':27}| {'TFLOP/s':^63} | {'weight GB/s':^17} | {'rel err vs fp32':^29} | {'vs reference':^29} "
+        f"| {'us':^33}"
+    )
+    print(
+        f"{'layer':8} {'N':>6} {'K':>6} {'M':>4} | {'gemm':>9} {'quant+gemm':>10} {'gemv':>9} {'cublas blk':>10} "
+        f"{'scaled_mm':>10} {'bf16':>9} | {'q+gemm':>8} {'gemv':>8} | {'triton':>9} {'gemv':>9} {'scaled_mm':>9} | "
+        f"{'triton':>9} {'gemv':>9} {'cublas':>9} | {'gemm':>6} {'q+gemm':>6} {'gemv':>6} {'cublas':>6} "
+        f"{'quant':>5}"
+    )
     for r in rows:
         pad = "*" if r["scaled_mm_padded_m"] else " "
-        print(f"{r['name']:8} {r['N']:6d} {r['K']:6d} {r['M']:4d} | {r['triton_gemm_tflops']:9.1f} "
-              f"{r['triton_quant_gemm_tflops']:10.1f} {_num(r['gemv_tflops'], '.1f', 9)} "
-              f"{_num(r['cublas_block_tflops'], '.1f', 10)} "
-              f"{r['scaled_mm_tflops']:9.1f}{pad} {r['bf16_tflops']:9.1f} | "
-              f"{r['triton_quant_gemm_weight_gbs']:8.0f} {_num(r['gemv_weight_gbs'], '.0f', 8)} | "
-              f"{r['triton_err_vs_fp32']:9.2e} {_num(r['gemv_err_vs_fp32'], '.2e', 9)} "
-              f"{r['scaled_mm_err_vs_fp32']:9.2e} | {r['triton_err_vs_reference']:9.2e} "
-              f"{_num(r['gemv_err_vs_reference'], '.2e', 9)} {_num(r['cublas_block_err_vs_reference'], '.2e', 9)} | "
-              f"{r['triton_gemm_ms'] * 1e3:6.1f} {r['triton_quant_gemm_ms'] * 1e3:6.1f} "
-              f"{_num(r['gemv_ms'] * 1e3, '.1f', 6)} {_num(r['cublas_block_ms'] * 1e3, '.1f', 6)} "
-              f"{r['triton_quant_ms'] * 1e3:5.1f}")
+        print(
+            f"{r['name']:8} {r['N']:6d} {r['K']:6d} {r['M']:4d} | {r['triton_gemm_tflops']:9.1f} "
+            f"{r['triton_quant_gemm_tflops']:10.1f} {_num(r['gemv_tflops'], '.1f', 9)} "
+            f"{_num(r['cublas_block_tflops'], '.1f', 10)} "
+            f"{r['scaled_mm_tflops']:9.1f}{pad} {r['bf16_tflops']:9.1f} | "
+            f"{r['triton_quant_gemm_weight_gbs']:8.0f} {_num(r['gemv_weight_gbs'], '.0f', 8)} | "
+            f"{r['triton_err_vs_fp32']:9.2e} {_num(r['gemv_err_vs_fp32'], '.2e', 9)} "
+            f"{r['scaled_mm_err_vs_fp32']:9.2e} | {r['triton_err_vs_reference']:9.2e} "
+            f"{_num(r['gemv_err_vs_reference'], '.2e', 9)} {_num(r['cublas_block_err_vs_reference'], '.2e', 9)} | "
+            f"{r['triton_gemm_ms'] * 1e3:6.1f} {r['triton_quant_gemm_ms'] * 1e3:6.1f} "
+            f"{_num(r['gemv_ms'] * 1e3, '.1f', 6)} {_num(r['cublas_block_ms'] * 1e3, '.1f', 6)} "
+            f"{r['triton_quant_ms'] * 1e3:5.1f}"
+        )
     if any(r["scaled_mm_padded_m"] for r in rows):
-        print("* scaled_mm ran with M zero-padded to a multiple of 16 (this torch refused the true M); "
-              "TFLOP/s counts the true M")
+        print(
+            "* scaled_mm ran with M zero-padded to a multiple of 16 (this torch refused the true M); "
+            "TFLOP/s counts the true M"
+        )
     errors = {r.get("scaled_mm_error") for r in rows} - {None}
     for e in errors:
         print("scaled_mm failed:", e)
@@ -212,8 +228,13 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", type=parse_shape, metavar="N,K",
-                        help="weight shapes (default: the Llama-3.1-8B linear layers)")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        type=parse_shape,
+        metavar="N,K",
+        help="weight shapes (default: the Llama-3.1-8B linear layers)",
+    )
     parser.add_argument("--m", nargs="+", type=int, default=MS, help=f"M values (default {MS})")
     parser.add_argument("--reps", type=int, default=50, help="timed calls per measurement (median kept)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls first")
@@ -222,15 +243,22 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_fp8_gemm.py needs a CUDA GPU (torch.cuda.is_available() is False)")
     if torch.cuda.get_device_capability() < (8, 9):
-        sys.exit(f"bench_fp8_gemm.py needs fp8 support (compute capability 8.9+); "
-                 f"{torch.cuda.get_device_name(0)} is {torch.cuda.get_device_capability()}")
+        sys.exit(
+            f"bench_fp8_gemm.py needs fp8 support (compute capability 8.9+); "
+            f"{torch.cuda.get_device_name(0)} is {torch.cuda.get_device_capability()}"
+        )
     import triton
 
-    ref, quant, gemm, gemv, cublas = load_kernel_modules("reference", "triton.fp8_quant", "triton.fp8_gemm",
-                                                         "triton.fp8_gemv", "cublas_fp8")
-    info = {"device": torch.cuda.get_device_name(0), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds"), "torch": torch.__version__, "triton": triton.__version__,
-        "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    ref, quant, gemm, gemv, cublas = load_kernel_modules(
+        "reference", "triton.fp8_quant", "triton.fp8_gemm", "triton.fp8_gemv", "cublas_fp8"
+    )
+    info = {
+        "device": torch.cuda.get_device_name(0),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
     try:  # the commit the numbers belong to (benchmarks/run_info.py, beside this script)
         import run_info
 
@@ -244,12 +272,19 @@ def main(argv: list[str] | None = None) -> None:
     for n, k in args.shapes or LLAMA_8B_SHAPES:
         for m in args.m:
             row = bench_shape(ref, quant, gemm, gemv, cublas, n, k, m, flush, args)
-            gemv_text = (f", gemv {row['gemv_tflops']:.1f} ({row['gemv_weight_gbs']:.0f} GB/s of weights vs "
-                         f"quant+gemm {row['triton_quant_gemm_weight_gbs']:.0f})" if m <= gemv.MAX_M else "")
-            print(f"{row['name']} N={n} K={k} M={m}: triton {row['triton_gemm_tflops']:.1f} TFLOP/s "
-                  f"(quant+gemm {row['triton_quant_gemm_tflops']:.1f}){gemv_text}, cublas block "
-                  f"{row['cublas_block_tflops']:.1f}, scaled_mm "
-                  f"{row['scaled_mm_tflops']:.1f}, bf16 {row['bf16_tflops']:.1f}", flush=True)
+            gemv_text = (
+                f", gemv {row['gemv_tflops']:.1f} ({row['gemv_weight_gbs']:.0f} GB/s of weights vs "
+                f"quant+gemm {row['triton_quant_gemm_weight_gbs']:.0f})"
+                if m <= gemv.MAX_M
+                else ""
+            )
+            print(
+                f"{row['name']} N={n} K={k} M={m}: triton {row['triton_gemm_tflops']:.1f} TFLOP/s "
+                f"(quant+gemm {row['triton_quant_gemm_tflops']:.1f}){gemv_text}, cublas block "
+                f"{row['cublas_block_tflops']:.1f}, scaled_mm "
+                f"{row['scaled_mm_tflops']:.1f}, bf16 {row['bf16_tflops']:.1f}",
+                flush=True,
+            )
             rows.append(row)
             torch.cuda.empty_cache()
     print_table(rows)

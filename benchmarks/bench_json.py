@@ -59,10 +59,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
+from run_info import command_line, git_commit, git_dirty, load_before_run, loadavg, machine_info, utc_now
 
-from radixlm import Engine  # noqa: E402
-from run_info import command_line, git_commit, git_dirty, load_before_run, loadavg, machine_info, utc_now  # noqa: E402
+from radixlm import Engine
 
 # ---------------------------------------------------------------------- schemas
 MAX_STR = 16
@@ -78,11 +78,25 @@ CHARACTER_SCHEMA: dict = {
         "name": _string(),
         "house": {"enum": ["Gryffindor", "Slytherin", "Ravenclaw", "Hufflepuff"]},
         "blood status": {"enum": ["Pure-blood", "Half-blood", "Muggle-born"]},
-        "occupation": {"enum": ["student", "teacher", "auror", "ministry of magic", "death eater",
-                                "order of the phoenix"]},
-        "wand": {"type": "object",
-                 "properties": {"wood": _string(), "core": _string(), "length": {"type": "integer", "maxDigits": 2}},
-                 "required": ["wood", "core", "length"]},
+        "occupation": {
+            "enum": [
+                "student",
+                "teacher",
+                "auror",
+                "ministry of magic",
+                "death eater",
+                "order of the phoenix",
+            ]
+        },
+        "wand": {
+            "type": "object",
+            "properties": {
+                "wood": _string(),
+                "core": _string(),
+                "length": {"type": "integer", "maxDigits": 2},
+            },
+            "required": ["wood", "core", "length"],
+        },
         "alive": {"enum": ["Alive", "Deceased"]},
         "patronus": _string(),
         "bogart": _string(),
@@ -106,56 +120,134 @@ SCHEMAS = {"character": CHARACTER_SCHEMA, "city": CITY_SCHEMA}
 # schema-valid outputs a real model might write: the mask benchmark walks its grammars through these
 SAMPLE_OUTPUTS = {
     "character": [
-        {"name": "Hermione Granger", "house": "Gryffindor", "blood status": "Muggle-born", "occupation": "student",
-         "wand": {"wood": "vine", "core": "dragon heart", "length": 10}, "alive": "Alive", "patronus": "otter",
-         "bogart": "failure"},
-        {"name": "Severus Snape", "house": "Slytherin", "blood status": "Half-blood", "occupation": "teacher",
-         "wand": {"wood": "ebony", "core": "unknown", "length": 13}, "alive": "Deceased", "patronus": "doe",
-         "bogart": "Lily Potter"},
+        {
+            "name": "Hermione Granger",
+            "house": "Gryffindor",
+            "blood status": "Muggle-born",
+            "occupation": "student",
+            "wand": {"wood": "vine", "core": "dragon heart", "length": 10},
+            "alive": "Alive",
+            "patronus": "otter",
+            "bogart": "failure",
+        },
+        {
+            "name": "Severus Snape",
+            "house": "Slytherin",
+            "blood status": "Half-blood",
+            "occupation": "teacher",
+            "wand": {"wood": "ebony", "core": "unknown", "length": 13},
+            "alive": "Deceased",
+            "patronus": "doe",
+            "bogart": "Lily Potter",
+        },
     ],
     "city": [
-        {"name": "Paris", "country": "France", "latitude": 48, "population": 2102650,
-         "top 3 landmarks": ["Eiffel Tower", "Louvre Museum", "Notre-Dame"]},
-        {"name": "Tokyo", "country": "Japan", "latitude": 35, "population": 13960000,
-         "top 3 landmarks": ["Tokyo Tower", "Senso-ji", "Meiji Shrine"]},
+        {
+            "name": "Paris",
+            "country": "France",
+            "latitude": 48,
+            "population": 2102650,
+            "top 3 landmarks": ["Eiffel Tower", "Louvre Museum", "Notre-Dame"],
+        },
+        {
+            "name": "Tokyo",
+            "country": "Japan",
+            "latitude": 35,
+            "population": 13960000,
+            "top 3 landmarks": ["Tokyo Tower", "Senso-ji", "Meiji Shrine"],
+        },
     ],
 }
 
 # ---------------------------------------------------------------------- prompts
-CHARACTERS = ["Harry Potter", "Hermione Granger", "Ron Weasley", "Albus Dumbledore", "Severus Snape",
-              "Rubeus Hagrid", "Draco Malfoy", "Luna Lovegood", "Neville Longbottom", "Ginny Weasley",
-              "Minerva McGonagall", "Sirius Black", "Remus Lupin", "Bellatrix Lestrange", "Cedric Diggory",
-              "Cho Chang", "Fred Weasley", "George Weasley", "Dolores Umbridge", "Nymphadora Tonks"]
+CHARACTERS = [
+    "Harry Potter",
+    "Hermione Granger",
+    "Ron Weasley",
+    "Albus Dumbledore",
+    "Severus Snape",
+    "Rubeus Hagrid",
+    "Draco Malfoy",
+    "Luna Lovegood",
+    "Neville Longbottom",
+    "Ginny Weasley",
+    "Minerva McGonagall",
+    "Sirius Black",
+    "Remus Lupin",
+    "Bellatrix Lestrange",
+    "Cedric Diggory",
+    "Cho Chang",
+    "Fred Weasley",
+    "George Weasley",
+    "Dolores Umbridge",
+    "Nymphadora Tonks",
+]
 CITIES = [
-    ("Paris", "France", "Paris is the capital and largest city of France, on the river Seine. It is known for the "
-     "Eiffel Tower, the Louvre, the cathedral of Notre-Dame and its cafes, and has about two million inhabitants."),
-    ("Tokyo", "Japan", "Tokyo is the capital of Japan and the centre of the largest metropolitan area in the world. "
-     "Landmarks include Tokyo Tower, the Senso-ji temple in Asakusa and the Meiji Shrine."),
-    ("Cairo", "Egypt", "Cairo is the capital of Egypt, on the Nile. The pyramids of Giza stand at its western edge, "
-     "and the city is home to the Egyptian Museum and the Citadel of Saladin."),
-    ("Lima", "Peru", "Lima is the capital of Peru, on the Pacific coast. Its historic centre, the Plaza Mayor and "
-     "the Larco Museum draw visitors, and about ten million people live in the metropolitan area."),
-    ("Oslo", "Norway", "Oslo is the capital of Norway, at the head of the Oslofjord. The Opera House, the Vigeland "
-     "sculpture park and the Akershus Fortress are among its best-known sights."),
-    ("Sydney", "Australia", "Sydney is the largest city in Australia. Its harbour holds the Opera House and the "
-     "Harbour Bridge, and Bondi Beach lies a short ride from the centre."),
-    ("Toronto", "Canada", "Toronto is the largest city in Canada, on Lake Ontario. The CN Tower, the Royal Ontario "
-     "Museum and the Distillery District are popular with visitors."),
-    ("Nairobi", "Kenya", "Nairobi is the capital of Kenya. Nairobi National Park lies inside the city limits, next to "
-     "the Giraffe Centre and the Karen Blixen Museum."),
+    (
+        "Paris",
+        "France",
+        "Paris is the capital and largest city of France, on the river Seine. It is known for the "
+        "Eiffel Tower, the Louvre, the cathedral of Notre-Dame and its cafes, and has about two million inhabitants.",
+    ),
+    (
+        "Tokyo",
+        "Japan",
+        "Tokyo is the capital of Japan and the centre of the largest metropolitan area in the world. "
+        "Landmarks include Tokyo Tower, the Senso-ji temple in Asakusa and the Meiji Shrine.",
+    ),
+    (
+        "Cairo",
+        "Egypt",
+        "Cairo is the capital of Egypt, on the Nile. The pyramids of Giza stand at its western edge, "
+        "and the city is home to the Egyptian Museum and the Citadel of Saladin.",
+    ),
+    (
+        "Lima",
+        "Peru",
+        "Lima is the capital of Peru, on the Pacific coast. Its historic centre, the Plaza Mayor and "
+        "the Larco Museum draw visitors, and about ten million people live in the metropolitan area.",
+    ),
+    (
+        "Oslo",
+        "Norway",
+        "Oslo is the capital of Norway, at the head of the Oslofjord. The Opera House, the Vigeland "
+        "sculpture park and the Akershus Fortress are among its best-known sights.",
+    ),
+    (
+        "Sydney",
+        "Australia",
+        "Sydney is the largest city in Australia. Its harbour holds the Opera House and the "
+        "Harbour Bridge, and Bondi Beach lies a short ride from the centre.",
+    ),
+    (
+        "Toronto",
+        "Canada",
+        "Toronto is the largest city in Canada, on Lake Ontario. The CN Tower, the Royal Ontario "
+        "Museum and the Distillery District are popular with visitors.",
+    ),
+    (
+        "Nairobi",
+        "Kenya",
+        "Nairobi is the capital of Kenya. Nairobi National Park lies inside the city limits, next to "
+        "the Giraffe Centre and the Karen Blixen Museum.",
+    ),
 ]
 
 
 def _character_prompt(name: str) -> str:
-    return (f"{name} is a character in Harry Potter. Please fill in the following information about this "
-            f"character.\n")
+    return (
+        f"{name} is a character in Harry Potter. Please fill in the following information about this "
+        f"character.\n"
+    )
 
 
 def _city_prompt(i: int) -> str:
     name, country, doc = CITIES[i % len(CITIES)]
-    return ("Please extract the information of a city from the following wikipedia page.\n"
-            f"Page begin.\n{doc}\nPage end.\n"
-            "Here is the name, country, latitude, population and top 3 landmarks of the city in JSON format.\n")
+    return (
+        "Please extract the information of a city from the following wikipedia page.\n"
+        f"Page begin.\n{doc}\nPage end.\n"
+        "Here is the name, country, latitude, population and top 3 landmarks of the city in JSON format.\n"
+    )
 
 
 def make_requests(count: int, offset: int = 0) -> list[tuple[str, str]]:
@@ -198,7 +290,9 @@ def _validate(text: str, schema: dict) -> str | None:
     return None
 
 
-def _timed_batch(engine: Engine, prompts: list[str], params: list[dict], schema_names: list[str] | None) -> dict:
+def _timed_batch(
+    engine: Engine, prompts: list[str], params: list[dict], schema_names: list[str] | None
+) -> dict:
     before = engine.get_server_info()
     t0 = time.perf_counter()
     outs = engine.generate(prompts, params)
@@ -213,8 +307,11 @@ def _timed_batch(engine: Engine, prompts: list[str], params: list[dict], schema_
         finish[kind] = finish.get(kind, 0) + 1
     invalid = []
     if schema_names is not None:
-        invalid = [(i, why) for i, (o, name) in enumerate(zip(outs, schema_names))
-                   if (why := _validate(o["text"], SCHEMAS[name])) is not None]
+        invalid = [
+            (i, why)
+            for i, (o, name) in enumerate(zip(outs, schema_names))
+            if (why := _validate(o["text"], SCHEMAS[name])) is not None
+        ]
     out_tokens = sum(tokens)
     jf = after.get("jump_forward_tokens", 0) - before.get("jump_forward_tokens", 0)
     steps = after["decode_steps"] - before["decode_steps"]
@@ -247,16 +344,24 @@ def _median_run(first: dict, runs: list[dict]) -> dict:
     median = sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]
     same = all(r["_output_ids"] == first["_output_ids"] for r in runs)
     timed, runs = runs, [first, *runs]
-    return {**median, "repeats": len(timed), "first_run_wall_s": first["wall_s"],
-            "wall_s_all": [round(r["wall_s"], 4) for r in timed],
-            "wall_s_min": min(r["wall_s"] for r in timed),
-            "invalid": None if median["invalid"] is None else max(r["invalid"] for r in runs),
-            "first_invalid": next((r["first_invalid"] for r in runs if r["first_invalid"]), None),
-            "identical_across_repeats": same}
+    return {
+        **median,
+        "repeats": len(timed),
+        "first_run_wall_s": first["wall_s"],
+        "wall_s_all": [round(r["wall_s"], 4) for r in timed],
+        "wall_s_min": min(r["wall_s"] for r in timed),
+        "invalid": None if median["invalid"] is None else max(r["invalid"] for r in runs),
+        "first_invalid": next((r["first_invalid"] for r in runs if r["first_invalid"]), None),
+        "identical_across_repeats": same,
+    }
 
 
-def run_engine(args: argparse.Namespace, jump_forward: bool, modes: list[str],
-               baseline_tokens: dict[str, int] | None = None) -> tuple[dict, dict]:
+def run_engine(
+    args: argparse.Namespace,
+    jump_forward: bool,
+    modes: list[str],
+    baseline_tokens: dict[str, int] | None = None,
+) -> tuple[dict, dict]:
     """One fresh Engine: warm-up, then every mode --repeats times (and, given baseline_tokens,
     the unconstrained baseline of each mode). Returns (results by mode, engine info)."""
     t0 = time.perf_counter()
@@ -268,14 +373,21 @@ def run_engine(args: argparse.Namespace, jump_forward: bool, modes: list[str],
         info0 = engine.get_server_info()
         if not info0.get("constrained_decoding"):
             raise RuntimeError("this runtime has no constrained decoding")
-        print(f"[{config}] engine up in {startup:.1f}s on {info0.get('device')} ({info0.get('dtype')})",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{config}] engine up in {startup:.1f}s on {info0.get('device')} ({info0.get('dtype')})",
+            file=sys.stderr,
+            flush=True,
+        )
         warm = make_requests(WARMUP_REQUESTS, WARMUP_OFFSET)
         warm_names = [n for _, n in warm]
         # one batch: every mode's warm-up requests together
-        outs = engine.generate([p for p, _ in warm] * len(modes),
-                               [q for mode in modes for q in _params(warm_names, mode, args.max_tokens)])
-        bad = [why for o, n in zip(outs, warm_names * len(modes)) if (why := _validate(o["text"], SCHEMAS[n]))]
+        outs = engine.generate(
+            [p for p, _ in warm] * len(modes),
+            [q for mode in modes for q in _params(warm_names, mode, args.max_tokens)],
+        )
+        bad = [
+            why for o, n in zip(outs, warm_names * len(modes)) if (why := _validate(o["text"], SCHEMAS[n]))
+        ]
         if bad:
             print(f"[{config}] warm-up output invalid: {bad[0]}", file=sys.stderr)
         compiled = engine.get_server_info()
@@ -284,26 +396,41 @@ def run_engine(args: argparse.Namespace, jump_forward: bool, modes: list[str],
         for mode in modes:
             params = _params(names, mode, args.max_tokens)
             first = _timed_batch(engine, prompts, params, names)
-            r = _median_run(first, [_timed_batch(engine, prompts, params, names) for _ in range(args.repeats)])
+            r = _median_run(
+                first, [_timed_batch(engine, prompts, params, names) for _ in range(args.repeats)]
+            )
             results[mode] = r
-            print(f"[{config}] {mode:<11} {r['wall_s']:7.2f}s  {r['output_tokens_per_s']:8.1f} tok/s  "
-                  f"{r['decode_steps']:4d} steps  jf {r['jump_forward_tokens']:5d}  invalid {r['invalid']}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{config}] {mode:<11} {r['wall_s']:7.2f}s  {r['output_tokens_per_s']:8.1f} tok/s  "
+                f"{r['decode_steps']:4d} steps  jf {r['jump_forward_tokens']:5d}  invalid {r['invalid']}",
+                file=sys.stderr,
+                flush=True,
+            )
             if baseline_tokens is not None:
                 n = baseline_tokens[mode]
                 params = _params(names, mode, n, constrained=False)
                 first = _timed_batch(engine, prompts, params, None)
-                b = _median_run(first, [_timed_batch(engine, prompts, params, None) for _ in range(args.repeats)])
+                b = _median_run(
+                    first, [_timed_batch(engine, prompts, params, None) for _ in range(args.repeats)]
+                )
                 b["max_new_tokens"] = n
                 results[mode + ":unconstrained"] = b
-                print(f"[{config}] {mode:<11} unconstrained (max_new_tokens {n}) {b['wall_s']:7.2f}s  "
-                      f"{b['output_tokens_per_s']:8.1f} tok/s  {b['decode_steps']:4d} steps",
-                      file=sys.stderr, flush=True)
-        info = {"startup_s": startup, "device": info0.get("device"), "dtype": info0.get("dtype"),
-                "max_total_tokens": info0.get("max_total_tokens"), "context_length": info0.get("context_length"),
-                "architecture": info0.get("architecture"),
-                "grammar_cache_misses_warmup": compiled.get("grammar_cache_misses"),
-                "grammar_compile_time_s": compiled.get("grammar_compile_time_s")}
+                print(
+                    f"[{config}] {mode:<11} unconstrained (max_new_tokens {n}) {b['wall_s']:7.2f}s  "
+                    f"{b['output_tokens_per_s']:8.1f} tok/s  {b['decode_steps']:4d} steps",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        info = {
+            "startup_s": startup,
+            "device": info0.get("device"),
+            "dtype": info0.get("dtype"),
+            "max_total_tokens": info0.get("max_total_tokens"),
+            "context_length": info0.get("context_length"),
+            "architecture": info0.get("architecture"),
+            "grammar_cache_misses_warmup": compiled.get("grammar_cache_misses"),
+            "grammar_compile_time_s": compiled.get("grammar_compile_time_s"),
+        }
         final = engine.get_server_info()
         info["grammar_cache_hits"] = final.get("grammar_cache_hits")
         info["grammar_cache_misses"] = final.get("grammar_cache_misses")
@@ -323,14 +450,20 @@ def run_decode_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
     for mode in args.modes:
         r_on, r_off = on[mode], off[mode]
         results[mode] = {
-            "jf_on": r_on, "jf_off": r_off, "unconstrained": off[mode + ":unconstrained"],
+            "jf_on": r_on,
+            "jf_off": r_off,
+            "unconstrained": off[mode + ":unconstrained"],
             "identical_on_off": r_on["_output_ids"] == r_off["_output_ids"],
-            "requests_differing_on_off": sum(a != b for a, b in zip(r_on["_output_ids"], r_off["_output_ids"])),
+            "requests_differing_on_off": sum(
+                a != b for a, b in zip(r_on["_output_ids"], r_off["_output_ids"])
+            ),
             "speedup_jf": r_off["wall_s"] / r_on["wall_s"] if r_on["wall_s"] > 0 else None,
             "decode_steps_saved": r_off["decode_steps"] - r_on["decode_steps"],
-            "constrained_vs_unconstrained_tok_s": (r_off["output_tokens_per_s"]
-                                                   / off[mode + ":unconstrained"]["output_tokens_per_s"]
-                                                   if off[mode + ":unconstrained"]["output_tokens_per_s"] else None),
+            "constrained_vs_unconstrained_tok_s": (
+                r_off["output_tokens_per_s"] / off[mode + ":unconstrained"]["output_tokens_per_s"]
+                if off[mode + ":unconstrained"]["output_tokens_per_s"]
+                else None
+            ),
         }
     for mode_results in results.values():
         for key in ("jf_on", "jf_off", "unconstrained"):
@@ -352,8 +485,10 @@ def _mask_setup(model: str) -> tuple[Any, dict, int, list[int]]:
     vocab = TokenizerVocab(tokenizer, model_cfg.vocab_size, sorted(eos))
     cache = GrammarCache(vocab)
     try:
-        compiled = {name: cache.get(("json", normalize_json_schema(schema))).result()
-                    for name, schema in SCHEMAS.items()}
+        compiled = {
+            name: cache.get(("json", normalize_json_schema(schema))).result()
+            for name, schema in SCHEMAS.items()
+        }
     finally:
         cache.shutdown()
     return vocab, compiled, model_cfg.vocab_size, sorted(eos)
@@ -379,8 +514,9 @@ def _sample_paths(vocab: Any, compiled: dict) -> list[tuple[str, list[int]]]:
     return paths
 
 
-def _time_masks(rows: list[tuple[Any, list[int]]], stop_ids: list[int], vocab_size: int,
-                device: torch.device, steps: int) -> float:
+def _time_masks(
+    rows: list[tuple[Any, list[int]]], stop_ids: list[int], vocab_size: int, device: torch.device, steps: int
+) -> float:
     """Mean seconds per build_vocab_mask call over `steps` steps; row j at step t sits at
     position (t + offset_j) of its path."""
     from radixlm.runtime.constrained.grammar import Grammar, build_vocab_mask
@@ -423,17 +559,34 @@ def run_mask_benchmark(args: argparse.Namespace, devices: list[str]) -> dict:
             _time_masks(rows, eos, vocab_size, device, cycle)
             runs = [_time_masks(rows, eos, vocab_size, device, args.mask_steps) for _ in range(args.repeats)]
             warm = statistics.median(runs)
-            results.append({"device": dev_name, "batch": batch, "steps": args.mask_steps, "repeats": args.repeats,
-                            "warm_us_per_step": warm * 1e6, "warm_us_per_row": warm * 1e6 / batch,
-                            "warm_us_per_step_all": [round(r * 1e6, 2) for r in runs],
-                            "first_pass_us_per_step": first * 1e6, "first_pass_steps": cycle})
-            print(f"[mask] {dev_name:<5} batch {batch:3d}: {warm * 1e6:9.1f} us/step warm, "
-                  f"{first * 1e6:9.1f} us/step first pass", file=sys.stderr, flush=True)
+            results.append(
+                {
+                    "device": dev_name,
+                    "batch": batch,
+                    "steps": args.mask_steps,
+                    "repeats": args.repeats,
+                    "warm_us_per_step": warm * 1e6,
+                    "warm_us_per_row": warm * 1e6 / batch,
+                    "warm_us_per_step_all": [round(r * 1e6, 2) for r in runs],
+                    "first_pass_us_per_step": first * 1e6,
+                    "first_pass_steps": cycle,
+                }
+            )
+            print(
+                f"[mask] {dev_name:<5} batch {batch:3d}: {warm * 1e6:9.1f} us/step warm, "
+                f"{first * 1e6:9.1f} us/step first pass",
+                file=sys.stderr,
+                flush=True,
+            )
     lengths = [len(p) for _, p in paths]
     allowed = [len(compiled[name].allowed(s)) for name, p in paths for s in p]
-    return {"vocab_size": vocab_size, "sample_tokens": lengths,
-            "mean_allowed_tokens_per_state": statistics.mean(allowed),
-            "median_allowed_tokens_per_state": statistics.median(allowed), "results": results}
+    return {
+        "vocab_size": vocab_size,
+        "sample_tokens": lengths,
+        "mean_allowed_tokens_per_state": statistics.mean(allowed),
+        "median_allowed_tokens_per_state": statistics.median(allowed),
+        "results": results,
+    }
 
 
 # ---------------------------------------------------------------------- reporting
@@ -441,55 +594,106 @@ def _table(head: list[str], rows: list[list[str]], left: int) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i < left else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(
+                c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            )
+            + " |"
+        )
 
-    sep = "|" + "|".join("-" * (w + 2) if i < left else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    sep = (
+        "|" + "|".join("-" * (w + 2) if i < left else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    )
     return "\n".join([line(head), sep, *(line(r) for r in rows)])
 
 
 def format_decode_table(results: dict) -> str:
-    head = ["mode", "config", "wall s", "1st run s", "out tok", "out tok/s", "decode steps", "ms/step", "tok/step",
-            "JF tok", "JF %", "valid", "identical on/off", "speedup"]
+    head = [
+        "mode",
+        "config",
+        "wall s",
+        "1st run s",
+        "out tok",
+        "out tok/s",
+        "decode steps",
+        "ms/step",
+        "tok/step",
+        "JF tok",
+        "JF %",
+        "valid",
+        "identical on/off",
+        "speedup",
+    ]
     rows = []
     for mode, r in results.items():
         for config in ("jf_on", "jf_off", "unconstrained"):
             c = r[config]
-            label = {"jf_on": "jump-forward on", "jf_off": "jump-forward off",
-                     "unconstrained": f"unconstrained ({c.get('max_new_tokens')} max)"}[config]
+            label = {
+                "jf_on": "jump-forward on",
+                "jf_off": "jump-forward off",
+                "unconstrained": f"unconstrained ({c.get('max_new_tokens')} max)",
+            }[config]
             constrained = config != "unconstrained"
-            rows.append([
-                mode, label, f"{c['wall_s']:.2f}", f"{c['first_run_wall_s']:.2f}", str(c["output_tokens"]),
-                f"{c['output_tokens_per_s']:.1f}",
-                str(c["decode_steps"]),
-                f"{1000 * c['wall_s'] / c['decode_steps']:.2f}" if c["decode_steps"] else "-",
-                f"{c['output_tokens'] / c['decode_steps']:.2f}" if c["decode_steps"] else "-",
-                str(c["jump_forward_tokens"]) if constrained else "-",
-                f"{c['jump_forward_fraction']:.1%}" if constrained else "-",
-                f"{c['valid']}/{c['num_requests']}" if constrained else "-",
-                ("yes" if r["identical_on_off"] else f"NO ({r['requests_differing_on_off']} differ)")
-                if config == "jf_on" else "",
-                f"{r['speedup_jf']:.2f}x" if config == "jf_on" and r["speedup_jf"] else "",
-            ])
+            rows.append(
+                [
+                    mode,
+                    label,
+                    f"{c['wall_s']:.2f}",
+                    f"{c['first_run_wall_s']:.2f}",
+                    str(c["output_tokens"]),
+                    f"{c['output_tokens_per_s']:.1f}",
+                    str(c["decode_steps"]),
+                    f"{1000 * c['wall_s'] / c['decode_steps']:.2f}" if c["decode_steps"] else "-",
+                    f"{c['output_tokens'] / c['decode_steps']:.2f}" if c["decode_steps"] else "-",
+                    str(c["jump_forward_tokens"]) if constrained else "-",
+                    f"{c['jump_forward_fraction']:.1%}" if constrained else "-",
+                    f"{c['valid']}/{c['num_requests']}" if constrained else "-",
+                    ("yes" if r["identical_on_off"] else f"NO ({r['requests_differing_on_off']} differ)")
+                    if config == "jf_on"
+                    else "",
+                    f"{r['speedup_jf']:.2f}x" if config == "jf_on" and r["speedup_jf"] else "",
+                ]
+            )
     return _table(head, rows, 2)
 
 
 def format_mask_table(mask: dict) -> str:
     head = ["device", "batch", "warm us/step", "warm us/row", "first-pass us/step"]
-    rows = [[m["device"], str(m["batch"]), f"{m['warm_us_per_step']:.1f}", f"{m['warm_us_per_row']:.1f}",
-             f"{m['first_pass_us_per_step']:.1f}"] for m in mask["results"]]
+    rows = [
+        [
+            m["device"],
+            str(m["batch"]),
+            f"{m['warm_us_per_step']:.1f}",
+            f"{m['warm_us_per_row']:.1f}",
+            f"{m['first_pass_us_per_step']:.1f}",
+        ]
+        for m in mask["results"]
+    ]
     return _table(head, rows, 1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="local HF model folder (default: the offline tiny model)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default=None, help="local HF model folder (default: the offline tiny model)"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="runtime device")
     parser.add_argument("--num-requests", type=int, default=32, help="requests per batch (default 32)")
-    parser.add_argument("--max-tokens", type=int, default=256,
-                        help="max new tokens per constrained request (default 256: every bounded object fits)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed runs per configuration and mode; the median is reported (default 3)")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=256,
+        help="max new tokens per constrained request (default 256: every bounded object fits)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs per configuration and mode; the median is reported (default 3)",
+    )
     parser.add_argument("--modes", default="greedy,temperature", help="comma list of greedy, temperature")
     parser.add_argument("--mask-steps", type=int, default=200, help="steps per mask timing (default 200)")
     parser.add_argument("--skip-mask", action="store_true", help="skip the mask micro-benchmark")
@@ -523,25 +727,35 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(runtime_device)
     machine["loadavg_before"], machine["loadavg_after"] = load_before, loadavg()
     print(f"\nmodel: {args.model}")
-    print(f"device: {runtime_device} ({engines['jf_on'].get('dtype')}), {machine['device_name']}, "
-          f"torch {machine['torch']}")
-    print(f"{args.num_requests} requests (character/city schemas alternating), max_new_tokens {args.max_tokens}, "
-          f"median of {args.repeats} timed run(s), total {total:.1f}s; "
-          f"grammar compile {engines['jf_on'].get('grammar_compile_time_s')}s (2 schemas, in warm-up)\n")
+    print(
+        f"device: {runtime_device} ({engines['jf_on'].get('dtype')}), {machine['device_name']}, "
+        f"torch {machine['torch']}"
+    )
+    print(
+        f"{args.num_requests} requests (character/city schemas alternating), max_new_tokens {args.max_tokens}, "
+        f"median of {args.repeats} timed run(s), total {total:.1f}s; "
+        f"grammar compile {engines['jf_on'].get('grammar_compile_time_s')}s (2 schemas, in warm-up)\n"
+    )
     print(format_decode_table(results))
-    print("\nwall s: median of the timed runs (steady state: prompts cached, grammar caches warm); "
-          "1st run s: the untimed first run of the batch; ms/step: wall s / decode steps; JF = jump-forward "
-          "tokens (drafted from the grammar's forced text and kept); speedup = wall time off / on; "
-          "unconstrained = same prompts, no schema, max_new_tokens = mean constrained length.")
+    print(
+        "\nwall s: median of the timed runs (steady state: prompts cached, grammar caches warm); "
+        "1st run s: the untimed first run of the batch; ms/step: wall s / decode steps; JF = jump-forward "
+        "tokens (drafted from the grammar's forced text and kept); speedup = wall time off / on; "
+        "unconstrained = same prompts, no schema, max_new_tokens = mean constrained length."
+    )
     if mask is not None:
-        print(f"\nbuild_vocab_mask, vocab {mask['vocab_size']}, grammars walking sample outputs "
-              f"({mask['mean_allowed_tokens_per_state']:.0f} allowed tokens per state on average):\n")
+        print(
+            f"\nbuild_vocab_mask, vocab {mask['vocab_size']}, grammars walking sample outputs "
+            f"({mask['mean_allowed_tokens_per_state']:.0f} allowed tokens per state on average):\n"
+        )
         print(format_mask_table(mask))
 
     problems = []
     for mode, r in results.items():
         if not r["identical_on_off"]:
-            problems.append(f"{mode}: {r['requests_differing_on_off']} output(s) differ with jump-forward on/off")
+            problems.append(
+                f"{mode}: {r['requests_differing_on_off']} output(s) differ with jump-forward on/off"
+            )
         for config in ("jf_on", "jf_off"):
             c = r[config]
             if c["invalid"]:
@@ -553,12 +767,25 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         payload = {
-            "command": command, "argv": sys.argv if argv is None else [sys.argv[0], *argv], "date": date,
-            "git_commit": git_commit(), "git_dirty": git_dirty(), "machine": machine, "engines": engines,
-            "settings": {"model": args.model, "device": args.device, "num_requests": args.num_requests,
-                         "max_tokens": args.max_tokens, "repeats": args.repeats, "modes": args.modes,
-                         "mode_params": {m: MODES[m] for m in args.modes}, "seed_base": SEED_BASE,
-                         "warmup_requests": WARMUP_REQUESTS, "mask_steps": args.mask_steps},
+            "command": command,
+            "argv": sys.argv if argv is None else [sys.argv[0], *argv],
+            "date": date,
+            "git_commit": git_commit(),
+            "git_dirty": git_dirty(),
+            "machine": machine,
+            "engines": engines,
+            "settings": {
+                "model": args.model,
+                "device": args.device,
+                "num_requests": args.num_requests,
+                "max_tokens": args.max_tokens,
+                "repeats": args.repeats,
+                "modes": args.modes,
+                "mode_params": {m: MODES[m] for m in args.modes},
+                "seed_base": SEED_BASE,
+                "warmup_requests": WARMUP_REQUESTS,
+                "mask_steps": args.mask_steps,
+            },
             "schemas": SCHEMAS,
             "total_s": total,
             "results": results,

@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
+from kernel_timing import load_kernel_modules, rel_err
 from triton.runtime.errors import OutOfResources
 from triton.testing import do_bench
-from kernel_timing import load_kernel_modules, rel_err
 
 H, HKV, D = 32, 8, 128
 HIDDEN, INTER = 4096, 14336
@@ -43,8 +43,14 @@ BF16_TOL = 1e-2  # relative Frobenius error
 
 
 ref, dec, ext, norm, act, rot, kvs = load_kernel_modules(
-    "reference", "triton.decode_attention", "triton.extend_attention", "triton.norm", "triton.activation",
-    "triton.rotary", "triton.kv_store")
+    "reference",
+    "triton.decode_attention",
+    "triton.extend_attention",
+    "triton.norm",
+    "triton.activation",
+    "triton.rotary",
+    "triton.kv_store",
+)
 RESULTS: list[dict] = []
 
 
@@ -64,14 +70,14 @@ def record(group: str, name: str, ms: float, **fields) -> None:
 
 
 def measure_ceilings() -> tuple[float, float]:
-    src = torch.randn(256 * 2 ** 20, device=DEV, dtype=DTYPE)  # 512 MB
+    src = torch.randn(256 * 2**20, device=DEV, dtype=DTYPE)  # 512 MB
     dst = torch.empty_like(src)
     ms = bench(lambda: dst.copy_(src))
     copy_gbs = 2 * src.numel() * 2 / ms / 1e6
     a = torch.randn(8192, 8192, device=DEV, dtype=DTYPE)
     b = torch.randn(8192, 8192, device=DEV, dtype=DTYPE)
     ms_mm = bench(lambda: a @ b)
-    mm_tflops = 2 * 8192 ** 3 / ms_mm / 1e9
+    mm_tflops = 2 * 8192**3 / ms_mm / 1e9
     record("ceiling", "d2d copy 512MB", ms, gbs=copy_gbs)
     record("ceiling", "bf16 matmul 8192^3", ms_mm, tflops=mm_tflops)
     return copy_gbs, mm_tflops
@@ -89,7 +95,7 @@ def paged_pool(lens: list[int]):
     r2t = torch.zeros(len(lens), max(lens), dtype=torch.int32, device=DEV)
     pos = 0
     for i, n in enumerate(lens):
-        r2t[i, :n] = perm[pos: pos + n].to(torch.int32)
+        r2t[i, :n] = perm[pos : pos + n].to(torch.int32)
         pos += n
     return k, v, r2t, torch.arange(len(lens), device=DEV)
 
@@ -110,7 +116,7 @@ def graphed(fn):
 
 
 def bench_decode(copy_gbs: float, num_sms: int) -> None:
-    scale = D ** -0.5
+    scale = D**-0.5
     for batch in (1, 32, 64):
         for seq in (512, 2048, 8192):
             k, v, r2t, rows = paged_pool([seq] * batch)
@@ -126,15 +132,35 @@ def bench_decode(copy_gbs: float, num_sms: int) -> None:
                 lse = torch.empty(batch, H, splits, device=DEV)
 
                 def run():
-                    return dec.decode_attention(q, k, v, r2t, rows, seq_lens, scale, num_kv_splits=splits,
-                                                out=out, partial_out=part, partial_lse=lse)
+                    return dec.decode_attention(
+                        q,
+                        k,
+                        v,
+                        r2t,
+                        rows,
+                        seq_lens,
+                        scale,
+                        num_kv_splits=splits,
+                        out=out,
+                        partial_out=part,
+                        partial_lse=lse,
+                    )
 
                 err = check(f"decode B={batch} seq={seq} splits={splits}", run(), expected)
                 eager_ms = bench(run)
                 ms = bench(graphed(run))
                 gbs = kv_bytes / ms / 1e6
-                record("decode", f"B={batch} seq={seq}", ms, splits=splits, heuristic=splits == chosen,
-                       gbs=gbs, frac_of_copy=gbs / copy_gbs, eager_ms=eager_ms, rel_err=err)
+                record(
+                    "decode",
+                    f"B={batch} seq={seq}",
+                    ms,
+                    splits=splits,
+                    heuristic=splits == chosen,
+                    gbs=gbs,
+                    frac_of_copy=gbs / copy_gbs,
+                    eager_ms=eager_ms,
+                    rel_err=err,
+                )
 
 
 # (block_n, num_warps, num_stages) of decode stage 1; the first is the default
@@ -144,7 +170,7 @@ DECODE_TUNE_SHAPES = [(1, 8192), (32, 512), (64, 2048)]  # (batch, seq), at the 
 
 def tune_decode(copy_gbs: float, num_sms: int) -> None:
     """Stage-1 tile configs at a latency-bound, a mid and a bandwidth-bound shape."""
-    scale = D ** -0.5
+    scale = D**-0.5
     for batch, seq in DECODE_TUNE_SHAPES:
         k, v, r2t, rows = paged_pool([seq] * batch)
         seq_lens = torch.full((batch,), seq, device=DEV)
@@ -155,10 +181,24 @@ def tune_decode(copy_gbs: float, num_sms: int) -> None:
         part = torch.empty(batch, H, splits, D, device=DEV)
         lse = torch.empty(batch, H, splits, device=DEV)
         for block_n, warps, stages in DECODE_CONFIGS:
+
             def run():
-                return dec.decode_attention(q, k, v, r2t, rows, seq_lens, scale, num_kv_splits=splits, out=out,
-                                            partial_out=part, partial_lse=lse, block_n=block_n,
-                                            num_warps=warps, num_stages=stages)
+                return dec.decode_attention(
+                    q,
+                    k,
+                    v,
+                    r2t,
+                    rows,
+                    seq_lens,
+                    scale,
+                    num_kv_splits=splits,
+                    out=out,
+                    partial_out=part,
+                    partial_lse=lse,
+                    block_n=block_n,
+                    num_warps=warps,
+                    num_stages=stages,
+                )
 
             try:
                 check(f"decode tune B={batch} seq={seq} {block_n, warps, stages}", run(), expected)
@@ -167,20 +207,32 @@ def tune_decode(copy_gbs: float, num_sms: int) -> None:
                 continue
             ms = bench(graphed(run))
             gbs = batch * seq * HKV * D * 4 / ms / 1e6
-            record("dec_tune", f"B={batch} seq={seq} splits={splits}", ms, block_n=block_n, num_warps=warps,
-                   num_stages=stages, gbs=gbs, frac_of_copy=gbs / copy_gbs)
+            record(
+                "dec_tune",
+                f"B={batch} seq={seq} splits={splits}",
+                ms,
+                block_n=block_n,
+                num_warps=warps,
+                num_stages=stages,
+                gbs=gbs,
+                frac_of_copy=gbs / copy_gbs,
+            )
 
 
 # ------------------------------------------------------------------------------ extend
 
-EXTEND_CONFIGS = list(dict.fromkeys([  # the default first; duplicates dropped
-    ext.choose_extend_config(D, DTYPE),
-    ext.ExtendConfig(128, 128, 8, 3),
-    ext.ExtendConfig(128, 64, 8, 3),
-    ext.ExtendConfig(128, 64, 4, 3),
-    ext.ExtendConfig(64, 64, 4, 3),
-    ext.ExtendConfig(128, 64, 8, 2),
-]))
+EXTEND_CONFIGS = list(
+    dict.fromkeys(
+        [  # the default first; duplicates dropped
+            ext.choose_extend_config(D, DTYPE),
+            ext.ExtendConfig(128, 128, 8, 3),
+            ext.ExtendConfig(128, 64, 8, 3),
+            ext.ExtendConfig(128, 64, 4, 3),
+            ext.ExtendConfig(64, 64, 4, 3),
+            ext.ExtendConfig(128, 64, 8, 2),
+        ]
+    )
+)
 
 
 def extend_inputs(prefix: int, new: int):
@@ -194,15 +246,28 @@ def extend_inputs(prefix: int, new: int):
 
 def run_extend(inputs, cfg, out):
     q, k, v, k_buf, v_buf, r2t, (rows, prefix_lens, extend_lens) = inputs
-    return ext.extend_attention(q, k, v, k_buf, v_buf, r2t, rows, prefix_lens, extend_lens, D ** -0.5,
-                                max_extend_len=q.shape[0], out=out, config=cfg)
+    return ext.extend_attention(
+        q,
+        k,
+        v,
+        k_buf,
+        v_buf,
+        r2t,
+        rows,
+        prefix_lens,
+        extend_lens,
+        D**-0.5,
+        max_extend_len=q.shape[0],
+        out=out,
+        config=cfg,
+    )
 
 
 def bench_extend(mm_tflops: float) -> None:
     # correctness of every config against the reference at a size the reference handles
     small = extend_inputs(1000, 1500)
     sq, sk, sv, skb, svb, sr2t, (srows, spl, sel) = small
-    expected_small = ref.extend_attention(sq, sk, sv, skb, svb, sr2t, srows, spl, sel, D ** -0.5)
+    expected_small = ref.extend_attention(sq, sk, sv, skb, svb, sr2t, srows, spl, sel, D**-0.5)
     configs = []
     for cfg in EXTEND_CONFIGS:
         try:
@@ -222,8 +287,14 @@ def bench_extend(mm_tflops: float) -> None:
         for cfg in configs:
             ms = bench(lambda: run_extend(inputs, cfg, out))
             timings.append((ms, cfg))
-            record("extend", f"prefix={prefix} new={new}", ms, config=cfg.__dict__, tflops=flops / ms / 1e9,
-                   frac_of_matmul=flops / ms / 1e9 / mm_tflops)
+            record(
+                "extend",
+                f"prefix={prefix} new={new}",
+                ms,
+                config=cfg.__dict__,
+                tflops=flops / ms / 1e9,
+                frac_of_matmul=flops / ms / 1e9 / mm_tflops,
+            )
         if prefix == 0:  # torch SDPA (flash) on the same problem; its output cross-checks ours
             q, k, v = (t.transpose(0, 1).unsqueeze(0).contiguous() for t in inputs[:3])  # [1, heads, T, D]
 
@@ -233,8 +304,13 @@ def bench_extend(mm_tflops: float) -> None:
             ours = run_extend(inputs, min(timings, key=lambda t: t[0])[1], out)
             check("extend vs SDPA 8192", ours, sdpa()[0].transpose(0, 1))
             ms = bench(sdpa)
-            record("extend", f"torch SDPA prefix=0 new={new}", ms, tflops=flops / ms / 1e9,
-                   frac_of_matmul=flops / ms / 1e9 / mm_tflops)
+            record(
+                "extend",
+                f"torch SDPA prefix=0 new={new}",
+                ms,
+                tflops=flops / ms / 1e9,
+                frac_of_matmul=flops / ms / 1e9 / mm_tflops,
+            )
 
 
 # ------------------------------------------------------------------------------ small ops
@@ -249,7 +325,7 @@ def eager_rotary(positions, q, k, cos, sin):
     c, s = cos[positions].to(q.dtype)[:, None, :], sin[positions].to(q.dtype)[:, None, :]
 
     def rot(x):
-        return torch.cat([-x[..., D // 2:], x[..., : D // 2]], -1)
+        return torch.cat([-x[..., D // 2 :], x[..., : D // 2]], -1)
 
     return q * c + rot(q) * s, k * c + rot(k) * s
 
@@ -268,8 +344,8 @@ def bench_small_ops() -> None:
         gate_up = torch.randn(tokens, 2 * INTER, device=DEV, dtype=DTYPE)
         qkv = torch.randn(tokens, (H + 2 * HKV) * D, device=DEV, dtype=DTYPE)
         q = qkv[:, : H * D].view(tokens, H, D)
-        k = qkv[:, H * D: (H + HKV) * D].view(tokens, HKV, D)
-        v = qkv[:, (H + HKV) * D:].view(tokens, HKV, D)
+        k = qkv[:, H * D : (H + HKV) * D].view(tokens, HKV, D)
+        v = qkv[:, (H + HKV) * D :].view(tokens, HKV, D)
         positions = torch.randint(0, 131072, (tokens,), device=DEV)
         slots = torch.randperm(kb.shape[0] - 1, device=DEV)[:tokens] + 1
 
@@ -283,7 +359,7 @@ def bench_small_ops() -> None:
         check("silu_and_mul", act.silu_and_mul(gate_up), ref.silu_and_mul(gate_up))
         qkv2 = qkv.clone()
         exp_q, exp_k = ref.apply_rotary(positions, q, k, cos, sin)
-        q2, k2 = qkv2[:, : H * D].view(tokens, H, D), qkv2[:, H * D: (H + HKV) * D].view(tokens, HKV, D)
+        q2, k2 = qkv2[:, : H * D].view(tokens, H, D), qkv2[:, H * D : (H + HKV) * D].view(tokens, HKV, D)
         rot.apply_rotary(positions, q2, k2, cos, sin)
         check("rotary q", q2, exp_q)
         check("rotary k", k2, exp_k)
@@ -298,19 +374,41 @@ def bench_small_ops() -> None:
         kv_bytes = tokens * HKV * D * 2 * 2
         ops = [
             ("rmsnorm", 2 * row, lambda: norm.rmsnorm(x, w, eps), lambda: eager_rmsnorm(x, w, eps)),
-            ("fused_add_rmsnorm", 4 * row, lambda: norm.fused_add_rmsnorm(xa, ra, w, eps),
-             lambda: eager_rmsnorm(x + res, w, eps)),
-            ("silu_and_mul", 3 * inter_bytes, lambda: act.silu_and_mul(gate_up),
-             lambda: F.silu(gate_up[:, :INTER]) * gate_up[:, INTER:]),
-            ("rotary", 2 * qk_bytes, lambda: rot.apply_rotary(positions, q2, k2, cos, sin),
-             lambda: eager_rotary(positions, q, k, cos, sin)),
-            ("store_kv", 2 * kv_bytes, lambda: kvs.store_kv(k, v, kb, vb, slots),
-             lambda: (kb.__setitem__(slots, k), vb.__setitem__(slots, v))),
+            (
+                "fused_add_rmsnorm",
+                4 * row,
+                lambda: norm.fused_add_rmsnorm(xa, ra, w, eps),
+                lambda: eager_rmsnorm(x + res, w, eps),
+            ),
+            (
+                "silu_and_mul",
+                3 * inter_bytes,
+                lambda: act.silu_and_mul(gate_up),
+                lambda: F.silu(gate_up[:, :INTER]) * gate_up[:, INTER:],
+            ),
+            (
+                "rotary",
+                2 * qk_bytes,
+                lambda: rot.apply_rotary(positions, q2, k2, cos, sin),
+                lambda: eager_rotary(positions, q, k, cos, sin),
+            ),
+            (
+                "store_kv",
+                2 * kv_bytes,
+                lambda: kvs.store_kv(k, v, kb, vb, slots),
+                lambda: (kb.__setitem__(slots, k), vb.__setitem__(slots, v)),
+            ),
         ]
         for name, nbytes, triton_fn, eager_fn in ops:
             ms_t, ms_e = bench(triton_fn), bench(eager_fn)
-            record("small", f"{name} T={tokens}", ms_t, eager_ms=ms_e, speedup=ms_e / ms_t,
-                   gbs=nbytes / ms_t / 1e6)
+            record(
+                "small",
+                f"{name} T={tokens}",
+                ms_t,
+                eager_ms=ms_e,
+                speedup=ms_e / ms_t,
+                gbs=nbytes / ms_t / 1e6,
+            )
 
 
 # ------------------------------------------------------------------------------ report
@@ -330,22 +428,32 @@ def print_table() -> None:
             cases[key] = r
     for (group, name), r in cases.items():
         if group in ("decode", "dec_tune", "extend"):
-            extra = r.get("config") or {k: r[k] for k in ("splits", "block_n", "num_warps", "num_stages") if k in r}
+            extra = r.get("config") or {
+                k: r[k] for k in ("splits", "block_n", "num_warps", "num_stages") if k in r
+            }
             print(f"  {group:7} {name:34} {r['ms']:8.4f} ms  {extra}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="write all results here as JSON")
-    parser.add_argument("--only", choices=["decode", "decode_tune", "extend", "small"], action="append",
-                        help="run only these groups (repeatable)")
+    parser.add_argument(
+        "--only",
+        choices=["decode", "decode_tune", "extend", "small"],
+        action="append",
+        help="run only these groups (repeatable)",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA device")
     torch.manual_seed(0)
     props = torch.cuda.get_device_properties(0)
-    info = {"device": torch.cuda.get_device_name(0), "sms": props.multi_processor_count,
-            "torch": torch.__version__, "triton": triton.__version__}
+    info = {
+        "device": torch.cuda.get_device_name(0),
+        "sms": props.multi_processor_count,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+    }
     print("card:", info["device"], "| SMs", info["sms"], "| torch", info["torch"], "| triton", info["triton"])
     copy_gbs, mm_tflops = measure_ceilings()
     print(f"d2d copy {copy_gbs:.0f} GB/s (read+write); bf16 matmul {mm_tflops:.0f} TFLOP/s")
@@ -360,8 +468,13 @@ def main() -> None:
         bench_small_ops()
     print_table()
     if args.out:
-        args.out.write_text(json.dumps({"info": info, "copy_gbs": copy_gbs, "matmul_tflops": mm_tflops,
-                                        "results": RESULTS}, indent=1, default=str))
+        args.out.write_text(
+            json.dumps(
+                {"info": info, "copy_gbs": copy_gbs, "matmul_tflops": mm_tflops, "results": RESULTS},
+                indent=1,
+                default=str,
+            )
+        )
         print("wrote", args.out)
 
 

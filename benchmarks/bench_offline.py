@@ -45,32 +45,62 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_info import command_line, git_commit, git_dirty, machine_info, utc_now  # noqa: E402
+from run_info import command_line, git_commit, git_dirty, machine_info, utc_now
+from serving import measure_bandwidth_gbs, measure_matmul_tflops, sync_device
 
-from radixlm.testing import save_model_folder  # noqa: E402
-from serving import measure_bandwidth_gbs, measure_matmul_tflops, sync_device  # noqa: E402
+from radixlm.testing import save_model_folder
 
 SHAPES: dict[str, dict] = {
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
-                         rms_norm_eps=1e-5, tie_word_embeddings=False,
-                         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                          "original_max_position_embeddings": 8192}),
-    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                     num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
-                     rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-                     rms_norm_eps=1e-5, tie_word_embeddings=True),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=8192, max_position_embeddings=4096,
-                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-                 rms_norm_eps=1e-6, tie_word_embeddings=False),
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
+    "llama-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=8192,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -107,9 +137,15 @@ def model_numbers(cfg: dict, dtype: torch.dtype) -> dict:
     norms = layers * 2 * h + h
     params = decoder_linear + embed + lm_head + norms
     elem = torch.empty((), dtype=dtype).element_size()
-    return {"params": params, "decoder_linear_params": decoder_linear, "lm_head_params": embed,
-            "weight_bytes": params * elem, "kv_bytes_per_token": 2 * layers * kv_heads * head_dim * elem,
-            "num_layers": layers, "hidden_size": h}
+    return {
+        "params": params,
+        "decoder_linear_params": decoder_linear,
+        "lm_head_params": embed,
+        "weight_bytes": params * elem,
+        "kv_bytes_per_token": 2 * layers * kv_heads * head_dim * elem,
+        "num_layers": layers,
+        "hidden_size": h,
+    }
 
 
 def fp8_numbers(nums: dict, weights: bool, kv: bool) -> dict:
@@ -127,8 +163,11 @@ def fp8_numbers(nums: dict, weights: bool, kv: bool) -> dict:
 
 
 def prefill_flops(nums: dict, t: int) -> float:
-    return (2 * nums["decoder_linear_params"] * t + 2 * nums["lm_head_params"]
-            + 2 * nums["num_layers"] * nums["hidden_size"] * t * t)
+    return (
+        2 * nums["decoder_linear_params"] * t
+        + 2 * nums["lm_head_params"]
+        + 2 * nums["num_layers"] * nums["hidden_size"] * t * t
+    )
 
 
 # ---------------------------------------------------------------------- engines
@@ -140,8 +179,15 @@ class HFEngine:
         ids = torch.tensor(prompts, device=self.device)
         extra = {"cache_implementation": "static"} if self.mode == "hf-static-compile" else {}
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                      min_new_tokens=n, do_sample=False, pad_token_id=0, **extra)
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                **extra,
+            )
         assert out.shape[1] == ids.shape[1] + n, "HF generated a different length"
 
     def close(self) -> None:
@@ -157,20 +203,36 @@ class RadixEngine:
 
     def step_counters(self) -> tuple[int, float, float, float, float]:
         info = self.engine.get_server_info()
-        return (info["decode_steps"], info["decode_iter_s"], info["decode_forward_s"],
-                info.get("decode_gpu_busy_s") or 0.0, info.get("decode_gpu_idle_s") or 0.0)
+        return (
+            info["decode_steps"],
+            info["decode_iter_s"],
+            info["decode_forward_s"],
+            info.get("decode_gpu_busy_s") or 0.0,
+            info.get("decode_gpu_idle_s") or 0.0,
+        )
 
     def generate(self, prompts: list[list[int]], n: int) -> None:
-        outs = self.engine.generate(input_ids=prompts, sampling_params={
-            "max_new_tokens": n, "temperature": 0, "ignore_eos": True})
+        outs = self.engine.generate(
+            input_ids=prompts, sampling_params={"max_new_tokens": n, "temperature": 0, "ignore_eos": True}
+        )
         assert all(len(o["output_ids"]) == n for o in outs), "radixlm generated a different length"
 
     def close(self) -> None:
         self.engine.shutdown()
 
 
-def run_cases(name: str, engine: Any, args: argparse.Namespace, prompts: Prompts, nums: dict, device: str,
-              bandwidth: float, peak: float, batch_sizes: list[int], prefill: bool) -> list[dict]:
+def run_cases(
+    name: str,
+    engine: Any,
+    args: argparse.Namespace,
+    prompts: Prompts,
+    nums: dict,
+    device: str,
+    bandwidth: float,
+    peak: float,
+    batch_sizes: list[int],
+    prefill: bool,
+) -> list[dict]:
     rows = []
     n = args.output_len
     for b in batch_sizes:
@@ -184,35 +246,82 @@ def run_cases(name: str, engine: Any, args: argparse.Namespace, prompts: Prompts
         if before is not None:  # the scheduler's own account of its decode steps in the tN runs
             after = engine.step_counters()
             steps, iter_s, fwd_s, busy_s, idle_s = (a - b_ for a, b_ in zip(after, before))
-            overhead = {"steps": steps, "iter_ms": 1e3 * iter_s / max(steps, 1),
-                        "forward_ms": 1e3 * fwd_s / max(steps, 1),
-                        "scheduler_overhead": 1 - fwd_s / iter_s if iter_s else None,
-                        "gpu_busy_ms": 1e3 * busy_s / max(steps, 1) if busy_s else None,
-                        "gpu_idle_share": idle_s / (idle_s + busy_s) if busy_s else None}
+            overhead = {
+                "steps": steps,
+                "iter_ms": 1e3 * iter_s / max(steps, 1),
+                "forward_ms": 1e3 * fwd_s / max(steps, 1),
+                "scheduler_overhead": 1 - fwd_s / iter_s if iter_s else None,
+                "gpu_busy_ms": 1e3 * busy_s / max(steps, 1) if busy_s else None,
+                "gpu_idle_share": idle_s / (idle_s + busy_s) if busy_s else None,
+            }
         step = (tn - t1) / (n - 1)
         step_bytes = nums["weight_bytes"] + b * (args.input_len + n / 2) * nums["kv_bytes_per_token"]
-        rows.append({"engine": name, "case": "decode", "batch_size": b, "input_len": args.input_len,
-                     "output_len": n, "ttft_ms": t1 * 1e3, "decode_ms_per_step": step * 1e3,
-                     "decode_tok_s": b / step, "output_tok_s": b * n / tn,
-                     "mbu": step_bytes / step / (bandwidth * 1e9), "prefill_tflops": None, "mfu": None,
-                     "cache_hit_rate": None, "wall_s": tn, "t1_s": t1_all, "tn_s": tn_all,
-                     "scheduler": overhead})
-        print(f"  {name:24s} decode b={b:<3d} ttft {t1 * 1e3:8.1f} ms  step {step * 1e3:7.2f} ms  "
-              f"{b / step:9.1f} tok/s  MBU {rows[-1]['mbu']:.1%}"
-              + (f"  (scheduler: iter {overhead['iter_ms']:.2f} ms, launch+wait {overhead['forward_ms']:.2f} ms"
-                 + (f", device idle {overhead['gpu_idle_share']:.1%}" if overhead["gpu_idle_share"] is not None
-                    else "") + ")" if overhead else ""), flush=True)
+        rows.append(
+            {
+                "engine": name,
+                "case": "decode",
+                "batch_size": b,
+                "input_len": args.input_len,
+                "output_len": n,
+                "ttft_ms": t1 * 1e3,
+                "decode_ms_per_step": step * 1e3,
+                "decode_tok_s": b / step,
+                "output_tok_s": b * n / tn,
+                "mbu": step_bytes / step / (bandwidth * 1e9),
+                "prefill_tflops": None,
+                "mfu": None,
+                "cache_hit_rate": None,
+                "wall_s": tn,
+                "t1_s": t1_all,
+                "tn_s": tn_all,
+                "scheduler": overhead,
+            }
+        )
+        print(
+            f"  {name:24s} decode b={b:<3d} ttft {t1 * 1e3:8.1f} ms  step {step * 1e3:7.2f} ms  "
+            f"{b / step:9.1f} tok/s  MBU {rows[-1]['mbu']:.1%}"
+            + (
+                f"  (scheduler: iter {overhead['iter_ms']:.2f} ms, launch+wait {overhead['forward_ms']:.2f} ms"
+                + (
+                    f", device idle {overhead['gpu_idle_share']:.1%}"
+                    if overhead["gpu_idle_share"] is not None
+                    else ""
+                )
+                + ")"
+                if overhead
+                else ""
+            ),
+            flush=True,
+        )
     if prefill:
         t = args.prefill_len
         engine.generate(prompts.batch(1, t), 1)
         t1, t1_all = median_time(lambda: engine.generate(prompts.batch(1, t), 1), args.reps + 2, device)
         tflops = prefill_flops(nums, t) / t1 / 1e12
-        rows.append({"engine": name, "case": "prefill", "batch_size": 1, "input_len": t, "output_len": 1,
-                     "ttft_ms": t1 * 1e3, "decode_ms_per_step": None, "decode_tok_s": None,
-                     "output_tok_s": None, "mbu": None, "prefill_tflops": tflops, "mfu": tflops / peak,
-                     "cache_hit_rate": None, "wall_s": t1, "prefill_tok_s": t / t1, "t1_s": t1_all})
-        print(f"  {name:24s} prefill {t} tokens {t1 * 1e3:8.1f} ms  {tflops:7.1f} TFLOP/s  MFU {tflops / peak:.1%}",
-              flush=True)
+        rows.append(
+            {
+                "engine": name,
+                "case": "prefill",
+                "batch_size": 1,
+                "input_len": t,
+                "output_len": 1,
+                "ttft_ms": t1 * 1e3,
+                "decode_ms_per_step": None,
+                "decode_tok_s": None,
+                "output_tok_s": None,
+                "mbu": None,
+                "prefill_tflops": tflops,
+                "mfu": tflops / peak,
+                "cache_hit_rate": None,
+                "wall_s": t1,
+                "prefill_tok_s": t / t1,
+                "t1_s": t1_all,
+            }
+        )
+        print(
+            f"  {name:24s} prefill {t} tokens {t1 * 1e3:8.1f} ms  {tflops:7.1f} TFLOP/s  MFU {tflops / peak:.1%}",
+            flush=True,
+        )
     return rows
 
 
@@ -235,7 +344,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefill-len", type=int, default=8192)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--engines", default="radixlm,hf-eager,hf-static-compile")
-    p.add_argument("--ablations", default="", help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, tp2")
+    p.add_argument(
+        "--ablations",
+        default="",
+        help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, tp2",
+    )
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
     p.add_argument("--mem-bandwidth-gbs", type=float, default=None)
@@ -260,8 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(device)
     bandwidth = args.mem_bandwidth_gbs or measure_bandwidth_gbs(device)
     peak = args.peak_tflops or measure_matmul_tflops(device, dtype_name)
-    print(f"{info['device_name']}: copy bandwidth {bandwidth:.0f} GB/s, {dtype_name} matmul {peak:.0f} TFLOP/s; "
-          f"model {args.shape} ({nums['params'] / 1e9:.2f} B params, {nums['weight_bytes'] / 1e9:.2f} GB)", flush=True)
+    print(
+        f"{info['device_name']}: copy bandwidth {bandwidth:.0f} GB/s, {dtype_name} matmul {peak:.0f} TFLOP/s; "
+        f"model {args.shape} ({nums['params'] / 1e9:.2f} B params, {nums['weight_bytes'] / 1e9:.2f} GB)",
+        flush=True,
+    )
     prompts = Prompts(SHAPES[args.shape]["vocab_size"], args.seed)
     rows: list[dict] = []
     folder = Path(args.model_dir)
@@ -270,12 +386,32 @@ def main(argv: list[str] | None = None) -> int:
     hf = build_hf_model(args.shape, dtype, device, args.seed)
     print(f"built random HF model in {time.perf_counter() - t:.1f} s", flush=True)
     if "hf-eager" in engines:
-        rows += run_cases("hf-eager", HFEngine(hf, "hf-eager", device), args, prompts, nums, device, bandwidth, peak,
-                          batch_sizes, prefill=True)
+        rows += run_cases(
+            "hf-eager",
+            HFEngine(hf, "hf-eager", device),
+            args,
+            prompts,
+            nums,
+            device,
+            bandwidth,
+            peak,
+            batch_sizes,
+            prefill=True,
+        )
     if "hf-static-compile" in engines and device.startswith("cuda"):
         t = time.perf_counter()
-        rows += run_cases("hf-static-compile", HFEngine(hf, "hf-static-compile", device), args, prompts, nums, device,
-                          bandwidth, peak, [1], prefill=False)
+        rows += run_cases(
+            "hf-static-compile",
+            HFEngine(hf, "hf-static-compile", device),
+            args,
+            prompts,
+            nums,
+            device,
+            bandwidth,
+            peak,
+            [1],
+            prefill=False,
+        )
         print(f"  (hf-static-compile including its compile: {time.perf_counter() - t:.0f} s)", flush=True)
     t = time.perf_counter()
     save_model_folder(hf, folder)
@@ -286,20 +422,28 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
 
     context = max(args.input_len + args.output_len, args.prefill_len + 1) + 16
-    base = {"device": device, "dtype": dtype_name, "context_length": context,
-            "max_prefill_tokens": max(16384, args.prefill_len), "chunked_prefill_size": max(8192, args.prefill_len)}
+    base = {
+        "device": device,
+        "dtype": dtype_name,
+        "context_length": context,
+        "max_prefill_tokens": max(16384, args.prefill_len),
+        "chunked_prefill_size": max(8192, args.prefill_len),
+    }
     configs = []
     if "radixlm" in engines:
         configs.append(("radixlm", {}, batch_sizes, True))
     if "fp8" in ablations:
         configs.append(("radixlm-fp8", {"quantization": "fp8"}, batch_sizes, True))
     if "fp8-triton" in ablations:  # fp8 with the Triton GEMM at every M (no cuBLAS block-scaled GEMM)
-        configs.append(("radixlm-fp8-triton", {"quantization": "fp8", "fp8_gemm_backend": "triton"}, batch_sizes,
-                        True))
+        configs.append(
+            ("radixlm-fp8-triton", {"quantization": "fp8", "fp8_gemm_backend": "triton"}, batch_sizes, True)
+        )
     if "fp8-no-gemv" in ablations:  # fp8 without the W8A16 GEMV (quant + W8A8 at every M), decode only
         configs.append(("radixlm-fp8-no-gemv", {"quantization": "fp8"}, batch_sizes, False))
     if "fp8-kv" in ablations:
-        configs.append(("radixlm-fp8-kv", {"quantization": "fp8", "kv_cache_dtype": "fp8_e4m3"}, batch_sizes, False))
+        configs.append(
+            ("radixlm-fp8-kv", {"quantization": "fp8", "kv_cache_dtype": "fp8_e4m3"}, batch_sizes, False)
+        )
     if "tp2" in ablations:  # the same model over two GPUs (NCCL), against one
         configs.append(("radixlm-tp2", {"tp_size": 2}, batch_sizes, True))
     if "no-overlap" in ablations:
@@ -316,27 +460,47 @@ def main(argv: list[str] | None = None) -> int:
         if name == "radixlm-fp8-no-gemv":
             os.environ["RADIXLM_FP8_GEMV_MAX_M"] = "0"
         engine = RadixEngine(folder, {**base, **extra})
-        engine_info[name] = {k: engine.info.get(k) for k in (
-            "attention_backend", "cuda_graph_batch_sizes", "overlap_schedule", "quantization", "fp8_gemm",
-            "kv_cache_dtype", "max_total_tokens", "dtype", "device")}
+        engine_info[name] = {
+            k: engine.info.get(k)
+            for k in (
+                "attention_backend",
+                "cuda_graph_batch_sizes",
+                "overlap_schedule",
+                "quantization",
+                "fp8_gemm",
+                "kv_cache_dtype",
+                "max_total_tokens",
+                "dtype",
+                "device",
+            )
+        }
         print(f"{name}: engine up in {time.perf_counter() - t:.1f} s ({engine_info[name]})", flush=True)
         try:
             engine_nums = fp8_numbers(nums, "quantization" in extra, "kv_cache_dtype" in extra)
-            rows += run_cases(name, engine, args, prompts, engine_nums, device, bandwidth, peak, sizes, prefill)
+            rows += run_cases(
+                name, engine, args, prompts, engine_nums, device, bandwidth, peak, sizes, prefill
+            )
         finally:
             engine.close()
     if not args.keep_model:
         shutil.rmtree(folder, ignore_errors=True)
 
     result = {
-        "run_info": {"commit": git_commit(), "dirty": git_dirty(), "date": utc_now(),
-                     "machine": info},
+        "run_info": {"commit": git_commit(), "dirty": git_dirty(), "date": utc_now(), "machine": info},
         "command": command_line(argv),
         "card": info.get("gpu_name") or info["device_name"],
-        "model": {"name": f"{args.shape}-random", "params": nums["params"], "dtype": dtype_name,
-                  "weight_bytes": nums["weight_bytes"], "kv_bytes_per_token": nums["kv_bytes_per_token"],
-                  "config": SHAPES[args.shape]},
-        "bandwidth_gbs": bandwidth, "peak_tflops": peak, "engines": engine_info, "results": rows,
+        "model": {
+            "name": f"{args.shape}-random",
+            "params": nums["params"],
+            "dtype": dtype_name,
+            "weight_bytes": nums["weight_bytes"],
+            "kv_bytes_per_token": nums["kv_bytes_per_token"],
+            "config": SHAPES[args.shape],
+        },
+        "bandwidth_gbs": bandwidth,
+        "peak_tflops": peak,
+        "engines": engine_info,
+        "results": rows,
     }
     print(format_table(result))
     if args.out:
@@ -348,9 +512,11 @@ def main(argv: list[str] | None = None) -> int:
 def format_table(result: dict) -> str:
     rows = result["results"]
     hf = {(r["case"], r["batch_size"]): r for r in rows if r["engine"] == "hf-eager"}
-    lines = [f"card: {result['card']}  model: {result['model']['name']} ({result['model']['dtype']})",
-             "| engine | case | batch | TTFT ms | step ms | decode tok/s | output tok/s | MBU | TFLOP/s | MFU | vs hf-eager |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"card: {result['card']}  model: {result['model']['name']} ({result['model']['dtype']})",
+        "| engine | case | batch | TTFT ms | step ms | decode tok/s | output tok/s | MBU | TFLOP/s | MFU | vs hf-eager |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def f(x: Any, spec: str) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
@@ -359,12 +525,17 @@ def format_table(result: dict) -> str:
         base = hf.get((r["case"], r["batch_size"]))
         ratio = None
         if base is not None and r["engine"] != "hf-eager":
-            ratio = (base["ttft_ms"] / r["ttft_ms"] if r["case"] == "prefill"
-                     else base["decode_ms_per_step"] / r["decode_ms_per_step"])
-        lines.append(f"| {r['engine']} | {r['case']} | {r['batch_size']} | {f(r['ttft_ms'], '.1f')} | "
-                     f"{f(r['decode_ms_per_step'], '.2f')} | {f(r['decode_tok_s'], '.1f')} | "
-                     f"{f(r['output_tok_s'], '.1f')} | {f(r['mbu'], '.1%')} | {f(r['prefill_tflops'], '.1f')} | "
-                     f"{f(r['mfu'], '.1%')} | {f(ratio, '.2f')}{'x' if ratio else ''} |")
+            ratio = (
+                base["ttft_ms"] / r["ttft_ms"]
+                if r["case"] == "prefill"
+                else base["decode_ms_per_step"] / r["decode_ms_per_step"]
+            )
+        lines.append(
+            f"| {r['engine']} | {r['case']} | {r['batch_size']} | {f(r['ttft_ms'], '.1f')} | "
+            f"{f(r['decode_ms_per_step'], '.2f')} | {f(r['decode_tok_s'], '.1f')} | "
+            f"{f(r['output_tok_s'], '.1f')} | {f(r['mbu'], '.1%')} | {f(r['prefill_tflops'], '.1f')} | "
+            f"{f(r['mfu'], '.1%')} | {f(ratio, '.2f')}{'x' if ratio else ''} |"
+        )
     return "\n".join(lines)
 
 

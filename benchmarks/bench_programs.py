@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: `import programs`
 
-from programs.run import main as run_main  # noqa: E402
+from programs.run import main as run_main
 
 DEFAULTS = {"--workloads": "few-shot,select,tree,chat", "--ablations": "cache", "--num-programs": "32"}
 

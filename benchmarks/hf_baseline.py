@@ -37,7 +37,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -60,7 +61,9 @@ def load_hf_model(model_path: str, device: str = "auto", dtype: str = "auto") ->
 
     hf_logging.disable_progress_bar()  # the per-load weight bar would clutter benchmark output
     device, torch_dtype = _resolve(device, dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch_dtype, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_path), dtype=torch_dtype, attn_implementation="sdpa"
+    )
     return model.to(device).eval()
 
 
@@ -79,10 +82,12 @@ def _pad_id(model: Any) -> int:
     return 0
 
 
-def make_batches(prompts: Sequence[Sequence[int]], output_lens: Sequence[int], batch_size: int) -> list[list[int]]:
+def make_batches(
+    prompts: Sequence[Sequence[int]], output_lens: Sequence[int], batch_size: int
+) -> list[list[int]]:
     """Request indices per batch: sorted by (output length, prompt length), then cut."""
     order = sorted(range(len(prompts)), key=lambda i: (output_lens[i], len(prompts[i]), i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _summary_ms(values: list[float]) -> dict[str, float | None]:
@@ -124,16 +129,20 @@ class HFRunner:
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, p in enumerate(prompts):
-            ids[row, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[row, width - len(p):] = 1
-        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                  generation_config=self._generation_config(n_new))
+            ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[row, width - len(p) :] = 1
+        out = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            generation_config=self._generation_config(n_new),
+        )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return out[:, width:]
 
-    def run_pass(self, prompts: Sequence[Sequence[int]], output_lens: Sequence[int],
-                 batches: list[list[int]]) -> tuple[float, list[float], int]:
+    def run_pass(
+        self, prompts: Sequence[Sequence[int]], output_lens: Sequence[int], batches: list[list[int]]
+    ) -> tuple[float, list[float], int]:
         """(duration, per-request latency from the pass's start, tokens generated incl. waste)."""
         latency = [0.0] * len(prompts)
         generated = 0
@@ -150,9 +159,18 @@ class HFRunner:
         return time.perf_counter() - t0, latency, generated
 
 
-def run_hf_baseline(model_path: str, prompts: Sequence[Sequence[int]], output_lens: Sequence[int],
-                    batch_size: int, mode: str = "eager", device: str = "auto", dtype: str = "auto",
-                    repeats: int = 1, warmup: bool = True, threads: int | None = None) -> dict[str, Any]:
+def run_hf_baseline(
+    model_path: str,
+    prompts: Sequence[Sequence[int]],
+    output_lens: Sequence[int],
+    batch_size: int,
+    mode: str = "eager",
+    device: str = "auto",
+    dtype: str = "auto",
+    repeats: int = 1,
+    warmup: bool = True,
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Load the model, run `warmup` + `repeats` passes over the prompts, report the median pass.
 
     Returns throughput (request/input/output/total per second, output = requested tokens only),
@@ -184,18 +202,31 @@ def run_hf_baseline(model_path: str, prompts: Sequence[Sequence[int]], output_le
     n_out = sum(output_lens)
     dev = runner.device
     return {
-        "engine": f"hf-{mode}", "mode": mode, "device": str(dev), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "attn_implementation": "sdpa", "batch_size": batch_size, "num_batches": len(batches),
+        "engine": f"hf-{mode}",
+        "mode": mode,
+        "device": str(dev),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "attn_implementation": "sdpa",
+        "batch_size": batch_size,
+        "num_batches": len(batches),
         "torch_threads": torch_threads,
         # transformers compiles the decode step only for a static cache on an accelerator
         "compiled": mode == "static-compile" and dev.type != "cpu",
-        "completed": len(prompts), "failed": 0, "duration_s": duration,
-        "durations_all_s": [p[0] for p in passes], "warmup_s": warmup_s, "load_s": load_s,
+        "completed": len(prompts),
+        "failed": 0,
+        "duration_s": duration,
+        "durations_all_s": [p[0] for p in passes],
+        "warmup_s": warmup_s,
+        "load_s": load_s,
         # output tokens count what the requests asked for; generated_tokens_total adds the tokens a
         # mixed-length batch generates past a request's own length (HF's waste, not credited)
-        "total_input_tokens": n_in, "total_output_tokens": n_out, "generated_tokens_total": generated,
-        "request_throughput": len(prompts) / duration, "input_throughput": n_in / duration,
-        "output_throughput": n_out / duration, "total_throughput": (n_in + n_out) / duration,
+        "total_input_tokens": n_in,
+        "total_output_tokens": n_out,
+        "generated_tokens_total": generated,
+        "request_throughput": len(prompts) / duration,
+        "input_throughput": n_in / duration,
+        "output_throughput": n_out / duration,
+        "total_throughput": (n_in + n_out) / duration,
         "e2e_ms": _summary_ms(latency),
         "cache_hit_rate": 0.0,  # generate reuses nothing across requests: every prompt token is computed
     }

@@ -6,8 +6,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import statistics
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -32,16 +32,23 @@ def load_kernel_modules(*names: str) -> list:
     except ImportError:
         mods = []
         for n in names:
-            spec = importlib.util.spec_from_file_location("kernel_" + n.replace(".", "_"),
-                                                          KERNELS_DIR / (n.replace(".", "/") + ".py"))
+            spec = importlib.util.spec_from_file_location(
+                "kernel_" + n.replace(".", "_"), KERNELS_DIR / (n.replace(".", "/") + ".py")
+            )
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)
             mods.append(mod)
         return mods
 
 
-def time_ms(fn: Callable[[], object], flush: torch.Tensor, warmup: int = 10, reps: int = 50,
-            budget_ms: float | None = None, hold_cycles: int = 50_000_000) -> float:
+def time_ms(
+    fn: Callable[[], object],
+    flush: torch.Tensor,
+    warmup: int = 10,
+    reps: int = 50,
+    budget_ms: float | None = None,
+    hold_cycles: int = 50_000_000,
+) -> float:
     """Median ms of `fn()` over `reps` calls (with `budget_ms`: fewer when a call is long, about
     that much in all, at least 5), each timed by CUDA events after an L2 flush (`evict_l2`), after
     `warmup` calls. The GPU is held busy (`hold_cycles` of clock, ~25 ms by default) while

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_info import command_line, git_commit, git_dirty, utc_now  # noqa: E402
+from run_info import command_line, git_commit, git_dirty, utc_now
 
 
 def build_folder(folder: Path, seed: int) -> None:
@@ -53,12 +53,14 @@ class InProcess:
         self.count = 0
 
     def submit(self, ids: list[int], max_new: int):
-        from radixlm.runtime.scheduler.request import Req
         from radixlm.runtime.layers.sampling import SamplingParams
+        from radixlm.runtime.scheduler.request import Req
 
         self.count += 1
         sp = SamplingParams.from_any({"max_new_tokens": max_new, "temperature": 0, "ignore_eos": True})
-        req = Req(rid=f"p{self.count}", origin_input_ids=list(ids), sampling_params=sp, seed=0, eos_ids=frozenset())
+        req = Req(
+            rid=f"p{self.count}", origin_input_ids=list(ids), sampling_params=sp, seed=0, eos_ids=frozenset()
+        )
         self.scheduler.add_request(req)
         return req
 
@@ -80,9 +82,15 @@ def kernel_table(prof, steps: int) -> tuple[list[dict], float]:
             entry[0] += evt.device_time_total / 1e3  # us -> ms
             entry[1] += 1
     total = sum(v[0] for v in by_name.values())
-    rows = [{"kernel": name, "ms_per_step": ms / steps, "calls_per_step": calls / steps,
-             "share": ms / total if total else 0.0}
-            for name, (ms, calls) in sorted(by_name.items(), key=lambda kv: -kv[1][0])]
+    rows = [
+        {
+            "kernel": name,
+            "ms_per_step": ms / steps,
+            "calls_per_step": calls / steps,
+            "share": ms / total if total else 0.0,
+        }
+        for name, (ms, calls) in sorted(by_name.items(), key=lambda kv: -kv[1][0])
+    ]
     return rows, total / steps
 
 
@@ -96,10 +104,14 @@ def profile_phase(label: str, run, steps: int, top: int) -> dict:
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t) / steps
     rows, kernel_ms = kernel_table(prof, steps)
-    print(f"\n== {label}: wall {wall * 1e3:.2f} ms a step, kernels {kernel_ms:.2f} ms a step "
-          f"({kernel_ms / (wall * 1e3):.0%} of wall)")
+    print(
+        f"\n== {label}: wall {wall * 1e3:.2f} ms a step, kernels {kernel_ms:.2f} ms a step "
+        f"({kernel_ms / (wall * 1e3):.0%} of wall)"
+    )
     for r in rows[:top]:
-        print(f"  {r['ms_per_step']:8.3f} ms {r['share']:6.1%} {r['calls_per_step']:6.1f}x  {r['kernel'][:110]}")
+        print(
+            f"  {r['ms_per_step']:8.3f} ms {r['share']:6.1%} {r['calls_per_step']:6.1f}x  {r['kernel'][:110]}"
+        )
     return {"label": label, "wall_ms_per_step": wall * 1e3, "kernel_ms_per_step": kernel_ms, "kernels": rows}
 
 
@@ -123,10 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         build_folder(args.model_dir, args.seed)
         print(f"built {args.model_dir} in {time.perf_counter() - t:.0f} s", flush=True)
-    options = {"device": "cuda", "dtype": "bfloat16", "context_length": args.prefill_len + 64,
-               "max_prefill_tokens": max(16384, args.prefill_len), "chunked_prefill_size": max(8192, args.prefill_len),
-               "kv_cache_dtype": args.kv_cache_dtype, "fp8_gemm_backend": args.fp8_gemm_backend,
-               "overlap_schedule": "off"}
+    options = {
+        "device": "cuda",
+        "dtype": "bfloat16",
+        "context_length": args.prefill_len + 64,
+        "max_prefill_tokens": max(16384, args.prefill_len),
+        "chunked_prefill_size": max(8192, args.prefill_len),
+        "kv_cache_dtype": args.kv_cache_dtype,
+        "fp8_gemm_backend": args.fp8_gemm_backend,
+        "overlap_schedule": "off",
+    }
     if args.quantization == "fp8":
         options["quantization"] = "fp8"
     t = time.perf_counter()
@@ -152,16 +170,31 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.decode_batch):
         rt.submit(ids(args.decode_input_len), args.decode_steps + 2)
     rt.steps(1)  # the prefill of the decode requests, outside the profile
-    phases.append(profile_phase(f"decode b={args.decode_batch}", lambda: rt.steps(args.decode_steps),
-                                args.decode_steps, args.top))
+    phases.append(
+        profile_phase(
+            f"decode b={args.decode_batch}", lambda: rt.steps(args.decode_steps), args.decode_steps, args.top
+        )
+    )
     rt.steps()
 
     if args.out:
-        args.out.write_text(json.dumps({
-            "run_info": {"commit": git_commit(), "dirty": git_dirty(), "date": utc_now(),
-                         "card": torch.cuda.get_device_name(0)},
-            "command": command_line(argv), "options": options, "fp8_gemm": rt.runner.fp8_gemm,
-            "phases": phases}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "run_info": {
+                        "commit": git_commit(),
+                        "dirty": git_dirty(),
+                        "date": utc_now(),
+                        "card": torch.cuda.get_device_name(0),
+                    },
+                    "command": command_line(argv),
+                    "options": options,
+                    "fp8_gemm": rt.runner.fp8_gemm,
+                    "phases": phases,
+                },
+                indent=1,
+            )
+        )
         print("wrote", args.out)
     return 0
 

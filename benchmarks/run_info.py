@@ -54,8 +54,11 @@ def load_before_run() -> list[float] | None:
     """The load average now, with a warning when other work would skew the timings."""
     load = loadavg()
     if load and load[0] > 0.5 * (os.cpu_count() or 1):
-        print(f"note: load average {load[0]:.2f} on {os.cpu_count()} CPUs before the run; "
-              f"other work on this machine will skew the timings", file=sys.stderr)
+        print(
+            f"note: load average {load[0]:.2f} on {os.cpu_count()} CPUs before the run; "
+            f"other work on this machine will skew the timings",
+            file=sys.stderr,
+        )
     return load
 
 
@@ -64,16 +67,24 @@ def machine_info(device: str) -> dict[str, Any]:
     CPU model, the load average, and for a CUDA device the GPU's name."""
     import torch
 
-    info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                            "platform": platform.platform(), "cpu_count": os.cpu_count(), "nproc": os.cpu_count()}
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "nproc": os.cpu_count(),
+    }
     try:
         info["nproc"] = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         pass
     name = platform.processor() or platform.machine()
     try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
+        name = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     info["cpu_model"] = name

@@ -91,12 +91,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from run_info import git_commit, git_dirty, loadavg, machine_info  # noqa: E402
+import numpy as np
+import torch
+from run_info import git_commit, git_dirty, loadavg, machine_info
 
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 TORCH_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -120,9 +132,17 @@ def model_facts(model_path: str) -> dict:
             if "embed_tokens" in name:
                 embed += count
     cfg = ModelConfig.from_path(folder)
-    return {"params": params, "embedding_params": embed, "non_embedding_params": params - embed,
-            "stored_weight_bytes": stored_bytes, "num_layers": cfg.num_layers, "num_kv_heads": cfg.num_kv_heads,
-            "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size, "config_dtype": cfg.torch_dtype}
+    return {
+        "params": params,
+        "embedding_params": embed,
+        "non_embedding_params": params - embed,
+        "stored_weight_bytes": stored_bytes,
+        "num_layers": cfg.num_layers,
+        "num_kv_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size,
+        "config_dtype": cfg.torch_dtype,
+    }
 
 
 # ---------------------------------------------------------------------- datasets
@@ -202,6 +222,7 @@ class HttpTarget:
             async with self._httpx.AsyncClient(timeout=None, limits=limits) as client:
                 self.client = client
                 return await coro
+
         return asyncio.run(wrapped())
 
     async def request(self, ids: list[int], params: dict, on_chunk: Any) -> dict:
@@ -255,13 +276,19 @@ async def _one(target: Any, req: dict, t0: float) -> dict:
     except Exception as exc:  # reported, not fatal
         rec.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         return rec
-    rec.update(ok=True, e2e=last[0] - start, prompt_tokens=meta.get("prompt_tokens", len(req["input_ids"])),
-               output_tokens=meta.get("completion_tokens", 0), cached_tokens=meta.get("cached_tokens", 0))
+    rec.update(
+        ok=True,
+        e2e=last[0] - start,
+        prompt_tokens=meta.get("prompt_tokens", len(req["input_ids"])),
+        output_tokens=meta.get("completion_tokens", 0),
+        cached_tokens=meta.get("cached_tokens", 0),
+    )
     return rec
 
 
-async def run_load(target: Any, reqs: list[dict], rate: float, max_concurrency: int | None,
-                   seed: int) -> tuple[list[dict], float]:
+async def run_load(
+    target: Any, reqs: list[dict], rate: float, max_concurrency: int | None, seed: int
+) -> tuple[list[dict], float]:
     rng = random.Random(seed + 1)
     sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     t0 = time.perf_counter()
@@ -319,7 +346,7 @@ def measure_matmul_tflops(device: str, dtype: str) -> float:
         a @ b
         sync_device(device)
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e12
+    return 2 * n**3 / best / 1e12
 
 
 # ---------------------------------------------------------------------- metrics
@@ -327,8 +354,12 @@ def _summary(values: list[float], scale: float = 1000.0) -> dict:
     if not values:
         return {"mean": None, "median": None, "p90": None, "p99": None}
     arr = np.asarray(values, dtype=np.float64) * scale
-    return {"mean": float(arr.mean()), "median": float(np.percentile(arr, 50)),
-            "p90": float(np.percentile(arr, 90)), "p99": float(np.percentile(arr, 99))}
+    return {
+        "mean": float(arr.mean()),
+        "median": float(np.percentile(arr, 50)),
+        "p90": float(np.percentile(arr, 90)),
+        "p99": float(np.percentile(arr, 99)),
+    }
 
 
 def _union_length(intervals: list[tuple[float, float]]) -> float:
@@ -341,8 +372,14 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def compute_metrics(records: list[dict], duration: float, facts: dict, dtype: str,
-                    bandwidth_gbs: float, peak_tflops: float | None) -> dict:
+def compute_metrics(
+    records: list[dict],
+    duration: float,
+    facts: dict,
+    dtype: str,
+    bandwidth_gbs: float,
+    peak_tflops: float | None,
+) -> dict:
     ok = [r for r in records if r.get("ok") and r["ttft"] is not None]
     n_in = sum(r["prompt_tokens"] for r in ok)
     n_out = sum(r["output_tokens"] for r in ok)
@@ -350,14 +387,21 @@ def compute_metrics(records: list[dict], duration: float, facts: dict, dtype: st
     tpots = [(r["e2e"] - r["ttft"]) / (r["output_tokens"] - 1) for r in ok if r["output_tokens"] > 1]
     itls = [x for r in ok for x in r["itl"]]
     m: dict[str, Any] = {
-        "completed": len(ok), "failed": len(records) - len(ok),
+        "completed": len(ok),
+        "failed": len(records) - len(ok),
         "errors": sorted({r["error"] for r in records if not r.get("ok")})[:5],
-        "duration_s": duration, "total_input_tokens": n_in, "total_output_tokens": n_out,
+        "duration_s": duration,
+        "total_input_tokens": n_in,
+        "total_output_tokens": n_out,
         "total_cached_tokens": n_cached,
-        "request_throughput": len(ok) / duration, "input_throughput": n_in / duration,
-        "output_throughput": n_out / duration, "total_throughput": (n_in + n_out) / duration,
-        "ttft_ms": _summary([r["ttft"] for r in ok]), "itl_ms": _summary(itls),
-        "tpot_ms": _summary(tpots), "e2e_ms": _summary([r["e2e"] for r in ok]),
+        "request_throughput": len(ok) / duration,
+        "input_throughput": n_in / duration,
+        "output_throughput": n_out / duration,
+        "total_throughput": (n_in + n_out) / duration,
+        "ttft_ms": _summary([r["ttft"] for r in ok]),
+        "itl_ms": _summary(itls),
+        "tpot_ms": _summary(tpots),
+        "e2e_ms": _summary([r["e2e"] for r in ok]),
         "concurrency": sum(r["e2e"] for r in ok) / duration,
         "cache_hit_rate": n_cached / n_in if n_in else 0.0,
     }
@@ -370,18 +414,29 @@ def compute_metrics(records: list[dict], duration: float, facts: dict, dtype: st
     bytes_per_step = weight_bytes + decode_batch * mean_ctx * kv_per_token
     mean_tpot_s = (m["tpot_ms"]["mean"] or 0) / 1000
     achieved = bytes_per_step / mean_tpot_s / 1e9 if mean_tpot_s else None
-    m["mbu"] = {"weight_bytes": weight_bytes, "kv_bytes_per_token": kv_per_token, "decode_batch": decode_batch,
-                "mean_context": mean_ctx, "bytes_per_step": bytes_per_step, "achieved_gbs": achieved,
-                "bandwidth_gbs": bandwidth_gbs,
-                "mbu": achieved / bandwidth_gbs if achieved and bandwidth_gbs else None}
+    m["mbu"] = {
+        "weight_bytes": weight_bytes,
+        "kv_bytes_per_token": kv_per_token,
+        "decode_batch": decode_batch,
+        "mean_context": mean_ctx,
+        "bytes_per_step": bytes_per_step,
+        "achieved_gbs": achieved,
+        "bandwidth_gbs": bandwidth_gbs,
+        "mbu": achieved / bandwidth_gbs if achieved and bandwidth_gbs else None,
+    }
     # MFU (prefill)
     computed = n_in - n_cached
     prefill_time = _union_length([(r["start"], r["start"] + r["ttft"]) for r in ok])
     flops = 2 * facts["non_embedding_params"] * computed
     achieved_tf = flops / prefill_time / 1e12 if prefill_time else None
-    m["mfu"] = {"computed_prompt_tokens": computed, "prefill_time_s": prefill_time, "flops": flops,
-                "achieved_tflops": achieved_tf, "peak_tflops": peak_tflops,
-                "mfu": achieved_tf / peak_tflops if achieved_tf and peak_tflops else None}
+    m["mfu"] = {
+        "computed_prompt_tokens": computed,
+        "prefill_time_s": prefill_time,
+        "flops": flops,
+        "achieved_tflops": achieved_tf,
+        "peak_tflops": peak_tflops,
+        "mfu": achieved_tf / peak_tflops if achieved_tf and peak_tflops else None,
+    }
     return m
 
 
@@ -433,7 +488,11 @@ def format_table(runs: dict[str, dict], hf: dict[str, dict] | None = None) -> st
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            + " |"
+        )
 
     sep = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return "\n".join([line(head), sep, *(line(r) for r in rows)])
@@ -441,15 +500,18 @@ def format_table(runs: dict[str, dict], hf: dict[str, dict] | None = None) -> st
 
 # ---------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--backend", choices=["engine", "http"], default="engine")
     p.add_argument("--url", default="http://127.0.0.1:30000")
     p.add_argument("--model", default=None, help="model folder (default: the offline tiny model)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--max-total-tokens", type=int, default=None)
-    p.add_argument("--dataset", choices=["generated-shared-prefix", "gsp", "random"], default="generated-shared-prefix")
+    p.add_argument(
+        "--dataset", choices=["generated-shared-prefix", "gsp", "random"], default="generated-shared-prefix"
+    )
     p.add_argument("--num-prompts", type=int, default=32, help="random dataset")
     p.add_argument("--random-input-mean", type=float, default=256)
     p.add_argument("--random-input-std", type=float, default=64)
@@ -463,18 +525,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--request-rate", type=float, default=math.inf)
     p.add_argument("--max-concurrency", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=3,
-                   help="timed runs per configuration after one untimed warm-up run; the median-duration run is reported")
-    p.add_argument("--ablate", action="store_true", help="engine backend: rerun with disable_radix_cache=True")
-    p.add_argument("--cpu-threads", type=int, default=None,
-                   help="set OMP_NUM_THREADS for the engine's processes (CPU: with other load on the machine, "
-                        "OpenMP threads oversubscribing the cores can slow steps down many times)")
-    p.add_argument("--hf-baseline", action="store_true",
-                   help="also run Hugging Face transformers generate on the same prompts (after the radixlm runs)")
-    p.add_argument("--hf-modes", default="eager",
-                   help="comma list of eager, static-compile (static cache; compiled by transformers on GPU only)")
-    p.add_argument("--hf-batch-size", type=int, default=None,
-                   help="HF generate batch size (default: --max-concurrency, else all requests in one batch)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs per configuration after one untimed warm-up run; the median-duration run is reported",
+    )
+    p.add_argument(
+        "--ablate", action="store_true", help="engine backend: rerun with disable_radix_cache=True"
+    )
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="set OMP_NUM_THREADS for the engine's processes (CPU: with other load on the machine, "
+        "OpenMP threads oversubscribing the cores can slow steps down many times)",
+    )
+    p.add_argument(
+        "--hf-baseline",
+        action="store_true",
+        help="also run Hugging Face transformers generate on the same prompts (after the radixlm runs)",
+    )
+    p.add_argument(
+        "--hf-modes",
+        default="eager",
+        help="comma list of eager, static-compile (static cache; compiled by transformers on GPU only)",
+    )
+    p.add_argument(
+        "--hf-batch-size",
+        type=int,
+        default=None,
+        help="HF generate batch size (default: --max-concurrency, else all requests in one batch)",
+    )
     p.add_argument("--mem-bandwidth-gbs", type=float, default=None)
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--json", default=None)
@@ -500,10 +582,22 @@ def run_hf(args: argparse.Namespace, reqs: list[dict], device: str, dtype: str) 
     batch = args.hf_batch_size or args.max_concurrency or len(reqs)
     out = {}
     for mode in args.hf_modes:
-        print(f"[hf] {mode}: batch size {min(batch, len(reqs))}, {len(reqs)} requests", file=sys.stderr, flush=True)
+        print(
+            f"[hf] {mode}: batch size {min(batch, len(reqs))}, {len(reqs)} requests",
+            file=sys.stderr,
+            flush=True,
+        )
         out["hf_" + mode.replace("-", "_")] = run_hf_baseline(
-            args.model, [r["input_ids"] for r in reqs], [r["output_len"] for r in reqs], batch_size=batch,
-            mode=mode, device=device, dtype=dtype, repeats=args.repeats, threads=args.cpu_threads)
+            args.model,
+            [r["input_ids"] for r in reqs],
+            [r["output_len"] for r in reqs],
+            batch_size=batch,
+            mode=mode,
+            device=device,
+            dtype=dtype,
+            repeats=args.repeats,
+            threads=args.cpu_threads,
+        )
     return out
 
 
@@ -512,6 +606,7 @@ def run_configs(targets: dict[str, Any], reqs: list[dict], args: argparse.Namesp
     every target runs once from an empty cache (interleaved, so load from elsewhere on the machine
     spreads over the configurations alike). Per target: the median-duration run, all durations
     and the load average around each run."""
+
     def once(target: Any) -> tuple[list[dict], float]:
         target.flush()
         return target.run(run_load(target, reqs, args.request_rate, args.max_concurrency, args.seed))
@@ -551,14 +646,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_total_tokens:
         options["max_total_tokens"] = args.max_total_tokens
 
-    configs = [("cache_on" if args.backend == "engine" else "server", {})] + ([("cache_off", {"disable_radix_cache": True})] if args.ablate else [])
+    configs = [("cache_on" if args.backend == "engine" else "server", {})] + (
+        [("cache_off", {"disable_radix_cache": True})] if args.ablate else []
+    )
     runs: dict[str, dict] = {}
     device = dtype = "cpu"
     targets: dict[str, Any] = {}
     try:
         for name, extra in configs:
-            targets[name] = (EngineTarget(args.model, {**options, **extra}) if args.backend == "engine"
-                             else HttpTarget(args.url))
+            targets[name] = (
+                EngineTarget(args.model, {**options, **extra})
+                if args.backend == "engine"
+                else HttpTarget(args.url)
+            )
         first = next(iter(targets.values()))
         device, dtype = first.device, first.dtype
         measured = run_configs(targets, reqs, args)
@@ -580,41 +680,74 @@ def main(argv: list[str] | None = None) -> int:
     ratios = None
     if "cache_off" in runs:
         on, off = runs["cache_on"], runs["cache_off"]
-        ratios = {"output_throughput_on_over_off": on["output_throughput"] / off["output_throughput"],
-                  "request_throughput_on_over_off": on["request_throughput"] / off["request_throughput"],
-                  "mean_ttft_on_over_off": (on["ttft_ms"]["mean"] / off["ttft_ms"]["mean"]
-                                            if off["ttft_ms"]["mean"] else None)}
-    ratios_vs_hf = {hf_name: {name: {"output_throughput": m["output_throughput"] / h["output_throughput"],
-                                     "total_throughput": m["total_throughput"] / h["total_throughput"]}
-                              for name, m in runs.items()}
-                    for hf_name, h in hf.items()} or None
+        ratios = {
+            "output_throughput_on_over_off": on["output_throughput"] / off["output_throughput"],
+            "request_throughput_on_over_off": on["request_throughput"] / off["request_throughput"],
+            "mean_ttft_on_over_off": (
+                on["ttft_ms"]["mean"] / off["ttft_ms"]["mean"] if off["ttft_ms"]["mean"] else None
+            ),
+        }
+    ratios_vs_hf = {
+        hf_name: {
+            name: {
+                "output_throughput": m["output_throughput"] / h["output_throughput"],
+                "total_throughput": m["total_throughput"] / h["total_throughput"],
+            }
+            for name, m in runs.items()
+        }
+        for hf_name, h in hf.items()
+    } or None
     machine = machine_info(device or "cpu")
     settings = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in vars(args).items()}
     settings["request_rate"] = "inf" if math.isinf(args.request_rate) else args.request_rate
-    print(f"radixlm serving benchmark: backend={args.backend} model={args.model} device={device} dtype={dtype}")
-    print(f"dataset={args.dataset} requests={len(reqs)} request_rate={settings['request_rate']} "
-          f"max_concurrency={args.max_concurrency} machine={machine['device_name']}")
-    print(f"memory bandwidth {bandwidth:.1f} GB/s ({'given' if args.mem_bandwidth_gbs else 'measured: tensor copy'}), "
-          f"peak {peak:.4f} TFLOP/s ({'given' if args.peak_tflops else f'measured: matmul, {dtype}'}), "
-          f"params {facts['params']:,} (non-embedding {facts['non_embedding_params']:,})")
+    print(
+        f"radixlm serving benchmark: backend={args.backend} model={args.model} device={device} dtype={dtype}"
+    )
+    print(
+        f"dataset={args.dataset} requests={len(reqs)} request_rate={settings['request_rate']} "
+        f"max_concurrency={args.max_concurrency} machine={machine['device_name']}"
+    )
+    print(
+        f"memory bandwidth {bandwidth:.1f} GB/s ({'given' if args.mem_bandwidth_gbs else 'measured: tensor copy'}), "
+        f"peak {peak:.4f} TFLOP/s ({'given' if args.peak_tflops else f'measured: matmul, {dtype}'}), "
+        f"params {facts['params']:,} (non-embedding {facts['non_embedding_params']:,})"
+    )
     print(format_table(runs, hf))
     for hf_name, per_run in (ratios_vs_hf or {}).items():
-        print(f"ratios (radixlm / {hf_name}, output throughput): "
-              + ", ".join(f"{name} {r['output_throughput']:.2f}x" for name, r in per_run.items()))
+        print(
+            f"ratios (radixlm / {hf_name}, output throughput): "
+            + ", ".join(f"{name} {r['output_throughput']:.2f}x" for name, r in per_run.items())
+        )
     if ratios:
-        print("ratios (cache on / cache off): output throughput "
-              f"{ratios['output_throughput_on_over_off']:.2f}x, mean TTFT {_fmt(ratios['mean_ttft_on_over_off'])}x")
+        print(
+            "ratios (cache on / cache off): output throughput "
+            f"{ratios['output_throughput_on_over_off']:.2f}x, mean TTFT {_fmt(ratios['mean_ttft_on_over_off'])}x"
+        )
     for name, m in runs.items():
         if m["errors"]:
             print(f"{name}: errors: {m['errors']}", file=sys.stderr)
     if args.json:
-        out = {"command": shlex.join([sys.executable, *sys.argv]),
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "git_commit": git_commit(), "git_dirty": git_dirty(), "machine": machine, "device": device, "dtype": dtype,
-               "settings": settings, "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "model": facts, "num_requests": len(reqs),
-               "mem_bandwidth_gbs": bandwidth, "mem_bandwidth_source": "given" if args.mem_bandwidth_gbs else "measured",
-               "peak_tflops": peak, "peak_tflops_source": "given" if args.peak_tflops else "measured",
-               "runs": runs, "ratios": ratios, "hf_baseline": hf or None, "ratios_vs_hf": ratios_vs_hf}
+        out = {
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+            "git_dirty": git_dirty(),
+            "machine": machine,
+            "device": device,
+            "dtype": dtype,
+            "settings": settings,
+            "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+            "model": facts,
+            "num_requests": len(reqs),
+            "mem_bandwidth_gbs": bandwidth,
+            "mem_bandwidth_source": "given" if args.mem_bandwidth_gbs else "measured",
+            "peak_tflops": peak,
+            "peak_tflops_source": "given" if args.peak_tflops else "measured",
+            "runs": runs,
+            "ratios": ratios,
+            "hf_baseline": hf or None,
+            "ratios_vs_hf": ratios_vs_hf,
+        }
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0 if all(m["failed"] == 0 for m in runs.values()) else 1
 

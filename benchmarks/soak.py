@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_info  # noqa: E402
+import run_info
 
 PREFIX = "You are a helpful assistant that answers in one short sentence about the weather and the sea. "
 REGEX = r"(sunny|rainy|windy), [0-9]{1,2} degrees"
@@ -55,7 +55,17 @@ def rss_mb(pid: int) -> float | None:
 
 def start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "serve", "--model", model, "--port", str(port), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "radixlm.runtime.entrypoints.cli",
+        "serve",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        *extra,
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     ready = threading.Event()
@@ -94,8 +104,9 @@ def request_body(rng: random.Random, i: int) -> tuple[str, str, dict]:
     return kind, "/v1/completions", body
 
 
-async def client(c: httpx.AsyncClient, rng: random.Random, stop_at: float, counts: dict,
-                 next_id: list[int]) -> None:
+async def client(
+    c: httpx.AsyncClient, rng: random.Random, stop_at: float, counts: dict, next_id: list[int]
+) -> None:
     while time.monotonic() < stop_at:
         i = next_id[0]
         next_id[0] += 1
@@ -126,7 +137,7 @@ async def client(c: httpx.AsyncClient, rng: random.Random, stop_at: float, count
                 if len(r.json()["choices"]) != 1 or r.json()["choices"][0]["finish_reason"] is None:
                     raise RuntimeError(f"bad answer {r.text[:200]}")
             counts[kind] = counts.get(kind, 0) + 1
-        except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+        except Exception as exc:
             counts["failed"] = counts.get("failed", 0) + 1
             counts.setdefault("errors", []).append(f"{kind}: {exc!r}"[:300])
 
@@ -136,13 +147,19 @@ async def sampler(url: str, pids: dict[str, int], samples: list, stop_at: float,
         t0 = time.monotonic()
         while True:
             info = (await c.get("/server_info")).json()
-            samples.append({
-                "t_s": round(time.monotonic() - t0, 1),
-                "rss_mb": {name: round(rss_mb(pid) or 0.0, 1) for name, pid in pids.items()},
-                "free_tokens": info["free_tokens"], "evictable_tokens": info["evictable_tokens"],
-                "total_tokens": info["total_tokens"], "running": info["running"], "waiting": info["waiting"],
-                "finished_requests": info["finished_requests"], "kv_accounting": info["kv_accounting"],
-            })
+            samples.append(
+                {
+                    "t_s": round(time.monotonic() - t0, 1),
+                    "rss_mb": {name: round(rss_mb(pid) or 0.0, 1) for name, pid in pids.items()},
+                    "free_tokens": info["free_tokens"],
+                    "evictable_tokens": info["evictable_tokens"],
+                    "total_tokens": info["total_tokens"],
+                    "running": info["running"],
+                    "waiting": info["waiting"],
+                    "finished_requests": info["finished_requests"],
+                    "kv_accounting": info["kv_accounting"],
+                }
+            )
             if time.monotonic() >= stop_at:
                 return
             await asyncio.sleep(min(every_s, max(stop_at - time.monotonic(), 0.0)))
@@ -156,9 +173,13 @@ async def run(args: argparse.Namespace, url: str, pids: dict[str, int]) -> dict:
     next_id = [0]
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(300, connect=30)) as c:
         start_info = (await c.get("/server_info")).json()
-        await asyncio.gather(sampler(url, pids, samples, stop_at, args.sample_s),
-                             *(client(c, random.Random(rng.random()), stop_at, counts, next_id)
-                               for _ in range(args.concurrency)))
+        await asyncio.gather(
+            sampler(url, pids, samples, stop_at, args.sample_s),
+            *(
+                client(c, random.Random(rng.random()), stop_at, counts, next_id)
+                for _ in range(args.concurrency)
+            ),
+        )
         # idle, and every slot free or evictable (bounded wait for aborted requests to drain)
         for _ in range(100):
             end_info = (await c.get("/server_info")).json()
@@ -166,7 +187,13 @@ async def run(args: argparse.Namespace, url: str, pids: dict[str, int]) -> dict:
                 break
             await asyncio.sleep(0.1)
     sent = next_id[0]
-    return {"counts": counts, "samples": samples, "sent": sent, "start_info": start_info, "end_info": end_info}
+    return {
+        "counts": counts,
+        "samples": samples,
+        "sent": sent,
+        "start_info": start_info,
+        "end_info": end_info,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-s", type=float, default=10.0)
     ap.add_argument("--warmup-samples", type=int, default=3, help="samples skipped before measuring growth")
     ap.add_argument("--max-growth-mb", type=float, default=64.0)
-    ap.add_argument("--max-total-tokens", type=int, default=4096, help="a small pool, so eviction runs all the time")
+    ap.add_argument(
+        "--max-total-tokens", type=int, default=4096, help="a small pool, so eviction runs all the time"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -213,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"not idle at the end: {end['running']} running, {end['waiting']} waiting")
     if end["free_tokens"] + end["evictable_tokens"] != end["total_tokens"]:
         problems.append("KV slots still held at the end")
-    broken = [s for s in samples if s["kv_accounting"] != "ok"] + ([end] if end["kv_accounting"] != "ok" else [])
+    broken = [s for s in samples if s["kv_accounting"] != "ok"] + (
+        [end] if end["kv_accounting"] != "ok" else []
+    )
     if broken:
         problems.append(f"accounting broke: {broken[0]['kv_accounting']}")
     grown = {k: v for k, v in growth.items() if v > args.max_growth_mb}
@@ -221,21 +252,39 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"memory grew by more than {args.max_growth_mb} MB: {grown}")
 
     report = {
-        "command": run_info.command_line(argv), "date": run_info.utc_now(), "git_commit": run_info.git_commit(),
-        "git_dirty": run_info.git_dirty(), "machine": run_info.machine_info("cpu"), "load_before": load,
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "model": model,
-        "requests_sent": result["sent"], "requests_completed": completed,
-        "requests_abandoned_by_client": counts.get("abandoned", 0), "requests_failed": counts.get("failed", 0),
-        "finished_at_scheduler": finished, "by_kind": {k: v for k, v in counts.items() if k != "errors"},
-        "rss_growth_mb_after_warmup": growth, "rss_mb_first": base["rss_mb"], "rss_mb_last": samples[-1]["rss_mb"],
+        "command": run_info.command_line(argv),
+        "date": run_info.utc_now(),
+        "git_commit": run_info.git_commit(),
+        "git_dirty": run_info.git_dirty(),
+        "machine": run_info.machine_info("cpu"),
+        "load_before": load,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "model": model,
+        "requests_sent": result["sent"],
+        "requests_completed": completed,
+        "requests_abandoned_by_client": counts.get("abandoned", 0),
+        "requests_failed": counts.get("failed", 0),
+        "finished_at_scheduler": finished,
+        "by_kind": {k: v for k, v in counts.items() if k != "errors"},
+        "rss_growth_mb_after_warmup": growth,
+        "rss_mb_first": base["rss_mb"],
+        "rss_mb_last": samples[-1]["rss_mb"],
         "end_pool": {k: end[k] for k in ("free_tokens", "evictable_tokens", "total_tokens", "kv_accounting")},
-        "problems": problems, "samples": samples,
+        "problems": problems,
+        "samples": samples,
     }
-    print(f"soak {args.minutes:g} min, concurrency {args.concurrency}: sent {result['sent']}, completed {completed}, "
-          f"abandoned by clients {counts.get('abandoned', 0)}, failed {counts.get('failed', 0)}; "
-          f"scheduler finished {finished}")
-    print("RSS (MB) after warm-up -> last: " + ", ".join(
-        f"{k} {base['rss_mb'][k]:.0f} -> {samples[-1]['rss_mb'][k]:.0f} ({growth[k]:+.1f})" for k in growth))
+    print(
+        f"soak {args.minutes:g} min, concurrency {args.concurrency}: sent {result['sent']}, completed {completed}, "
+        f"abandoned by clients {counts.get('abandoned', 0)}, failed {counts.get('failed', 0)}; "
+        f"scheduler finished {finished}"
+    )
+    print(
+        "RSS (MB) after warm-up -> last: "
+        + ", ".join(
+            f"{k} {base['rss_mb'][k]:.0f} -> {samples[-1]['rss_mb'][k]:.0f} ({growth[k]:+.1f})"
+            for k in growth
+        )
+    )
     print("problems: " + ("; ".join(problems) if problems else "none"))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))

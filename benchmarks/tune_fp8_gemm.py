@@ -57,8 +57,9 @@ HOLD_CYCLES = 20_000_000  # ~10 ms of GPU clock cycles: longer than queueing the
 SMEM_LIMIT = 220 * 1024  # bytes of shared memory a config's pipeline may take (H100: 227 KB per block)
 
 
-def check_and_time(run, out: torch.Tensor, expected: torch.Tensor, what: str, flush: torch.Tensor, args,
-                   budget_ms: float) -> float | None:
+def check_and_time(
+    run, out: torch.Tensor, expected: torch.Tensor, what: str, flush: torch.Tensor, args, budget_ms: float
+) -> float | None:
     """One candidate: run it once on a NaN-poisoned output and check it against the reference
     (stop the whole run on a wrong result), then time it. None when it does not fit the GPU."""
     from triton.runtime.errors import OutOfResources
@@ -82,8 +83,9 @@ def candidates(m: int, block_n: int, quick: bool) -> list[dict]:
     dividing block_n, shared memory within the limit, no 8 warps on small tiles, GROUP_M only
     where there are several row tiles."""
     m_pow2 = 1 << max(0, (m - 1).bit_length())
-    block_ms = [bm for bm in (16, 32, 64, 128)
-                if (bm <= max(16, m_pow2) or bm == 64) and bm * 8 >= min(m_pow2, 512)]
+    block_ms = [
+        bm for bm in (16, 32, 64, 128) if (bm <= max(16, m_pow2) or bm == 64) and bm * 8 >= min(m_pow2, 512)
+    ]
     block_ns = [bn for bn in (32, 64, 128) if block_n % bn == 0]
     stages = (3, 4) if quick else (3, 4, 5)
     out = []
@@ -95,9 +97,16 @@ def candidates(m: int, block_n: int, quick: bool) -> list[dict]:
                 for st in stages:
                     if st * (bm + bn) * BLOCK_SIZE[1] > SMEM_LIMIT:
                         continue
-                    for group_m in ((1,) if m <= bm else (8,) if quick else (1, 8)):
-                        out.append({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": group_m,
-                                    "num_warps": warps, "num_stages": st})
+                    for group_m in (1,) if m <= bm else (8,) if quick else (1, 8):
+                        out.append(
+                            {
+                                "BLOCK_M": bm,
+                                "BLOCK_N": bn,
+                                "GROUP_M": group_m,
+                                "num_warps": warps,
+                                "num_stages": st,
+                            }
+                        )
     return out
 
 
@@ -113,9 +122,15 @@ def tune_shape(ref, gemm, n: int, k: int, ms: list[int], flush: torch.Tensor, ar
         results = []
         t0 = time.time()
         for cfg in candidates(m, BLOCK_SIZE[0], args.quick):
+
             def run(cfg=cfg):
-                gemm.w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, BLOCK_SIZE, torch.bfloat16, config=cfg, out=out)
-            ms_run = check_and_time(run, out, expected, f"N,K={n},{k} M={m} {cfg}", flush, args, budget_ms=200.0)
+                gemm.w8a8_block_fp8_matmul(
+                    a_q, a_s, b_q, b_s, BLOCK_SIZE, torch.bfloat16, config=cfg, out=out
+                )
+
+            ms_run = check_and_time(
+                run, out, expected, f"N,K={n},{k} M={m} {cfg}", flush, args, budget_ms=200.0
+            )
             if ms_run is not None:
                 results.append((ms_run, cfg))
         results.sort(key=lambda r: r[0])
@@ -123,9 +138,11 @@ def tune_shape(ref, gemm, n: int, k: int, ms: list[int], flush: torch.Tensor, ar
         default = gemm.default_config(m, n, k, BLOCK_SIZE).to_dict()
         ms_default = next((t for t, c in results if c == default), float("nan"))
         tflops = 2 * m * n * k / ms_best / 1e9
-        print(f"N,K={n},{k} M={m:5d}: {ms_best * 1e3:8.1f} us {tflops:7.1f} TFLOP/s "
-              f"(default {ms_default * 1e3:8.1f} us; {len(results)} configs, {time.time() - t0:.0f} s) {cfg_best}",
-              flush=True)
+        print(
+            f"N,K={n},{k} M={m:5d}: {ms_best * 1e3:8.1f} us {tflops:7.1f} TFLOP/s "
+            f"(default {ms_default * 1e3:8.1f} us; {len(results)} configs, {time.time() - t0:.0f} s) {cfg_best}",
+            flush=True,
+        )
         best[str(m)] = cfg_best
     return best
 
@@ -152,8 +169,9 @@ def gemv_fits(block_m: int, block_n: int, block_k: int, warps: int) -> bool:
     return per_thread >= 8 and block_m * per_thread <= GEMV_MAX_PRODUCTS
 
 
-def tune_gemv_shape(ref, quant, gemm, gemv, n: int, k: int, ms: list[int], flush: torch.Tensor,
-                    args) -> tuple[dict, dict]:
+def tune_gemv_shape(
+    ref, quant, gemm, gemv, n: int, k: int, ms: list[int], flush: torch.Tensor, args
+) -> tuple[dict, dict]:
     """({M bucket: best config}, {M bucket: {"gemv_us", "w8a8_us", "config"}}) for one weight shape."""
     w = torch.randn(n, k, device="cuda") * 0.02
     w_q, w_s = ref.block_quant_fp8(w, BLOCK_SIZE)
@@ -175,13 +193,21 @@ def tune_gemv_shape(ref, quant, gemm, gemv, n: int, k: int, ms: list[int], flush
 
             def run(cfg=cfg):
                 gemv.w8a16_block_fp8_matmul(x, w_q, w_s, BLOCK_SIZE, config=cfg, out=out)
-            ms_run = check_and_time(run, out, expected, f"(GEMV) N,K={n},{k} M={m} {cfg}", flush, args, budget_ms=100.0)
+
+            ms_run = check_and_time(
+                run, out, expected, f"(GEMV) N,K={n},{k} M={m} {cfg}", flush, args, budget_ms=100.0
+            )
             if ms_run is not None:
                 timed[key] = ms_run
 
         def config(block_n, block_k, split_k, warps, stages) -> dict:
-            return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k, "num_warps": warps,
-                    "num_stages": stages}
+            return {
+                "BLOCK_N": block_n,
+                "BLOCK_K": block_k,
+                "SPLIT_K": split_k,
+                "num_warps": warps,
+                "num_stages": stages,
+            }
 
         # round 1: BLOCK_K 128, no pipelining, (BLOCK_N, warps) x SPLIT_K
         for block_n, warps in GEMV_FIRST_ROUND:
@@ -208,16 +234,26 @@ def tune_gemv_shape(ref, quant, gemm, gemv, n: int, k: int, ms: list[int], flush
         def w8a8():
             a_q, a_s = quant.per_token_group_quant_fp8(x, BLOCK_SIZE[1])
             gemm.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s, BLOCK_SIZE, torch.bfloat16, out=w8a8_out)
+
         ms_w8a8 = time_ms(w8a8, flush, args.warmup, args.reps, budget_ms=100.0, hold_cycles=HOLD_CYCLES)
         default = gemv.default_config(m, n, k, BLOCK_SIZE).to_dict()
         ms_default = timed.get(tuple(sorted(default.items())), float("nan"))
         weight_gbs = (w_q.numel() + 4 * w_s.numel()) / ms_best / 1e6
-        print(f"GEMV N,K={n},{k} M={m:2d}: {ms_best * 1e3:7.1f} us ({weight_gbs:5.0f} GB/s of weights; default "
-              f"{ms_default * 1e3:7.1f} us) vs W8A8 quant+gemm {ms_w8a8 * 1e3:7.1f} us: "
-              f"{ms_w8a8 / ms_best:4.2f}x ({len(timed)} configs, {time.time() - t0:.0f} s) {ordered}", flush=True)
+        print(
+            f"GEMV N,K={n},{k} M={m:2d}: {ms_best * 1e3:7.1f} us ({weight_gbs:5.0f} GB/s of weights; default "
+            f"{ms_default * 1e3:7.1f} us) vs W8A8 quant+gemm {ms_w8a8 * 1e3:7.1f} us: "
+            f"{ms_w8a8 / ms_best:4.2f}x ({len(timed)} configs, {time.time() - t0:.0f} s) {ordered}",
+            flush=True,
+        )
         best[str(m)] = ordered
-        measured[str(m)] = {"gemv_us": ms_best * 1e3, "w8a8_us": ms_w8a8 * 1e3, "default_us": ms_default * 1e3,
-                            "gemv_weight_gbs": weight_gbs, "config": ordered, "configs_timed": len(timed)}
+        measured[str(m)] = {
+            "gemv_us": ms_best * 1e3,
+            "w8a8_us": ms_w8a8 * 1e3,
+            "default_us": ms_default * 1e3,
+            "gemv_weight_gbs": weight_gbs,
+            "config": ordered,
+            "configs_timed": len(timed),
+        }
     return best, measured
 
 
@@ -237,8 +273,18 @@ def start_run(title: str, shapes, ms, out_path: Path) -> tuple[str, torch.Tensor
     import triton
 
     card = torch.cuda.get_device_name(0)
-    print(" | ".join([*([title] if title else []), f"card: {card}", f"torch {torch.__version__}",
-                      f"triton {triton.__version__}", f"shapes {shapes}", f"M {ms}"]))
+    print(
+        " | ".join(
+            [
+                *([title] if title else []),
+                f"card: {card}",
+                f"torch {torch.__version__}",
+                f"triton {triton.__version__}",
+                f"shapes {shapes}",
+                f"M {ms}",
+            ]
+        )
+    )
     torch.manual_seed(0)
     flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
     try:
@@ -259,15 +305,22 @@ def write_table(gemm, out_path: Path, table: dict, head: tuple[str, ...]) -> Non
 def main_gemv(args) -> None:
     import triton
 
-    ref, quant, gemm, gemv = load_kernel_modules("reference", "triton.fp8_quant", "triton.fp8_gemm",
-                                                 "triton.fp8_gemv")
+    ref, quant, gemm, gemv = load_kernel_modules(
+        "reference", "triton.fp8_quant", "triton.fp8_gemm", "triton.fp8_gemv"
+    )
     shapes = args.shapes or LLAMA_8B_SHAPES
     ms = sorted(args.m or gemv.M_BUCKETS)
     if ms[-1] > gemv.MAX_M or ms[0] < 1:
         sys.exit(f"--gemv tunes 1 <= M <= {gemv.MAX_M}, got {ms}")
     out_path = args.out or gemv.CONFIG_FILE
     card, flush, table, date = start_run("GEMV tuning", shapes, ms, out_path)
-    results = {"card": card, "date": date, "torch": torch.__version__, "triton": triton.__version__, "shapes": {}}
+    results = {
+        "card": card,
+        "date": date,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "shapes": {},
+    }
     for n, k in shapes:  # the file is rewritten after each shape: a cut-off run keeps what it tuned
         key = f"{n},{k}"
         configs, measured = tune_gemv_shape(ref, quant, gemm, gemv, n, k, ms, flush, args)
@@ -280,7 +333,8 @@ def main_gemv(args) -> None:
             'be older). Keys: "_gemv_max_m": largest M that ops.fp8_linear sends to the GEMV (for shapes without '
             'their own; the smallest of the tuned shapes\' values); "_gemv_max_m_by_shape": {"N,K": the largest '
             'tuned M up to which the GEMV beat activation quant + W8A8 GEMM at every tuned M}; "N,K" of the '
-            'weight, then the M bucket (1, 2, 4, 8, 16; a given M uses the smallest bucket >= M).')
+            "weight, then the M bucket (1, 2, 4, 8, 16; a given M uses the smallest bucket >= M)."
+        )
         table["_block_size"] = list(BLOCK_SIZE)
         table["_gemv_max_m_by_shape"] = by_shape
         table["_gemv_max_m"] = min(by_shape.values())
@@ -288,8 +342,10 @@ def main_gemv(args) -> None:
         write_table(gemm, out_path, table, ("_comment", "_block_size", "_gemv_max_m", "_gemv_max_m_by_shape"))
         if args.results:
             args.results.write_text(json.dumps(results, indent=1))
-    print(f"GEMV thresholds (largest M where it beats W8A8): {table['_gemv_max_m_by_shape']}; "
-          f"_gemv_max_m = {table['_gemv_max_m']}")
+    print(
+        f"GEMV thresholds (largest M where it beats W8A8): {table['_gemv_max_m_by_shape']}; "
+        f"_gemv_max_m = {table['_gemv_max_m']}"
+    )
     print("wrote", out_path)
 
 
@@ -337,7 +393,9 @@ def main_scaled_mm(args) -> None:
             def triton_run():
                 gemm.w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, BLOCK_SIZE, torch.bfloat16, out=out)
 
-            t_triton = check_and_time(triton_run, out, expected, f"triton N,K={n},{k} M={m}", flush, args, 200.0)
+            t_triton = check_and_time(
+                triton_run, out, expected, f"triton N,K={n},{k} M={m}", flush, args, 200.0
+            )
             got = cublas.block_scaled_mm(a_q_pad, a_s_mmajor, b_q, b_s)[:m].double()
             err = float((got - expected.double()).norm() / expected.double().norm())
             if not err < 1e-2:
@@ -345,13 +403,23 @@ def main_scaled_mm(args) -> None:
 
             def cublas_only():
                 cublas.block_scaled_mm(a_q_pad, a_s_mmajor, b_q, b_s)
-            t_cublas = time_ms(cublas_only, flush, args.warmup, args.reps, budget_ms=200.0, hold_cycles=HOLD_CYCLES)
+
+            t_cublas = time_ms(
+                cublas_only, flush, args.warmup, args.reps, budget_ms=200.0, hold_cycles=HOLD_CYCLES
+            )
             flops = 2 * m * n * k
-            measured[str(m)] = {"triton_us": t_triton * 1e3, "cublas_us": t_cublas * 1e3,
-                                "triton_tflops": flops / t_triton / 1e9, "cublas_tflops": flops / t_cublas / 1e9}
-            print(f"N,K={n},{k} M={m:5d}: triton {t_triton * 1e3:8.1f} us {flops / t_triton / 1e9:7.1f} TFLOP/s | "
-                  f"cublas {t_cublas * 1e3:8.1f} us {flops / t_cublas / 1e9:7.1f} TFLOP/s | "
-                  f"{t_triton / t_cublas:4.2f}x", flush=True)
+            measured[str(m)] = {
+                "triton_us": t_triton * 1e3,
+                "cublas_us": t_cublas * 1e3,
+                "triton_tflops": flops / t_triton / 1e9,
+                "cublas_tflops": flops / t_cublas / 1e9,
+            }
+            print(
+                f"N,K={n},{k} M={m:5d}: triton {t_triton * 1e3:8.1f} us {flops / t_triton / 1e9:7.1f} TFLOP/s | "
+                f"cublas {t_cublas * 1e3:8.1f} us {flops / t_cublas / 1e9:7.1f} TFLOP/s | "
+                f"{t_triton / t_cublas:4.2f}x",
+                flush=True,
+            )
         results[f"{n},{k}"] = measured
     by_shape = dict(table.get("_scaled_mm_min_m_by_shape", {}))
     by_shape.update({key: scaled_mm_min_m(measured) for key, measured in results.items()})
@@ -362,36 +430,73 @@ def main_scaled_mm(args) -> None:
         f"Measured by benchmarks/tune_fp8_gemm.py --scaled-mm on {card}, {date}, torch {torch.__version__}: "
         '"_scaled_mm_min_m_by_shape": {"N,K": the smallest tuned M from which cuBLAS block-scaled _scaled_mm beat '
         f'this Triton GEMM by {SCALED_MM_MARGIN}x at every larger tuned M (null: never)}}; "_scaled_mm_min_m": for '
-        'other shapes (the largest of those; null if any is null).')
-    write_table(gemm, out_path, table,
-                ("_comment", "_block_size", "_scaled_mm_comment", "_scaled_mm_min_m", "_scaled_mm_min_m_by_shape"))
+        "other shapes (the largest of those; null if any is null)."
+    )
+    write_table(
+        gemm,
+        out_path,
+        table,
+        ("_comment", "_block_size", "_scaled_mm_comment", "_scaled_mm_min_m", "_scaled_mm_min_m_by_shape"),
+    )
     if args.results:
-        args.results.write_text(json.dumps({"card": card, "date": date, "torch": torch.__version__,
-                                            "triton": triton.__version__, "shapes": results}, indent=1))
+        args.results.write_text(
+            json.dumps(
+                {
+                    "card": card,
+                    "date": date,
+                    "torch": torch.__version__,
+                    "triton": triton.__version__,
+                    "shapes": results,
+                },
+                indent=1,
+            )
+        )
     print(f"cuBLAS from M: {by_shape}; _scaled_mm_min_m = {table['_scaled_mm_min_m']}")
     print("wrote", out_path)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", type=parse_shape, metavar="N,K",
-                        help="weight shapes to tune (default: the Llama-3.1-8B linear layers)")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        type=parse_shape,
+        metavar="N,K",
+        help="weight shapes to tune (default: the Llama-3.1-8B linear layers)",
+    )
     parser.add_argument("--m", nargs="+", type=int, help="M values (default: the config buckets)")
-    parser.add_argument("--out", type=Path, help="JSON to update (default: runtime/kernels/triton/"
-                        "fp8_gemm_configs.json, with --gemv fp8_gemv_configs.json)")
-    parser.add_argument("--gemv", action="store_true",
-                        help="tune the W8A16 GEMV (fp8_gemv.py) and its dispatch threshold instead of the W8A8 GEMM")
-    parser.add_argument("--scaled-mm", action="store_true",
-                        help="measure from which M cuBLAS' block-scaled GEMM beats the Triton GEMM; record it")
-    parser.add_argument("--results", type=Path, help="--gemv / --scaled-mm: also write the timings here (JSON)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="JSON to update (default: runtime/kernels/triton/"
+        "fp8_gemm_configs.json, with --gemv fp8_gemv_configs.json)",
+    )
+    parser.add_argument(
+        "--gemv",
+        action="store_true",
+        help="tune the W8A16 GEMV (fp8_gemv.py) and its dispatch threshold instead of the W8A8 GEMM",
+    )
+    parser.add_argument(
+        "--scaled-mm",
+        action="store_true",
+        help="measure from which M cuBLAS' block-scaled GEMM beats the Triton GEMM; record it",
+    )
+    parser.add_argument(
+        "--results", type=Path, help="--gemv / --scaled-mm: also write the timings here (JSON)"
+    )
     parser.add_argument("--reps", type=int, default=30, help="timed calls per config (median kept)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per config first")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer candidates (stages 3-4, GROUP_M 8 only; --gemv: the first round only)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer candidates (stages 3-4, GROUP_M 8 only; --gemv: the first round only)",
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        sys.exit("tune_fp8_gemm.py needs a CUDA GPU (torch.cuda.is_available() is False); "
-                 "run it on the machine whose configs you want")
+        sys.exit(
+            "tune_fp8_gemm.py needs a CUDA GPU (torch.cuda.is_available() is False); "
+            "run it on the machine whose configs you want"
+        )
     if args.gemv:
         main_gemv(args)
         return
@@ -408,13 +513,17 @@ def main(argv: list[str] | None = None) -> None:
     tuned: dict[str, dict] = {}
     for n, k in shapes:  # the file is rewritten after each shape: a cut-off run keeps what it tuned
         tuned[f"{n},{k}"] = tune_shape(ref, gemm, n, k, ms, flush, args)
-        table["_comment"] = (f"Tuned by benchmarks/tune_fp8_gemm.py on {card}, {date}, torch {torch.__version__}, "
-                             f"triton {triton.__version__} (shapes {'; '.join(tuned)}, M {ms}; entries of other "
-                             "shapes or M may be older). Keys: \"N,K\" of the weight, then the M bucket (a given M "
-                             "uses the smallest bucket >= M, else the largest).")
+        table["_comment"] = (
+            f"Tuned by benchmarks/tune_fp8_gemm.py on {card}, {date}, torch {torch.__version__}, "
+            f"triton {triton.__version__} (shapes {'; '.join(tuned)}, M {ms}; entries of other "
+            'shapes or M may be older). Keys: "N,K" of the weight, then the M bucket (a given M '
+            "uses the smallest bucket >= M, else the largest)."
+        )
         table["_block_size"] = list(BLOCK_SIZE)
         table.setdefault(f"{n},{k}", {}).update(tuned[f"{n},{k}"])
-        write_table(gemm, out_path, table, ("_comment", "_block_size"))  # metadata first, shapes in their order
+        write_table(
+            gemm, out_path, table, ("_comment", "_block_size")
+        )  # metadata first, shapes in their order
     print("wrote", out_path)
 
 

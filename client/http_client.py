@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 
 class HttpRuntimeClient:
@@ -40,21 +41,42 @@ class HttpRuntimeClient:
             return json.loads(resp.read())
 
     @staticmethod
-    def _body(prompt: str | None, input_ids: Sequence[int] | None, sampling_params: dict | None,
-              return_logprob: bool, logprob_start_len: int | None, top_logprobs_num: int) -> dict:
-        body: dict[str, Any] = {"sampling_params": dict(sampling_params or {}), "return_logprob": return_logprob,
-                                "logprob_start_len": logprob_start_len, "top_logprobs_num": top_logprobs_num}
+    def _body(
+        prompt: str | None,
+        input_ids: Sequence[int] | None,
+        sampling_params: dict | None,
+        return_logprob: bool,
+        logprob_start_len: int | None,
+        top_logprobs_num: int,
+    ) -> dict:
+        body: dict[str, Any] = {
+            "sampling_params": dict(sampling_params or {}),
+            "return_logprob": return_logprob,
+            "logprob_start_len": logprob_start_len,
+            "top_logprobs_num": top_logprobs_num,
+        }
         if input_ids is not None:
             body["input_ids"] = list(input_ids)
         else:
             body["text"] = prompt
         return body
 
-    def generate(self, prompt: str | None = None, sampling_params: dict | None = None,
-                 input_ids: Sequence[int] | None = None, return_logprob: bool = False,
-                 logprob_start_len: int | None = None, top_logprobs_num: int = 0) -> dict:
-        out = self._json("POST", "/generate", self._body(prompt, input_ids, sampling_params, return_logprob,
-                                                          logprob_start_len, top_logprobs_num))
+    def generate(
+        self,
+        prompt: str | None = None,
+        sampling_params: dict | None = None,
+        input_ids: Sequence[int] | None = None,
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int = 0,
+    ) -> dict:
+        out = self._json(
+            "POST",
+            "/generate",
+            self._body(
+                prompt, input_ids, sampling_params, return_logprob, logprob_start_len, top_logprobs_num
+            ),
+        )
         return {**out, "finished": True}
 
     def generate_batch(self, requests: Sequence[dict]) -> list[dict]:
@@ -83,13 +105,23 @@ class HttpRuntimeClient:
             body["text"] = [r["prompt"] for r in requests]
         return self._json("POST", "/generate", body)
 
-    def generate_stream(self, prompt: str | None = None, sampling_params: dict | None = None,
-                        input_ids: Sequence[int] | None = None, return_logprob: bool = False,
-                        logprob_start_len: int | None = None, top_logprobs_num: int = 0) -> Iterator[dict]:
+    def generate_stream(
+        self,
+        prompt: str | None = None,
+        sampling_params: dict | None = None,
+        input_ids: Sequence[int] | None = None,
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int = 0,
+    ) -> Iterator[dict]:
         """Chunks with the text and token ids *added* since the last one (the route sends
         cumulative text; this turns it into deltas like the ZeroMQ client)."""
-        body = {**self._body(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
-                             top_logprobs_num), "stream": True}
+        body = {
+            **self._body(
+                prompt, input_ids, sampling_params, return_logprob, logprob_start_len, top_logprobs_num
+            ),
+            "stream": True,
+        }
         text_len = ids_len = 0
         last: dict | None = None
         with self._open("POST", "/generate", body) as resp:
@@ -97,7 +129,7 @@ class HttpRuntimeClient:
                 line = raw.decode().strip()
                 if not line.startswith("data:"):
                     continue
-                payload = line[len("data:"):].strip()
+                payload = line[len("data:") :].strip()
                 if payload == "[DONE]":
                     break
                 chunk = json.loads(payload)
@@ -105,8 +137,11 @@ class HttpRuntimeClient:
                     raise RuntimeError(chunk["error"].get("message", str(chunk["error"])))
                 if last is not None:
                     yield {**last, "finished": False}
-                last = {"text": chunk["text"][text_len:], "output_ids": chunk["output_ids"][ids_len:],
-                        "meta_info": chunk["meta_info"]}
+                last = {
+                    "text": chunk["text"][text_len:],
+                    "output_ids": chunk["output_ids"][ids_len:],
+                    "meta_info": chunk["meta_info"],
+                }
                 text_len, ids_len = len(chunk["text"]), len(chunk["output_ids"])
         if last is None:
             raise RuntimeError("the stream ended without output")

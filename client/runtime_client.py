@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import zmq
 
-from radixlm.runtime.managers.messages import (ClientAbort, ClientBatch, ClientChunk, ClientControl, ClientGenerate,
-                                      ClientReply, ClientResult, decoder, encoder)
+from radixlm.runtime.managers.messages import (
+    ClientAbort,
+    ClientBatch,
+    ClientChunk,
+    ClientControl,
+    ClientGenerate,
+    ClientReply,
+    ClientResult,
+    decoder,
+    encoder,
+)
 from radixlm.runtime.scheduler.request import check_text
 
 
@@ -53,36 +63,72 @@ class RuntimeClient:
         sock.send(self._enc.encode(msg))
         return sock, msg.rid
 
-    def generate(self, prompt: str | None = None, sampling_params: dict | None = None,
-                 input_ids: Sequence[int] | None = None, return_logprob: bool = False,
-                 logprob_start_len: int | None = None, top_logprobs_num: int = 0) -> dict:
-        sock, rid = self._request(_generate_message(
-            prompt=prompt, input_ids=input_ids, sampling_params=sampling_params, return_logprob=return_logprob,
-            logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, stream=False))
+    def generate(
+        self,
+        prompt: str | None = None,
+        sampling_params: dict | None = None,
+        input_ids: Sequence[int] | None = None,
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int = 0,
+    ) -> dict:
+        sock, rid = self._request(
+            _generate_message(
+                prompt=prompt,
+                input_ids=input_ids,
+                sampling_params=sampling_params,
+                return_logprob=return_logprob,
+                logprob_start_len=logprob_start_len,
+                top_logprobs_num=top_logprobs_num,
+                stream=False,
+            )
+        )
         reply = self._recv(sock, rid)
         return _result(reply)
 
     def generate_batch(self, requests: Sequence[dict]) -> list[dict]:
         """Several requests at once (each a dict of `generate`'s keywords: prompt or input_ids,
         sampling_params, return_logprob, logprob_start_len, top_logprobs_num)."""
-        msgs = [_generate_message(
-            prompt=r.get("prompt"), input_ids=r.get("input_ids"), sampling_params=r.get("sampling_params"),
-            return_logprob=r.get("return_logprob", False), logprob_start_len=r.get("logprob_start_len"),
-            top_logprobs_num=r.get("top_logprobs_num", 0), stream=False) for r in requests]
+        msgs = [
+            _generate_message(
+                prompt=r.get("prompt"),
+                input_ids=r.get("input_ids"),
+                sampling_params=r.get("sampling_params"),
+                return_logprob=r.get("return_logprob", False),
+                logprob_start_len=r.get("logprob_start_len"),
+                top_logprobs_num=r.get("top_logprobs_num", 0),
+                stream=False,
+            )
+            for r in requests
+        ]
         sock, rid = self._request(ClientBatch(rid=uuid.uuid4().hex, requests=msgs))
         reply = self._recv(sock, rid)
         if not isinstance(reply, ClientResult) or not reply.ok:
             raise RuntimeError(getattr(reply, "error", "") or "batch request failed")
         return reply.data["outputs"]
 
-    def generate_stream(self, prompt: str | None = None, sampling_params: dict | None = None,
-                        input_ids: Sequence[int] | None = None, return_logprob: bool = False,
-                        logprob_start_len: int | None = None, top_logprobs_num: int = 0) -> Iterator[dict]:
+    def generate_stream(
+        self,
+        prompt: str | None = None,
+        sampling_params: dict | None = None,
+        input_ids: Sequence[int] | None = None,
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int = 0,
+    ) -> Iterator[dict]:
         """Chunks of new text and token ids; each chunk's meta_info is cumulative (its logprob
         lists cover every token so far)."""
-        sock, rid = self._request(_generate_message(
-            prompt=prompt, input_ids=input_ids, sampling_params=sampling_params, return_logprob=return_logprob,
-            logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, stream=True))
+        sock, rid = self._request(
+            _generate_message(
+                prompt=prompt,
+                input_ids=input_ids,
+                sampling_params=sampling_params,
+                return_logprob=return_logprob,
+                logprob_start_len=logprob_start_len,
+                top_logprobs_num=top_logprobs_num,
+                stream=True,
+            )
+        )
         finished = False
         try:
             while not finished:
@@ -122,25 +168,42 @@ class RuntimeClient:
             self._local.sock = None
 
 
-def _generate_message(*, prompt: Any, input_ids: Sequence[int] | None, sampling_params: dict | None,
-                      return_logprob: bool, logprob_start_len: int | None, top_logprobs_num: int,
-                      stream: bool) -> ClientGenerate:
+def _generate_message(
+    *,
+    prompt: Any,
+    input_ids: Sequence[int] | None,
+    sampling_params: dict | None,
+    return_logprob: bool,
+    logprob_start_len: int | None,
+    top_logprobs_num: int,
+    stream: bool,
+) -> ClientGenerate:
     """One generate request as it goes on the wire. A prompt with a lone surrogate cannot be
     encoded as msgpack's UTF-8: it is refused here, by name, before anything is sent."""
     if isinstance(prompt, str):
         check_text(prompt)
     return ClientGenerate(
-        rid=uuid.uuid4().hex, text=prompt, input_ids=list(input_ids) if input_ids is not None else None,
-        sampling_params=dict(sampling_params or {}), return_logprob=return_logprob,
-        logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num, stream=stream)
+        rid=uuid.uuid4().hex,
+        text=prompt,
+        input_ids=list(input_ids) if input_ids is not None else None,
+        sampling_params=dict(sampling_params or {}),
+        return_logprob=return_logprob,
+        logprob_start_len=logprob_start_len,
+        top_logprobs_num=top_logprobs_num,
+        stream=stream,
+    )
 
 
 def _result(reply: Any) -> dict:
     if isinstance(reply, ClientResult):
         raise RuntimeError(reply.error or "request failed")
     assert isinstance(reply, ClientChunk)
-    return {"text": reply.text, "output_ids": reply.output_ids, "meta_info": reply.meta_info,
-            "finished": reply.finished}
+    return {
+        "text": reply.text,
+        "output_ids": reply.output_ids,
+        "meta_info": reply.meta_info,
+        "finished": reply.finished,
+    }
 
 
 __all__ = ["RuntimeClient"]

@@ -18,19 +18,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import radixlm as rl  # noqa: E402
+import radixlm as rl
 
 
 def add_backend_args(parser: argparse.ArgumentParser, max_tokens: int | None = 16) -> argparse.ArgumentParser:
     """--model | --endpoint, --device, and --max-tokens (left out when max_tokens is None)."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--model", default=None, help="local model folder (default: the offline tiny model)")
-    where.add_argument("--endpoint", default=None, metavar="ADDR",
-                       help="connect to `radixlm serve --zmq-port PORT`, e.g. tcp://127.0.0.1:30001")
+    where.add_argument(
+        "--endpoint",
+        default=None,
+        metavar="ADDR",
+        help="connect to `radixlm serve --zmq-port PORT`, e.g. tcp://127.0.0.1:30001",
+    )
     parser.add_argument("--device", default="auto", help="device for a launched runtime (auto, cpu, cuda)")
     if max_tokens is not None:
         parser.add_argument("--max-tokens", type=int, default=max_tokens, help="token limit per generation")
@@ -62,5 +67,7 @@ def backend_from_args(args: argparse.Namespace) -> Iterator[Any]:
 
 def print_cache_hit_rate(backend: Any) -> None:
     info = rl.get_server_info(backend)
-    print(f"cache hit rate: {info['cache_hit_rate']:.1%} "
-          f"({info['cached_tokens']} of {info['prompt_tokens']} prompt tokens from the radix cache)")
+    print(
+        f"cache hit rate: {info['cache_hit_rate']:.1%} "
+        f"({info['cached_tokens']} of {info['prompt_tokens']} prompt tokens from the radix cache)"
+    )

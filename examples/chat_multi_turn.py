@@ -11,8 +11,9 @@ each turn. (The tiny model has random weights, so its replies are gibberish.)
 
 from __future__ import annotations
 
-import radixlm as rl
 from _backend import backend_from_args, make_parser, print_cache_hit_rate
+
+import radixlm as rl
 
 QUESTIONS = [
     "What is a radix tree?",

@@ -12,8 +12,9 @@ labels, whatever the model; the scores in its meta info say how close the call w
 
 from __future__ import annotations
 
-import radixlm as rl
 from _backend import backend_from_args, make_parser, print_cache_hit_rate
+
+import radixlm as rl
 
 LABELS = ["positive", "negative", "neutral"]
 EXAMPLES = [

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from _backend import backend_from_args, make_parser, print_cache_hit_rate
 from pydantic import BaseModel, Field, StringConstraints
 
 import radixlm as rl
-from _backend import backend_from_args, make_parser, print_cache_hit_rate
 
 # Every string and list is bounded: a model that never closes a quote would otherwise run to max_tokens.
 # (The email's pattern bounds it. A max_length next to a pattern is refused: the regex
@@ -50,9 +50,11 @@ TEXTS = [
 
 @rl.function
 def extract_contact(s, text: str, max_tokens: int):
-    s += rl.system("You extract contact details from text. Answer with one JSON object: the person's "
-                   "name, email address, their role towards us (customer, supplier, partner or "
-                   "employee) and up to three short tags.")
+    s += rl.system(
+        "You extract contact details from text. Answer with one JSON object: the person's "
+        "name, email address, their role towards us (customer, supplier, partner or "
+        "employee) and up to three short tags."
+    )
     s += rl.user(text)
     s += rl.assistant(rl.gen("contact", json_schema=Contact, max_tokens=max_tokens))
 
@@ -61,8 +63,10 @@ def show(state) -> Contact:
     contact = Contact.model_validate_json(state["contact"])  # the schema guarantees this parses
     meta = state.get_meta_info("contact")
     print(f"validated Contact: {contact.model_dump_json()}")
-    print(f"  {meta['completion_tokens']} tokens, {meta.get('jump_forward_tokens') or 0} of them "
-          f"jump-forward (forced by the schema); finish: {meta['finish_reason']['type']}")
+    print(
+        f"  {meta['completion_tokens']} tokens, {meta.get('jump_forward_tokens') or 0} of them "
+        f"jump-forward (forced by the schema); finish: {meta['finish_reason']['type']}"
+    )
     return contact
 
 
@@ -73,8 +77,9 @@ def main() -> None:
         contacts = [show(extract_contact.run(text=TEXTS[0], max_tokens=args.max_tokens, temperature=0))]
 
         print("\nrun_batch over 3 more texts:")
-        states = extract_contact.run_batch([{"text": t, "max_tokens": args.max_tokens} for t in TEXTS[1:]],
-                                           temperature=0)
+        states = extract_contact.run_batch(
+            [{"text": t, "max_tokens": args.max_tokens} for t in TEXTS[1:]], temperature=0
+        )
         for text, state in zip(TEXTS[1:], states):
             print(f"text: {text[:60]!r}...")
             contacts.append(show(state))

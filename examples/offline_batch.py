@@ -15,8 +15,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from radixlm import Engine  # noqa: E402
-from radixlm.testing import default_model_path  # noqa: E402
+from radixlm import Engine
+from radixlm.testing import default_model_path
 
 SYSTEM = (
     "You are a careful assistant for Python programmers. Answer briefly, show code when it "
@@ -35,7 +35,9 @@ QUESTIONS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="local model folder (default: the offline tiny model)")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--device", default="auto")
@@ -46,8 +48,11 @@ def main() -> None:
     with Engine(model, device=args.device) as engine:
         chat = engine.tokenizer.apply_chat_template
         prompts = [
-            chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
-                 tokenize=False, add_generation_prompt=True)
+            chat(
+                [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
             for q in QUESTIONS
         ]
         params = {"max_new_tokens": args.max_new_tokens, "temperature": 0.7, "top_p": 0.9}
@@ -59,11 +64,15 @@ def main() -> None:
             print(f"--- round {round_no}: {len(prompts)} requests, {tokens} tokens in {elapsed:.2f}s")
             for question, out in zip(QUESTIONS, outputs):
                 meta = out["meta_info"]
-                print(f"[{meta['prompt_tokens']} prompt / {meta['cached_tokens']} cached] "
-                      f"{question}\n    -> {out['text']!r}")
+                print(
+                    f"[{meta['prompt_tokens']} prompt / {meta['cached_tokens']} cached] "
+                    f"{question}\n    -> {out['text']!r}"
+                )
         info = engine.get_server_info()
-        print(f"cache hit rate {info['cache_hit_rate']:.1%}; {info['generated_tokens']} tokens generated; "
-              f"total {time.perf_counter() - start:.1f}s on {info['device']}")
+        print(
+            f"cache hit rate {info['cache_hit_rate']:.1%}; {info['generated_tokens']} tokens generated; "
+            f"total {time.perf_counter() - start:.1f}s on {info['device']}"
+        )
         engine.check_accounting()
 
 

@@ -20,16 +20,23 @@ import math
 import operator
 import re
 
-import radixlm as rl
 from _backend import backend_from_args, make_parser, print_cache_hit_rate
+
+import radixlm as rl
 
 QUESTION = "What is the area of a circle with a radius of 3 metres?"
 MAX_EXPRESSION_CHARS = 200
-MAX_MAGNITUDE = 10 ** 100
+MAX_MAGNITUDE = 10**100
 OPERATORS = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
-    ast.USub: operator.neg, ast.UAdd: operator.pos,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
 }
 CONSTANTS = {"pi": math.pi, "e": math.e}
 GLOSSARY = {
@@ -96,8 +103,10 @@ def parse_action(text: str) -> tuple[str, str] | None:
 def observe(action: str) -> str:
     parsed = parse_action(action)
     if parsed is None or parsed[0] not in TOOLS:
-        return (f"invalid action {action.strip()[:60]!r}; write calculator[expression], lookup[word] "
-                f"or finish[answer]")
+        return (
+            f"invalid action {action.strip()[:60]!r}; write calculator[expression], lookup[word] "
+            f"or finish[answer]"
+        )
     name, argument = parsed
     try:
         return TOOLS[name](argument)
@@ -107,11 +116,15 @@ def observe(action: str) -> str:
 
 # ---------------------------------------------------------------------------------------- program
 def few_shot() -> str:
-    steps = [("I need the glossary definition first.", "lookup[radix]"),
-             ("A day has 24 hours of 3600 seconds each.", "calculator[24 * 3600]"),
-             ("I have the answer.", "finish[86400]")]
-    text = ("Answer the question with Thought, Action and Observation lines. Actions: calculator[expression], "
-            "lookup[word], finish[answer].\n\nQuestion: How many seconds are there in a day?\n")
+    steps = [
+        ("I need the glossary definition first.", "lookup[radix]"),
+        ("A day has 24 hours of 3600 seconds each.", "calculator[24 * 3600]"),
+        ("I have the answer.", "finish[86400]"),
+    ]
+    text = (
+        "Answer the question with Thought, Action and Observation lines. Actions: calculator[expression], "
+        "lookup[word], finish[answer].\n\nQuestion: How many seconds are there in a day?\n"
+    )
     for thought, action in steps:
         text += f"Thought: {thought}\nAction: {action}\n"
         if not action.startswith("finish["):
@@ -140,8 +153,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=3)
     args = parser.parse_args()
     with backend_from_args(args) as backend:
-        state = react.run(question=args.question, max_steps=args.max_steps, max_tokens=args.max_tokens,
-                          temperature=0)
+        state = react.run(
+            question=args.question, max_steps=args.max_steps, max_tokens=args.max_tokens, temperature=0
+        )
         print(f"Question: {args.question}")
         print(state["trace"], end="")
         answer = state.ret_value

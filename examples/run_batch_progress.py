@@ -15,18 +15,37 @@ from __future__ import annotations
 
 import time
 
-import radixlm as rl
 from _backend import backend_from_args, make_parser, print_cache_hit_rate
 
-TOPICS = ["rivers", "volcanoes", "owls", "bridges", "tea", "glaciers", "bees", "lighthouses",
-          "comets", "maps", "violins", "deserts", "clocks", "coral", "kites", "salt"]
+import radixlm as rl
+
+TOPICS = [
+    "rivers",
+    "volcanoes",
+    "owls",
+    "bridges",
+    "tea",
+    "glaciers",
+    "bees",
+    "lighthouses",
+    "comets",
+    "maps",
+    "violins",
+    "deserts",
+    "clocks",
+    "coral",
+    "kites",
+    "salt",
+]
 
 
 @rl.function
 def fact_card(s, topic: str):
-    s += ("Write one surprising, true fact about the topic, in a single short sentence. "
-          "Keep it friendly and avoid jargon.\n\n"
-          "Topic: octopuses\nFact: An octopus has three hearts and blue blood.\n\n")
+    s += (
+        "Write one surprising, true fact about the topic, in a single short sentence. "
+        "Keep it friendly and avoid jargon.\n\n"
+        "Topic: octopuses\nFact: An octopus has three hearts and blue blood.\n\n"
+    )
     s += f"Topic: {topic}\nFact:" + rl.gen("fact", stop="\n")
 
 
@@ -41,17 +60,22 @@ def main() -> None:
     with backend_from_args(args) as backend:
         start = time.perf_counter()
         # keywords after the batch are run-level defaults for every gen (here: greedy, short)
-        states = fact_card.run_batch(batch, progress_bar=True, num_threads=num_threads,
-                                     max_new_tokens=args.max_tokens, temperature=0)
+        states = fact_card.run_batch(
+            batch, progress_bar=True, num_threads=num_threads, max_new_tokens=args.max_tokens, temperature=0
+        )
         elapsed = time.perf_counter() - start
         for item, state in list(zip(batch, states))[:4]:
             print(f"{item['topic']:>14}: {state['fact']!r}")
         if len(states) > 4:
             print(f"{'...':>14}  ({len(states) - 4} more)")
         failed = sum(state.error() is not None for state in states)
-        tokens = sum(state.get_meta_info("fact")["completion_tokens"] for state in states if state.error() is None)
-        print(f"{len(states)} programs ({failed} failed), {tokens} tokens in {elapsed:.2f}s: "
-              f"{len(states) / elapsed:.1f} programs/s, {tokens / elapsed:.1f} tokens/s")
+        tokens = sum(
+            state.get_meta_info("fact")["completion_tokens"] for state in states if state.error() is None
+        )
+        print(
+            f"{len(states)} programs ({failed} failed), {tokens} tokens in {elapsed:.2f}s: "
+            f"{len(states) / elapsed:.1f} programs/s, {tokens / elapsed:.1f} tokens/s"
+        )
         print_cache_hit_rate(backend)
 
 

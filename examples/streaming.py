@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import radixlm as rl
 from _backend import backend_from_args, make_parser, print_cache_hit_rate
+
+import radixlm as rl
 
 
 @rl.function
@@ -39,8 +40,10 @@ def stream_sync(max_tokens: int) -> None:
 
 async def stream_async(max_tokens: int) -> None:
     questions = {"tides": "What causes ocean tides?", "bread": "Why does bread rise?"}
-    states = {name: qa.run(question=q, max_tokens=max_tokens, stream=True, temperature=0)
-              for name, q in questions.items()}
+    states = {
+        name: qa.run(question=q, max_tokens=max_tokens, stream=True, temperature=0)
+        for name, q in questions.items()
+    }
 
     async def follow(name: str, state: rl.ProgramState) -> int:
         chunks = 0

@@ -14,8 +14,9 @@ new variable into a list on the parent, so `s["thought"]` is one thought per bra
 
 from __future__ import annotations
 
-import radixlm as rl
 from _backend import backend_from_args, make_parser, print_cache_hit_rate
+
+import radixlm as rl
 
 QUESTION = "How can a city cut traffic congestion without building new roads?"
 VERDICTS = ["promising", "flawed"]
@@ -45,16 +46,23 @@ def main() -> None:
     parser.add_argument("--reviewers", type=int, default=2)
     args = parser.parse_args()
     with backend_from_args(args) as backend:
-        state = tree_of_thought.run(question=QUESTION, branches=args.branches, reviewers=args.reviewers,
-                                    max_tokens=args.max_tokens, temperature=0)
+        state = tree_of_thought.run(
+            question=QUESTION,
+            branches=args.branches,
+            reviewers=args.reviewers,
+            max_tokens=args.max_tokens,
+            temperature=0,
+        )
         best = state.ret_value
         print(f"question: {QUESTION}")
         for i, (thought, verdicts) in enumerate(zip(state["thought"], state["verdict"])):
             last = i == args.branches - 1
             print(f"{'└──' if last else '├──'} branch {i + 1}{' (chosen)' if i == best else ''}: {thought!r}")
             for j, verdict in enumerate(verdicts):
-                print(f"{'   ' if last else '│  '} {'└──' if j == len(verdicts) - 1 else '├──'} "
-                      f"reviewer {j + 1}: {verdict}")
+                print(
+                    f"{'   ' if last else '│  '} {'└──' if j == len(verdicts) - 1 else '├──'} "
+                    f"reviewer {j + 1}: {verdict}"
+                )
         print(f"plan: {state['plan']!r}")
         print_cache_hit_rate(backend)
 

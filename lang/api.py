@@ -1,12 +1,12 @@
 """The public DSL: `@function` programs and the expressions they append.
 
-    @function
-    def qa(s, question):
-        s += user(question)
-        s += assistant(gen("answer", max_tokens=64))
+@function
+def qa(s, question):
+    s += user(question)
+    s += assistant(gen("answer", max_tokens=64))
 
-    state = qa.run(question="What is a radix tree?", temperature=0)
-    state["answer"]
+state = qa.run(question="What is a radix tree?", temperature=0)
+state["answer"]
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import inspect
 import os
 import threading
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from radixlm.lang import ir
 from radixlm.lang.choices import ChoicesSamplingMethod, token_length_normalized
@@ -24,11 +25,22 @@ from radixlm.lang.interpreter import ProgramState, StateExecutor
 
 # run-level sampling keywords (defaults for every gen of the program) -> runtime names
 RUN_DEFAULTS = {
-    "max_new_tokens": 128, "min_new_tokens": 0, "n": 1, "stop": None, "stop_token_ids": None,
-    "temperature": 1.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "frequency_penalty": 0.0,
-    "presence_penalty": 0.0, "repetition_penalty": 1.0, "ignore_eos": False,
+    "max_new_tokens": 128,
+    "min_new_tokens": 0,
+    "n": 1,
+    "stop": None,
+    "stop_token_ids": None,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": -1,
+    "min_p": 0.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "ignore_eos": False,
 }
 PRECACHE_MIN_CHARS = 64
+
 
 class GlobalConfig:
     """SGLang's `global_config`, for programs that use it: the default backend, and whether
@@ -74,23 +86,43 @@ def get_server_info(backend: Any = None) -> dict:
 
 
 # ---------------------------------------------------------------------- expressions
-def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int | None = None,
-        stop: str | list[str] | None = None, stop_token_ids: list[int] | None = None,
-        temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-        min_p: float | None = None, frequency_penalty: float | None = None,
-        presence_penalty: float | None = None, repetition_penalty: float | None = None,
-        ignore_eos: bool | None = None, n: int | None = None, return_logprob: bool | None = None,
-        logprob_start_len: int | None = None, top_logprobs_num: int | None = None,
-        regex: str | None = None, json_schema: Any = None, dtype: Any = None,
-        choices: list[str] | None = None, choices_method: ChoicesSamplingMethod | None = None,
-        return_text_in_logprobs: bool | None = None, stop_regex: Any = None) -> ir.Expr:
+def gen(
+    name: str | None = None,
+    max_tokens: int | None = None,
+    min_tokens: int | None = None,
+    stop: str | list[str] | None = None,
+    stop_token_ids: list[int] | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    min_p: float | None = None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    repetition_penalty: float | None = None,
+    ignore_eos: bool | None = None,
+    n: int | None = None,
+    return_logprob: bool | None = None,
+    logprob_start_len: int | None = None,
+    top_logprobs_num: int | None = None,
+    regex: str | None = None,
+    json_schema: Any = None,
+    dtype: Any = None,
+    choices: list[str] | None = None,
+    choices_method: ChoicesSamplingMethod | None = None,
+    return_text_in_logprobs: bool | None = None,
+    stop_regex: Any = None,
+) -> ir.Expr:
     """Generate text, appended to the state and stored in `s[name]`. Keywords left as None
     inherit the run-level defaults. With `choices`, this is `select`."""
     if stop_regex is not None:
         raise ValueError("stop_regex is not supported: use stop strings, or regex= to constrain the output")
     if choices:
-        return select(name, choices, temperature=temperature or 0.0,
-                      choices_method=choices_method or token_length_normalized)
+        return select(
+            name,
+            choices,
+            temperature=temperature or 0.0,
+            choices_method=choices_method or token_length_normalized,
+        )
     if regex is not None:
         ir.check_regex(regex)
     if regex is not None and json_schema is not None:
@@ -102,15 +134,34 @@ def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int 
         json_schema = normalize_json_schema(json_schema)
     if dtype is not None:
         ir.dtype_regex(dtype)  # fail fast on an unknown dtype
-    given = dict(max_tokens=max_tokens, min_tokens=min_tokens, n=n, stop=stop, stop_token_ids=stop_token_ids,
-                 temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                 repetition_penalty=repetition_penalty, ignore_eos=ignore_eos, regex=regex,
-                 json_schema=json_schema)
+    given = dict(
+        max_tokens=max_tokens,
+        min_tokens=min_tokens,
+        n=n,
+        stop=stop,
+        stop_token_ids=stop_token_ids,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        repetition_penalty=repetition_penalty,
+        ignore_eos=ignore_eos,
+        regex=regex,
+        json_schema=json_schema,
+    )
     params = {ir.SAMPLING_KEYS[k]: v for k, v in given.items() if v is not None}
-    logprob = {k: v for k, v in (("return_logprob", return_logprob), ("logprob_start_len", logprob_start_len),
-                                 ("top_logprobs_num", top_logprobs_num),
-                                 ("return_text_in_logprobs", return_text_in_logprobs)) if v is not None}
+    logprob = {
+        k: v
+        for k, v in (
+            ("return_logprob", return_logprob),
+            ("logprob_start_len", logprob_start_len),
+            ("top_logprobs_num", top_logprobs_num),
+            ("return_text_in_logprobs", return_text_in_logprobs),
+        )
+        if v is not None
+    }
     return ir.Gen(name, params, logprob, dtype)
 
 
@@ -122,8 +173,12 @@ def gen_string(name: str | None = None, **kwargs: Any) -> ir.Expr:
     return gen(name, dtype=str, **kwargs)
 
 
-def select(name: str | None = None, choices: Sequence[str] | None = None, temperature: float = 0.0,
-           choices_method: ChoicesSamplingMethod = token_length_normalized) -> ir.Select:
+def select(
+    name: str | None = None,
+    choices: Sequence[str] | None = None,
+    temperature: float = 0.0,
+    choices_method: ChoicesSamplingMethod = token_length_normalized,
+) -> ir.Select:
     if not choices:
         raise ValueError("select needs a non-empty list of choices")
     if not all(isinstance(c, str) for c in choices):
@@ -183,12 +238,14 @@ class SglFunction:
         self.func = func
         self.bind_arguments = dict(bind_arguments or {})
         self.arg_names = [p.name for p in params[1:]]
-        self.arg_defaults = {p.name: p.default for p in params[1:] if p.default is not inspect.Parameter.empty}
+        self.arg_defaults = {
+            p.name: p.default for p in params[1:] if p.default is not inspect.Parameter.empty
+        }
 
     def __call__(self, *args: Any, **kwargs: Any) -> ProgramState:
         return self.run(*args, **kwargs)
 
-    def bind(self, **kwargs: Any) -> "SglFunction":
+    def bind(self, **kwargs: Any) -> SglFunction:
         unknown = sorted(set(kwargs) - set(self.arg_names))
         if unknown:
             raise TypeError(f"{self.func.__name__}() has no argument(s) {', '.join(unknown)}")
@@ -200,22 +257,32 @@ class SglFunction:
         sampling = {k: v for k, v in kwargs.items() if k not in program}
         return program, sampling
 
-    def run(self, *args: Any, backend: Any = None, stream: bool = False, use_thread: bool = True,
-            **kwargs: Any) -> ProgramState:
+    def run(
+        self, *args: Any, backend: Any = None, stream: bool = False, use_thread: bool = True, **kwargs: Any
+    ) -> ProgramState:
         """Start the program and return its state at once; reads on it wait for results.
         `use_thread=False` executes every expression in the caller's thread as it is appended.
         An exception raised by the program's own Python code reaches the caller; with
         stream=True (the body runs on its own thread) it is kept in `state.error()`."""
         return self._run(args, kwargs, backend, stream, use_thread, keep_errors=stream)
 
-    def _run(self, args: tuple, kwargs: dict[str, Any], backend: Any, stream: bool, use_thread: bool,
-             keep_errors: bool) -> ProgramState:
+    def _run(
+        self,
+        args: tuple,
+        kwargs: dict[str, Any],
+        backend: Any,
+        stream: bool,
+        use_thread: bool,
+        keep_errors: bool,
+    ) -> ProgramState:
         program_kwargs, sampling = self._split(kwargs)
         backend = _backend(backend)
         defaults = {k: v for k, v in {**RUN_DEFAULTS, **sampling}.items() if v is not None}
         if stream and not use_thread:
             raise ValueError("stream=True needs use_thread=True")
-        executor = StateExecutor(backend, backend.chat_template, defaults, stream=stream, use_thread=use_thread)
+        executor = StateExecutor(
+            backend, backend.chat_template, defaults, stream=stream, use_thread=use_thread
+        )
         state = ProgramState(executor)
         call_kwargs = {**self.bind_arguments, **program_kwargs}
 
@@ -235,9 +302,16 @@ class SglFunction:
             body()
         return state
 
-    def run_batch(self, batch_kwargs: Sequence[dict | Sequence[Any]], *, backend: Any = None,
-                  num_threads: int | str = "auto", progress_bar: bool = False, generator_style: bool = False,
-                  **sampling: Any) -> list[ProgramState] | Iterator[ProgramState]:
+    def run_batch(
+        self,
+        batch_kwargs: Sequence[dict | Sequence[Any]],
+        *,
+        backend: Any = None,
+        num_threads: int | str = "auto",
+        progress_bar: bool = False,
+        generator_style: bool = False,
+        **sampling: Any,
+    ) -> list[ProgramState] | Iterator[ProgramState]:
         """Run the program once per argument set; states come back in input order, finished.
         A program that fails (its request or its own Python code) does not stop the batch: its
         state's `error()` says why."""
@@ -278,13 +352,17 @@ class SglFunction:
         if isinstance(item, dict):
             unknown = sorted(set(item) - set(self.arg_names) - set(RUN_DEFAULTS))
             if unknown:
-                raise TypeError(f"batch item {index}: {self.func.__name__}() has no argument(s) {', '.join(unknown)}")
+                raise TypeError(
+                    f"batch item {index}: {self.func.__name__}() has no argument(s) {', '.join(unknown)}"
+                )
             return dict(item)
         free = [n for n in self.arg_names if n not in self.bind_arguments]
         required = [n for n in free if n not in self.arg_defaults]
         if not len(required) <= len(item) <= len(free):
-            raise TypeError(f"batch item {index}: {len(item)} positional values, but {self.func.__name__}() "
-                            f"takes {len(required)} to {len(free)}")
+            raise TypeError(
+                f"batch item {index}: {len(item)} positional values, but {self.func.__name__}() "
+                f"takes {len(required)} to {len(free)}"
+            )
         return dict(zip(free, item))
 
     # ------------------------------------------------------------------ prefix caching
@@ -312,8 +390,10 @@ def function(func: Callable | None = None, num_api_spec_tokens: int | None = Non
     if options:
         raise TypeError(f"unknown @function option(s): {', '.join(sorted(options))}")
     if num_api_spec_tokens is not None:
-        warnings.warn("@function(num_api_spec_tokens=...) is ignored: radixlm runs every gen as its own request",
-                      stacklevel=2)
+        warnings.warn(
+            "@function(num_api_spec_tokens=...) is ignored: radixlm runs every gen as its own request",
+            stacklevel=2,
+        )
     if func is None:
         return lambda f: SglFunction(f)
     return SglFunction(func)

@@ -62,22 +62,32 @@ def get_chat_template(name: str) -> ChatTemplate:
         raise ValueError(f"unknown chat template {name!r}; known: {', '.join(sorted(_TEMPLATES))}") from None
 
 
-register_chat_template(ChatTemplate(
-    name="default",
-    role_prefix_and_suffix={"system": ("SYSTEM:", "\n"), "user": ("USER:", "\n"),
-                            "assistant": ("ASSISTANT:", "\n")},
-))
-register_chat_template(ChatTemplate(
-    name="chatml",
-    role_prefix_and_suffix={role: (f"<|im_start|>{role}\n", "<|im_end|>\n") for role in ROLES},
-    stop_str=("<|im_end|>",),
-))
-register_chat_template(ChatTemplate(
-    name="llama-3-instruct",
-    role_prefix_and_suffix={role: (f"<|start_header_id|>{role}<|end_header_id|>\n\n", "<|eot_id|>")
-                            for role in ROLES},
-    stop_str=("<|eot_id|>",),
-))
+register_chat_template(
+    ChatTemplate(
+        name="default",
+        role_prefix_and_suffix={
+            "system": ("SYSTEM:", "\n"),
+            "user": ("USER:", "\n"),
+            "assistant": ("ASSISTANT:", "\n"),
+        },
+    )
+)
+register_chat_template(
+    ChatTemplate(
+        name="chatml",
+        role_prefix_and_suffix={role: (f"<|im_start|>{role}\n", "<|im_end|>\n") for role in ROLES},
+        stop_str=("<|im_end|>",),
+    )
+)
+register_chat_template(
+    ChatTemplate(
+        name="llama-3-instruct",
+        role_prefix_and_suffix={
+            role: (f"<|start_header_id|>{role}<|end_header_id|>\n\n", "<|eot_id|>") for role in ROLES
+        },
+        stop_str=("<|eot_id|>",),
+    )
+)
 
 
 # --- Deriving a template from a tokenizer's Jinja chat template ---------------------------------
@@ -124,7 +134,7 @@ def _derive(tokenizer: Any, name: str) -> ChatTemplate | None:
         return text
 
     def drop_bos(text: str) -> str:
-        return text[len(bos):] if bos and text.startswith(bos) else text
+        return text[len(bos) :] if bos and text.startswith(bos) else text
 
     def probe(role: str, base: list[dict]) -> tuple[str, str] | None:
         """The turn's text as the difference between renderings with and without it."""
@@ -132,7 +142,7 @@ def _derive(tokenizer: Any, name: str) -> ChatTemplate | None:
         after = render(base + [{"role": role, "content": _CONTENT}])
         if not after.startswith(before):
             return None
-        piece = after[len(before):] if base else drop_bos(after)
+        piece = after[len(before) :] if base else drop_bos(after)
         # The marker once, and nothing of the earlier turns (a template that folds the system
         # turn into the user turn cannot be expressed as fixed pairs).
         if piece.count(_CONTENT) != 1 or _SYSTEM_FILL in piece or _USER_FILL in piece:
@@ -164,14 +174,20 @@ def _derive(tokenizer: Any, name: str) -> ChatTemplate | None:
     default_system_prompt = None
     if lead:
         system_prefix, system_suffix = pairs["system"]
-        if not (lead.startswith(system_prefix) and lead.endswith(system_suffix)
-                and len(lead) >= len(system_prefix) + len(system_suffix)):
+        if not (
+            lead.startswith(system_prefix)
+            and lead.endswith(system_suffix)
+            and len(lead) >= len(system_prefix) + len(system_suffix)
+        ):
             return None  # something other than a system block: not expressible
-        default_system_prompt = lead[len(system_prefix): len(lead) - len(system_suffix)]
+        default_system_prompt = lead[len(system_prefix) : len(lead) - len(system_suffix)]
 
-    return ChatTemplate(name=name, role_prefix_and_suffix=pairs,
-                        default_system_prompt=default_system_prompt,
-                        stop_str=_stop_strings(tokenizer, pairs["assistant"][1]))
+    return ChatTemplate(
+        name=name,
+        role_prefix_and_suffix=pairs,
+        default_system_prompt=default_system_prompt,
+        stop_str=_stop_strings(tokenizer, pairs["assistant"][1]),
+    )
 
 
 def _special_tokens(tokenizer: Any) -> set[str]:
@@ -206,6 +222,9 @@ def _stop_strings(tokenizer: Any, assistant_suffix: str) -> tuple[str, ...]:
 
 
 __all__ = [
-    "ChatTemplate", "ROLES", "chat_template_from_tokenizer", "get_chat_template",
+    "ChatTemplate",
+    "ROLES",
+    "chat_template_from_tokenizer",
+    "get_chat_template",
     "register_chat_template",
 ]

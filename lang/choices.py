@@ -78,8 +78,10 @@ class ChoicesSamplingMethod:
     ) -> ChoicesDecision:
         if not choices:
             raise ValueError("select needs at least one choice")
-        for label, values in (("normalized_prompt_logprobs", normalized_prompt_logprobs),
-                              ("input_token_logprobs", input_token_logprobs)):
+        for label, values in (
+            ("normalized_prompt_logprobs", normalized_prompt_logprobs),
+            ("input_token_logprobs", input_token_logprobs),
+        ):
             if len(values) != len(choices):
                 raise ValueError(f"{label} has {len(values)} entries for {len(choices)} choices")
         if temperature < 0:
@@ -90,8 +92,9 @@ class ChoicesSamplingMethod:
             "input_token_logprobs": input_token_logprobs,
             "output_token_logprobs": output_token_logprobs,
         }
-        scores = self._scores(normalized_prompt_logprobs, input_token_logprobs,
-                              unconditional_token_logprobs, meta)
+        scores = self._scores(
+            normalized_prompt_logprobs, input_token_logprobs, unconditional_token_logprobs, meta
+        )
         if temperature == 0:
             index = self._greedy_index(scores, meta)
         else:
@@ -118,8 +121,7 @@ class TokenLengthNormalized(ChoicesSamplingMethod):
     """Highest mean token logprob. Favors long choices whose later tokens are easy to predict
     (a known failure: "Antidisestablishmentarianism" beats "Paris")."""
 
-    def _scores(self, normalized_prompt_logprobs, input_token_logprobs,
-                unconditional_token_logprobs, meta):
+    def _scores(self, normalized_prompt_logprobs, input_token_logprobs, unconditional_token_logprobs, meta):
         return [float(x) for x in normalized_prompt_logprobs]
 
 
@@ -131,12 +133,13 @@ class GreedyTokenSelection(ChoicesSamplingMethod):
     With temperature > 0 there is no race: a choice is drawn from softmax of its matrix row's
     mean, which (because of the mean padding) is simply its mean token logprob."""
 
-    def _scores(self, normalized_prompt_logprobs, input_token_logprobs,
-                unconditional_token_logprobs, meta):
+    def _scores(self, normalized_prompt_logprobs, input_token_logprobs, unconditional_token_logprobs, meta):
         # None (no logprob) counts as 0.0: it only happens at the start of a sequence, so it hits
         # every choice in the same column and eliminates nobody.
-        rows = [[0.0 if entry[0] is None else float(entry[0]) for entry in option]
-                for option in input_token_logprobs]
+        rows = [
+            [0.0 if entry[0] is None else float(entry[0]) for entry in option]
+            for option in input_token_logprobs
+        ]
         width = max(len(row) for row in rows)
         matrix = []
         for row in rows:
@@ -163,18 +166,20 @@ class UnconditionalLikelihoodNormalized(ChoicesSamplingMethod):
 
     requires_unconditional_logprobs = True
 
-    def _scores(self, normalized_prompt_logprobs, input_token_logprobs,
-                unconditional_token_logprobs, meta):
+    def _scores(self, normalized_prompt_logprobs, input_token_logprobs, unconditional_token_logprobs, meta):
         if unconditional_token_logprobs is None:
             raise ValueError("Unconditional token logprobs are required for this method.")
         if len(unconditional_token_logprobs) != len(input_token_logprobs):
-            raise ValueError(f"unconditional_token_logprobs has {len(unconditional_token_logprobs)} "
-                             f"entries for {len(input_token_logprobs)} choices")
+            raise ValueError(
+                f"unconditional_token_logprobs has {len(unconditional_token_logprobs)} "
+                f"entries for {len(input_token_logprobs)} choices"
+            )
         scores = []
         for i, (given, prior) in enumerate(zip(input_token_logprobs, unconditional_token_logprobs)):
             if len(given) != len(prior):
-                raise ValueError(f"choice {i}: {len(given)} input token logprobs but "
-                                 f"{len(prior)} unconditional ones")
+                raise ValueError(
+                    f"choice {i}: {len(given)} input token logprobs but {len(prior)} unconditional ones"
+                )
             # The unconditional first token has no context, hence no logprob: None counts as 0.
             diffs = [(a[0] or 0.0) - (b[0] or 0.0) for a, b in zip(given, prior)]
             scores.append(sum(diffs) / len(diffs) if diffs else 0.0)
@@ -188,6 +193,11 @@ greedy_token_selection = GreedyTokenSelection()
 unconditional_likelihood_normalized = UnconditionalLikelihoodNormalized()
 
 __all__ = [
-    "ChoicesDecision", "ChoicesSamplingMethod", "greedy_token_selection", "normalized_logprob",
-    "softmax", "token_length_normalized", "unconditional_likelihood_normalized",
+    "ChoicesDecision",
+    "ChoicesSamplingMethod",
+    "greedy_token_selection",
+    "normalized_logprob",
+    "softmax",
+    "token_length_normalized",
+    "unconditional_likelihood_normalized",
 ]

@@ -11,21 +11,30 @@ the original cause.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import collections
+import contextlib
 import threading
-from typing import Any, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 from radixlm.lang import ir
 from radixlm.lang.chat_template import ChatTemplate
+
 
 class ProgramError(RuntimeError):
     """A program variable is unavailable because an expression before it failed."""
 
 
 class StateExecutor:
-    def __init__(self, backend: Any, chat_template: ChatTemplate, defaults: dict[str, Any], stream: bool = False,
-                 parent: "StateExecutor | None" = None, use_thread: bool = True) -> None:
+    def __init__(
+        self,
+        backend: Any,
+        chat_template: ChatTemplate,
+        defaults: dict[str, Any],
+        stream: bool = False,
+        parent: StateExecutor | None = None,
+        use_thread: bool = True,
+    ) -> None:
         self.backend = backend
         self.use_thread = use_thread
         self.chat_template = chat_template
@@ -83,8 +92,10 @@ class StateExecutor:
 
     def fail_after_pending(self, exc: BaseException) -> None:
         """The program body raised: once what it queued has run, the state is failed."""
+
         def record() -> None:
             self.error_ = self.error_ or exc
+
         self._put(_Call(record, always=True))
 
     def end(self) -> None:
@@ -104,7 +115,9 @@ class StateExecutor:
             event.wait()
         if name in self.failed:
             cause = self.failed[name]
-            raise ProgramError(f"variable {name!r} was not produced: {type(cause).__name__}: {cause}") from cause
+            raise ProgramError(
+                f"variable {name!r} was not produced: {type(cause).__name__}: {cause}"
+            ) from cause
         return self.variables[name]
 
     # ------------------------------------------------------------------ worker
@@ -158,7 +171,7 @@ class StateExecutor:
         elif isinstance(item, ir.VarScopeBegin):
             self.scopes[item.name] = len(self.text_)
         elif isinstance(item, ir.VarScopeEnd):
-            self._set_var(item.name, self.text_[self.scopes.pop(item.name):], None)
+            self._set_var(item.name, self.text_[self.scopes.pop(item.name) :], None)
         elif isinstance(item, _Call):
             item.fn()
         else:
@@ -191,7 +204,7 @@ class StateExecutor:
         """The messages a chat API sees: the closed turns, then the open turn with its content so far."""
         messages = [dict(m) for m in self.messages_]
         if self.cur_role is not None:
-            messages.append({"role": self.cur_role, "content": self.text_[self.cur_role_begin:].lstrip()})
+            messages.append({"role": self.cur_role, "content": self.text_[self.cur_role_begin :].lstrip()})
         return messages
 
     def _gen(self, gen: ir.Gen) -> None:
@@ -230,7 +243,7 @@ class StateExecutor:
     def _role_end(self, role: str) -> None:
         if self.cur_role != role:
             raise ValueError(f"role end {role!r} does not match the open role {self.cur_role!r}")
-        content = self.text_[self.cur_role_begin:]
+        content = self.text_[self.cur_role_begin :]
         self._append(self.cur_role_suffix)
         self.messages_.append({"role": role, "content": content.lstrip()})
         self.cur_role = None
@@ -254,7 +267,9 @@ def _incremental_meta(meta: Any, sent: int) -> tuple[Any, int]:
     if not isinstance(meta, dict) or meta.get("output_token_logprobs") is None:
         return meta, sent
     total = len(meta["output_token_logprobs"])
-    meta = dict(meta, output_token_logprobs=meta["output_token_logprobs"][sent:], output_token_logprobs_length=total)
+    meta = dict(
+        meta, output_token_logprobs=meta["output_token_logprobs"][sent:], output_token_logprobs_length=total
+    )
     if meta.get("output_top_logprobs") is not None:
         meta["output_top_logprobs"] = meta["output_top_logprobs"][sent:]
     return meta, total
@@ -272,7 +287,7 @@ class ProgramState:
         self.ret_value: Any = None
 
     # ------------------------------------------------------------------ appending and reading
-    def __iadd__(self, other: Any) -> "ProgramState":
+    def __iadd__(self, other: Any) -> ProgramState:
         if other is None:
             raise ValueError("tried to append None to a program state")
         self.stream_executor.submit(ir._as_expr(other))
@@ -348,7 +363,7 @@ class ProgramState:
         self += ir.VarScopeEnd(name)
 
     # ------------------------------------------------------------------ fork / join
-    def fork(self, size: int = 1) -> "ProgramStateGroup":
+    def fork(self, size: int = 1) -> ProgramStateGroup:
         """`size` children that start from this state's text, messages and variables."""
         if size < 1:
             raise ValueError(f"fork size must be >= 1, got {size}")
@@ -359,12 +374,14 @@ class ProgramState:
         self.sync()
         if ex.error_ is not None:
             raise ProgramError(f"cannot fork a failed state: {ex.error_}") from ex.error_
-        children = [ProgramState(StateExecutor(ex.backend, ex.chat_template, ex.defaults, ex.stream, parent=ex))
-                    for _ in range(size)]
+        children = [
+            ProgramState(StateExecutor(ex.backend, ex.chat_template, ex.defaults, ex.stream, parent=ex))
+            for _ in range(size)
+        ]
         return ProgramStateGroup(children, self)
 
     @contextlib.contextmanager
-    def copy(self) -> Iterator["ProgramState"]:
+    def copy(self) -> Iterator[ProgramState]:
         """`with s.copy() as c:` a one-child fork, joined (its new variables gathered) on exit."""
         group = self.fork(1)
         yield group[0]
@@ -398,9 +415,14 @@ class ProgramState:
         pos = sent = 0
         while True:
             with ex.changed:
-                ex.changed.wait_for(lambda: len(ex.variables.get(name) or "") > pos
-                                    or ex.events.get(name, threading.Event()).is_set() or ex.finished.is_set(),
-                                    timeout=0.1)
+                ex.changed.wait_for(
+                    lambda: (
+                        len(ex.variables.get(name) or "") > pos
+                        or ex.events.get(name, threading.Event()).is_set()
+                        or ex.finished.is_set()
+                    ),
+                    timeout=0.1,
+                )
                 value = ex.variables.get(name) or ""
                 meta = ex.meta_info.get(name)
                 done = ex.events[name].is_set() if name in ex.events else ex.finished.is_set()
@@ -416,8 +438,9 @@ class ProgramState:
                     self.get_var(name)  # raises ProgramError naming the cause
                 return
 
-    async def text_async_iter(self, var_name: str | None = None,
-                              return_meta_data: bool = False) -> AsyncIterator[Any]:
+    async def text_async_iter(
+        self, var_name: str | None = None, return_meta_data: bool = False
+    ) -> AsyncIterator[Any]:
         """`text_iter` for asyncio. With `return_meta_data` (needs var_name), yields
         (chunk, meta): meta is the variable's meta so far, except that `output_token_logprobs`
         and `output_top_logprobs` hold only the tokens new in this chunk, and
@@ -426,8 +449,11 @@ class ProgramState:
             raise ValueError("return_meta_data needs var_name: meta belongs to one gen")
         loop = asyncio.get_running_loop()
         if not self.stream_executor.stream:
-            iterator: Iterator[Any] = iter([(self.get_var(var_name), _incremental_meta(
-                self.get_meta_info(var_name), 0)[0])] if return_meta_data else self.text_iter(var_name))
+            iterator: Iterator[Any] = iter(
+                [(self.get_var(var_name), _incremental_meta(self.get_meta_info(var_name), 0)[0])]
+                if return_meta_data
+                else self.text_iter(var_name)
+            )
         else:
             iterator = self._var_iter(var_name, return_meta_data) if var_name else self.text_iter()
         end = object()
@@ -457,7 +483,7 @@ class ProgramStateGroup:
     def __iter__(self) -> Iterator[ProgramState]:
         return iter(self.states)
 
-    def __iadd__(self, other: Any) -> "ProgramStateGroup":
+    def __iadd__(self, other: Any) -> ProgramStateGroup:
         """Broadcast: a callable gives each child other(i); a list gives child i other[i];
         an expression or string goes to every child."""
         if callable(other) and not isinstance(other, ir.Expr):
@@ -484,12 +510,13 @@ class ProgramStateGroup:
                     if name not in self._parent_vars and name not in names:
                         names.append(name)
             for name in names:
-                parent.stream_executor.variables[name] = [s.stream_executor.variables.get(name)
-                                                          for s in self.states]
+                parent.stream_executor.variables[name] = [
+                    s.stream_executor.variables.get(name) for s in self.states
+                ]
         elif mode == "concate_and_append":
             for state in self.states:
                 ex = state.stream_executor
-                parent += ex.text_[ex.fork_start:]
+                parent += ex.text_[ex.fork_start :]
         else:
             raise ValueError(f"join mode must be 'gather_variable' or 'concate_and_append', got {mode!r}")
         for state in self.states:

@@ -17,20 +17,30 @@ REGEX_STR = r"\"[\w\d\s]*\""
 
 # gen() keyword -> runtime sampling parameter
 SAMPLING_KEYS = {
-    "max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens", "n": "n", "stop": "stop",
-    "stop_token_ids": "stop_token_ids", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-    "min_p": "min_p", "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
-    "repetition_penalty": "repetition_penalty", "ignore_eos": "ignore_eos", "regex": "regex",
+    "max_tokens": "max_new_tokens",
+    "min_tokens": "min_new_tokens",
+    "n": "n",
+    "stop": "stop",
+    "stop_token_ids": "stop_token_ids",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "repetition_penalty": "repetition_penalty",
+    "ignore_eos": "ignore_eos",
+    "regex": "regex",
     "json_schema": "json_schema",
 }
 LOGPROB_KEYS = ("return_logprob", "logprob_start_len", "top_logprobs_num")
 
 
 class Expr:
-    def __add__(self, other: Any) -> "ExprList":
+    def __add__(self, other: Any) -> ExprList:
         return ExprList([self, _as_expr(other)])
 
-    def __radd__(self, other: Any) -> "ExprList":
+    def __radd__(self, other: Any) -> ExprList:
         return ExprList([_as_expr(other), self])
 
 
@@ -39,8 +49,9 @@ def _as_expr(value: Any) -> Expr:
         return value
     if isinstance(value, str):
         return Constant(value)
-    raise TypeError(f"can only append strings and expressions to a program, got {type(value).__name__}; "
-                    f"use str(value)")
+    raise TypeError(
+        f"can only append strings and expressions to a program, got {type(value).__name__}; use str(value)"
+    )
 
 
 @dataclass(eq=False)
@@ -98,8 +109,12 @@ class VarScopeEnd(Expr):
 def dtype_regex(dtype: Any) -> tuple[str, list[str]]:
     """(regex, extra stop strings) for gen(dtype=...)."""
     key = dtype.__name__ if isinstance(dtype, type) else str(dtype)
-    table = {"int": (REGEX_INT, [" ", "\n"]), "float": (REGEX_FLOAT, [" ", "\n"]),
-             "bool": (REGEX_BOOL, []), "str": (REGEX_STR, [])}
+    table = {
+        "int": (REGEX_INT, [" ", "\n"]),
+        "float": (REGEX_FLOAT, [" ", "\n"]),
+        "bool": (REGEX_BOOL, []),
+        "str": (REGEX_STR, []),
+    }
     if key not in table:
         raise ValueError(f"dtype must be int, float, bool or str, got {dtype!r}")
     return table[key]

@@ -46,7 +46,7 @@ class TracerState:
         self.messages: list[dict] = []
         self.role: tuple[str, int, str] | None = None
 
-    def __iadd__(self, other: Any) -> "TracerState":
+    def __iadd__(self, other: Any) -> TracerState:
         expr = ir._as_expr(other)
         for item in expr.items if isinstance(expr, ir.ExprList) else [expr]:
             self._record(item)
@@ -56,7 +56,11 @@ class TracerState:
         if isinstance(item, ir.Constant):
             self.text += item.text
         elif isinstance(item, ir.RoleBegin):
-            if not self.messages and item.role != "system" and self.template.default_system_prompt is not None:
+            if (
+                not self.messages
+                and item.role != "system"
+                and self.template.default_system_prompt is not None
+            ):
                 self._record(ir.RoleBegin("system"))
                 self.text += self.template.default_system_prompt
                 self._record(ir.RoleEnd("system"))

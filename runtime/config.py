@@ -56,7 +56,7 @@ class ModelConfig:
     checkpoint_fp8_block: tuple[int, int] | None = None
 
     @staticmethod
-    def from_path(path: str | os.PathLike) -> "ModelConfig":
+    def from_path(path: str | os.PathLike) -> ModelConfig:
         folder = Path(path)
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder not found: {str(path)!r}")
@@ -110,7 +110,9 @@ def _rope_config(raw: dict[str, Any], where: Path) -> RopeConfig:
         params.setdefault("rope_theta", raw.get("rope_theta", 10000.0))
     rope_type = params.get("rope_type") or params.get("type") or "default"
     if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ValueError(f"unsupported rope type {rope_type!r} in {where} (supported: {SUPPORTED_ROPE_TYPES})")
+        raise ValueError(
+            f"unsupported rope type {rope_type!r} in {where} (supported: {SUPPORTED_ROPE_TYPES})"
+        )
     return RopeConfig(
         theta=float(params.get("rope_theta", raw.get("rope_theta", 10000.0))),
         rope_type=rope_type,
@@ -131,12 +133,18 @@ def _checkpoint_fp8_block(raw: dict[str, Any], cfg_file: Path) -> tuple[int, int
     if method != "fp8":
         raise ValueError(f"{cfg_file}: quantization method {method!r} is not supported (only 'fp8')")
     if qc.get("activation_scheme", "dynamic") != "dynamic":
-        raise ValueError(f"{cfg_file}: fp8 activation_scheme {qc.get('activation_scheme')!r} is not supported "
-                         "(only 'dynamic': per-token-group scales computed at run time)")
+        raise ValueError(
+            f"{cfg_file}: fp8 activation_scheme {qc.get('activation_scheme')!r} is not supported "
+            "(only 'dynamic': per-token-group scales computed at run time)"
+        )
     block = qc.get("weight_block_size")
-    if not (isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b >= 16 for b in block)):
-        raise ValueError(f"{cfg_file}: fp8 checkpoints must be block-quantised: weight_block_size [n, k] with "
-                         f"n, k >= 16, got {block!r}")
+    if not (
+        isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b >= 16 for b in block)
+    ):
+        raise ValueError(
+            f"{cfg_file}: fp8 checkpoints must be block-quantised: weight_block_size [n, k] with "
+            f"n, k >= 16, got {block!r}"
+        )
     return block[0], block[1]
 
 
@@ -220,7 +228,9 @@ class EngineConfig:
         if self.chunked_prefill_size is not None and self.chunked_prefill_size == 0:
             raise ValueError("chunked_prefill_size must be positive, or -1 to disable chunking")
         if self.attention_backend not in ("auto", "triton", "torch"):
-            raise ValueError(f"attention_backend must be auto, triton or torch, got {self.attention_backend!r}")
+            raise ValueError(
+                f"attention_backend must be auto, triton or torch, got {self.attention_backend!r}"
+            )
         if self.overlap_schedule not in ("auto", "on", "off"):
             raise ValueError(f"overlap_schedule must be auto, on or off, got {self.overlap_schedule!r}")
         if self.quantization not in (None, "fp8"):
@@ -247,7 +257,7 @@ class EngineConfig:
             raise ValueError(f"max_prefill_tokens must be >= 1, got {self.max_prefill_tokens}")
 
     @staticmethod
-    def from_kwargs(model_path: str, **options: Any) -> "EngineConfig":
+    def from_kwargs(model_path: str, **options: Any) -> EngineConfig:
         names = {f.name for f in dataclasses.fields(EngineConfig)}
         unknown = sorted(set(options) - names)
         if unknown:

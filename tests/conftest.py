@@ -7,14 +7,13 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-import torch  # noqa: E402
+import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
-
 from helpers import _ENGINES, _LOCAL, get_engine
 
 

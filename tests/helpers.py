@@ -51,9 +51,15 @@ class LocalRuntime:
 
         self.runner = ModelRunner(self.config, model_cfg)
         self.eos_ids = frozenset(model_cfg.eos_token_ids) | {self.tokenizer.eos_token_id}
-        self.grammars = GrammarCache(TokenizerVocab(self.tokenizer, self.runner.vocab_size, sorted(self.eos_ids)))
-        self.scheduler = Scheduler(self.config, self.runner,
-                                   lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False), self.grammars)
+        self.grammars = GrammarCache(
+            TokenizerVocab(self.tokenizer, self.runner.vocab_size, sorted(self.eos_ids))
+        )
+        self.scheduler = Scheduler(
+            self.config,
+            self.runner,
+            lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False),
+            self.grammars,
+        )
         self._count = 0
         _LOCAL.append(self)
 
@@ -66,18 +72,32 @@ class LocalRuntime:
         assert self.scheduler.flush_cache(), "fresh_scheduler needs a drained runtime"
         self.scheduler = Scheduler(self.config, self.runner, self.scheduler.decode_tokens, self.grammars)
 
-    def submit(self, ids: list[int], params: dict, return_logprob: bool = False, logprob_start_len: int = -1,
-               top_logprobs_num: int = 0, seed: int = 0):
-        from radixlm.runtime.scheduler.request import Req
+    def submit(
+        self,
+        ids: list[int],
+        params: dict,
+        return_logprob: bool = False,
+        logprob_start_len: int = -1,
+        top_logprobs_num: int = 0,
+        seed: int = 0,
+    ):
         from radixlm.runtime.layers.sampling import SamplingParams
+        from radixlm.runtime.scheduler.request import Req
 
         sp = SamplingParams.from_any(params)
         sp.validate(self.runner.vocab_size)
         sp.max_new_tokens = min(sp.max_new_tokens, self.runner.context_len - len(ids))
         self._count += 1
-        req = Req(rid=f"r{self._count}", origin_input_ids=list(ids), sampling_params=sp, seed=seed,
-                  eos_ids=self.eos_ids, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
-                  top_logprobs_num=top_logprobs_num)
+        req = Req(
+            rid=f"r{self._count}",
+            origin_input_ids=list(ids),
+            sampling_params=sp,
+            seed=seed,
+            eos_ids=self.eos_ids,
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+        )
         self.scheduler.add_request(req)
         return req
 
@@ -109,7 +129,9 @@ def get_hf(name: str):
     from transformers import AutoModelForCausalLM
 
     if name not in _HF:
-        _HF[name] = AutoModelForCausalLM.from_pretrained(str(build_tiny_model(name)), dtype=torch.float32).eval()
+        _HF[name] = AutoModelForCausalLM.from_pretrained(
+            str(build_tiny_model(name)), dtype=torch.float32
+        ).eval()
     return _HF[name]
 
 
@@ -118,9 +140,14 @@ def hf_greedy(name: str, ids: list[int], max_new_tokens: int, stop_at_eos: bool 
     """Hugging Face greedy continuation of one prompt (no padding: one request at a time)."""
     model = get_hf(name)
     kw = {} if stop_at_eos else {"eos_token_id": None}
-    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=model.config.pad_token_id, **kw)
-    return out[0, len(ids):].tolist()
+    out = model.generate(
+        torch.tensor([ids]),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=model.config.pad_token_id,
+        **kw,
+    )
+    return out[0, len(ids) :].tolist()
 
 
 @torch.inference_mode()
@@ -128,5 +155,3 @@ def hf_logprobs(name: str, ids: list[int]) -> torch.Tensor:
     """[len(ids), vocab] log-softmax of the HF model's logits for each prefix."""
     logits = get_hf(name)(torch.tensor([ids])).logits[0].float()
     return torch.log_softmax(logits, dim=-1)
-
-

@@ -11,9 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx
 import pytest
@@ -21,7 +21,9 @@ import pytest
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
-LIVE: list["ServerProcess"] = []  # started and not stopped: the reliability suite checks each after every test
+LIVE: list[
+    ServerProcess
+] = []  # started and not stopped: the reliability suite checks each after every test
 
 
 def free_port() -> int:
@@ -53,7 +55,7 @@ def children_of(pid: int) -> set[int]:
         except OSError:
             continue
         # the command name (field 2) is in parentheses and may contain spaces
-        fields = stat[stat.rfind(")") + 2:].split()
+        fields = stat[stat.rfind(")") + 2 :].split()
         if len(fields) > 1 and int(fields[1]) == pid:
             kids.add(int(entry))
     return kids
@@ -102,14 +104,36 @@ class ServerProcess:
     def output(self, last: int = 40) -> str:
         return "".join(self.lines[-last:])
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         self.port, self.zmq_port = free_port(), free_port()
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
-                   TOKENIZERS_PARALLELISM="false")
-        cmd = [sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "serve", "--model", self.model_path,
-               "--port", str(self.port), "--zmq-port", str(self.zmq_port), *self.extra_args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                     cwd=str(Path(__file__).resolve().parent.parent))
+        env = dict(
+            os.environ,
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            PYTHONUNBUFFERED="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "radixlm.runtime.entrypoints.cli",
+            "serve",
+            "--model",
+            self.model_path,
+            "--port",
+            str(self.port),
+            "--zmq-port",
+            str(self.zmq_port),
+            *self.extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
 
         def reader() -> None:
             for line in self.proc.stdout:  # ends when the process closes its stdout
@@ -123,8 +147,9 @@ class ServerProcess:
         while not self.ready.wait(0.2):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                pytest.fail(f"radixlm serve did not become ready (exit code {self.proc.returncode}):\n"
-                            f"{self.output()}")
+                pytest.fail(
+                    f"radixlm serve did not become ready (exit code {self.proc.returncode}):\n{self.output()}"
+                )
         return self
 
     def stop(self) -> int | None:
@@ -167,7 +192,7 @@ async def aiter_sse(response: httpx.Response) -> AsyncIterator[str]:
     """The data payloads of a streaming SSE response, as they arrive."""
     async for line in response.aiter_lines():
         if line.startswith("data:"):
-            yield line[len("data:"):].strip()
+            yield line[len("data:") :].strip()
 
 
 def sse_events(response: httpx.Response, limit: int = 10_000) -> list[str]:
@@ -175,7 +200,7 @@ def sse_events(response: httpx.Response, limit: int = 10_000) -> list[str]:
     out = []
     for line in response.iter_lines():
         if line.startswith("data:"):
-            out.append(line[len("data:"):].strip())
+            out.append(line[len("data:") :].strip())
             if len(out) >= limit:
                 break
     return out

@@ -10,8 +10,8 @@ import shutil
 from dataclasses import dataclass, field
 
 import pytest
-
 from helpers import get_engine
+
 from radixlm import Engine
 from radixlm.testing import build_tiny_model
 
@@ -40,15 +40,38 @@ ROWS = [
     Row("empty prompt", dict(prompt="", sampling_params=GOOD), ValueError, "empty"),
     Row("empty input_ids", dict(input_ids=[], sampling_params=GOOD), ValueError, "empty"),
     Row("empty prompt list", dict(prompt=[], sampling_params=GOOD), ValueError, "empty"),
-    Row("prompt longer than context", dict(input_ids=[100] * 100, sampling_params=GOOD), ValueError,
-        r"too long.*100 tokens.*64", SHORT_CTX),
-    Row("prompt fills the context, wants tokens", dict(input_ids=[100] * 64, sampling_params=GOOD), ValueError,
-        "too long", SHORT_CTX),
-    Row("both prompt and input_ids", dict(prompt="hi", input_ids=[5, 6], sampling_params=GOOD), ValueError,
-        "exactly one of prompt or input_ids"),
-    Row("neither prompt nor input_ids", dict(sampling_params=GOOD), ValueError, "exactly one of prompt or input_ids"),
-    Row("input_ids id too large", dict(input_ids=[5, VOCAB], sampling_params=GOOD), ValueError,
-        rf"input_ids.*\[0, {VOCAB}\)"),
+    Row(
+        "prompt longer than context",
+        dict(input_ids=[100] * 100, sampling_params=GOOD),
+        ValueError,
+        r"too long.*100 tokens.*64",
+        SHORT_CTX,
+    ),
+    Row(
+        "prompt fills the context, wants tokens",
+        dict(input_ids=[100] * 64, sampling_params=GOOD),
+        ValueError,
+        "too long",
+        SHORT_CTX,
+    ),
+    Row(
+        "both prompt and input_ids",
+        dict(prompt="hi", input_ids=[5, 6], sampling_params=GOOD),
+        ValueError,
+        "exactly one of prompt or input_ids",
+    ),
+    Row(
+        "neither prompt nor input_ids",
+        dict(sampling_params=GOOD),
+        ValueError,
+        "exactly one of prompt or input_ids",
+    ),
+    Row(
+        "input_ids id too large",
+        dict(input_ids=[5, VOCAB], sampling_params=GOOD),
+        ValueError,
+        rf"input_ids.*\[0, {VOCAB}\)",
+    ),
     Row("input_ids negative id", dict(input_ids=[5, -1], sampling_params=GOOD), ValueError, "input_ids"),
     Row("input_ids non-int", dict(input_ids=[5, 6.0], sampling_params=GOOD), ValueError, "input_ids"),
     Row("input_ids bool", dict(input_ids=[5, True], sampling_params=GOOD), ValueError, "input_ids"),
@@ -56,71 +79,189 @@ ROWS = [
     Row("prompt not a string", dict(prompt=123, sampling_params=GOOD), TypeError, "prompt"),
     Row("prompt list with a non-string", dict(prompt=["a", 5], sampling_params=GOOD), TypeError, "prompt"),
     # sampling parameters
-    Row("max_new_tokens=-1", dict(prompt="hi", sampling_params=sp(max_new_tokens=-1)), ValueError, "max_new_tokens"),
-    Row("max_new_tokens str", dict(prompt="hi", sampling_params=sp(max_new_tokens="5")), ValueError,
-        "max_new_tokens"),
-    Row("min_new_tokens > max", dict(prompt="hi", sampling_params=sp(min_new_tokens=5)), ValueError,
-        "min_new_tokens"),
-    Row("temperature=-0.5", dict(prompt="hi", sampling_params=sp(temperature=-0.5)), ValueError, "temperature"),
-    Row("temperature=nan", dict(prompt="hi", sampling_params=sp(temperature=math.nan)), ValueError, "temperature"),
+    Row(
+        "max_new_tokens=-1",
+        dict(prompt="hi", sampling_params=sp(max_new_tokens=-1)),
+        ValueError,
+        "max_new_tokens",
+    ),
+    Row(
+        "max_new_tokens str",
+        dict(prompt="hi", sampling_params=sp(max_new_tokens="5")),
+        ValueError,
+        "max_new_tokens",
+    ),
+    Row(
+        "min_new_tokens > max",
+        dict(prompt="hi", sampling_params=sp(min_new_tokens=5)),
+        ValueError,
+        "min_new_tokens",
+    ),
+    Row(
+        "temperature=-0.5", dict(prompt="hi", sampling_params=sp(temperature=-0.5)), ValueError, "temperature"
+    ),
+    Row(
+        "temperature=nan",
+        dict(prompt="hi", sampling_params=sp(temperature=math.nan)),
+        ValueError,
+        "temperature",
+    ),
     Row("top_p=0", dict(prompt="hi", sampling_params=sp(top_p=0)), ValueError, "top_p"),
     Row("top_p=1.5", dict(prompt="hi", sampling_params=sp(top_p=1.5)), ValueError, "top_p"),
     Row("top_k=0", dict(prompt="hi", sampling_params=sp(top_k=0)), ValueError, "top_k"),
     Row("top_k=-2", dict(prompt="hi", sampling_params=sp(top_k=-2)), ValueError, "top_k"),
     Row("min_p=2", dict(prompt="hi", sampling_params=sp(min_p=2)), ValueError, "min_p"),
     Row("n=0", dict(prompt="hi", sampling_params=sp(n=0)), ValueError, r"\bn must"),
-    Row("unknown parameter", dict(prompt="hi", sampling_params=sp(max_tokens=5)), ValueError,
-        "unknown sampling parameter.*max_tokens"),
-    Row("frequency_penalty=5", dict(prompt="hi", sampling_params=sp(frequency_penalty=5)), ValueError,
-        "frequency_penalty"),
-    Row("presence_penalty=-3", dict(prompt="hi", sampling_params=sp(presence_penalty=-3)), ValueError,
-        "presence_penalty"),
-    Row("repetition_penalty=0", dict(prompt="hi", sampling_params=sp(repetition_penalty=0)), ValueError,
-        "repetition_penalty"),
+    Row(
+        "unknown parameter",
+        dict(prompt="hi", sampling_params=sp(max_tokens=5)),
+        ValueError,
+        "unknown sampling parameter.*max_tokens",
+    ),
+    Row(
+        "frequency_penalty=5",
+        dict(prompt="hi", sampling_params=sp(frequency_penalty=5)),
+        ValueError,
+        "frequency_penalty",
+    ),
+    Row(
+        "presence_penalty=-3",
+        dict(prompt="hi", sampling_params=sp(presence_penalty=-3)),
+        ValueError,
+        "presence_penalty",
+    ),
+    Row(
+        "repetition_penalty=0",
+        dict(prompt="hi", sampling_params=sp(repetition_penalty=0)),
+        ValueError,
+        "repetition_penalty",
+    ),
     Row("seed not an int", dict(prompt="hi", sampling_params=sp(seed="x")), ValueError, "seed"),
     Row("empty stop string", dict(prompt="hi", sampling_params=sp(stop="")), ValueError, "stop"),
-    Row("stop list with a non-string", dict(prompt="hi", sampling_params=sp(stop=["ok", 3])), ValueError, "stop"),
-    Row("stop_token_ids out of range", dict(prompt="hi", sampling_params=sp(stop_token_ids=[2, VOCAB])), ValueError,
-        "stop_token_ids"),
-    Row("stop_token_ids not a list", dict(prompt="hi", sampling_params=sp(stop_token_ids=2)), ValueError,
-        "stop_token_ids"),
+    Row(
+        "stop list with a non-string",
+        dict(prompt="hi", sampling_params=sp(stop=["ok", 3])),
+        ValueError,
+        "stop",
+    ),
+    Row(
+        "stop_token_ids out of range",
+        dict(prompt="hi", sampling_params=sp(stop_token_ids=[2, VOCAB])),
+        ValueError,
+        "stop_token_ids",
+    ),
+    Row(
+        "stop_token_ids not a list",
+        dict(prompt="hi", sampling_params=sp(stop_token_ids=2)),
+        ValueError,
+        "stop_token_ids",
+    ),
     Row("invalid regex", dict(prompt="hi", sampling_params=sp(regex="(a")), ValueError, "invalid regex"),
-    Row("regex and json_schema", dict(prompt="hi", sampling_params=sp(regex="a", json_schema="{}")), ValueError,
-        "at most one"),
-    Row("json_schema not JSON", dict(prompt="hi", sampling_params=sp(json_schema="{nope")), ValueError,
-        "not valid JSON"),
-    Row("json_schema of an unknown type", dict(prompt="hi", sampling_params=sp(json_schema={"type": "x"})),
-        ValueError, "unsupported json_schema"),
-    Row("json_schema neither text nor a schema object", dict(prompt="hi", sampling_params=sp(json_schema=3)),
-        TypeError, "json_schema"),
-    Row("sampling_params not a dict", dict(prompt="hi", sampling_params="greedy"), TypeError, "sampling_params"),
-    Row("sampling_params list of wrong length", dict(prompt=["a", "b"], sampling_params=[GOOD] * 3), ValueError,
-        "sampling_params has 3 entries for 2 prompts"),
+    Row(
+        "regex and json_schema",
+        dict(prompt="hi", sampling_params=sp(regex="a", json_schema="{}")),
+        ValueError,
+        "at most one",
+    ),
+    Row(
+        "json_schema not JSON",
+        dict(prompt="hi", sampling_params=sp(json_schema="{nope")),
+        ValueError,
+        "not valid JSON",
+    ),
+    Row(
+        "json_schema of an unknown type",
+        dict(prompt="hi", sampling_params=sp(json_schema={"type": "x"})),
+        ValueError,
+        "unsupported json_schema",
+    ),
+    Row(
+        "json_schema neither text nor a schema object",
+        dict(prompt="hi", sampling_params=sp(json_schema=3)),
+        TypeError,
+        "json_schema",
+    ),
+    Row(
+        "sampling_params not a dict",
+        dict(prompt="hi", sampling_params="greedy"),
+        TypeError,
+        "sampling_params",
+    ),
+    Row(
+        "sampling_params list of wrong length",
+        dict(prompt=["a", "b"], sampling_params=[GOOD] * 3),
+        ValueError,
+        "sampling_params has 3 entries for 2 prompts",
+    ),
     # logprob options
-    Row("return_logprob list of wrong length", dict(prompt=["a", "b"], sampling_params=GOOD, return_logprob=[True]),
-        ValueError, "return_logprob"),
-    Row("top_logprobs_num=-1", dict(prompt="hi", sampling_params=GOOD, return_logprob=True, top_logprobs_num=-1),
-        ValueError, "top_logprobs_num"),
-    Row("logprob_start_len past the prompt", dict(input_ids=[5, 6, 7], sampling_params=GOOD, return_logprob=True,
-                                                  logprob_start_len=3), ValueError, "logprob_start_len"),
-    Row("logprob_start_len=-2", dict(input_ids=[5, 6, 7], sampling_params=GOOD, return_logprob=True,
-                                     logprob_start_len=-2), ValueError, "logprob_start_len"),
+    Row(
+        "return_logprob list of wrong length",
+        dict(prompt=["a", "b"], sampling_params=GOOD, return_logprob=[True]),
+        ValueError,
+        "return_logprob",
+    ),
+    Row(
+        "top_logprobs_num=-1",
+        dict(prompt="hi", sampling_params=GOOD, return_logprob=True, top_logprobs_num=-1),
+        ValueError,
+        "top_logprobs_num",
+    ),
+    Row(
+        "logprob_start_len past the prompt",
+        dict(input_ids=[5, 6, 7], sampling_params=GOOD, return_logprob=True, logprob_start_len=3),
+        ValueError,
+        "logprob_start_len",
+    ),
+    Row(
+        "logprob_start_len=-2",
+        dict(input_ids=[5, 6, 7], sampling_params=GOOD, return_logprob=True, logprob_start_len=-2),
+        ValueError,
+        "logprob_start_len",
+    ),
     # batches: the error names the request, nothing is queued
-    Row("batch with an empty prompt", dict(prompt=["fine", "also fine", ""], sampling_params=GOOD), ValueError,
-        r"request 2: prompt is empty"),
-    Row("batch with a bad id", dict(input_ids=[[5, 6], [7, VOCAB + 5]], sampling_params=GOOD), ValueError,
-        r"request 1: input_ids"),
-    Row("batch with an empty id list", dict(input_ids=[[5, 6], []], sampling_params=GOOD), ValueError,
-        r"request 1: prompt is empty"),
-    Row("batch with one bad params entry", dict(prompt=["a", "b", "c"],
-                                                sampling_params=[sp(n=3), sp(temperature=-1), GOOD]), ValueError,
-        r"request 1: temperature"),
-    Row("batch with one unknown parameter", dict(prompt=["a", "b"], sampling_params=[GOOD, sp(best_of=2)]),
-        ValueError, r"request 1: unknown sampling parameter.*best_of"),
-    Row("batch with one non-dict params", dict(prompt=["a", "b"], sampling_params=[GOOD, 7]), TypeError,
-        r"request 1: sampling_params"),
-    Row("batch with a too long prompt", dict(input_ids=[[5] * 10, [5] * 80], sampling_params=GOOD), ValueError,
-        r"request 1: prompt is too long", SHORT_CTX),
+    Row(
+        "batch with an empty prompt",
+        dict(prompt=["fine", "also fine", ""], sampling_params=GOOD),
+        ValueError,
+        r"request 2: prompt is empty",
+    ),
+    Row(
+        "batch with a bad id",
+        dict(input_ids=[[5, 6], [7, VOCAB + 5]], sampling_params=GOOD),
+        ValueError,
+        r"request 1: input_ids",
+    ),
+    Row(
+        "batch with an empty id list",
+        dict(input_ids=[[5, 6], []], sampling_params=GOOD),
+        ValueError,
+        r"request 1: prompt is empty",
+    ),
+    Row(
+        "batch with one bad params entry",
+        dict(prompt=["a", "b", "c"], sampling_params=[sp(n=3), sp(temperature=-1), GOOD]),
+        ValueError,
+        r"request 1: temperature",
+    ),
+    Row(
+        "batch with one unknown parameter",
+        dict(prompt=["a", "b"], sampling_params=[GOOD, sp(best_of=2)]),
+        ValueError,
+        r"request 1: unknown sampling parameter.*best_of",
+    ),
+    Row(
+        "batch with one non-dict params",
+        dict(prompt=["a", "b"], sampling_params=[GOOD, 7]),
+        TypeError,
+        r"request 1: sampling_params",
+    ),
+    Row(
+        "batch with a too long prompt",
+        dict(input_ids=[[5] * 10, [5] * 80], sampling_params=GOOD),
+        ValueError,
+        r"request 1: prompt is too long",
+        SHORT_CTX,
+    ),
 ]
 
 
@@ -161,8 +302,19 @@ def test_valid_edges_are_accepted(reference):
     clipped = engine.generate(input_ids=[100] * 63, sampling_params=sp(max_new_tokens=50))
     assert len(clipped["output_ids"]) == 1
     assert clipped["meta_info"]["finish_reason"]["type"] == "length"
-    edge = sp(top_p=1.0, top_k=-1, min_p=1.0, frequency_penalty=2, presence_penalty=-2, repetition_penalty=2,
-              stop_token_ids=[0, VOCAB - 1], temperature=0.0, seed=-5, max_new_tokens=3, min_new_tokens=3)
+    edge = sp(
+        top_p=1.0,
+        top_k=-1,
+        min_p=1.0,
+        frequency_penalty=2,
+        presence_penalty=-2,
+        repetition_penalty=2,
+        stop_token_ids=[0, VOCAB - 1],
+        temperature=0.0,
+        seed=-5,
+        max_new_tokens=3,
+        min_new_tokens=3,
+    )
     out = engine.generate(input_ids=[5, 6, 7], sampling_params=edge)
     assert len(out["output_ids"]) == 3
     assert_still_serving(engine, reference["short"])
@@ -207,6 +359,7 @@ def _truncate(keep):
         data = weights.read_bytes()
         weights.write_bytes(data[: keep(len(data))])
         return dst, {}
+
     return make
 
 
@@ -239,6 +392,7 @@ def _bad_rope(src, tmp_path):
 def _option(**options):
     def make(src, tmp_path):
         return src, options
+
     return make
 
 

@@ -11,18 +11,44 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_json.py"
-RUN_FIELDS = ["num_requests", "wall_s", "output_tokens", "output_tokens_per_s", "decode_steps",
-              "jump_forward_tokens", "jump_forward_fraction", "finish_reasons", "repeats", "wall_s_all",
-              "identical_across_repeats"]
+RUN_FIELDS = [
+    "num_requests",
+    "wall_s",
+    "output_tokens",
+    "output_tokens_per_s",
+    "decode_steps",
+    "jump_forward_tokens",
+    "jump_forward_fraction",
+    "finish_reasons",
+    "repeats",
+    "wall_s_all",
+    "identical_across_repeats",
+]
 
 
 def test_bench_json_smoke(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--num-requests", "2", "--repeats", "1", "--mask-steps", "10",
-         "--device", "cpu", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, env=env)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--num-requests",
+            "2",
+            "--repeats",
+            "1",
+            "--mask-steps",
+            "10",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| mode" in proc.stdout and "| device" in proc.stdout  # the two tables
 

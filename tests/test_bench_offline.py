@@ -17,11 +17,37 @@ def test_bench_offline_tiny_cpu(tmp_path):
     out, folder = tmp_path / "offline.json", tmp_path / "model"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--shape", "tiny", "--device", "cpu", "--batch-sizes", "1,3",
-         "--input-len", "12", "--output-len", "4", "--prefill-len", "40", "--reps", "1",
-         "--engines", "radixlm,hf-eager", "--ablations", "no-cuda-graph,fp8-kv", "--model-dir", str(folder),
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env=env)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--shape",
+            "tiny",
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "1,3",
+            "--input-len",
+            "12",
+            "--output-len",
+            "4",
+            "--prefill-len",
+            "40",
+            "--reps",
+            "1",
+            "--engines",
+            "radixlm,hf-eager",
+            "--ablations",
+            "no-cuda-graph,fp8-kv",
+            "--model-dir",
+            str(folder),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| engine | case |" in proc.stdout
     data = json.loads(out.read_text())

@@ -11,8 +11,18 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-FIELDS = ["num_programs", "errors", "wall_s", "programs_per_s", "latency_mean_s", "latency_p90_s",
-          "generated_tokens", "prompt_tokens", "cached_tokens", "cache_hit_rate"]
+FIELDS = [
+    "num_programs",
+    "errors",
+    "wall_s",
+    "programs_per_s",
+    "latency_mean_s",
+    "latency_p90_s",
+    "generated_tokens",
+    "prompt_tokens",
+    "cached_tokens",
+    "cache_hit_rate",
+]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
@@ -24,9 +34,25 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 def test_programs_run_ablations_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    proc = _run([str(BENCH / "programs" / "run.py"), "--num-programs", "4", "--max-tokens", "2", "--repeats", "1",
-                 "--workloads", "few-shot,judge", "--ablations", "cache,hints", "--device", "cpu",
-                 "--json", str(out)])
+    proc = _run(
+        [
+            str(BENCH / "programs" / "run.py"),
+            "--num-programs",
+            "4",
+            "--max-tokens",
+            "2",
+            "--repeats",
+            "1",
+            "--workloads",
+            "few-shot,judge",
+            "--ablations",
+            "cache,hints",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
+    )
     assert "judge" in proc.stdout and "| workload" in proc.stdout  # the table
 
     data = json.loads(out.read_text())
@@ -52,8 +78,21 @@ def test_programs_run_ablations_smoke(tmp_path):
 
 def test_bench_programs_wrapper_smoke(tmp_path):
     out = tmp_path / "old.json"
-    _run([str(BENCH / "bench_programs.py"), "--workloads", "select", "--num-programs", "2", "--repeats", "1",
-          "--device", "cpu", "--json", str(out)])
+    _run(
+        [
+            str(BENCH / "bench_programs.py"),
+            "--workloads",
+            "select",
+            "--num-programs",
+            "2",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
+    )
     data = json.loads(out.read_text())
     assert data["settings"]["ablations"] == ["cache"]
     select = data["results"]["select"]

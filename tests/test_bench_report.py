@@ -28,14 +28,68 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 def inputs(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("results")
     paths = {k: d / f"{k}.json" for k in ("serving", "programs", "json", "offline")}
-    _run([str(BENCH / "serving.py"), "--device", "cpu", "--gsp-num-groups", "2", "--gsp-prompts-per-group", "2",
-          "--gsp-system-prompt-len", "32", "--gsp-question-len", "4", "--gsp-output-len", "4", "--repeats", "1",
-          "--ablate", "--hf-baseline", "--mem-bandwidth-gbs", "10", "--peak-tflops", "0.1",
-          "--json", str(paths["serving"])])
-    _run([str(BENCH / "programs" / "run.py"), "--num-programs", "2", "--max-tokens", "2", "--repeats", "1",
-          "--workloads", "few-shot,select", "--ablations", "cache", "--device", "cpu", "--json", str(paths["programs"])])
-    _run([str(BENCH / "bench_json.py"), "--num-requests", "2", "--repeats", "1", "--skip-mask", "--modes", "greedy",
-          "--device", "cpu", "--json", str(paths["json"])])
+    _run(
+        [
+            str(BENCH / "serving.py"),
+            "--device",
+            "cpu",
+            "--gsp-num-groups",
+            "2",
+            "--gsp-prompts-per-group",
+            "2",
+            "--gsp-system-prompt-len",
+            "32",
+            "--gsp-question-len",
+            "4",
+            "--gsp-output-len",
+            "4",
+            "--repeats",
+            "1",
+            "--ablate",
+            "--hf-baseline",
+            "--mem-bandwidth-gbs",
+            "10",
+            "--peak-tflops",
+            "0.1",
+            "--json",
+            str(paths["serving"]),
+        ]
+    )
+    _run(
+        [
+            str(BENCH / "programs" / "run.py"),
+            "--num-programs",
+            "2",
+            "--max-tokens",
+            "2",
+            "--repeats",
+            "1",
+            "--workloads",
+            "few-shot,select",
+            "--ablations",
+            "cache",
+            "--device",
+            "cpu",
+            "--json",
+            str(paths["programs"]),
+        ]
+    )
+    _run(
+        [
+            str(BENCH / "bench_json.py"),
+            "--num-requests",
+            "2",
+            "--repeats",
+            "1",
+            "--skip-mask",
+            "--modes",
+            "greedy",
+            "--device",
+            "cpu",
+            "--json",
+            str(paths["json"]),
+        ]
+    )
     paths["offline"].write_text(json.dumps(fake_offline()))
     return paths
 
@@ -43,33 +97,99 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 def fake_offline() -> dict:
     """The layout benchmarks/bench_offline.py writes (made-up numbers: structure only)."""
     # bench_offline.py keeps its provenance inside run_info, under these names
-    run_info = {"date": "2026-11-27 00:00:00 UTC", "commit": "0123456789abcdef", "dirty": False,
-                "machine": {"torch": "2.11.0+cu130", "python": "3.12.3", "nproc": 16, "cpu_model": "Xeon",
-                            "device_name": "NVIDIA H100 80GB HBM3", "gpu_name": "NVIDIA H100 80GB HBM3"}}
+    run_info = {
+        "date": "2026-11-27 00:00:00 UTC",
+        "commit": "0123456789abcdef",
+        "dirty": False,
+        "machine": {
+            "torch": "2.11.0+cu130",
+            "python": "3.12.3",
+            "nproc": 16,
+            "cpu_model": "Xeon",
+            "device_name": "NVIDIA H100 80GB HBM3",
+            "gpu_name": "NVIDIA H100 80GB HBM3",
+        },
+    }
     results = []
-    engines = (("radixlm", 1.0), ("radixlm-no-cache", 0.9), ("radixlm-no-cuda-graph", 0.8), ("hf-eager", 0.3),
-               ("hf-static-compile", 0.6))
+    engines = (
+        ("radixlm", 1.0),
+        ("radixlm-no-cache", 0.9),
+        ("radixlm-no-cuda-graph", 0.8),
+        ("hf-eager", 0.3),
+        ("hf-static-compile", 0.6),
+    )
     for engine, speed in engines:
         for bs in (1, 8, 64):
             step_ms = 8.0 / speed * (1 + bs / 64)
-            results.append({"engine": engine, "case": "decode", "batch_size": bs, "input_len": 512, "output_len": 128,
-                            "ttft_ms": None, "decode_ms_per_step": step_ms, "decode_tok_s": bs * 1000 / step_ms,
-                            "output_tok_s": bs * 1000 / step_ms, "mbu": 0.6 * speed, "prefill_tflops": None,
-                            "mfu": None, "cache_hit_rate": None, "wall_s": 1.5})
-        results.append({"engine": engine, "case": "prefill", "batch_size": 8, "input_len": 2048, "output_len": 1,
-                        "ttft_ms": 90.0 / speed, "decode_ms_per_step": None, "decode_tok_s": None, "output_tok_s": None,
-                        "mbu": None, "prefill_tflops": 400.0 * speed, "mfu": 0.5 * speed, "cache_hit_rate": None,
-                        "wall_s": 0.4})
-        results.append({"engine": engine, "case": "shared-prefix", "batch_size": 32, "input_len": 1024,
-                        "output_len": 64, "ttft_ms": 40.0 / speed, "decode_ms_per_step": 12.0 / speed,
-                        "decode_tok_s": None, "output_tok_s": 2000.0 * speed, "mbu": None, "prefill_tflops": None,
-                        "mfu": None, "cache_hit_rate": 0.9 if engine == "radixlm" else 0.0, "wall_s": 2.0})
+            results.append(
+                {
+                    "engine": engine,
+                    "case": "decode",
+                    "batch_size": bs,
+                    "input_len": 512,
+                    "output_len": 128,
+                    "ttft_ms": None,
+                    "decode_ms_per_step": step_ms,
+                    "decode_tok_s": bs * 1000 / step_ms,
+                    "output_tok_s": bs * 1000 / step_ms,
+                    "mbu": 0.6 * speed,
+                    "prefill_tflops": None,
+                    "mfu": None,
+                    "cache_hit_rate": None,
+                    "wall_s": 1.5,
+                }
+            )
+        results.append(
+            {
+                "engine": engine,
+                "case": "prefill",
+                "batch_size": 8,
+                "input_len": 2048,
+                "output_len": 1,
+                "ttft_ms": 90.0 / speed,
+                "decode_ms_per_step": None,
+                "decode_tok_s": None,
+                "output_tok_s": None,
+                "mbu": None,
+                "prefill_tflops": 400.0 * speed,
+                "mfu": 0.5 * speed,
+                "cache_hit_rate": None,
+                "wall_s": 0.4,
+            }
+        )
+        results.append(
+            {
+                "engine": engine,
+                "case": "shared-prefix",
+                "batch_size": 32,
+                "input_len": 1024,
+                "output_len": 64,
+                "ttft_ms": 40.0 / speed,
+                "decode_ms_per_step": 12.0 / speed,
+                "decode_tok_s": None,
+                "output_tok_s": 2000.0 * speed,
+                "mbu": None,
+                "prefill_tflops": None,
+                "mfu": None,
+                "cache_hit_rate": 0.9 if engine == "radixlm" else 0.0,
+                "wall_s": 2.0,
+            }
+        )
     results[0]["mbu"] = float("nan")  # written as NaN by json.dumps; the report shows '-'
-    return {"run_info": run_info, "command": "python benchmarks/bench_offline.py --json out.json",
-            "card": "NVIDIA H100 80GB HBM3",
-            "model": {"name": "llama-3.1-8b-shape-random", "params": 8030261248, "dtype": "bfloat16",
-                      "weight_bytes": 16060522496},
-            "bandwidth_gbs": 3000.0, "peak_tflops": 750.0, "results": results}
+    return {
+        "run_info": run_info,
+        "command": "python benchmarks/bench_offline.py --json out.json",
+        "card": "NVIDIA H100 80GB HBM3",
+        "model": {
+            "name": "llama-3.1-8b-shape-random",
+            "params": 8030261248,
+            "dtype": "bfloat16",
+            "weight_bytes": 16060522496,
+        },
+        "bandwidth_gbs": 3000.0,
+        "peak_tflops": 750.0,
+        "results": results,
+    }
 
 
 def _check_png(path: Path) -> None:
@@ -112,8 +232,12 @@ def test_report_writes_markdown_and_plots(inputs, tmp_path):
     assert "3.33x" in md  # offline decode: radixlm 1.0 / hf-eager 0.3 (the fake's speeds)
     assert "radixlm-no-cuda-graph" in md and "| nan |" not in md.lower()
 
-    expected = {f"{inputs['serving'].stem}-latency.png", f"{inputs['serving'].stem}-throughput.png",
-                f"{inputs['programs'].stem}-cache-ablation.png", f"{inputs['offline'].stem}-throughput-vs-batch.png"}
+    expected = {
+        f"{inputs['serving'].stem}-latency.png",
+        f"{inputs['serving'].stem}-throughput.png",
+        f"{inputs['programs'].stem}-cache-ablation.png",
+        f"{inputs['offline'].stem}-throughput-vs-batch.png",
+    }
     assert expected <= {p.name for p in out_dir.glob("*.png")}
     for name in expected:
         _check_png(out_dir / name)

@@ -12,26 +12,75 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "serving.py"
 GROUPS, PER_GROUP, SYSTEM, QUESTION, OUTPUT = 2, 3, 64, 8, 6
-RUN_FIELDS = ["completed", "failed", "duration_s", "request_throughput", "input_throughput", "output_throughput",
-              "total_input_tokens", "total_output_tokens", "cache_hit_rate", "ttft_ms", "itl_ms", "tpot_ms",
-              "e2e_ms", "mbu", "mfu"]
+RUN_FIELDS = [
+    "completed",
+    "failed",
+    "duration_s",
+    "request_throughput",
+    "input_throughput",
+    "output_throughput",
+    "total_input_tokens",
+    "total_output_tokens",
+    "cache_hit_rate",
+    "ttft_ms",
+    "itl_ms",
+    "tpot_ms",
+    "e2e_ms",
+    "mbu",
+    "mfu",
+]
 
 
 def test_bench_serving_smoke(tmp_path):
     out = tmp_path / "serving.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--gsp-num-groups", str(GROUPS),
-         "--gsp-prompts-per-group", str(PER_GROUP), "--gsp-system-prompt-len", str(SYSTEM),
-         "--gsp-question-len", str(QUESTION), "--gsp-output-len", str(OUTPUT), "--max-concurrency", "4", "--repeats", "2",
-         "--ablate", "--json", str(out)],
-        capture_output=True, text=True, timeout=240, env=env)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--device",
+            "cpu",
+            "--gsp-num-groups",
+            str(GROUPS),
+            "--gsp-prompts-per-group",
+            str(PER_GROUP),
+            "--gsp-system-prompt-len",
+            str(SYSTEM),
+            "--gsp-question-len",
+            str(QUESTION),
+            "--gsp-output-len",
+            str(OUTPUT),
+            "--max-concurrency",
+            "4",
+            "--repeats",
+            "2",
+            "--ablate",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| metric" in proc.stdout and "ratios (cache on / cache off)" in proc.stdout
 
     data = json.loads(out.read_text())
-    for key in ("command", "date", "git_commit", "machine", "device", "dtype", "settings", "model", "runs",
-                "ratios", "mem_bandwidth_gbs", "peak_tflops"):
+    for key in (
+        "command",
+        "date",
+        "git_commit",
+        "machine",
+        "device",
+        "dtype",
+        "settings",
+        "model",
+        "runs",
+        "ratios",
+        "mem_bandwidth_gbs",
+        "peak_tflops",
+    ):
         assert key in data, key
     assert "serving.py" in data["command"] and "--ablate" in data["command"]
     assert data["machine"]["torch"] and data["machine"]["nproc"] and data["machine"]["device_name"]
@@ -64,13 +113,41 @@ def test_bench_serving_hf_baseline(tmp_path):
     groups, per_group, system, question, output = 2, 2, 32, 4, 4
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--gsp-num-groups", str(groups),
-         "--gsp-prompts-per-group", str(per_group), "--gsp-system-prompt-len", str(system),
-         "--gsp-question-len", str(question), "--gsp-output-len", str(output), "--repeats", "1",
-         "--cpu-threads", "1", "--hf-baseline", "--hf-batch-size", "3",
-         # given, so the device micro-benchmarks don't run: only HF and the structure matter here
-         "--mem-bandwidth-gbs", "10", "--peak-tflops", "0.1", "--json", str(out)],
-        capture_output=True, text=True, timeout=240, env=env)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--device",
+            "cpu",
+            "--gsp-num-groups",
+            str(groups),
+            "--gsp-prompts-per-group",
+            str(per_group),
+            "--gsp-system-prompt-len",
+            str(system),
+            "--gsp-question-len",
+            str(question),
+            "--gsp-output-len",
+            str(output),
+            "--repeats",
+            "1",
+            "--cpu-threads",
+            "1",
+            "--hf-baseline",
+            "--hf-batch-size",
+            "3",
+            # given, so the device micro-benchmarks don't run: only HF and the structure matter here
+            "--mem-bandwidth-gbs",
+            "10",
+            "--peak-tflops",
+            "0.1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "hf_eager" in proc.stdout and "ratios (radixlm / hf_eager" in proc.stdout
 

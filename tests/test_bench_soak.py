@@ -16,9 +16,28 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
 def test_soak_smoke(tmp_path):
     out = tmp_path / "soak.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--minutes", "0.15", "--sample-s", "2", "--warmup-samples", "1",
-                           "--concurrency", "8", "--max-growth-mb", "256", "--out", str(out)],
-                          capture_output=True, text=True, timeout=240, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--minutes",
+            "0.15",
+            "--sample-s",
+            "2",
+            "--warmup-samples",
+            "1",
+            "--concurrency",
+            "8",
+            "--max-growth-mb",
+            "256",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "problems: none" in proc.stdout
     report = json.loads(out.read_text())

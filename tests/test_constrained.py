@@ -12,22 +12,38 @@ import msgspec
 import pydantic
 import pytest
 import torch
-
 from helpers import LocalRuntime, get_engine
-from radixlm.runtime.constrained.grammar import (Grammar, GrammarCache, TokenizerVocab, build_vocab_mask,
-                                         json_schema_to_regex, normalize_json_schema, token_bytes_table,
-                                         unenforced_features)
+
+from radixlm.runtime.constrained.grammar import (
+    Grammar,
+    GrammarCache,
+    TokenizerVocab,
+    build_vocab_mask,
+    json_schema_to_regex,
+    normalize_json_schema,
+    token_bytes_table,
+    unenforced_features,
+)
 from radixlm.testing import build_tiny_model
 
-PERSON = {"type": "object",
-          "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "maxDigits": 2},
-                         "member": {"type": "boolean"}},
-          "required": ["name", "age", "member"]}
-LONG_KEYS = {"type": "object",
-             "properties": {"customer_full_name": {"type": "string", "maxLength": 8},
-                            "shipping_address_line_one": {"type": "string", "maxLength": 8},
-                            "preferred_delivery_window": {"enum": ["morning", "afternoon"]}},
-             "required": ["customer_full_name", "shipping_address_line_one", "preferred_delivery_window"]}
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "maxDigits": 2},
+        "member": {"type": "boolean"},
+    },
+    "required": ["name", "age", "member"],
+}
+LONG_KEYS = {
+    "type": "object",
+    "properties": {
+        "customer_full_name": {"type": "string", "maxLength": 8},
+        "shipping_address_line_one": {"type": "string", "maxLength": 8},
+        "preferred_delivery_window": {"enum": ["morning", "afternoon"]},
+    },
+    "required": ["customer_full_name", "shipping_address_line_one", "preferred_delivery_window"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +99,9 @@ def test_space_prefixed_tokens_are_allowed_after_an_opening_brace(vocab, tokeniz
 class PersonModel(pydantic.BaseModel):
     name: str = pydantic.Field(max_length=12)
     language: Literal["python", "rust"]
-    tags: list[Annotated[str, pydantic.StringConstraints(max_length=6)]] = pydantic.Field(default=[], max_length=2)
+    tags: list[Annotated[str, pydantic.StringConstraints(max_length=6)]] = pydantic.Field(
+        default=[], max_length=2
+    )
 
 
 class PersonStruct(msgspec.Struct):
@@ -94,10 +112,19 @@ class PersonStruct(msgspec.Struct):
 def test_schema_forms_normalise_to_json_text():
     as_text = normalize_json_schema(json.dumps(PERSON))
     assert json.loads(as_text) == PERSON == json.loads(normalize_json_schema(PERSON))
-    assert list(json.loads(as_text)["properties"]) == ["name", "age", "member"]  # order kept: it orders output
-    assert json.loads(normalize_json_schema(PersonModel))["properties"]["language"]["enum"] == ["python", "rust"]
+    assert list(json.loads(as_text)["properties"]) == [
+        "name",
+        "age",
+        "member",
+    ]  # order kept: it orders output
+    assert json.loads(normalize_json_schema(PersonModel))["properties"]["language"]["enum"] == [
+        "python",
+        "rust",
+    ]
     assert set(json.loads(normalize_json_schema(PersonStruct))["$defs"]["PersonStruct"]["properties"]) == {
-        "name", "member"}
+        "name",
+        "member",
+    }
     with pytest.raises(ValueError, match="not valid JSON"):
         normalize_json_schema("{nope")
     with pytest.raises(ValueError, match="JSON object"):
@@ -107,16 +134,24 @@ def test_schema_forms_normalise_to_json_text():
 
 
 def test_keywords_the_regex_cannot_enforce_are_refused_by_name_and_place():
-    schema = {"type": "object", "properties": {"minimum": {"type": "integer"},
-                                               "n": {"type": "array", "items": {"type": "integer", "maximum": 3},
-                                                     "uniqueItems": True}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "minimum": {"type": "integer"},
+            "n": {"type": "array", "items": {"type": "integer", "maximum": 3}, "uniqueItems": True},
+        },
+    }
     assert unenforced_features(schema) == ["uniqueItems at /properties/n", "maximum at /properties/n/items"]
     with pytest.raises(ValueError, match="unsupported json_schema feature.*maximum at /properties/n/items"):
         json_schema_to_regex(json.dumps(schema))
-    assert json_schema_to_regex(json.dumps({"type": "object", "properties": {"minimum": {"type": "integer"}}}))
-    for bad, named in [({"type": "string", "pattern": "^a+$", "maxLength": 3}, "pattern together with maxLength"),
-                       ({"type": "string", "format": "date", "pattern": "^2"}, "format together with pattern"),
-                       ({"type": "number", "maxDigitsFraction": 2}, "maxDigitsFraction")]:
+    assert json_schema_to_regex(
+        json.dumps({"type": "object", "properties": {"minimum": {"type": "integer"}}})
+    )
+    for bad, named in [
+        ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "pattern together with maxLength"),
+        ({"type": "string", "format": "date", "pattern": "^2"}, "format together with pattern"),
+        ({"type": "number", "maxDigitsFraction": 2}, "maxDigitsFraction"),
+    ]:
         with pytest.raises(ValueError, match=named):
             json_schema_to_regex(json.dumps(bad))
     # outlines-core would write this key into the regex unescaped, so output would not be JSON
@@ -177,7 +212,11 @@ def test_a_request_waits_for_its_grammar_while_others_keep_decoding():
     rt.grammars.get = lambda key: failing
     bad = rt.submit(ids, {"max_new_tokens": 4, "regex": "x"})
     rt.scheduler.step()
-    assert bad.finished_reason == {"type": "abort", "message": "cannot compile regex 'x': broken", "status_code": 400}
+    assert bad.finished_reason == {
+        "type": "abort",
+        "message": "cannot compile regex 'x': broken",
+        "status_code": 400,
+    }
     rt.scheduler.check_accounting()
 
 
@@ -188,11 +227,18 @@ def test_regex_and_schema_outputs_match_and_schema_objects_are_accepted():
     engine = get_engine("llama")
     outs = engine.generate(
         ["IP address:", "Person:", "Person:", "Person:"],
-        [{"regex": r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)", "temperature": 1.0, "seed": 1,
-          "max_new_tokens": 64},
-         {"json_schema": PERSON, "temperature": 1.0, "seed": 2, "max_new_tokens": 128},
-         {"json_schema": PersonModel, "temperature": 0.8, "seed": 3, "max_new_tokens": 160},
-         {"json_schema": PersonStruct, "temperature": 0, "max_new_tokens": 160}])
+        [
+            {
+                "regex": r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)",
+                "temperature": 1.0,
+                "seed": 1,
+                "max_new_tokens": 64,
+            },
+            {"json_schema": PERSON, "temperature": 1.0, "seed": 2, "max_new_tokens": 128},
+            {"json_schema": PersonModel, "temperature": 0.8, "seed": 3, "max_new_tokens": 160},
+            {"json_schema": PersonStruct, "temperature": 0, "max_new_tokens": 160},
+        ],
+    )
     assert re.fullmatch(r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)", outs[0]["text"])
     jsonschema.validate(json.loads(outs[1]["text"]), PERSON)
     PersonModel.model_validate_json(outs[2]["text"])
@@ -234,13 +280,18 @@ def test_jump_forward_keeps_outputs_identical_and_saves_one_decode_step_per_forc
         assert [t for _, t in entries] == run["output_ids"]
         assert len(run["meta_info"]["output_top_logprobs"]) == len(run["output_ids"])
     assert [lp for lp, _ in on["meta_info"]["output_token_logprobs"]] == pytest.approx(
-        [lp for lp, _ in off["meta_info"]["output_token_logprobs"]], abs=1e-4)
+        [lp for lp, _ in off["meta_info"]["output_token_logprobs"]], abs=1e-4
+    )
 
 
 def test_the_json_whitespace_pattern_is_an_engine_option():
     engine = get_engine("llama", constrained_json_whitespace_pattern="")
-    outs = engine.generate(["Order:"] * 3, [{"json_schema": LONG_KEYS, "max_new_tokens": 160, "temperature": 1.0,
-                                             "seed": s} for s in range(3)])
+    outs = engine.generate(
+        ["Order:"] * 3,
+        [{"json_schema": LONG_KEYS, "max_new_tokens": 160, "temperature": 1.0, "seed": s} for s in range(3)],
+    )
     for out in outs:
         obj = json.loads(out["text"])
-        assert out["text"] == json.dumps(obj, separators=(",", ":"), ensure_ascii=False)  # not one optional space
+        assert out["text"] == json.dumps(
+            obj, separators=(",", ":"), ensure_ascii=False
+        )  # not one optional space

@@ -22,13 +22,12 @@ import json
 import random
 import re
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 
 import jsonschema
+from helpers import get_engine
 from outlines_core import Index, Vocabulary
 from outlines_core.json_schema import INTEGER, NUMBER, build_regex_from_schema
-
-from helpers import get_engine
 
 N_SCHEMAS = 50
 SCHEMA_SEED = 20251125
@@ -43,9 +42,35 @@ MAX_ITEMS = 3
 
 # ------------------------------------------------------------------------------ JSON schemas
 PROPERTY_NAMES = [
-    "id", "name", "title", "count", "score", "tags", "kind", "color", "ok", "size", "items",
-    "meta", "owner", "level", "note", "code", "x", "y", "z", "flag", "unit", "rank", "mode",
-    "first-name", "display name", "a.b", "caf\u00e9", "_private", "n2",
+    "id",
+    "name",
+    "title",
+    "count",
+    "score",
+    "tags",
+    "kind",
+    "color",
+    "ok",
+    "size",
+    "items",
+    "meta",
+    "owner",
+    "level",
+    "note",
+    "code",
+    "x",
+    "y",
+    "z",
+    "flag",
+    "unit",
+    "rank",
+    "mode",
+    "first-name",
+    "display name",
+    "a.b",
+    "caf\u00e9",
+    "_private",
+    "n2",
 ]
 # no '"' in property names: outlines-core 0.2.14 does not escape it inside a key (it writes
 # `"q"k"` for the key q"k), so such a schema compiles to a regex whose matches are not JSON
@@ -70,8 +95,18 @@ NUMBER_ENUMS = [
 MIXED_ENUMS = [["one", 1, True, None], ["auto", 0, False], [None, "none"]]
 CONSTS = ["v1", 3, True, None]
 
-LEAF_KINDS = ["string", "string_enum", "number_enum", "integer", "integer_enum", "number",
-              "boolean", "null", "mixed_enum", "const"]
+LEAF_KINDS = [
+    "string",
+    "string_enum",
+    "number_enum",
+    "integer",
+    "integer_enum",
+    "number",
+    "boolean",
+    "null",
+    "mixed_enum",
+    "const",
+]
 LEAF_WEIGHTS = [24, 10, 8, 4, 9, 3, 10, 4, 3, 2]
 
 
@@ -218,8 +253,10 @@ def max_regex_width(pattern: str) -> int:
 # builds a DFA and rejects those), and no \d \w \s: they are Unicode classes whose exact sets
 # may differ between Rust's regex (outlines) and Python's re.
 REGEXES: list[tuple[str, set[str]]] = [
-    (r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
-     {"ip", "digit_range", "bounded_repeat", "alternation", "literal_punct"}),
+    (
+        r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
+        {"ip", "digit_range", "bounded_repeat", "alternation", "literal_punct"},
+    ),
     (r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])", {"date", "digit_range", "alternation"}),
     (r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?", {"time", "digit_range", "optional_group"}),
     (r"20[0-9]{2}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]Z", {"date", "time", "digit_range"}),
@@ -236,8 +273,10 @@ REGEXES: list[tuple[str, set[str]]] = [
     (r"#[0-9a-fA-F]{6}", {"char_class", "hex"}),
     (r"0x[0-9A-F]{2,4}|0b[01]{1,8}", {"hex", "alternation", "bounded_repeat"}),
     (r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", {"hex", "uuid"}),
-    (r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})(-(alpha|beta|rc)(\.[0-9]{1,2})?)?",
-     {"semver", "optional_group", "alternation"}),
+    (
+        r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})(-(alpha|beta|rc)(\.[0-9]{1,2})?)?",
+        {"semver", "optional_group", "alternation"},
+    ),
     (r"\$[1-9][0-9]{0,4}(\.[0-9]{2})?", {"money", "optional_group", "literal_punct"}),
     (r"(100|[1-9]?[0-9])%", {"digit_range", "literal_punct"}),
     (r"-?[0-9]{1,4}(\.[0-9]{1,3})?", {"digit_range", "optional_char", "optional_group"}),
@@ -251,14 +290,28 @@ REGEXES: list[tuple[str, set[str]]] = [
     (r"(Mr|Ms|Dr)\.? [A-Z][a-z]{1,8}( [A-Z]\.)?", {"alternation", "optional_char", "optional_group"}),
     (r"[^a-zA-Z0-9\n]{1,6}|<[^<>\n]{1,8}>", {"negated_class", "alternation"}),
 ]
-REGEX_FEATURES = {"ip", "date", "time", "email", "phone", "identifier", "alternation", "bounded_repeat",
-                  "char_class", "literal_punct", "optional_group", "optional_char", "digit_range",
-                  "negated_class", "hex"}
+REGEX_FEATURES = {
+    "ip",
+    "date",
+    "time",
+    "email",
+    "phone",
+    "identifier",
+    "alternation",
+    "bounded_repeat",
+    "char_class",
+    "literal_punct",
+    "optional_group",
+    "optional_char",
+    "digit_range",
+    "negated_class",
+    "hex",
+}
 MAX_REGEX_WIDTH = 60
 
 
 # ------------------------------------------------------------------------------ tiny vocabulary
-@lru_cache(maxsize=None)
+@cache
 def special_ids(name: str = "llama") -> frozenset[int]:
     """Added / special token ids of a tiny model's tokenizer (EOS among them)."""
     from radixlm.runtime.tokenizer import load_tokenizer
@@ -268,7 +321,7 @@ def special_ids(name: str = "llama") -> frozenset[int]:
     return frozenset(tok.added_tokens_decoder) | frozenset(tok.all_special_ids)
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny_vocabulary(name: str = "llama") -> Vocabulary:
     """The runtime's outlines Vocabulary for a tiny model's tokenizer (raw bytes, specials and
     EOS left out)."""
@@ -310,12 +363,30 @@ def test_schema_corpus_covers_features():
         total.update({k: v for k, v in feats.items() if k != "max_depth"})
         total[f"schemas_of_depth_{feats['max_depth']}"] += 1
     minimum = {
-        "object": N_SCHEMAS + 10, "nested_object": 10, "object_depth_3": 3, "array": 15,
-        "array_min_items": 5, "array_max_items": 15, "array_of_objects": 3, "enum_string": 15,
-        "enum_number": 8, "enum_integer": 8, "enum_mixed": 2, "const": 2, "integer": 8, "number": 5,
-        "boolean": 15, "null": 2, "string": 40, "string_min_length": 10, "string_max_length": 40,
-        "optional_property": 40, "object_without_required": 5, "additional_properties_false": 5,
-        "schemas_of_depth_1": 5, "schemas_of_depth_3": 5,
+        "object": N_SCHEMAS + 10,
+        "nested_object": 10,
+        "object_depth_3": 3,
+        "array": 15,
+        "array_min_items": 5,
+        "array_max_items": 15,
+        "array_of_objects": 3,
+        "enum_string": 15,
+        "enum_number": 8,
+        "enum_integer": 8,
+        "enum_mixed": 2,
+        "const": 2,
+        "integer": 8,
+        "number": 5,
+        "boolean": 15,
+        "null": 2,
+        "string": 40,
+        "string_min_length": 10,
+        "string_max_length": 40,
+        "optional_property": 40,
+        "object_without_required": 5,
+        "additional_properties_false": 5,
+        "schemas_of_depth_1": 5,
+        "schemas_of_depth_3": 5,
     }
     missing = {k: (total[k], v) for k, v in minimum.items() if total[k] < v}
     assert not missing, f"features below their minimum (have, want): {missing}; all counts: {dict(total)}"
@@ -358,7 +429,12 @@ def schema_request(i: int, schema: dict) -> tuple[str, dict]:
     # alternate the two accepted spellings: a JSON string and a dict
     spec = json.dumps(schema) if i % 3 else schema
     prompt = f"Record {i} as JSON with keys {', '.join(schema['properties'])}:"
-    return prompt, {"json_schema": spec, "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "seed": 1000 + i}
+    return prompt, {
+        "json_schema": spec,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "temperature": 1.0,
+        "seed": 1000 + i,
+    }
 
 
 def regex_request(i: int, pattern: str) -> tuple[str, dict]:
@@ -371,7 +447,7 @@ def has_unbounded_number(schema: dict) -> bool:
     return INTEGER in schema_to_regex(schema)  # NUMBER contains INTEGER
 
 
-@lru_cache(maxsize=None)
+@cache
 def cached_index(regex: str) -> Index:
     return build_index(regex)
 
@@ -418,6 +494,7 @@ def json_matches(schema: dict):
         except (ValueError, jsonschema.ValidationError) as exc:
             return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
         return None
+
     return check
 
 
@@ -473,7 +550,7 @@ def test_fuzz_mixed_batch_qwen2():
     engine = get_engine("qwen2")
     require_constrained_decoding(engine)
     bounded = [s for s in SCHEMAS if not has_unbounded_number(s)]
-    schemas = bounded[::len(bounded) // 5][:5]
+    schemas = bounded[:: len(bounded) // 5][:5]
     patterns = [p for p, _ in REGEXES[::6]]
     assert len(schemas) == 5 and len(patterns) == 5
     failures, _ = run_corpus(engine, schemas, patterns)

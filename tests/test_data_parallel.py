@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 from helpers import hf_greedy
+
 from radixlm import Engine
 from radixlm.runtime.managers.dp_router import MIN_USEFUL_PREFIX, Router
 from radixlm.testing import build_tiny_model
@@ -29,7 +30,7 @@ def test_router_prefers_the_cached_prefix_then_the_least_loaded():
     router.done(["a0", "a1"])
     assert router.load[first] == 0 and router.owner == {"b0": other, "c0": third}
     # a short shared prefix is not worth a loaded replica
-    assert router.route("a2", a[:MIN_USEFUL_PREFIX - 5] + ids_of(50, 9)) == first  # load 0 there again
+    assert router.route("a2", a[: MIN_USEFUL_PREFIX - 5] + ids_of(50, 9)) == first  # load 0 there again
     # the tree forgets beyond the replica's capacity (LRU)
     for i in range(30):
         router.route(f"x{i}", ids_of(100, 100 + i))
@@ -45,7 +46,7 @@ def run(engine: Engine, prompts: list[list[int]]) -> list[list[int]]:
     params = {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True}
     outs = []
     for g in range(4):  # a group's first request is cached before the rest arrive
-        group = prompts[4 * g: 4 * g + 4]
+        group = prompts[4 * g : 4 * g + 4]
         outs += [o["output_ids"] for o in engine.generate(input_ids=group[:1], sampling_params=params)]
         outs += [o["output_ids"] for o in engine.generate(input_ids=group[1:], sampling_params=params)]
     return outs

@@ -13,7 +13,12 @@ import time
 
 import pytest
 
-from radixlm.runtime.managers.detokenizer import REPLACEMENT_CHAR, DecodeState, IncrementalDetokenizer, _held_back
+from radixlm.runtime.managers.detokenizer import (
+    REPLACEMENT_CHAR,
+    DecodeState,
+    IncrementalDetokenizer,
+    _held_back,
+)
 from radixlm.runtime.tokenizer import load_tokenizer
 from radixlm.testing import build_tiny_model
 
@@ -39,6 +44,7 @@ def tok():
 def decode(tok):
     def fn(ids, skip):
         return tok.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+
     return fn
 
 
@@ -67,7 +73,7 @@ def run_stream(decode, ids, chunks, stop_strs=(), skip=True, on_delta=None):
     detok, state = IncrementalDetokenizer(decode), DecodeState()
     deltas, pos = [], 0
     for k in chunks:
-        d = detok.update(state, ids[pos:pos + k], skip, False, list(stop_strs), None, False)
+        d = detok.update(state, ids[pos : pos + k], skip, False, list(stop_strs), None, False)
         pos += k
         deltas.append(d)
         if on_delta:
@@ -106,8 +112,10 @@ def test_byte_tokens_only_streams_concatenate(tok, decode):
 def test_streams_with_special_tokens(decode, normal_ids):
     rng = random.Random(3)
     for trial in range(120):
-        ids = [rng.choice([0, 1, 2, 3]) if rng.random() < 0.2 else rng.choice(normal_ids)
-               for _ in range(rng.randint(1, 25))]
+        ids = [
+            rng.choice([0, 1, 2, 3]) if rng.random() < 0.2 else rng.choice(normal_ids)
+            for _ in range(rng.randint(1, 25))
+        ]
         for skip in (True, False):
             full = decode(ids, skip)
             assert "".join(run_stream(decode, ids, _chunks(len(ids), rng), skip=skip)) == full, (skip, ids)
@@ -166,9 +174,9 @@ def _simulate(decode, ids, stops, no_stop_trim, rng):
     while pos < len(ids):
         step = rng.choice([1, 1, 1, 2, 3])
         new = []
-        for t in ids[pos:pos + step]:  # the scheduler checks stops after every token
+        for t in ids[pos : pos + step]:  # the scheduler checks stops after every token
             new.append(t)
-            text = decode(ids[:pos + len(new)], True)
+            text = decode(ids[: pos + len(new)], True)
             hit = next((s for s in stops if s in text), None)
             if hit is not None:
                 matched = hit
@@ -191,7 +199,7 @@ def test_stop_strings_held_back_and_trimmed(tok, decode, no_stop_trim):
         if len(text) < 2:
             continue
         at = rng.randrange(len(text) - 1)
-        stop = text[at: at + rng.randint(1, 6)]
+        stop = text[at : at + rng.randint(1, 6)]
         stops = rng.choice([[stop], [stop, "\x00never"], ["\x00never", stop[: max(1, len(stop) - 1)], stop]])
         if rng.random() < 0.15:
             stops = ["\x00never", "ZZZQ"]  # no match: finishes by length
@@ -256,29 +264,32 @@ def test_finish_by_length_releases_held_prefix(decode, tok):
 
 
 # ------------------------------------------------------------------------------ _held_back
-@pytest.mark.parametrize("text,stops,expected", [
-    ("", ["abc"], 0),
-    ("hello", [], 0),
-    ("hello", ["xyz"], 0),
-    ("hello wor", ["world"], 3),
-    ("hello w", ["world"], 1),
-    ("hello world and more", ["world"], len("world and more")),  # a whole stop: hold from it
-    ("abc", ["abc"], 3),
-    ("ab", ["abc"], 2),
-    ("aXa", ["ab"], 1),
-    ("xaa", ["ab"], 1),  # only the last 'a' could start "ab"
-    ("aaa", ["aab"], 2),
-    ("xabab", ["abac"], 2),
-    ("abc", ["x"], 0),  # a 1-char stop has no proper prefix
-    ("abx", ["x"], 1),
-    ("hello", ["lo", "llo w"], 3),  # the longest of several
-    ("hello", ["llo w", "lo"], 3),
-    ("日本", ["本語"], 1),
-    ("🙂 ok 🙂", ["🙂!"], 1),
-    ("end\n", ["\n\n"], 1),
-    ("a\n\nb", ["\n\n"], 3),
-    ("ab", ["ab", "b"], 2),
-])
+@pytest.mark.parametrize(
+    "text,stops,expected",
+    [
+        ("", ["abc"], 0),
+        ("hello", [], 0),
+        ("hello", ["xyz"], 0),
+        ("hello wor", ["world"], 3),
+        ("hello w", ["world"], 1),
+        ("hello world and more", ["world"], len("world and more")),  # a whole stop: hold from it
+        ("abc", ["abc"], 3),
+        ("ab", ["abc"], 2),
+        ("aXa", ["ab"], 1),
+        ("xaa", ["ab"], 1),  # only the last 'a' could start "ab"
+        ("aaa", ["aab"], 2),
+        ("xabab", ["abac"], 2),
+        ("abc", ["x"], 0),  # a 1-char stop has no proper prefix
+        ("abx", ["x"], 1),
+        ("hello", ["lo", "llo w"], 3),  # the longest of several
+        ("hello", ["llo w", "lo"], 3),
+        ("日本", ["本語"], 1),
+        ("🙂 ok 🙂", ["🙂!"], 1),
+        ("end\n", ["\n\n"], 1),
+        ("a\n\nb", ["\n\n"], 3),
+        ("ab", ["ab", "b"], 2),
+    ],
+)
 def test_held_back(text, stops, expected):
     assert _held_back(text, stops) == expected
 
@@ -288,13 +299,17 @@ def test_held_back_matches_brute_force():
     alphabet = "ab日\n"
     for _ in range(3000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
-        stops = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
+        stops = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))
+        ]
         want = 0
         for s in stops:
             if s in text:
                 want = max(want, len(text) - text.find(s))
             else:
-                want = max([want] + [k for k in range(1, min(len(s) - 1, len(text)) + 1) if text.endswith(s[:k])])
+                want = max(
+                    [want] + [k for k in range(1, min(len(s) - 1, len(text)) + 1) if text.endswith(s[:k])]
+                )
         assert _held_back(text, stops) == want, (text, stops)
 
 
@@ -309,8 +324,9 @@ def _detok_roundtrip(tok_path: str, batches: list, garbage: list[bytes]) -> list
     addrs = IpcAddresses.create()
     ctx = zmq.Context()
     pull = make_socket(ctx, zmq.PULL, addrs.tokenizer_input, bind=True)
-    proc = mp.get_context("spawn").Process(target=run_detokenizer_process, args=(tok_path, addrs, "error"),
-                                           daemon=True)
+    proc = mp.get_context("spawn").Process(
+        target=run_detokenizer_process, args=(tok_path, addrs, "error"), daemon=True
+    )
     proc.start()
     push = make_socket(ctx, zmq.PUSH, addrs.detokenizer_input, bind=False)
     enc, dec = encoder(), decoder(TextOutputBatch | ShutdownAck)
@@ -350,16 +366,36 @@ def test_detokenizer_process(tok):
     eos = tok.eos_token_id
 
     def out(rid, new, reason=None, **kw):
-        return TokenOutput(rid=rid, new_ids=new, finished_reason=reason, prompt_tokens=1,
-                           completion_tokens=0, cached_tokens=0, **kw)
+        return TokenOutput(
+            rid=rid,
+            new_ids=new,
+            finished_reason=reason,
+            prompt_tokens=1,
+            completion_tokens=0,
+            cached_tokens=0,
+            **kw,
+        )
 
     half = len(ids) // 2
     batches = [
-        TokenOutputBatch([out("a", ids[:half]), out("b", ids + [eos], {"type": "stop", "matched": eos},
-                                                      skip_special_tokens=False)]),
-        TokenOutputBatch([out("a", ids[half:], {"type": "stop", "matched": "world"}, stop_strs=["world"]),
-                          out("c", ids + [eos], {"type": "stop", "matched": eos}, skip_special_tokens=False,
-                              no_stop_trim=True)]),
+        TokenOutputBatch(
+            [
+                out("a", ids[:half]),
+                out("b", ids + [eos], {"type": "stop", "matched": eos}, skip_special_tokens=False),
+            ]
+        ),
+        TokenOutputBatch(
+            [
+                out("a", ids[half:], {"type": "stop", "matched": "world"}, stop_strs=["world"]),
+                out(
+                    "c",
+                    ids + [eos],
+                    {"type": "stop", "matched": eos},
+                    skip_special_tokens=False,
+                    no_stop_trim=True,
+                ),
+            ]
+        ),
         TokenOutputBatch([out("d", ids, {"type": "length", "length": len(ids)}, stop_strs=["world"])]),
     ]
     garbage = [b"", b"\xc1", b"\x81\xa4type\xa3Foo", b"\x93\x01\x02\x03"]
@@ -389,8 +425,10 @@ def test_min_new_tokens_text_is_not_cut_at_an_earlier_stop_occurrence():
     stop = next((c for c in early if not c.isspace() and c in late), None)
     if stop is None:  # the repro needs a character in the first tokens' text that recurs after token 20
         pytest.skip(f"no recurring character in {early!r} / {late!r}")
-    out = engine.generate(prompt, {"max_new_tokens": 30, "temperature": 0, "ignore_eos": True, "stop": stop,
-                                   "min_new_tokens": 20})
+    out = engine.generate(
+        prompt,
+        {"max_new_tokens": 30, "temperature": 0, "ignore_eos": True, "stop": stop, "min_new_tokens": 20},
+    )
     assert len(out["output_ids"]) >= 20
     # the first 10 tokens were generated while the stop rule was off: their text must be returned
     must_keep = engine.tokenizer.decode(out["output_ids"][:10])

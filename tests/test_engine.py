@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import get_engine
+
 from radixlm import Engine
 from radixlm.runtime.managers.tokenizer_manager import RuntimeDiedError
 from radixlm.testing import build_tiny_model
@@ -42,11 +42,15 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
 def test_n_samples_share_the_prompt_through_the_cache():
     engine = get_engine("llama")
     ids = ids_of(60, 6)
-    outs = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 6, "n": 4, "temperature": 1.0, "seed": 3})
+    outs = engine.generate(
+        input_ids=ids, sampling_params={"max_new_tokens": 6, "n": 4, "temperature": 1.0, "seed": 3}
+    )
     assert len(outs) == 4
     # the prompt is computed once (a warm-up request), then every sample hits the cache
     assert all(o["meta_info"]["cached_tokens"] >= 59 for o in outs)
-    again = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 6, "n": 4, "temperature": 1.0, "seed": 3})
+    again = engine.generate(
+        input_ids=ids, sampling_params={"max_new_tokens": 6, "n": 4, "temperature": 1.0, "seed": 3}
+    )
     assert [o["output_ids"] for o in again] == [o["output_ids"] for o in outs]
     assert len({tuple(o["output_ids"]) for o in outs}) > 1
 
@@ -54,12 +58,14 @@ def test_n_samples_share_the_prompt_through_the_cache():
 def test_batch_with_n_keeps_prompt_order():
     engine = get_engine("llama")
     prompts = [ids_of(10 + i, 70 + i) for i in range(3)]
-    outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 3, "n": 2, "temperature": 0,
-                                                               "ignore_eos": True})
+    outs = engine.generate(
+        input_ids=prompts, sampling_params={"max_new_tokens": 3, "n": 2, "temperature": 0, "ignore_eos": True}
+    )
     assert len(outs) == 6
     for i, ids in enumerate(prompts):
-        single = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 3, "temperature": 0,
-                                                                 "ignore_eos": True})
+        single = engine.generate(
+            input_ids=ids, sampling_params={"max_new_tokens": 3, "temperature": 0, "ignore_eos": True}
+        )
         assert outs[2 * i]["output_ids"] == outs[2 * i + 1]["output_ids"] == single["output_ids"]
 
 
@@ -76,8 +82,9 @@ def test_stream_concatenates_to_the_full_result():
 
 def test_closing_a_stream_early_aborts_and_frees_kv():
     engine = get_engine("llama")
-    stream = engine.generate("Once upon a time", {"max_new_tokens": 1500, "temperature": 0, "ignore_eos": True},
-                             stream=True)
+    stream = engine.generate(
+        "Once upon a time", {"max_new_tokens": 1500, "temperature": 0, "ignore_eos": True}, stream=True
+    )
     for i, _ in enumerate(stream):
         if i == 3:
             break
@@ -96,10 +103,11 @@ def test_killed_scheduler_fails_pending_requests_fast_and_shutdown_leaves_no_orp
 
         def long_request() -> None:
             try:
-                for _ in engine.generate("Hello", {"max_new_tokens": 1900, "temperature": 0, "ignore_eos": True},
-                                         stream=True):
+                for _ in engine.generate(
+                    "Hello", {"max_new_tokens": 1900, "temperature": 0, "ignore_eos": True}, stream=True
+                ):
                     streaming.set()  # the request is running in the scheduler: kill it now
-            except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            except BaseException as exc:
                 errors.append(exc)
 
         worker = threading.Thread(target=long_request)

@@ -25,8 +25,14 @@ def _contact_model():
 
 
 def test_json_extraction_example():
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "json_extraction.py")], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "json_extraction.py")],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     out = proc.stdout
     assert proc.returncode == 0, f"exited {proc.returncode}\n{out[-3000:]}\n{proc.stderr[-3000:]}"
 
@@ -36,8 +42,9 @@ def test_json_extraction_example():
     contacts = [contact_model.model_validate_json(text) for text in printed]
     assert all(c.role in ("customer", "supplier", "partner", "employee") for c in contacts)
 
-    meta = re.findall(r"^  (\d+) tokens, (\d+) of them jump-forward \(forced by the schema\); finish: (\w+)$",
-                      out, re.M)
+    meta = re.findall(
+        r"^  (\d+) tokens, (\d+) of them jump-forward \(forced by the schema\); finish: (\w+)$", out, re.M
+    )
     assert len(meta) == 4, out
     for total, forced, finish in meta:
         assert finish == "stop", out  # the object closed, not cut off at max_tokens

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_server import ServerProcess
 
 from radixlm.testing import default_model_path
-from test_server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -25,9 +25,17 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_
 
 
 def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, (
+        f"{script} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     rates = HIT_RATE.findall(proc.stdout)
     assert len(rates) == 1, proc.stdout
     # every example shares a prefix between its requests, so something must come from the cache
@@ -46,7 +54,9 @@ def check_select(out: str) -> None:
     labels = ["positive", "negative", "neutral"]
     choices = ast.literal_eval(re.search(r"^choices made: (\[.*\])$", out, re.M).group(1))
     assert len(choices) == 6 and set(choices) <= set(labels), choices
-    scores = re.findall(r"scores: positive=(-?\d+\.\d+), negative=(-?\d+\.\d+), neutral=(-?\d+\.\d+)$", out, re.M)
+    scores = re.findall(
+        r"scores: positive=(-?\d+\.\d+), negative=(-?\d+\.\d+), neutral=(-?\d+\.\d+)$", out, re.M
+    )
     assert len(scores) == 6, out
     for choice, row in zip(choices, scores):  # greedy select: the chosen label has the best score
         values = [float(v) for v in row]
@@ -72,8 +82,12 @@ def check_react(out: str, max_steps: int) -> None:
 
 
 def check_batch(out: str, err: str, num: int) -> None:
-    match = re.search(r"^(\d+) programs \((\d+) failed\), (\d+) tokens in [\d.]+s: [\d.]+ programs/s, "
-                      r"[\d.]+ tokens/s$", out, re.M)
+    match = re.search(
+        r"^(\d+) programs \((\d+) failed\), (\d+) tokens in [\d.]+s: [\d.]+ programs/s, "
+        r"[\d.]+ tokens/s$",
+        out,
+        re.M,
+    )
     assert match, out
     assert int(match.group(1)) == num and int(match.group(2)) == 0 and int(match.group(3)) > 0, out
     assert f"{num}/{num}" in err, err[-2000:]  # the tqdm progress bar, on stderr
@@ -121,10 +135,16 @@ def test_examples_against_a_running_server():
     server = ServerProcess(default_model_path()).start()
     address = f"tcp://127.0.0.1:{server.zmq_port}"
     try:
-        check_react(run_example("react_agent.py", "--endpoint", address, "--max-steps", "2",
-                                "--max-tokens", "8").stdout, 2)
+        check_react(
+            run_example(
+                "react_agent.py", "--endpoint", address, "--max-steps", "2", "--max-tokens", "8"
+            ).stdout,
+            2,
+        )
         check_streaming(run_example("streaming.py", "--endpoint", address, "--max-tokens", "8").stdout)
-        assert server.proc.poll() is None, "an example with --endpoint stopped the server:\n" + server.output()
+        assert server.proc.poll() is None, (
+            "an example with --endpoint stopped the server:\n" + server.output()
+        )
     finally:
         rc = server.stop()
     assert rc == 0, server.output()
@@ -140,20 +160,52 @@ def react_agent():
         sys.path.remove(str(EXAMPLES))
 
 
-@pytest.mark.parametrize("expression, value", [
-    ("2+3", "5"), ("2 * (3 + 4) - 1", "13"), ("7 // 2", "3"), ("7 % 4", "3"), ("2 ** 10", "1024"),
-    ("-3 + +1", "-2"), ("1 / 4", "0.25"), ("pi * 3 ** 2", "28.27433388"), ("1_000 * 2", "2000"),
-])
+@pytest.mark.parametrize(
+    "expression, value",
+    [
+        ("2+3", "5"),
+        ("2 * (3 + 4) - 1", "13"),
+        ("7 // 2", "3"),
+        ("7 % 4", "3"),
+        ("2 ** 10", "1024"),
+        ("-3 + +1", "-2"),
+        ("1 / 4", "0.25"),
+        ("pi * 3 ** 2", "28.27433388"),
+        ("1_000 * 2", "2000"),
+    ],
+)
 def test_calculator_does_arithmetic(react_agent, expression, value):
     assert react_agent.calculator(expression) == value
 
 
-@pytest.mark.parametrize("expression", [
-    "__import__('os').system('true')", "open('/etc/passwd')", "(1).__class__", "x", "[1, 2]", "True + 1",
-    "'a' * 3", "lambda: 1", "1 if 1 else 2", "2 < 3", "1 << 1000", "1 / 0", "5 % 0", "0 ** -1",
-    "9 ** 9 ** 9", "10 ** 101", "10.0 ** 400", "1e999", "(-1) ** 0.5", "(" * 150 + "1" + ")" * 150,
-    "1 +", "", "\x00",
-])
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "__import__('os').system('true')",
+        "open('/etc/passwd')",
+        "(1).__class__",
+        "x",
+        "[1, 2]",
+        "True + 1",
+        "'a' * 3",
+        "lambda: 1",
+        "1 if 1 else 2",
+        "2 < 3",
+        "1 << 1000",
+        "1 / 0",
+        "5 % 0",
+        "0 ** -1",
+        "9 ** 9 ** 9",
+        "10 ** 101",
+        "10.0 ** 400",
+        "1e999",
+        "(-1) ** 0.5",
+        "(" * 150 + "1" + ")" * 150,
+        "1 +",
+        "",
+        "\x00",
+    ],
+)
 def test_calculator_refuses_everything_else(react_agent, expression):
     with pytest.raises(ValueError):  # refused, not computed: "9 ** 9 ** 9" would never return
         react_agent.calculator(expression)

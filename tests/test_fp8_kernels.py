@@ -25,17 +25,27 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 
 from radixlm.runtime.kernels import ops  # noqa: E402
 from radixlm.runtime.kernels import reference as ref  # noqa: E402
-from radixlm.runtime.kernels.triton import fp8_gemm, fp8_gemv  # noqa: E402
-from radixlm.runtime.kernels.triton.fp8_gemm import (Fp8GemmConfig, M_BUCKETS, bucket_for, choose_config,  # noqa: E402
-                                                     default_config, load_configs, w8a8_block_fp8_matmul)
-from radixlm.runtime.kernels.triton import fp8_quant  # noqa: E402
+from radixlm.runtime.kernels.triton import (  # noqa: E402
+    fp8_gemm,
+    fp8_gemv,
+    fp8_quant,
+)
+from radixlm.runtime.kernels.triton.fp8_gemm import (
+    M_BUCKETS,
+    Fp8GemmConfig,
+    bucket_for,
+    choose_config,
+    default_config,
+    load_configs,
+    w8a8_block_fp8_matmul,
+)
 from radixlm.runtime.kernels.triton.fp8_gemv import Fp8GemvConfig, w8a16_block_fp8_matmul  # noqa: E402
 from radixlm.runtime.kernels.triton.fp8_quant import per_token_group_quant_fp8  # noqa: E402
 
@@ -78,14 +88,20 @@ def check_q(q: torch.Tensor, rq: torch.Tensor) -> None:
 
 # ------------------------------------------------------------------------------------------ quant
 
+
 def test_constants_match_reference():
-    assert (fp8_quant.FP8_DTYPE, fp8_quant.FP8_MAX, fp8_quant.FP8_EPS) == (ref.FP8_DTYPE, ref.FP8_MAX, ref.FP8_EPS)
+    assert (fp8_quant.FP8_DTYPE, fp8_quant.FP8_MAX, fp8_quant.FP8_EPS) == (
+        ref.FP8_DTYPE,
+        ref.FP8_MAX,
+        ref.FP8_EPS,
+    )
     assert fp8_gemm.FP8_DTYPE == ref.FP8_DTYPE and fp8_gemv.FP8_DTYPE == ref.FP8_DTYPE
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("m,k,group", [(3, 256, 128), (5, 300, 128), (2, 1000, 128), (4, 200, 64), (3, 100, 48),
-                                       (1, 40, 128)])
+@pytest.mark.parametrize(
+    "m,k,group", [(3, 256, 128), (5, 300, 128), (2, 1000, 128), (4, 200, 64), (3, 100, 48), (1, 40, 128)]
+)
 def test_quant_matches_reference(dtype, m, k, group):
     x = (torch.randn(m, k) * torch.rand(m, 1) * 10).to(dtype)
     q, s = poisoned_quant_outputs(m, k, group)
@@ -107,7 +123,7 @@ def test_quant_allocates_outputs_and_dequantises():
     # e4m3 keeps 3 mantissa bits (relative rounding <= 1/16); the interpreter's dropped carry
     # (module doc) halves a few values, so the bound is loose for those
     err = (deq - x.float()).abs()
-    ok = err <= x.float().abs() / 16 + s.repeat_interleave(128, dim=1) * 2.0 ** -9
+    ok = err <= x.float().abs() / 16 + s.repeat_interleave(128, dim=1) * 2.0**-9
     assert ok.float().mean() > 0.9
 
 
@@ -130,7 +146,7 @@ def test_quant_zero_group_and_partial_group():
 def test_quant_strided_input_and_scale_output():
     m, k = 4, 256
     base = torch.randn(m, k + 64, dtype=torch.float16)
-    x = base[:, 32: 32 + k]  # rows 320 apart
+    x = base[:, 32 : 32 + k]  # rows 320 apart
     scale_buf = torch.full((2, m), float("nan"))  # scales written through a transposed view
     q, s = per_token_group_quant_fp8(x, 128, out_scale=scale_buf.t())
     rq, rs = ref.per_token_group_quant_fp8(x, 128)
@@ -144,6 +160,7 @@ def test_quant_empty():
 
 
 # ------------------------------------------------------------------------------------------ GEMM
+
 
 def nan_padded(t: torch.Tensor, rows: int = 3, cols: int = 32) -> torch.Tensor:
     """t as a view into a larger buffer whose other elements are NaN: a read past K (or past the
@@ -180,13 +197,34 @@ def test_gemm_matches_reference(m, n, k, out_dtype):
     assert rel_err(out, expected) < GEMM_TOL[out_dtype]
 
 
-@pytest.mark.parametrize("m,n,k,block,config", [
-    (33, 200, 300, (64, 128), None),  # block_n 64: a tile must not straddle two scale blocks
-    (20, 192, 256, (64, 64), None),  # block_k 64: two K steps per 128 of K
-    (70, 300, 256, (128, 128), Fp8GemmConfig(BLOCK_M=16, BLOCK_N=64, GROUP_M=3, num_warps=4, num_stages=2)),
-    (40, 130, 200, (128, 128), Fp8GemmConfig(BLOCK_M=32, BLOCK_N=128, GROUP_M=8, num_warps=4, num_stages=2)),
-    (3, 96, 160, (32, 128), {"BLOCK_M": 16, "BLOCK_N": 32, "GROUP_M": 1, "num_warps": 4, "num_stages": 2}),
-])
+@pytest.mark.parametrize(
+    "m,n,k,block,config",
+    [
+        (33, 200, 300, (64, 128), None),  # block_n 64: a tile must not straddle two scale blocks
+        (20, 192, 256, (64, 64), None),  # block_k 64: two K steps per 128 of K
+        (
+            70,
+            300,
+            256,
+            (128, 128),
+            Fp8GemmConfig(BLOCK_M=16, BLOCK_N=64, GROUP_M=3, num_warps=4, num_stages=2),
+        ),
+        (
+            40,
+            130,
+            200,
+            (128, 128),
+            Fp8GemmConfig(BLOCK_M=32, BLOCK_N=128, GROUP_M=8, num_warps=4, num_stages=2),
+        ),
+        (
+            3,
+            96,
+            160,
+            (32, 128),
+            {"BLOCK_M": 16, "BLOCK_N": 32, "GROUP_M": 1, "num_warps": 4, "num_stages": 2},
+        ),
+    ],
+)
 def test_gemm_blocks_and_tiles(m, n, k, block, config):
     """Non-square blocks, grouped program order over several row and column tiles, partial tiles
     at every edge; config as a dataclass or a dict."""
@@ -199,10 +237,10 @@ def test_gemm_strided_a_and_scales():
     m, n, k = 9, 128, 256
     a_q, a_s, b_q, b_s = quantised_operands(m, n, k, (128, 128))
     a_buf = torch.zeros(m, k + 128, dtype=ref.FP8_DTYPE)
-    a_buf[:, 64: 64 + k] = a_q
+    a_buf[:, 64 : 64 + k] = a_q
     s_buf = torch.zeros(m, 5)
     s_buf[:, 1:3] = a_s
-    out = w8a8_block_fp8_matmul(a_buf[:, 64: 64 + k], s_buf[:, 1:3], b_q, b_s, (128, 128), torch.float32)
+    out = w8a8_block_fp8_matmul(a_buf[:, 64 : 64 + k], s_buf[:, 1:3], b_q, b_s, (128, 128), torch.float32)
     expected = ref.w8a8_block_fp8_matmul(a_q, a_s, b_q, b_s, (128, 128), torch.float32)
     assert rel_err(out, expected) < GEMM_TOL[torch.float32]
 
@@ -238,9 +276,20 @@ def test_gemm_rejects_bad_config():
 
 # ------------------------------------------------------------------------------------------ configs
 
+
 def test_bucket_for():
-    assert [bucket_for(m) for m in (0, 1, 2, 3, 5, 16, 17, 4096, 4097, 100000)] == \
-        [1, 1, 2, 4, 8, 16, 32, 4096, 4096, 4096]
+    assert [bucket_for(m) for m in (0, 1, 2, 3, 5, 16, 17, 4096, 4097, 100000)] == [
+        1,
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        4096,
+        4096,
+        4096,
+    ]
     assert bucket_for(3, [8, 2]) == 8 and bucket_for(9, [8, 2]) == 8
 
 
@@ -275,7 +324,7 @@ def test_choose_config_lookup_and_fallback():
     assert choose_config(1, 512, 256, configs=table) == Fp8GemmConfig(**small)
     assert choose_config(8, 512, 256, configs=table) == Fp8GemmConfig(**small)
     assert choose_config(9, 512, 256, configs=table) == Fp8GemmConfig(**big)
-    assert choose_config(10 ** 6, 512, 256, configs=table) == Fp8GemmConfig(**big)
+    assert choose_config(10**6, 512, 256, configs=table) == Fp8GemmConfig(**big)
     # unknown shape, another block size, an empty table: the default
     assert choose_config(9, 512, 512, configs=table) == default_config(9, 512, 512)
     assert choose_config(9, 512, 256, (64, 128), configs=table) == default_config(9, 512, 256, (64, 128))
@@ -323,22 +372,28 @@ def run_gemv(m, n, k, x_dtype, config=None, block=(128, 128)):
 
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("m", [1, 3, 16])
-@pytest.mark.parametrize("n,k,config", [
-    (200, 256, Fp8GemvConfig(BLOCK_N=32, BLOCK_K=128, SPLIT_K=1)),  # N not a multiple of the tile
-    (200, 300, Fp8GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3)),  # K partial; 5 steps in 3 splits of 2
-    (96, 1000, Fp8GemvConfig(BLOCK_N=64, BLOCK_K=128, SPLIT_K=4, num_warps=2)),  # K partial, 4 splits
-    (130, 384, None),  # the default config
-])
+@pytest.mark.parametrize(
+    "n,k,config",
+    [
+        (200, 256, Fp8GemvConfig(BLOCK_N=32, BLOCK_K=128, SPLIT_K=1)),  # N not a multiple of the tile
+        (200, 300, Fp8GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3)),  # K partial; 5 steps in 3 splits of 2
+        (96, 1000, Fp8GemvConfig(BLOCK_N=64, BLOCK_K=128, SPLIT_K=4, num_warps=2)),  # K partial, 4 splits
+        (130, 384, None),  # the default config
+    ],
+)
 def test_gemv_matches_reference(m, n, k, config, x_dtype):
     assert run_gemv(m, n, k, x_dtype, config) < GEMV_TOL[x_dtype]
 
 
-@pytest.mark.parametrize("block,config", [
-    ((64, 128), Fp8GemvConfig(BLOCK_N=64, BLOCK_K=128, SPLIT_K=2)),  # block_n 64: a tile in one scale row
-    ((128, 64), Fp8GemvConfig(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2)),  # block_k 64: one scale a K step
-    ((64, 128), None),  # the default with block_n 64
-    ((96, 128), None),  # block_n 96: tiles of 32 (its largest power-of-two divisor caps BLOCK_N)
-])
+@pytest.mark.parametrize(
+    "block,config",
+    [
+        ((64, 128), Fp8GemvConfig(BLOCK_N=64, BLOCK_K=128, SPLIT_K=2)),  # block_n 64: a tile in one scale row
+        ((128, 64), Fp8GemvConfig(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2)),  # block_k 64: one scale a K step
+        ((64, 128), None),  # the default with block_n 64
+        ((96, 128), None),  # block_n 96: tiles of 32 (its largest power-of-two divisor caps BLOCK_N)
+    ],
+)
 def test_gemv_other_blocks(block, config):
     assert run_gemv(5, 200, 300, torch.float32, config, block) < GEMV_TOL[torch.float32]
 
@@ -401,6 +456,7 @@ def test_gemv_rejects_bad_input():
 
 # -------------------------------------------------------------------------------- GEMV configs
 
+
 def test_gemv_block_m_and_buckets():
     assert [fp8_gemv.block_m_for(m) for m in (1, 2, 3, 4, 5, 8, 9, 16)] == [1, 2, 4, 4, 8, 8, 16, 16]
     assert [bucket_for(m, fp8_gemv.M_BUCKETS) for m in (1, 3, 16, 17)] == [1, 4, 16, 16]
@@ -432,8 +488,12 @@ def test_gemv_shipped_config_file():
 def test_gemv_choose_config_and_threshold_lookup():
     small = {"BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 4, "num_warps": 4, "num_stages": 1}
     big = {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1, "num_warps": 8, "num_stages": 3}
-    table = {"_block_size": [128, 128], "_gemv_max_m": 4, "_gemv_max_m_by_shape": {"512,256": 8, "64,64": 99},
-             "512,256": {"2": small, "16": big}}
+    table = {
+        "_block_size": [128, 128],
+        "_gemv_max_m": 4,
+        "_gemv_max_m_by_shape": {"512,256": 8, "64,64": 99},
+        "512,256": {"2": small, "16": big},
+    }
     choose = fp8_gemv.choose_config
     assert choose(1, 512, 256, configs=table) == choose(2, 512, 256, configs=table) == Fp8GemvConfig(**small)
     assert choose(3, 512, 256, configs=table) == choose(16, 512, 256, configs=table) == Fp8GemvConfig(**big)
@@ -462,6 +522,7 @@ def test_gemv_default_config(block):
 
 # ------------------------------------------------------------------------ ops.fp8_linear dispatch
 
+
 @pytest.fixture
 def triton_fp8_linear(monkeypatch):
     """ops.fp8_linear taking its Triton path on CPU tensors (the interpreter runs the kernels),
@@ -479,6 +540,7 @@ def triton_fp8_linear(monkeypatch):
             if name == "quant":
                 calls["last_quant"] = result
             return result
+
         return wrapper
 
     monkeypatch.setattr(gemv, "w8a16_block_fp8_matmul", counted("gemv", gemv.w8a16_block_fp8_matmul))
@@ -531,13 +593,16 @@ def test_fp8_linear_routes_by_threshold(triton_fp8_linear, x_dtype):
         assert rel_err(y, ref.fp8_block_linear(x, w_q, w_s, bias)) < LINEAR_TOL_W8A8
         # the reference path (a CPU engine, or set_backend("torch")) makes the same choice
         with reference_path():
-            torch.testing.assert_close(ops.fp8_linear(x, w_q, w_s, bias, (128, 128)),
-                                       ref.fp8_block_linear(x, w_q, w_s, bias, quantize_x=not expect_gemv),
-                                       rtol=0, atol=0)
+            torch.testing.assert_close(
+                ops.fp8_linear(x, w_q, w_s, bias, (128, 128)),
+                ref.fp8_block_linear(x, w_q, w_s, bias, quantize_x=not expect_gemv),
+                rtol=0,
+                atol=0,
+            )
     ops.set_fp8_gemv_max_m(0)  # off: every M takes W8A8
     ops.fp8_linear(torch.randn(1, k).to(x_dtype), w_q, w_s, None, (128, 128))
     assert calls["gemv"] == 2 and calls["gemm"] == 3
-    ops.set_fp8_gemv_max_m(10 ** 6)  # clamped to the largest M the GEMV takes
+    ops.set_fp8_gemv_max_m(10**6)  # clamped to the largest M the GEMV takes
     assert ops.fp8_gemv_max_m(n, k, (128, 128)) == fp8_gemv.MAX_M
     ops.set_fp8_gemv_max_m(None)  # back to the config data
     assert ops.fp8_gemv_max_m(n, k, (128, 128)) == fp8_gemv.max_m_for(n, k)
@@ -548,9 +613,13 @@ def test_fp8_linear_routes_by_threshold(triton_fp8_linear, x_dtype):
 # ------------------------------------------------------- cuBLAS block-scaled path: routing and data
 # (the product itself needs a Hopper GPU: tests/gpu/test_gpu_fp8_kernels.py)
 
+
 def test_scaled_mm_min_m_lookup():
-    table = {"_block_size": [128, 128], "_scaled_mm_min_m": 512,
-             "_scaled_mm_min_m_by_shape": {"6144,4096": 128, "4096,4096": None}}
+    table = {
+        "_block_size": [128, 128],
+        "_scaled_mm_min_m": 512,
+        "_scaled_mm_min_m_by_shape": {"6144,4096": 128, "4096,4096": None},
+    }
     assert fp8_gemm.scaled_mm_min_m(6144, 4096, (128, 128), table) == 128
     assert fp8_gemm.scaled_mm_min_m(4096, 4096, (128, 128), table) is None  # measured: never
     assert fp8_gemm.scaled_mm_min_m(1024, 1024, (128, 128), table) == 512  # other shapes: the default
@@ -597,8 +666,10 @@ def test_gemv_threshold_from_the_environment():
     import subprocess
     import sys
 
-    code = ("from radixlm.runtime.kernels import ops; "
-            "print(ops.fp8_gemv_max_m(6144, 4096, (128, 128)), ops.fp8_gemv_max_m(6144, 4096, (64, 64)))")
+    code = (
+        "from radixlm.runtime.kernels import ops; "
+        "print(ops.fp8_gemv_max_m(6144, 4096, (128, 128)), ops.fp8_gemv_max_m(6144, 4096, (64, 64)))"
+    )
     env = {**os.environ, ops.GEMV_MAX_M_ENV: "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -626,6 +697,7 @@ def test_tuner_scaled_mm_threshold_rule():
 
 
 # ------------------------------------------------ gated MLP: activation fused with the quantisation
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("m,inter,group", [(3, 256, 128), (5, 300, 128), (2, 200, 64), (1, 40, 128)])
@@ -666,16 +738,24 @@ def test_fp8_silu_gated_linear_routes_like_fp8_linear(triton_fp8_linear):
             before = dict(calls)
             y = ops.fp8_silu_gated_linear(gate_up, w_q, w_s, None, (128, 128))
             assert y.shape == (rows, n)
-            assert (calls["gemv"] > before["gemv"]) == expect_gemv and (calls["gemm"] > before["gemm"]) != expect_gemv
+            assert (calls["gemv"] > before["gemv"]) == expect_gemv and (
+                calls["gemm"] > before["gemm"]
+            ) != expect_gemv
             assert calls["quant"] == before["quant"]  # the W8A8 route quantised in the fused kernel
             h = ref.silu_and_mul(gate_up)
-            assert rel_err(y, ref.fp8_block_linear(h, w_q, w_s, None, quantize_x=not expect_gemv)) < LINEAR_TOL_W8A8
+            assert (
+                rel_err(y, ref.fp8_block_linear(h, w_q, w_s, None, quantize_x=not expect_gemv))
+                < LINEAR_TOL_W8A8
+            )
             a_q, a_s = fp8_quant.silu_and_mul_quant_fp8(gate_up, 128)
             if not expect_gemv:  # the same math on the kernel's own quantised activation
                 assert rel_err(y, ref.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s)) < LINEAR_TOL_SAME_MATH
             with reference_path():
-                torch.testing.assert_close(ops.fp8_silu_gated_linear(gate_up, w_q, w_s, None, (128, 128)),
-                                           ref.fp8_block_linear(h, w_q, w_s, None, quantize_x=not expect_gemv),
-                                           rtol=0, atol=0)
+                torch.testing.assert_close(
+                    ops.fp8_silu_gated_linear(gate_up, w_q, w_s, None, (128, 128)),
+                    ref.fp8_block_linear(h, w_q, w_s, None, quantize_x=not expect_gemv),
+                    rtol=0,
+                    atol=0,
+                )
     finally:
         ops.set_fp8_gemv_max_m(None)

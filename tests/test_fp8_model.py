@@ -17,8 +17,8 @@ import torch
 from radixlm import Engine
 from radixlm.runtime.config import ModelConfig
 from radixlm.runtime.kernels import reference
-from radixlm.runtime.models import iter_safetensors, load_model
 from radixlm.runtime.layers.quantization import Fp8Linear
+from radixlm.runtime.models import iter_safetensors, load_model
 from radixlm.testing import build_tiny_model
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -45,15 +45,24 @@ def fp8_checkpoint(src: Path, dst: Path, block: list[int]) -> Path:
             tensors[name] = t
     save_file(tensors, str(dst / "model.safetensors"))
     cfg = json.loads((dst / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": block}
+    cfg["quantization_config"] = {
+        "quant_method": "fp8",
+        "activation_scheme": "dynamic",
+        "weight_block_size": block,
+    }
     (dst / "config.json").write_text(json.dumps(cfg))
     return dst
 
 
 def teacher_forced_top5(engine: Engine, seqs: list[list[int]]) -> list[list[list[int]]]:
     """Per sequence, the top-5 token ids the model predicts after each of its prefixes."""
-    outs = engine.generate(input_ids=seqs, sampling_params={"max_new_tokens": 1, "temperature": 0},
-                           return_logprob=True, logprob_start_len=0, top_logprobs_num=5)
+    outs = engine.generate(
+        input_ids=seqs,
+        sampling_params={"max_new_tokens": 1, "temperature": 0},
+        return_logprob=True,
+        logprob_start_len=0,
+        top_logprobs_num=5,
+    )
     return [[[t for t, _ in top] for top in o["meta_info"]["input_top_logprobs"][1:]] for o in outs]
 
 
@@ -63,7 +72,9 @@ def agreement(path: str, fp8_path: str, fp8_options: dict, info: dict | None = N
     token differs, free-running outputs diverge, so this is the per-token measure."""
     ps = prompts(16)
     with Engine(path) as engine:
-        seqs = [p + o["output_ids"] for p, o in zip(ps, engine.generate(input_ids=ps, sampling_params=GREEDY))]
+        seqs = [
+            p + o["output_ids"] for p, o in zip(ps, engine.generate(input_ids=ps, sampling_params=GREEDY))
+        ]
         ref = teacher_forced_top5(engine, seqs)
     with Engine(fp8_path, **fp8_options) as engine:
         served = engine.get_server_info()
@@ -95,8 +106,13 @@ def test_fp8_checkpoint_loads_fused_block_scales_exactly(tmp_path):
     # blocks never straddle the q/k/v or gate/up shards here, so quantising the shards one by
     # one (the checkpoint) equals quantising the fused weight (what the model must hold)
     for (name, mod), (_, linear) in zip(
-            [(n, m) for n, m in model.named_modules() if isinstance(m, Fp8Linear)],
-            [(n, m) for n, m in plain.named_modules() if n.endswith(("qkv_proj", "o_proj", "gate_up_proj", "down_proj"))]):
+        [(n, m) for n, m in model.named_modules() if isinstance(m, Fp8Linear)],
+        [
+            (n, m)
+            for n, m in plain.named_modules()
+            if n.endswith(("qkv_proj", "o_proj", "gate_up_proj", "down_proj"))
+        ],
+    ):
         q, s = reference.block_quant_fp8(linear.weight.data, (32, 32))
         assert torch.equal(mod.weight.view(torch.uint8), q.view(torch.uint8)), name
         assert torch.equal(mod.weight_scale_inv, s), name
@@ -134,7 +150,7 @@ def test_fp8_linear_reference_error_is_within_e4m3_rounding():
     assert ((y - exact).norm() / exact.norm()).item() < 0.05  # two e4m3 roundings (3 mantissa bits)
     # round trip: each weight within half an e4m3 step of its block's scale-relative grid
     err = (reference.block_dequant_fp8(q, s) - w).abs()
-    assert (err <= w.abs() * 2 ** -4 + s.max() * 2 ** -9).all()
+    assert (err <= w.abs() * 2**-4 + s.max() * 2**-9).all()
     zeros = reference.per_token_group_quant_fp8(torch.zeros(2, 256))
     assert torch.isfinite(zeros[1]).all() and (zeros[0].float() == 0).all()
 
@@ -142,8 +158,12 @@ def test_fp8_linear_reference_error_is_within_e4m3_rounding():
 def test_fp8_kv_cache_agrees_with_the_unquantised_model():
     path = str(build_tiny_model("llama"))
     # 4-token chunks: every chunk after the first attends to earlier ones through the fp8 cache
-    top1, overlap = agreement(path, path, {"kv_cache_dtype": "fp8_e4m3", "chunked_prefill_size": 4},
-                              {"kv_cache_dtype": "float8_e4m3fn", "quantization": None})
+    top1, overlap = agreement(
+        path,
+        path,
+        {"kv_cache_dtype": "fp8_e4m3", "chunked_prefill_size": 4},
+        {"kv_cache_dtype": "float8_e4m3fn", "quantization": None},
+    )
     assert top1 >= 0.95 and overlap >= 0.9, (top1, overlap)
 
 
@@ -151,10 +171,12 @@ def test_fp8_kv_cache_halves_bytes_and_takes_checkpoint_scales(tmp_path):
     from safetensors.torch import save_file
 
     from radixlm.runtime.config import EngineConfig
-    from radixlm.runtime.radix.memory_pool import KVPool
     from radixlm.runtime.model_executor.model_runner import ModelRunner
+    from radixlm.runtime.radix.memory_pool import KVPool
 
-    assert KVPool.bytes_per_token(2, 2, 16, torch.float8_e4m3fn) * 2 == KVPool.bytes_per_token(2, 2, 16, torch.bfloat16)
+    assert KVPool.bytes_per_token(2, 2, 16, torch.float8_e4m3fn) * 2 == KVPool.bytes_per_token(
+        2, 2, 16, torch.bfloat16
+    )
     src = build_tiny_model("llama")
     folder = tmp_path / "scaled"
     shutil.copytree(src, folder)
@@ -163,8 +185,10 @@ def test_fp8_kv_cache_halves_bytes_and_takes_checkpoint_scales(tmp_path):
         tensors[f"model.layers.{layer}.self_attn.k_scale"] = torch.tensor(0.5 + layer)
         tensors[f"model.layers.{layer}.self_attn.v_scale"] = torch.tensor(0.25)
     save_file(tensors, str(folder / "model.safetensors"))
-    runner = ModelRunner(EngineConfig(str(folder), kv_cache_dtype="fp8_e4m3", max_total_tokens=256),
-                         ModelConfig.from_path(folder))
+    runner = ModelRunner(
+        EngineConfig(str(folder), kv_cache_dtype="fp8_e4m3", max_total_tokens=256),
+        ModelConfig.from_path(folder),
+    )
     assert runner.kv_pool.k_buffers[0].dtype == torch.float8_e4m3fn
     assert runner.kv_pool.scales == [(0.5, 0.25), (1.5, 0.25)]
     plain = ModelRunner(EngineConfig(str(folder), max_total_tokens=256), ModelConfig.from_path(folder))

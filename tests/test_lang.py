@@ -18,7 +18,9 @@ from radixlm.lang.interpreter import ProgramError
 class FakeBackend(BaseBackend):
     """Completion = script(prompt, params) (default: "<N>" with a running counter)."""
 
-    def __init__(self, script=None, template: str = "default", delay: float = 0.0, fail_on: str | None = None):
+    def __init__(
+        self, script=None, template: str = "default", delay: float = 0.0, fail_on: str | None = None
+    ):
         self.chat_template = get_chat_template(template)
         self.script = script
         self.delay = delay
@@ -34,7 +36,9 @@ class FakeBackend(BaseBackend):
             self.count += 1
             return self.count
 
-    def generate(self, prompt, sampling_params, return_logprob=False, logprob_start_len=None, top_logprobs_num=0):
+    def generate(
+        self, prompt, sampling_params, return_logprob=False, logprob_start_len=None, top_logprobs_num=0
+    ):
         k = self._record("gen", prompt, sampling_params)
         started = time.monotonic()
         if self.delay:
@@ -124,12 +128,18 @@ def test_roles_text_messages_and_default_system_prompt():
         s += rl.assistant_begin() + rl.gen("r2") + rl.assistant_end()
 
     st = chat.run(backend=be)
-    assert st.text() == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                         "<|im_start|>assistant\n<1><|im_end|>\n<|im_start|>user\nMore?<|im_end|>\n"
-                         "<|im_start|>assistant\n<2><|im_end|>\n")
-    assert st.messages() == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                             {"role": "assistant", "content": "<1>"}, {"role": "user", "content": "More?"},
-                             {"role": "assistant", "content": "<2>"}]
+    assert st.text() == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n<1><|im_end|>\n<|im_start|>user\nMore?<|im_end|>\n"
+        "<|im_start|>assistant\n<2><|im_end|>\n"
+    )
+    assert st.messages() == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<1>"},
+        {"role": "user", "content": "More?"},
+        {"role": "assistant", "content": "<2>"},
+    ]
 
 
 def test_nested_roles_are_an_error_that_names_the_roles():
@@ -356,8 +366,9 @@ def test_trace_stops_at_the_first_non_constant():
         s += rl.user("Context: " + question)
         s += rl.assistant(rl.gen("a"))
 
-    assert prog.trace(backend=be) == ("<|im_start|>system\nFixed system prompt.<|im_end|>\n"
-                                      "<|im_start|>user\nContext: ")
+    assert prog.trace(backend=be) == (
+        "<|im_start|>system\nFixed system prompt.<|im_end|>\n<|im_start|>user\nContext: "
+    )
     bound = prog.bind(question="known")
     assert bound.trace(backend=be).endswith("Context: known<|im_end|>\n<|im_start|>assistant\n")
 

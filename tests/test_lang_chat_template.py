@@ -62,9 +62,15 @@ LLAMA2_FOLDING = (
 class JinjaTokenizer:
     """Just enough of a Hugging Face tokenizer for chat_template_from_tokenizer."""
 
-    def __init__(self, template: str | None, *, bos_token: str | None = None,
-                 eos_token: str | None = None, all_special_tokens: tuple[str, ...] = (),
-                 added_tokens_decoder: dict | None = None):
+    def __init__(
+        self,
+        template: str | None,
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        all_special_tokens: tuple[str, ...] = (),
+        added_tokens_decoder: dict | None = None,
+    ):
         self.chat_template = template
         self.bos_token, self.eos_token = bos_token, eos_token
         self.all_special_tokens = list(all_special_tokens)
@@ -79,8 +85,12 @@ class JinjaTokenizer:
 
     def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=False):
         assert not tokenize
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+        return self._template.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +110,7 @@ def render(tok, messages) -> str:
 
 # --- built-ins and registry ---------------------------------------------------------------------
 
+
 def test_builtins():
     default = get_chat_template("default")
     assert default.get_prefix_and_suffix("user", []) == ("USER:", "\n")
@@ -111,7 +122,9 @@ def test_builtins():
     assert chatml.stop_str == ("<|im_end|>",)
     llama3 = get_chat_template("llama-3-instruct")
     assert llama3.get_prefix_and_suffix("user", []) == (
-        "<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>")
+        "<|start_header_id|>user<|end_header_id|>\n\n",
+        "<|eot_id|>",
+    )
     assert llama3.stop_str == ("<|eot_id|>",)
 
 
@@ -123,9 +136,14 @@ def test_unknown_names_and_roles():
 
 
 def test_register_and_frozen():
-    mine = register_chat_template(ChatTemplate(
-        name="test-brackets", role_prefix_and_suffix={r: (f"[{r}]", "[/]") for r in ROLES},
-        default_system_prompt="Be nice.", stop_str=("[/]",)))
+    mine = register_chat_template(
+        ChatTemplate(
+            name="test-brackets",
+            role_prefix_and_suffix={r: (f"[{r}]", "[/]") for r in ROLES},
+            default_system_prompt="Be nice.",
+            stop_str=("[/]",),
+        )
+    )
     assert get_chat_template("test-brackets") is mine
     assert mine.render([{"role": "user", "content": "hi"}]) == "[system]Be nice.[/][user]hi[/]"
     with pytest.raises(AttributeError):
@@ -133,6 +151,7 @@ def test_register_and_frozen():
 
 
 # --- derived from the tiny model's ChatML template ------------------------------------------------
+
 
 def test_tiny_model_chatml_matches_builtin(tokenizer):
     derived = chat_template_from_tokenizer(tokenizer)
@@ -143,8 +162,11 @@ def test_tiny_model_chatml_matches_builtin(tokenizer):
     assert derived.default_system_prompt is None
 
 
-@pytest.mark.parametrize("conversation", [CONVERSATION, CONVERSATION[:3], CONVERSATION[1:2]],
-                         ids=["4-turns", "3-turns", "user-only"])
+@pytest.mark.parametrize(
+    "conversation",
+    [CONVERSATION, CONVERSATION[:3], CONVERSATION[1:2]],
+    ids=["4-turns", "3-turns", "user-only"],
+)
 def test_tiny_model_concatenation_equals_apply_chat_template(tokenizer, conversation):
     derived = chat_template_from_tokenizer(tokenizer)
     pieces = []
@@ -168,16 +190,21 @@ def test_template_with_default_system_prompt(tokenizer):
 
 
 def test_template_with_empty_default_system_block():
-    tok = JinjaTokenizer(CHATML_WITH_DEFAULT.replace("You are a helpful assistant.", ""),
-                         eos_token="<|im_end|>")
+    tok = JinjaTokenizer(
+        CHATML_WITH_DEFAULT.replace("You are a helpful assistant.", ""), eos_token="<|im_end|>"
+    )
     derived = chat_template_from_tokenizer(tok)
     assert derived.default_system_prompt == ""  # an empty block is still inserted
     assert derived.render(CONVERSATION[1:]) == tok.apply_chat_template(CONVERSATION[1:], tokenize=False)
 
 
 def test_llama3_style_template():
-    tok = JinjaTokenizer(LLAMA3, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                         all_special_tokens=("<|begin_of_text|>", "<|eot_id|>"))
+    tok = JinjaTokenizer(
+        LLAMA3,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        all_special_tokens=("<|begin_of_text|>", "<|eot_id|>"),
+    )
     derived = chat_template_from_tokenizer(tok)
     assert derived is not None
     assert derived.role_prefix_and_suffix == get_chat_template("llama-3-instruct").role_prefix_and_suffix
@@ -185,15 +212,22 @@ def test_llama3_style_template():
     assert derived.default_system_prompt is None
     # BOS is left to the tokenizer's encode, so the template's text is BOS + the role text.
     assert "<|begin_of_text|>" + derived.render(CONVERSATION) == tok.apply_chat_template(
-        CONVERSATION, tokenize=False)
+        CONVERSATION, tokenize=False
+    )
 
 
 def test_stop_token_found_among_added_special_tokens():
     # Llama-3 base tokenizers: eos is <|end_of_text|>; <|eot_id|> is only a special added token.
-    tok = JinjaTokenizer(LLAMA3, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
-                         all_special_tokens=("<|begin_of_text|>", "<|end_of_text|>"),
-                         added_tokens_decoder={128009: AddedToken("<|eot_id|>", special=True),
-                                               7: AddedToken("<|eot", special=False)})
+    tok = JinjaTokenizer(
+        LLAMA3,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+        all_special_tokens=("<|begin_of_text|>", "<|end_of_text|>"),
+        added_tokens_decoder={
+            128009: AddedToken("<|eot_id|>", special=True),
+            7: AddedToken("<|eot", special=False),
+        },
+    )
     assert chat_template_from_tokenizer(tok).stop_str == ("<|eot_id|>",)
     # No special token in the suffix: no stop strings (plain text could occur in answers).
     plain = JinjaTokenizer("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}")
@@ -210,12 +244,15 @@ def test_template_that_rejects_a_role_gives_none(tokenizer, role):
     assert chat_template_from_tokenizer(tokenizer) is None
 
 
-@pytest.mark.parametrize("template", [
-    LLAMA2_FOLDING,  # system folded into the first user turn
-    "{{ '[gMASK]<sop>' }}" + CHATML_REJECTING.replace("__ROLE__", "nobody"),  # a non-BOS preamble
-    "{{ messages[0]['content'] }}",  # ignores roles entirely
-    "{% for m in messages %}{{ m['content'] + m['content'] }}{% endfor %}",  # content twice
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        LLAMA2_FOLDING,  # system folded into the first user turn
+        "{{ '[gMASK]<sop>' }}" + CHATML_REJECTING.replace("__ROLE__", "nobody"),  # a non-BOS preamble
+        "{{ messages[0]['content'] }}",  # ignores roles entirely
+        "{% for m in messages %}{{ m['content'] + m['content'] }}{% endfor %}",  # content twice
+    ],
+)
 def test_unrepresentable_templates_give_none(template):
     assert chat_template_from_tokenizer(JinjaTokenizer(template)) is None
 

@@ -25,8 +25,13 @@ UNCONDITIONAL = [[(None,)], [(None,), (-1.4,)], [[None], [-0.25], [-0.1]] + [[-0
 
 
 def decide(method, **overrides) -> ChoicesDecision:
-    kwargs = dict(choices=CHOICES, normalized_prompt_logprobs=NORMALIZED, input_token_logprobs=INPUT,
-                  output_token_logprobs=[[]] * 3, unconditional_token_logprobs=UNCONDITIONAL)
+    kwargs = dict(
+        choices=CHOICES,
+        normalized_prompt_logprobs=NORMALIZED,
+        input_token_logprobs=INPUT,
+        output_token_logprobs=[[]] * 3,
+        unconditional_token_logprobs=UNCONDITIONAL,
+    )
     kwargs.update(overrides)
     return method(**kwargs)
 
@@ -48,8 +53,11 @@ def test_greedy_token_selection_races_token_by_token():
     assert len(matrix) == 3
     for row, want in zip(matrix, expected):
         assert row == pytest.approx(want)
-    assert set(result.meta_info) >= {"normalized_prompt_logprobs", "input_token_logprobs",
-                                     "output_token_logprobs"}
+    assert set(result.meta_info) >= {
+        "normalized_prompt_logprobs",
+        "input_token_logprobs",
+        "output_token_logprobs",
+    }
 
 
 def test_unconditional_likelihood_normalized_subtracts_the_prior():
@@ -66,16 +74,22 @@ def test_unconditional_missing_raises():
 
 
 def test_ties_go_to_the_first_choice():
-    tied = dict(choices=["a", "b", "c"], normalized_prompt_logprobs=[-1.0, -0.5, -0.5],
-                input_token_logprobs=[[(-1.0,)], [(-0.5,), (-0.5,)], [(-0.5,)]],
-                unconditional_token_logprobs=[[(None,)], [(None,), (0.0,)], [(None,)]])
+    tied = dict(
+        choices=["a", "b", "c"],
+        normalized_prompt_logprobs=[-1.0, -0.5, -0.5],
+        input_token_logprobs=[[(-1.0,)], [(-0.5,), (-0.5,)], [(-0.5,)]],
+        unconditional_token_logprobs=[[(None,)], [(None,), (0.0,)], [(None,)]],
+    )
     assert token_length_normalized(**tied).decision == "b"
     # Greedy: b and c tie on every column (c is padded with its own mean -0.5).
     assert greedy_token_selection(**tied).decision == "b"
     assert unconditional_likelihood_normalized(**tied).decision == "b"
     # Equal on all columns including padding: lowest index.
-    same = dict(choices=["x", "y"], normalized_prompt_logprobs=[-0.3, -0.3],
-                input_token_logprobs=[[(-0.3, 7, "x")], [(-0.3, 8, "y")]])
+    same = dict(
+        choices=["x", "y"],
+        normalized_prompt_logprobs=[-0.3, -0.3],
+        input_token_logprobs=[[(-0.3, 7, "x")], [(-0.3, 8, "y")]],
+    )
     assert greedy_token_selection(**same).decision == "x"
     assert token_length_normalized(**same).decision == "x"
 
@@ -85,13 +99,17 @@ def test_none_logprobs_and_helper():
     assert normalized_logprob([(None,)]) == 0.0
     assert normalized_logprob([]) == 0.0
     # A shared None first column eliminates nobody; the second column decides.
-    result = greedy_token_selection(choices=["p", "q"], normalized_prompt_logprobs=[-2.0, -1.0],
-                                    input_token_logprobs=[[(None,), (-2.0,)], [(None,), (-1.0,)]])
+    result = greedy_token_selection(
+        choices=["p", "q"],
+        normalized_prompt_logprobs=[-2.0, -1.0],
+        input_token_logprobs=[[(None,), (-2.0,)], [(None,), (-1.0,)]],
+    )
     assert result.decision == "q"
 
 
-@pytest.mark.parametrize("method", [token_length_normalized, greedy_token_selection,
-                                    unconditional_likelihood_normalized])
+@pytest.mark.parametrize(
+    "method", [token_length_normalized, greedy_token_selection, unconditional_likelihood_normalized]
+)
 @pytest.mark.parametrize("temperature", [0.05, 0.2])
 def test_temperature_sampling_matches_softmax(method, temperature):
     rng = random.Random(1234)
@@ -124,8 +142,9 @@ def test_temperature_scores_per_method():
 
 
 def test_sampling_is_reproducible_with_a_seeded_rng():
-    picks_a = [decide(token_length_normalized, temperature=1.0, rng=random.Random(7)).decision
-               for _ in range(5)]
+    picks_a = [
+        decide(token_length_normalized, temperature=1.0, rng=random.Random(7)).decision for _ in range(5)
+    ]
     rng = random.Random(7)
     first = decide(token_length_normalized, temperature=1.0, rng=rng).decision
     assert picks_a == [first] * 5
@@ -147,8 +166,10 @@ def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="temperature"):
         decide(token_length_normalized, temperature=-1.0)
     with pytest.raises(ValueError, match="choice 1"):
-        decide(unconditional_likelihood_normalized,
-               unconditional_token_logprobs=[[(None,)], [(None,)], UNCONDITIONAL[2]])
+        decide(
+            unconditional_likelihood_normalized,
+            unconditional_token_logprobs=[[(None,)], [(None,)], UNCONDITIONAL[2]],
+        )
 
 
 def test_decision_is_frozen():

@@ -18,14 +18,14 @@ import re
 import httpx
 import openai
 import pytest
+from helpers import get_engine
+from test_server import ServerProcess
 
 import radixlm as rl
-from helpers import get_engine
 from radixlm.lang.backend.base import BaseBackend
 from radixlm.lang.backend.openai import guess_is_chat_model
 from radixlm.lang.interpreter import ProgramError
 from radixlm.testing import build_tiny_model
-from test_server import ServerProcess
 
 API_KEY = "lang-openai-key"
 MODEL = "tiny"
@@ -42,9 +42,15 @@ def server():
         srv.stop()
 
 
-def backend(server, **kw) -> "rl.OpenAI":
-    return rl.OpenAI(MODEL, base_url=f"{server.url}/v1", api_key=kw.pop("api_key", API_KEY), max_retries=0,
-                     timeout=60, **kw)
+def backend(server, **kw) -> rl.OpenAI:
+    return rl.OpenAI(
+        MODEL,
+        base_url=f"{server.url}/v1",
+        api_key=kw.pop("api_key", API_KEY),
+        max_retries=0,
+        timeout=60,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +116,9 @@ def test_completion_gen_equals_the_engines_greedy_output(cmpl, ref):
     assert meta["completion_tokens"] == len(want["output_ids"])
     assert meta["finish_reason"]["type"] == want["meta_info"]["finish_reason"]["type"]
     # output logprobs come back as (logprob, None, token text)
-    st = continue_text.run(PROMPT, max_tokens=4, return_logprob=True, top_logprobs_num=2, backend=cmpl,
-                           temperature=0)
+    st = continue_text.run(
+        PROMPT, max_tokens=4, return_logprob=True, top_logprobs_num=2, backend=cmpl, temperature=0
+    )
     entries = st.get_meta_info("answer")["output_token_logprobs"]
     assert len(entries) == 4 and "".join(tok for _, _, tok in entries) == st["answer"]
     assert all(lp <= 0 and tid is None for lp, tid, _ in entries)
@@ -121,8 +128,10 @@ def test_completion_gen_equals_the_engines_greedy_output(cmpl, ref):
 def test_completion_model_builds_roles_with_its_chat_template(server, ref):
     be = backend(server, is_chat_model=False, chat_template="chatml")
     st = conversation.run("Name three colours.", max_tokens=8, backend=be, temperature=0)
-    prompt = "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nName three colours.<|im_end|>\n" \
-             "<|im_start|>assistant\n"
+    prompt = (
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nName three colours.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     assert st.text().startswith(prompt)
     # the template's stop string (<|im_end|>) goes with every gen
     assert st["answer"] == greedy(ref, prompt, 8, stop=["<|im_end|>"])["text"]
@@ -131,10 +140,10 @@ def test_completion_model_builds_roles_with_its_chat_template(server, ref):
 
 def test_completion_stop_strings_n_and_streaming(cmpl, ref):
     full = greedy(ref, PROMPT, 16, ignore_eos=True)["text"]
-    stop = full[len(full) // 2:len(full) // 2 + 3]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip(), f"choose another stop: {full!r}"
     st = continue_text.run(PROMPT, max_tokens=16, stop=stop, ignore_eos=True, backend=cmpl, temperature=0)
-    assert st["answer"] == full[:full.find(stop)]
+    assert st["answer"] == full[: full.find(stop)]
     assert st.get_meta_info("answer")["finish_reason"]["type"] == "stop"
     # n > 1: a list of n completions, the first appended to the text
     want = greedy(ref, PROMPT, 6)["text"]
@@ -155,9 +164,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("method", [rl.token_length_normalized, rl.greedy_token_selection,
-                                    rl.unconditional_likelihood_normalized],
-                         ids=["token_length", "greedy", "unconditional"])
+@pytest.mark.parametrize(
+    "method",
+    [rl.token_length_normalized, rl.greedy_token_selection, rl.unconditional_likelihood_normalized],
+    ids=["token_length", "greedy", "unconditional"],
+)
 def test_select_agrees_with_the_runtime_backend(cmpl, runtime, method):
     @rl.function
     def pick(s, prompt, choices):
@@ -177,18 +188,24 @@ def test_select_agrees_with_the_runtime_backend(cmpl, runtime, method):
             assert [e[2] for e in mine] == [runtime.tokenizer.decode([e[1]]) for e in theirs]
         if method is rl.unconditional_likelihood_normalized:
             assert g["normalized_unconditional_prompt_logprobs"] == pytest.approx(
-                w["normalized_unconditional_prompt_logprobs"], abs=1e-4)
+                w["normalized_unconditional_prompt_logprobs"], abs=1e-4
+            )
         if method is rl.greedy_token_selection:
             for mine, theirs in zip(g["greedy_logprob_matrix"], w["greedy_logprob_matrix"]):
                 assert mine == pytest.approx(theirs, abs=1e-4)
 
 
 # ======================================================================================== chat models
-MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colours."}]
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name three colours."},
+]
 
 
 def test_chat_program_sends_the_conversation(chat, ref):
-    st = conversation.run("Name three colours.", "And three animals?", max_tokens=8, backend=chat, temperature=0)
+    st = conversation.run(
+        "Name three colours.", "And three animals?", max_tokens=8, backend=chat, temperature=0
+    )
     assert st.error() is None
     want = greedy(ref, input_ids=chat_ids(ref, MESSAGES), n=8)["text"]
     assert st["answer"] == want
@@ -204,7 +221,7 @@ def test_chat_program_sends_the_conversation(chat, ref):
 def test_chat_stop_n_streaming_and_forks(chat, ref):
     ids = chat_ids(ref, MESSAGES)
     full = greedy(ref, input_ids=ids, n=16, ignore_eos=True)["text"]
-    stop = full[len(full) // 2:len(full) // 2 + 3]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip(), f"choose another stop: {full!r}"
 
     @rl.function
@@ -214,13 +231,15 @@ def test_chat_stop_n_streaming_and_forks(chat, ref):
         s += rl.assistant(rl.gen("answer", **kw))
 
     st = ask.run(max_tokens=16, stop=[stop], ignore_eos=True, backend=chat, temperature=0)
-    assert st["answer"] == full[:full.find(stop)]
+    assert st["answer"] == full[: full.find(stop)]
     want = greedy(ref, input_ids=ids, n=6)["text"]
     st = ask.run(max_tokens=6, n=2, backend=chat, temperature=0)
     assert st["answer"] == [want, want]
     st = ask.run(max_tokens=6, backend=chat, stream=True, temperature=0)
     assert "".join(st.text_iter("answer")) == want
-    assert st.get_meta_info("answer")["completion_tokens"] == len(greedy(ref, input_ids=ids, n=6)["output_ids"])
+    assert st.get_meta_info("answer")["completion_tokens"] == len(
+        greedy(ref, input_ids=ids, n=6)["output_ids"]
+    )
 
     @rl.function
     def branches(s):
@@ -250,8 +269,11 @@ def test_chat_gen_must_open_an_assistant_turn(chat):
         s += rl.user("Hi")
         s += "Answer: " + rl.gen("a", max_tokens=4)
 
-    for prog, where in ((prefilled, "after the text 'Sure: '"), (in_user_turn, "not at the start"),
-                        (outside_roles, "not at the start")):
+    for prog, where in (
+        (prefilled, "after the text 'Sure: '"),
+        (in_user_turn, "not at the start"),
+        (outside_roles, "not at the start"),
+    ):
         st = prog.run(backend=chat)
         err = st.error()
         assert isinstance(err, RuntimeError), (prog, err)
@@ -276,8 +298,9 @@ def test_select_on_a_server_refusing_echo_says_why(server, monkeypatch):
 
     def refuse(**kw):
         request = httpx.Request("POST", f"{server.url}/v1/completions")
-        raise openai.BadRequestError("echo is not supported", response=httpx.Response(400, request=request),
-                                     body=None)
+        raise openai.BadRequestError(
+            "echo is not supported", response=httpx.Response(400, request=request), body=None
+        )
 
     monkeypatch.setattr(be.client.completions, "create", refuse)
     with pytest.raises(NotImplementedError, match="echo=True with logprobs.*echo is not supported"):
@@ -301,26 +324,67 @@ def test_server_errors_propagate_with_the_servers_message(server, cmpl):
 # ======================================================================================== no server
 def test_sampling_parameters_map_to_openai_names():
     be = rl.OpenAI("some-model", base_url="http://127.0.0.1:9/v1", is_chat_model=False)
-    defaults = {"max_new_tokens": 128, "min_new_tokens": 0, "n": 1, "stop": None, "stop_token_ids": None,
-                "temperature": 1.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "frequency_penalty": 0.0,
-                "presence_penalty": 0.0, "repetition_penalty": 1.0, "ignore_eos": False}
+    defaults = {
+        "max_new_tokens": 128,
+        "min_new_tokens": 0,
+        "n": 1,
+        "stop": None,
+        "stop_token_ids": None,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": -1,
+        "min_p": 0.0,
+        "frequency_penalty": 0.0,
+        "presence_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "ignore_eos": False,
+    }
     assert be._kwargs(defaults, False, None, 0) == {
-        "max_tokens": 128, "n": 1, "temperature": 1.0, "top_p": 1.0, "frequency_penalty": 0.0,
-        "presence_penalty": 0.0}  # no extra_body when every extension is at its default
-    kw = be._kwargs({**defaults, "stop": "x", "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2,
-                     "min_new_tokens": 2, "ignore_eos": True, "stop_token_ids": [7], "regex": "a+", "seed": 3,
-                     "json_schema": '{"type": "object"}'}, True, None, 2)
+        "max_tokens": 128,
+        "n": 1,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "frequency_penalty": 0.0,
+        "presence_penalty": 0.0,
+    }  # no extra_body when every extension is at its default
+    kw = be._kwargs(
+        {
+            **defaults,
+            "stop": "x",
+            "top_k": 5,
+            "min_p": 0.1,
+            "repetition_penalty": 1.2,
+            "min_new_tokens": 2,
+            "ignore_eos": True,
+            "stop_token_ids": [7],
+            "regex": "a+",
+            "seed": 3,
+            "json_schema": '{"type": "object"}',
+        },
+        True,
+        None,
+        2,
+    )
     assert kw["stop"] == ["x"] and kw["seed"] == 3 and kw["logprobs"] == 2
-    assert kw["extra_body"] == {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2, "min_tokens": 2,
-                                "ignore_eos": True, "stop_token_ids": [7], "regex": "a+",
-                                "json_schema": '{"type": "object"}'}
+    assert kw["extra_body"] == {
+        "top_k": 5,
+        "min_p": 0.1,
+        "repetition_penalty": 1.2,
+        "min_tokens": 2,
+        "ignore_eos": True,
+        "stop_token_ids": [7],
+        "regex": "a+",
+        "json_schema": '{"type": "object"}',
+    }
     with pytest.raises(NotImplementedError, match="logprob_start_len"):
         be._kwargs(defaults, True, 0, 0)
 
     chat = rl.OpenAI("some-model", base_url="http://127.0.0.1:9/v1", is_chat_model=True)
     kw = chat._kwargs({**defaults, "json_schema": {"type": "object"}}, True, None, 3)
-    assert kw["response_format"] == {"type": "json_schema",
-                                     "json_schema": {"name": "output", "schema": {"type": "object"}}}
+    assert kw["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": {"type": "object"}},
+    }
     assert kw["logprobs"] is True and kw["top_logprobs"] == 3 and "extra_body" not in kw
     o1 = rl.OpenAI("o1-mini", base_url="http://127.0.0.1:9/v1")
     assert "max_completion_tokens" in o1._kwargs(defaults, False, None, 0)
@@ -334,8 +398,15 @@ def test_a_chat_backend_gets_the_conversation_with_the_open_turn():
     class Recorder(BaseBackend):
         takes_messages = True
 
-        def generate(self, prompt, sampling_params, return_logprob=False, logprob_start_len=None,
-                     top_logprobs_num=0, messages=None):
+        def generate(
+            self,
+            prompt,
+            sampling_params,
+            return_logprob=False,
+            logprob_start_len=None,
+            top_logprobs_num=0,
+            messages=None,
+        ):
             seen.append(messages)
             return "ok", {}
 
@@ -346,9 +417,14 @@ def test_a_chat_backend_gets_the_conversation_with_the_open_turn():
         s += rl.assistant(rl.gen("b"))
 
     assert prog.run(backend=Recorder()).error() is None
-    assert seen == [[{"role": "system", "content": "sys"}, {"role": "user", "content": "hello "}],
-                    [{"role": "system", "content": "sys"}, {"role": "user", "content": "hello ok"},
-                     {"role": "assistant", "content": ""}]]
+    assert seen == [
+        [{"role": "system", "content": "sys"}, {"role": "user", "content": "hello "}],
+        [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "hello ok"},
+            {"role": "assistant", "content": ""},
+        ],
+    ]
 
 
 # ======================================================================================== RuntimeEndpoint over HTTP
@@ -371,7 +447,8 @@ def test_runtime_endpoint_over_http_equals_the_zeromq_one(http_runtime, runtime,
     over_http, over_zmq = ask.run(backend=http_runtime), ask.run(backend=runtime)
     assert over_http["a"] == over_zmq["a"]
     assert over_http.get_meta_info("a")["normalized_prompt_logprobs"] == pytest.approx(
-        over_zmq.get_meta_info("a")["normalized_prompt_logprobs"], abs=1e-6)
+        over_zmq.get_meta_info("a")["normalized_prompt_logprobs"], abs=1e-6
+    )
 
     st = continue_text.run(PROMPT, max_tokens=8, backend=http_runtime, temperature=0, stream=True)
     chunks = list(st.text_iter("answer"))
@@ -396,21 +473,30 @@ def test_runtime_endpoint_over_http_names_connection_and_auth_problems(server):
 
 def test_native_generate_takes_per_prompt_options(server):
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    body = {"text": ["a b c", "d e f g"], "sampling_params": [{"max_new_tokens": 0}, {"max_new_tokens": 2}],
-            "return_logprob": [True, False], "logprob_start_len": [1, None], "top_logprobs_num": 0}
+    body = {
+        "text": ["a b c", "d e f g"],
+        "sampling_params": [{"max_new_tokens": 0}, {"max_new_tokens": 2}],
+        "return_logprob": [True, False],
+        "logprob_start_len": [1, None],
+        "top_logprobs_num": 0,
+    }
     r = httpx.post(f"{server.url}/generate", json=body, headers=headers, timeout=60)
     assert r.status_code == 200, r.text
     first, second = r.json()
     assert first["output_ids"] == [] and len(first["meta_info"]["input_token_logprobs"]) >= 1
     assert len(second["output_ids"]) == 2 and "input_token_logprobs" not in second["meta_info"]
-    r = httpx.post(f"{server.url}/generate", json={**body, "return_logprob": [True]}, headers=headers, timeout=60)
+    r = httpx.post(
+        f"{server.url}/generate", json={**body, "return_logprob": [True]}, headers=headers, timeout=60
+    )
     assert r.status_code == 400 and "return_logprob is a list of 1 but there are 2 prompts" in r.text
 
 
 # ======================================================================================== constrained output
-SHAPE = {"type": "object", "properties": {"shape": {"enum": ["circle", "square"]},
-                                          "label": {"type": "string", "maxLength": 8}},
-         "required": ["shape", "label"]}
+SHAPE = {
+    "type": "object",
+    "properties": {"shape": {"enum": ["circle", "square"]}, "label": {"type": "string", "maxLength": 8}},
+    "required": ["shape", "label"],
+}
 
 
 def test_response_format_json_schema_through_the_openai_client_and_the_backend(server, chat, cmpl):
@@ -420,27 +506,44 @@ def test_response_format_json_schema_through_the_openai_client_and_the_backend(s
 
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
     r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "A shape, as JSON."}], max_tokens=64, temperature=1.0,
-        seed=3, response_format={"type": "json_schema", "json_schema": {"name": "shape", "schema": SHAPE}})
+        model=MODEL,
+        messages=[{"role": "user", "content": "A shape, as JSON."}],
+        max_tokens=64,
+        temperature=1.0,
+        seed=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "shape", "schema": SHAPE}},
+    )
     jsonschema.validate(json.loads(r.choices[0].message.content), SHAPE)
     assert r.choices[0].finish_reason == "stop"
-    r = client.completions.create(model=MODEL, prompt="Code:", max_tokens=16, extra_body={"regex": "[A-Z]{3}-[0-9]{2}"})
+    r = client.completions.create(
+        model=MODEL, prompt="Code:", max_tokens=16, extra_body={"regex": "[A-Z]{3}-[0-9]{2}"}
+    )
     assert re.fullmatch("[A-Z]{3}-[0-9]{2}", r.choices[0].text)
-    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "JSON please"}],
-                                       max_tokens=48, response_format={"type": "json_object"}, temperature=0)
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "JSON please"}],
+        max_tokens=48,
+        response_format={"type": "json_object"},
+        temperature=0,
+    )
     assert r.choices[0].message.content.startswith("{")
     with pytest.raises(openai.BadRequestError, match="unsupported json_schema feature"):
         client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "n"}], max_tokens=8,
-            response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer",
-                                                                                            "maximum": 3}}})
+            model=MODEL,
+            messages=[{"role": "user", "content": "n"}],
+            max_tokens=8,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "n", "schema": {"type": "integer", "maximum": 3}},
+            },
+        )
 
     @rl.function
     def shape(s):
         s += rl.user("Describe a shape.")
         s += rl.assistant(rl.gen("json", json_schema=SHAPE, max_tokens=64))
 
-    for backend in (chat, ):
+    for backend in (chat,):
         st = shape.run(backend=backend, temperature=0.7)
         jsonschema.validate(json.loads(st["json"]), SHAPE)
 

@@ -11,10 +11,14 @@ import radixlm as rl
 from radixlm.lang.interpreter import ProgramError
 from radixlm.testing import build_tiny_model
 
-LONG_PROMPT = ("The radix tree keeps every prompt prefix the runtime has computed, so a second request "
-               "that starts the same way skips the work already done. ") * 6
-FEW_SHOT = "".join(f"Question: what is {a} plus {b}?\nAnswer: {a + b}\n\n" for a, b in
-                   [(1, 2), (3, 4), (10, 5), (7, 7), (12, 30), (8, 1), (6, 9), (20, 22)])
+LONG_PROMPT = (
+    "The radix tree keeps every prompt prefix the runtime has computed, so a second request "
+    "that starts the same way skips the work already done. "
+) * 6
+FEW_SHOT = "".join(
+    f"Question: what is {a} plus {b}?\nAnswer: {a + b}\n\n"
+    for a, b in [(1, 2), (3, 4), (10, 5), (7, 7), (12, 30), (8, 1), (6, 9), (20, 22)]
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +98,9 @@ def test_select_scores_equal_the_engines_prompt_logprobs(rt):
     prompt_ids = tok(prompt).input_ids
     for choice, scored in zip(choices, meta["input_token_logprobs"]):
         ids = tok(prompt + choice).input_ids
-        out = rt.engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 0}, return_logprob=True,
-                                 logprob_start_len=0)
+        out = rt.engine.generate(
+            input_ids=ids, sampling_params={"max_new_tokens": 0}, return_logprob=True, logprob_start_len=0
+        )
         reference = out["meta_info"]["input_token_logprobs"]
         common = next(i for i in range(len(ids)) if i >= len(prompt_ids) or ids[i] != prompt_ids[i])
         expected = reference[common:]
@@ -112,10 +117,15 @@ def test_select_methods_and_sampling_through_the_runtime(rt):
 
     @rl.function
     def pick(s, method, temperature):
-        s += "My favourite colour is" + rl.select("c", choices=choices, choices_method=method,
-                                                   temperature=temperature)
+        s += "My favourite colour is" + rl.select(
+            "c", choices=choices, choices_method=method, temperature=temperature
+        )
 
-    for method in (rl.token_length_normalized, rl.greedy_token_selection, rl.unconditional_likelihood_normalized):
+    for method in (
+        rl.token_length_normalized,
+        rl.greedy_token_selection,
+        rl.unconditional_likelihood_normalized,
+    ):
         st = pick.run(method=method, temperature=0.0, backend=rt)
         assert st["c"] in choices
     drawn = {pick.run(method=rl.token_length_normalized, temperature=5.0, backend=rt)["c"] for _ in range(12)}
@@ -199,6 +209,7 @@ def test_cache_prefills_the_traced_prefix(rt):
 
 def test_streamed_logprobs_come_in_increments_aligned_with_the_tokens(rt):
     """SGLang's test_stream_logprobs contract, through the ZeroMQ runtime."""
+
     @rl.function
     def qa(s):
         s += rl.user("Tell me about Hawaii.")

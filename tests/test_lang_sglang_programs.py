@@ -46,7 +46,9 @@ def test_few_shot_qa():
     ret = few_shot_qa.run(question="What is the capital of the United States?")
     assert isinstance(ret["answer"], str) and "\n" not in ret["answer"]
     rets = few_shot_qa.run_batch([{"question": q} for q in ["Japan?", "UK?", "China?"]], temperature=0.1)
-    assert [r["answer"] for r in rets] == [few_shot_qa.run(question=q)["answer"] for q in ["Japan?", "UK?", "China?"]]
+    assert [r["answer"] for r in rets] == [
+        few_shot_qa.run(question=q)["answer"] for q in ["Japan?", "UK?", "China?"]
+    ]
 
 
 def test_mt_bench():
@@ -60,7 +62,9 @@ def test_mt_bench():
         with s.assistant():
             s += sgl.gen("answer_2")
 
-    ret = answer_mt_bench.run(question_1="Who are you?", question_2="Why?", temperature=0.7, max_new_tokens=16)
+    ret = answer_mt_bench.run(
+        question_1="Who are you?", question_2="Why?", temperature=0.7, max_new_tokens=16
+    )
     assert len(ret.messages()) in [4, 5]
     assert ret.messages()[-1] == {"role": "assistant", "content": ret["answer_2"].lstrip()}
 
@@ -83,15 +87,27 @@ def test_expert_answer():
     @sgl.function
     def expert_answer(s, question):
         s += "Question: " + question + "\n"
-        s += "A good person to answer this question is" + sgl.gen("expert", stop=[".", "\n"], max_tokens=8) + ".\n"
-        s += "For example," + s["expert"] + " would answer that " + sgl.gen("answer", stop=".", max_tokens=8) + "."
+        s += (
+            "A good person to answer this question is"
+            + sgl.gen("expert", stop=[".", "\n"], max_tokens=8)
+            + ".\n"
+        )
+        s += (
+            "For example,"
+            + s["expert"]
+            + " would answer that "
+            + sgl.gen("answer", stop=".", max_tokens=8)
+            + "."
+        )
 
     ret = expert_answer.run(question="What is the capital of France?", temperature=0.1)
     expert, answer = ret["expert"], ret["answer"]
     # s["expert"] read the first gen's value and appended it in the second line
-    assert ret.text() == ("Question: What is the capital of France?\n"
-                          f"A good person to answer this question is{expert}.\n"
-                          f"For example,{expert} would answer that {answer}.")
+    assert ret.text() == (
+        "Question: What is the capital of France?\n"
+        f"A good person to answer this question is{expert}.\n"
+        f"For example,{expert} would answer that {answer}."
+    )
 
 
 def test_tool_use_with_var_scope():
@@ -148,11 +164,17 @@ def test_parallel_encoding():
         s += "Question: " + question + "\n"
         s += "ASSISTANT:" + sgl.gen("answer", max_tokens=8)
 
-    ret = parallel_encoding.run(question="Who is the father of Julian?", context_0="Ethan is the father of Liam.",
-                                context_1="Noah is the father of Julian.", context_2="Oliver is the father of Carlos.",
-                                temperature=0)
+    ret = parallel_encoding.run(
+        question="Who is the father of Julian?",
+        context_0="Ethan is the father of Liam.",
+        context_1="Noah is the father of Julian.",
+        context_2="Oliver is the father of Carlos.",
+        temperature=0,
+    )
     text = ret.text()
-    assert text.index("Statement 0: Ethan") < text.index("Statement 1: Noah") < text.index("Statement 2: Oliver")
+    assert (
+        text.index("Statement 0: Ethan") < text.index("Statement 1: Noah") < text.index("Statement 2: Oliver")
+    )
 
 
 def test_stream():
@@ -204,11 +226,14 @@ def test_hellaswag_like_select_batch_both_styles():
         s += sgl.select("answer", choices=choices)
 
     arguments = [{"question": q, "choices": c} for q, c in zip(questions, choices)]
-    rets = few_shot_hellaswag.run_batch(arguments, temperature=0, num_threads=64, progress_bar=False,
-                                        generator_style=False)
+    rets = few_shot_hellaswag.run_batch(
+        arguments, temperature=0, num_threads=64, progress_bar=False, generator_style=False
+    )
     preds = [r["answer"] for r in rets]
-    gen_preds = [r["answer"] for r in few_shot_hellaswag.run_batch(arguments, temperature=0, num_threads=64,
-                                                                    generator_style=True)]
+    gen_preds = [
+        r["answer"]
+        for r in few_shot_hellaswag.run_batch(arguments, temperature=0, num_threads=64, generator_style=True)
+    ]
     assert preds == gen_preds and all(p in choices[0] for p in preds)
 
 

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import get_engine, hf_greedy
+
 from radixlm import Engine
 from radixlm.runtime.config import ModelConfig, RopeConfig
 from radixlm.runtime.layers.decoder_blocks import rope_inv_freq
@@ -21,26 +21,43 @@ def ids_of(n: int, seed: int) -> list[int]:
     return [rng.randrange(4, 8192) for _ in range(n)]
 
 
-@pytest.mark.parametrize("rope", [
-    {"rope_type": "default", "rope_theta": 10000.0},
-    {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
-    {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-])
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "default", "rope_theta": 10000.0},
+        {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+        {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ],
+)
 def test_rope_inv_freq_matches_transformers(rope):
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    cfg = LlamaConfig(hidden_size=4096, num_attention_heads=32, max_position_embeddings=131072,
-                      rope_parameters=dict(rope))
+    cfg = LlamaConfig(
+        hidden_size=4096, num_attention_heads=32, max_position_embeddings=131072, rope_parameters=dict(rope)
+    )
     if rope["rope_type"] == "default":
         expected = 1.0 / (rope["rope_theta"] ** (torch.arange(0, 128, 2, dtype=torch.int64).float() / 128))
     else:
         expected, _ = ROPE_INIT_FUNCTIONS[rope["rope_type"]](cfg, "cpu")
-    ours = rope_inv_freq(128, RopeConfig(
-        theta=rope["rope_theta"], rope_type=rope["rope_type"], factor=rope.get("factor", 1.0),
-        low_freq_factor=rope.get("low_freq_factor", 1.0), high_freq_factor=rope.get("high_freq_factor", 4.0),
-        original_max_position_embeddings=rope.get("original_max_position_embeddings", 8192)))
+    ours = rope_inv_freq(
+        128,
+        RopeConfig(
+            theta=rope["rope_theta"],
+            rope_type=rope["rope_type"],
+            factor=rope.get("factor", 1.0),
+            low_freq_factor=rope.get("low_freq_factor", 1.0),
+            high_freq_factor=rope.get("high_freq_factor", 4.0),
+            original_max_position_embeddings=rope.get("original_max_position_embeddings", 8192),
+        ),
+    )
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
 
 
@@ -50,11 +67,20 @@ def test_legacy_rope_scaling_config_is_read(tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     cfg.pop("rope_parameters")
     cfg["rope_theta"] = 500000.0
-    cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    cfg["rope_scaling"] = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
     (folder / "config.json").write_text(json.dumps(cfg))
     mc = ModelConfig.from_path(folder)
-    assert mc.rope.rope_type == "llama3" and mc.rope.theta == 500000.0 and mc.rope.original_max_position_embeddings == 64
+    assert (
+        mc.rope.rope_type == "llama3"
+        and mc.rope.theta == 500000.0
+        and mc.rope.original_max_position_embeddings == 64
+    )
 
 
 def test_unsupported_rope_type_is_named(tmp_path):
@@ -87,8 +113,9 @@ def test_sharded_checkpoint_loads(tmp_path):
     assert (tmp_path / "model.safetensors.index.json").is_file()
     ids = ids_of(30, 1)
     with Engine(str(tmp_path)) as engine:
-        out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 10, "temperature": 0,
-                                                              "ignore_eos": True})
+        out = engine.generate(
+            input_ids=ids, sampling_params={"max_new_tokens": 10, "temperature": 0, "ignore_eos": True}
+        )
     assert out["output_ids"] == hf_greedy("qwen3", ids, 10)
 
 
@@ -121,6 +148,7 @@ def test_half_precision_runs_and_mostly_agrees(dtype):
     ids = ids_of(40, 2)
     ref = hf_greedy("llama", ids, 16)
     out = get_engine("llama", dtype=dtype).generate(
-        input_ids=ids, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True})
+        input_ids=ids, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}
+    )
     # half precision may flip a near-tie eventually; the start must agree
     assert out["output_ids"][:4] == ref[:4]

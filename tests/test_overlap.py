@@ -9,7 +9,6 @@ import math
 import random
 
 import pytest
-
 from helpers import LocalRuntime, get_engine, hf_greedy
 
 
@@ -26,8 +25,17 @@ MIX = [
     ({"max_new_tokens": 9, "temperature": 0.9, "top_p": 0.8, "ignore_eos": True}, False, 0),
     ({"max_new_tokens": 15, "temperature": 1.3, "top_k": 5, "min_p": 0.05, "ignore_eos": True}, True, 2),
     ({"max_new_tokens": 20, "temperature": 1.0, "min_new_tokens": 6}, False, 0),  # EOS allowed after 6
-    ({"max_new_tokens": 10, "temperature": 0, "repetition_penalty": 1.3, "frequency_penalty": 0.5,
-      "ignore_eos": True}, False, 0),  # penalties: steps wait for the step in flight
+    (
+        {
+            "max_new_tokens": 10,
+            "temperature": 0,
+            "repetition_penalty": 1.3,
+            "frequency_penalty": 0.5,
+            "ignore_eos": True,
+        },
+        False,
+        0,
+    ),  # penalties: steps wait for the step in flight
     ({"max_new_tokens": 14, "temperature": 0, "regex": "(yes|no|maybe)[0-9]{2,5}"}, False, 0),  # grammar
     ({"max_new_tokens": 16, "temperature": 0, "ignore_eos": True, "stop_token_ids": None}, True, 0),
 ]
@@ -37,16 +45,24 @@ def run_mix(overlap: str, **options) -> tuple[list, LocalRuntime]:
     rt = LocalRuntime("llama", overlap_schedule=overlap, **options)
     reqs = []
     for i, (params, lp, top) in enumerate(MIX):
-        reqs.append(rt.submit(ids_of(6 + 5 * i, 100 + i), params, return_logprob=lp, top_logprobs_num=top,
-                              seed=1000 + i))
+        reqs.append(
+            rt.submit(
+                ids_of(6 + 5 * i, 100 + i), params, return_logprob=lp, top_logprobs_num=top, seed=1000 + i
+            )
+        )
     # staggered arrivals: new requests join while others decode (each arrival drains the step in flight)
     for step in range(40):
         rt.scheduler.step()
         rt.scheduler.check_accounting()
         if step in (3, 11, 12):
             j = len(reqs)
-            reqs.append(rt.submit(ids_of(9, 300 + j), {"max_new_tokens": 7 + j, "temperature": 0.7,
-                                                      "ignore_eos": True}, seed=j))
+            reqs.append(
+                rt.submit(
+                    ids_of(9, 300 + j),
+                    {"max_new_tokens": 7 + j, "temperature": 0.7, "ignore_eos": True},
+                    seed=j,
+                )
+            )
     rt.run_all()
     return reqs, rt
 
@@ -58,8 +74,9 @@ def assert_same_results(a, b) -> None:
         assert [t for _, t in x.output_token_logprobs] == [t for _, t in y.output_token_logprobs]
         for (lx, _), (ly, _) in zip(x.output_token_logprobs, y.output_token_logprobs):
             assert math.isclose(lx, ly, rel_tol=1e-5, abs_tol=1e-6)
-        assert [[t for t, _ in top] for top in x.output_top_logprobs] == \
-            [[t for t, _ in top] for top in y.output_top_logprobs]
+        assert [[t for t, _ in top] for top in x.output_top_logprobs] == [
+            [t for t, _ in top] for top in y.output_top_logprobs
+        ]
 
 
 def test_overlap_gives_the_same_outputs_as_plain_steps():
@@ -112,9 +129,11 @@ def test_abort_while_a_step_is_in_flight(when):
 
 
 def test_stop_strings_and_eos_under_overlap_match_plain_steps():
-    params = [{"max_new_tokens": 24, "temperature": 1.0, "stop": [" the", "e"]},
-              {"max_new_tokens": 24, "temperature": 1.2},
-              {"max_new_tokens": 24, "temperature": 0, "stop_token_ids": [7, 11, 13]}]
+    params = [
+        {"max_new_tokens": 24, "temperature": 1.0, "stop": [" the", "e"]},
+        {"max_new_tokens": 24, "temperature": 1.2},
+        {"max_new_tokens": 24, "temperature": 0, "stop_token_ids": [7, 11, 13]},
+    ]
     runs = {}
     for mode in ("on", "off"):
         rt = LocalRuntime("llama", overlap_schedule=mode)

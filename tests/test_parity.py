@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from helpers import ARCHES, get_engine, hf_greedy
 
 NEW_TOKENS = 12

@@ -15,9 +15,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from radixlm.runtime.managers import messages as P
 import radixlm
 from radixlm.runtime.layers.sampling import SamplingParams
+from radixlm.runtime.managers import messages as P
 
 PKG_ROOT = Path(radixlm.__file__).resolve().parent  # the repo root is the package
 DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
@@ -41,15 +41,25 @@ def _members(union) -> set[type]:
 
 # ------------------------------------------------------------------------------ sample messages
 def _token_output(**kw) -> P.TokenOutput:
-    base = dict(rid="r1", new_ids=[5, 6, 7], finished_reason=None, prompt_tokens=3, completion_tokens=3,
-                cached_tokens=1)
+    base = dict(
+        rid="r1",
+        new_ids=[5, 6, 7],
+        finished_reason=None,
+        prompt_tokens=3,
+        completion_tokens=3,
+        cached_tokens=1,
+    )
     base.update(kw)
     return P.TokenOutput(**base)
 
 
 FULL_TOKEN_OUTPUT = _token_output(
-    finished_reason={"type": "stop", "matched": "\n\n"}, retractions=2, skip_special_tokens=False,
-    no_stop_trim=True, stop_strs=["\n\n", "END"], stream=True,
+    finished_reason={"type": "stop", "matched": "\n\n"},
+    retractions=2,
+    skip_special_tokens=False,
+    no_stop_trim=True,
+    stop_strs=["\n\n", "END"],
+    stream=True,
     input_token_logprobs=[(None, 11), (-0.25, 12), (-math.inf, 13)],
     input_top_logprobs=[None, [(12, -0.25), (40, -3.5)], None],
     output_token_logprobs=[(-0.5, 5), (-1e-9, 6), (0.0, 7)],
@@ -58,47 +68,137 @@ FULL_TOKEN_OUTPUT = _token_output(
 
 SAMPLES: list[tuple[str, object]] = [
     ("GenerateReq/defaults", P.GenerateReq(rid="a", input_ids=[1, 2, 3], sampling_params=SamplingParams())),
-    ("GenerateReq/stop-str", P.GenerateReq(
-        rid="b", input_ids=[4, 8191, 0], sampling_params=SamplingParams(
-            max_new_tokens=7, min_new_tokens=2, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05,
-            frequency_penalty=-0.5, presence_penalty=1.5, repetition_penalty=1.2, stop="\n",
-            stop_token_ids=[2, 3], ignore_eos=True, skip_special_tokens=False, no_stop_trim=True, n=3,
-            seed=2**62),
-        return_logprob=True, logprob_start_len=1, top_logprobs_num=5, stream=True, seed=-7)),
-    ("GenerateReq/stop-list", P.GenerateReq(
-        rid="c", input_ids=[9], sampling_params=SamplingParams(stop=["END", "日本", "🙂"], temperature=0.0,
-                                                               seed=None))),
+    (
+        "GenerateReq/stop-str",
+        P.GenerateReq(
+            rid="b",
+            input_ids=[4, 8191, 0],
+            sampling_params=SamplingParams(
+                max_new_tokens=7,
+                min_new_tokens=2,
+                temperature=0.7,
+                top_p=0.9,
+                top_k=40,
+                min_p=0.05,
+                frequency_penalty=-0.5,
+                presence_penalty=1.5,
+                repetition_penalty=1.2,
+                stop="\n",
+                stop_token_ids=[2, 3],
+                ignore_eos=True,
+                skip_special_tokens=False,
+                no_stop_trim=True,
+                n=3,
+                seed=2**62,
+            ),
+            return_logprob=True,
+            logprob_start_len=1,
+            top_logprobs_num=5,
+            stream=True,
+            seed=-7,
+        ),
+    ),
+    (
+        "GenerateReq/stop-list",
+        P.GenerateReq(
+            rid="c",
+            input_ids=[9],
+            sampling_params=SamplingParams(stop=["END", "日本", "🙂"], temperature=0.0, seed=None),
+        ),
+    ),
     ("AbortReq", P.AbortReq(rid="a")),
     ("AbortReq/message", P.AbortReq(rid="a", message="client disconnected")),
     ("ControlReq", P.ControlReq(rid="x", op="flush_cache")),
     ("TokenOutputBatch/empty", P.TokenOutputBatch(outputs=[])),
     ("TokenOutputBatch/minimal", P.TokenOutputBatch(outputs=[_token_output()])),
-    ("TokenOutputBatch/full", P.TokenOutputBatch(outputs=[FULL_TOKEN_OUTPUT, _token_output(
-        rid="r2", new_ids=[], finished_reason={"type": "abort", "message": "bad", "status_code": 400})])),
-    ("ControlReply", P.ControlReply(rid="x", op="server_info", ok=True,
-                                    data={"running": 0, "cache_hit_rate": 0.5, "device": "cpu", "nested": [1, [2]]})),
+    (
+        "TokenOutputBatch/full",
+        P.TokenOutputBatch(
+            outputs=[
+                FULL_TOKEN_OUTPUT,
+                _token_output(
+                    rid="r2",
+                    new_ids=[],
+                    finished_reason={"type": "abort", "message": "bad", "status_code": 400},
+                ),
+            ]
+        ),
+    ),
+    (
+        "ControlReply",
+        P.ControlReply(
+            rid="x",
+            op="server_info",
+            ok=True,
+            data={"running": 0, "cache_hit_rate": 0.5, "device": "cpu", "nested": [1, [2]]},
+        ),
+    ),
     ("ControlReply/error", P.ControlReply(rid="x", op="flush_cache", ok=False, error="busy")),
     ("ShutdownAck", P.ShutdownAck(process="scheduler")),
     ("RequestsDone", P.RequestsDone(rids=["r1", "r2"])),
-    ("TextOutputBatch", P.TextOutputBatch(outputs=[
-        P.TextOutput(rid="r1", text_delta="héllo 日本語 🙂", token=FULL_TOKEN_OUTPUT),
-        P.TextOutput(rid="r2", text_delta="", token=_token_output(rid="r2"))])),
-    ("ClientGenerate/text", P.ClientGenerate(rid="c1", text="Hello", sampling_params={
-        "max_new_tokens": 8, "temperature": 0, "stop": "\n"})),
-    ("ClientGenerate/ids", P.ClientGenerate(
-        rid="c2", input_ids=[5, 6], sampling_params={"stop": ["a", "b"], "top_p": 0.5, "seed": None},
-        return_logprob=True, logprob_start_len=0, top_logprobs_num=3, stream=True)),
+    (
+        "TextOutputBatch",
+        P.TextOutputBatch(
+            outputs=[
+                P.TextOutput(rid="r1", text_delta="héllo 日本語 🙂", token=FULL_TOKEN_OUTPUT),
+                P.TextOutput(rid="r2", text_delta="", token=_token_output(rid="r2")),
+            ]
+        ),
+    ),
+    (
+        "ClientGenerate/text",
+        P.ClientGenerate(
+            rid="c1", text="Hello", sampling_params={"max_new_tokens": 8, "temperature": 0, "stop": "\n"}
+        ),
+    ),
+    (
+        "ClientGenerate/ids",
+        P.ClientGenerate(
+            rid="c2",
+            input_ids=[5, 6],
+            sampling_params={"stop": ["a", "b"], "top_p": 0.5, "seed": None},
+            return_logprob=True,
+            logprob_start_len=0,
+            top_logprobs_num=3,
+            stream=True,
+        ),
+    ),
     ("ClientGenerate/defaults", P.ClientGenerate(rid="c3")),
-    ("ClientBatch", P.ClientBatch(rid="b1", requests=[
-        P.ClientGenerate(rid="c5", text="a", sampling_params={"max_new_tokens": 0}, return_logprob=True,
-                         logprob_start_len=0),
-        P.ClientGenerate(rid="c6", input_ids=[1, 2, 3])])),
+    (
+        "ClientBatch",
+        P.ClientBatch(
+            rid="b1",
+            requests=[
+                P.ClientGenerate(
+                    rid="c5",
+                    text="a",
+                    sampling_params={"max_new_tokens": 0},
+                    return_logprob=True,
+                    logprob_start_len=0,
+                ),
+                P.ClientGenerate(rid="c6", input_ids=[1, 2, 3]),
+            ],
+        ),
+    ),
     ("ClientAbort", P.ClientAbort(rid="c1")),
     ("ClientControl", P.ClientControl(rid="c4", op="server_info")),
-    ("ClientChunk", P.ClientChunk(rid="c1", text="abc", output_ids=[1, 2], finished=True, meta_info={
-        "id": "c1", "prompt_tokens": 2, "finish_reason": {"type": "length", "length": 2},
-        "input_token_logprobs": [[None, 5], [-0.5, 6]], "output_top_logprobs": [None, [[1, -0.1]]],
-        "e2e_latency": 0.125})),
+    (
+        "ClientChunk",
+        P.ClientChunk(
+            rid="c1",
+            text="abc",
+            output_ids=[1, 2],
+            finished=True,
+            meta_info={
+                "id": "c1",
+                "prompt_tokens": 2,
+                "finish_reason": {"type": "length", "length": 2},
+                "input_token_logprobs": [[None, 5], [-0.5, 6]],
+                "output_top_logprobs": [None, [[1, -0.1]]],
+                "e2e_latency": 0.125,
+            },
+        ),
+    ),
     ("ClientChunk/stream", P.ClientChunk(rid="c1", text="", output_ids=[], meta_info={}, finished=False)),
     ("ClientResult", P.ClientResult(rid="c4", ok=True, data={"running": 0})),
     ("ClientResult/error", P.ClientResult(rid="", ok=False, error="undecodable message")),
@@ -177,8 +277,10 @@ def _assert_rejected(dec, data: bytes):
         dec.decode(data)
     except DECODE_ERRORS:
         return
-    except BaseException as exc:  # noqa: BLE001 - any other exception type is the failure
-        raise AssertionError(f"{type(exc).__name__} (not DecodeError/ValidationError) for {data[:40]!r}: {exc}")
+    except BaseException as exc:
+        raise AssertionError(
+            f"{type(exc).__name__} (not DecodeError/ValidationError) for {data[:40]!r}: {exc}"
+        )
     raise AssertionError(f"decoded without error: {data[:60]!r}")
 
 
@@ -213,17 +315,40 @@ def test_random_garbage_is_rejected(sock):
     for b in range(256):
         _assert_rejected(dec, bytes([b]))
     # lengths that promise far more data than present
-    for head in (b"\xdc\xff\xff", b"\xdd\xff\xff\xff\xff", b"\xde\xff\xff", b"\xdf\xff\xff\xff\xff",
-                 b"\xdb\xff\xff\xff\xff", b"\xc6\xff\xff\xff\xff", b"\xc9\xff\xff\xff\xff\x01"):
+    for head in (
+        b"\xdc\xff\xff",
+        b"\xdd\xff\xff\xff\xff",
+        b"\xde\xff\xff",
+        b"\xdf\xff\xff\xff\xff",
+        b"\xdb\xff\xff\xff\xff",
+        b"\xc6\xff\xff\xff\xff",
+        b"\xc9\xff\xff\xff\xff\x01",
+    ):
         _assert_rejected(dec, head)
 
 
 def _wrong_shapes() -> list[object]:
     """Valid msgpack values that are not any message."""
     return [
-        None, 0, -1, 2**64 - 1, 1.5, True, "GenerateReq", b"bytes", [], [1, 2, 3], ["ClientGenerate", "r"],
-        {}, {"type": None}, {"type": 5}, {"type": "Nope"}, {"type": "Msg"}, {"type": "SamplingParams"},
-        {"type": "TokenOutput", "rid": "x"}, {"type": "TextOutput"},
+        None,
+        0,
+        -1,
+        2**64 - 1,
+        1.5,
+        True,
+        "GenerateReq",
+        b"bytes",
+        [],
+        [1, 2, 3],
+        ["ClientGenerate", "r"],
+        {},
+        {"type": None},
+        {"type": 5},
+        {"type": "Nope"},
+        {"type": "Msg"},
+        {"type": "SamplingParams"},
+        {"type": "TokenOutput", "rid": "x"},
+        {"type": "TextOutput"},
         {"rid": "x", "op": "server_info"},  # no tag
         {"type": "ClientControl"},  # missing fields
         {"type": "ClientControl", "rid": 5, "op": "server_info"},  # wrong field type
@@ -243,9 +368,20 @@ def _wrong_shapes() -> list[object]:
         {"type": "AbortReq", "rid": ["x"]},
         {"type": "ControlReq", "rid": "x"},
         {"type": "TokenOutputBatch", "outputs": [{"rid": "x"}]},
-        {"type": "TokenOutputBatch", "outputs": [{"rid": "x", "new_ids": [], "finished_reason": None,
-                                                  "prompt_tokens": 1, "completion_tokens": 0,
-                                                  "cached_tokens": 0, "input_token_logprobs": [[1.0]]}]},
+        {
+            "type": "TokenOutputBatch",
+            "outputs": [
+                {
+                    "rid": "x",
+                    "new_ids": [],
+                    "finished_reason": None,
+                    "prompt_tokens": 1,
+                    "completion_tokens": 0,
+                    "cached_tokens": 0,
+                    "input_token_logprobs": [[1.0]],
+                }
+            ],
+        },
         {"type": "TokenOutputBatch", "outputs": {"rid": "x"}},
         {"type": "TextOutputBatch", "outputs": [{"rid": "x", "text_delta": "a"}]},
         {"type": "ShutdownAck", "process": None},
@@ -280,10 +416,12 @@ def test_pickles_do_not_decode_or_run(sock):
 # (a ValueError, not a msgspec error) for these: see the xfail tests below.
 E = msgspec.msgpack.encode
 # per socket: a message type it carries, and that type's string field
-_STR_FIELD_MSG = {"client_endpoint": ("ClientControl", "rid", {"op": "health"}),
-                  "scheduler": ("ControlReq", "rid", {"op": "health"}),
-                  "detokenizer": ("ControlReq", "op", {"rid": "x"}),
-                  "tokenizer_manager": ("ShutdownAck", "process", {})}
+_STR_FIELD_MSG = {
+    "client_endpoint": ("ClientControl", "rid", {"op": "health"}),
+    "scheduler": ("ControlReq", "rid", {"op": "health"}),
+    "detokenizer": ("ControlReq", "op", {"rid": "x"}),
+    "tokenizer_manager": ("ShutdownAck", "process", {}),
+}
 
 
 def bad_utf8_frames(sock: str) -> dict[str, bytes]:
@@ -348,8 +486,18 @@ def test_invalid_utf8_frames_fail_to_decode_somehow():
 def _nested(depth: int) -> bytes:
     """A ClientGenerate whose sampling_params value nests `depth` one-element arrays (~depth bytes)."""
     e = msgspec.msgpack.encode
-    return (b"\x83" + e("type") + e("ClientGenerate") + e("rid") + e("deep") + e("sampling_params")
-            + b"\x81" + e("stop") + b"\x91" * depth + b"\xc0")
+    return (
+        b"\x83"
+        + e("type")
+        + e("ClientGenerate")
+        + e("rid")
+        + e("deep")
+        + e("sampling_params")
+        + b"\x81"
+        + e("stop")
+        + b"\x91" * depth
+        + b"\xc0"
+    )
 
 
 def test_moderately_nested_values_decode():

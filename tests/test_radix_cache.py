@@ -417,8 +417,12 @@ class RadixModel(RuleBasedStateMachine):
             self.model[tuple(seq[: i + 1])] = slots[i]
         self.touch(seq, len(seq))
 
-    @rule(data=st.data(), seq=st.lists(ALPHABET, min_size=1, max_size=14), cached=st.booleans(),
-          lock=st.booleans())
+    @rule(
+        data=st.data(),
+        seq=st.lists(ALPHABET, min_size=1, max_size=14),
+        cached=st.booleans(),
+        lock=st.booleans(),
+    )
     def match(self, data, seq, cached, lock):
         """Match a random key, or a cached prefix (which often ends inside a node: a split)."""
         if cached and self.model:
@@ -519,7 +523,11 @@ class RadixModel(RuleBasedStateMachine):
 
 
 RadixModel.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=50, deadline=None, derandomize=True, database=None,
+    max_examples=100,
+    stateful_step_count=50,
+    deadline=None,
+    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestRadixModel = RadixModel.TestCase

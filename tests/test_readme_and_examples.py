@@ -32,8 +32,14 @@ def test_readme_main_command_is_the_demo():
 
 def test_demo_runs_every_program_and_reports_the_cache_hit_rate():
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "demo", "--max-tokens", "6"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "demo", "--max-tokens", "6"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     for section in ("multi-turn chat", "select", "3-way fork and join", "JSON-schema gen"):
@@ -52,8 +58,9 @@ def _run_program(tmp_path, program: str) -> str:
     script = tmp_path / "program.py"
     script.write_text(program)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -72,7 +79,13 @@ def test_readme_constrained_output_program_runs(tmp_path):
 @pytest.mark.parametrize("script", ["examples/offline_batch.py"])
 def test_example_runs(script):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, str(ROOT / script), "--max-new-tokens", "8"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), "--max-new-tokens", "8"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cache hit rate" in proc.stdout

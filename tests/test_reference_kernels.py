@@ -47,8 +47,14 @@ def dense_attention(q, k, v, sm_scale, prefix_len):
 class PagedLayout:
     """Random slot and row assignment for a batch of requests of the given context lengths."""
 
-    def __init__(self, gen: torch.Generator, ctx_lens: list[int], spare_slots: int = 23,
-                 spare_rows: int = 3, spare_cols: int = 5) -> None:
+    def __init__(
+        self,
+        gen: torch.Generator,
+        ctx_lens: list[int],
+        spare_slots: int = 23,
+        spare_rows: int = 3,
+        spare_cols: int = 5,
+    ) -> None:
         total = sum(ctx_lens)
         self.num_slots = 1 + total + spare_slots  # slot 0 is the dummy, never a real token
         perm = (torch.randperm(self.num_slots - 1, generator=gen) + 1).tolist()
@@ -104,7 +110,9 @@ def make_extend_case(seed, group, head_dim, dtype, reqs=EXTEND_REQS, poison_exte
         q=torch.cat(q),
         k_extend=torch.cat([k[p:] for (p, _), k in zip(reqs, k_full)]),
         v_extend=torch.cat([v[p:] for (p, _), v in zip(reqs, v_full)]),
-        k_buffer=k_buf, v_buffer=v_buf, req_to_token=layout.req_to_token,
+        k_buffer=k_buf,
+        v_buffer=v_buf,
+        req_to_token=layout.req_to_token,
         req_pool_indices=layout.req_pool_indices,
         prefix_lens=torch.tensor([p for p, _ in reqs], dtype=torch.int64),
         extend_lens=torch.tensor([e for _, e in reqs], dtype=torch.int64),
@@ -125,8 +133,12 @@ def test_extend_attention_matches_dense(group, head_dim, dtype):
     start = 0
     for (p, e), qr, k, v in zip(EXTEND_REQS, q, k_full, v_full):
         expected = dense_attention(qr, k, v, args["sm_scale"], p)
-        torch.testing.assert_close(out[start:start + e].double(), expected, **tol(dtype),
-                                   msg=lambda m: f"request prefix={p} extend={e}: {m}")
+        torch.testing.assert_close(
+            out[start : start + e].double(),
+            expected,
+            **tol(dtype),
+            msg=lambda m: f"request prefix={p} extend={e}: {m}",
+        )
         start += e
 
 
@@ -140,8 +152,9 @@ def test_extend_attention_ignores_buffer_copy_of_new_tokens_and_uses_sm_scale():
     out = extend_attention(**args)
     start = 0
     for (p, e), qr, k, v in zip(EXTEND_REQS, q, k_full, v_full):
-        torch.testing.assert_close(out[start:start + e].double(), dense_attention(qr, k, v, 0.37, p),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            out[start : start + e].double(), dense_attention(qr, k, v, 0.37, p), atol=1e-5, rtol=1e-5
+        )
         start += e
     assert not torch.allclose(out, out_stored, atol=1e-3)
 
@@ -156,8 +169,9 @@ def test_extend_attention_without_prefix_matches_causal_sdpa():
         kx = k.repeat_interleave(4, dim=1).transpose(0, 1)
         vx = v.repeat_interleave(4, dim=1).transpose(0, 1)
         ref = torch.nn.functional.scaled_dot_product_attention(
-            qr.transpose(0, 1), kx, vx, is_causal=True, scale=args["sm_scale"]).transpose(0, 1)
-        torch.testing.assert_close(out[start:start + e], ref, atol=1e-5, rtol=1e-5)
+            qr.transpose(0, 1), kx, vx, is_causal=True, scale=args["sm_scale"]
+        ).transpose(0, 1)
+        torch.testing.assert_close(out[start : start + e], ref, atol=1e-5, rtol=1e-5)
         start += e
 
 
@@ -183,9 +197,15 @@ def make_decode_case(seed, group, head_dim, dtype, seq_lens=DECODE_LENS):
         k_buf[s] = k  # the current token's K/V are already stored
         v_buf[s] = v
     q = rand(gen, len(seq_lens), num_heads, head_dim, dtype=dtype)
-    args = dict(q=q, k_buffer=k_buf, v_buffer=v_buf, req_to_token=layout.req_to_token,
-                req_pool_indices=layout.req_pool_indices,
-                seq_lens=torch.tensor(seq_lens, dtype=torch.int64), sm_scale=1.0 / math.sqrt(head_dim))
+    args = dict(
+        q=q,
+        k_buffer=k_buf,
+        v_buffer=v_buf,
+        req_to_token=layout.req_to_token,
+        req_pool_indices=layout.req_pool_indices,
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int64),
+        sm_scale=1.0 / math.sqrt(head_dim),
+    )
     return args, k_full, v_full
 
 
@@ -200,9 +220,10 @@ def test_decode_attention_matches_dense(group, head_dim, dtype):
     assert torch.isfinite(out.float()).all()
     for b, (n, k, v) in enumerate(zip(DECODE_LENS, k_full, v_full)):
         # the query is the last of n positions: it sees all n keys
-        expected = dense_attention(args["q"][b:b + 1], k, v, args["sm_scale"], n - 1)[0]
-        torch.testing.assert_close(out[b].double(), expected, **tol(dtype),
-                                   msg=lambda m: f"request {b} seq_len={n}: {m}")
+        expected = dense_attention(args["q"][b : b + 1], k, v, args["sm_scale"], n - 1)[0]
+        torch.testing.assert_close(
+            out[b].double(), expected, **tol(dtype), msg=lambda m: f"request {b} seq_len={n}: {m}"
+        )
 
 
 def test_decode_attention_single_request_and_order_independence():
@@ -210,21 +231,36 @@ def test_decode_attention_single_request_and_order_independence():
     out = decode_attention(**args)
     # each request alone (its own max_len, so no padding) gives the same answer
     for b in range(len(DECODE_LENS)):
-        one = dict(args, q=args["q"][b:b + 1], req_pool_indices=args["req_pool_indices"][b:b + 1],
-                   seq_lens=args["seq_lens"][b:b + 1])
-        torch.testing.assert_close(decode_attention(**one), out[b:b + 1], atol=1e-6, rtol=1e-6)
+        one = dict(
+            args,
+            q=args["q"][b : b + 1],
+            req_pool_indices=args["req_pool_indices"][b : b + 1],
+            seq_lens=args["seq_lens"][b : b + 1],
+        )
+        torch.testing.assert_close(decode_attention(**one), out[b : b + 1], atol=1e-6, rtol=1e-6)
     # a permuted batch gives the permuted output
     perm = torch.tensor([3, 0, 6, 1, 5, 2, 4])
-    permuted = dict(args, q=args["q"][perm], req_pool_indices=args["req_pool_indices"][perm],
-                    seq_lens=args["seq_lens"][perm])
+    permuted = dict(
+        args,
+        q=args["q"][perm],
+        req_pool_indices=args["req_pool_indices"][perm],
+        seq_lens=args["seq_lens"][perm],
+    )
     torch.testing.assert_close(decode_attention(**permuted), out[perm], atol=1e-6, rtol=1e-6)
 
 
 def test_decode_attention_empty_batch():
     q = torch.randn(0, 4, 16, generator=torch.Generator().manual_seed(0))
     buf = torch.randn(3, 2, 16, generator=torch.Generator().manual_seed(1))
-    out = decode_attention(q, buf, buf, torch.zeros(1, 4, dtype=torch.int32),
-                           torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), 0.25)
+    out = decode_attention(
+        q,
+        buf,
+        buf,
+        torch.zeros(1, 4, dtype=torch.int32),
+        torch.zeros(0, dtype=torch.int64),
+        torch.zeros(0, dtype=torch.int64),
+        0.25,
+    )
     assert out.shape == (0, 4, 16)
 
 
@@ -238,17 +274,28 @@ def test_extend_of_one_token_equals_decode(group, dtype):
     args, k_full, v_full = make_decode_case(77 + group, group, head_dim, dtype)
     dec = decode_attention(**args)
     lens = args["seq_lens"]
-    last_slots = torch.stack([
-        args["req_to_token"][row, n - 1].long() for row, n in zip(args["req_pool_indices"].tolist(), lens.tolist())])
+    last_slots = torch.stack(
+        [
+            args["req_to_token"][row, n - 1].long()
+            for row, n in zip(args["req_pool_indices"].tolist(), lens.tolist())
+        ]
+    )
     # the extend pass has not stored the new token yet: poison its slot
     k_buf, v_buf = args["k_buffer"].clone(), args["v_buffer"].clone()
     k_buf[last_slots] = float("nan")
     v_buf[last_slots] = float("nan")
     ext = extend_attention(
-        q=args["q"], k_extend=torch.stack([k[-1] for k in k_full]), v_extend=torch.stack([v[-1] for v in v_full]),
-        k_buffer=k_buf, v_buffer=v_buf, req_to_token=args["req_to_token"],
-        req_pool_indices=args["req_pool_indices"], prefix_lens=lens - 1,
-        extend_lens=torch.ones_like(lens), sm_scale=args["sm_scale"])
+        q=args["q"],
+        k_extend=torch.stack([k[-1] for k in k_full]),
+        v_extend=torch.stack([v[-1] for v in v_full]),
+        k_buffer=k_buf,
+        v_buffer=v_buf,
+        req_to_token=args["req_to_token"],
+        req_pool_indices=args["req_pool_indices"],
+        prefix_lens=lens - 1,
+        extend_lens=torch.ones_like(lens),
+        sm_scale=args["sm_scale"],
+    )
     assert ext.dtype == dec.dtype == dtype
     atol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(ext.float(), dec.float(), atol=atol, rtol=atol)

@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 import torch
-
 from helpers import get_engine, hf_greedy, hf_logprobs
+
 from radixlm.runtime.layers.sampling import SamplingBatch, SamplingParams, apply_penalties, sample
 
 CPU = torch.device("cpu")
@@ -61,19 +61,29 @@ def test_greedy_is_argmax_even_next_to_sampling_rows():
     expected = logits.argmax(-1).tolist()
     greedy = SamplingParams(temperature=0.0)
     assert sample(logits.clone(), build([greedy] * 6, vocab=40)).tolist() == expected
-    mixed = [greedy, SamplingParams(temperature=1.0), greedy, SamplingParams(temperature=0.7, top_k=3),
-             greedy, SamplingParams(temperature=1.3, top_p=0.5)]
+    mixed = [
+        greedy,
+        SamplingParams(temperature=1.0),
+        greedy,
+        SamplingParams(temperature=0.7, top_k=3),
+        greedy,
+        SamplingParams(temperature=1.3, top_p=0.5),
+    ]
     got = sample(logits.clone(), build(mixed, vocab=40)).tolist()
     for i in (0, 2, 4):
         assert got[i] == expected[i]
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=1.0, top_k=1),
-    SamplingParams(temperature=1.0, min_p=1.0),
-    SamplingParams(temperature=1.0, top_p=1e-6),
-    SamplingParams(temperature=2.0, top_p=0.01, top_k=5),
-], ids=["top_k=1", "min_p=1", "tiny_top_p", "tiny_top_p+top_k"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0, top_k=1),
+        SamplingParams(temperature=1.0, min_p=1.0),
+        SamplingParams(temperature=1.0, top_p=1e-6),
+        SamplingParams(temperature=2.0, top_p=0.01, top_k=5),
+    ],
+    ids=["top_k=1", "min_p=1", "tiny_top_p", "tiny_top_p+top_k"],
+)
 def test_degenerate_filters_give_argmax(params):
     gen = torch.Generator().manual_seed(1)
     row = torch.randn(30, generator=gen) * 0.3  # flat: without the filter, draws would vary
@@ -141,7 +151,11 @@ def test_frequency_and_presence_penalties_count_output_tokens_only():
 def test_penalties_touch_only_their_own_rows():
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(3, 12, generator=gen)
-    params = [SamplingParams(), SamplingParams(frequency_penalty=1.0, repetition_penalty=1.5), SamplingParams()]
+    params = [
+        SamplingParams(),
+        SamplingParams(frequency_penalty=1.0, repetition_penalty=1.5),
+        SamplingParams(),
+    ]
     sb = build(params, prompts=[[1, 2], [3, 4], [5, 6]], outputs=[[7, 7], [8, 8], [9]], vocab=12)
     got = apply_penalties(logits.clone(), sb)
     torch.testing.assert_close(got[0], logits[0])
@@ -187,8 +201,11 @@ def test_same_seed_and_step_give_the_same_sample_whatever_the_batch():
     flat = torch.randn(V, generator=gen) * 0.2
     others = torch.randn(4, V, generator=gen) * 3
     me = SamplingParams(temperature=1.0, top_p=0.9)
-    neighbours = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.5, top_k=4),
-                  SamplingParams(temperature=1.2, min_p=0.1, frequency_penalty=0.5)]
+    neighbours = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.5, top_k=4),
+        SamplingParams(temperature=1.2, min_p=0.1, frequency_penalty=0.5),
+    ]
 
     def run(position: int, nb: list[SamplingParams], nb_seeds: list[int], nb_logits: torch.Tensor, step: int):
         params = list(nb)
@@ -222,8 +239,10 @@ def test_sampled_frequencies_match_softmax(temperature):
     expected = torch.softmax(logits / temperature, dim=-1).tolist()
     params = SamplingParams(temperature=temperature)
     n = 4000
-    for got in (draw(logits, params, seeds=range(n)),  # many seeds, one step
-                draw(logits, params, seeds=[77] * n, steps=list(range(n)))):  # one seed, many steps
+    for got in (
+        draw(logits, params, seeds=range(n)),  # many seeds, one step
+        draw(logits, params, seeds=[77] * n, steps=list(range(n))),
+    ):  # one seed, many steps
         counts = Counter(got)
         for tok, p in enumerate(expected):
             assert abs(counts[tok] / n - p) < 0.03, (tok, counts[tok] / n, p)
@@ -281,8 +300,9 @@ def test_seed_reproducible_and_independent_of_batch(llama):
     assert a["output_ids"] == b["output_ids"] and a["text"] == b["text"]
     assert c["output_ids"] != a["output_ids"]
     # the same seeded request inside a batch, beside other sampling and greedy requests
-    outs = llama.generate([" other words", PROMPT, "and a third"],
-                          [{**params, "seed": 5}, {**params, "seed": 1234}, greedy(10)])
+    outs = llama.generate(
+        [" other words", PROMPT, "and a third"], [{**params, "seed": 5}, {**params, "seed": 1234}, greedy(10)]
+    )
     assert outs[1]["output_ids"] == a["output_ids"]
 
 
@@ -323,8 +343,12 @@ def _pick_stop_string(tokenizer, ids: list[int], full: str) -> tuple[str, int]:
             continue
         for size in (3, 4, 2):
             stop = upto[-size:]
-            if len(stop) == size and stop.strip() == stop and full.find(stop) == len(upto) - size \
-                    and len(upto) - size >= len(before):
+            if (
+                len(stop) == size
+                and stop.strip() == stop
+                and full.find(stop) == len(upto) - size
+                and len(upto) - size >= len(before)
+            ):
                 return stop, k
     raise AssertionError(f"no usable stop string in {full!r}")
 
@@ -385,8 +409,9 @@ def test_eos_and_ignore_eos(llama):
     assert ignored["output_ids"] == ref
     assert ignored["meta_info"]["finish_reason"] == {"type": "length", "length": 12}
     # min_new_tokens applies to EOS as well
-    held = llama.generate(input_ids=EOS_PROMPT,
-                          sampling_params={"max_new_tokens": 12, "temperature": 0, "min_new_tokens": 10})
+    held = llama.generate(
+        input_ids=EOS_PROMPT, sampling_params={"max_new_tokens": 12, "temperature": 0, "min_new_tokens": 10}
+    )
     assert held["output_ids"][:EOS_AT] == ref[:EOS_AT]
     assert 0 not in held["output_ids"][:10] and 2 not in held["output_ids"][:10]
 
@@ -406,8 +431,9 @@ def test_logprobs_match_hf(arch):
     engine = get_engine(arch)
     rng = random.Random(sum(map(ord, arch)))
     ids = [rng.randrange(4, 8192) for _ in range(20)]
-    out = engine.generate(input_ids=ids, sampling_params=greedy(6), return_logprob=True,
-                          logprob_start_len=0, top_logprobs_num=5)
+    out = engine.generate(
+        input_ids=ids, sampling_params=greedy(6), return_logprob=True, logprob_start_len=0, top_logprobs_num=5
+    )
     meta = out["meta_info"]
     gen = out["output_ids"]
     ref = hf_logprobs(arch, ids + gen)
@@ -418,7 +444,7 @@ def test_logprobs_match_hf(arch):
     _check_entries(inp[1:], ref[: len(ids) - 1], ids[1:])
     # output: greedy tokens, each the argmax of HF's continuation
     outp = meta["output_token_logprobs"]
-    rows = ref[len(ids) - 1: len(ids) - 1 + len(gen)]
+    rows = ref[len(ids) - 1 : len(ids) - 1 + len(gen)]
     _check_entries(outp, rows, gen)
     assert gen == rows.argmax(-1).tolist()
     # top-5 lists, sorted, the first one the argmax (= the greedy token on the output side)
@@ -448,18 +474,20 @@ def test_logprobs_across_prefill_chunks():
     inp = out["meta_info"]["input_token_logprobs"]
     assert inp[0] == (None, ids[0])
     _check_entries(inp[1:], ref[: len(ids) - 1], ids[1:])
-    _check_entries(out["meta_info"]["output_token_logprobs"], ref[len(ids) - 1:], gen)
+    _check_entries(out["meta_info"]["output_token_logprobs"], ref[len(ids) - 1 :], gen)
 
 
 @pytest.mark.parametrize("start", [1, 5, 19])
 def test_logprob_start_len(llama, start):
     rng = random.Random(3)
     ids = [rng.randrange(4, 8192) for _ in range(20)]
-    out = llama.generate(input_ids=ids, sampling_params=greedy(2), return_logprob=True, logprob_start_len=start)
+    out = llama.generate(
+        input_ids=ids, sampling_params=greedy(2), return_logprob=True, logprob_start_len=start
+    )
     entries = out["meta_info"]["input_token_logprobs"]
     assert len(entries) == len(ids) - start
     ref = hf_logprobs("llama", ids)
-    _check_entries(entries, ref[start - 1: len(ids) - 1], ids[start:])
+    _check_entries(entries, ref[start - 1 : len(ids) - 1], ids[start:])
     assert "input_top_logprobs" not in out["meta_info"]  # top_logprobs_num = 0
 
 
@@ -469,7 +497,9 @@ def test_cached_prompt_still_gets_full_logprobs(llama):
     ref = hf_logprobs("llama", ids)
     llama.generate(input_ids=ids, sampling_params=greedy(3))  # put the prompt in the cache
     first = llama.generate(input_ids=ids, sampling_params=greedy(3), return_logprob=True, logprob_start_len=0)
-    second = llama.generate(input_ids=ids, sampling_params=greedy(3), return_logprob=True, logprob_start_len=0)
+    second = llama.generate(
+        input_ids=ids, sampling_params=greedy(3), return_logprob=True, logprob_start_len=0
+    )
     for out in (first, second):
         entries = out["meta_info"]["input_token_logprobs"]
         assert len(entries) == len(ids)
@@ -480,7 +510,8 @@ def test_cached_prompt_still_gets_full_logprobs(llama):
     assert a == pytest.approx(b, abs=1e-5)
     assert first["output_ids"] == second["output_ids"]
     assert [v for v, _ in first["meta_info"]["output_token_logprobs"]] == pytest.approx(
-        [v for v, _ in second["meta_info"]["output_token_logprobs"]], abs=1e-5)
+        [v for v, _ in second["meta_info"]["output_token_logprobs"]], abs=1e-5
+    )
     # a later start may reuse the cache, but never past the first position it must report
     late = llama.generate(input_ids=ids, sampling_params=greedy(3), return_logprob=True, logprob_start_len=10)
     assert late["meta_info"]["cached_tokens"] <= 9
@@ -489,12 +520,18 @@ def test_cached_prompt_still_gets_full_logprobs(llama):
 
 def test_logprobs_ignore_temperature_and_penalties(llama, prompt_ids):
     """Reported logprobs are the model's own log-softmax, whatever the sampling settings."""
-    params = {"max_new_tokens": 4, "temperature": 0.5, "seed": 3, "repetition_penalty": 1.3,
-              "frequency_penalty": 0.4, "ignore_eos": True}
+    params = {
+        "max_new_tokens": 4,
+        "temperature": 0.5,
+        "seed": 3,
+        "repetition_penalty": 1.3,
+        "frequency_penalty": 0.4,
+        "ignore_eos": True,
+    }
     out = llama.generate(PROMPT, params, return_logprob=True)
     gen = out["output_ids"]
     ref = hf_logprobs("llama", prompt_ids + gen)
-    _check_entries(out["meta_info"]["output_token_logprobs"], ref[len(prompt_ids) - 1:], gen)
+    _check_entries(out["meta_info"]["output_token_logprobs"], ref[len(prompt_ids) - 1 :], gen)
 
 
 @pytest.mark.parametrize("start", [None, -1])
@@ -519,7 +556,9 @@ def test_uniform_noise_stays_strictly_inside_zero_one_and_banned_tokens_are_neve
     logits = torch.randn(1, 8192)
     banned = torch.ones(1, 8192, dtype=torch.bool)
     banned[0, :5] = False
-    sb = SamplingBatch.build([SamplingParams(temperature=1.0)], [1060], [[1]], [[]], [[]], 8192, torch.device("cpu"))
+    sb = SamplingBatch.build(
+        [SamplingParams(temperature=1.0)], [1060], [[1]], [[]], [[]], 8192, torch.device("cpu")
+    )
     sb.vocab_mask = banned
     for step in range(200):
         sb.steps = torch.tensor([step])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from helpers import LocalRuntime, hf_greedy
 
 
@@ -72,7 +71,9 @@ def test_lpm_orders_longest_cached_prefix_first():
     generate(engine, hot, {"max_new_tokens": 0})
     cold = [ids_of(30, 20 + i) for i in range(3)]
     warm = hot + ids_of(4, 30)
-    order = engine.scheduler.policy.order([submit(engine, c, greedy()) for c in cold] + [submit(engine, warm, greedy())])
+    order = engine.scheduler.policy.order(
+        [submit(engine, c, greedy()) for c in cold] + [submit(engine, warm, greedy())]
+    )
     assert order[0].origin_input_ids == warm
     run_all(engine)
 

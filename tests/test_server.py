@@ -27,17 +27,29 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from helpers import get_engine
+from server_process import (
+    ServerProcess,
+    aiter_sse,
+    children_of,
+    descendants_of,
+    gone,
+    server_info,
+    sse_events,
+    wait_idle_and_kv_free,
+    wait_until,
+)
+
 from radixlm.testing import build_tiny_model
-from server_process import (ServerProcess, aiter_sse, children_of, descendants_of, gone, server_info, sse_events,
-                            wait_idle_and_kv_free, wait_until)
 
 GREEDY = {"temperature": 0}
 PROMPT = "The history of Python began"
 BASELINE_PROMPT = "Hello world, this is"
 BASELINE_TOKENS = 6
-MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colours."}]
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name three colours."},
+]
 
 
 # ---------------------------------------------------------------------------------------- fixtures
@@ -94,8 +106,11 @@ def baseline(server):
 
 
 def good_completion_text(srv: ServerProcess) -> str:
-    r = httpx.post(f"{srv.url}/v1/completions", timeout=30,
-                   json={"prompt": BASELINE_PROMPT, "max_tokens": BASELINE_TOKENS, **GREEDY})
+    r = httpx.post(
+        f"{srv.url}/v1/completions",
+        timeout=30,
+        json={"prompt": BASELINE_PROMPT, "max_tokens": BASELINE_TOKENS, **GREEDY},
+    )
     assert r.status_code == 200, r.text
     return r.json()["choices"][0]["text"]
 
@@ -107,8 +122,9 @@ def test_completion_greedy_matches_engine_with_usage(oai, ref):
     assert r.object == "text_completion" and r.model == "tiny"
     assert len(r.choices) == 1 and r.choices[0].index == 0
     assert r.choices[0].text == want["text"]
-    assert r.choices[0].finish_reason == ("length" if want["meta_info"]["finish_reason"]["type"] == "length"
-                                          else "stop")
+    assert r.choices[0].finish_reason == (
+        "length" if want["meta_info"]["finish_reason"]["type"] == "length" else "stop"
+    )
     assert r.usage.prompt_tokens == len(ref.tokenizer(PROMPT).input_ids) == want["meta_info"]["prompt_tokens"]
     assert r.usage.completion_tokens == len(want["output_ids"])
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
@@ -116,8 +132,16 @@ def test_completion_greedy_matches_engine_with_usage(oai, ref):
 
 def test_completion_stream_concatenates_to_the_full_text_and_reports_usage(oai, ref):
     full = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=12, temperature=0)
-    chunks = list(oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=12, temperature=0, stream=True,
-                                         stream_options={"include_usage": True}))
+    chunks = list(
+        oai.completions.create(
+            model="tiny",
+            prompt=PROMPT,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text_chunks = [c for c in chunks if c.choices]
     assert len(text_chunks) >= 2, "the completion did not stream in pieces"
     assert "".join(c.choices[0].text for c in text_chunks) == full.choices[0].text
@@ -128,9 +152,14 @@ def test_completion_stream_concatenates_to_the_full_text_and_reports_usage(oai, 
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
     assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (
-        full.usage.prompt_tokens, full.usage.completion_tokens, full.usage.total_tokens)
+        full.usage.prompt_tokens,
+        full.usage.completion_tokens,
+        full.usage.total_tokens,
+    )
     # without include_usage no chunk carries usage
-    plain = list(oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=12, temperature=0, stream=True))
+    plain = list(
+        oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=12, temperature=0, stream=True)
+    )
     assert all(c.usage is None for c in plain) and all(c.choices for c in plain)
     assert "".join(c.choices[0].text for c in plain) == full.choices[0].text
 
@@ -142,7 +171,9 @@ def test_completion_n2_gives_two_choices(oai, ref):
     assert [c.text for c in r.choices] == [want, want]
     assert r.usage.completion_tokens == 2 * len(engine_greedy(ref, PROMPT, 8)["output_ids"])
     texts = {0: "", 1: ""}
-    for chunk in oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=0, n=2, stream=True):
+    for chunk in oai.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=8, temperature=0, n=2, stream=True
+    ):
         for c in chunk.choices:
             texts[c.index] += c.text
     assert texts == {0: want, 1: want}
@@ -151,15 +182,30 @@ def test_completion_n2_gives_two_choices(oai, ref):
 def test_completion_stop_string_is_trimmed(oai, ref):
     full = engine_greedy(ref, PROMPT, 16, ignore_eos=True)["text"]
     mid = len(full) // 2
-    stop = full[mid:mid + 3]
+    stop = full[mid : mid + 3]
     assert stop.strip(), f"choose another stop: {full!r}"
-    expected = full[:full.find(stop)]
-    r = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=16, temperature=0, stop=[stop],
-                               extra_body={"ignore_eos": True})
+    expected = full[: full.find(stop)]
+    r = oai.completions.create(
+        model="tiny",
+        prompt=PROMPT,
+        max_tokens=16,
+        temperature=0,
+        stop=[stop],
+        extra_body={"ignore_eos": True},
+    )
     assert r.choices[0].text == expected, (full, stop)
     assert r.choices[0].finish_reason == "stop"
-    streamed = list(oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=16, temperature=0, stop=stop,
-                                           stream=True, extra_body={"ignore_eos": True}))
+    streamed = list(
+        oai.completions.create(
+            model="tiny",
+            prompt=PROMPT,
+            max_tokens=16,
+            temperature=0,
+            stop=stop,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in streamed) == expected
     assert streamed[-1].choices[0].finish_reason == "stop"
 
@@ -181,10 +227,16 @@ def test_completion_logprobs_are_shaped_right(oai):
         assert "".join(lp.tokens) == choice.text
     # streamed: every chunk carries a logprobs block of the same shape (their sum is checked, under load,
     # by test_streamed_logprobs_add_up_to_the_non_streamed_ones)
-    for chunk in oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2,
-                                        stream=True):
+    for chunk in oai.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2, stream=True
+    ):
         block = chunk.choices[0].logprobs
-        assert len(block.tokens) == len(block.token_logprobs) == len(block.text_offset) == len(block.top_logprobs)
+        assert (
+            len(block.tokens)
+            == len(block.token_logprobs)
+            == len(block.text_offset)
+            == len(block.top_logprobs)
+        )
         assert len(block.tokens) >= 1
     # no logprobs asked: none given
     assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).choices[0].logprobs is None
@@ -199,7 +251,7 @@ def assert_offsets_fit(text: str, lp) -> None:
     """Each token's text_offset is where its text starts in the returned text."""
     assert lp.text_offset == sorted(lp.text_offset)
     for tok, off in zip(lp.tokens, lp.text_offset):
-        assert text[off:off + len(tok)] == tok, (tok, off, text)
+        assert text[off : off + len(tok)] == tok, (tok, off, text)
 
 
 def test_completion_echo_returns_the_prompt_then_the_completion(oai, ref):
@@ -222,8 +274,13 @@ def test_completion_echo_returns_the_prompt_then_the_completion(oai, ref):
     r = oai.completions.create(model="tiny", prompt=ids, max_tokens=6, temperature=0, echo=True)
     assert r.choices[0].text == ref.tokenizer.decode(ids) + want
     # streamed: the echoed prompt leads the first chunk, the rest is the completion
-    chunks = [c for c in oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, echo=True,
-                                                stream=True) if c.choices]
+    chunks = [
+        c
+        for c in oai.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, echo=True, stream=True
+        )
+        if c.choices
+    ]
     assert chunks[0].choices[0].text.startswith(PROMPT)
     assert "".join(c.choices[0].text for c in chunks) == PROMPT + want
 
@@ -238,14 +295,19 @@ def test_completion_echo_with_logprobs_scores_the_prompt_like_the_engine(oai, re
     assert lp.tokens == [ref.tokenizer.decode([t]) for t in ids]
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
     assert lp.token_logprobs[1:] == pytest.approx(want_prompt[1:], abs=1e-4)
-    assert all(len(top) == 1 and max(top.values()) >= v - 1e-5 for top, v in zip(lp.top_logprobs[1:],
-                                                                                  lp.token_logprobs[1:]))
+    assert all(
+        len(top) == 1 and max(top.values()) >= v - 1e-5
+        for top, v in zip(lp.top_logprobs[1:], lp.token_logprobs[1:])
+    )
     assert lp.text_offset[0] == 0
     assert_offsets_fit(r.choices[0].text, lp)
     # with a completion: the prompt's entries, then exactly the non-echoed request's entries
-    plain = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2).choices[0]
-    echoed = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2,
-                                    echo=True).choices[0]
+    plain = oai.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2
+    ).choices[0]
+    echoed = oai.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2, echo=True
+    ).choices[0]
     n = len(ids)
     assert echoed.text == PROMPT + plain.text
     assert echoed.logprobs.tokens == lp.tokens + plain.logprobs.tokens
@@ -256,8 +318,9 @@ def test_completion_echo_with_logprobs_scores_the_prompt_like_the_engine(oai, re
     assert_offsets_fit(echoed.text, echoed.logprobs)
     # streamed: the chunks' entries add up to the non-streamed ones
     tokens, values, offsets = [], [], []
-    for chunk in oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2,
-                                        echo=True, stream=True):
+    for chunk in oai.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2, echo=True, stream=True
+    ):
         block = chunk.choices[0].logprobs
         tokens += block.tokens
         values += block.token_logprobs
@@ -282,8 +345,16 @@ def test_chat_greedy_matches_engine_on_the_chat_template(oai, ref):
 
 def test_chat_stream_concatenates_and_reports_usage(oai):
     full = oai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=10, temperature=0)
-    chunks = list(oai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=10, temperature=0,
-                                              stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        oai.chat.completions.create(
+            model="tiny",
+            messages=MESSAGES,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].object == "chat.completion.chunk"
     assert chunks[0].choices[0].delta.role == "assistant"
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -303,8 +374,9 @@ def test_chat_n2_and_logprobs(oai):
     assert [c.message.content for c in r.choices] == [text, text]
     assert r.usage.completion_tokens == 2 * full.usage.completion_tokens
 
-    lp = oai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, temperature=0, logprobs=True,
-                                     top_logprobs=2)
+    lp = oai.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2
+    )
     content = lp.choices[0].logprobs.content
     assert len(content) == lp.usage.completion_tokens
     for entry in content:
@@ -316,21 +388,36 @@ def test_chat_n2_and_logprobs(oai):
     if "\ufffd" not in text:
         assert "".join(e.token for e in content) == text
     # logprobs without top_logprobs: entries with empty top lists; none asked: None
-    plain = oai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3, temperature=0, logprobs=True)
+    plain = oai.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=3, temperature=0, logprobs=True
+    )
     assert all(e.top_logprobs == [] for e in plain.choices[0].logprobs.content)
-    assert oai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3).choices[0].logprobs is None
+    assert (
+        oai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3).choices[0].logprobs is None
+    )
 
 
 def test_streamed_logprobs_add_up_to_the_non_streamed_ones(server):
     """Under load (64 concurrent streams, up to 3 rounds), each stream's logprob tokens concatenate to the
     non-streamed request's logprob tokens, once each."""
+
     def spec(i: int) -> tuple[str, dict]:
         if i % 2:
-            return "/v1/chat/completions", {"messages": [{"role": "user", "content": f"{PROMPT} {i}"}],
-                                            "max_tokens": 24, "logprobs": True, "top_logprobs": 2,
-                                            "ignore_eos": True, **GREEDY}
-        return "/v1/completions", {"prompt": f"{PROMPT} {i}", "max_tokens": 24, "logprobs": 2, "ignore_eos": True,
-                                   **GREEDY}
+            return "/v1/chat/completions", {
+                "messages": [{"role": "user", "content": f"{PROMPT} {i}"}],
+                "max_tokens": 24,
+                "logprobs": True,
+                "top_logprobs": 2,
+                "ignore_eos": True,
+                **GREEDY,
+            }
+        return "/v1/completions", {
+            "prompt": f"{PROMPT} {i}",
+            "max_tokens": 24,
+            "logprobs": 2,
+            "ignore_eos": True,
+            **GREEDY,
+        }
 
     def tokens_of(choice: dict) -> list[str]:
         lp = choice["logprobs"]
@@ -354,26 +441,40 @@ def test_streamed_logprobs_add_up_to_the_non_streamed_ones(server):
         return got
 
     async def main():
-        async with httpx.AsyncClient(base_url=server.url, timeout=60,
-                                     limits=httpx.Limits(max_connections=100)) as client:
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=100)
+        ) as client:
             want = await asyncio.wait_for(asyncio.gather(*(whole(client, i) for i in range(64))), timeout=60)
             bad: list = []
             for rounds in range(1, 4):  # bounded: stop at the first round that shows a difference
-                got = await asyncio.wait_for(asyncio.gather(*(streamed(client, i) for i in range(64))), timeout=60)
+                got = await asyncio.wait_for(
+                    asyncio.gather(*(streamed(client, i) for i in range(64))), timeout=60
+                )
                 bad = [(spec(i)[0], len(g), len(w)) for i, (g, w) in enumerate(zip(got, want)) if g != w]
                 if bad:
                     break
             return bad, rounds
 
     bad, rounds = asyncio.run(main())
-    assert not bad, (f"round {rounds}: {len(bad)}/64 streams' logprob tokens differ from the non-streamed ones "
-                     f"(path, streamed count, expected count): {bad[:6]}")
+    assert not bad, (
+        f"round {rounds}: {len(bad)}/64 streams' logprob tokens differ from the non-streamed ones "
+        f"(path, streamed count, expected count): {bad[:6]}"
+    )
 
 
 # ======================================================================================== 2. concurrency
-PROMPTS = ["Once upon a time", "The capital of France", "def fibonacci(n):", "In 1492, Columbus",
-           "Water boils at", "import numpy as np", "The quick brown fox", "SELECT * FROM",
-           "My favourite colour is", "Tokyo is a city"]
+PROMPTS = [
+    "Once upon a time",
+    "The capital of France",
+    "def fibonacci(n):",
+    "In 1492, Columbus",
+    "Water boils at",
+    "import numpy as np",
+    "The quick brown fox",
+    "SELECT * FROM",
+    "My favourite colour is",
+    "Tokyo is a city",
+]
 
 
 def test_200_concurrent_streams_match_their_non_streamed_twins(server):
@@ -383,8 +484,12 @@ def test_200_concurrent_streams_match_their_non_streamed_twins(server):
         max_tokens = rng.randint(4, 16)
         prompt = PROMPTS[i % len(PROMPTS)] + " " * (i % 3)
         if i % 4 == 3:
-            specs.append(("/v1/chat/completions",
-                          {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, **GREEDY}))
+            specs.append(
+                (
+                    "/v1/chat/completions",
+                    {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, **GREEDY},
+                )
+            )
         else:
             specs.append(("/v1/completions", {"prompt": prompt, "max_tokens": max_tokens, **GREEDY}))
 
@@ -412,8 +517,9 @@ def test_200_concurrent_streams_match_their_non_streamed_twins(server):
 
     async def main():
         limits = httpx.Limits(max_connections=450, max_keepalive_connections=450)
-        async with httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(60, connect=30),
-                                     limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=httpx.Timeout(60, connect=30), limits=limits
+        ) as client:
             jobs = [streamed(client, p, b) for p, b in specs] + [whole(client, p, b) for p, b in specs]
             return await asyncio.wait_for(asyncio.gather(*jobs), timeout=120)
 
@@ -422,7 +528,9 @@ def test_200_concurrent_streams_match_their_non_streamed_twins(server):
     elapsed = time.monotonic() - started
     streams, wholes = results[:200], results[200:]
     mismatches = [(i, specs[i], s, w) for i, (s, (w, _)) in enumerate(zip(streams, wholes)) if s != w]
-    assert not mismatches, f"{len(mismatches)} streams differ from their non-streamed twin, e.g. {mismatches[:3]}"
+    assert not mismatches, (
+        f"{len(mismatches)} streams differ from their non-streamed twin, e.g. {mismatches[:3]}"
+    )
     for (path, body), (_, n_tokens) in zip(specs, wholes):
         assert 1 <= n_tokens <= body["max_tokens"]
     # the same (prompt, length) gives the same text whichever request it was
@@ -450,8 +558,10 @@ def test_generate_non_stream(http, ref):
     assert meta["finish_reason"] == want["meta_info"]["finish_reason"]
     # the same by token ids, with logprobs
     ids = ref.tokenizer(PROMPT).input_ids
-    r = http.post("/generate", json={"input_ids": ids, "sampling_params": params, "return_logprob": True,
-                                     "top_logprobs_num": 2})
+    r = http.post(
+        "/generate",
+        json={"input_ids": ids, "sampling_params": params, "return_logprob": True, "top_logprobs_num": 2},
+    )
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["output_ids"] == want["output_ids"]
@@ -462,8 +572,12 @@ def test_generate_non_stream(http, ref):
 def test_generate_stream_sends_cumulative_text_then_done(server, ref):
     params = {"max_new_tokens": 10, **GREEDY}
     want = ref.generate(PROMPT, params)
-    with httpx.stream("POST", f"{server.url}/generate", timeout=60,
-                      json={"text": PROMPT, "sampling_params": params, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        f"{server.url}/generate",
+        timeout=60,
+        json={"text": PROMPT, "sampling_params": params, "stream": True},
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r)
@@ -472,7 +586,7 @@ def test_generate_stream_sends_cumulative_text_then_done(server, ref):
     assert len(chunks) >= 2
     for prev, cur in zip(chunks, chunks[1:]):
         assert cur["text"].startswith(prev["text"]), "stream text must be cumulative"
-        assert cur["output_ids"][:len(prev["output_ids"])] == prev["output_ids"]
+        assert cur["output_ids"][: len(prev["output_ids"])] == prev["output_ids"]
     assert chunks[-1]["text"] == want["text"]
     assert chunks[-1]["output_ids"] == want["output_ids"]
     assert chunks[-1]["meta_info"]["finish_reason"] == want["meta_info"]["finish_reason"]
@@ -516,15 +630,33 @@ BAD_ROWS = [
     Bad("body is a JSON list", "/v1/completions", [1, 2], "body"),
     Bad("max_tokens wrong type", "/v1/completions", {**CMPL_OK, "max_tokens": "lots"}, "max_tokens"),
     Bad("temperature wrong type", "/v1/completions", {**CMPL_OK, "temperature": "hot"}, "temperature"),
-    Bad("chat temperature wrong type", "/v1/chat/completions", {**CHAT_OK, "temperature": "hot"}, "temperature"),
+    Bad(
+        "chat temperature wrong type",
+        "/v1/chat/completions",
+        {**CHAT_OK, "temperature": "hot"},
+        "temperature",
+    ),
     Bad("messages not a list", "/v1/chat/completions", {"messages": "hi"}, "messages"),
     Bad("empty messages", "/v1/chat/completions", {"messages": []}, "messages"),
     Bad("unknown role", "/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, "role"),
-    Bad("prompt over context (completions)", "/v1/completions", {"prompt": LONG_IDS, "max_tokens": 4}, "too long"),
-    Bad("prompt over context (generate)", "/generate",
-        {"input_ids": LONG_IDS, "sampling_params": {"max_new_tokens": 4}}, "too long"),
-    Bad("prompt over context (generate text)", "/generate",
-        {"text": "hello " * 3000, "sampling_params": {"max_new_tokens": 4}}, "too long"),
+    Bad(
+        "prompt over context (completions)",
+        "/v1/completions",
+        {"prompt": LONG_IDS, "max_tokens": 4},
+        "too long",
+    ),
+    Bad(
+        "prompt over context (generate)",
+        "/generate",
+        {"input_ids": LONG_IDS, "sampling_params": {"max_new_tokens": 4}},
+        "too long",
+    ),
+    Bad(
+        "prompt over context (generate text)",
+        "/generate",
+        {"text": "hello " * 3000, "sampling_params": {"max_new_tokens": 4}},
+        "too long",
+    ),
     # the message names the engine's field (max_new_tokens) for OpenAI's max_tokens
     Bad("negative max_tokens", "/v1/completions", {**CMPL_OK, "max_tokens": -1}, "max_"),
     Bad("negative chat max_tokens", "/v1/chat/completions", {**CHAT_OK, "max_tokens": -5}, "max_"),
@@ -536,56 +668,109 @@ BAD_ROWS = [
     Bad("top_k = 0", "/v1/completions", {**CMPL_OK, "top_k": 0}, "top_k"),
     Bad("empty stop string", "/v1/completions", {**CMPL_OK, "stop": [""]}, "stop"),
     Bad("logprobs > 20", "/v1/completions", {**CMPL_OK, "logprobs": 21}, "logprobs"),
-    Bad("top_logprobs > 20", "/v1/chat/completions", {**CHAT_OK, "logprobs": True, "top_logprobs": 21},
-        "top_logprobs"),
-    Bad("input_ids outside the vocab", "/v1/completions", {"prompt": [5, 8192], "max_tokens": 2}, "input_ids"),
+    Bad(
+        "top_logprobs > 20",
+        "/v1/chat/completions",
+        {**CHAT_OK, "logprobs": True, "top_logprobs": 21},
+        "top_logprobs",
+    ),
+    Bad(
+        "input_ids outside the vocab", "/v1/completions", {"prompt": [5, 8192], "max_tokens": 2}, "input_ids"
+    ),
     Bad("empty prompt", "/v1/completions", {"prompt": "", "max_tokens": 2}, "empty"),
     Bad("empty prompt list", "/v1/completions", {"prompt": [], "max_tokens": 2}, "prompt"),
     Bad("missing prompt", "/v1/completions", {"max_tokens": 2}, "prompt"),
-    Bad("unknown sampling param (generate)", "/generate",
-        {"text": "hi", "sampling_params": {"max_new_tokens": 2, "max_tokens": 2}}, "unknown sampling parameter"),
+    Bad(
+        "unknown sampling param (generate)",
+        "/generate",
+        {"text": "hi", "sampling_params": {"max_new_tokens": 2, "max_tokens": 2}},
+        "unknown sampling parameter",
+    ),
     Bad("unknown top-level field (generate)", "/generate", {"text": "hi", "sampling": {}}, "sampling"),
     Bad("neither text nor input_ids (generate)", "/generate", {"sampling_params": {}}, "text or input_ids"),
     Bad("both text and input_ids (generate)", "/generate", {"text": "hi", "input_ids": [5]}, "exactly one"),
-    Bad("stream with n=2 (generate)", "/generate",
-        {"text": "hi", "sampling_params": {"n": 2, "max_new_tokens": 2}, "stream": True}, "stream"),
+    Bad(
+        "stream with n=2 (generate)",
+        "/generate",
+        {"text": "hi", "sampling_params": {"n": 2, "max_new_tokens": 2}, "stream": True},
+        "stream",
+    ),
     Bad("suffix", "/v1/completions", {**CMPL_OK, "suffix": "end"}, "suffix"),
     Bad("logit_bias", "/v1/completions", {**CMPL_OK, "logit_bias": {"5": 10}}, "logit_bias"),
     Bad("chat logit_bias", "/v1/chat/completions", {**CHAT_OK, "logit_bias": {"5": 10}}, "logit_bias"),
-    Bad("tools", "/v1/chat/completions",
-        {**CHAT_OK, "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-    Bad("response_format json_schema without a schema", "/v1/chat/completions",
-        {**CHAT_OK, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "json_schema"),
-    Bad("response_format of an unknown type", "/v1/completions", {**CMPL_OK, "response_format": {"type": "xml"}},
-        "response_format type"),
-    Bad("response_format and regex", "/v1/completions",
-        {**CMPL_OK, "response_format": {"type": "json_object"}, "regex": "a+"}, "at most one"),
+    Bad(
+        "tools",
+        "/v1/chat/completions",
+        {**CHAT_OK, "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        "tools",
+    ),
+    Bad(
+        "response_format json_schema without a schema",
+        "/v1/chat/completions",
+        {**CHAT_OK, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+        "json_schema",
+    ),
+    Bad(
+        "response_format of an unknown type",
+        "/v1/completions",
+        {**CMPL_OK, "response_format": {"type": "xml"}},
+        "response_format type",
+    ),
+    Bad(
+        "response_format and regex",
+        "/v1/completions",
+        {**CMPL_OK, "response_format": {"type": "json_object"}, "regex": "a+"},
+        "at most one",
+    ),
     Bad("invalid regex", "/v1/completions", {**CMPL_OK, "regex": "(a"}, "invalid regex"),
-    Bad("regex the automaton cannot build", "/v1/completions", {**CMPL_OK, "regex": "(?=a)b"}, "cannot compile regex"),
-    Bad("unsupported json_schema type", "/v1/chat/completions",
-        {**CHAT_OK, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "x"}}}},
-        "unsupported json_schema"),
-    Bad("json_schema not JSON (generate)", "/generate",
-        {"text": "hi", "sampling_params": {"json_schema": "{nope"}}, "not valid JSON"),
+    Bad(
+        "regex the automaton cannot build",
+        "/v1/completions",
+        {**CMPL_OK, "regex": "(?=a)b"},
+        "cannot compile regex",
+    ),
+    Bad(
+        "unsupported json_schema type",
+        "/v1/chat/completions",
+        {
+            **CHAT_OK,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "x"}}},
+        },
+        "unsupported json_schema",
+    ),
+    Bad(
+        "json_schema not JSON (generate)",
+        "/generate",
+        {"text": "hi", "sampling_params": {"json_schema": "{nope"}},
+        "not valid JSON",
+    ),
 ]
 
 
 @pytest.mark.parametrize("row", BAD_ROWS, ids=[r.id for r in BAD_ROWS])
 def test_bad_request_is_refused_by_name_and_the_server_carries_on(server, baseline, row):
-    kw = {"content": row.body, "headers": {"content-type": "application/json"}} if isinstance(row.body, bytes) \
+    kw = (
+        {"content": row.body, "headers": {"content-type": "application/json"}}
+        if isinstance(row.body, bytes)
         else {"json": row.body}
+    )
     r = httpx.post(f"{server.url}{row.path}", timeout=30, **kw)
     assert r.status_code == row.status, f"{row.id}: {r.status_code} {r.text[:500]}"
     err = r.json()["error"]
-    assert row.keyword.lower() in err["message"].lower(), f"{row.id}: message does not name it: {err['message']!r}"
+    assert row.keyword.lower() in err["message"].lower(), (
+        f"{row.id}: message does not name it: {err['message']!r}"
+    )
     assert err["code"] == row.status and err["type"]
     assert good_completion_text(server) == baseline
 
 
 def test_unknown_model_name_is_accepted(server, baseline):
     """One server serves one model: any `model` name is accepted, echoed back, and served by it."""
-    r = httpx.post(f"{server.url}/v1/completions", timeout=30,
-                   json={"model": "no-such-model", "prompt": BASELINE_PROMPT, "max_tokens": BASELINE_TOKENS, **GREEDY})
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        timeout=30,
+        json={"model": "no-such-model", "prompt": BASELINE_PROMPT, "max_tokens": BASELINE_TOKENS, **GREEDY},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["model"] == "no-such-model"
     assert r.json()["choices"][0]["text"] == baseline
@@ -618,7 +803,11 @@ def test_metrics_are_prometheus_text(http):
     assert "# TYPE radixlm_time_to_first_token_seconds histogram" in body
     assert "radixlm_time_to_first_token_seconds_count" in body
     assert "radixlm_requests_total" in body
-    totals = [float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith("radixlm_requests_total")]
+    totals = [
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("radixlm_requests_total")
+    ]
     assert sum(totals) >= 1
 
 
@@ -630,8 +819,12 @@ def _big_body() -> bytes:
 
 
 def test_body_over_32mib_is_refused_with_413(server, baseline):
-    r = httpx.post(f"{server.url}/v1/completions", content=_big_body(), timeout=60,
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        content=_big_body(),
+        timeout=60,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413, r.text[:300]
     assert "body" in r.json()["error"]["message"]
     assert good_completion_text(server) == baseline
@@ -642,10 +835,14 @@ def test_chunked_body_over_32mib_is_refused_with_413(server):
 
     def chunks():
         for i in range(0, len(big), 1 << 20):
-            yield big[i:i + (1 << 20)]
+            yield big[i : i + (1 << 20)]
 
-    r = httpx.post(f"{server.url}/v1/completions", content=chunks(), timeout=60,
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        content=chunks(),
+        timeout=60,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413, f"a {len(big)}-byte chunked body got {r.status_code}: {r.text[:200]}"
 
 
@@ -669,11 +866,20 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 def test_api_key_is_required_except_for_health(keyed_server):
     url = keyed_server.url
     body = {"prompt": "hi", "max_tokens": 2}
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY},
-                    {"Authorization": f"Basic {API_KEY}"}):
-        for method, path, kw in (("GET", "/v1/models", {}), ("POST", "/v1/completions", {"json": body}),
-                                 ("POST", "/generate", {"json": {"text": "hi"}}), ("GET", "/server_info", {}),
-                                 ("GET", "/metrics", {}), ("POST", "/flush_cache", {})):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": API_KEY},
+        {"Authorization": f"Basic {API_KEY}"},
+    ):
+        for method, path, kw in (
+            ("GET", "/v1/models", {}),
+            ("POST", "/v1/completions", {"json": body}),
+            ("POST", "/generate", {"json": {"text": "hi"}}),
+            ("GET", "/server_info", {}),
+            ("GET", "/metrics", {}),
+            ("POST", "/flush_cache", {}),
+        ):
             r = httpx.request(method, url + path, headers=headers, timeout=30, **kw)
             assert r.status_code == 401, (headers, path, r.status_code, r.text)
             assert "api key" in r.json()["error"]["message"].lower()
@@ -722,13 +928,18 @@ def test_client_disconnect_while_waiting_for_a_non_streamed_result_aborts(server
     before = wait_idle_and_kv_free(server)["generated_tokens"]
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.5 s and closes the connection
-        httpx.post(f"{server.url}/v1/completions", timeout=httpx.Timeout(10, read=0.5),
-                   json={"prompt": "Once upon a time", "max_tokens": max_tokens, "ignore_eos": True, **GREEDY})
+        httpx.post(
+            f"{server.url}/v1/completions",
+            timeout=httpx.Timeout(10, read=0.5),
+            json={"prompt": "Once upon a time", "max_tokens": max_tokens, "ignore_eos": True, **GREEDY},
+        )
     # bounded either way: an aborted request stops at once, a leaked one runs its tokens out
     info = wait_idle_and_kv_free(server, timeout=60)
     generated = info["generated_tokens"] - before
-    assert generated < max_tokens, (f"the abandoned request generated all {generated} tokens "
-                                    f"({time.monotonic() - started:.1f}s) instead of being aborted")
+    assert generated < max_tokens, (
+        f"the abandoned request generated all {generated} tokens "
+        f"({time.monotonic() - started:.1f}s) instead of being aborted"
+    )
 
 
 # ======================================================================================== 8. scheduler killed
@@ -741,7 +952,13 @@ def test_killed_scheduler_fails_the_stream_fast_and_the_server_exits_cleanly(key
         pids = r.json()["process_ids"]
         kids = descendants_of(srv.proc.pid)
         assert set(pids.values()) <= kids, (pids, kids)
-        body = {"prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True, "stream": True, **GREEDY}
+        body = {
+            "prompt": "Once upon a time",
+            "max_tokens": 1500,
+            "ignore_eos": True,
+            "stream": True,
+            **GREEDY,
+        }
         events: list[str] = []
         error: BaseException | None = None
         killed_at = ended_at = 0.0
@@ -767,7 +984,9 @@ def test_killed_scheduler_fails_the_stream_fast_and_the_server_exits_cleanly(key
         error_events = [json.loads(e)["error"] for e in after if "error" in json.loads(e)]
         assert error_events or error is not None, f"no error reached the client: {events[-3:]}"
         if error_events:
-            assert "scheduler" in error_events[-1]["message"] and error_events[-1]["code"] == 503, error_events
+            assert "scheduler" in error_events[-1]["message"] and error_events[-1]["code"] == 503, (
+                error_events
+            )
         # the server exits on its own, non-zero, and takes every child with it
         try:
             code = srv.proc.wait(15)
@@ -775,8 +994,9 @@ def test_killed_scheduler_fails_the_stream_fast_and_the_server_exits_cleanly(key
             pytest.fail(f"radixlm serve still running 15s after its scheduler died:\n{srv.output()}")
         assert code != 0, srv.output()
         assert "scheduler" in srv.output()
-        assert wait_until(lambda: all(gone(p) for p in kids | set(pids.values())), 10), \
-            {p: gone(p) for p in kids | set(pids.values())}
+        assert wait_until(lambda: all(gone(p) for p in kids | set(pids.values())), 10), {
+            p: gone(p) for p in kids | set(pids.values())
+        }
         assert not children_of(srv.proc.pid)
     finally:
         srv.stop()

@@ -10,8 +10,8 @@ import random
 
 import pytest
 import torch.multiprocessing as mp
-
 from helpers import hf_greedy
+
 from radixlm.runtime.model_executor.distributed import TPGroup
 from radixlm.testing import build_tiny_model, tp_greedy_worker
 
@@ -25,8 +25,13 @@ def prompts() -> list[list[int]]:
 def test_tensor_parallel_greedy_equals_single_rank(arch, size, tmp_path):
     path = str(build_tiny_model(arch))
     ps = prompts()
-    mp.start_processes(tp_greedy_worker, args=(size, str(tmp_path / "init"), path, ps, 10, str(tmp_path)),
-                       nprocs=size, join=True, start_method="spawn")
+    mp.start_processes(
+        tp_greedy_worker,
+        args=(size, str(tmp_path / "init"), path, ps, 10, str(tmp_path)),
+        nprocs=size,
+        join=True,
+        start_method="spawn",
+    )
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(size)]
     expected = [hf_greedy(arch, ids, 10) for ids in ps]
     for r, out in enumerate(ranks):
@@ -59,11 +64,17 @@ def test_engine_with_two_ranks_serves_like_one():
         info = engine.get_server_info()
         assert info["tp_size"] == 2
         assert sum(name.startswith("scheduler") for name in engine.process_ids) == 2
-        outs = engine.generate(input_ids=ps, sampling_params={"max_new_tokens": 10, "temperature": 0,
-                                                              "ignore_eos": True})
+        outs = engine.generate(
+            input_ids=ps, sampling_params={"max_new_tokens": 10, "temperature": 0, "ignore_eos": True}
+        )
         assert [o["output_ids"] for o in outs] == [hf_greedy("llama", ids, 10) for ids in ps]
-        chunks = list(engine.generate(input_ids=ps[1], sampling_params={"max_new_tokens": 10, "temperature": 0,
-                                                                        "ignore_eos": True}, stream=True))
+        chunks = list(
+            engine.generate(
+                input_ids=ps[1],
+                sampling_params={"max_new_tokens": 10, "temperature": 0, "ignore_eos": True},
+                stream=True,
+            )
+        )
         assert [t for c in chunks for t in c["output_ids"]] == outs[1]["output_ids"]
         regex = "(red|green|blue)-[0-9]{3}"
         out = engine.generate("Colour code:", {"max_new_tokens": 20, "temperature": 0.8, "regex": regex})
@@ -87,14 +98,34 @@ def test_two_nodes_on_one_machine(tmp_path):
     path = str(build_tiny_model("llama"))
     common = dict(tp_size=2, nnodes=2, dist_init_addr=f"127.0.0.1:{port}", max_total_tokens=4000)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "serve", "--model", path, "--tp-size", "2", "--nnodes", "2",
-         "--node-rank", "1", "--dist-init-addr", common["dist_init_addr"], "--max-total-tokens", "4000"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "radixlm.runtime.entrypoints.cli",
+            "serve",
+            "--model",
+            path,
+            "--tp-size",
+            "2",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--dist-init-addr",
+            common["dist_init_addr"],
+            "--max-total-tokens",
+            "4000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         with Engine(path, **common) as engine:
             ps = prompts()[:2]
-            outs = engine.generate(input_ids=ps, sampling_params={"max_new_tokens": 8, "temperature": 0,
-                                                                  "ignore_eos": True})
+            outs = engine.generate(
+                input_ids=ps, sampling_params={"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}
+            )
             assert [o["output_ids"] for o in outs] == [hf_greedy("llama", ids, 8) for ids in ps]
         assert worker.wait(timeout=30) == 0  # rank 1 follows rank 0's shutdown
         assert "radixlm worker node 1/2 ready" in worker.stdout.read()
@@ -114,8 +145,12 @@ def test_online_fp8_with_two_ranks_agrees_with_the_unquantised_model():
     from test_fp8_model import agreement
 
     path = str(build_tiny_model("llama"))
-    top1, overlap = agreement(path, path, {"tp_size": 2, "quantization": "fp8", "max_total_tokens": 4000},
-                              {"quantization": "fp8", "tp_size": 2})
+    top1, overlap = agreement(
+        path,
+        path,
+        {"tp_size": 2, "quantization": "fp8", "max_total_tokens": 4000},
+        {"quantization": "fp8", "tp_size": 2},
+    )
     assert top1 >= 0.90 and overlap >= 0.85, (top1, overlap)
 
 
@@ -137,14 +172,17 @@ def test_fp8_checkpoint_with_two_ranks_serves_like_one(tmp_path):
 
     path = build_tiny_model("llama")
     fp8 = str(fp8_checkpoint(path, tmp_path / "fp8", [16, 16]))
-    top1, overlap = agreement(fp8, fp8, {"tp_size": 2, "max_total_tokens": 4000}, {"quantization": "fp8", "tp_size": 2})
+    top1, overlap = agreement(
+        fp8, fp8, {"tp_size": 2, "max_total_tokens": 4000}, {"quantization": "fp8", "tp_size": 2}
+    )
     assert top1 >= 0.98 and overlap >= 0.95, (top1, overlap)
 
 
 def test_fp8_checkpoint_whose_blocks_straddle_ranks_is_refused(tmp_path):
     """32-row blocks over TP=4: a rank's 16 rows of k_proj are half a block."""
-    from radixlm import Engine
     from test_fp8_model import fp8_checkpoint
+
+    from radixlm import Engine
 
     fp8 = str(fp8_checkpoint(build_tiny_model("llama"), tmp_path / "fp8", [32, 32]))
     with pytest.raises(Exception, match="not on weight_block_size 32 boundaries"):

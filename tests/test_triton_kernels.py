@@ -19,8 +19,8 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 
@@ -52,8 +52,16 @@ def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
 class Pool:
     """A KV pool whose requests own random, scattered slots; every unowned slot is poisoned."""
 
-    def __init__(self, lens: list[int], num_kv_heads: int, head_dim: int, dtype: torch.dtype, seed: int,
-                 num_rows: int = 12, device: str = DEVICE) -> None:
+    def __init__(
+        self,
+        lens: list[int],
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        seed: int,
+        num_rows: int = 12,
+        device: str = DEVICE,
+    ) -> None:
         g = torch.Generator().manual_seed(seed)
         total = sum(lens)
         num_slots = total + 37
@@ -68,7 +76,7 @@ class Pool:
         self.rows = rows.to(torch.int64)
         pos = 0
         for row, n in zip(rows.tolist(), lens):
-            slots = perm[pos: pos + n]
+            slots = perm[pos : pos + n]
             pos += n
             self.req_to_token[row, :n] = slots.to(torch.int32)
             owned[slots] = True
@@ -92,12 +100,21 @@ def test_decode_matches_reference(dtype, kv_heads, heads):
     pool = Pool(DECODE_LENS, kv_heads, head_dim, dtype, seed=heads * 10 + kv_heads)
     seq_lens = torch.tensor(DECODE_LENS)
     q = torch.randn(len(DECODE_LENS), heads, head_dim).to(dtype)
-    expected = ref.decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim ** -0.5)
+    expected = ref.decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim**-0.5)
     # 16 splits: more splits than 64-token tiles, so most splits are empty (lse = -inf)
     for splits in (1, 3, 16):
         out = torch.full_like(q, float("nan"))
-        decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim ** -0.5,
-                         num_kv_splits=splits, out=out)
+        decode_attention(
+            q,
+            pool.k,
+            pool.v,
+            pool.req_to_token,
+            pool.rows,
+            seq_lens,
+            head_dim**-0.5,
+            num_kv_splits=splits,
+            out=out,
+        )
         assert rel_err(out, expected) < TOL[dtype], (splits, rel_err(out, expected))
 
 
@@ -115,9 +132,20 @@ def test_decode_large_group_and_static_buffers():
     out = torch.full_like(q, float("nan"))
     part = torch.full((8, heads, 16, head_dim), float("nan"))
     lse = torch.full((8, heads, 16), float("nan"))
-    decode_attention(q, pool.k, pool.v, pool.req_to_token, rows, seq_lens, head_dim ** -0.5,
-                     num_kv_splits=splits, out=out, partial_out=part, partial_lse=lse)
-    expected = ref.decode_attention(q, pool.k, pool.v, pool.req_to_token, rows, seq_lens, head_dim ** -0.5)
+    decode_attention(
+        q,
+        pool.k,
+        pool.v,
+        pool.req_to_token,
+        rows,
+        seq_lens,
+        head_dim**-0.5,
+        num_kv_splits=splits,
+        out=out,
+        partial_out=part,
+        partial_lse=lse,
+    )
+    expected = ref.decode_attention(q, pool.k, pool.v, pool.req_to_token, rows, seq_lens, head_dim**-0.5)
     assert rel_err(out, expected) < TOL[dtype]
     # request 1 (one token) fills split 0 only; the others must say "empty"
     assert torch.isinf(lse[1, :, 1:splits]).all() and (lse[1, :, 1:splits] < 0).all()
@@ -128,10 +156,13 @@ def test_decode_zero_length_row_is_finite():
     pool = Pool([20, 20], 2, 64, torch.float32, seed=5)
     q = torch.randn(2, 4, 64)
     out = torch.full_like(q, float("nan"))
-    decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, torch.tensor(lens), 0.125,
-                     num_kv_splits=2, out=out)
+    decode_attention(
+        q, pool.k, pool.v, pool.req_to_token, pool.rows, torch.tensor(lens), 0.125, num_kv_splits=2, out=out
+    )
     assert torch.isfinite(out).all()
-    expected = ref.decode_attention(q[1:], pool.k, pool.v, pool.req_to_token, pool.rows[1:], torch.tensor(lens[1:]), 0.125)
+    expected = ref.decode_attention(
+        q[1:], pool.k, pool.v, pool.req_to_token, pool.rows[1:], torch.tensor(lens[1:]), 0.125
+    )
     assert rel_err(out[1:], expected) < 1e-5
 
 
@@ -158,14 +189,27 @@ def _extend_case(reqs, kv_heads, heads, head_dim, dtype, seed, config):
     # q, k, v as row-strided views of one fused qkv projection, as the model produces them
     qkv = torch.randn(total, (heads + 2 * kv_heads) * head_dim).to(dtype)
     q = qkv[:, : heads * head_dim].view(total, heads, head_dim)
-    k = qkv[:, heads * head_dim: (heads + kv_heads) * head_dim].view(total, kv_heads, head_dim)
-    v = qkv[:, (heads + kv_heads) * head_dim:].view(total, kv_heads, head_dim)
+    k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(total, kv_heads, head_dim)
+    v = qkv[:, (heads + kv_heads) * head_dim :].view(total, kv_heads, head_dim)
     prefix_lens, extend_lens = torch.tensor(prefix), torch.tensor(ext)
-    expected = ref.extend_attention(q, k, v, pool.k, pool.v, pool.req_to_token, pool.rows, prefix_lens,
-                                    extend_lens, head_dim ** -0.5)
+    expected = ref.extend_attention(
+        q, k, v, pool.k, pool.v, pool.req_to_token, pool.rows, prefix_lens, extend_lens, head_dim**-0.5
+    )
     out = torch.full((total, heads, head_dim), float("nan"), dtype=dtype)
-    extend_attention(q, k, v, pool.k, pool.v, pool.req_to_token, pool.rows, prefix_lens, extend_lens,
-                     head_dim ** -0.5, out=out, config=config)
+    extend_attention(
+        q,
+        k,
+        v,
+        pool.k,
+        pool.v,
+        pool.req_to_token,
+        pool.rows,
+        prefix_lens,
+        extend_lens,
+        head_dim**-0.5,
+        out=out,
+        config=config,
+    )
     return out, expected
 
 
@@ -173,7 +217,9 @@ def _extend_case(reqs, kv_heads, heads, head_dim, dtype, seed, config):
 @pytest.mark.parametrize("kv_heads,heads", GQA)
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_extend_matches_reference(dtype, kv_heads, heads, head_dim):
-    out, expected = _extend_case(EXTEND_REQS, kv_heads, heads, head_dim, dtype, seed=heads + head_dim, config=SMALL_TILES)
+    out, expected = _extend_case(
+        EXTEND_REQS, kv_heads, heads, head_dim, dtype, seed=heads + head_dim, config=SMALL_TILES
+    )
     assert rel_err(out, expected) < TOL[dtype]
 
 
@@ -186,10 +232,23 @@ def test_extend_default_tiles_and_explicit_metadata():
     q, k, v = torch.randn(total, 4, 64), torch.randn(total, 2, 64), torch.randn(total, 2, 64)
     prefix_lens, extend_lens = torch.tensor(prefix), torch.tensor(ext)
     start = torch.tensor([0, 100, 103, 103])
-    out = extend_attention(q, k, v, pool.k, pool.v, pool.req_to_token, pool.rows, prefix_lens, extend_lens,
-                           0.125, extend_start_loc=start, max_extend_len=100)
-    expected = ref.extend_attention(q, k, v, pool.k, pool.v, pool.req_to_token, pool.rows, prefix_lens,
-                                    extend_lens, 0.125)
+    out = extend_attention(
+        q,
+        k,
+        v,
+        pool.k,
+        pool.v,
+        pool.req_to_token,
+        pool.rows,
+        prefix_lens,
+        extend_lens,
+        0.125,
+        extend_start_loc=start,
+        max_extend_len=100,
+    )
+    expected = ref.extend_attention(
+        q, k, v, pool.k, pool.v, pool.req_to_token, pool.rows, prefix_lens, extend_lens, 0.125
+    )
     assert rel_err(out, expected) < 1e-5
 
 
@@ -244,13 +303,13 @@ def test_apply_rotary(dtype, head_dim):
     cos, sin = _rope_tables(head_dim, 512)
     positions = torch.randint(0, 512, (tokens,))
     qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim).to(dtype)
-    v_before = qkv[:, (heads + kv_heads) * head_dim:].clone()
+    v_before = qkv[:, (heads + kv_heads) * head_dim :].clone()
     q = qkv[:, : heads * head_dim].view(tokens, heads, head_dim)
-    k = qkv[:, heads * head_dim: (heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
+    k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
     exp_q, exp_k = ref.apply_rotary(positions, q, k, cos, sin)
     apply_rotary(positions, q, k, cos, sin)
     assert rel_err(q, exp_q) < TOL[dtype] and rel_err(k, exp_k) < TOL[dtype]
-    assert torch.equal(qkv[:, (heads + kv_heads) * head_dim:], v_before)  # v untouched
+    assert torch.equal(qkv[:, (heads + kv_heads) * head_dim :], v_before)  # v untouched
 
 
 def test_apply_rotary_matches_eager_formula_fp32():
@@ -258,8 +317,17 @@ def test_apply_rotary_matches_eager_formula_fp32():
     from radixlm.runtime.config import RopeConfig
     from radixlm.runtime.layers.decoder_blocks import RotaryEmbedding
 
-    rope = RotaryEmbedding(64, 256, RopeConfig(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                               high_freq_factor=4.0, original_max_position_embeddings=64))
+    rope = RotaryEmbedding(
+        64,
+        256,
+        RopeConfig(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=64,
+        ),
+    )
     positions = torch.randint(0, 256, (6,))
     q, k = torch.randn(6, 4, 64), torch.randn(6, 1, 64)
     cos, sin = rope.cos[positions][:, None, :], rope.sin[positions][:, None, :]
@@ -272,13 +340,15 @@ def test_apply_rotary_matches_eager_formula_fp32():
     assert rel_err(q, exp_q) < 1e-6 and rel_err(k, exp_k) < 1e-6
 
 
-@pytest.mark.parametrize("src_dtype,buf_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16),
-                                                 (torch.float16, torch.float16)])
+@pytest.mark.parametrize(
+    "src_dtype,buf_dtype",
+    [(torch.float32, torch.float32), (torch.float32, torch.float16), (torch.float16, torch.float16)],
+)
 def test_store_kv(src_dtype, buf_dtype):
     tokens, kv_heads, head_dim, slots_total = 6, 2, 64, 40
     kv = torch.randn(tokens, 2 * kv_heads * head_dim + 8).to(src_dtype)  # row-strided views
     k = kv[:, : kv_heads * head_dim].view(tokens, kv_heads, head_dim)
-    v = kv[:, kv_heads * head_dim: 2 * kv_heads * head_dim].view(tokens, kv_heads, head_dim)
+    v = kv[:, kv_heads * head_dim : 2 * kv_heads * head_dim].view(tokens, kv_heads, head_dim)
     kb = torch.randn(slots_total, kv_heads, head_dim).to(buf_dtype)
     vb = torch.randn(slots_total, kv_heads, head_dim).to(buf_dtype)
     exp_k, exp_v = kb.clone(), vb.clone()
@@ -310,15 +380,27 @@ def test_decode_reads_an_fp8_cache_with_scales(dtype):
     seq_lens = torch.tensor(DECODE_LENS)
     q = torch.randn(len(DECODE_LENS), heads, head_dim).to(dtype)
     k_scale, v_scale = 1 / 30.0, 0.05
-    expected = ref.decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim ** -0.5,
-                                    k_scale, v_scale)
+    expected = ref.decode_attention(
+        q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim**-0.5, k_scale, v_scale
+    )
     for splits in (1, 4):
         out = torch.full_like(q, float("nan"))
-        decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim ** -0.5,
-                         num_kv_splits=splits, out=out, k_scale=k_scale, v_scale=v_scale)
+        decode_attention(
+            q,
+            pool.k,
+            pool.v,
+            pool.req_to_token,
+            pool.rows,
+            seq_lens,
+            head_dim**-0.5,
+            num_kv_splits=splits,
+            out=out,
+            k_scale=k_scale,
+            v_scale=v_scale,
+        )
         assert rel_err(out, expected) < TOL[dtype], (splits, rel_err(out, expected))
     # the scales matter: without them the result is far off
-    plain = ref.decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim ** -0.5)
+    plain = ref.decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim**-0.5)
     assert rel_err(plain, expected) > 0.5
 
 
@@ -331,11 +413,37 @@ def test_extend_reads_an_fp8_prefix_with_scales(dtype):
     total = sum(ext)
     q, k, v = (torch.randn(total, h, head_dim).to(dtype) for h in (heads, kv_heads, kv_heads))
     prefix_lens, extend_lens = torch.tensor(prefix), torch.tensor(ext)
-    expected = ref.extend_attention(q, k, v, pool.k, pool.v, pool.req_to_token, pool.rows, prefix_lens,
-                                    extend_lens, head_dim ** -0.5, 1 / 30.0, 0.05)
+    expected = ref.extend_attention(
+        q,
+        k,
+        v,
+        pool.k,
+        pool.v,
+        pool.req_to_token,
+        pool.rows,
+        prefix_lens,
+        extend_lens,
+        head_dim**-0.5,
+        1 / 30.0,
+        0.05,
+    )
     out = torch.full((total, heads, head_dim), float("nan"), dtype=dtype)
-    extend_attention(q, k, v, pool.k, pool.v, pool.req_to_token, pool.rows, prefix_lens, extend_lens,
-                     head_dim ** -0.5, out=out, config=SMALL_TILES, k_scale=1 / 30.0, v_scale=0.05)
+    extend_attention(
+        q,
+        k,
+        v,
+        pool.k,
+        pool.v,
+        pool.req_to_token,
+        pool.rows,
+        prefix_lens,
+        extend_lens,
+        head_dim**-0.5,
+        out=out,
+        config=SMALL_TILES,
+        k_scale=1 / 30.0,
+        v_scale=0.05,
+    )
     assert rel_err(out, expected) < TOL[dtype]
 
 

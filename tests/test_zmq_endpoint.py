@@ -21,10 +21,10 @@ import time
 import msgspec
 import pytest
 import zmq
-
 from helpers import get_engine
-from radixlm.runtime.managers import messages as P
+
 from radixlm.client.runtime_client import RuntimeClient
+from radixlm.runtime.managers import messages as P
 from radixlm.testing import build_tiny_model
 
 PROMPT = "Once upon a time, in a land far away"
@@ -48,9 +48,21 @@ class Server:
             self.zmq_port = _free_port()
         self.address = f"tcp://127.0.0.1:{self.zmq_port}"
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        cmd = [sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "serve", "--model", str(build_tiny_model("llama")),
-               "--port", str(self.http_port), "--zmq-port", str(self.zmq_port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        cmd = [
+            sys.executable,
+            "-m",
+            "radixlm.runtime.entrypoints.cli",
+            "serve",
+            "--model",
+            str(build_tiny_model("llama")),
+            "--port",
+            str(self.http_port),
+            "--zmq-port",
+            str(self.zmq_port),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
         self.log: collections.deque[str] = collections.deque(maxlen=200)
         self._ready: queue.Queue = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -62,7 +74,9 @@ class Server:
             raise RuntimeError(f"server not ready in {READY_TIMEOUT_S}s:\n" + "".join(self.log)) from None
         if line is None:
             self.stop()
-            raise RuntimeError(f"server exited before ready (rc={self.proc.returncode}):\n" + "".join(self.log))
+            raise RuntimeError(
+                f"server exited before ready (rc={self.proc.returncode}):\n" + "".join(self.log)
+            )
         assert f"zmq {self.address}" in line, line
 
     def _read(self) -> None:
@@ -141,7 +155,9 @@ def test_generate_matches_engine(client):
     assert [t for _, t in got["meta_info"]["output_token_logprobs"]] == got["output_ids"]
     assert len(got["meta_info"]["input_token_logprobs"]) == len(ids)
     assert got["meta_info"]["input_token_logprobs"][0][0] is None
-    for (a, ta), (b, tb) in zip(got["meta_info"]["output_token_logprobs"], want["meta_info"]["output_token_logprobs"]):
+    for (a, ta), (b, tb) in zip(
+        got["meta_info"]["output_token_logprobs"], want["meta_info"]["output_token_logprobs"]
+    ):
         assert ta == tb and abs(a - b) < 1e-4
 
 
@@ -161,8 +177,16 @@ def test_stream_concatenates_to_non_stream(client):
 def test_server_info_and_flush_cache(client):
     client.generate(PROMPT, GREEDY)
     info = client.get_server_info()
-    for key in ("context_length", "max_total_tokens", "total_tokens", "free_tokens", "running", "waiting",
-                "finished_requests", "device"):
+    for key in (
+        "context_length",
+        "max_total_tokens",
+        "total_tokens",
+        "free_tokens",
+        "running",
+        "waiting",
+        "finished_requests",
+        "device",
+    ):
         assert key in info, info
     assert info["finished_requests"] >= 1 and info["device"] == "cpu"
     assert client.control("health") == {}
@@ -188,21 +212,24 @@ def test_concurrent_clients_from_threads(client):
     assert not errors and all(r == want["output_ids"] for r in results), (errors, results)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(prompt="", sampling_params=GREEDY), "empty"),
-    (dict(prompt=PROMPT, sampling_params={**GREEDY, "temperature": -1}), "temperature"),
-    (dict(prompt=PROMPT, sampling_params={**GREEDY, "n": 2}), "n == 1"),
-    (dict(prompt=PROMPT, sampling_params={**GREEDY, "bogus": 1}), "unknown sampling parameter.*bogus"),
-    (dict(prompt=PROMPT, sampling_params={**GREEDY, "max_new_tokens": "5"}), "max_new_tokens"),
-    (dict(prompt=PROMPT, sampling_params={**GREEDY, "stop": [""]}), "stop"),
-    (dict(sampling_params=GREEDY), "exactly one of prompt"),
-    (dict(prompt=PROMPT, input_ids=[5], sampling_params=GREEDY), "exactly one of prompt"),
-    (dict(input_ids=[5, 8192], sampling_params=GREEDY), "input_ids"),
-    (dict(input_ids=[], sampling_params=GREEDY), "empty"),
-    (dict(input_ids=[5] * 3000, sampling_params=GREEDY), "too long"),
-    (dict(prompt=PROMPT, sampling_params=GREEDY, logprob_start_len=999), "logprob_start_len"),
-    (dict(prompt=PROMPT, sampling_params=GREEDY, top_logprobs_num=-1), "top_logprobs_num"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(prompt="", sampling_params=GREEDY), "empty"),
+        (dict(prompt=PROMPT, sampling_params={**GREEDY, "temperature": -1}), "temperature"),
+        (dict(prompt=PROMPT, sampling_params={**GREEDY, "n": 2}), "n == 1"),
+        (dict(prompt=PROMPT, sampling_params={**GREEDY, "bogus": 1}), "unknown sampling parameter.*bogus"),
+        (dict(prompt=PROMPT, sampling_params={**GREEDY, "max_new_tokens": "5"}), "max_new_tokens"),
+        (dict(prompt=PROMPT, sampling_params={**GREEDY, "stop": [""]}), "stop"),
+        (dict(sampling_params=GREEDY), "exactly one of prompt"),
+        (dict(prompt=PROMPT, input_ids=[5], sampling_params=GREEDY), "exactly one of prompt"),
+        (dict(input_ids=[5, 8192], sampling_params=GREEDY), "input_ids"),
+        (dict(input_ids=[], sampling_params=GREEDY), "empty"),
+        (dict(input_ids=[5] * 3000, sampling_params=GREEDY), "too long"),
+        (dict(prompt=PROMPT, sampling_params=GREEDY, logprob_start_len=999), "logprob_start_len"),
+        (dict(prompt=PROMPT, sampling_params=GREEDY, top_logprobs_num=-1), "top_logprobs_num"),
+    ],
+)
 def test_bad_request_raises_naming_the_problem(client, kwargs, match):
     with pytest.raises(RuntimeError, match=match):
         client.generate(**kwargs)
@@ -213,15 +240,29 @@ def test_bad_request_raises_naming_the_problem(client, kwargs, match):
 
 def test_batch_returns_outputs_in_order_and_is_all_or_nothing(client):
     engine = get_engine("llama")
-    reqs = [{"prompt": PROMPT, "sampling_params": GREEDY},
-            {"prompt": "héllo", "sampling_params": {"max_new_tokens": 0}, "return_logprob": True,
-             "logprob_start_len": 0},
-            {"input_ids": engine.tokenizer(PROMPT).input_ids[:5], "sampling_params": {**GREEDY, "max_new_tokens": 3}}]
+    reqs = [
+        {"prompt": PROMPT, "sampling_params": GREEDY},
+        {
+            "prompt": "héllo",
+            "sampling_params": {"max_new_tokens": 0},
+            "return_logprob": True,
+            "logprob_start_len": 0,
+        },
+        {
+            "input_ids": engine.tokenizer(PROMPT).input_ids[:5],
+            "sampling_params": {**GREEDY, "max_new_tokens": 3},
+        },
+    ]
     outs = client.generate_batch(reqs)
     assert [o["output_ids"] for o in outs] == [
-        engine.generate(**{"sampling_params": r["sampling_params"], **{k: v for k, v in r.items()
-                                                                        if k in ("prompt", "input_ids")}})["output_ids"]
-        for r in reqs]
+        engine.generate(
+            **{
+                "sampling_params": r["sampling_params"],
+                **{k: v for k, v in r.items() if k in ("prompt", "input_ids")},
+            }
+        )["output_ids"]
+        for r in reqs
+    ]
     assert outs[1]["output_ids"] == [] and len(outs[1]["meta_info"]["input_token_logprobs"]) >= 2
     assert client.generate_batch([]) == []
     before = client.get_server_info()["finished_requests"]
@@ -264,8 +305,16 @@ def test_explicit_abort_by_rid(server, client):
     sock.connect(server.address)
     enc, dec = P.encoder(), P.decoder(P.ClientReply)
     try:
-        sock.send(enc.encode(P.ClientGenerate(rid="long", text=PROMPT, stream=True, sampling_params={
-            "max_new_tokens": 1500, "temperature": 0, "ignore_eos": True})))
+        sock.send(
+            enc.encode(
+                P.ClientGenerate(
+                    rid="long",
+                    text=PROMPT,
+                    stream=True,
+                    sampling_params={"max_new_tokens": 1500, "temperature": 0, "ignore_eos": True},
+                )
+            )
+        )
         assert sock.poll(CLIENT_TIMEOUT_S * 1000)
         first = dec.decode(sock.recv())
         assert isinstance(first, P.ClientChunk) and first.rid == "long"
@@ -301,8 +350,23 @@ def _random_value(rng: random.Random, depth: int = 0):
     if kind == "float":
         return rng.choice([0.5, -1e300, float("inf"), float("nan"), rng.random()])
     if kind == "str":
-        return rng.choice(["", "type", "rid", "ClientGenerate", "ClientControl", "server_info", "日本", "x" * 50,
-                           "ClientAbort", "ClientChunk", "GenerateReq", "op", "text"])
+        return rng.choice(
+            [
+                "",
+                "type",
+                "rid",
+                "ClientGenerate",
+                "ClientControl",
+                "server_info",
+                "日本",
+                "x" * 50,
+                "ClientAbort",
+                "ClientChunk",
+                "GenerateReq",
+                "op",
+                "text",
+            ]
+        )
     if kind == "bytes":
         return rng.randbytes(rng.randint(0, 20))
     if kind == "none":
@@ -311,30 +375,55 @@ def _random_value(rng: random.Random, depth: int = 0):
         return rng.random() < 0.5
     if kind == "list":
         return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    return {_random_value(rng, 4) if rng.random() < 0.2 else rng.choice(
-        ["type", "rid", "text", "op", "input_ids", "sampling_params", "stream", "zz"]): _random_value(rng, depth + 1)
-        for _ in range(rng.randint(0, 5))}
+    return {
+        _random_value(rng, 4)
+        if rng.random() < 0.2
+        else rng.choice(
+            ["type", "rid", "text", "op", "input_ids", "sampling_params", "stream", "zz"]
+        ): _random_value(rng, depth + 1)
+        for _ in range(rng.randint(0, 5))
+    }
 
 
 def _wrong_shape(rng: random.Random) -> bytes:
     """Valid msgpack that must not decode to a ClientRequest."""
     choice = rng.randrange(6)
     if choice == 0:  # a reply or internal message type
-        msg = rng.choice([P.ClientChunk(rid="x", text="t", output_ids=[1], meta_info={}, finished=True),
-                          P.ClientResult(rid="x", ok=True), P.ControlReq(rid="x", op="shutdown"),
-                          P.GenerateReq(rid="x", input_ids=[1], sampling_params=P.SamplingParams()),
-                          P.AbortReq(rid="x"), P.ShutdownAck(process="scheduler"), P.TokenOutputBatch([])])
+        msg = rng.choice(
+            [
+                P.ClientChunk(rid="x", text="t", output_ids=[1], meta_info={}, finished=True),
+                P.ClientResult(rid="x", ok=True),
+                P.ControlReq(rid="x", op="shutdown"),
+                P.GenerateReq(rid="x", input_ids=[1], sampling_params=P.SamplingParams()),
+                P.AbortReq(rid="x"),
+                P.ShutdownAck(process="scheduler"),
+                P.TokenOutputBatch([]),
+            ]
+        )
         return P.encoder().encode(msg)
     if choice == 1:  # a request with an unknown field
-        return msgspec.msgpack.encode({"type": "ClientControl", "rid": "x", "op": "health",
-                                       rng.choice(["evil", "__class__", "a"]): _random_value(rng)})
+        return msgspec.msgpack.encode(
+            {
+                "type": "ClientControl",
+                "rid": "x",
+                "op": "health",
+                rng.choice(["evil", "__class__", "a"]): _random_value(rng),
+            }
+        )
     if choice == 2:  # a request missing a required field or with a wrongly typed one
-        return msgspec.msgpack.encode(rng.choice([
-            {"type": "ClientControl", "rid": "x"}, {"type": "ClientAbort"},
-            {"type": "ClientGenerate", "rid": 5}, {"type": "ClientGenerate", "rid": "x", "input_ids": ["a"]},
-            {"type": "ClientGenerate", "rid": "x", "sampling_params": [1]},
-            {"type": "ClientGenerate", "rid": "x", "stream": "yes"},
-            {"type": "ClientControl", "rid": None, "op": "health"}]))
+        return msgspec.msgpack.encode(
+            rng.choice(
+                [
+                    {"type": "ClientControl", "rid": "x"},
+                    {"type": "ClientAbort"},
+                    {"type": "ClientGenerate", "rid": 5},
+                    {"type": "ClientGenerate", "rid": "x", "input_ids": ["a"]},
+                    {"type": "ClientGenerate", "rid": "x", "sampling_params": [1]},
+                    {"type": "ClientGenerate", "rid": "x", "stream": "yes"},
+                    {"type": "ClientControl", "rid": None, "op": "health"},
+                ]
+            )
+        )
     value = _random_value(rng)
     if isinstance(value, dict) and value.get("type") in ("ClientGenerate", "ClientControl", "ClientAbort"):
         value["type"] = "Nope"  # keep it undecodable
@@ -344,12 +433,22 @@ def _wrong_shape(rng: random.Random) -> bytes:
 def _hostile_messages(n: int, seed: int) -> list[list[bytes]]:
     rng = random.Random(seed)
     enc = P.encoder()
-    valid = [enc.encode(m) for m in (
-        P.ClientGenerate(rid="v1", text=PROMPT, sampling_params=GREEDY),
-        P.ClientGenerate(rid="v2", input_ids=list(range(5, 400)), sampling_params={"stop": ["a", "日本"]},
-                         return_logprob=True, stream=True),
-        P.ClientControl(rid="v3", op="server_info"), P.ClientAbort(rid="v4"),
-        P.ClientGenerate(rid="v5", text="héllo wörld 日本語 🙂 " * 40))]
+    valid = [
+        enc.encode(m)
+        for m in (
+            P.ClientGenerate(rid="v1", text=PROMPT, sampling_params=GREEDY),
+            P.ClientGenerate(
+                rid="v2",
+                input_ids=list(range(5, 400)),
+                sampling_params={"stop": ["a", "日本"]},
+                return_logprob=True,
+                stream=True,
+            ),
+            P.ClientControl(rid="v3", op="server_info"),
+            P.ClientAbort(rid="v4"),
+            P.ClientGenerate(rid="v5", text="héllo wörld 日本語 🙂 " * 40),
+        )
+    ]
     out: list[list[bytes]] = []
     for _ in range(n):
         r = rng.random()
@@ -361,8 +460,10 @@ def _hostile_messages(n: int, seed: int) -> list[list[bytes]]:
         elif r < 0.8:
             out.append([_wrong_shape(rng)])
         else:  # several frames, even when each is a valid request
-            frames = [rng.choice(valid) if rng.random() < 0.5 else rng.randbytes(rng.randint(0, 300))
-                      for _ in range(rng.randint(2, 4))]
+            frames = [
+                rng.choice(valid) if rng.random() < 0.5 else rng.randbytes(rng.randint(0, 300))
+                for _ in range(rng.randint(2, 4))
+            ]
             out.append(frames)
     return out
 
@@ -448,8 +549,18 @@ def _bad_utf8_frame() -> bytes:
 
 def _deep_frame() -> bytes:
     e = msgspec.msgpack.encode
-    return (b"\x83" + e("type") + e("ClientGenerate") + e("rid") + e("deep") + e("sampling_params")
-            + b"\x81" + e("stop") + b"\x91" * 5000 + b"\xc0")
+    return (
+        b"\x83"
+        + e("type")
+        + e("ClientGenerate")
+        + e("rid")
+        + e("deep")
+        + e("sampling_params")
+        + b"\x81"
+        + e("stop")
+        + b"\x91" * 5000
+        + b"\xc0"
+    )
 
 
 def _send_then_health(sock: zmq.Socket, frame: bytes, timeout_s: float = 2.0) -> list:
@@ -473,7 +584,8 @@ KILLER_REASON = (
     "BUG: ClientEndpoint._serve catches only msgspec.DecodeError/ValidationError around decode; a frame whose "
     "msgpack str is invalid UTF-8 (UnicodeDecodeError; 36 bytes suffice) or that nests arrays ~5000 deep in "
     "sampling_params (RecursionError) escapes and ends the serve task: the ZeroMQ endpoint never answers "
-    "anyone again while HTTP stays healthy")
+    "anyone again while HTTP stays healthy"
+)
 
 
 @pytest.mark.parametrize("killer", list(KILLERS))

@@ -4,8 +4,32 @@ Every generator is a pure function of the program index, so all configurations s
 
 from __future__ import annotations
 
-NAMES = ["Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kira", "Liam",
-         "Maya", "Noah", "Olga", "Pablo", "Quinn", "Rosa", "Sami", "Tara", "Uma", "Victor", "Wen", "Yusuf"]
+NAMES = [
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jonas",
+    "Kira",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olga",
+    "Pablo",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tara",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Yusuf",
+]
 ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "stamps", "coins", "cookies", "shells", "cards"]
 PLACES = ["the market", "school", "the park", "a fair", "the library", "a garage sale", "the beach", "a shop"]
 
@@ -13,38 +37,104 @@ PLACES = ["the market", "school", "the park", "a fair", "the library", "a garage
 def _question(i: int) -> tuple[str, int]:
     name, item, place = NAMES[i % len(NAMES)], ITEMS[(i * 7) % len(ITEMS)], PLACES[(i * 3) % len(PLACES)]
     a, b, c = 3 + (i * 5) % 17, 2 + (i * 11) % 13, 1 + (i * 3) % 7
-    q = (f"{name} has {a} {item}. At {place}, {name} gets {b} more {item} and then gives {c} {item} "
-         f"to a friend. How many {item} does {name} have now?")
+    q = (
+        f"{name} has {a} {item}. At {place}, {name} gets {b} more {item} and then gives {c} {item} "
+        f"to a friend. How many {item} does {name} have now?"
+    )
     return q, a + b - c
 
 
-FEW_SHOT_EXAMPLES = [
-    _question(1000 + k) for k in range(8)
-]
+FEW_SHOT_EXAMPLES = [_question(1000 + k) for k in range(8)]
 FEW_SHOT_HEADER = (
     "Solve each arithmetic word problem. Think about what is added and what is taken away, "
     "then write the final number on a single line.\n\n"
-    + "".join(f"Question: {q}\nAnswer: {q.split(' has ')[0]} ends with {ans}. The answer is {ans}.\n\n"
-              for q, ans in FEW_SHOT_EXAMPLES)
+    + "".join(
+        f"Question: {q}\nAnswer: {q.split(' has ')[0]} ends with {ans}. The answer is {ans}.\n\n"
+        for q, ans in FEW_SHOT_EXAMPLES
+    )
 )
 
 ACTIVITIES = [
-    ("A man is standing on a ladder next to a house.", "He", ["paints the window frame with a brush.",
-     "eats a bowl of soup at the table.", "swims across a wide river.", "reads a newspaper in bed."]),
-    ("A woman kneels in a garden holding a small shovel.", "She", ["digs a hole and plants a flower.",
-     "drives a bus through the city.", "types an email on a laptop.", "throws a ball to a dog on a beach."]),
-    ("A chef places a pan on the stove and pours in oil.", "The chef", ["adds chopped onions and stirs them.",
-     "climbs a mountain in the snow.", "plays a violin on stage.", "washes a car in the driveway."]),
-    ("A boy ties the laces of his running shoes at a track.", "The boy", ["starts jogging around the track.",
-     "bakes a cake in the oven.", "paints a portrait of his sister.", "sleeps on the sofa at home."]),
-    ("Two players stand at a table holding ping pong paddles.", "They", ["hit the ball back and forth over the net.",
-     "plant trees along the road.", "sing a song in a choir.", "repair the roof of a barn."]),
-    ("A girl sits at a piano and opens a book of music.", "She", ["begins to play the first notes of a song.",
-     "rides a horse across a field.", "fixes a flat tire on a bike.", "scuba dives near a reef."]),
-    ("A man fills a bucket with soapy water beside his car.", "He", ["scrubs the hood with a sponge.",
-     "knits a scarf by the fire.", "teaches a math class.", "flies a kite on a hill."]),
-    ("A climber clips a rope to her harness at the base of a wall.", "She", ["starts climbing up the holds.",
-     "orders a coffee at a cafe.", "mows the lawn in the yard.", "sews a button onto a shirt."]),
+    (
+        "A man is standing on a ladder next to a house.",
+        "He",
+        [
+            "paints the window frame with a brush.",
+            "eats a bowl of soup at the table.",
+            "swims across a wide river.",
+            "reads a newspaper in bed.",
+        ],
+    ),
+    (
+        "A woman kneels in a garden holding a small shovel.",
+        "She",
+        [
+            "digs a hole and plants a flower.",
+            "drives a bus through the city.",
+            "types an email on a laptop.",
+            "throws a ball to a dog on a beach.",
+        ],
+    ),
+    (
+        "A chef places a pan on the stove and pours in oil.",
+        "The chef",
+        [
+            "adds chopped onions and stirs them.",
+            "climbs a mountain in the snow.",
+            "plays a violin on stage.",
+            "washes a car in the driveway.",
+        ],
+    ),
+    (
+        "A boy ties the laces of his running shoes at a track.",
+        "The boy",
+        [
+            "starts jogging around the track.",
+            "bakes a cake in the oven.",
+            "paints a portrait of his sister.",
+            "sleeps on the sofa at home.",
+        ],
+    ),
+    (
+        "Two players stand at a table holding ping pong paddles.",
+        "They",
+        [
+            "hit the ball back and forth over the net.",
+            "plant trees along the road.",
+            "sing a song in a choir.",
+            "repair the roof of a barn.",
+        ],
+    ),
+    (
+        "A girl sits at a piano and opens a book of music.",
+        "She",
+        [
+            "begins to play the first notes of a song.",
+            "rides a horse across a field.",
+            "fixes a flat tire on a bike.",
+            "scuba dives near a reef.",
+        ],
+    ),
+    (
+        "A man fills a bucket with soapy water beside his car.",
+        "He",
+        [
+            "scrubs the hood with a sponge.",
+            "knits a scarf by the fire.",
+            "teaches a math class.",
+            "flies a kite on a hill.",
+        ],
+    ),
+    (
+        "A climber clips a rope to her harness at the base of a wall.",
+        "She",
+        [
+            "starts climbing up the holds.",
+            "orders a coffee at a cafe.",
+            "mows the lawn in the yard.",
+            "sews a button onto a shirt.",
+        ],
+    ),
 ]
 
 
@@ -82,16 +172,28 @@ CHAT_SYSTEM = (
     "every purchase and a free tote bag once a year; orders over 40 dollars ship for free; gift cards "
     "never expire. Answer in one or two sentences, and ask a follow-up question when a request is vague."
 )
-CHAT_TOPICS = ["mystery novels", "books about space", "cookbooks", "poetry", "history of Rome",
-               "graphic novels", "gardening guides", "travel writing", "science fiction", "biographies"]
+CHAT_TOPICS = [
+    "mystery novels",
+    "books about space",
+    "cookbooks",
+    "poetry",
+    "history of Rome",
+    "graphic novels",
+    "gardening guides",
+    "travel writing",
+    "science fiction",
+    "biographies",
+]
 
 
 def _chat_turns(i: int) -> list[str]:
     topic, name = CHAT_TOPICS[i % len(CHAT_TOPICS)], NAMES[(i * 5) % len(NAMES)]
-    return [f"Hi, I'm {name}. Can you recommend some {topic}?",
-            f"Which of those would suit a reader who is {8 + i % 60} years old?",
-            "Are you open on Sunday, and can I return it if I don't like it?",
-            f"Great. Does the member discount apply to {topic} too?"]
+    return [
+        f"Hi, I'm {name}. Can you recommend some {topic}?",
+        f"Which of those would suit a reader who is {8 + i % 60} years old?",
+        "Are you open on Sunday, and can I return it if I don't like it?",
+        f"Great. Does the member discount apply to {topic} too?",
+    ]
 
 
 def select_input(i: int) -> dict:
@@ -100,12 +202,29 @@ def select_input(i: int) -> dict:
 
 
 # ---------------------------------------------------------------------- mmlu (few-shot, 1-token answer)
-COUNTRIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
-             ("Canada", "Ottawa"), ("Egypt", "Cairo"), ("Norway", "Oslo"), ("Chile", "Santiago"),
-             ("India", "New Delhi"), ("Spain", "Madrid"), ("Ghana", "Accra"), ("Vietnam", "Hanoi")]
+COUNTRIES = [
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Canada", "Ottawa"),
+    ("Egypt", "Cairo"),
+    ("Norway", "Oslo"),
+    ("Chile", "Santiago"),
+    ("India", "New Delhi"),
+    ("Spain", "Madrid"),
+    ("Ghana", "Accra"),
+    ("Vietnam", "Hanoi"),
+]
 PLANETS = ["Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune"]
-UNITS = [("minutes", "hours", 60), ("centimeters", "meters", 100), ("grams", "kilograms", 1000),
-         ("seconds", "minutes", 60), ("months", "years", 12), ("days", "weeks", 7)]
+UNITS = [
+    ("minutes", "hours", 60),
+    ("centimeters", "meters", 100),
+    ("grams", "kilograms", 1000),
+    ("seconds", "minutes", 60),
+    ("months", "years", 12),
+    ("days", "weeks", 7),
+]
 MMLU_SUBJECTS = ["elementary mathematics", "world geography", "astronomy", "measurement"]
 
 
@@ -178,8 +297,24 @@ REACT_HEADER = (
     "Thought 3: The Harlow Viaduct opened in 1902.\n"
     "Action 3: Finish[1902]\n\n"
 )
-TOWNS = ["Brackley", "Corwen", "Dunmore", "Eastby", "Fenwick", "Galloway", "Hexham", "Ivybridge", "Kelso",
-         "Ludlow", "Marlow", "Newport", "Oakham", "Penrith", "Rye", "Selby"]
+TOWNS = [
+    "Brackley",
+    "Corwen",
+    "Dunmore",
+    "Eastby",
+    "Fenwick",
+    "Galloway",
+    "Hexham",
+    "Ivybridge",
+    "Kelso",
+    "Ludlow",
+    "Marlow",
+    "Newport",
+    "Oakham",
+    "Penrith",
+    "Rye",
+    "Selby",
+]
 RIVERS = ["Avon", "Tees", "Ouse", "Wye", "Dee", "Exe", "Trent", "Severn"]
 
 
@@ -195,13 +330,17 @@ def react_input(i: int) -> dict:
         f"The river {river} is {40 + i % 200} kilometres long and reaches the sea near {TOWNS[(i + 5) % len(TOWNS)]}.",
     ]
     steps = 2 + i % 3
-    return {"question": f"Which river flows through the birthplace of {person}, and how long is it?",
-            "observations": observations[:steps - 1]}
+    return {
+        "question": f"Which river flows through the birthplace of {person}, and how long is it?",
+        "observations": observations[: steps - 1],
+    }
 
 
 # ---------------------------------------------------------------------- llm judge (fork over dimensions)
-JUDGE_SYSTEM = ("You are an expert editor. You evaluate articles on one dimension at a time, explain your "
-                "reasoning briefly, and end every evaluation with the word END.\n\n")
+JUDGE_SYSTEM = (
+    "You are an expert editor. You evaluate articles on one dimension at a time, explain your "
+    "reasoning briefly, and end every evaluation with the word END.\n\n"
+)
 JUDGE_DIMENSIONS = [
     ("Clarity", "Is the article easy to follow? Are the sentences clear and the terms explained?"),
     ("Accuracy", "Are the facts correct and the claims supported by evidence?"),
@@ -209,26 +348,46 @@ JUDGE_DIMENSIONS = [
     ("Engagement", "Does the article hold the reader's interest with examples or a story?"),
     ("Conciseness", "Does the article avoid repetition and unnecessary detail?"),
 ]
-TOPICS = ["urban beekeeping", "night trains in Europe", "community gardens", "repairing old radios",
-          "the history of maps", "tidal energy", "learning a second language", "public libraries"]
+TOPICS = [
+    "urban beekeeping",
+    "night trains in Europe",
+    "community gardens",
+    "repairing old radios",
+    "the history of maps",
+    "tidal energy",
+    "learning a second language",
+    "public libraries",
+]
 
 
 def judge_input(i: int) -> dict:
     topic, name = TOPICS[i % len(TOPICS)], NAMES[(i * 7) % len(NAMES)]
     n = 3 + i % 5
-    article = (f"A short guide to {topic}, by {name}.\n"
-               f"Interest in {topic} has grown over the last {n} years. Many people start with a small project "
-               f"and a few questions, and soon find a local group that meets every {['week', 'month'][i % 2]}. "
-               f"The first step is to read about the basics; the second is to talk to someone with experience. "
-               f"Costs are usually modest, around {20 * n} dollars to begin, though tools can be shared. "
-               f"Common mistakes include starting too big and skipping the safety advice. "
-               f"In the end, {topic} rewards patience, and {name} recommends keeping a simple notebook of progress.\n")
+    article = (
+        f"A short guide to {topic}, by {name}.\n"
+        f"Interest in {topic} has grown over the last {n} years. Many people start with a small project "
+        f"and a few questions, and soon find a local group that meets every {['week', 'month'][i % 2]}. "
+        f"The first step is to read about the basics; the second is to talk to someone with experience. "
+        f"Costs are usually modest, around {20 * n} dollars to begin, though tools can be shared. "
+        f"Common mistakes include starting too big and skipping the safety advice. "
+        f"In the end, {topic} rewards patience, and {name} recommends keeping a simple notebook of progress.\n"
+    )
     return {"article": article}
 
 
 # ---------------------------------------------------------------------- json decoding (regex)
-CITIES = [("Lyon", "France"), ("Osaka", "Japan"), ("Mombasa", "Kenya"), ("Cusco", "Peru"), ("Calgary", "Canada"),
-          ("Luxor", "Egypt"), ("Bergen", "Norway"), ("Valparaiso", "Chile"), ("Pune", "India"), ("Seville", "Spain")]
+CITIES = [
+    ("Lyon", "France"),
+    ("Osaka", "Japan"),
+    ("Mombasa", "Kenya"),
+    ("Cusco", "Peru"),
+    ("Calgary", "Canada"),
+    ("Luxor", "Egypt"),
+    ("Bergen", "Norway"),
+    ("Valparaiso", "Chile"),
+    ("Pune", "India"),
+    ("Seville", "Spain"),
+]
 JSON_COUNTRIES = sorted({c for _, c in CITIES})
 REGEX_NAME = r'"[A-Z][a-z]{1,11}"'
 REGEX_COUNTRY = '"(' + "|".join(JSON_COUNTRIES) + ')"'
@@ -239,7 +398,9 @@ REGEX_FLOAT = r"-?[0-9]{1,2}\.[0-9]{1,2}"
 def json_input(i: int) -> dict:
     city, country = CITIES[i % len(CITIES)]
     pop, lat = 50_000 + (i * 7919) % 2_000_000, -40 + (i * 17) % 100 + 0.25
-    doc = (f"{city} is a city in {country}. It lies at latitude {lat:.2f} and has about {pop} inhabitants. "
-           f"The city is known for its old market, a river port and a university founded {100 + i % 300} years ago. "
-           f"Visitors arrive by train or by road; the main festival takes place every {['spring', 'autumn'][i % 2]}.\n")
+    doc = (
+        f"{city} is a city in {country}. It lies at latitude {lat:.2f} and has about {pop} inhabitants. "
+        f"The city is known for its old market, a river port and a university founded {100 + i % 300} years ago. "
+        f"Visitors arrive by train or by road; the main festival takes place every {['spring', 'autumn'][i % 2]}.\n"
+    )
     return {"document": doc}

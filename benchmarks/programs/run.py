@@ -40,17 +40,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: `import programs`
 
-import radixlm as rl  # noqa: E402
+from run_info import command_line, git_commit, git_dirty, load_before_run, loadavg, machine_info, utc_now
 
-from programs.workloads import ALIASES, WORKLOADS, Workload  # noqa: E402
-from run_info import command_line, git_commit, git_dirty, load_before_run, loadavg, machine_info, utc_now  # noqa: E402
+import radixlm as rl
+from programs.workloads import ALIASES, WORKLOADS, Workload
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "cache": {"engine": {"disable_radix_cache": True}, "hints": True, "what": "radix cache disabled"},
-    "fcfs": {"engine": {"schedule_policy": "fcfs"}, "hints": True, "what": "FCFS instead of longest-prefix-match"},
-    "hints": {"engine": {}, "hints": False,
-              "what": "no prefix pre-cache (enable_precache_with_tracing=False) and no fork warm-up "
-                      "(backend.cache_prefix monkeypatched to a no-op: lang/ has no switch for the fork warm-up)"},
+    "fcfs": {
+        "engine": {"schedule_policy": "fcfs"},
+        "hints": True,
+        "what": "FCFS instead of longest-prefix-match",
+    },
+    "hints": {
+        "engine": {},
+        "hints": False,
+        "what": "no prefix pre-cache (enable_precache_with_tracing=False) and no fork warm-up "
+        "(backend.cache_prefix monkeypatched to a no-op: lang/ has no switch for the fork warm-up)",
+    },
 }
 BASELINE = {"engine": {}, "hints": True, "what": "radix cache on, lpm, frontend hints on"}
 WARMUP_PROGRAMS = 2
@@ -106,25 +113,39 @@ def timed_run(backend: Any, wl: Workload, inputs: list[dict], sampling: dict, nu
     prompt = after["prompt_tokens"] - before["prompt_tokens"]
     cached = after["cached_tokens"] - before["cached_tokens"]
     generated = after["generated_tokens"] - before["generated_tokens"]
-    return {"num_programs": len(outcomes), "errors": len(errors), "first_error": repr(errors[0]) if errors else None,
-            "wall_s": wall, "programs_per_s": len(outcomes) / wall if wall > 0 else 0.0,
-            "latency_mean_s": statistics.fmean(latencies), "latency_p90_s": _p90(latencies),
-            "generated_tokens": generated, "prompt_tokens": prompt, "cached_tokens": cached,
-            "cache_hit_rate": cached / prompt if prompt else 0.0,
-            "requests": after.get("finished_requests", 0) - before.get("finished_requests", 0)}
+    return {
+        "num_programs": len(outcomes),
+        "errors": len(errors),
+        "first_error": repr(errors[0]) if errors else None,
+        "wall_s": wall,
+        "programs_per_s": len(outcomes) / wall if wall > 0 else 0.0,
+        "latency_mean_s": statistics.fmean(latencies),
+        "latency_p90_s": _p90(latencies),
+        "generated_tokens": generated,
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "cache_hit_rate": cached / prompt if prompt else 0.0,
+        "requests": after.get("finished_requests", 0) - before.get("finished_requests", 0),
+    }
 
 
 def run_workload(backend: Any, wl: Workload, args: argparse.Namespace) -> dict:
     sampling = {"temperature": 0, "max_new_tokens": args.max_tokens}
-    for lat, error in run_programs(wl, wl.inputs(WARMUP_PROGRAMS, WARMUP_OFFSET), backend, sampling, args.num_threads):
+    for lat, error in run_programs(
+        wl, wl.inputs(WARMUP_PROGRAMS, WARMUP_OFFSET), backend, sampling, args.num_threads
+    ):
         if error is not None:
             raise RuntimeError(f"{wl.name}: warm-up program failed: {error!r}")
     inputs = wl.inputs(args.num_programs)
     runs = [timed_run(backend, wl, inputs, sampling, args.num_threads) for _ in range(args.repeats)]
     median = sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]
-    return {**median, "repeats": len(runs), "wall_s_all": [round(r["wall_s"], 4) for r in runs],
-            "errors": sum(r["errors"] for r in runs),
-            "first_error": next((r["first_error"] for r in runs if r["first_error"]), None)}
+    return {
+        **median,
+        "repeats": len(runs),
+        "wall_s_all": [round(r["wall_s"], 4) for r in runs],
+        "errors": sum(r["errors"] for r in runs),
+        "first_error": next((r["first_error"] for r in runs if r["first_error"]), None),
+    }
 
 
 def run_config(name: str, config: dict, args: argparse.Namespace, results: dict) -> dict:
@@ -136,19 +157,29 @@ def run_config(name: str, config: dict, args: argparse.Namespace, results: dict)
     saved_precache = rl.global_config.enable_precache_with_tracing
     try:
         info = rl.get_server_info(backend)
-        print(f"[{name}] runtime up in {time.perf_counter() - t0:.1f}s on {info.get('device')}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{name}] runtime up in {time.perf_counter() - t0:.1f}s on {info.get('device')}",
+            file=sys.stderr,
+            flush=True,
+        )
         if not config["hints"]:
             rl.global_config.enable_precache_with_tracing = False
             backend.endpoint.cache_prefix = lambda prompt: None  # no fork warm-up, no pre-cache
         for wl_name in args.workload_names:
             r = run_workload(backend, WORKLOADS[wl_name], args)
             results[wl_name][name] = r
-            print(f"[{name}] {wl_name:<8} {r['wall_s']:7.2f}s {r['programs_per_s']:7.2f} prog/s  "
-                  f"lat {r['latency_mean_s']:.3f}/{r['latency_p90_s']:.3f}s  hit {r['cache_hit_rate']:6.1%}  "
-                  f"errors {r['errors']}", file=sys.stderr, flush=True)
-        return {k: info.get(k) for k in ("device", "dtype", "max_total_tokens", "context_length", "model_path")
-                if info.get(k) is not None}
+            print(
+                f"[{name}] {wl_name:<8} {r['wall_s']:7.2f}s {r['programs_per_s']:7.2f} prog/s  "
+                f"lat {r['latency_mean_s']:.3f}/{r['latency_p90_s']:.3f}s  hit {r['cache_hit_rate']:6.1%}  "
+                f"errors {r['errors']}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return {
+            k: info.get(k)
+            for k in ("device", "dtype", "max_total_tokens", "context_length", "model_path")
+            if info.get(k) is not None
+        }
     finally:
         rl.global_config.enable_precache_with_tracing = saved_precache
         backend.shutdown()
@@ -161,26 +192,51 @@ def run_all(args: argparse.Namespace) -> tuple[dict, dict]:
         run_config(ablation, ABLATIONS[ablation], args, results)
     for r in results.values():
         base = r["baseline"]["programs_per_s"]
-        r["ratio_vs_baseline"] = {a: (r[a]["programs_per_s"] / base if base else None) for a in args.ablation_names}
+        r["ratio_vs_baseline"] = {
+            a: (r[a]["programs_per_s"] / base if base else None) for a in args.ablation_names
+        }
     return results, runtime_info
 
 
 # ---------------------------------------------------------------------- reporting
 def format_table(results: dict, ablations: list[str]) -> str:
-    head = ["workload", "config", "prog/s", "lat mean s", "lat p90 s", "hit rate", "gen tok", "prompt tok", "ratio"]
+    head = [
+        "workload",
+        "config",
+        "prog/s",
+        "lat mean s",
+        "lat p90 s",
+        "hit rate",
+        "gen tok",
+        "prompt tok",
+        "ratio",
+    ]
     rows = []
     for name, r in results.items():
         for config in ["baseline", *ablations]:
             c = r[config]
             ratio = "1.00" if config == "baseline" else f"{r['ratio_vs_baseline'][config]:.2f}"
-            rows.append([name, config, f"{c['programs_per_s']:.2f}", f"{c['latency_mean_s']:.3f}",
-                         f"{c['latency_p90_s']:.3f}", f"{c['cache_hit_rate']:.1%}", str(c["generated_tokens"]),
-                         str(c["prompt_tokens"]), ratio])
+            rows.append(
+                [
+                    name,
+                    config,
+                    f"{c['programs_per_s']:.2f}",
+                    f"{c['latency_mean_s']:.3f}",
+                    f"{c['latency_p90_s']:.3f}",
+                    f"{c['cache_hit_rate']:.1%}",
+                    str(c["generated_tokens"]),
+                    str(c["prompt_tokens"]),
+                    ratio,
+                ]
+            )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            + " |"
+        )
 
     sep = "|" + "|".join("-" * (w + 1) + ":" if i >= 2 else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     return "\n".join([line(head), sep, *(line(r) for r in rows)])
@@ -199,16 +255,29 @@ def _names(raw: str, known: dict, aliases: dict, what: str, parser: argparse.Arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="local HF model folder (default: the offline tiny model)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default=None, help="local HF model folder (default: the offline tiny model)"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="runtime device")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
-    parser.add_argument("--ablations", default=",".join(ABLATIONS),
-                        help=f"comma list of {', '.join(ABLATIONS)} ('' or 'none': baseline only)")
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument(
+        "--ablations",
+        default=",".join(ABLATIONS),
+        help=f"comma list of {', '.join(ABLATIONS)} ('' or 'none': baseline only)",
+    )
     parser.add_argument("--num-programs", type=int, default=16, help="programs per workload (default 16)")
-    parser.add_argument("--max-tokens", type=int, default=8, help="default max new tokens per gen (default 8)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=8, help="default max new tokens per gen (default 8)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the median is reported")
-    parser.add_argument("--num-threads", default="auto", help="program threads (default: as run_batch's auto)")
+    parser.add_argument(
+        "--num-threads", default="auto", help="program threads (default: as run_batch's auto)"
+    )
     parser.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size (engine option)")
     parser.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON to OUT")
     args = parser.parse_args(argv)
@@ -222,7 +291,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.workload_names = _names(args.workloads, WORKLOADS, ALIASES, "workload", parser)
     if not args.workload_names:
         parser.error("no workloads selected")
-    args.ablation_names = [] if args.ablations == "none" else _names(args.ablations, ABLATIONS, {}, "ablation", parser)
+    args.ablation_names = (
+        [] if args.ablations == "none" else _names(args.ablations, ABLATIONS, {}, "ablation", parser)
+    )
     if args.model is None:
         from radixlm.testing import default_model_path
 
@@ -239,12 +310,18 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(str(runtime_info.get("device", "")))
     machine["loadavg_before"], machine["loadavg_after"] = load_before, loadavg()
 
-    print(f"\nmodel: {args.model}\ndevice: {runtime_info.get('device')} ({runtime_info.get('dtype')}), "
-          f"{machine['device_name']}, torch {machine['torch']}")
-    print(f"{args.num_programs} programs per workload, max tokens per gen {args.max_tokens}, "
-          f"median of {args.repeats} timed run(s), total {total:.1f}s\n")
+    print(
+        f"\nmodel: {args.model}\ndevice: {runtime_info.get('device')} ({runtime_info.get('dtype')}), "
+        f"{machine['device_name']}, torch {machine['torch']}"
+    )
+    print(
+        f"{args.num_programs} programs per workload, max tokens per gen {args.max_tokens}, "
+        f"median of {args.repeats} timed run(s), total {total:.1f}s\n"
+    )
     print(format_table(results, args.ablation_names))
-    print("\nratio = programs/s of the configuration / programs/s of the baseline (< 1: slower than the baseline).")
+    print(
+        "\nratio = programs/s of the configuration / programs/s of the baseline (< 1: slower than the baseline)."
+    )
     for a in args.ablation_names:
         print(f"  {a}: {ABLATIONS[a]['what']}")
     configs = ["baseline", *args.ablation_names]
@@ -252,15 +329,34 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         print(f"WARNING: {errors} program(s) failed; see first_error in the JSON", file=sys.stderr)
     if args.json:
-        payload = {"command": command, "argv": sys.argv, "date": date, "git_commit": git_commit(), "git_dirty": git_dirty(),
-                   "machine": machine, "runtime": runtime_info,
-                   "settings": {"model": args.model, "device": args.device, "num_programs": args.num_programs,
-                                "max_tokens": args.max_tokens, "workloads": args.workload_names,
-                                "ablations": args.ablation_names, "repeats": args.repeats,
-                                "num_threads": args.num_threads, "max_total_tokens": args.max_total_tokens,
-                                "warmup_programs": WARMUP_PROGRAMS, "temperature": 0},
-                   "configs": {"baseline": BASELINE["what"], **{a: ABLATIONS[a]["what"] for a in args.ablation_names}},
-                   "total_s": total, "results": results}
+        payload = {
+            "command": command,
+            "argv": sys.argv,
+            "date": date,
+            "git_commit": git_commit(),
+            "git_dirty": git_dirty(),
+            "machine": machine,
+            "runtime": runtime_info,
+            "settings": {
+                "model": args.model,
+                "device": args.device,
+                "num_programs": args.num_programs,
+                "max_tokens": args.max_tokens,
+                "workloads": args.workload_names,
+                "ablations": args.ablation_names,
+                "repeats": args.repeats,
+                "num_threads": args.num_threads,
+                "max_total_tokens": args.max_total_tokens,
+                "warmup_programs": WARMUP_PROGRAMS,
+                "temperature": 0,
+            },
+            "configs": {
+                "baseline": BASELINE["what"],
+                **{a: ABLATIONS[a]["what"] for a in args.ablation_names},
+            },
+            "total_s": total,
+            "results": results,
+        }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -1,22 +1,22 @@
 """The workloads: one radixlm program each, in the shape of the SGLang paper's benchmarks.
 
-  mmlu      5-shot multiple-choice header per subject (4 subjects) + question + gen(max_tokens=1)
-  few-shot  8 worked arithmetic examples + question + gen(stop="\\n")          (gsm8k-like)
-  select    8-passage header + context + select among 4 endings               (hellaswag-like)
-  tree      long prompt, fork(3) plans, a nested fork(2) of answers per plan  (tree of thought)
-  react     2-example ReAct prompt, 2-4 Thought/Action gens with stop strings, replayed Observations
-  chat      shared system prompt + 4 user/assistant turns, gen per turn       (multi-turn chat)
-  judge     article, fork over 5 dimensions (a gen each), join, final score gen (LLM judge)
-  json      document + JSON object filled by regex-constrained gens in a var_scope (json_decode_regex)
+mmlu      5-shot multiple-choice header per subject (4 subjects) + question + gen(max_tokens=1)
+few-shot  8 worked arithmetic examples + question + gen(stop="\\n")          (gsm8k-like)
+select    8-passage header + context + select among 4 endings               (hellaswag-like)
+tree      long prompt, fork(3) plans, a nested fork(2) of answers per plan  (tree of thought)
+react     2-example ReAct prompt, 2-4 Thought/Action gens with stop strings, replayed Observations
+chat      shared system prompt + 4 user/assistant turns, gen per turn       (multi-turn chat)
+judge     article, fork over 5 dimensions (a gen each), join, final score gen (LLM judge)
+json      document + JSON object filled by regex-constrained gens in a var_scope (json_decode_regex)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import radixlm as rl
-
 from programs import data as d
 
 
@@ -112,19 +112,49 @@ class Workload:
         return [self.make_input(offset + i) for i in range(count)]
 
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in [
-    Workload("mmlu", mmlu, d.mmlu_input, "5-shot MC header (4 subjects) + question + gen(max_tokens=1)"),
-    Workload("few-shot", few_shot, lambda i: {"question": d._question(i)[0]},
-             "8-shot arithmetic header + question + gen(stop='\\n')"),
-    Workload("select", select_ending, d.select_input, "8-passage header + context + select among 4 endings"),
-    Workload("tree", tree_of_thought, lambda i: {"question": d._question(500 + i)[0]},
-             "long prompt, fork(3) plans, nested fork(2) answers each, join"),
-    Workload("react", react, d.react_input,
-             "2-example ReAct prompt, 2-4 steps of thought/action gens (stop strings), replayed observations"),
-    Workload("chat", multi_turn_chat, lambda i: {"turns": d._chat_turns(i)},
-             "shared system prompt + 4 user/assistant turns, gen per turn"),
-    Workload("judge", judge, d.judge_input, "article, fork(5) dimension gens, join, final score gen"),
-    Workload("json", json_decode, d.json_input, "document + 4 regex-constrained gens in a var_scope"),
-]}
-ALIASES = {"tree-of-thought": "tree", "tot": "tree", "multi-turn": "chat", "multi-turn-chat": "chat",
-           "fewshot": "few-shot", "hellaswag": "select", "llm-judge": "judge", "json-decode": "json", "agent": "react"}
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in [
+        Workload("mmlu", mmlu, d.mmlu_input, "5-shot MC header (4 subjects) + question + gen(max_tokens=1)"),
+        Workload(
+            "few-shot",
+            few_shot,
+            lambda i: {"question": d._question(i)[0]},
+            "8-shot arithmetic header + question + gen(stop='\\n')",
+        ),
+        Workload(
+            "select", select_ending, d.select_input, "8-passage header + context + select among 4 endings"
+        ),
+        Workload(
+            "tree",
+            tree_of_thought,
+            lambda i: {"question": d._question(500 + i)[0]},
+            "long prompt, fork(3) plans, nested fork(2) answers each, join",
+        ),
+        Workload(
+            "react",
+            react,
+            d.react_input,
+            "2-example ReAct prompt, 2-4 steps of thought/action gens (stop strings), replayed observations",
+        ),
+        Workload(
+            "chat",
+            multi_turn_chat,
+            lambda i: {"turns": d._chat_turns(i)},
+            "shared system prompt + 4 user/assistant turns, gen per turn",
+        ),
+        Workload("judge", judge, d.judge_input, "article, fork(5) dimension gens, join, final score gen"),
+        Workload("json", json_decode, d.json_input, "document + 4 regex-constrained gens in a var_scope"),
+    ]
+}
+ALIASES = {
+    "tree-of-thought": "tree",
+    "tot": "tree",
+    "multi-turn": "chat",
+    "multi-turn-chat": "chat",
+    "fewshot": "few-shot",
+    "hellaswag": "select",
+    "llm-judge": "judge",
+    "json-decode": "json",
+    "agent": "react",
+}

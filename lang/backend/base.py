@@ -8,7 +8,8 @@ turns followed by the open turn (if any) with its content so far."""
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from radixlm.lang.chat_template import ChatTemplate, get_chat_template
 from radixlm.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
@@ -19,18 +20,30 @@ class BaseBackend:
     takes_messages: bool = False  # True: generate / generate_stream also get messages=[...]
     _rng: random.Random | None = None  # draws select's choice at temperature > 0 (None: a fresh one)
 
-    def generate(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
-                 logprob_start_len: int | None = None,
-                 top_logprobs_num: int = 0) -> tuple[str | list[str], dict | list[dict]]:
+    def generate(
+        self,
+        prompt: str,
+        sampling_params: dict[str, Any],
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int = 0,
+    ) -> tuple[str | list[str], dict | list[dict]]:
         """(completion, meta_info); with n > 1 both are lists of n."""
         raise NotImplementedError
 
-    def generate_stream(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
-                        logprob_start_len: int | None = None,
-                        top_logprobs_num: int = 0, **kwargs: Any) -> Iterator[tuple[str, dict]]:
+    def generate_stream(
+        self,
+        prompt: str,
+        sampling_params: dict[str, Any],
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int = 0,
+        **kwargs: Any,
+    ) -> Iterator[tuple[str, dict]]:
         """(text delta, meta_info so far) pairs; the default streams the whole completion once."""
-        text, meta = self.generate(prompt, sampling_params, return_logprob, logprob_start_len, top_logprobs_num,
-                                   **kwargs)
+        text, meta = self.generate(
+            prompt, sampling_params, return_logprob, logprob_start_len, top_logprobs_num, **kwargs
+        )
         yield (text[0] if isinstance(text, list) else text), meta
 
     def choice_logprobs(self, prompt: str, choices: list[str], unconditional: bool = False):
@@ -38,12 +51,19 @@ class BaseBackend:
         same tokens with no context): what `select` scores."""
         raise NotImplementedError(f"{type(self).__name__} cannot score choices")
 
-    def select(self, prompt: str, choices: list[str], temperature: float,
-               method: ChoicesSamplingMethod) -> ChoicesDecision:
+    def select(
+        self, prompt: str, choices: list[str], temperature: float, method: ChoicesSamplingMethod
+    ) -> ChoicesDecision:
         conditional, uncond = self.choice_logprobs(prompt, choices, method.requires_unconditional_logprobs)
-        return method(choices=choices, normalized_prompt_logprobs=[normalized_logprob(c) for c in conditional],
-                      input_token_logprobs=conditional, output_token_logprobs=[[] for _ in choices],
-                      unconditional_token_logprobs=uncond, temperature=temperature, rng=self._rng)
+        return method(
+            choices=choices,
+            normalized_prompt_logprobs=[normalized_logprob(c) for c in conditional],
+            input_token_logprobs=conditional,
+            output_token_logprobs=[[] for _ in choices],
+            unconditional_token_logprobs=uncond,
+            temperature=temperature,
+            rng=self._rng,
+        )
 
     def cache_prefix(self, prompt: str) -> None:
         """Prefill `prompt` so that later requests sharing it hit the cache (optional)."""

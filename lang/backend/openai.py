@@ -22,12 +22,15 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 try:
     import openai
 except ImportError as exc:  # an optional dependency: only this backend needs it
-    raise ImportError("rl.OpenAI needs the openai package: pip install 'radixlm[openai]' (or openai)") from exc
+    raise ImportError(
+        "rl.OpenAI needs the openai package: pip install 'radixlm[openai]' (or openai)"
+    ) from exc
 
 from radixlm.lang.backend.base import BaseBackend
 from radixlm.lang.chat_template import ChatTemplate, get_chat_template
@@ -37,12 +40,25 @@ from radixlm.lang.chat_template import ChatTemplate, get_chat_template
 COMPLETION_MODEL_NAMES = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")
 
 # runtime name -> OpenAI name, sent as ordinary request fields
-_STANDARD = {"max_new_tokens": "max_tokens", "n": "n", "temperature": "temperature", "top_p": "top_p",
-             "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty", "seed": "seed"}
+_STANDARD = {
+    "max_new_tokens": "max_tokens",
+    "n": "n",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "seed": "seed",
+}
 # runtime name -> (extra_body name, default): sent in extra_body only when not the default
-_EXTRA = {"top_k": ("top_k", -1), "min_p": ("min_p", 0.0), "repetition_penalty": ("repetition_penalty", 1.0),
-          "min_new_tokens": ("min_tokens", 0), "ignore_eos": ("ignore_eos", False), "regex": ("regex", None),
-          "stop_token_ids": ("stop_token_ids", None)}
+_EXTRA = {
+    "top_k": ("top_k", -1),
+    "min_p": ("min_p", 0.0),
+    "repetition_penalty": ("repetition_penalty", 1.0),
+    "min_new_tokens": ("min_tokens", 0),
+    "ignore_eos": ("ignore_eos", False),
+    "regex": ("regex", None),
+    "stop_token_ids": ("stop_token_ids", None),
+}
 
 
 def guess_is_chat_model(model: str) -> bool:
@@ -67,9 +83,15 @@ def _schema(value: Any) -> dict:
 
 
 class OpenAI(BaseBackend):
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
-                 is_chat_model: bool | None = None, chat_template: str | ChatTemplate | None = None,
-                 **client_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        is_chat_model: bool | None = None,
+        chat_template: str | ChatTemplate | None = None,
+        **client_kwargs: Any,
+    ) -> None:
         """`is_chat_model=None` guesses from the name (SGLang's rule: every name but OpenAI's legacy
         completion models is a chat model), so say it for a base model on another server.
         `chat_template` (a name or a ChatTemplate; default "default") builds the text of role turns:
@@ -90,11 +112,18 @@ class OpenAI(BaseBackend):
         self._rng = random.Random()
 
     # ------------------------------------------------------------------ request building
-    def _kwargs(self, sampling_params: dict[str, Any], return_logprob: bool, logprob_start_len: int | None,
-                top_logprobs_num: int) -> dict[str, Any]:
+    def _kwargs(
+        self,
+        sampling_params: dict[str, Any],
+        return_logprob: bool,
+        logprob_start_len: int | None,
+        top_logprobs_num: int,
+    ) -> dict[str, Any]:
         if logprob_start_len is not None and logprob_start_len >= 0:
-            raise NotImplementedError("prompt logprobs (logprob_start_len) are not available through the OpenAI "
-                                      "backend; ask for output logprobs only (return_logprob=True)")
+            raise NotImplementedError(
+                "prompt logprobs (logprob_start_len) are not available through the OpenAI "
+                "backend; ask for output logprobs only (return_logprob=True)"
+            )
         kw: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in sampling_params.items():
@@ -112,8 +141,10 @@ class OpenAI(BaseBackend):
                     extra[name] = value
             elif key == "json_schema":
                 if self.is_chat_model:
-                    kw["response_format"] = {"type": "json_schema",
-                                             "json_schema": {"name": "output", "schema": _schema(value)}}
+                    kw["response_format"] = {
+                        "type": "json_schema",
+                        "json_schema": {"name": "output", "schema": _schema(value)},
+                    }
                 else:
                     extra["json_schema"] = value if isinstance(value, str) else json.dumps(_schema(value))
             else:  # another runtime parameter: servers that know it read it from extra_body
@@ -134,11 +165,17 @@ class OpenAI(BaseBackend):
     def _chat_messages(self, prompt: str, messages: list[dict] | None) -> list[dict]:
         """The conversation before the open assistant turn; refuses a gen anywhere else."""
         if messages is None:
-            raise RuntimeError("a chat model needs the program's messages; this interpreter did not pass them")
+            raise RuntimeError(
+                "a chat model needs the program's messages; this interpreter did not pass them"
+            )
         last = messages[-1] if messages else None
         assistant_prefix = self.chat_template.get_prefix_and_suffix("assistant", messages)[0]
-        if last is not None and last["role"] == "assistant" and not last["content"] \
-                and prompt.endswith(assistant_prefix):
+        if (
+            last is not None
+            and last["role"] == "assistant"
+            and not last["content"]
+            and prompt.endswith(assistant_prefix)
+        ):
             return messages[:-1]
         if last is not None and last["role"] == "assistant" and last["content"]:
             place = f"after the text {last['content'][-40:]!r} in the assistant turn"
@@ -148,12 +185,19 @@ class OpenAI(BaseBackend):
             f"gen is {place}. For chat models (is_chat_model=True) gen must come right after assistant begins, "
             f"e.g. s += rl.assistant(rl.gen('answer')): a chat API answers a conversation with a whole assistant "
             f"turn, and cannot continue text inside a turn or outside roles. Use a completion model "
-            f"(is_chat_model=False) to continue arbitrary text.")
+            f"(is_chat_model=False) to continue arbitrary text."
+        )
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
-                 logprob_start_len: int | None = None, top_logprobs_num: int = 0,
-                 messages: list[dict] | None = None):
+    def generate(
+        self,
+        prompt: str,
+        sampling_params: dict[str, Any],
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int = 0,
+        messages: list[dict] | None = None,
+    ):
         kw = self._kwargs(sampling_params, return_logprob, logprob_start_len, top_logprobs_num)
         if self.is_chat_model:
             chat = self._chat_messages(prompt, messages)
@@ -167,8 +211,11 @@ class OpenAI(BaseBackend):
         usage = resp.usage
         metas = []
         for choice, lp in zip(resp.choices, logprobs):
-            meta: dict[str, Any] = {"id": resp.id, "model": resp.model,
-                                    "finish_reason": {"type": choice.finish_reason} if choice.finish_reason else None}
+            meta: dict[str, Any] = {
+                "id": resp.id,
+                "model": resp.model,
+                "finish_reason": {"type": choice.finish_reason} if choice.finish_reason else None,
+            }
             if usage is not None:
                 meta["prompt_tokens"] = usage.prompt_tokens
                 if len(resp.choices) == 1:
@@ -180,9 +227,15 @@ class OpenAI(BaseBackend):
             return texts, metas
         return texts[0], metas[0]
 
-    def generate_stream(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
-                        logprob_start_len: int | None = None, top_logprobs_num: int = 0,
-                        messages: list[dict] | None = None) -> Iterator[tuple[str, dict]]:
+    def generate_stream(
+        self,
+        prompt: str,
+        sampling_params: dict[str, Any],
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int = 0,
+        messages: list[dict] | None = None,
+    ) -> Iterator[tuple[str, dict]]:
         if int(sampling_params.get("n") or 1) > 1:
             raise ValueError("streaming takes n == 1")
         kw = self._kwargs(sampling_params, return_logprob, logprob_start_len, top_logprobs_num)
@@ -197,8 +250,10 @@ class OpenAI(BaseBackend):
             for chunk in stream:
                 meta = dict(meta, id=chunk.id, model=chunk.model)
                 if chunk.usage is not None:
-                    meta.update(prompt_tokens=chunk.usage.prompt_tokens,
-                                completion_tokens=chunk.usage.completion_tokens)
+                    meta.update(
+                        prompt_tokens=chunk.usage.prompt_tokens,
+                        completion_tokens=chunk.usage.completion_tokens,
+                    )
                 if not chunk.choices:
                     yield "", meta
                     continue
@@ -221,18 +276,23 @@ class OpenAI(BaseBackend):
             raise NotImplementedError(
                 f"select/choices needs a completion model: {self.model!r} is used as a chat model, and a chat API "
                 f"cannot score given text. Construct the backend with is_chat_model=False on a server whose "
-                f"completions endpoint supports echo with logprobs (vLLM, SGLang, radixlm serve).")
+                f"completions endpoint supports echo with logprobs (vLLM, SGLang, radixlm serve)."
+            )
         try:
-            resp = self.client.completions.create(model=self.model, prompt=texts, echo=True, logprobs=1,
-                                                  max_tokens=0, temperature=0)
+            resp = self.client.completions.create(
+                model=self.model, prompt=texts, echo=True, logprobs=1, max_tokens=0, temperature=0
+            )
         except (openai.BadRequestError, openai.UnprocessableEntityError, openai.NotFoundError) as exc:
             raise NotImplementedError(
                 f"select/choices needs a completions endpoint that scores the prompt (echo=True with logprobs and "
-                f"max_tokens=0); the server refused: {exc}") from exc
+                f"max_tokens=0); the server refused: {exc}"
+            ) from exc
         blocks = [c.logprobs for c in sorted(resp.choices, key=lambda c: c.index)]
         if len(blocks) != len(texts) or any(b is None or not b.tokens for b in blocks):
-            raise NotImplementedError("select/choices needs prompt logprobs, but the server's echo response "
-                                      "has none (its completions endpoint does not echo logprobs)")
+            raise NotImplementedError(
+                "select/choices needs prompt logprobs, but the server's echo response "
+                "has none (its completions endpoint does not echo logprobs)"
+            )
         return blocks
 
     def choice_logprobs(self, prompt: str, choices: list[str], unconditional: bool = False):
@@ -250,10 +310,12 @@ class OpenAI(BaseBackend):
             while same < min(len(head), len(pairs)) and head[same] == pairs[same]:
                 same += 1
             start = min(same, len(pairs) - 1)
-            conditional.append([(lp, None, tok) for lp, tok in zip(block.token_logprobs[start:], block.tokens[start:])])
+            conditional.append(
+                [(lp, None, tok) for lp, tok in zip(block.token_logprobs[start:], block.tokens[start:])]
+            )
             span = "".join(block.tokens[start:])
             if "\ufffd" in span:  # a character split over tokens: take it from the echoed text
-                span = text[block.text_offset[start]:]
+                span = text[block.text_offset[start] :]
             spans.append(span)
         if not unconditional:
             return conditional, None
@@ -265,14 +327,20 @@ class OpenAI(BaseBackend):
             if len(pairs) == len(entries) + 1 and not spans[i].startswith(pairs[0][1]):
                 pairs = pairs[1:]
             if len(pairs) != len(entries):
-                raise RuntimeError(f"choice {choices[i]!r}: its tokens re-tokenise differently on their own "
-                                   f"({len(entries)} in context, {len(pairs)} alone); cannot score it unconditionally")
+                raise RuntimeError(
+                    f"choice {choices[i]!r}: its tokens re-tokenise differently on their own "
+                    f"({len(entries)} in context, {len(pairs)} alone); cannot score it unconditionally"
+                )
             prior.append([(None if k == 0 else lp, None, tok) for k, (lp, tok) in enumerate(pairs)])
         return conditional, prior
 
     # ------------------------------------------------------------------ operations
     def get_server_info(self) -> dict:
-        return {"model": self.model, "base_url": str(self.client.base_url), "is_chat_model": self.is_chat_model}
+        return {
+            "model": self.model,
+            "base_url": str(self.client.base_url),
+            "is_chat_model": self.is_chat_model,
+        }
 
     def shutdown(self) -> None:
         self.client.close()
@@ -281,11 +349,13 @@ class OpenAI(BaseBackend):
 def _completion_logprobs(block: Any) -> dict:
     if block is None or block.tokens is None:
         return {}
-    out: dict[str, Any] = {"output_token_logprobs": [(lp, None, tok) for lp, tok in
-                                                     zip(block.token_logprobs, block.tokens)]}
+    out: dict[str, Any] = {
+        "output_token_logprobs": [(lp, None, tok) for lp, tok in zip(block.token_logprobs, block.tokens)]
+    }
     if block.top_logprobs and any(block.top_logprobs):
-        out["output_top_logprobs"] = [[(lp, None, tok) for tok, lp in (top or {}).items()]
-                                      for top in block.top_logprobs]
+        out["output_top_logprobs"] = [
+            [(lp, None, tok) for tok, lp in (top or {}).items()] for top in block.top_logprobs
+        ]
     return out
 
 
@@ -294,7 +364,9 @@ def _chat_logprobs(block: Any) -> dict:
         return {}
     out: dict[str, Any] = {"output_token_logprobs": [(e.logprob, None, e.token) for e in block.content]}
     if any(e.top_logprobs for e in block.content):
-        out["output_top_logprobs"] = [[(t.logprob, None, t.token) for t in e.top_logprobs] for e in block.content]
+        out["output_top_logprobs"] = [
+            [(t.logprob, None, t.token) for t in e.top_logprobs] for e in block.content
+        ]
     return out
 
 

@@ -9,12 +9,13 @@ so a token that merges across the prompt/choice boundary is scored as part of th
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
+from radixlm.client.http_client import HttpRuntimeClient
+from radixlm.client.runtime_client import RuntimeClient
 from radixlm.lang.backend.base import BaseBackend
 from radixlm.lang.chat_template import chat_template_from_tokenizer, get_chat_template
-from radixlm.client.runtime_client import RuntimeClient
-from radixlm.client.http_client import HttpRuntimeClient
 from radixlm.runtime.tokenizer import load_tokenizer
 
 
@@ -31,22 +32,31 @@ class RuntimeEndpoint(BaseBackend):
     HTTP address (`http://HOST:PORT`, as in SGLang). select tokenises locally, so the
     server's tokenizer folder (or `tokenizer_path`) must be readable here."""
 
-    def __init__(self, address: str, api_key: str | None = None, chat_template_name: str | None = None,
-                 tokenizer_path: str | None = None, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        api_key: str | None = None,
+        chat_template_name: str | None = None,
+        tokenizer_path: str | None = None,
+        timeout_s: float = 600.0,
+    ) -> None:
         self.address = address
         if address.startswith(("http://", "https://")):
             self.client: Any = HttpRuntimeClient(address, api_key=api_key, timeout_s=timeout_s)
         elif address.startswith(("tcp://", "ipc://")):
             self.client = RuntimeClient(address, timeout_s=timeout_s)
         else:
-            raise ValueError(f"endpoint address must start with http://, https://, tcp:// or ipc://, got {address!r}")
+            raise ValueError(
+                f"endpoint address must start with http://, https://, tcp:// or ipc://, got {address!r}"
+            )
         self.info = self.client.get_server_info()
         path = tokenizer_path or self.info["tokenizer_path"]
         try:
             self.tokenizer = load_tokenizer(path)
         except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot load the server's tokenizer from {path!r} here ({exc}); "
-                             f"pass tokenizer_path=") from exc
+            raise ValueError(
+                f"cannot load the server's tokenizer from {path!r} here ({exc}); pass tokenizer_path="
+            ) from exc
         if chat_template_name is not None:
             self.chat_template = get_chat_template(chat_template_name)
         else:
@@ -58,21 +68,32 @@ class RuntimeEndpoint(BaseBackend):
     def _params(sampling_params: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in sampling_params.items() if v is not None and k != "n"}
 
-    def generate(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
-                 logprob_start_len: int | None = None, top_logprobs_num: int = 0,
-                 return_text_in_logprobs: bool = False, **_: Any):
+    def generate(
+        self,
+        prompt: str,
+        sampling_params: dict[str, Any],
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int = 0,
+        return_text_in_logprobs: bool = False,
+        **_: Any,
+    ):
         n = int(sampling_params.get("n") or 1)
         params = self._params(sampling_params)
-        kw = dict(return_logprob=return_logprob, logprob_start_len=logprob_start_len,
-                  top_logprobs_num=top_logprobs_num)
+        kw = dict(
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+        )
         if n == 1:
             out = self.client.generate(prompt, params, **kw)
             return out["text"], self._meta(out["meta_info"], return_text_in_logprobs)
         self.cache_prefix(prompt)  # the n samples share the prompt through the cache
         seed = params.pop("seed", None)
         base = seed if seed is not None else self._rng.getrandbits(62)
-        outs = self.client.generate_batch([{"prompt": prompt, "sampling_params": {**params, "seed": base + k}, **kw}
-                                           for k in range(n)])
+        outs = self.client.generate_batch(
+            [{"prompt": prompt, "sampling_params": {**params, "seed": base + k}, **kw} for k in range(n)]
+        )
         return [o["text"] for o in outs], [self._meta(o["meta_info"], return_text_in_logprobs) for o in outs]
 
     def _meta(self, meta: dict, with_text: bool) -> dict:
@@ -88,17 +109,29 @@ class RuntimeEndpoint(BaseBackend):
             if meta.get(key) is not None:
                 meta[key] = [entry(e) for e in meta[key]]
         if meta.get("output_top_logprobs") is not None:
-            meta["output_top_logprobs"] = [[entry(e) for e in top] if top else top
-                                           for top in meta["output_top_logprobs"]]
+            meta["output_top_logprobs"] = [
+                [entry(e) for e in top] if top else top for top in meta["output_top_logprobs"]
+            ]
         return meta
 
-    def generate_stream(self, prompt: str, sampling_params: dict[str, Any], return_logprob: bool = False,
-                        logprob_start_len: int | None = None, top_logprobs_num: int = 0,
-                        return_text_in_logprobs: bool = False, **_: Any) -> Iterator[tuple[str, dict]]:
+    def generate_stream(
+        self,
+        prompt: str,
+        sampling_params: dict[str, Any],
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int = 0,
+        return_text_in_logprobs: bool = False,
+        **_: Any,
+    ) -> Iterator[tuple[str, dict]]:
         """(text delta, cumulative meta_info) pairs."""
-        for chunk in self.client.generate_stream(prompt, self._params(sampling_params), return_logprob=return_logprob,
-                                                 logprob_start_len=logprob_start_len,
-                                                 top_logprobs_num=top_logprobs_num):
+        for chunk in self.client.generate_stream(
+            prompt,
+            self._params(sampling_params),
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+        ):
             yield chunk["text"], self._meta(chunk["meta_info"], return_text_in_logprobs)
 
     def cache_prefix(self, prompt: str) -> None:
@@ -112,11 +145,25 @@ class RuntimeEndpoint(BaseBackend):
         prompt_ids = self.tokenizer(prompt).input_ids
         full = [self.tokenizer(prompt + c).input_ids for c in choices]
         starts = [min(_common_prefix(prompt_ids, ids), len(ids) - 1) for ids in full]
-        reqs = [{"input_ids": ids, "sampling_params": {"max_new_tokens": 0}, "return_logprob": True,
-                 "logprob_start_len": start} for ids, start in zip(full, starts)]
+        reqs = [
+            {
+                "input_ids": ids,
+                "sampling_params": {"max_new_tokens": 0},
+                "return_logprob": True,
+                "logprob_start_len": start,
+            }
+            for ids, start in zip(full, starts)
+        ]
         if unconditional:
-            reqs += [{"input_ids": ids[start:], "sampling_params": {"max_new_tokens": 0}, "return_logprob": True,
-                      "logprob_start_len": 0} for ids, start in zip(full, starts)]
+            reqs += [
+                {
+                    "input_ids": ids[start:],
+                    "sampling_params": {"max_new_tokens": 0},
+                    "return_logprob": True,
+                    "logprob_start_len": 0,
+                }
+                for ids, start in zip(full, starts)
+            ]
         outs = self.client.generate_batch(reqs)
         scored = [[tuple(e) for e in o["meta_info"].get("input_token_logprobs", [])] for o in outs]
         k = len(choices)
@@ -157,7 +204,7 @@ class Runtime:
         self.endpoint.shutdown()
         self.engine.shutdown()
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -27,8 +27,9 @@ import json
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -42,7 +43,11 @@ MAX_JUMP_CHARS = 256
 # ---------------------------------------------------------------------------- vocabulary
 def _gpt2_unicode_to_byte() -> dict[str, int]:
     """Byte-level BPE writes each byte as a printable character; this is the way back."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = keep[:]
     extra = 0
     for b in range(256):
@@ -89,7 +94,9 @@ def token_bytes_table(tokenizer: Any) -> dict[int, bytes]:
                 continue
         else:
             fallback = _BYTE_FALLBACK.match(token)
-            table[tid] = bytes([int(fallback.group(1), 16)]) if fallback else token.replace("\u2581", " ").encode()
+            table[tid] = (
+                bytes([int(fallback.group(1), 16)]) if fallback else token.replace("\u2581", " ").encode()
+            )
     return table
 
 
@@ -134,8 +141,10 @@ def normalize_json_schema(schema: Any) -> str:
 
         value = msgspec.json.schema(schema)
     else:
-        raise TypeError(f"json_schema must be JSON text, a dict, a pydantic model class or a msgspec Struct type, "
-                        f"got {type(schema).__name__}")
+        raise TypeError(
+            f"json_schema must be JSON text, a dict, a pydantic model class or a msgspec Struct type, "
+            f"got {type(schema).__name__}"
+        )
     if not isinstance(value, (dict, bool)):
         raise ValueError(f"json_schema must be a JSON object (or true/false), got {type(value).__name__}")
     return json.dumps(value, separators=(",", ":"))  # key order kept: it orders the output
@@ -151,14 +160,35 @@ def _is_msgspec_struct(cls: type) -> bool:
 
 # Keywords the regex translation would silently drop; an output could then break them, so a
 # schema using one is refused instead (naming it and where it is).
-UNENFORCED_KEYWORDS = frozenset({
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
-    "minProperties", "maxProperties", "patternProperties", "propertyNames", "dependentRequired",
-    "dependentSchemas", "dependencies", "contains", "minContains", "maxContains", "if", "then", "else",
-    "not", "unevaluatedProperties", "unevaluatedItems",
-    # outlines-core extensions whose regexes accept invalid JSON numbers ("12.", "1e+")
-    "maxDigitsFraction", "maxDigitsExponent",
-})
+UNENFORCED_KEYWORDS = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "patternProperties",
+        "propertyNames",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "contains",
+        "minContains",
+        "maxContains",
+        "if",
+        "then",
+        "else",
+        "not",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        # outlines-core extensions whose regexes accept invalid JSON numbers ("12.", "1e+")
+        "maxDigitsFraction",
+        "maxDigitsExponent",
+    }
+)
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")  # name -> schema
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")  # [schema, ...]
 _SCHEMA_ONE = ("items", "additionalProperties", "additionalItems")  # a schema (or bool)
@@ -178,8 +208,11 @@ def unenforced_features(schema: Any, path: str = "") -> list[str]:
         found.append(f"format together with {'/'.join(lengths) or 'pattern'} at {path or '/'}")
     props = schema.get("properties")
     if isinstance(props, dict):  # outlines-core writes property names into the regex unescaped
-        found += [f"a property name with a quote, backslash or control character ({name!r}) at {path or '/'}"
-                  for name in props if any(c in name for c in '"\\') or any(ord(c) < 0x20 for c in name)]
+        found += [
+            f"a property name with a quote, backslash or control character ({name!r}) at {path or '/'}"
+            for name in props
+            if any(c in name for c in '"\\') or any(ord(c) < 0x20 for c in name)
+        ]
     for key in _SCHEMA_MAPS:
         for name, sub in (schema.get(key) or {}).items() if isinstance(schema.get(key), dict) else []:
             found += unenforced_features(sub, f"{path}/{key}/{name}")
@@ -198,11 +231,14 @@ def json_schema_to_regex(schema_json: str, whitespace_pattern: str | None = None
 
     unenforced = unenforced_features(json.loads(schema_json))
     if unenforced:
-        raise ValueError(f"unsupported json_schema feature(s), which the output could not be held to: "
-                         f"{', '.join(unenforced[:5])}")
+        raise ValueError(
+            f"unsupported json_schema feature(s), which the output could not be held to: "
+            f"{', '.join(unenforced[:5])}"
+        )
     try:
-        return build_regex_from_schema(schema_json, DEFAULT_WHITESPACE if whitespace_pattern is None
-                                       else whitespace_pattern)
+        return build_regex_from_schema(
+            schema_json, DEFAULT_WHITESPACE if whitespace_pattern is None else whitespace_pattern
+        )
     except Exception as exc:  # outlines-core raises assorted types for unsupported features
         raise ValueError(f"unsupported json_schema: {exc}") from None
 
@@ -266,7 +302,9 @@ class CompiledGrammar:
         row = torch.ones(self.vocab.vocab_size, dtype=torch.bool, device=device)
         row[self.allowed_tensor(state, device)] = False
         self._mask_rows[key] = row
-        while len(self._mask_rows) * self.vocab.vocab_size > MASK_ROW_CACHE_BYTES and len(self._mask_rows) > 1:
+        while (
+            len(self._mask_rows) * self.vocab.vocab_size > MASK_ROW_CACHE_BYTES and len(self._mask_rows) > 1
+        ):
             self._mask_rows.popitem(last=False)
         return row
 
@@ -364,7 +402,7 @@ class Grammar:
         """Tokens the grammar forces from here (see CompiledGrammar.draft)."""
         return self.compiled.draft(self.state)
 
-    def at(self, state: int) -> "Grammar":
+    def at(self, state: int) -> Grammar:
         """A view of the same grammar in another state (for drafted positions)."""
         view = Grammar(self.compiled)
         view.state = state
@@ -382,12 +420,15 @@ class GrammarStats:
 class GrammarCache:
     """Compiled grammars by (kind, pattern), LRU, compiled on one worker thread."""
 
-    def __init__(self, vocab: TokenizerVocab, capacity: int = GRAMMAR_CACHE_SIZE,
-                 whitespace_pattern: str | None = None) -> None:
+    def __init__(
+        self, vocab: TokenizerVocab, capacity: int = GRAMMAR_CACHE_SIZE, whitespace_pattern: str | None = None
+    ) -> None:
         self.vocab = vocab
         self.whitespace_pattern = whitespace_pattern
         self.capacity = capacity
-        self._entries: collections.OrderedDict[tuple[str, str], concurrent.futures.Future] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[tuple[str, str], concurrent.futures.Future] = (
+            collections.OrderedDict()
+        )
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="radixlm-grammar")
         self.stats = GrammarStats()
@@ -443,8 +484,12 @@ class GrammarCache:
 
 
 # ---------------------------------------------------------------------------- masks
-def build_vocab_mask(grammars: Sequence[Grammar | None], stop_ids: Sequence[Sequence[int]], vocab_size: int,
-                     device: torch.device) -> torch.Tensor | None:
+def build_vocab_mask(
+    grammars: Sequence[Grammar | None],
+    stop_ids: Sequence[Sequence[int]],
+    vocab_size: int,
+    device: torch.device,
+) -> torch.Tensor | None:
     """[B, V] bool, True where a token is banned, or None when no row is constrained.
     Row i bans everything its grammar does not allow; a grammar in a final state also lets
     `stop_ids[i]` through. One stack of per-state rows cached on the device (no loop over
@@ -452,8 +497,9 @@ def build_vocab_mask(grammars: Sequence[Grammar | None], stop_ids: Sequence[Sequ
     if all(g is None for g in grammars):
         return None
     free = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    mask = torch.stack([g.compiled.mask_row(g.state, device)[:vocab_size] if g is not None else free
-                        for g in grammars])
+    mask = torch.stack(
+        [g.compiled.mask_row(g.state, device)[:vocab_size] if g is not None else free for g in grammars]
+    )
     for i, g in enumerate(grammars):
         if g is not None and stop_ids[i] and g.is_final:
             mask[i, list(stop_ids[i])] = False

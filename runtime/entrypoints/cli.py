@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radixlm")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible) and ZeroMQ")
-    serve.add_argument("--model", "--model-path", dest="model_path", required=True, help="local HF model folder")
+    serve.add_argument(
+        "--model", "--model-path", dest="model_path", required=True, help="local HF model folder"
+    )
     serve.add_argument("--tokenizer", "--tokenizer-path", dest="tokenizer_path", default=None)
     serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=30000)
@@ -55,12 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from radixlm.runtime.entrypoints.zmq_endpoint import ClientEndpoint
     from radixlm.runtime.config import ModelConfig
-    from radixlm.runtime.entrypoints.launch import launch_runtime
     from radixlm.runtime.entrypoints.http_server import create_app
-    from radixlm.runtime.tokenizer import load_tokenizer
+    from radixlm.runtime.entrypoints.launch import launch_runtime
+    from radixlm.runtime.entrypoints.zmq_endpoint import ClientEndpoint
     from radixlm.runtime.managers.tokenizer_manager import TokenizerManager
+    from radixlm.runtime.tokenizer import load_tokenizer
 
     fields = {f.name for f in dataclasses.fields(EngineConfig)}
     try:
@@ -83,8 +85,12 @@ def serve(args: argparse.Namespace) -> int:
         zmq_addr = f"tcp://{args.host}:{args.zmq_port}" if args.zmq_port else None
         if zmq_addr and args.api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
             # the key guards HTTP only: a reachable ZeroMQ port would be an open side door
-            print(f"radixlm serve: warning: --api-key does not protect the ZeroMQ endpoint {zmq_addr}; "
-                  "serve it on a loopback --host or keep it behind a firewall", file=sys.stderr, flush=True)
+            print(
+                f"radixlm serve: warning: --api-key does not protect the ZeroMQ endpoint {zmq_addr}; "
+                "serve it on a loopback --host or keep it behind a firewall",
+                file=sys.stderr,
+                flush=True,
+            )
         endpoint = ClientEndpoint(tm, zmq_addr) if zmq_addr else None
         server: uvicorn.Server | None = None
 
@@ -106,13 +112,17 @@ def serve(args: argparse.Namespace) -> int:
             while not server.started:
                 await asyncio.sleep(0.05)
             extra = f", zmq {zmq_addr}" if zmq_addr else ""
-            print(f"radixlm ready: http://{args.host}:{args.port} model={model_name} "
-                  f"context={tm.context_len} kv_tokens={runtime.info['max_total_tokens']}"
-                  f" device={runtime.info['device']}{extra}", flush=True)
+            print(
+                f"radixlm ready: http://{args.host}:{args.port} model={model_name} "
+                f"context={tm.context_len} kv_tokens={runtime.info['max_total_tokens']}"
+                f" device={runtime.info['device']}{extra}",
+                flush=True,
+            )
 
         app = create_app(tm, model_name, args.api_key, on_startup=on_startup, on_shutdown=on_shutdown)
-        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=cfg.log_level.lower(),
-                                timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app, host=args.host, port=args.port, log_level=cfg.log_level.lower(), timeout_graceful_shutdown=5
+        )
         server = uvicorn.Server(config)
         try:
             server.run()
@@ -132,8 +142,11 @@ def serve_worker_node(cfg: EngineConfig) -> int:
     from radixlm.runtime.entrypoints.launch import launch_runtime
 
     runtime = launch_runtime(cfg)
-    print(f"radixlm worker node {cfg.node_rank}/{cfg.nnodes} ready: tensor-parallel ranks "
-          f"{', '.join(n for n in runtime.processes)}", flush=True)
+    print(
+        f"radixlm worker node {cfg.node_rank}/{cfg.nnodes} ready: tensor-parallel ranks "
+        f"{', '.join(n for n in runtime.processes)}",
+        flush=True,
+    )
     try:
         while all(p.is_alive() for p in runtime.processes.values()):
             time.sleep(0.5)

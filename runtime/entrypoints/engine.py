@@ -18,27 +18,30 @@ import logging
 import queue
 import threading
 import weakref
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from radixlm.runtime.config import EngineConfig, ModelConfig
 from radixlm.runtime.entrypoints.launch import launch_runtime
 from radixlm.runtime.layers.sampling import SamplingParams
-from radixlm.runtime.tokenizer import load_tokenizer
 from radixlm.runtime.managers.tokenizer_manager import PreparedRequest, RequestError, TokenizerManager
+from radixlm.runtime.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 PromptInput = str | Sequence[str] | None
 IdsInput = Sequence[int] | Sequence[Sequence[int]] | None
-_LIVE_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_LIVE_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 class Engine:
     def __init__(self, model_path: str, **options: Any) -> None:
         self.config = EngineConfig.from_kwargs(model_path, **options)
         if self.config.node_rank > 0:
-            raise ValueError("node_rank > 0 runs worker ranks only, with no clients: start it with "
-                             "`radixlm serve --node-rank N ...`; the Engine belongs on node 0")
+            raise ValueError(
+                "node_rank > 0 runs worker ranks only, with no clients: start it with "
+                "`radixlm serve --node-rank N ...`; the Engine belongs on node 0"
+            )
         logging.getLogger("radixlm").setLevel(self.config.log_level.upper())
         self.model_config = ModelConfig.from_path(model_path)  # fail fast, before spawning anything
         self.tokenizer = load_tokenizer(self.config.tokenizer_path or model_path)
@@ -48,11 +51,13 @@ class Engine:
         self.context_len: int = info["context_len"]
         self.vocab_size: int = info["vocab_size"]
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="radixlm-tokenizer-manager",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="radixlm-tokenizer-manager", daemon=True
+        )
         self._thread.start()
-        self.tokenizer_manager = TokenizerManager(self.config, self._runtime.addrs, self.tokenizer, info,
-                                                  self._runtime.processes)
+        self.tokenizer_manager = TokenizerManager(
+            self.config, self._runtime.addrs, self.tokenizer, info, self._runtime.processes
+        )
         self._endpoints: list = []
         self._closed = False
         self._call(self.tokenizer_manager.start())
@@ -75,9 +80,15 @@ class Engine:
         self._check_open()
         prompts, single = _normalise_inputs(prompt, input_ids)
         count = len(prompts)
-        columns = [_broadcast(v, count, name) for v, name in (
-            (sampling_params, "sampling_params"), (return_logprob, "return_logprob"),
-            (logprob_start_len, "logprob_start_len"), (top_logprobs_num, "top_logprobs_num"))]
+        columns = [
+            _broadcast(v, count, name)
+            for v, name in (
+                (sampling_params, "sampling_params"),
+                (return_logprob, "return_logprob"),
+                (logprob_start_len, "logprob_start_len"),
+                (top_logprobs_num, "top_logprobs_num"),
+            )
+        ]
         prepared: list[PreparedRequest] = []
         tm = self.tokenizer_manager
         for i, p in enumerate(prompts):  # validate everything before queueing anything
@@ -104,7 +115,11 @@ class Engine:
 
     def get_server_info(self) -> dict:
         reply = self._call(self.tokenizer_manager.control("server_info"))
-        return {"model_path": self.config.model_path, "architecture": self.model_config.architecture, **reply.data}
+        return {
+            "model_path": self.config.model_path,
+            "architecture": self.model_config.architecture,
+            **reply.data,
+        }
 
     def check_accounting(self) -> dict:
         """Raise AssertionError unless free + evictable + locked + in use == total in the scheduler."""
@@ -141,7 +156,7 @@ class Engine:
             self._thread.join(5)
             self._runtime.terminate()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -186,8 +201,12 @@ class Engine:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield {"text": item["text"], "output_ids": item["output_ids"], "meta_info": item["meta_info"],
-                       "finished": item["finished"]}
+                yield {
+                    "text": item["text"],
+                    "output_ids": item["output_ids"],
+                    "meta_info": item["meta_info"],
+                    "finished": item["finished"],
+                }
         finally:
             future.cancel()  # consumer stopped early: the request is aborted and its KV freed
 

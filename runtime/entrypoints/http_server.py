@@ -12,8 +12,9 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,11 +22,20 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from radixlm.runtime.entrypoints.metrics import ServerMetrics
-from radixlm.runtime.entrypoints.openai_protocol import (ChatCompletionRequest, CompletionRequest, GenerateRequest,
-                                             finish_reason_name)
-from radixlm.runtime.scheduler.request import check_text
-from radixlm.runtime.managers.tokenizer_manager import PreparedRequest, RequestError, RuntimeDiedError, TokenizerManager
+from radixlm.runtime.entrypoints.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerateRequest,
+    finish_reason_name,
+)
 from radixlm.runtime.entrypoints.validation_text import describe_undecodable_body, describe_validation_errors
+from radixlm.runtime.managers.tokenizer_manager import (
+    PreparedRequest,
+    RequestError,
+    RuntimeDiedError,
+    TokenizerManager,
+)
+from radixlm.runtime.scheduler.request import check_text
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -40,9 +50,13 @@ def _error_body(status: int, message: str, kind: str) -> dict:
     return {"error": {"message": message, "type": kind, "code": status}}
 
 
-def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None,
-               on_startup: Callable[[], Awaitable[None]] | None = None,
-               on_shutdown: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+def create_app(
+    tm: TokenizerManager,
+    model_name: str,
+    api_key: str | None = None,
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
     metrics = ServerMetrics()
     tm.metrics = metrics
 
@@ -65,7 +79,9 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
         problems = describe_validation_errors(exc.errors())
-        return JSONResponse(_error_body(400, f"invalid request: {problems}", "invalid_request_error"), status_code=400)
+        return JSONResponse(
+            _error_body(400, f"invalid request: {problems}", "invalid_request_error"), status_code=400
+        )
 
     @app.exception_handler(HTTPError)
     async def on_http_error(request: Request, exc: HTTPError):
@@ -78,8 +94,11 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
         message = str(exc.detail)
         if isinstance(exc.__cause__, UnicodeDecodeError):
             message = describe_undecodable_body(exc.__cause__)
-        return JSONResponse(_error_body(exc.status_code, message, "invalid_request_error"),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            _error_body(exc.status_code, message, "invalid_request_error"),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     # ------------------------------------------------------------------ helpers
     def prepare(text: str | None, ids: list[int] | None, params: dict, **kw: Any) -> PreparedRequest:
@@ -118,6 +137,7 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
                 status = getattr(exc, "status_code", 503 if isinstance(exc, RuntimeDiedError) else 400)
                 yield f"data: {json.dumps(_error_body(status, str(exc), 'server_error'))}\n\n"
             yield "data: [DONE]\n\n"
+
         return StreamingResponse(body(), media_type="text/event-stream")
 
     def token_text(token_id: int) -> str:
@@ -158,13 +178,18 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
             value = getattr(body, field)
             if isinstance(value, list):
                 if single or len(value) != len(inputs):
-                    raise HTTPError(400, f"{field} is a list of {len(value)} but there "
-                                         f"{'is one prompt' if single else f'are {len(inputs)} prompts'}")
+                    raise HTTPError(
+                        400,
+                        f"{field} is a list of {len(value)} but there "
+                        f"{'is one prompt' if single else f'are {len(inputs)} prompts'}",
+                    )
                 options[field] = value
             else:
                 options[field] = [value] * len(inputs)
-        reqs = [prepare(t, ids, params, return_logprob=want_lp, logprob_start_len=start, top_logprobs_num=top)
-                for (t, ids), params, want_lp, start, top in zip(inputs, *options.values())]
+        reqs = [
+            prepare(t, ids, params, return_logprob=want_lp, logprob_start_len=start, top_logprobs_num=top)
+            for (t, ids), params, want_lp, start, top in zip(inputs, *options.values())
+        ]
         if body.stream:
             if len(reqs) != 1 or reqs[0].params.n != 1:
                 raise HTTPError(400, "stream takes one prompt with n == 1")
@@ -175,17 +200,31 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
                     text += item["text"]
                     ids += item["output_ids"]
                     yield {"text": text, "output_ids": ids, "meta_info": item["meta_info"]}
+
             return sse(chunks())
         groups = await run_watching(request, asyncio.gather(*(collect(r) for r in reqs)))
-        outs = [{"text": o["text"], "output_ids": o["output_ids"], "meta_info": o["meta_info"]}
-                for group in groups for o in group]
+        outs = [
+            {"text": o["text"], "output_ids": o["output_ids"], "meta_info": o["meta_info"]}
+            for group in groups
+            for o in group
+        ]
         return outs[0] if single and len(outs) == 1 else outs
 
     # ------------------------------------------------------------------ OpenAI
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": int(time.time()),
-                                            "owned_by": "radixlm", "max_model_len": tm.context_len}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model_name,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "radixlm",
+                    "max_model_len": tm.context_len,
+                }
+            ],
+        }
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -207,15 +246,25 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
             raise HTTPError(400, "logprobs must be between 0 and 20")
         params = body.sampling_params(body.max_tokens)
         # echo with logprobs scores the prompt too: its logprobs from the first token on
-        reqs = [prepare(t, ids, params, return_logprob=want_lp, top_logprobs_num=body.logprobs or 0,
-                        logprob_start_len=0 if body.echo and want_lp else None)
-                for t, ids in inputs]
+        reqs = [
+            prepare(
+                t,
+                ids,
+                params,
+                return_logprob=want_lp,
+                top_logprobs_num=body.logprobs or 0,
+                logprob_start_len=0 if body.echo and want_lp else None,
+            )
+            for t, ids in inputs
+        ]
         # echo: per prompt, its text and where each of its tokens starts in that text
         echoes = [echo_prompt(t, r.input_ids) if body.echo else ("", []) for (t, _), r in zip(inputs, reqs)]
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
 
-        def lp_block(meta: dict, offset: int, text_start: int, echo_offsets: list[int] | None = None) -> dict | None:
+        def lp_block(
+            meta: dict, offset: int, text_start: int, echo_offsets: list[int] | None = None
+        ) -> dict | None:
             """Logprobs of the output tokens from `offset` on, whose text starts at `text_start`;
             with `echo_offsets` the prompt's tokens come first (the first one has no logprob)."""
             if not want_lp:
@@ -229,14 +278,21 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
                 pos += len(tok)
             if echo_offsets is not None:
                 prompt_entries = meta.get("input_token_logprobs", [])
-                prompt_tops = meta.get("input_top_logprobs", []) if body.logprobs else [None] * len(prompt_entries)
+                prompt_tops = (
+                    meta.get("input_top_logprobs", []) if body.logprobs else [None] * len(prompt_entries)
+                )
                 entries, tops = prompt_entries + entries, prompt_tops + tops
                 tokens = [token_text(tid) for _, tid in prompt_entries] + tokens
-                offsets = echo_offsets[:len(prompt_entries)] + offsets
-            return {"tokens": tokens, "token_logprobs": [lp for lp, _ in entries], "text_offset": offsets,
-                    "top_logprobs": [({token_text(t): v for t, v in top} if top else None) for top in tops]}
+                offsets = echo_offsets[: len(prompt_entries)] + offsets
+            return {
+                "tokens": tokens,
+                "token_logprobs": [lp for lp, _ in entries],
+                "text_offset": offsets,
+                "top_logprobs": [({token_text(t): v for t, v in top} if top else None) for top in tops],
+            }
 
         if body.stream:
+
             async def chunks():
                 seen: dict[int, tuple[int, int]] = {}
                 usage = {"prompt_tokens": 0, "completion_tokens": 0}
@@ -249,16 +305,24 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
                         if body.echo and index not in seen:
                             # the echoed prompt leads the first chunk, once its logprobs are all in
                             # (a chunked prefill reports them over several steps, with no text)
-                            ready = (not want_lp or item["finished"] or item["output_ids"]
-                                     or len(meta.get("input_token_logprobs", [])) >= len(req.input_ids))
+                            ready = (
+                                not want_lp
+                                or item["finished"]
+                                or item["output_ids"]
+                                or len(meta.get("input_token_logprobs", [])) >= len(req.input_ids)
+                            )
                             if not ready:
                                 continue
                             text, lp_extra = echo_text + text, echo_offsets
                             n_ids, n_chars = 0, len(echo_text)
                         else:
                             n_ids, n_chars = seen.get(index, (0, 0))
-                        choice = {"index": index, "text": text, "logprobs": lp_block(meta, n_ids, n_chars, lp_extra),
-                                  "finish_reason": finish_reason_name(meta.get("finish_reason"))}
+                        choice = {
+                            "index": index,
+                            "text": text,
+                            "logprobs": lp_block(meta, n_ids, n_chars, lp_extra),
+                            "finish_reason": finish_reason_name(meta.get("finish_reason")),
+                        }
                         seen[index] = (n_ids + len(item["output_ids"]), n_chars + len(item["text"]))
                         if item["finished"]:
                             if item["index"] == 0:
@@ -268,6 +332,7 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
                 if body.stream_options and body.stream_options.include_usage:
                     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
                     yield {**base, "choices": [], "usage": usage}
+
             return sse(chunks())
 
         groups = await run_watching(request, asyncio.gather(*(collect(r) for r in reqs)))
@@ -278,12 +343,23 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
             for out in group:
                 meta = out["meta_info"]
                 completion_tokens += meta["completion_tokens"]
-                choices.append({"index": p_idx * body.n + out["index"], "text": echo_text + out["text"],
-                                "logprobs": lp_block(meta, 0, len(echo_text), echo_offsets if body.echo else None),
-                                "finish_reason": finish_reason_name(meta.get("finish_reason"))})
-        return {**base, "choices": choices, "usage": {"prompt_tokens": prompt_tokens,
-                                                      "completion_tokens": completion_tokens,
-                                                      "total_tokens": prompt_tokens + completion_tokens}}
+                choices.append(
+                    {
+                        "index": p_idx * body.n + out["index"],
+                        "text": echo_text + out["text"],
+                        "logprobs": lp_block(meta, 0, len(echo_text), echo_offsets if body.echo else None),
+                        "finish_reason": finish_reason_name(meta.get("finish_reason")),
+                    }
+                )
+        return {
+            **base,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -306,8 +382,13 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
         ids = tm.tokenizer(text, add_special_tokens=False).input_ids
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         top_n = body.top_logprobs or 0
-        req = prepare(None, ids, body.sampling_params(max_tokens), return_logprob=body.logprobs,
-                      top_logprobs_num=top_n if body.logprobs else 0)
+        req = prepare(
+            None,
+            ids,
+            body.sampling_params(max_tokens),
+            return_logprob=body.logprobs,
+            top_logprobs_num=top_n if body.logprobs else 0,
+        )
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         base = {"id": rid, "created": created, "model": body.model}
 
@@ -319,12 +400,21 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
             content = []
             for (lp, tid), top in zip(entries, tops):
                 tok = token_text(tid)
-                content.append({"token": tok, "logprob": lp, "bytes": list(tok.encode()),
-                                "top_logprobs": [{"token": token_text(t), "logprob": v,
-                                                  "bytes": list(token_text(t).encode())} for t, v in (top or [])]})
+                content.append(
+                    {
+                        "token": tok,
+                        "logprob": lp,
+                        "bytes": list(tok.encode()),
+                        "top_logprobs": [
+                            {"token": token_text(t), "logprob": v, "bytes": list(token_text(t).encode())}
+                            for t, v in (top or [])
+                        ],
+                    }
+                )
             return {"content": content}
 
         if body.stream:
+
             async def chunks():
                 sent_role: set[int] = set()
                 offsets: dict[int, int] = {}
@@ -333,32 +423,62 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
                     index, meta = item["index"], item["meta_info"]
                     if index not in sent_role:
                         sent_role.add(index)
-                        yield {**base, "object": "chat.completion.chunk", "choices": [
-                            {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                             "finish_reason": None}]}
+                        yield {
+                            **base,
+                            "object": "chat.completion.chunk",
+                            "choices": [
+                                {
+                                    "index": index,
+                                    "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ],
+                        }
                     off = offsets.get(index, 0)
                     offsets[index] = off + len(item["output_ids"])
-                    yield {**base, "object": "chat.completion.chunk", "choices": [
-                        {"index": index, "delta": {"content": item["text"]} if item["text"] else {},
-                         "logprobs": lp_content(meta, off),
-                         "finish_reason": finish_reason_name(meta.get("finish_reason"))}]}
+                    yield {
+                        **base,
+                        "object": "chat.completion.chunk",
+                        "choices": [
+                            {
+                                "index": index,
+                                "delta": {"content": item["text"]} if item["text"] else {},
+                                "logprobs": lp_content(meta, off),
+                                "finish_reason": finish_reason_name(meta.get("finish_reason")),
+                            }
+                        ],
+                    }
                     if item["finished"]:
                         usage["prompt_tokens"] = meta["prompt_tokens"]
                         usage["completion_tokens"] += meta["completion_tokens"]
                 if body.stream_options and body.stream_options.include_usage:
                     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
                     yield {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+
             return sse(chunks())
 
         outs = await run_watching(request, collect(req))
         meta0 = outs[0]["meta_info"]
         completion_tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
-        return {**base, "object": "chat.completion", "choices": [
-            {"index": o["index"], "message": {"role": "assistant", "content": o["text"]},
-             "logprobs": lp_content(o["meta_info"], 0),
-             "finish_reason": finish_reason_name(o["meta_info"].get("finish_reason"))} for o in outs],
-            "usage": {"prompt_tokens": meta0["prompt_tokens"], "completion_tokens": completion_tokens,
-                      "total_tokens": meta0["prompt_tokens"] + completion_tokens}}
+        return {
+            **base,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": o["index"],
+                    "message": {"role": "assistant", "content": o["text"]},
+                    "logprobs": lp_content(o["meta_info"], 0),
+                    "finish_reason": finish_reason_name(o["meta_info"].get("finish_reason")),
+                }
+                for o in outs
+            ],
+            "usage": {
+                "prompt_tokens": meta0["prompt_tokens"],
+                "completion_tokens": completion_tokens,
+                "total_tokens": meta0["prompt_tokens"] + completion_tokens,
+            },
+        }
 
     # ------------------------------------------------------------------ operations
     @app.get("/health")
@@ -368,8 +488,9 @@ def create_app(tm: TokenizerManager, model_name: str, api_key: str | None = None
         try:
             reply = await tm.control("health", timeout=5.0)
         except (RuntimeDiedError, asyncio.TimeoutError) as exc:
-            return JSONResponse({"status": "unhealthy", "error": str(exc) or "scheduler did not answer"},
-                                status_code=503)
+            return JSONResponse(
+                {"status": "unhealthy", "error": str(exc) or "scheduler did not answer"}, status_code=503
+            )
         return {"status": "ok" if reply.ok else "unhealthy"}
 
     @app.post("/flush_cache")
@@ -411,13 +532,17 @@ class GuardMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if self.api_key and scope.get("path") != "/health":
             if headers.get("authorization", "") != f"Bearer {self.api_key}":
-                return await _send_json(send, 401, _error_body(401, "missing or invalid API key",
-                                                               "authentication_error"))
+                return await _send_json(
+                    send, 401, _error_body(401, "missing or invalid API key", "authentication_error")
+                )
         length = headers.get("content-length")
         if length is not None:
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
-                return await _send_json(send, 413, _error_body(413, f"request body over {MAX_BODY_BYTES} bytes",
-                                                               "invalid_request_error"))
+                return await _send_json(
+                    send,
+                    413,
+                    _error_body(413, f"request body over {MAX_BODY_BYTES} bytes", "invalid_request_error"),
+                )
             return await self.app(scope, receive, send)
         buffered, total = [], 0
         while True:
@@ -427,8 +552,11 @@ class GuardMiddleware:
                 break
             total += len(message.get("body", b""))
             if total > MAX_BODY_BYTES:
-                return await _send_json(send, 413, _error_body(413, f"request body over {MAX_BODY_BYTES} bytes",
-                                                               "invalid_request_error"))
+                return await _send_json(
+                    send,
+                    413,
+                    _error_body(413, f"request body over {MAX_BODY_BYTES} bytes", "invalid_request_error"),
+                )
             buffered.append(message)
             if not message.get("more_body", False):
                 break
@@ -441,8 +569,16 @@ class GuardMiddleware:
 
 async def _send_json(send: Callable, status: int, body: dict) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from radixlm.runtime.config import EngineConfig
 from radixlm.runtime.managers.detokenizer import run_detokenizer_process
-from radixlm.runtime.managers.ipc import IpcAddresses
 from radixlm.runtime.managers.dp_router import run_router_process
+from radixlm.runtime.managers.ipc import IpcAddresses
 from radixlm.runtime.scheduler.scheduler_process import run_scheduler_process
 
 _ERRORS = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError, "TypeError": TypeError}
@@ -45,19 +45,31 @@ def launch_runtime(cfg: EngineConfig) -> RuntimeProcesses:
     ctx = mp.get_context("spawn")
     addrs = IpcAddresses.create()
     tokenizer_path = cfg.tokenizer_path or cfg.model_path
-    detok = ctx.Process(target=run_detokenizer_process, args=(tokenizer_path, addrs, cfg.log_level),
-                        name="radixlm-detokenizer", daemon=True)
+    detok = ctx.Process(
+        target=run_detokenizer_process,
+        args=(tokenizer_path, addrs, cfg.log_level),
+        name="radixlm-detokenizer",
+        daemon=True,
+    )
     # one scheduler per tensor-parallel rank of this node; the first one's start-up report
     # speaks for the runtime
     per_node = cfg.tp_size // cfg.nnodes
-    ranks = [(dp, tp) for dp in range(cfg.dp_size) for tp in range(cfg.node_rank * per_node, (cfg.node_rank + 1) * per_node)]
+    ranks = [
+        (dp, tp)
+        for dp in range(cfg.dp_size)
+        for tp in range(cfg.node_rank * per_node, (cfg.node_rank + 1) * per_node)
+    ]
     pipes = [ctx.Pipe(duplex=False) for _ in ranks]
     scheds = {}
     for (dp, tp), (_, writer) in zip(ranks, pipes):
         name = "scheduler" + (f"-dp{dp}" if cfg.dp_size > 1 else "") + (f"-tp{tp}" if tp else "")
         replica_addrs = addrs.for_replica(dp) if cfg.dp_size > 1 else addrs
-        scheds[name] = ctx.Process(target=run_scheduler_process, args=(cfg, replica_addrs, writer, tp, dp),
-                                   daemon=True, name=f"radixlm-{name}")
+        scheds[name] = ctx.Process(
+            target=run_scheduler_process,
+            args=(cfg, replica_addrs, writer, tp, dp),
+            daemon=True,
+            name=f"radixlm-{name}",
+        )
     workers_only = cfg.node_rank > 0
     handle = RuntimeProcesses(addrs, {**scheds, **({} if workers_only else {"detokenizer": detok})}, {})
     try:
@@ -72,7 +84,9 @@ def launch_runtime(cfg: EngineConfig) -> RuntimeProcesses:
             while not reader.poll(0.2):
                 for name, proc in handle.processes.items():
                     if not proc.is_alive():
-                        raise RuntimeError(f"the {name} process exited with code {proc.exitcode} during start-up")
+                        raise RuntimeError(
+                            f"the {name} process exited with code {proc.exitcode} during start-up"
+                        )
             try:
                 infos.append(reader.recv())
             except EOFError:
@@ -83,8 +97,12 @@ def launch_runtime(cfg: EngineConfig) -> RuntimeProcesses:
             raise _ERRORS.get(kind, RuntimeError)(message)
         if cfg.dp_size > 1:  # the router comes up once every replica has its model loaded
             reader, writer = ctx.Pipe(duplex=False)
-            router = ctx.Process(target=run_router_process, daemon=True, name="radixlm-router",
-                                 args=(addrs, cfg.dp_size, info["max_total_tokens"], writer, cfg.log_level))
+            router = ctx.Process(
+                target=run_router_process,
+                daemon=True,
+                name="radixlm-router",
+                args=(addrs, cfg.dp_size, info["max_total_tokens"], writer, cfg.log_level),
+            )
             handle.processes["router"] = router
             with _main_module_hidden():
                 router.start()

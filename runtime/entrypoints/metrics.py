@@ -13,21 +13,34 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("radixlm_requests", "Finished requests by finish type", ["finish"], registry=r)
-        self.prompt_tokens = Counter("radixlm_prompt_tokens", "Prompt tokens of finished requests", registry=r)
+        self.requests = Counter(
+            "radixlm_requests", "Finished requests by finish type", ["finish"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            "radixlm_prompt_tokens", "Prompt tokens of finished requests", registry=r
+        )
         self.generation_tokens = Counter("radixlm_generation_tokens", "Generated tokens", registry=r)
-        self.cached_tokens = Counter("radixlm_cached_tokens", "Prompt tokens served from the radix cache",
-                                     registry=r)
-        self.ttft = Histogram("radixlm_time_to_first_token_seconds", "Time to first token", registry=r,
-                              buckets=_LATENCY_BUCKETS)
-        self.itl = Histogram("radixlm_inter_token_latency_seconds", "Time between output tokens", registry=r,
-                             buckets=_LATENCY_BUCKETS)
-        self.e2e = Histogram("radixlm_e2e_request_latency_seconds", "Request latency", registry=r,
-                             buckets=_LATENCY_BUCKETS)
+        self.cached_tokens = Counter(
+            "radixlm_cached_tokens", "Prompt tokens served from the radix cache", registry=r
+        )
+        self.ttft = Histogram(
+            "radixlm_time_to_first_token_seconds", "Time to first token", registry=r, buckets=_LATENCY_BUCKETS
+        )
+        self.itl = Histogram(
+            "radixlm_inter_token_latency_seconds",
+            "Time between output tokens",
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.e2e = Histogram(
+            "radixlm_e2e_request_latency_seconds", "Request latency", registry=r, buckets=_LATENCY_BUCKETS
+        )
         self.running = Gauge("radixlm_num_running_reqs", "Running requests", registry=r)
         self.queued = Gauge("radixlm_num_queue_reqs", "Queued requests", registry=r)
         self.token_usage = Gauge("radixlm_token_usage", "Fraction of the KV pool in use", registry=r)
-        self.cache_hit_rate = Gauge("radixlm_cache_hit_rate", "Cached / prompt tokens since start", registry=r)
+        self.cache_hit_rate = Gauge(
+            "radixlm_cache_hit_rate", "Cached / prompt tokens since start", registry=r
+        )
 
     def observe_ttft(self, seconds: float) -> None:
         self.ttft.observe(seconds)
@@ -48,7 +61,9 @@ class ServerMetrics:
         self.running.set(info.get("running", 0))
         self.queued.set(info.get("waiting", 0))
         total = info.get("total_tokens") or 1
-        self.token_usage.set((total - info.get("free_tokens", total) - info.get("evictable_tokens", 0)) / total)
+        self.token_usage.set(
+            (total - info.get("free_tokens", total) - info.get("evictable_tokens", 0)) / total
+        )
         self.cache_hit_rate.set(info.get("cache_hit_rate", 0.0))
 
     def render(self) -> bytes:

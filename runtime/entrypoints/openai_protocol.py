@@ -8,7 +8,7 @@ silently ignored. The native /generate route refuses unknown fields.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,7 +26,7 @@ class _OpenAISampling(BaseModel):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
@@ -69,23 +69,40 @@ class _OpenAISampling(BaseModel):
             elif kind == "json_schema":
                 spec = fmt.get("json_schema")
                 if not isinstance(spec, dict) or not isinstance(spec.get("schema"), (dict, bool)):
-                    raise ValueError("response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}")
+                    raise ValueError(
+                        "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}"
+                    )
                 found["json_schema"] = spec["schema"]
             elif kind not in (None, "text"):
-                raise ValueError(f"response_format type must be 'text', 'json_object' or 'json_schema', got {kind!r}")
-        if len(found) > 1 or (fmt is not None and fmt.get("type") not in (None, "text")
-                              and (self.regex is not None or self.json_schema is not None)):
+                raise ValueError(
+                    f"response_format type must be 'text', 'json_object' or 'json_schema', got {kind!r}"
+                )
+        if len(found) > 1 or (
+            fmt is not None
+            and fmt.get("type") not in (None, "text")
+            and (self.regex is not None or self.json_schema is not None)
+        ):
             raise ValueError("give at most one of response_format, regex and json_schema")
         return found
 
     def sampling_params(self, max_tokens: int | None) -> dict[str, Any]:
         params: dict[str, Any] = {
-            "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
-            "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
-            "repetition_penalty": self.repetition_penalty, "min_new_tokens": self.min_tokens,
-            "ignore_eos": self.ignore_eos, "skip_special_tokens": self.skip_special_tokens,
-            "no_stop_trim": self.no_stop_trim, "stop": self.stop, "stop_token_ids": self.stop_token_ids,
-            "seed": self.seed, "n": self.n, **self.constraint(),
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
+            "min_new_tokens": self.min_tokens,
+            "ignore_eos": self.ignore_eos,
+            "skip_special_tokens": self.skip_special_tokens,
+            "no_stop_trim": self.no_stop_trim,
+            "stop": self.stop,
+            "stop_token_ids": self.stop_token_ids,
+            "seed": self.seed,
+            "n": self.n,
+            **self.constraint(),
         }
         if max_tokens is not None:
             params["max_new_tokens"] = max_tokens
@@ -93,7 +110,7 @@ class _OpenAISampling(BaseModel):
 
 
 class CompletionRequest(_OpenAISampling):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(default=16, ge=0)
     logprobs: int | None = None
     echo: bool = False
@@ -114,7 +131,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: Union[str, list[TextPart], None] = None
+    content: str | list[TextPart] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -143,13 +160,13 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: Union[str, list[str], None] = None
-    input_ids: Union[list[int], list[list[int]], None] = None
+    text: str | list[str] | None = None
+    input_ids: list[int] | list[list[int]] | None = None
     # one value for all prompts, or a list with one per prompt (a batch)
-    sampling_params: Union[dict[str, Any], list[dict[str, Any]]] = Field(default_factory=dict)
-    return_logprob: Union[bool, list[bool]] = False
-    logprob_start_len: Union[int, None, list[Union[int, None]]] = None
-    top_logprobs_num: Union[int, list[int]] = 0
+    sampling_params: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=dict)
+    return_logprob: bool | list[bool] = False
+    logprob_start_len: int | None | list[int | None] = None
+    top_logprobs_num: int | list[int] = 0
     stream: bool = False
     rid: str | None = None
 

@@ -9,16 +9,26 @@ object". A code this table does not know still names the field, and appends pyda
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # error type code -> what the field should have been (errors of these codes for one field,
 # one per branch of a Union, are joined with "or")
 _EXPECTED = {
-    "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
-    "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
-    "bool_type": "true or false", "bool_parsing": "true or false", "list_type": "a list",
-    "dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
-    "none_required": "null", "finite_number": "a finite number",
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "none_required": "null",
+    "finite_number": "a finite number",
 }
 
 # pydantic's names for the branches of a Union appear in `loc`; they are not field names
@@ -51,8 +61,12 @@ def _describe_field(where: str, errs: list[dict[str, Any]]) -> str:
         return f"{where} is required"
     if kind == "extra_forbidden":
         return f"{where} is not a known field"
-    bound = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
-             "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}.get(kind)
+    bound = {
+        "greater_than_equal": (">=", "ge"),
+        "greater_than": (">", "gt"),
+        "less_than_equal": ("<=", "le"),
+        "less_than": ("<", "lt"),
+    }.get(kind)
     if bound:
         return f"{where} must be {bound[0]} {ctx.get(bound[1])}, got {got!r}"
     if kind == "too_short":
@@ -81,15 +95,21 @@ def _field_path(loc: Iterable[Any]) -> str:
 def _is_branch_tag(part: str) -> bool:
     # our field names are lower snake_case; pydantic's Union branch tags are type names
     # ("list[int]", "dict[str,any]", "function-after[...]", "TextPart")
-    return (part in _PRIMITIVE_TAGS or "[" in part or "-" in part or part[:1].isupper())
+    return part in _PRIMITIVE_TAGS or "[" in part or "-" in part or part[:1].isupper()
 
 
 def json_kind(value: Any) -> str:
     """A JSON value's kind, as an error message names it."""
     if value is None:
         return "null"
-    for py, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
-                     (list, "a list"), (dict, "an object")):
+    for py, name in (
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a number"),
+        (str, "a string"),
+        (list, "a list"),
+        (dict, "an object"),
+    ):
         if isinstance(value, py):
             return name
     return type(value).__name__
@@ -101,5 +121,5 @@ def _count(value: Any) -> str:
 
 def describe_undecodable_body(cause: UnicodeDecodeError) -> str:
     """A body that is not UTF-8: which byte, and where."""
-    bad = cause.object[cause.start:cause.start + 1]
+    bad = cause.object[cause.start : cause.start + 1]
     return f"request body is not valid UTF-8 JSON: byte 0x{bad.hex()} at offset {cause.start} is not UTF-8"

@@ -15,8 +15,18 @@ import zmq
 import zmq.asyncio
 
 from radixlm.runtime.managers.ipc import make_socket
-from radixlm.runtime.managers.messages import (DECODE_ERRORS, ClientAbort, ClientBatch, ClientChunk, ClientControl,
-                                      ClientGenerate, ClientRequest, ClientResult, decoder, encoder)
+from radixlm.runtime.managers.messages import (
+    DECODE_ERRORS,
+    ClientAbort,
+    ClientBatch,
+    ClientChunk,
+    ClientControl,
+    ClientGenerate,
+    ClientRequest,
+    ClientResult,
+    decoder,
+    encoder,
+)
 from radixlm.runtime.managers.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger("radixlm.client_endpoint")
@@ -52,12 +62,16 @@ class ClientEndpoint:
             parts = await self.sock.recv_multipart()
             identity, frames = parts[0], parts[1:]
             if len(frames) != 1:
-                await self._reply(identity, ClientResult(rid="", ok=False, error="expected exactly one frame"))
+                await self._reply(
+                    identity, ClientResult(rid="", ok=False, error="expected exactly one frame")
+                )
                 continue
             try:
                 msg = self.dec.decode(frames[0])
             except DECODE_ERRORS as exc:
-                await self._reply(identity, ClientResult(rid="", ok=False, error=f"undecodable message: {exc}"))
+                await self._reply(
+                    identity, ClientResult(rid="", ok=False, error=f"undecodable message: {exc}")
+                )
                 continue
             task = asyncio.create_task(self._handle(identity, msg))
             self._tasks.add(task)
@@ -85,16 +99,26 @@ class ClientEndpoint:
                 if msg.op not in CONTROL_OPS:
                     raise ValueError(f"unknown operation {msg.op!r}; expected one of {CONTROL_OPS}")
                 reply = await self.tm.control(msg.op)
-                await self._reply(identity, ClientResult(rid=msg.rid, ok=reply.ok, data=reply.data, error=reply.error))
+                await self._reply(
+                    identity, ClientResult(rid=msg.rid, ok=reply.ok, data=reply.data, error=reply.error)
+                )
         except asyncio.CancelledError:
             await self._reply(identity, ClientResult(rid=getattr(msg, "rid", ""), ok=False, error="aborted"))
         except Exception as exc:
-            await self._reply(identity, ClientResult(rid=getattr(msg, "rid", ""), ok=False,
-                                                     error=f"{type(exc).__name__}: {exc}"))
+            await self._reply(
+                identity,
+                ClientResult(rid=getattr(msg, "rid", ""), ok=False, error=f"{type(exc).__name__}: {exc}"),
+            )
 
     def _prepare(self, msg: ClientGenerate):
-        prepared = self.tm.prepare(msg.text, msg.input_ids, msg.sampling_params, msg.return_logprob,
-                                   msg.logprob_start_len, msg.top_logprobs_num)
+        prepared = self.tm.prepare(
+            msg.text,
+            msg.input_ids,
+            msg.sampling_params,
+            msg.return_logprob,
+            msg.logprob_start_len,
+            msg.top_logprobs_num,
+        )
         if prepared.params.n != 1:
             raise ValueError("the ZeroMQ endpoint takes n == 1; send n requests to sample n times")
         return prepared
@@ -107,5 +131,13 @@ class ClientEndpoint:
         prepared = self._prepare(msg)
         async for item in self.tm.generate(prepared, stream=msg.stream):
             finished = item.get("finished", True)
-            await self._reply(identity, ClientChunk(rid=msg.rid, text=item["text"], output_ids=list(item["output_ids"]),
-                                                    meta_info=item["meta_info"], finished=finished))
+            await self._reply(
+                identity,
+                ClientChunk(
+                    rid=msg.rid,
+                    text=item["text"],
+                    output_ids=list(item["output_ids"]),
+                    meta_info=item["meta_info"],
+                    finished=finished,
+                ),
+            )

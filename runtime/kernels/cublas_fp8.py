@@ -45,7 +45,9 @@ def padded_rows(m: int) -> int:
     return -(-m // M_MULTIPLE) * M_MULTIPLE
 
 
-def empty_operands(m: int, k: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def empty_operands(
+    m: int, k: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Buffers for an [M, K] activation in cuBLAS's layout: (a_q [rows, K], a_scale [rows, K/128]
     M-major: a transposed view of a [K/128, rows] buffer), rows = `padded_rows(M)`. The padding
     rows are set (zeros, scale 1); the caller writes the first M rows, e.g. by quantising into
@@ -69,17 +71,25 @@ def pad_operands(a_q: torch.Tensor, a_scale: torch.Tensor) -> tuple[torch.Tensor
     return q, s
 
 
-def block_scaled_mm(a_q: torch.Tensor, a_scale: torch.Tensor, b_q: torch.Tensor, b_scale: torch.Tensor,
-                    out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+def block_scaled_mm(
+    a_q: torch.Tensor,
+    a_scale: torch.Tensor,
+    b_q: torch.Tensor,
+    b_scale: torch.Tensor,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
     """a_q [M, K] e4m3 (row-major; M a multiple of M_MULTIPLE) with a_scale fp32 [M, K/128], M-major
     (stride (1, M)); b_q [N, K] e4m3 (row-major) with b_scale fp32 [N/128, K/128] (row-major) ->
     [M, N] in out_dtype."""
     m, k = a_q.shape
     n = b_q.shape[0]
     assert m % M_MULTIPLE == 0, f"cuBLAS takes M a multiple of {M_MULTIPLE} (pad the rows), got {m}"
-    assert shape_ok(n, k, (BLOCK, BLOCK)), f"cuBLAS block scaling needs N and K multiples of {BLOCK}: {n}, {k}"
-    assert a_scale.shape == (m, k // BLOCK) and (m == 1 or a_scale.stride(0) == 1), \
+    assert shape_ok(n, k, (BLOCK, BLOCK)), (
+        f"cuBLAS block scaling needs N and K multiples of {BLOCK}: {n}, {k}"
+    )
+    assert a_scale.shape == (m, k // BLOCK) and (m == 1 or a_scale.stride(0) == 1), (
         f"a_scale must be [M, K/128] with M contiguous, got {tuple(a_scale.shape)} strides {a_scale.stride()}"
+    )
     assert b_scale.shape == (n // BLOCK, k // BLOCK) and b_scale.is_contiguous(), tuple(b_scale.shape)
     return torch._scaled_mm(a_q, b_q.t(), scale_a=a_scale, scale_b=b_scale.t(), out_dtype=out_dtype)
 

@@ -29,6 +29,7 @@ def _kernels():
     global _triton_modules
     if _triton_modules is None:
         from radixlm.runtime.kernels.triton import activation, kv_store, norm, rotary
+
         _triton_modules = (norm, activation, rotary, kv_store)
     return _triton_modules
 
@@ -52,8 +53,9 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return reference.rmsnorm(x, weight, eps)
 
 
-def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_add_rmsnorm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(norm(x + residual), x + residual). The Triton version overwrites x and residual."""
     if uses_triton(x) and x.dim() == 2 and x.is_contiguous() and residual.is_contiguous():
         return _kernels()[0].fused_add_rmsnorm(x, residual, weight, eps)
@@ -66,8 +68,9 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return reference.silu_and_mul(gate_up)
 
 
-def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
-                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_rotary(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate-half RoPE of q [T, H, D] and k [T, Hkv, D] (the Triton version in place)."""
     if uses_triton(q):
         _kernels()[2].apply_rotary(positions, q, k, cos, sin)
@@ -75,8 +78,15 @@ def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos:
     return reference.apply_rotary(positions, q, k, cos, sin)
 
 
-def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
-             slots: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+def store_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    slots: torch.Tensor,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
+) -> None:
     """Write the new tokens' K/V into the pool rows `slots` (cast to the pool's dtype; an fp8
     pool stores value / scale)."""
     if uses_triton(k):
@@ -89,7 +99,9 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer:
 # fp8_gemv_configs.json (`fp8_gemv.max_m_for`). Set by `set_fp8_gemv_max_m` (tests, benchmarks), or
 # for a whole run, scheduler processes included, by the environment variable (A/B benchmarks).
 GEMV_MAX_M_ENV = "RADIXLM_FP8_GEMV_MAX_M"
-_fp8_gemv_max_m_override: int | None = int(os.environ[GEMV_MAX_M_ENV]) if os.environ.get(GEMV_MAX_M_ENV) else None
+_fp8_gemv_max_m_override: int | None = (
+    int(os.environ[GEMV_MAX_M_ENV]) if os.environ.get(GEMV_MAX_M_ENV) else None
+)
 # Which kernels run the W8A8 product (`set_fp8_gemm_backend`): "auto" = cuBLAS' block-scaled
 # `_scaled_mm` (runtime/kernels/cublas_fp8.py) from the tuned M where this torch has it, Triton
 # below; "triton" = the Triton GEMM at every M.
@@ -148,8 +160,13 @@ def fp8_uses_cublas(m: int, n: int, k: int, block_size: tuple[int, int], device:
     return cublas_fp8.unsupported_reason(device) is None
 
 
-def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor, bias: torch.Tensor | None,
-               block_size: tuple[int, int]) -> torch.Tensor:
+def fp8_linear(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale_inv: torch.Tensor,
+    bias: torch.Tensor | None,
+    block_size: tuple[int, int],
+) -> torch.Tensor:
     """x [..., K] @ w^T (+ bias) -> [..., N] in x's dtype, w [N, K] e4m3 with per-block scales (see
     runtime/layers/quantization.py). Two maths, chosen by M = x's rows:
       * M <= fp8_gemv_max_m(N, K) (decode batches): W8A16, x as it is times the dequantised weight
@@ -169,16 +186,28 @@ def fp8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor, bi
         if weight_only:
             y = gemv.w8a16_block_fp8_matmul(x2, w_q, w_scale_inv, block_size, out_dtype=x.dtype)
         else:
-            y = _w8a8(lambda q, s: quant.per_token_group_quant_fp8(x2, block_size[1], out_q=q, out_scale=s),
-                      m, w_q, w_scale_inv, block_size, x.dtype, x.device)
+            y = _w8a8(
+                lambda q, s: quant.per_token_group_quant_fp8(x2, block_size[1], out_q=q, out_scale=s),
+                m,
+                w_q,
+                w_scale_inv,
+                block_size,
+                x.dtype,
+                x.device,
+            )
         if bias is not None:
             y += bias
         return y.reshape(*x.shape[:-1], n)
     return reference.fp8_block_linear(x, w_q, w_scale_inv, bias, block_size, quantize_x=not weight_only)
 
 
-def fp8_silu_gated_linear(gate_up: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor,
-                          bias: torch.Tensor | None, block_size: tuple[int, int]) -> torch.Tensor:
+def fp8_silu_gated_linear(
+    gate_up: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale_inv: torch.Tensor,
+    bias: torch.Tensor | None,
+    block_size: tuple[int, int],
+) -> torch.Tensor:
     """`fp8_linear(silu_and_mul(gate_up), ...)`, the gated MLP's down projection, with the same math
     and routing; on the W8A8 route the activation and the input quantisation run as one kernel
     (fp8_quant.silu_and_mul_quant_fp8), so the [M, I] activation never goes through memory."""
@@ -190,15 +219,29 @@ def fp8_silu_gated_linear(gate_up: torch.Tensor, w_q: torch.Tensor, w_scale_inv:
     if not g2.is_contiguous():
         g2 = g2.contiguous()
     quant = _fp8_kernels()[0]
-    y = _w8a8(lambda q, s: quant.silu_and_mul_quant_fp8(g2, block_size[1], out_q=q, out_scale=s),
-              m, w_q, w_scale_inv, block_size, gate_up.dtype, gate_up.device)
+    y = _w8a8(
+        lambda q, s: quant.silu_and_mul_quant_fp8(g2, block_size[1], out_q=q, out_scale=s),
+        m,
+        w_q,
+        w_scale_inv,
+        block_size,
+        gate_up.dtype,
+        gate_up.device,
+    )
     if bias is not None:
         y += bias
     return y.reshape(*gate_up.shape[:-1], n)
 
 
-def _w8a8(quantize, m: int, w_q: torch.Tensor, w_scale_inv: torch.Tensor, block_size: tuple[int, int],
-          dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _w8a8(
+    quantize,
+    m: int,
+    w_q: torch.Tensor,
+    w_scale_inv: torch.Tensor,
+    block_size: tuple[int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
     """The W8A8 product [M, N] of an activation that `quantize(out_q, out_scale)` writes as e4m3 [M, K]
     with per-token-group scales. On cuBLAS (`fp8_uses_cublas`) it writes them in the layout cuBLAS
     reads (`cublas_fp8.empty_operands`: rows padded to a multiple of 4, scales M-major) and the
@@ -211,7 +254,9 @@ def _w8a8(quantize, m: int, w_q: torch.Tensor, w_scale_inv: torch.Tensor, block_
     a_q = torch.empty((m, k), dtype=w_q.dtype, device=device)
     a_scale = torch.empty((m, -(-k // block_size[1])), dtype=torch.float32, device=device)
     quantize(a_q, a_scale)
-    return _fp8_kernels()[1].w8a8_block_fp8_matmul(a_q, a_scale, w_q, w_scale_inv, block_size, out_dtype=dtype)
+    return _fp8_kernels()[1].w8a8_block_fp8_matmul(
+        a_q, a_scale, w_q, w_scale_inv, block_size, out_dtype=dtype
+    )
 
 
 _fp8_modules = None
@@ -223,5 +268,6 @@ def _fp8_kernels():
     global _fp8_modules
     if _fp8_modules is None:
         from radixlm.runtime.kernels.triton import fp8_gemm, fp8_gemv, fp8_quant
+
         _fp8_modules = (fp8_quant, fp8_gemm, fp8_gemv)
     return _fp8_modules

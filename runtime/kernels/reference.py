@@ -38,7 +38,9 @@ def extend_attention(
     num_heads = q.shape[1]
     out = torch.empty_like(q)
     start = 0
-    for row, prefix_len, extend_len in zip(req_pool_indices.tolist(), prefix_lens.tolist(), extend_lens.tolist()):
+    for row, prefix_len, extend_len in zip(
+        req_pool_indices.tolist(), prefix_lens.tolist(), extend_lens.tolist()
+    ):
         end = start + extend_len
         slots = req_to_token[row, :prefix_len]
         k = torch.cat([k_buffer[slots].float() * k_scale, k_extend[start:end].float()])
@@ -103,8 +105,9 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (weight.float() * normed.float()).to(dtype)
 
 
-def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_add_rmsnorm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Out of place: returns (rmsnorm(h), h) with h = x + residual, the sum exact in fp32 and
     rounded once to the dtype (what torch's half-precision add does)."""
     h = (x.float() + residual.float()).to(x.dtype)
@@ -118,8 +121,13 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return (F.silu(gate) * up).to(gate_up.dtype)
 
 
-def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_cache: torch.Tensor,
-                 sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_rotary(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate-half RoPE, out of place: x * cos + rotate_half(x) * sin for q [T, H, D] and
     k [T, Hkv, D] with the fp32 tables [P, D] indexed by positions [T]. fp32 math, rounded once
     to each input's dtype (eager layers.RotaryEmbedding rounds cos/sin and each product to the
@@ -136,8 +144,15 @@ def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_
     return rotate(q), rotate(k)
 
 
-def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
-             slots: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+def store_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    slots: torch.Tensor,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
+) -> None:
     """In place: k_buffer[slots] = k / k_scale and v_buffer[slots] = v / v_scale, cast to the
     buffers' dtype (an fp8 buffer saturates at +-448 rather than overflowing to NaN)."""
     for x, buf, scale in ((k, k_buffer, k_scale), (v, v_buffer, v_scale)):
@@ -174,7 +189,9 @@ def per_token_group_quant_fp8(x: torch.Tensor, group_size: int = 128) -> tuple[t
     return q.flatten(-2)[..., :k], scale
 
 
-def block_quant_fp8(w: torch.Tensor, block_size: tuple[int, int] = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:
+def block_quant_fp8(
+    w: torch.Tensor, block_size: tuple[int, int] = (128, 128)
+) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K] -> (q e4m3 [N, K], scale_inv fp32 [ceil(N / bn), ceil(K / bk)]), w ~= q * scale_inv."""
     bn, bk = block_size
     n, k = w.shape
@@ -185,7 +202,9 @@ def block_quant_fp8(w: torch.Tensor, block_size: tuple[int, int] = (128, 128)) -
     return q.flatten(2).flatten(0, 1)[:n, :k].contiguous(), scale
 
 
-def block_dequant_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block_size: tuple[int, int] = (128, 128)) -> torch.Tensor:
+def block_dequant_fp8(
+    q: torch.Tensor, scale_inv: torch.Tensor, block_size: tuple[int, int] = (128, 128)
+) -> torch.Tensor:
     """The fp32 weights [N, K] that `q` and its block scales stand for."""
     bn, bk = block_size
     n, k = q.shape
@@ -193,8 +212,14 @@ def block_dequant_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block_size: tupl
     return q.float() * full
 
 
-def w8a8_block_fp8_matmul(a_q: torch.Tensor, a_scale: torch.Tensor, b_q: torch.Tensor, b_scale: torch.Tensor,
-                          block_size: tuple[int, int] = (128, 128), out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def w8a8_block_fp8_matmul(
+    a_q: torch.Tensor,
+    a_scale: torch.Tensor,
+    b_q: torch.Tensor,
+    b_scale: torch.Tensor,
+    block_size: tuple[int, int] = (128, 128),
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """a [M, K] (per-token-group scales, group = block_k) @ b [N, K]^T (block scales) -> [M, N],
     computed in fp32 on the dequantised operands."""
     bk = block_size[1]
@@ -203,16 +228,26 @@ def w8a8_block_fp8_matmul(a_q: torch.Tensor, a_scale: torch.Tensor, b_q: torch.T
     return (a @ block_dequant_fp8(b_q, b_scale, block_size).t()).to(out_dtype)
 
 
-def w8a16_block_fp8_matmul(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor,
-                           block_size: tuple[int, int] = (128, 128),
-                           out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def w8a16_block_fp8_matmul(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale_inv: torch.Tensor,
+    block_size: tuple[int, int] = (128, 128),
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """x [M, K] unquantised @ b [N, K]^T (block scales) -> [M, N]: the fp32 product of x with the
     dequantised weight (the oracle of runtime/kernels/triton/fp8_gemv.py)."""
     return (x.float() @ block_dequant_fp8(w_q, w_scale_inv, block_size).t()).to(out_dtype)
 
 
-def fp8_block_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor, bias: torch.Tensor | None,
-                     block_size: tuple[int, int] = (128, 128), quantize_x: bool = True) -> torch.Tensor:
+def fp8_block_linear(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale_inv: torch.Tensor,
+    bias: torch.Tensor | None,
+    block_size: tuple[int, int] = (128, 128),
+    quantize_x: bool = True,
+) -> torch.Tensor:
     """y = x @ w^T (+ bias) the way the FP8 path computes it: x quantised per token group
     (group = block_k) and the product of the quantised operands (W8A8), or with quantize_x=False
     x as it is times the dequantised weight (W8A16, the small-M path); output in x's dtype."""

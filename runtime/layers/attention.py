@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from radixlm.runtime.model_executor.forward_batch import ForwardBatch, ForwardMode
 from radixlm.runtime.kernels import ops, reference
+from radixlm.runtime.model_executor.forward_batch import ForwardBatch, ForwardMode
 from radixlm.runtime.radix.memory_pool import KVPool, ReqToTokenPool
 
 
@@ -44,24 +44,27 @@ SDPA_MIN_TOKENS = 1024
 
 
 class AttentionBackend:
-    def __init__(self, kv_pool: KVPool, req_pool: ReqToTokenPool, num_heads: int, head_dim: int,
-                 use_triton: bool) -> None:
+    def __init__(
+        self, kv_pool: KVPool, req_pool: ReqToTokenPool, num_heads: int, head_dim: int, use_triton: bool
+    ) -> None:
         self.kv_pool = kv_pool
         self.req_pool = req_pool
         self.num_heads = num_heads
         self.num_kv_heads = kv_pool.k_buffers[0].shape[1]
         self.head_dim = head_dim
-        self.sm_scale = head_dim ** -0.5
+        self.sm_scale = head_dim**-0.5
         self.use_triton = use_triton
         self.num_sms = 0
         if use_triton:  # imported only where used: CPU processes never load the GPU kernels
             from radixlm.runtime.kernels.triton import decode_attention, extend_attention
+
             self._decode_kernels, self._extend_attention = decode_attention, extend_attention.extend_attention
             self.num_sms = torch.cuda.get_device_properties(kv_pool.device).multi_processor_count
 
     def num_kv_splits(self, batch_size: int) -> int:
-        return self._decode_kernels.choose_num_kv_splits(batch_size, self.num_kv_heads,
-                                                         self.req_pool.max_context_len, self.num_sms)
+        return self._decode_kernels.choose_num_kv_splits(
+            batch_size, self.num_kv_heads, self.req_pool.max_context_len, self.num_sms
+        )
 
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
         batch.attn_backend = self
@@ -79,14 +82,18 @@ class AttentionBackend:
             starts = torch.cumsum(batch.extend_lens, 0) - batch.extend_lens
             lens = batch.extend_lens_cpu
             meta = ExtendMetadata(starts, max(lens, default=0))
-            if (not any(batch.prefix_lens_cpu) and len(lens) <= SDPA_MAX_REQUESTS
-                    and sum(lens) >= SDPA_MIN_TOKENS * len(lens)):
+            if (
+                not any(batch.prefix_lens_cpu)
+                and len(lens) <= SDPA_MAX_REQUESTS
+                and sum(lens) >= SDPA_MIN_TOKENS * len(lens)
+            ):
                 ends = list(itertools.accumulate(lens))
                 meta.sdpa_spans = list(zip([0] + ends[:-1], ends))
             batch.attn_metadata = meta
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
-                batch: ForwardBatch) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, batch: ForwardBatch
+    ) -> torch.Tensor:
         """q: [T, H, D]; k, v: [T, Hkv, D] for the batch's new tokens. Returns [T, H, D]."""
         k_buffer, v_buffer = self.kv_pool.k_buffers[layer], self.kv_pool.v_buffers[layer]
         scales = self.kv_pool.scales[layer]  # (k, v): an fp8 pool stores value / scale
@@ -94,30 +101,78 @@ class AttentionBackend:
         req_to_token = self.req_pool.req_to_token
         if not self.use_triton:
             if batch.mode is ForwardMode.DECODE:
-                return reference.decode_attention(q, k_buffer, v_buffer, req_to_token, batch.req_pool_indices,
-                                                  batch.seq_lens, self.sm_scale, *scales)
-            return reference.extend_attention(q, k, v, k_buffer, v_buffer, req_to_token, batch.req_pool_indices,
-                                              batch.prefix_lens, batch.extend_lens, self.sm_scale, *scales)
+                return reference.decode_attention(
+                    q,
+                    k_buffer,
+                    v_buffer,
+                    req_to_token,
+                    batch.req_pool_indices,
+                    batch.seq_lens,
+                    self.sm_scale,
+                    *scales,
+                )
+            return reference.extend_attention(
+                q,
+                k,
+                v,
+                k_buffer,
+                v_buffer,
+                req_to_token,
+                batch.req_pool_indices,
+                batch.prefix_lens,
+                batch.extend_lens,
+                self.sm_scale,
+                *scales,
+            )
         meta = batch.attn_metadata
         if batch.mode is ForwardMode.DECODE:
-            return self._decode_kernels.decode_attention(q, k_buffer, v_buffer, req_to_token, batch.req_pool_indices, batch.seq_lens,
-                                    self.sm_scale, num_kv_splits=meta.num_kv_splits,
-                                    partial_out=meta.partial_out, partial_lse=meta.partial_lse,
-                                    k_scale=scales[0], v_scale=scales[1])
+            return self._decode_kernels.decode_attention(
+                q,
+                k_buffer,
+                v_buffer,
+                req_to_token,
+                batch.req_pool_indices,
+                batch.seq_lens,
+                self.sm_scale,
+                num_kv_splits=meta.num_kv_splits,
+                partial_out=meta.partial_out,
+                partial_lse=meta.partial_lse,
+                k_scale=scales[0],
+                v_scale=scales[1],
+            )
         if meta.sdpa_spans is not None:
             return self._sdpa_prefill(q, k, v, meta.sdpa_spans)
-        return self._extend_attention(q, k, v, k_buffer, v_buffer, req_to_token, batch.req_pool_indices,
-                                batch.prefix_lens, batch.extend_lens, self.sm_scale,
-                                extend_start_loc=meta.extend_start_loc, max_extend_len=meta.max_extend_len,
-                                k_scale=scales[0], v_scale=scales[1])
+        return self._extend_attention(
+            q,
+            k,
+            v,
+            k_buffer,
+            v_buffer,
+            req_to_token,
+            batch.req_pool_indices,
+            batch.prefix_lens,
+            batch.extend_lens,
+            self.sm_scale,
+            extend_start_loc=meta.extend_start_loc,
+            max_extend_len=meta.max_extend_len,
+            k_scale=scales[0],
+            v_scale=scales[1],
+        )
 
-    def _sdpa_prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      spans: list[tuple[int, int]]) -> torch.Tensor:
+    def _sdpa_prefill(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[tuple[int, int]]
+    ) -> torch.Tensor:
         """Causal self-attention of requests with no cached prefix, one SDPA call each."""
         out = torch.empty_like(q)
         for start, end in spans:
             qr, kr, vr = (x[start:end].transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # [1, heads, t, D]
             o = torch.nn.functional.scaled_dot_product_attention(
-                qr, kr, vr, is_causal=True, scale=self.sm_scale, enable_gqa=self.num_heads != self.num_kv_heads)
+                qr,
+                kr,
+                vr,
+                is_causal=True,
+                scale=self.sm_scale,
+                enable_gqa=self.num_heads != self.num_kv_heads,
+            )
             out[start:end] = o[0].transpose(0, 1)
         return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -63,8 +63,12 @@ class RotaryEmbedding(nn.Module):
 class GatedMLP(nn.Module):
     """SiLU-gated MLP with gate and up projections fused into one matmul."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         """`intermediate_size`: this rank's columns; `reduce`: the sum over tensor-parallel
         ranks of down_proj's partial output (None: a single rank)."""
         super().__init__()

@@ -31,21 +31,31 @@ class Fp8Linear(nn.Module):
     """y = x @ w^T (+ bias) with w block-quantised to e4m3 and x quantised per token group
     (unquantised at small M: see ops.fp8_linear)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, block_size: tuple[int, int],
-                 bias_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        block_size: tuple[int, int],
+        bias_dtype: torch.dtype,
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.block_size = tuple(block_size)
         bn, bk = self.block_size
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=reference.FP8_DTYPE),
-                                   requires_grad=False)
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, dtype=reference.FP8_DTYPE), requires_grad=False
+        )
         self.weight_scale_inv = nn.Parameter(
             torch.empty(math.ceil(out_features / bn), math.ceil(in_features / bk), dtype=torch.float32),
-            requires_grad=False)
-        self.bias = nn.Parameter(torch.empty(out_features, dtype=bias_dtype), requires_grad=False) if bias else None
+            requires_grad=False,
+        )
+        self.bias = (
+            nn.Parameter(torch.empty(out_features, dtype=bias_dtype), requires_grad=False) if bias else None
+        )
 
     @staticmethod
-    def quantize(linear: nn.Linear, block_size: tuple[int, int]) -> "Fp8Linear":
+    def quantize(linear: nn.Linear, block_size: tuple[int, int]) -> Fp8Linear:
         """An Fp8Linear holding `linear`'s weights, quantised on their device."""
         w = linear.weight.data
         out = Fp8Linear(linear.in_features, linear.out_features, linear.bias is not None, block_size, w.dtype)
@@ -60,22 +70,37 @@ class Fp8Linear(nn.Module):
     def forward_silu_gated(self, gate_up: torch.Tensor) -> torch.Tensor:
         """forward(silu_and_mul(gate_up)) for a gated MLP's down projection: at W8A8 sizes the
         activation and this layer's input quantisation run as one kernel (ops.fp8_silu_gated_linear)."""
-        return ops.fp8_silu_gated_linear(gate_up, self.weight, self.weight_scale_inv, self.bias, self.block_size)
+        return ops.fp8_silu_gated_linear(
+            gate_up, self.weight, self.weight_scale_inv, self.bias, self.block_size
+        )
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, block={self.block_size}, bias={self.bias is not None}"
 
 
 def _targets(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
-    return [(module, name, child) for module in model.modules() for name, child in module.named_children()
-            if name in QUANTIZED_LINEARS and isinstance(child, nn.Linear)]
+    return [
+        (module, name, child)
+        for module in model.modules()
+        for name, child in module.named_children()
+        if name in QUANTIZED_LINEARS and isinstance(child, nn.Linear)
+    ]
 
 
 def replace_linears(model: nn.Module, block_size: tuple[int, int]) -> None:
     """Swap the decoder's linears for empty Fp8Linears (meta or real), to load an fp8 checkpoint into."""
     for parent, name, linear in _targets(model):
-        setattr(parent, name, Fp8Linear(linear.in_features, linear.out_features, linear.bias is not None,
-                                        block_size, linear.weight.dtype).to(linear.weight.device))
+        setattr(
+            parent,
+            name,
+            Fp8Linear(
+                linear.in_features,
+                linear.out_features,
+                linear.bias is not None,
+                block_size,
+                linear.weight.dtype,
+            ).to(linear.weight.device),
+        )
 
 
 @torch.no_grad()

@@ -12,8 +12,9 @@ requests share the batch, so the same seed always gives the same output.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -61,7 +62,7 @@ class SamplingParams:
     json_schema: str | None = None
 
     @staticmethod
-    def from_any(value: "SamplingParams | dict[str, Any] | None") -> "SamplingParams":
+    def from_any(value: SamplingParams | dict[str, Any] | None) -> SamplingParams:
         if value is None:
             return SamplingParams()
         if isinstance(value, SamplingParams):
@@ -91,6 +92,7 @@ class SamplingParams:
 
     def validate(self, vocab_size: int) -> None:
         """Raise ValueError naming the first bad field."""
+
         def bad(msg: str) -> None:
             raise ValueError(msg)
 
@@ -108,7 +110,9 @@ class SamplingParams:
         if not is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens:
             bad(f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
         if self.min_new_tokens > self.max_new_tokens:
-            bad(f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})")
+            bad(
+                f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})"
+            )
         # infinity is refused too: logits / inf turns a banned (-inf) token's logit into NaN
         if not is_num(self.temperature) or not 0.0 <= self.temperature < float("inf"):
             bad(f"temperature must be a finite number >= 0, got {self.temperature!r}")
@@ -176,9 +180,16 @@ class SamplingBatch:
     vocab_mask: torch.Tensor | None = None
 
     @staticmethod
-    def build(params: Sequence[SamplingParams], seeds: Sequence[int], prompt_ids: Sequence[Sequence[int]],
-              output_ids: Sequence[Sequence[int]], stop_ids: Sequence[Sequence[int]], vocab_size: int,
-              device: torch.device, pending: Sequence[int] | None = None) -> "SamplingBatch":
+    def build(
+        params: Sequence[SamplingParams],
+        seeds: Sequence[int],
+        prompt_ids: Sequence[Sequence[int]],
+        output_ids: Sequence[Sequence[int]],
+        stop_ids: Sequence[Sequence[int]],
+        vocab_size: int,
+        device: torch.device,
+        pending: Sequence[int] | None = None,
+    ) -> SamplingBatch:
         """`stop_ids[i]`: the token ids request i may not emit before min_new_tokens.
         `pending[i]`: tokens request i has sampled in steps still in flight (not yet in
         `output_ids[i]`); they count for the output position, and a request with pending
@@ -188,20 +199,41 @@ class SamplingBatch:
         i64 = dict(dtype=torch.int64, device=device)
         greedy = [p.is_greedy for p in params]
         # one host-to-device copy per dtype, none of which waits for the device
-        floats = to_device([[0.0 if g else float(p.temperature) for p, g in zip(params, greedy)],
-                            [float(p.top_p) for p in params], [float(p.min_p) for p in params]], torch.float32, device)
-        ints = to_device([[vocab_size if p.top_k < 0 else min(p.top_k, vocab_size) for p in params],
-                          [_as_int64(s) for s in seeds], out_lens], torch.int64, device)
+        floats = to_device(
+            [
+                [0.0 if g else float(p.temperature) for p, g in zip(params, greedy)],
+                [float(p.top_p) for p in params],
+                [float(p.min_p) for p in params],
+            ],
+            torch.float32,
+            device,
+        )
+        ints = to_device(
+            [
+                [vocab_size if p.top_k < 0 else min(p.top_k, vocab_size) for p in params],
+                [_as_int64(s) for s in seeds],
+                out_lens,
+            ],
+            torch.int64,
+            device,
+        )
         batch = SamplingBatch(
-            temperatures=floats[0][:, None], top_ps=floats[1], min_ps=floats[2],
-            top_ks=ints[0], seeds=ints[1], steps=ints[2],
+            temperatures=floats[0][:, None],
+            top_ps=floats[1],
+            min_ps=floats[2],
+            top_ks=ints[0],
+            seeds=ints[1],
+            steps=ints[2],
             is_all_greedy=all(greedy),
             need_top_k=any(0 < p.top_k < vocab_size and not g for p, g in zip(params, greedy)),
             need_top_p=any(p.top_p < 1.0 and not g for p, g in zip(params, greedy)),
             need_min_p=any(p.min_p > 0.0 and not g for p, g in zip(params, greedy)),
         )
-        pen = [i for i, p in enumerate(params)
-               if p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0]
+        pen = [
+            i
+            for i, p in enumerate(params)
+            if p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0
+        ]
         if pen:
             assert not any(out_lens[i] != len(output_ids[i]) for i in pen), "penalties need every output id"
             counts = torch.zeros((len(pen), vocab_size), **f32)
@@ -222,7 +254,9 @@ class SamplingBatch:
         below = [i for i, p in enumerate(params) if out_lens[i] < p.min_new_tokens and stop_ids[i]]
         if below:
             pairs = [(i, t) for i in below for t in stop_ids[i]]
-            batch.min_tokens_banned = to_device([[i for i, _ in pairs], [t for _, t in pairs]], torch.int64, device)
+            batch.min_tokens_banned = to_device(
+                [[i for i, _ in pairs], [t for _, t in pairs]], torch.int64, device
+            )
         return batch
 
 
@@ -237,7 +271,9 @@ def apply_penalties(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
         logits[sb.penalty_rows] = rows
     if sb.min_tokens_banned is not None:
         # a device tensor as the value: a Python float would be copied to the device with a sync
-        logits.index_put_((sb.min_tokens_banned[0], sb.min_tokens_banned[1]), logits.new_full((1,), float("-inf")))
+        logits.index_put_(
+            (sb.min_tokens_banned[0], sb.min_tokens_banned[1]), logits.new_full((1,), float("-inf"))
+        )
     if sb.vocab_mask is not None:
         logits.masked_fill_(sb.vocab_mask, float("-inf"))
     return logits
@@ -257,7 +293,7 @@ def _uniform(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch
     top24 = ((bits >> 40) & ((1 << 24) - 1)).float()
     # (2**24 - 0.5) / 2**24 rounds to exactly 1.0 in fp32; the noise -log(u) would then be
     # -0, and a banned token's 0 / -0 a NaN that argmax picks. Keep u strictly below 1.
-    return ((top24 + 0.5) * (1.0 / (1 << 24))).clamp_(max=1.0 - 2.0 ** -24)
+    return ((top24 + 0.5) * (1.0 / (1 << 24))).clamp_(max=1.0 - 2.0**-24)
 
 
 def sample(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:

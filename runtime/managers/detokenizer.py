@@ -13,8 +13,9 @@ Text is produced as deltas whose concatenation equals `decode(all output ids)`:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from radixlm.runtime.managers.ipc import IpcAddresses
@@ -41,16 +42,24 @@ class IncrementalDetokenizer:
         """decode(ids, skip_special_tokens) -> str"""
         self.decode = decode
 
-    def update(self, state: DecodeState, new_ids: list[int], skip_special: bool, finished: bool,
-               stop_strs: list[str], matched_stop: str | None, no_stop_trim: bool,
-               min_new_tokens: int = 0) -> str:
+    def update(
+        self,
+        state: DecodeState,
+        new_ids: list[int],
+        skip_special: bool,
+        finished: bool,
+        stop_strs: list[str],
+        matched_stop: str | None,
+        no_stop_trim: bool,
+        min_new_tokens: int = 0,
+    ) -> str:
         """Add tokens; return the text that became visible."""
         state.ids.extend(new_ids)
         if len(state.ids) > state.read_offset:
-            before = self.decode(state.ids[state.prefix_offset: state.read_offset], skip_special)
-            after = self.decode(state.ids[state.prefix_offset:], skip_special)
+            before = self.decode(state.ids[state.prefix_offset : state.read_offset], skip_special)
+            after = self.decode(state.ids[state.prefix_offset :], skip_special)
             if len(after) > len(before) and (finished or not after.endswith(REPLACEMENT_CHAR)):
-                state.text += after[len(before):]
+                state.text += after[len(before) :]
                 state.prefix_offset = state.read_offset
                 state.read_offset = len(state.ids)
         visible = state.text
@@ -68,7 +77,7 @@ class IncrementalDetokenizer:
                     visible = visible[:cut]
         elif stop_strs:
             visible = visible[: len(visible) - _held_back(visible, stop_strs, floor)]
-        delta = visible[state.sent:] if len(visible) > state.sent else ""
+        delta = visible[state.sent :] if len(visible) > state.sent else ""
         state.sent = max(state.sent, len(visible))
         return delta
 
@@ -93,15 +102,23 @@ def _held_back(text: str, stop_strs: list[str], floor: int = 0) -> int:
 MAX_STATES = 65536  # bound on tracked requests; the oldest are dropped past it
 
 
-def run_detokenizer_process(tokenizer_path: str, addrs: "IpcAddresses", log_level: str = "warning") -> None:
+def run_detokenizer_process(tokenizer_path: str, addrs: IpcAddresses, log_level: str = "warning") -> None:
     import collections
     import time
 
     import zmq
 
     from radixlm.runtime.managers.ipc import die_with_parent, make_socket, parent_alive, set_process_title
-    from radixlm.runtime.managers.messages import (DECODE_ERRORS, ControlReq, ShutdownAck, TextOutput, TextOutputBatch,
-                                          TokenOutputBatch, decoder, encoder)
+    from radixlm.runtime.managers.messages import (
+        DECODE_ERRORS,
+        ControlReq,
+        ShutdownAck,
+        TextOutput,
+        TextOutputBatch,
+        TokenOutputBatch,
+        decoder,
+        encoder,
+    )
     from radixlm.runtime.tokenizer import load_tokenizer
 
     die_with_parent()
@@ -151,9 +168,16 @@ def run_detokenizer_process(tokenizer_path: str, addrs: "IpcAddresses", log_leve
             if isinstance(matched, int) and not out.no_stop_trim and new_ids:
                 new_ids = new_ids[:-1]  # the stop token itself is not part of the text
             try:
-                delta = detok.update(state, new_ids, out.skip_special_tokens, finished, out.stop_strs,
-                                     matched if isinstance(matched, str) else None, out.no_stop_trim,
-                                     out.min_new_tokens)
+                delta = detok.update(
+                    state,
+                    new_ids,
+                    out.skip_special_tokens,
+                    finished,
+                    out.stop_strs,
+                    matched if isinstance(matched, str) else None,
+                    out.no_stop_trim,
+                    out.min_new_tokens,
+                )
             except Exception as exc:  # a tokenizer failure must not lose the request
                 logger.exception("detokenization failed for %s", out.rid)
                 delta = ""

@@ -23,17 +23,49 @@ from typing import Any
 import torch
 import zmq
 
-from radixlm.runtime.managers.ipc import IpcAddresses, die_with_parent, make_socket, parent_alive, set_process_title
-from radixlm.runtime.managers.messages import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, RequestsDone,
-                                      ShutdownAck, ToRouter, ToScheduler, decoder, encoder)
+from radixlm.runtime.managers.ipc import (
+    IpcAddresses,
+    die_with_parent,
+    make_socket,
+    parent_alive,
+    set_process_title,
+)
+from radixlm.runtime.managers.messages import (
+    DECODE_ERRORS,
+    AbortReq,
+    ControlReply,
+    ControlReq,
+    GenerateReq,
+    RequestsDone,
+    ShutdownAck,
+    ToRouter,
+    ToScheduler,
+    decoder,
+    encoder,
+)
 from radixlm.runtime.radix.radix_cache import RadixCache
 
 logger = logging.getLogger("radixlm.router")
 
 MIN_USEFUL_PREFIX = 32  # tokens: below this a cached prefix saves less than balancing load does
-SUMMED = ("prompt_tokens", "cached_tokens", "generated_tokens", "decode_steps", "prefill_batches", "retractions",
-          "finished_requests", "aborted_requests", "max_total_tokens", "total_tokens", "free_tokens", "evictable_tokens",
-          "locked_tokens", "in_use_tokens", "running", "waiting")
+SUMMED = (
+    "prompt_tokens",
+    "cached_tokens",
+    "generated_tokens",
+    "decode_steps",
+    "prefill_batches",
+    "retractions",
+    "finished_requests",
+    "aborted_requests",
+    "max_total_tokens",
+    "total_tokens",
+    "free_tokens",
+    "evictable_tokens",
+    "locked_tokens",
+    "in_use_tokens",
+    "running",
+    "waiting",
+)
 
 
 class Router:
@@ -78,15 +110,28 @@ def merge_replies(op: str, replies: list[ControlReply], router: Router) -> tuple
         for key in SUMMED:
             if all(isinstance(info.get(key), (int, float)) for info in infos):
                 data[key] = sum(info[key] for info in infos)
-        data["cache_hit_rate"] = data["cached_tokens"] / data["prompt_tokens"] if data.get("prompt_tokens") else 0.0
+        data["cache_hit_rate"] = (
+            data["cached_tokens"] / data["prompt_tokens"] if data.get("prompt_tokens") else 0.0
+        )
         data["dp_size"] = len(infos)
-        broken = [f"replica {i}: {info.get('kv_accounting')}" for i, info in enumerate(infos)
-                  if info.get("kv_accounting") != "ok"]
+        broken = [
+            f"replica {i}: {info.get('kv_accounting')}"
+            for i, info in enumerate(infos)
+            if info.get("kv_accounting") != "ok"
+        ]
         data["kv_accounting"] = "; ".join(broken) or "ok"
-        data["replicas"] = [{"cache_hit_rate": info.get("cache_hit_rate"), "prompt_tokens": info.get("prompt_tokens"),
-                             "cached_tokens": info.get("cached_tokens"), "routed_requests": router.routed[i],
-                             "routed_by_prefix": router.prefix_routed[i], "running": info.get("running"),
-                             "waiting": info.get("waiting")} for i, info in enumerate(infos)]
+        data["replicas"] = [
+            {
+                "cache_hit_rate": info.get("cache_hit_rate"),
+                "prompt_tokens": info.get("prompt_tokens"),
+                "cached_tokens": info.get("cached_tokens"),
+                "routed_requests": router.routed[i],
+                "routed_by_prefix": router.prefix_routed[i],
+                "running": info.get("running"),
+                "waiting": info.get("waiting"),
+            }
+            for i, info in enumerate(infos)
+        ]
         return ok, data, error
     if op == "check_accounting" and ok:
         data = {key: sum(r.data.get(key, 0) for r in replies) for key in replies[0].data}
@@ -94,16 +139,19 @@ def merge_replies(op: str, replies: list[ControlReply], router: Router) -> tuple
     return ok, {}, error
 
 
-def run_router_process(addrs: IpcAddresses, num_replicas: int, capacity_tokens: int, ready_conn: Any,
-                       log_level: str = "warning") -> None:
+def run_router_process(
+    addrs: IpcAddresses, num_replicas: int, capacity_tokens: int, ready_conn: Any, log_level: str = "warning"
+) -> None:
     die_with_parent()
     set_process_title("radixlm::router")
     logging.basicConfig(level=log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
     ctx = zmq.Context()
     from_tm = make_socket(ctx, zmq.PULL, addrs.scheduler_input, bind=False)
     from_replicas = make_socket(ctx, zmq.PULL, addrs.router_input, bind=True)
-    to_replicas = [make_socket(ctx, zmq.PUSH, addrs.for_replica(i).scheduler_input, bind=True)
-                   for i in range(num_replicas)]
+    to_replicas = [
+        make_socket(ctx, zmq.PUSH, addrs.for_replica(i).scheduler_input, bind=True)
+        for i in range(num_replicas)
+    ]
     to_tm = make_socket(ctx, zmq.PUSH, addrs.tokenizer_input, bind=False)
     enc, dec_in, dec_back = encoder(), decoder(ToScheduler), decoder(ToRouter)
     router = Router(num_replicas, capacity_tokens)
@@ -157,7 +205,9 @@ def run_router_process(addrs: IpcAddresses, num_replicas: int, capacity_tokens: 
                     if all(r is not None for r in entry[1]):
                         del pending[rid]
                         ok, data, error = merge_replies(entry[0].op, entry[1], router)
-                        to_tm.send(enc.encode(ControlReply(rid=rid, op=entry[0].op, ok=ok, data=data, error=error)))
+                        to_tm.send(
+                            enc.encode(ControlReply(rid=rid, op=entry[0].op, ok=ok, data=data, error=error))
+                        )
         if time.monotonic() - last_parent_check > 1.0:
             last_parent_check = time.monotonic()
             if not parent_alive():

@@ -35,7 +35,7 @@ def explain_decode_failure(frame: bytes, kind: Any, library_message: str) -> str
     class or a Union of them), followed by the library's message in brackets."""
     try:
         ours = _explain(frame, kind)
-    except Exception:  # noqa: BLE001 - explaining a hostile frame must not fail in a new way
+    except Exception:
         ours = f"the frame ({len(frame)} bytes) is not a valid message"
     return f"{ours} [msgspec: {library_message}]"
 
@@ -103,8 +103,15 @@ def _kind_of(value: Any) -> str:
     """What a decoded msgpack value is, in msgpack's terms."""
     if value is None:
         return "nil"
-    for py, name in ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
-                     (bytes, "binary data"), (list, "an array"), (dict, "a map")):
+    for py, name in (
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        (bytes, "binary data"),
+        (list, "an array"),
+        (dict, "a map"),
+    ):
         if isinstance(value, py):
             return name
     return type(value).__name__
@@ -134,7 +141,7 @@ def _walk(buf: memoryview, pos: int, path: str, found: list, depth: int) -> int:
         return pos
     if 0xA0 <= b <= 0xBF or b in _STR_LEN_BYTES:
         n, pos = (b & 0x1F, pos) if b <= 0xBF else _length(buf, pos, _STR_LEN_BYTES[b])
-        raw = bytes(buf[pos:pos + n])
+        raw = bytes(buf[pos : pos + n])
         if len(raw) < n:
             raise _Truncated
         try:
@@ -172,12 +179,12 @@ def _walk(buf: memoryview, pos: int, path: str, found: list, depth: int) -> int:
 def _length(buf: memoryview, pos: int, size: int) -> tuple[int, int]:
     if pos + size > len(buf):
         raise _Truncated
-    return int.from_bytes(buf[pos:pos + size], "big"), pos + size
+    return int.from_bytes(buf[pos : pos + size], "big"), pos + size
 
 
 def _short_string(buf: memoryview, start: int, end: int) -> str | None:
     """The map key between start and end if it is a fixstr (every field name here is)."""
     b = buf[start]
     if 0xA0 <= b <= 0xBF:
-        return bytes(buf[start + 1:end]).decode("utf-8", errors="replace")
+        return bytes(buf[start + 1 : end]).decode("utf-8", errors="replace")
     return None

@@ -25,7 +25,7 @@ class IpcAddresses:
     tokenizer_input: str  # detokenizer and scheduler -> tokenizer manager
 
     @staticmethod
-    def create() -> "IpcAddresses":
+    def create() -> IpcAddresses:
         directory = tempfile.mkdtemp(prefix="radixlm-")
         os.chmod(directory, 0o700)
         return IpcAddresses(
@@ -35,11 +35,15 @@ class IpcAddresses:
             tokenizer_input=f"ipc://{directory}/tokenizer",
         )
 
-    def for_replica(self, i: int) -> "IpcAddresses":
+    def for_replica(self, i: int) -> IpcAddresses:
         """Data parallel: replica i's scheduler reads its own input (the router writes it) and
         replies to the router; its token outputs go to the shared detokenizer."""
-        return IpcAddresses(directory=self.directory, scheduler_input=f"ipc://{self.directory}/replica-{i}",
-                            detokenizer_input=self.detokenizer_input, tokenizer_input=self.router_input)
+        return IpcAddresses(
+            directory=self.directory,
+            scheduler_input=f"ipc://{self.directory}/replica-{i}",
+            detokenizer_input=self.detokenizer_input,
+            tokenizer_input=self.router_input,
+        )
 
     @property
     def router_input(self) -> str:
@@ -47,8 +51,11 @@ class IpcAddresses:
 
     def cleanup(self) -> None:
         names = ["scheduler", "detokenizer", "tokenizer", "router"]
-        names += [n for n in os.listdir(self.directory) if n.startswith(("replica-", "tp-init"))] \
-            if os.path.isdir(self.directory) else []
+        names += (
+            [n for n in os.listdir(self.directory) if n.startswith(("replica-", "tp-init"))]
+            if os.path.isdir(self.directory)
+            else []
+        )
         for name in names:
             try:
                 os.unlink(os.path.join(self.directory, name))

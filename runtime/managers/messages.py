@@ -17,8 +17,8 @@ from typing import Any, Union
 
 import msgspec
 
-from radixlm.runtime.managers.frame_errors import explain_decode_failure
 from radixlm.runtime.layers.sampling import SamplingParams
+from radixlm.runtime.managers.frame_errors import explain_decode_failure
 
 # Upper bound on one message; bigger frames are refused before decoding.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -187,7 +187,14 @@ class SafeDecoder:
     def decode(self, frame: bytes) -> Any:
         try:
             return self._dec.decode(frame)
-        except (*DECODE_ERRORS, UnicodeDecodeError, RecursionError, ValueError, TypeError, OverflowError) as exc:
+        except (
+            *DECODE_ERRORS,
+            UnicodeDecodeError,
+            RecursionError,
+            ValueError,
+            TypeError,
+            OverflowError,
+        ) as exc:
             text = explain_decode_failure(frame, self._kind, f"{type(exc).__name__}: {exc}")
             raise msgspec.DecodeError(text) from None
 

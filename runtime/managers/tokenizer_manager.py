@@ -14,18 +14,29 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from radixlm.runtime.config import EngineConfig
-from radixlm.runtime.managers.ipc import IpcAddresses, make_socket
-from radixlm.runtime.managers.messages import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, ShutdownAck,
-                                      TextOutputBatch, ToTokenizerManager, decoder, encoder)
-from radixlm.runtime.scheduler.request import check_request, check_text
 from radixlm.runtime.layers.sampling import SamplingParams
+from radixlm.runtime.managers.ipc import IpcAddresses, make_socket
+from radixlm.runtime.managers.messages import (
+    DECODE_ERRORS,
+    AbortReq,
+    ControlReply,
+    ControlReq,
+    GenerateReq,
+    ShutdownAck,
+    TextOutputBatch,
+    ToTokenizerManager,
+    decoder,
+    encoder,
+)
+from radixlm.runtime.scheduler.request import check_request, check_text
 
 logger = logging.getLogger("radixlm.tokenizer_manager")
 
@@ -71,8 +82,9 @@ class PreparedRequest:
 
 
 class TokenizerManager:
-    def __init__(self, cfg: EngineConfig, addrs: IpcAddresses, tokenizer: Any, info: dict,
-                 processes: dict[str, Any]) -> None:
+    def __init__(
+        self, cfg: EngineConfig, addrs: IpcAddresses, tokenizer: Any, info: dict, processes: dict[str, Any]
+    ) -> None:
         self.cfg = cfg
         self.addrs = addrs
         self.tokenizer = tokenizer
@@ -105,8 +117,11 @@ class TokenizerManager:
             try:
                 await self._send(ControlReq(rid="shutdown", op="shutdown"))
                 deadline = time.monotonic() + timeout
-                while (self._acks != {"scheduler", "detokenizer"} and time.monotonic() < deadline
-                       and all(p.is_alive() for p in self.processes.values())):
+                while (
+                    self._acks != {"scheduler", "detokenizer"}
+                    and time.monotonic() < deadline
+                    and all(p.is_alive() for p in self.processes.values())
+                ):
                     await asyncio.sleep(0.02)
             except Exception:  # best effort: the launcher terminates whatever is left
                 pass
@@ -120,9 +135,15 @@ class TokenizerManager:
         self.ctx.term()
 
     # ------------------------------------------------------------------ validation
-    def prepare(self, prompt: str | None, input_ids: Sequence[int] | None, sampling_params: Any,
-                return_logprob: bool = False, logprob_start_len: int | None = None,
-                top_logprobs_num: int = 0) -> PreparedRequest:
+    def prepare(
+        self,
+        prompt: str | None,
+        input_ids: Sequence[int] | None,
+        sampling_params: Any,
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int = 0,
+    ) -> PreparedRequest:
         """Tokenise and validate one request; raises ValueError/TypeError naming the problem."""
         params = SamplingParams.from_any(sampling_params)
         if (prompt is None) == (input_ids is None):
@@ -145,8 +166,9 @@ class TokenizerManager:
         return PreparedRequest(ids, params, return_logprob, start, top_logprobs_num)
 
     # ------------------------------------------------------------------ requests
-    async def generate(self, req: PreparedRequest, stream: bool = False,
-                       rid: str | None = None) -> AsyncIterator[dict]:
+    async def generate(
+        self, req: PreparedRequest, stream: bool = False, rid: str | None = None
+    ) -> AsyncIterator[dict]:
         """Run a prepared request. Streaming yields deltas
         `{"index", "text", "output_ids", "meta_info", "finished"}`; otherwise one final
         `{"index", "text", "output_ids", "meta_info"}` per sample (n of them), in index order."""
@@ -158,10 +180,14 @@ class TokenizerManager:
         if n > 1:
             # compute the shared prompt once, so the n samples hit the cache instead of racing
             warm = SamplingParams.from_any({"max_new_tokens": 0})
-            async for _ in self._run_one(f"{rid}-warm", 0, req.input_ids, warm, seed, req, False, logprobs=False):
+            async for _ in self._run_one(
+                f"{rid}-warm", 0, req.input_ids, warm, seed, req, False, logprobs=False
+            ):
                 pass
         rids = [rid] if n == 1 else [f"{rid}-{k}" for k in range(n)]
-        iters = [self._run_one(r, k, req.input_ids, params, seed + k, req, stream) for k, r in enumerate(rids)]
+        iters = [
+            self._run_one(r, k, req.input_ids, params, seed + k, req, stream) for k, r in enumerate(rids)
+        ]
         if len(iters) == 1:
             async for item in iters[0]:
                 yield item
@@ -169,8 +195,17 @@ class TokenizerManager:
         async for item in _merge(iters):
             yield item
 
-    async def _run_one(self, rid: str, index: int, ids: list[int], params: SamplingParams, seed: int,
-                       req: PreparedRequest, stream: bool, logprobs: bool = True) -> AsyncIterator[dict]:
+    async def _run_one(
+        self,
+        rid: str,
+        index: int,
+        ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        req: PreparedRequest,
+        stream: bool,
+        logprobs: bool = True,
+    ) -> AsyncIterator[dict]:
         if rid in self.states:
             raise ValueError(f"duplicate request id {rid!r}")
         # checked again here: the samples of an n > 1 request start after their warm-up, by
@@ -179,9 +214,14 @@ class TokenizerManager:
         state = ReqState(rid=rid, index=index, stream=stream)
         self.states[rid] = state
         msg = GenerateReq(
-            rid=rid, input_ids=ids, sampling_params=params,
-            return_logprob=req.return_logprob and logprobs, logprob_start_len=req.logprob_start_len,
-            top_logprobs_num=req.top_logprobs_num, stream=stream, seed=seed,
+            rid=rid,
+            input_ids=ids,
+            sampling_params=params,
+            return_logprob=req.return_logprob and logprobs,
+            logprob_start_len=req.logprob_start_len,
+            top_logprobs_num=req.top_logprobs_num,
+            stream=stream,
+            seed=seed,
         )
         try:
             await self._send(msg)
@@ -194,8 +234,12 @@ class TokenizerManager:
                     if item["finished"]:
                         return
                 elif item["finished"]:
-                    yield {"index": index, "text": state.text, "output_ids": state.output_ids,
-                           "meta_info": state.meta_info}
+                    yield {
+                        "index": index,
+                        "text": state.text,
+                        "output_ids": state.output_ids,
+                        "meta_info": state.meta_info,
+                    }
                     return
         finally:
             if not state.finished and self.dead is None:
@@ -288,11 +332,22 @@ class TokenizerManager:
         state.text += out.text_delta
         state.output_ids += tok.new_ids
         meta = state.meta_info
-        meta.update(id=state.rid, prompt_tokens=tok.prompt_tokens, completion_tokens=tok.completion_tokens,
-                    cached_tokens=tok.cached_tokens, finish_reason=reason, retractions=tok.retractions)
+        meta.update(
+            id=state.rid,
+            prompt_tokens=tok.prompt_tokens,
+            completion_tokens=tok.completion_tokens,
+            cached_tokens=tok.cached_tokens,
+            finish_reason=reason,
+            retractions=tok.retractions,
+        )
         if tok.jump_forward_tokens is not None:
             meta["jump_forward_tokens"] = tok.jump_forward_tokens
-        for key in ("input_token_logprobs", "input_top_logprobs", "output_token_logprobs", "output_top_logprobs"):
+        for key in (
+            "input_token_logprobs",
+            "input_top_logprobs",
+            "output_token_logprobs",
+            "output_top_logprobs",
+        ):
             new = getattr(tok, key)
             if new is not None:
                 meta.setdefault(key, []).extend(new)
@@ -304,8 +359,15 @@ class TokenizerManager:
         if state.stream:
             # a snapshot: the consumer may read this chunk after later tokens have arrived
             snapshot = {k: list(v) if isinstance(v, list) else v for k, v in meta.items()}
-            state.queue.put_nowait({"index": state.index, "text": out.text_delta, "output_ids": list(tok.new_ids),
-                                    "meta_info": snapshot, "finished": state.finished})
+            state.queue.put_nowait(
+                {
+                    "index": state.index,
+                    "text": out.text_delta,
+                    "output_ids": list(tok.new_ids),
+                    "meta_info": snapshot,
+                    "finished": state.finished,
+                }
+            )
         elif state.finished:
             state.queue.put_nowait({"finished": True})
 

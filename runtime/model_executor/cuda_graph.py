@@ -24,13 +24,38 @@ from radixlm.runtime.model_executor.forward_batch import ForwardBatch, ForwardMo
 
 logger = logging.getLogger(__name__)
 
-BATCH_SIZE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256,
-                     320, 384, 448, 512)
+BATCH_SIZE_LADDER = (
+    1,
+    2,
+    4,
+    8,
+    12,
+    16,
+    24,
+    32,
+    40,
+    48,
+    56,
+    64,
+    80,
+    96,
+    112,
+    128,
+    160,
+    192,
+    224,
+    256,
+    320,
+    384,
+    448,
+    512,
+)
 
 
 class CudaGraphRunner:
-    def __init__(self, model: torch.nn.Module, attn_backend: AttentionBackend, max_bs: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self, model: torch.nn.Module, attn_backend: AttentionBackend, max_bs: int, device: torch.device
+    ) -> None:
         self.model = model
         self.attn_backend = attn_backend
         sizes = [b for b in BATCH_SIZE_LADDER if b < max_bs]
@@ -50,16 +75,24 @@ class CudaGraphRunner:
         start = time.perf_counter()
         self._capture()
         self.capture_time_s = time.perf_counter() - start
-        logger.info("captured CUDA graphs for decode batch sizes %s in %.1f s", self.batch_sizes,
-                    self.capture_time_s)
+        logger.info(
+            "captured CUDA graphs for decode batch sizes %s in %.1f s", self.batch_sizes, self.capture_time_s
+        )
 
     def _static_batch(self, bs: int) -> ForwardBatch:
         batch = ForwardBatch(
-            mode=ForwardMode.DECODE, input_ids=self.input_ids[:bs], positions=self.positions[:bs],
-            out_cache_loc=self.out_cache_loc[:bs], req_pool_indices=self.req_pool_indices[:bs],
-            seq_lens=self.seq_lens[:bs], prefix_lens=self.seq_lens[:bs],  # decode kernels never read prefix_lens
+            mode=ForwardMode.DECODE,
+            input_ids=self.input_ids[:bs],
+            positions=self.positions[:bs],
+            out_cache_loc=self.out_cache_loc[:bs],
+            req_pool_indices=self.req_pool_indices[:bs],
+            seq_lens=self.seq_lens[:bs],
+            prefix_lens=self.seq_lens[:bs],  # decode kernels never read prefix_lens
             extend_lens=self.ones[:bs],
-            prefix_lens_cpu=[0] * bs, extend_lens_cpu=[1] * bs, logits_indices=self.rows[:bs], sample_rows=list(range(bs)),
+            prefix_lens_cpu=[0] * bs,
+            extend_lens_cpu=[1] * bs,
+            logits_indices=self.rows[:bs],
+            sample_rows=list(range(bs)),
         )
         self.attn_backend.init_forward_metadata(batch)
         return batch

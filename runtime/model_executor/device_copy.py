@@ -10,7 +10,7 @@ device-to-host copies come back with an event to wait on. On CPU they are plain 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

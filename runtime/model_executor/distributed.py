@@ -56,8 +56,11 @@ class TPGroup:
         size = int(n.item())
         if size == 0:
             return b""
-        buf = (torch.frombuffer(bytearray(payload), dtype=torch.uint8) if self.is_leader
-               else torch.empty(size, dtype=torch.uint8))
+        buf = (
+            torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+            if self.is_leader
+            else torch.empty(size, dtype=torch.uint8)
+        )
         dist.broadcast(buf, src=0, group=self.cpu_group)
         return payload if self.is_leader else buf.numpy().tobytes()
 
@@ -74,8 +77,10 @@ class TPGroup:
         if num_kv_heads >= self.size:
             return self.split(num_kv_heads, "number of KV heads")
         if self.size % num_kv_heads:
-            raise ValueError(f"tensor-parallel size {self.size} must be a multiple of the number of KV heads "
-                             f"({num_kv_heads}) when it exceeds it")
+            raise ValueError(
+                f"tensor-parallel size {self.size} must be a multiple of the number of KV heads "
+                f"({num_kv_heads}) when it exceeds it"
+            )
         head = self.rank // (self.size // num_kv_heads)
         return head, head + 1
 

@@ -19,8 +19,8 @@ import torch
 
 if TYPE_CHECKING:
     from radixlm.runtime.layers.attention import AttentionBackend
-    from radixlm.runtime.model_executor.device_copy import HostCopy
     from radixlm.runtime.layers.sampling import SamplingBatch
+    from radixlm.runtime.model_executor.device_copy import HostCopy
 
 
 class ForwardMode(enum.Enum):
@@ -46,14 +46,14 @@ class ForwardBatch:
     # last token inside that selection, or -1 for a request that samples nothing.
     logits_indices: torch.Tensor
     sample_rows: list[int]
-    sampling: "SamplingBatch | None" = None
+    sampling: SamplingBatch | None = None
     # Logprob requests, one entry per logits row that wants them: the row (into the
     # selection), the token whose logprob is wanted (-1: the token sampled from that row),
     # and how many top alternatives to return.
     logprob_rows: list[int] = field(default_factory=list)
     logprob_targets: list[int] = field(default_factory=list)
     logprob_top_k: list[int] = field(default_factory=list)
-    attn_backend: "AttentionBackend | None" = None
+    attn_backend: AttentionBackend | None = None
     attn_metadata: Any = None  # the backend's per-batch data (split buffers, offsets)
 
     @property
@@ -84,7 +84,7 @@ class ForwardHandle:
     batch_size: int
     sample_reqs: list[int]
     sampled: torch.Tensor | None
-    copies: "HostCopy"  # sampled ids (empty if none), then if asked: logprobs, top-k values, top-k ids
+    copies: HostCopy  # sampled ids (empty if none), then if asked: logprobs, top-k values, top-k ids
     top_k: list[int] = field(default_factory=list)
     has_logprobs: bool = False
     # CUDA events around the step's device work (None on CPU): busy time and the gaps between steps

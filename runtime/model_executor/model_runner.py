@@ -11,16 +11,16 @@ import logging
 
 import torch
 
-from radixlm.runtime.layers.attention import AttentionBackend
 from radixlm.runtime.config import EngineConfig, ModelConfig
+from radixlm.runtime.kernels import ops
+from radixlm.runtime.layers.attention import AttentionBackend
+from radixlm.runtime.layers.sampling import logprobs_of, sample
 from radixlm.runtime.model_executor.cuda_graph import CudaGraphRunner
 from radixlm.runtime.model_executor.device_copy import HostCopy, to_device
 from radixlm.runtime.model_executor.distributed import TPGroup
 from radixlm.runtime.model_executor.forward_batch import ForwardBatch, ForwardHandle, ForwardResult
-from radixlm.runtime.kernels import ops
-from radixlm.runtime.radix.memory_pool import KVPool, ReqToTokenPool
 from radixlm.runtime.models import load_model
-from radixlm.runtime.layers.sampling import logprobs_of, sample
+from radixlm.runtime.radix.memory_pool import KVPool, ReqToTokenPool
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,11 @@ def resolve_dtype(name: str, model_cfg: ModelConfig, device: torch.device) -> to
         return _DTYPES[name]
     if device.type == "cpu":
         return torch.float32  # CPU half precision is slow and drifts from the fp32 oracle
-    return _DTYPES.get(model_cfg.torch_dtype, torch.bfloat16) if model_cfg.torch_dtype != "float32" else torch.bfloat16
+    return (
+        _DTYPES.get(model_cfg.torch_dtype, torch.bfloat16)
+        if model_cfg.torch_dtype != "float32"
+        else torch.bfloat16
+    )
 
 
 class ModelRunner:
@@ -59,12 +63,15 @@ class ModelRunner:
         if model_cfg.sliding_window:
             limit = min(limit, model_cfg.sliding_window)  # no sliding-window attention: stay inside it
         if cfg.context_length is not None and cfg.context_length > limit:
-            raise ValueError(f"context_length {cfg.context_length} exceeds the model's limit of {limit} tokens")
+            raise ValueError(
+                f"context_length {cfg.context_length} exceeds the model's limit of {limit} tokens"
+            )
         self.model_context_len = cfg.context_length or limit
         use_triton = self.device.type == "cuda" and cfg.attention_backend != "torch"
         ops.set_backend("triton" if use_triton else "torch")
-        self.model = load_model(model_cfg, self.dtype, self.device, self.model_context_len, cfg.quantization,
-                                self.tp)
+        self.model = load_model(
+            model_cfg, self.dtype, self.device, self.model_context_len, cfg.quantization, self.tp
+        )
         # this rank's heads: KV pool and attention hold only them
         self.num_heads, self.num_kv_heads = self.model.local_num_heads, self.model.local_num_kv_heads
         self.quantization = "fp8" if cfg.quantization == "fp8" or model_cfg.checkpoint_fp8_block else None
@@ -79,38 +86,60 @@ class ModelRunner:
                 if reason is None:
                     self.fp8_gemm = "triton, cublas from the tuned M"
                 elif cfg.fp8_gemm_backend == "auto":
-                    logger.info("fp8: cuBLAS block-scaled GEMM unavailable (%s); Triton runs at every M", reason)
+                    logger.info(
+                        "fp8: cuBLAS block-scaled GEMM unavailable (%s); Triton runs at every M", reason
+                    )
 
         self.kv_dtype = torch.float8_e4m3fn if cfg.kv_cache_dtype == "fp8_e4m3" else self.dtype
         self.max_total_tokens = self._kv_capacity()
         # a lone request must always fit in the pool, so the usable context is capped by it
         self.context_len = min(self.model_context_len, self.max_total_tokens - 1)
-        rows = cfg.max_running_requests or min(MAX_RUNNING_REQUESTS_DEFAULT, max(self.max_total_tokens // 2, 1))
+        rows = cfg.max_running_requests or min(
+            MAX_RUNNING_REQUESTS_DEFAULT, max(self.max_total_tokens // 2, 1)
+        )
         self.req_pool = ReqToTokenPool(rows, self.context_len + 1, self.device)
-        self.kv_pool = KVPool(self.max_total_tokens, model_cfg.num_layers, self.num_kv_heads,
-                              model_cfg.head_dim, self.kv_dtype, self.device)
+        self.kv_pool = KVPool(
+            self.max_total_tokens,
+            model_cfg.num_layers,
+            self.num_kv_heads,
+            model_cfg.head_dim,
+            self.kv_dtype,
+            self.device,
+        )
         if self.kv_dtype == torch.float8_e4m3fn:
             scales = self.model.kv_scales
             if len(scales) != model_cfg.num_layers:
-                logger.warning("fp8 KV cache without calibrated k/v scales in the checkpoint: using 1.0 "
-                               "(values saturate at +-448 and lose precision below ~0.016)")
+                logger.warning(
+                    "fp8 KV cache without calibrated k/v scales in the checkpoint: using 1.0 "
+                    "(values saturate at +-448 and lose precision below ~0.016)"
+                )
             self.kv_pool.scales = [tuple(scales.get(i, (1.0, 1.0))) for i in range(model_cfg.num_layers)]
-        self.attn_backend = AttentionBackend(self.kv_pool, self.req_pool, self.num_heads, model_cfg.head_dim,
-                                             use_triton)
-        logger.info("model loaded: %s on %s (%s); KV pool %d tokens, %d request rows, context %d; kernels %s",
-                    model_cfg.architecture, self.device, self.dtype, self.max_total_tokens, rows, self.context_len,
-                    "triton" if use_triton else "torch")
+        self.attn_backend = AttentionBackend(
+            self.kv_pool, self.req_pool, self.num_heads, model_cfg.head_dim, use_triton
+        )
+        logger.info(
+            "model loaded: %s on %s (%s); KV pool %d tokens, %d request rows, context %d; kernels %s",
+            model_cfg.architecture,
+            self.device,
+            self.dtype,
+            self.max_total_tokens,
+            rows,
+            self.context_len,
+            "triton" if use_triton else "torch",
+        )
         # graphs need the Triton decode kernel: the reference one sizes tensors from seq_lens on the host
         self.graph_runner = None
         if use_triton and not cfg.disable_cuda_graph:
-            self.graph_runner = CudaGraphRunner(self.model, self.attn_backend, min(cfg.cuda_graph_max_bs, rows),
-                                                self.device)
+            self.graph_runner = CudaGraphRunner(
+                self.model, self.attn_backend, min(cfg.cuda_graph_max_bs, rows), self.device
+            )
 
     def _kv_capacity(self) -> int:
         if self.cfg.max_total_tokens is not None:
             return self.cfg.max_total_tokens
-        per_token = KVPool.bytes_per_token(self.model_cfg.num_layers, self.num_kv_heads,
-                                           self.model_cfg.head_dim, self.kv_dtype)
+        per_token = KVPool.bytes_per_token(
+            self.model_cfg.num_layers, self.num_kv_heads, self.model_cfg.head_dim, self.kv_dtype
+        )
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             budget = free - total * (1.0 - self.cfg.mem_fraction_static)
@@ -145,8 +174,11 @@ class ModelRunner:
             rows = [batch.sample_rows[i] for i in sample_reqs]
             # sampling edits its logits in place: give it a copy (a plain slice when the rows are
             # the leading ones, as in decode, which spares a host-to-device index copy)
-            picked = (logits[: len(rows)].clone() if rows == list(range(len(rows)))
-                      else logits[to_device(rows, torch.int64, dev)])
+            picked = (
+                logits[: len(rows)].clone()
+                if rows == list(range(len(rows)))
+                else logits[to_device(rows, torch.int64, dev)]
+            )
             sampled = sample(picked, batch.sampling)
         outputs = [sampled if sampled is not None else torch.empty(0, dtype=torch.int64, device=dev)]
         if batch.logprob_rows:
@@ -154,7 +186,9 @@ class ModelRunner:
             # the device rather than waiting for it on the host
             index_of_row = {batch.sample_rows[i]: j for j, i in enumerate(sample_reqs)}
             fixed = [max(t, 0) for t in batch.logprob_targets]
-            from_sampled = [index_of_row[r] if t < 0 else -1 for r, t in zip(batch.logprob_rows, batch.logprob_targets)]
+            from_sampled = [
+                index_of_row[r] if t < 0 else -1 for r, t in zip(batch.logprob_rows, batch.logprob_targets)
+            ]
             cols = to_device([batch.logprob_rows, fixed, from_sampled], torch.int64, dev)
             targets = cols[1]
             if sampled is not None and any(j >= 0 for j in from_sampled):
@@ -164,6 +198,13 @@ class ModelRunner:
         if timed:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
-        return ForwardHandle(batch_size=batch.batch_size, sample_reqs=sample_reqs, sampled=sampled,
-                             copies=HostCopy(*outputs), top_k=list(batch.logprob_top_k),
-                             has_logprobs=bool(batch.logprob_rows), start_event=start, end_event=end)
+        return ForwardHandle(
+            batch_size=batch.batch_size,
+            sample_reqs=sample_reqs,
+            sampled=sampled,
+            copies=HostCopy(*outputs),
+            top_k=list(batch.logprob_top_k),
+            has_logprobs=bool(batch.logprob_rows),
+            start_event=start,
+            end_event=end,
+        )

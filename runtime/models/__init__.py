@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from radixlm.runtime.config import ModelConfig
+from radixlm.runtime.layers.quantization import DEFAULT_BLOCK, quantize_linears, replace_linears
 from radixlm.runtime.model_executor.distributed import TPGroup
 from radixlm.runtime.models.llama import LlamaForCausalLM
-from radixlm.runtime.layers.quantization import DEFAULT_BLOCK, quantize_linears, replace_linears
 
 # Every supported family shares the Llama decoder; ModelConfig switches on qkv bias (qwen2)
 # and q/k norm (qwen3).
@@ -32,7 +32,9 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     for fname in files:
         path = folder / fname
         if not path.is_file():
-            raise FileNotFoundError(f"weight file {fname!r} listed in the index is missing from {str(folder)!r}")
+            raise FileNotFoundError(
+                f"weight file {fname!r} listed in the index is missing from {str(folder)!r}"
+            )
         try:
             handle = safe_open(str(path), framework="pt")
         except Exception as exc:  # safetensors has its own error types for corrupt files
@@ -46,8 +48,14 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, tensor
 
 
-def load_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int,
-               quantization: str | None = None, tp: TPGroup | None = None) -> torch.nn.Module:
+def load_model(
+    cfg: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int,
+    quantization: str | None = None,
+    tp: TPGroup | None = None,
+) -> torch.nn.Module:
     """The model (this tensor-parallel rank's slice of it) in `dtype` on `device`. An fp8
     checkpoint keeps its fp8 linears; `quantization="fp8"` block-quantises the linears of any
     other checkpoint after loading."""

@@ -8,15 +8,15 @@ batching: attention metadata comes from the `ForwardBatch`.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from radixlm.runtime.config import ModelConfig
+from radixlm.runtime.layers.decoder_blocks import GatedMLP, RMSNorm, RotaryEmbedding
 from radixlm.runtime.model_executor.distributed import TPGroup
 from radixlm.runtime.model_executor.forward_batch import ForwardBatch
-from radixlm.runtime.layers.decoder_blocks import GatedMLP, RMSNorm, RotaryEmbedding
 
 KV_SCALE_NAME = re.compile(r"layers\.(\d+)\.self_attn\.([kv])_scale")
 
@@ -59,8 +59,9 @@ class DecoderLayer(nn.Module):
         i0, i1 = tp.split(cfg.intermediate_size, "intermediate_size")
         self.mlp = GatedMLP(cfg.hidden_size, i1 - i0, tp.all_reduce)
 
-    def forward(self, h: torch.Tensor, residual: torch.Tensor | None,
-                batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-norm block over a separate residual stream: returns (mlp output, residual);
         the next layer's norm adds the two (HF computes the same sums in the same order)."""
         if residual is None:
@@ -93,7 +94,9 @@ class LlamaForCausalLM(nn.Module):
         rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, rotary, tp) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, local_vocab, bias=False)
+        self.lm_head = (
+            None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, local_vocab, bias=False)
+        )
         attn = self.layers[0].self_attn
         self.local_num_heads, self.local_num_kv_heads = attn.num_heads, attn.num_kv_heads
         # layer -> (k_scale, v_scale) for an fp8 KV cache, when the checkpoint has calibrated ones
@@ -172,10 +175,12 @@ class LlamaForCausalLM(nn.Module):
         if part == slice(None):
             return part
         if part.start % block or part.stop % block:
-            raise ValueError(f"fp8 checkpoint {self.cfg.path}: tensor-parallel rank {self.tp.rank} takes {what} "
-                             f"[{part.start}, {part.stop}) of {name[: -len('_scale_inv')]!r}, not on "
-                             f"weight_block_size {block} boundaries; use a tensor-parallel size that splits "
-                             f"whole blocks")
+            raise ValueError(
+                f"fp8 checkpoint {self.cfg.path}: tensor-parallel rank {self.tp.rank} takes {what} "
+                f"[{part.start}, {part.stop}) of {name[: -len('_scale_inv')]!r}, not on "
+                f"weight_block_size {block} boundaries; use a tensor-parallel size that splits "
+                f"whole blocks"
+            )
         return slice(part.start // block, part.stop // block)
 
     def _block_rows(self, name: str, rows: slice) -> slice:
@@ -183,8 +188,10 @@ class LlamaForCausalLM(nn.Module):
         shard must start on a block boundary, so no block straddles two shards)."""
         bn = self.cfg.checkpoint_fp8_block[0]
         if rows.start % bn:
-            raise ValueError(f"fp8 checkpoint {self.cfg.path}: {name!r} starts at row {rows.start} of a fused "
-                             f"weight, not a multiple of weight_block_size {bn}; cannot fuse its block scales")
+            raise ValueError(
+                f"fp8 checkpoint {self.cfg.path}: {name!r} starts at row {rows.start} of a fused "
+                f"weight, not a multiple of weight_block_size {bn}; cannot fuse its block scales"
+            )
         return slice(rows.start // bn, -(-rows.stop // bn))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -218,9 +225,13 @@ class LlamaForCausalLM(nn.Module):
                 rows = self._block_rows(name, rows)
             dest = param.data[rows]
             if dest.shape != tensor.shape:
-                raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
+                raise ValueError(
+                    f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}"
+                )
             dest.copy_(tensor)
             filled[target] = filled.get(target, 0) + 1
         missing = [n for n, count in expected_shards.items() if filled.get(n, 0) != count]
         if missing:
-            raise ValueError(f"checkpoint {self.cfg.path} lacks weights for: {', '.join(sorted(missing)[:8])}")
+            raise ValueError(
+                f"checkpoint {self.cfg.path} lacks weights for: {', '.join(sorted(missing)[:8])}"
+            )

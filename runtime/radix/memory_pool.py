@@ -36,8 +36,15 @@ class ReqToTokenPool:
 class KVPool:
     """Per-layer K and V buffers `[num_slots + 1, kv_heads, head_dim]` and a free list of slots."""
 
-    def __init__(self, num_slots: int, num_layers: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        num_slots: int,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         self.num_slots = num_slots
         self.dtype = dtype
         self.device = device
@@ -82,4 +89,3 @@ class KVPool:
         self._free = torch.arange(1, self.num_slots + 1, dtype=torch.int64, device=self.device)
         self._returned: list[torch.Tensor] = []
         self._returned_count = 0
-

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -25,8 +25,9 @@ import torch
 class TreeNode:
     __slots__ = ("children", "parent", "key", "value", "lock_ref", "last_access")
 
-    def __init__(self, parent: TreeNode | None = None, key: list[int] | None = None,
-                 value: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, parent: TreeNode | None = None, key: list[int] | None = None, value: torch.Tensor | None = None
+    ) -> None:
         self.children: dict[int, TreeNode] = {}
         self.parent = parent
         self.key: list[int] = key if key is not None else []
@@ -53,8 +54,12 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class RadixCache:
-    def __init__(self, free_slots: Callable[[torch.Tensor], None], device: torch.device | str = "cpu",
-                 disable: bool = False) -> None:
+    def __init__(
+        self,
+        free_slots: Callable[[torch.Tensor], None],
+        device: torch.device | str = "cpu",
+        disable: bool = False,
+    ) -> None:
         self.free_slots = free_slots
         self.device = torch.device(device)
         self.disable = disable

@@ -46,8 +46,14 @@ class SchedulePolicy:
         hits = {id(r): len(self.tree.match_prefix(r.fill_ids[: match_limit(r)]).kv_indices) for r in waiting}
         # retracted requests keep their place at the front, then requests that have waited
         # long enough in arrival order, then the rest by cached prefix; the sort is stable
-        return sorted(waiting, key=lambda r: (r.retraction_count == 0, r.passed_over < MAX_PASSED_OVER,
-                                              -hits[id(r)] if r.passed_over < MAX_PASSED_OVER else 0))
+        return sorted(
+            waiting,
+            key=lambda r: (
+                r.retraction_count == 0,
+                r.passed_over < MAX_PASSED_OVER,
+                -hits[id(r)] if r.passed_over < MAX_PASSED_OVER else 0,
+            ),
+        )
 
 
 class InBatchPrefixFilter:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radixlm.runtime.constrained.grammar import Grammar
-from radixlm.runtime.radix.radix_cache import TreeNode
 from radixlm.runtime.layers.sampling import SamplingParams
+from radixlm.runtime.radix.radix_cache import TreeNode
 
 
 @dataclass(eq=False)
@@ -125,8 +125,14 @@ class Req:
         return info
 
 
-def check_request(ids: list[int], params: SamplingParams, vocab_size: int, context_len: int,
-                  logprob_start_len: int, top_logprobs_num: int) -> None:
+def check_request(
+    ids: list[int],
+    params: SamplingParams,
+    vocab_size: int,
+    context_len: int,
+    logprob_start_len: int,
+    top_logprobs_num: int,
+) -> None:
     """Validate a tokenised request, raising ValueError naming the problem, and clamp its
     token budget to the context. The tokenizer manager runs this before queueing; the
     scheduler runs it again on what arrives over its socket."""
@@ -138,8 +144,11 @@ def check_request(ids: list[int], params: SamplingParams, vocab_size: int, conte
     if len(ids) + (1 if params.max_new_tokens > 0 else 0) > context_len:
         raise ValueError(f"prompt is too long: {len(ids)} tokens, context length is {context_len}")
     # the upper bound is msgpack's: a bigger int cannot cross to the scheduler
-    if (not isinstance(top_logprobs_num, int) or isinstance(top_logprobs_num, bool)
-            or not 0 <= top_logprobs_num < 1 << 64):
+    if (
+        not isinstance(top_logprobs_num, int)
+        or isinstance(top_logprobs_num, bool)
+        or not 0 <= top_logprobs_num < 1 << 64
+    ):
         raise ValueError(f"top_logprobs_num must be an integer in [0, 2**64), got {top_logprobs_num!r}")
     if not isinstance(logprob_start_len, int) or not -1 <= logprob_start_len < len(ids):
         raise ValueError(f"logprob_start_len must be in [-1, {len(ids)}), got {logprob_start_len!r}")
@@ -154,5 +163,6 @@ def check_text(text: str, what: str = "prompt") -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} is not valid Unicode: lone surrogate {text[exc.start]!r} "
-                         f"at index {exc.start}") from None
+        raise ValueError(
+            f"{what} is not valid Unicode: lone surrogate {text[exc.start]!r} at index {exc.start}"
+        ) from None

@@ -35,21 +35,25 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from radixlm.runtime.config import EngineConfig
 from radixlm.runtime.constrained.grammar import Grammar, GrammarCache, build_vocab_mask
-from radixlm.runtime.model_executor.device_copy import to_device
-from radixlm.runtime.model_executor.forward_batch import ForwardBatch, ForwardHandle, ForwardMode, ForwardResult
-from radixlm.runtime.model_executor.model_runner import ModelRunner
-from radixlm.runtime.scheduler.policy import (InBatchPrefixFilter, PrefillBudget, SchedulePolicy,
-                                    match_limit)
-from radixlm.runtime.radix.radix_cache import RadixCache
-from radixlm.runtime.scheduler.request import Req
 from radixlm.runtime.layers.sampling import SamplingBatch
+from radixlm.runtime.model_executor.device_copy import to_device
+from radixlm.runtime.model_executor.forward_batch import (
+    ForwardBatch,
+    ForwardHandle,
+    ForwardMode,
+    ForwardResult,
+)
+from radixlm.runtime.model_executor.model_runner import ModelRunner
+from radixlm.runtime.radix.radix_cache import RadixCache
+from radixlm.runtime.scheduler.policy import InBatchPrefixFilter, PrefillBudget, SchedulePolicy, match_limit
+from radixlm.runtime.scheduler.request import Req
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +101,13 @@ class InflightDecode:
 
 
 class Scheduler:
-    def __init__(self, cfg: EngineConfig, runner: ModelRunner, decode_tokens: Callable[[list[int]], str],
-                 grammars: GrammarCache | None = None) -> None:
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        runner: ModelRunner,
+        decode_tokens: Callable[[list[int]], str],
+        grammars: GrammarCache | None = None,
+    ) -> None:
         self.cfg = cfg
         self.grammars = grammars  # None: constrained requests are refused
         self.runner = runner
@@ -108,7 +117,9 @@ class Scheduler:
         self.req_pool = runner.req_pool
         self.tree = RadixCache(self.kv_pool.free, device=self.device, disable=cfg.disable_radix_cache)
         self.policy = SchedulePolicy(cfg.schedule_policy, self.tree)
-        chunk = cfg.chunked_prefill_size or (GPU_DEFAULT_CHUNK if self.device.type == "cuda" else CPU_DEFAULT_CHUNK)
+        chunk = cfg.chunked_prefill_size or (
+            GPU_DEFAULT_CHUNK if self.device.type == "cuda" else CPU_DEFAULT_CHUNK
+        )
         self.chunk_size = chunk if chunk > 0 else 1 << 62
         self.waiting: list[Req] = []
         self.grammar_waiting: list[tuple[Req, object]] = []  # (request, future of its grammar)
@@ -132,7 +143,9 @@ class Scheduler:
             self.waiting.append(req)
         elif self.grammars is None:
             refused: concurrent.futures.Future = concurrent.futures.Future()
-            refused.set_exception(ValueError("this runtime has no constrained decoding (regex / json_schema)"))
+            refused.set_exception(
+                ValueError("this runtime has no constrained decoding (regex / json_schema)")
+            )
             self.grammar_waiting.append((req, refused))
         else:  # queued once its grammar is compiled (a cached one is ready at once)
             self.grammar_waiting.append((req, self.grammars.get(key)))
@@ -162,6 +175,7 @@ class Scheduler:
                 self.waiting.append(req)
         self.grammar_waiting = still
         return failed
+
     def abort_request(self, rid: str, message: str = "aborted by user") -> bool:
         found = False
         for req in self._live_reqs() + self.waiting + [r for r, _ in self.grammar_waiting]:
@@ -178,8 +192,9 @@ class Scheduler:
         """Run one batch (with overlap: queue one and process the one before). Returns the
         requests that gained output tokens or finished. `grammar_ready`: see _poll_grammars."""
         touched = self._poll_grammars(grammar_ready) if self.grammar_waiting else []
-        if self.inflight is not None and (self.waiting or self.chunked_req
-                                          or any(r.to_abort for r in self.running)):
+        if self.inflight is not None and (
+            self.waiting or self.chunked_req or any(r.to_abort for r in self.running)
+        ):
             touched += self._drain()  # admissions and aborts work on settled requests
         touched += self._apply_aborts()
         reqs = self._schedule_prefill() if self.inflight is None else []
@@ -259,7 +274,7 @@ class Scheduler:
         else:
             cached = self.tree.insert(tokens, slots)
             # slots the tree already had for [protected, cached) were computed twice: ours go back
-            self.kv_pool.free(slots[req.cache_protected_len: cached])
+            self.kv_pool.free(slots[req.cache_protected_len : cached])
         if finished:
             if req.last_node is not None:
                 self.tree.dec_lock_ref(req.last_node)
@@ -364,7 +379,7 @@ class Scheduler:
         slots = self._alloc_slots(n)
         if slots is None:
             return False
-        self._row(req)[req.kv_len: req.kv_len + n] = slots.to(torch.int32)
+        self._row(req)[req.kv_len : req.kv_len + n] = slots.to(torch.int32)
         req.extend_target = req.kv_len + n
         req.is_chunked = req.extend_target < len(req.fill_ids)
         return True
@@ -403,9 +418,20 @@ class Scheduler:
             else:
                 sample_rows.append(-1)
             offset += b - a
-        batch = self._make_batch(ForwardMode.EXTEND, reqs, input_ids, positions, torch.cat(out_loc),
-                                 [r.kv_len for r in reqs], [r.extend_target - r.kv_len for r in reqs],
-                                 logit_tokens, sample_rows, lp_rows, lp_targets, lp_topk)
+        batch = self._make_batch(
+            ForwardMode.EXTEND,
+            reqs,
+            input_ids,
+            positions,
+            torch.cat(out_loc),
+            [r.kv_len for r in reqs],
+            [r.extend_target - r.kv_len for r in reqs],
+            logit_tokens,
+            sample_rows,
+            lp_rows,
+            lp_targets,
+            lp_topk,
+        )
         result = self.runner.forward(batch)
         self._last_decode_end = None  # the next decode step's wait is not the host's fault
         self.stats.prefill_batches += 1
@@ -447,13 +473,18 @@ class Scheduler:
         prev = self.inflight
         # requests certain to finish with the step in flight (length limits) are not fed again
         pending = 1 if prev is not None else 0
-        reqs = [r for r in self.running
-                if len(r.output_ids) + pending < r.sampling_params.max_new_tokens
-                and r.seq_len + pending < self.runner.context_len]
+        reqs = [
+            r
+            for r in self.running
+            if len(r.output_ids) + pending < r.sampling_params.max_new_tokens
+            and r.seq_len + pending < self.runner.context_len
+        ]
         if not reqs:
             return self._drain()
         fed_by_prev = prev is None or all(id(r) in prev.row_of for r in reqs)
-        if not (fed_by_prev and all(self._can_overlap(r) for r in reqs) and self._reserve_decode_slots(len(reqs))):
+        if not (
+            fed_by_prev and all(self._can_overlap(r) for r in reqs) and self._reserve_decode_slots(len(reqs))
+        ):
             touched = self._drain()
             return touched + (self._run_decode() if self.running else [])
         self.inflight = self._launch_decode(reqs, prev)
@@ -465,8 +496,12 @@ class Scheduler:
     def _can_overlap(self, req: Req) -> bool:
         """Sampling this request needs no token of the step in flight on the host."""
         p = req.sampling_params
-        return (req.grammar is None and not p.frequency_penalty and not p.presence_penalty
-                and p.repetition_penalty == 1.0)
+        return (
+            req.grammar is None
+            and not p.frequency_penalty
+            and not p.presence_penalty
+            and p.repetition_penalty == 1.0
+        )
 
     def _reserve_decode_slots(self, n: int) -> bool:
         """Make n KV slots free by evicting cached prefixes only (retraction needs a drain)."""
@@ -484,9 +519,20 @@ class Scheduler:
         lp = [i for i, r in enumerate(reqs) if r.return_logprob]
         everything = list(range(len(reqs)))
         batch = self._make_batch(
-            ForwardMode.DECODE, reqs, None if prev else [r.last_token_id for r in reqs], kv_lens, slots, kv_lens,
-            [1] * len(reqs), everything, everything, lp, [-1] * len(lp), [reqs[i].top_logprobs_num for i in lp],
-            prev=(prev.handle.sampled, [prev.row_of[id(r)] for r in reqs]) if prev else None)
+            ForwardMode.DECODE,
+            reqs,
+            None if prev else [r.last_token_id for r in reqs],
+            kv_lens,
+            slots,
+            kv_lens,
+            [1] * len(reqs),
+            everything,
+            everything,
+            lp,
+            [-1] * len(lp),
+            [reqs[i].top_logprobs_num for i in lp],
+            prev=(prev.handle.sampled, [prev.row_of[id(r)] for r in reqs]) if prev else None,
+        )
         # one scatter for the whole batch, with device-side indices (no host sync)
         self.req_pool.req_to_token[batch.req_pool_indices, batch.positions] = slots.to(torch.int32)
         for req in reqs:
@@ -496,7 +542,9 @@ class Scheduler:
         self.stats.decode_forward_s += time.perf_counter() - start
         self.stats.decode_steps += 1
         self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_new_token_ratio)
-        return InflightDecode(reqs, handle, [(reqs[i], "output") for i in lp], {id(r): i for i, r in enumerate(reqs)})
+        return InflightDecode(
+            reqs, handle, [(reqs[i], "output") for i in lp], {id(r): i for i, r in enumerate(reqs)}
+        )
 
     def _complete_decode(self, step: InflightDecode) -> list[Req]:
         """Process a decode step's tokens. Requests that finished while it was in flight
@@ -535,9 +583,14 @@ class Scheduler:
         for req in reqs:
             draft: list[int] = []
             if req.grammar is not None:
-                room = min(req.sampling_params.max_new_tokens - len(req.output_ids),
-                           self.runner.context_len - len(req.fill_ids)) - 1
-                draft = req.grammar.draft()[:max(min(room, req.draft_budget), 0)]
+                room = (
+                    min(
+                        req.sampling_params.max_new_tokens - len(req.output_ids),
+                        self.runner.context_len - len(req.fill_ids),
+                    )
+                    - 1
+                )
+                draft = req.grammar.draft()[: max(min(room, req.draft_budget), 0)]
             drafts.append(draft)
         extra = sum(len(d) for d in drafts)
         if extra == 0:
@@ -564,34 +617,51 @@ class Scheduler:
         start = 0
         for req, draft, tokens in zip(reqs, drafts, fed):
             n = len(tokens)
-            self._row(req)[req.kv_len: req.kv_len + n] = slots[start: start + n].to(torch.int32)
+            self._row(req)[req.kv_len : req.kv_len + n] = slots[start : start + n].to(torch.int32)
             start += n
             state = req.grammar.state if req.grammar is not None else None
             for j in range(n):
                 rows.append(req)
-                views.append((req.output_ids + draft[:j], req.grammar.at(state) if req.grammar is not None else None))
+                views.append(
+                    (req.output_ids + draft[:j], req.grammar.at(state) if req.grammar is not None else None)
+                )
                 if req.grammar is not None and j < len(draft):
                     state = req.grammar.compiled.next_state(state, draft[j])
             input_ids += tokens
             positions += range(req.kv_len, req.kv_len + n)
         lp = [i for i, r in enumerate(rows) if r.return_logprob]
         everything = list(range(len(rows)))
-        batch = self._make_batch(ForwardMode.DECODE, rows, input_ids, positions, slots, positions, [1] * len(rows),
-                                 everything, everything, lp, [-1] * len(lp), [rows[i].top_logprobs_num for i in lp],
-                                 views=views)
+        batch = self._make_batch(
+            ForwardMode.DECODE,
+            rows,
+            input_ids,
+            positions,
+            slots,
+            positions,
+            [1] * len(rows),
+            everything,
+            everything,
+            lp,
+            [-1] * len(lp),
+            [rows[i].top_logprobs_num for i in lp],
+            views=views,
+        )
         result = self._wait(self.runner.launch(batch))
         self.stats.decode_steps += 1
         self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_new_token_ratio)
         lp_of = dict(zip(lp, zip(result.token_logprobs, result.top_logprobs)))
         row = 0
         for req, draft, tokens in zip(reqs, drafts, fed):
-            sampled = result.next_token_ids[row: row + len(tokens)]
+            sampled = result.next_token_ids[row : row + len(tokens)]
             accepted = 0
             while accepted < len(draft) and sampled[accepted] == draft[accepted]:
                 accepted += 1
             if draft:  # rejected rows are wasted work: draft longer only while drafts hold
-                req.draft_budget = (min(2 * req.draft_budget, MAX_DRAFT_TOKENS) if accepted == len(draft)
-                                    else max(1, accepted))
+                req.draft_budget = (
+                    min(2 * req.draft_budget, MAX_DRAFT_TOKENS)
+                    if accepted == len(draft)
+                    else max(1, accepted)
+                )
             appended = 0
             for k, token in enumerate(sampled[: accepted + 1]):  # the kept drafts, then a sample
                 if req.return_logprob:
@@ -607,7 +677,7 @@ class Scheduler:
                 if req.finished:
                     break
             # K/V written for fed tokens that were not kept: give the slots back
-            unused = self._row(req)[req.kv_len: req.kv_len + len(tokens) - appended].to(torch.int64)
+            unused = self._row(req)[req.kv_len : req.kv_len + len(tokens) - appended].to(torch.int64)
             if unused.numel():
                 self.kv_pool.free(unused)
             if req.finished:
@@ -623,7 +693,8 @@ class Scheduler:
         retracted = []
         while self.kv_pool.available < len(self.running):
             victims = ([self.chunked_req] if self.chunked_req else []) + sorted(
-                self.running, key=lambda r: (len(r.output_ids), -r.prompt_len))
+                self.running, key=lambda r: (len(r.output_ids), -r.prompt_len)
+            )
             if len(victims) <= 1:
                 raise RuntimeError("KV pool cannot hold a single request; max_total_tokens is too small")
             victim = victims[0]
@@ -644,15 +715,34 @@ class Scheduler:
             decoded = sum(len(r.output_ids) for r in self.running)
             max_new = sum(r.sampling_params.max_new_tokens for r in self.running)
             old = self.new_token_ratio
-            self.new_token_ratio = min(1.0, (decoded + RETRACT_RESERVE_STEPS * len(self.running)) / (max_new + 1))
-            logger.info("KV cache pool is full: retracted %d requests; new_token_ratio %.3f -> %.3f",
-                        len(retracted), old, self.new_token_ratio)
+            self.new_token_ratio = min(
+                1.0, (decoded + RETRACT_RESERVE_STEPS * len(self.running)) / (max_new + 1)
+            )
+            logger.info(
+                "KV cache pool is full: retracted %d requests; new_token_ratio %.3f -> %.3f",
+                len(retracted),
+                old,
+                self.new_token_ratio,
+            )
 
     # ------------------------------------------------------------------ helpers
-    def _make_batch(self, mode, reqs, input_ids, positions, out_loc, prefix_lens, extend_lens,
-                    logit_tokens, sample_rows, lp_rows, lp_targets, lp_topk,
-                    views: list[tuple[list[int], Grammar | None]] | None = None,
-                    prev: tuple[torch.Tensor, list[int]] | None = None) -> ForwardBatch:
+    def _make_batch(
+        self,
+        mode,
+        reqs,
+        input_ids,
+        positions,
+        out_loc,
+        prefix_lens,
+        extend_lens,
+        logit_tokens,
+        sample_rows,
+        lp_rows,
+        lp_targets,
+        lp_topk,
+        views: list[tuple[list[int], Grammar | None]] | None = None,
+        prev: tuple[torch.Tensor, list[int]] | None = None,
+    ) -> ForwardBatch:
         """`views[i]`: the output ids and grammar state request row i samples with (default:
         the request's own; jump-forward rows sample as if their draft were already output).
         `prev`: (sampled ids of the step in flight, the row of each request in it): input ids
@@ -666,16 +756,37 @@ class Scheduler:
             grammars = [views[i][1] if views else reqs[i].grammar for i in picked]
             stop_ids = [sorted(r.stop_token_ids) for r in reqs_s]
             sampling = SamplingBatch.build(
-                [r.sampling_params for r in reqs_s], [r.seed for r in reqs_s], [r.origin_input_ids for r in reqs_s],
-                outs, stop_ids, self.runner.vocab_size, dev, pending=[1] * len(reqs_s) if prev else None)
+                [r.sampling_params for r in reqs_s],
+                [r.seed for r in reqs_s],
+                [r.origin_input_ids for r in reqs_s],
+                outs,
+                stop_ids,
+                self.runner.vocab_size,
+                dev,
+                pending=[1] * len(reqs_s) if prev else None,
+            )
             sampling.vocab_mask = build_vocab_mask(
-                grammars, [ids if len(out) >= r.sampling_params.min_new_tokens else []
-                           for r, out, ids in zip(reqs_s, outs, stop_ids)], self.runner.vocab_size, dev)
+                grammars,
+                [
+                    ids if len(out) >= r.sampling_params.min_new_tokens else []
+                    for r, out, ids in zip(reqs_s, outs, stop_ids)
+                ],
+                self.runner.vocab_size,
+                dev,
+            )
         # every integer column in one host-to-device copy, then views of it
         t, b = len(positions), len(reqs)
         first = list(input_ids) if prev is None else prev[1]
-        packed = to_device(first + list(positions) + [r.req_pool_idx for r in reqs] + list(prefix_lens)
-                           + list(extend_lens) + list(logit_tokens), torch.int64, dev)
+        packed = to_device(
+            first
+            + list(positions)
+            + [r.req_pool_idx for r in reqs]
+            + list(prefix_lens)
+            + list(extend_lens)
+            + list(logit_tokens),
+            torch.int64,
+            dev,
+        )
         input_t, pos_t, rows_t, prefix, extend, logits_t = packed.split([t, t, b, b, b, len(logit_tokens)])
         if prev is not None:
             input_t = prev[0][input_t]
@@ -748,4 +859,3 @@ class Scheduler:
                 req.stop_str_hit = s
                 return True
         return False
-

@@ -20,12 +20,30 @@ import torch
 import zmq
 
 from radixlm.runtime.config import EngineConfig, ModelConfig
-from radixlm.runtime.managers.ipc import IpcAddresses, die_with_parent, make_socket, parent_alive, set_process_title
 from radixlm.runtime.constrained.grammar import GrammarCache, TokenizerVocab
+from radixlm.runtime.managers.ipc import (
+    IpcAddresses,
+    die_with_parent,
+    make_socket,
+    parent_alive,
+    set_process_title,
+)
+from radixlm.runtime.managers.messages import (
+    DECODE_ERRORS,
+    AbortReq,
+    ControlReply,
+    ControlReq,
+    GenerateReq,
+    RequestsDone,
+    ShutdownAck,
+    TokenOutput,
+    TokenOutputBatch,
+    ToScheduler,
+    decoder,
+    encoder,
+)
 from radixlm.runtime.model_executor.distributed import TPGroup, init_tensor_parallel
 from radixlm.runtime.model_executor.model_runner import ModelRunner, resolve_device
-from radixlm.runtime.managers.messages import (DECODE_ERRORS, AbortReq, ControlReply, ControlReq, GenerateReq, RequestsDone,
-                                      ShutdownAck, ToScheduler, TokenOutput, TokenOutputBatch, decoder, encoder)
 from radixlm.runtime.scheduler.request import Req, check_request
 from radixlm.runtime.scheduler.scheduler import Scheduler
 from radixlm.runtime.tokenizer import load_tokenizer
@@ -35,14 +53,18 @@ logger = logging.getLogger("radixlm.scheduler")
 LOG_INTERVAL_STEPS = 40
 
 
-def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: Any, tp_rank: int = 0,
-                          dp_rank: int = 0) -> None:
+def run_scheduler_process(
+    cfg: EngineConfig, addrs: IpcAddresses, ready_conn: Any, tp_rank: int = 0, dp_rank: int = 0
+) -> None:
     """One scheduler per tensor-parallel rank. Rank 0 owns the sockets; every rank runs the
     same scheduler on the same messages (rank 0 broadcasts what it received each iteration),
     so all ranks make the same decisions and meet at the same collectives."""
     die_with_parent()
-    set_process_title("radixlm::sched" + (f"-dp{dp_rank}" if cfg.dp_size > 1 else "")
-                      + (f"-tp{tp_rank}" if cfg.tp_size > 1 else ""))
+    set_process_title(
+        "radixlm::sched"
+        + (f"-dp{dp_rank}" if cfg.dp_size > 1 else "")
+        + (f"-tp{tp_rank}" if cfg.tp_size > 1 else "")
+    )
     logging.basicConfig(level=cfg.log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
     try:
         model_cfg = ModelConfig.from_path(cfg.model_path)
@@ -53,26 +75,41 @@ def run_scheduler_process(cfg: EngineConfig, addrs: IpcAddresses, ready_conn: An
             local_rank = tp_rank - cfg.node_rank * (cfg.tp_size // cfg.nnodes)
             torch.cuda.set_device(dp_rank * cfg.tp_size + local_rank)  # one GPU per rank of this node
         if cfg.tp_size > 1:
-            init = (f"tcp://{cfg.dist_init_addr}" if cfg.dist_init_addr
-                    else f"file://{os.path.join(addrs.directory, f'tp-init-{dp_rank}')}")
+            init = (
+                f"tcp://{cfg.dist_init_addr}"
+                if cfg.dist_init_addr
+                else f"file://{os.path.join(addrs.directory, f'tp-init-{dp_rank}')}"
+            )
             tp = init_tensor_parallel(tp_rank, cfg.tp_size, init, "nccl" if on_cuda else "gloo")
         runner = ModelRunner(cfg, model_cfg, tp)
         eos = set(model_cfg.eos_token_ids)
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
-        grammars = GrammarCache(TokenizerVocab(tokenizer, runner.vocab_size, sorted(eos)),
-                                whitespace_pattern=cfg.constrained_json_whitespace_pattern)
-        scheduler = Scheduler(cfg, runner, lambda ids: tokenizer.decode(ids, skip_special_tokens=False), grammars)
+        grammars = GrammarCache(
+            TokenizerVocab(tokenizer, runner.vocab_size, sorted(eos)),
+            whitespace_pattern=cfg.constrained_json_whitespace_pattern,
+        )
+        scheduler = Scheduler(
+            cfg, runner, lambda ids: tokenizer.decode(ids, skip_special_tokens=False), grammars
+        )
     except Exception as exc:  # report any start-up failure to the launcher, then exit
         ready_conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return
     loop = SchedulerLoop(cfg, addrs, scheduler, frozenset(eos))
-    ready_conn.send({
-        "ok": True, "pid": os.getpid(), "context_len": runner.context_len,
-        "max_total_tokens": runner.max_total_tokens, "vocab_size": runner.vocab_size,
-        "eos_ids": sorted(eos), "device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
-        "architecture": model_cfg.architecture, "tp_rank": tp.rank,
-    })
+    ready_conn.send(
+        {
+            "ok": True,
+            "pid": os.getpid(),
+            "context_len": runner.context_len,
+            "max_total_tokens": runner.max_total_tokens,
+            "vocab_size": runner.vocab_size,
+            "eos_ids": sorted(eos),
+            "device": str(runner.device),
+            "dtype": str(runner.dtype).removeprefix("torch."),
+            "architecture": model_cfg.architecture,
+            "tp_rank": tp.rank,
+        }
+    )
     loop.run()
 
 
@@ -171,25 +208,41 @@ class SchedulerLoop:
         try:
             if msg.rid in self.reqs:
                 raise ValueError(f"duplicate request id {msg.rid!r}")
-            check_request(msg.input_ids, params, runner.vocab_size, runner.context_len, msg.logprob_start_len,
-                          msg.top_logprobs_num)
+            check_request(
+                msg.input_ids,
+                params,
+                runner.vocab_size,
+                runner.context_len,
+                msg.logprob_start_len,
+                msg.top_logprobs_num,
+            )
         except ValueError as exc:
             self._reject(msg, str(exc))
             return
         ids = msg.input_ids
         req = Req(
-            rid=msg.rid, origin_input_ids=list(ids), sampling_params=params, seed=msg.seed, eos_ids=self.eos_ids,
+            rid=msg.rid,
+            origin_input_ids=list(ids),
+            sampling_params=params,
+            seed=msg.seed,
+            eos_ids=self.eos_ids,
             return_logprob=msg.return_logprob,
             logprob_start_len=msg.logprob_start_len if msg.return_logprob else -1,
-            top_logprobs_num=msg.top_logprobs_num if msg.return_logprob else 0, stream=msg.stream,
+            top_logprobs_num=msg.top_logprobs_num if msg.return_logprob else 0,
+            stream=msg.stream,
         )
         self.reqs[req.rid] = req
         self.scheduler.add_request(req)
 
     def _reject(self, msg: GenerateReq, message: str) -> None:
-        out = TokenOutput(rid=msg.rid, new_ids=[], finished_reason={"type": "abort", "message": message,
-                                                                    "status_code": 400},
-                          prompt_tokens=len(msg.input_ids), completion_tokens=0, cached_tokens=0)
+        out = TokenOutput(
+            rid=msg.rid,
+            new_ids=[],
+            finished_reason={"type": "abort", "message": message, "status_code": 400},
+            prompt_tokens=len(msg.input_ids),
+            completion_tokens=0,
+            cached_tokens=0,
+        )
         self._send(self.to_detok, TokenOutputBatch([out]))
         self._report_done([msg.rid])
 
@@ -223,37 +276,58 @@ class SchedulerLoop:
         sched, runner = self.scheduler, self.scheduler.runner
         stats = sched.stats
         return {
-            "model_path": self.cfg.model_path, "tokenizer_path": self.cfg.tokenizer_path or self.cfg.model_path,
-            "context_length": runner.context_len, "max_total_tokens": runner.max_total_tokens,
-            "device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
+            "model_path": self.cfg.model_path,
+            "tokenizer_path": self.cfg.tokenizer_path or self.cfg.model_path,
+            "context_length": runner.context_len,
+            "max_total_tokens": runner.max_total_tokens,
+            "device": str(runner.device),
+            "dtype": str(runner.dtype).removeprefix("torch."),
             "attention_backend": "triton" if runner.attn_backend.use_triton else "torch",
-            "quantization": runner.quantization, "fp8_gemm": runner.fp8_gemm, "tp_size": self.tp.size,
+            "quantization": runner.quantization,
+            "fp8_gemm": runner.fp8_gemm,
+            "tp_size": self.tp.size,
             "kv_cache_dtype": str(runner.kv_dtype).removeprefix("torch."),
             "cuda_graph_batch_sizes": runner.graph_runner.batch_sizes if runner.graph_runner else [],
-            "cache_hit_rate": stats.cache_hit_rate, "prompt_tokens": stats.prompt_tokens,
-            "cached_tokens": stats.cached_tokens, "generated_tokens": stats.generated_tokens,
-            "decode_steps": stats.decode_steps, "prefill_batches": stats.prefill_batches,
-            "retractions": stats.retractions, "finished_requests": stats.finished_requests,
+            "cache_hit_rate": stats.cache_hit_rate,
+            "prompt_tokens": stats.prompt_tokens,
+            "cached_tokens": stats.cached_tokens,
+            "generated_tokens": stats.generated_tokens,
+            "decode_steps": stats.decode_steps,
+            "prefill_batches": stats.prefill_batches,
+            "retractions": stats.retractions,
+            "finished_requests": stats.finished_requests,
             "aborted_requests": stats.aborted_requests,
             # per decode step: the loop iteration and the launch + wait for the step inside it
             # (ms); overhead = the share of the iteration spent in the scheduler's own CPU work,
             # which the device waits for unless overlap scheduling hides it
             "decode_iter_ms": 1e3 * stats.decode_iter_s / stats.decode_steps if stats.decode_steps else None,
-            "decode_forward_ms": 1e3 * stats.decode_forward_s / stats.decode_steps if stats.decode_steps else None,
-            "scheduler_overhead": (1 - stats.decode_forward_s / stats.decode_iter_s) if stats.decode_iter_s else None,
-            "decode_iter_s": stats.decode_iter_s, "decode_forward_s": stats.decode_forward_s,
+            "decode_forward_ms": 1e3 * stats.decode_forward_s / stats.decode_steps
+            if stats.decode_steps
+            else None,
+            "scheduler_overhead": (1 - stats.decode_forward_s / stats.decode_iter_s)
+            if stats.decode_iter_s
+            else None,
+            "decode_iter_s": stats.decode_iter_s,
+            "decode_forward_s": stats.decode_forward_s,
             # CUDA only: the device's time per decode step and the share of decode time it sat
             # idle between consecutive decode steps waiting for the host (what overlap hides)
-            "overlap_schedule": sched.overlap, "overlapped_steps": stats.overlapped_steps,
-            "decode_gpu_busy_s": stats.decode_gpu_busy_s, "decode_gpu_idle_s": stats.decode_gpu_idle_s,
-            "decode_gpu_idle_share": (stats.decode_gpu_idle_s / (stats.decode_gpu_idle_s + stats.decode_gpu_busy_s)
-                                      if stats.decode_gpu_busy_s else None),
-            "constrained_decoding": sched.grammars is not None, **self._grammar_info(),
-            **sched.usage(), "kv_accounting": self._accounting(),
+            "overlap_schedule": sched.overlap,
+            "overlapped_steps": stats.overlapped_steps,
+            "decode_gpu_busy_s": stats.decode_gpu_busy_s,
+            "decode_gpu_idle_s": stats.decode_gpu_idle_s,
+            "decode_gpu_idle_share": (
+                stats.decode_gpu_idle_s / (stats.decode_gpu_idle_s + stats.decode_gpu_busy_s)
+                if stats.decode_gpu_busy_s
+                else None
+            ),
+            "constrained_decoding": sched.grammars is not None,
+            **self._grammar_info(),
+            **sched.usage(),
+            "kv_accounting": self._accounting(),
         }
 
     def _accounting(self) -> str:
-        """"ok", or what broke: free + evictable + locked + in use == total and request rows
+        """ "ok", or what broke: free + evictable + locked + in use == total and request rows
         (counters: cheap), plus the radix tree's self-check when no request is queued or running
         (it walks the whole tree, which must not delay a step each time monitoring polls)."""
         try:
@@ -267,9 +341,13 @@ class SchedulerLoop:
         if grammars is None:
             return {}
         st = grammars.stats
-        return {"grammar_cache_hits": st.hits, "grammar_cache_misses": st.misses,
-                "grammar_compile_time_s": round(st.compile_time_s, 6), "grammar_failures": st.failures,
-                "jump_forward_tokens": self.scheduler.stats.jump_forward_tokens}
+        return {
+            "grammar_cache_hits": st.hits,
+            "grammar_cache_misses": st.misses,
+            "grammar_compile_time_s": round(st.compile_time_s, 6),
+            "grammar_failures": st.failures,
+            "jump_forward_tokens": self.scheduler.stats.jump_forward_tokens,
+        }
 
     # ------------------------------------------------------------------ outputs
     def _emit(self, touched: list[Req]) -> None:
@@ -292,27 +370,38 @@ class SchedulerLoop:
     def _token_output(self, req: Req) -> TokenOutput:
         params = req.sampling_params
         out = TokenOutput(
-            rid=req.rid, new_ids=req.output_ids[req.sent_output_len:], finished_reason=req.finished_reason,
-            prompt_tokens=req.prompt_len, completion_tokens=len(req.output_ids),
-            cached_tokens=max(req.cached_tokens, 0), retractions=req.retraction_count,
+            rid=req.rid,
+            new_ids=req.output_ids[req.sent_output_len :],
+            finished_reason=req.finished_reason,
+            prompt_tokens=req.prompt_len,
+            completion_tokens=len(req.output_ids),
+            cached_tokens=max(req.cached_tokens, 0),
+            retractions=req.retraction_count,
             jump_forward_tokens=req.jump_forward_tokens if req.grammar is not None else None,
-            skip_special_tokens=params.skip_special_tokens, no_stop_trim=params.no_stop_trim,
-            stop_strs=params.stop_strs, min_new_tokens=params.min_new_tokens, stream=req.stream,
+            skip_special_tokens=params.skip_special_tokens,
+            no_stop_trim=params.no_stop_trim,
+            stop_strs=params.stop_strs,
+            min_new_tokens=params.min_new_tokens,
+            stream=req.stream,
         )
         req.sent_output_len = len(req.output_ids)
         if req.return_logprob:
-            out.input_token_logprobs = req.input_token_logprobs[req.sent_input_logprobs:]
-            out.output_token_logprobs = req.output_token_logprobs[req.sent_output_logprobs:]
+            out.input_token_logprobs = req.input_token_logprobs[req.sent_input_logprobs :]
+            out.output_token_logprobs = req.output_token_logprobs[req.sent_output_logprobs :]
             if req.top_logprobs_num:
-                out.input_top_logprobs = req.input_top_logprobs[req.sent_input_logprobs:]
-                out.output_top_logprobs = req.output_top_logprobs[req.sent_output_logprobs:]
+                out.input_top_logprobs = req.input_top_logprobs[req.sent_input_logprobs :]
+                out.output_top_logprobs = req.output_top_logprobs[req.sent_output_logprobs :]
             req.sent_input_logprobs = len(req.input_token_logprobs)
             req.sent_output_logprobs = len(req.output_token_logprobs)
         return out
 
     def _maybe_log(self) -> None:
         stats = self.scheduler.stats
-        if stats.decode_steps == 0 or stats.decode_steps % LOG_INTERVAL_STEPS or not logger.isEnabledFor(logging.INFO):
+        if (
+            stats.decode_steps == 0
+            or stats.decode_steps % LOG_INTERVAL_STEPS
+            or not logger.isEnabledFor(logging.INFO)
+        ):
             return
         now = time.perf_counter()
         last_t, last_tokens = self._last_log
@@ -323,8 +412,13 @@ class SchedulerLoop:
         logger.info(
             "decode step %d: #running-req %d, #queue-req %d, #token %d, token usage %.2f, "
             "cache hit rate %.1f%%, gen throughput %.1f tok/s",
-            stats.decode_steps, u["running"], u["waiting"], used, used / u["total_tokens"],
-            100 * stats.cache_hit_rate, throughput,
+            stats.decode_steps,
+            u["running"],
+            u["waiting"],
+            used,
+            used / u["total_tokens"],
+            100 * stats.cache_hit_rate,
+            throughput,
         )
 
     def _linger_until_killed(self) -> None:

@@ -7,8 +7,8 @@ import random
 
 import pytest
 import torch
-
 from helpers import hf_greedy, hf_logprobs
+
 from radixlm import Engine
 from radixlm.testing import build_tiny_model
 
@@ -24,8 +24,9 @@ def ids_of(n: int, seed: int) -> list[int]:
 def test_fp32_greedy_matches_hf_on_gpu(arch):
     prompts = [ids_of(5 + 7 * i, 100 + i) for i in range(12)]
     with Engine(str(build_tiny_model(arch)), device="cuda", dtype="float32", max_total_tokens=400) as engine:
-        outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 16, "temperature": 0,
-                                                                   "ignore_eos": True})
+        outs = engine.generate(
+            input_ids=prompts, sampling_params={"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}
+        )
         for ids, out in zip(prompts, outs):
             assert out["output_ids"] == hf_greedy(arch, ids, 16)
         engine.check_accounting()
@@ -39,9 +40,13 @@ def test_bf16_logprobs_close_to_fp32_hf_and_kv_pool_sized_from_gpu_memory():
         assert info["dtype"] == "bfloat16" and info["device"].startswith("cuda")
         assert info["max_total_tokens"] > 100_000  # 85% of an 80 GB card for a tiny model
         ids = ids_of(40, 7)
-        out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 3, "temperature": 0,
-                                                              "ignore_eos": True},
-                              return_logprob=True, logprob_start_len=0, top_logprobs_num=3)
+        out = engine.generate(
+            input_ids=ids,
+            sampling_params={"max_new_tokens": 3, "temperature": 0, "ignore_eos": True},
+            return_logprob=True,
+            logprob_start_len=0,
+            top_logprobs_num=3,
+        )
         ref = hf_logprobs("llama", ids)
         ours = torch.tensor([lp for lp, _ in out["meta_info"]["input_token_logprobs"][1:]])
         want = ref[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
@@ -55,13 +60,25 @@ def test_cuda_graphs_and_triton_kernels_match_the_eager_reference_path():
     for mixed prompt lengths (decode batches padded up to a captured size) and a shared prefix
     (extend over a cached prefix)."""
     shared = ids_of(300, 5)
-    prompts = [ids_of(3 + 11 * i, 200 + i) for i in range(9)] + [shared + ids_of(7 * i + 1, 300 + i) for i in range(5)]
+    prompts = [ids_of(3 + 11 * i, 200 + i) for i in range(9)] + [
+        shared + ids_of(7 * i + 1, 300 + i) for i in range(5)
+    ]
     params = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
     outs = {}
-    for name, opts in {"graphs": {}, "no-graphs": {"disable_cuda_graph": True},
-                       "torch": {"attention_backend": "torch"}, "no-overlap": {"overlap_schedule": "off"}}.items():
-        with Engine(str(build_tiny_model("llama")), device="cuda", dtype="float32", max_total_tokens=4000,
-                    cuda_graph_max_bs=8, **opts) as engine:
+    for name, opts in {
+        "graphs": {},
+        "no-graphs": {"disable_cuda_graph": True},
+        "torch": {"attention_backend": "torch"},
+        "no-overlap": {"overlap_schedule": "off"},
+    }.items():
+        with Engine(
+            str(build_tiny_model("llama")),
+            device="cuda",
+            dtype="float32",
+            max_total_tokens=4000,
+            cuda_graph_max_bs=8,
+            **opts,
+        ) as engine:
             info = engine.get_server_info()
             assert info["attention_backend"] == ("torch" if name == "torch" else "triton")
             assert bool(info["cuda_graph_batch_sizes"]) == (name in ("graphs", "no-overlap"))
@@ -85,7 +102,9 @@ def test_queuing_an_overlapped_decode_step_never_waits_for_the_device():
     PyTorch's sync debug mode turns any host-device synchronisation inside into an error."""
     from helpers import LocalRuntime
 
-    rt = LocalRuntime("llama", device="cuda", overlap_schedule="on", cuda_graph_max_bs=8, max_total_tokens=4000)
+    rt = LocalRuntime(
+        "llama", device="cuda", overlap_schedule="on", cuda_graph_max_bs=8, max_total_tokens=4000
+    )
     sched = rt.scheduler
     launch = sched._launch_decode
     launched = []
@@ -102,11 +121,21 @@ def test_queuing_an_overlapped_decode_step_never_waits_for_the_device():
         return step
 
     sched._launch_decode = strict_launch
-    params = [{"max_new_tokens": 20, "temperature": 0, "ignore_eos": True},
-              {"max_new_tokens": 25, "temperature": 0.8, "top_p": 0.9, "top_k": 20, "min_new_tokens": 5},
-              {"max_new_tokens": 18, "temperature": 1.0, "min_p": 0.1, "ignore_eos": True}]
-    reqs = [rt.submit(ids_of(10 + i, 500 + i), params[i % 3], return_logprob=i % 2 == 0,
-                      top_logprobs_num=2 * (i % 2 == 0), seed=i) for i in range(6)]
+    params = [
+        {"max_new_tokens": 20, "temperature": 0, "ignore_eos": True},
+        {"max_new_tokens": 25, "temperature": 0.8, "top_p": 0.9, "top_k": 20, "min_new_tokens": 5},
+        {"max_new_tokens": 18, "temperature": 1.0, "min_p": 0.1, "ignore_eos": True},
+    ]
+    reqs = [
+        rt.submit(
+            ids_of(10 + i, 500 + i),
+            params[i % 3],
+            return_logprob=i % 2 == 0,
+            top_logprobs_num=2 * (i % 2 == 0),
+            seed=i,
+        )
+        for i in range(6)
+    ]
     rt.run_all()
     assert all(r.finished for r in reqs) and len(launched) > 10
 
@@ -117,10 +146,22 @@ def test_bf16_top5_logprobs_agree_with_hf_on_a_random_1b_shaped_model(tmp_path):
     top-1 token agrees almost everywhere."""
     from radixlm.testing import random_llama, save_model_folder
 
-    hf = random_llama(dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                           num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
-                           rope_parameters={"rope_type": "default", "rope_theta": 500000.0}, rms_norm_eps=1e-5,
-                           tie_word_embeddings=True), torch.bfloat16, "cuda")
+    hf = random_llama(
+        dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+        ),
+        torch.bfloat16,
+        "cuda",
+    )
     save_model_folder(hf, tmp_path)
     ids = ids_of(200, 11)
     with torch.inference_mode():
@@ -128,8 +169,13 @@ def test_bf16_top5_logprobs_agree_with_hf_on_a_random_1b_shaped_model(tmp_path):
     del hf
     torch.cuda.empty_cache()
     with Engine(str(tmp_path), device="cuda", max_total_tokens=2048) as engine:
-        out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 1, "temperature": 0},
-                              return_logprob=True, logprob_start_len=0, top_logprobs_num=5)
+        out = engine.generate(
+            input_ids=ids,
+            sampling_params={"max_new_tokens": 1, "temperature": 0},
+            return_logprob=True,
+            logprob_start_len=0,
+            top_logprobs_num=5,
+        )
     tops = out["meta_info"]["input_top_logprobs"][1:] + [out["meta_info"]["output_top_logprobs"][0]]
     assert len(tops) == len(ids)
     agree = in_top5 = 0

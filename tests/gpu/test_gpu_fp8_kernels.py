@@ -41,7 +41,9 @@ def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
     return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
 
 
-def assert_q_exact(q: torch.Tensor, rq: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, group: int) -> None:
+def assert_q_exact(
+    q: torch.Tensor, rq: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, group: int
+) -> None:
     """Bit-equal but on ties. The kernel divides by the correctly rounded amax / 448; torch on CUDA
     divides by a Python scalar as a multiplication by its reciprocal, so the reference's scale can
     be one fp32 ulp off. Where x / scale is exactly halfway between two e4m3 values (common when
@@ -62,9 +64,12 @@ def assert_q_exact(q: torch.Tensor, rq: torch.Tensor, x: torch.Tensor, scale: to
 
 # ------------------------------------------------------------------------------------------ quant
 
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("m,k,group", [(1, 4096, 128), (37, 4096, 128), (256, 14336, 128), (5, 1000, 128),
-                                       (64, 7168, 64), (3, 100, 48)])
+@pytest.mark.parametrize(
+    "m,k,group",
+    [(1, 4096, 128), (37, 4096, 128), (256, 14336, 128), (5, 1000, 128), (64, 7168, 64), (3, 100, 48)],
+)
 def test_quant_exact(dtype, m, k, group):
     x = (torch.randn(m, k, device=DEV) * torch.rand(m, 1, device=DEV) * 20).to(dtype)
     x[0, :group] = 0  # an all-zero group
@@ -84,6 +89,7 @@ def test_quant_empty():
 
 # ------------------------------------------------------------------------------------------ GEMM
 
+
 def quantised_operands(m: int, n: int, k: int, block=(128, 128)):
     a = torch.randn(m, k, device=DEV) * (torch.rand(m, 1, device=DEV) * 4 + 0.1)
     w = torch.randn(n, k, device=DEV) * 0.02
@@ -102,7 +108,9 @@ def run_gemm(m, n, k, out_dtype, block=(128, 128), config=None):
 
 
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("n,k", [(256, 512), (1024, 2048), (2048, 1024), (700, 1000)])  # 700, 1000: partial blocks
+@pytest.mark.parametrize(
+    "n,k", [(256, 512), (1024, 2048), (2048, 1024), (700, 1000)]
+)  # 700, 1000: partial blocks
 @pytest.mark.parametrize("m", [1, 7, 16, 128, 1000])
 def test_gemm(m, n, k, out_dtype):
     assert run_gemm(m, n, k, out_dtype) < GEMM_TOL[out_dtype]
@@ -115,10 +123,19 @@ def test_gemm_large_k(m):
     assert run_gemm(m, 1024, 8192, torch.float32) < 3e-4
 
 
-@pytest.mark.parametrize("config", [  # BLOCK_M, BLOCK_N, GROUP_M, num_warps, num_stages
-    (16, 64, 1, 4, 4), (16, 32, 1, 4, 5), (32, 128, 4, 4, 3), (64, 64, 8, 4, 4), (64, 128, 8, 4, 3),
-    (128, 128, 8, 8, 3), (128, 128, 1, 4, 5), (128, 64, 16, 4, 4),
-])
+@pytest.mark.parametrize(
+    "config",
+    [  # BLOCK_M, BLOCK_N, GROUP_M, num_warps, num_stages
+        (16, 64, 1, 4, 4),
+        (16, 32, 1, 4, 5),
+        (32, 128, 4, 4, 3),
+        (64, 64, 8, 4, 4),
+        (64, 128, 8, 4, 3),
+        (128, 128, 8, 8, 3),
+        (128, 128, 1, 4, 5),
+        (128, 64, 16, 4, 4),
+    ],
+)
 def test_gemm_configs(config):
     """Every tile shape the tuner may pick computes the same function (odd M, N, K edges)."""
     cfg = Fp8GemmConfig(*config)
@@ -214,10 +231,21 @@ def test_gemv_dtypes_and_edges(m, x_dtype):
     assert run_gemv(m, 700, 1000, x_dtype) < GEMV_TOL[x_dtype]
 
 
-@pytest.mark.parametrize("config", [  # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages
-    (8, 128, 1, 1, 1), (16, 128, 4, 4, 1), (32, 128, 8, 4, 1), (64, 128, 2, 4, 1), (128, 128, 1, 8, 1),
-    (32, 64, 3, 2, 1), (16, 32, 16, 1, 1), (32, 128, 4, 4, 3), (64, 64, 2, 8, 2), (16, 128, 1, 4, 4),
-])
+@pytest.mark.parametrize(
+    "config",
+    [  # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages
+        (8, 128, 1, 1, 1),
+        (16, 128, 4, 4, 1),
+        (32, 128, 8, 4, 1),
+        (64, 128, 2, 4, 1),
+        (128, 128, 1, 8, 1),
+        (32, 64, 3, 2, 1),
+        (16, 32, 16, 1, 1),
+        (32, 128, 4, 4, 3),
+        (64, 64, 2, 8, 2),
+        (16, 128, 1, 4, 4),
+    ],
+)
 @pytest.mark.parametrize("m", [1, 16])
 def test_gemv_configs(m, config):
     """Every tile shape the tuner may pick computes the same function (odd N, K edges)."""
@@ -291,6 +319,7 @@ def test_fp8_linear_takes_the_gemv_below_the_threshold():
 
 # ----------------------------------------------------------------- cuBLAS block-scaled GEMM
 
+
 def _cublas_or_skip():
     from radixlm.runtime.kernels import cublas_fp8
 
@@ -319,7 +348,11 @@ def test_quant_writes_m_major_scales():
     q1, s1 = per_token_group_quant_fp8(x, 128)
     buf = torch.full((32, 300), float("nan"), device=DEV).t()
     q2, s2 = per_token_group_quant_fp8(x, 128, out_scale=buf)
-    assert s2.stride() == (1, 300) and torch.equal(s1, s2) and torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
+    assert (
+        s2.stride() == (1, 300)
+        and torch.equal(s1, s2)
+        and torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
+    )
 
 
 @pytest.mark.parametrize("rows", [100, 33])  # M = 300, 99: a multiple of 4 and not (padded)
@@ -375,6 +408,7 @@ def test_fp8_linear_cublas_under_cuda_graph_capture(monkeypatch):
 
 
 # ------------------------------------------------ gated MLP: activation fused with the quantisation
+
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("m,inter", [(1, 256), (37, 1000), (512, 14336)])

@@ -39,8 +39,9 @@ def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
     return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
 
 
-def make_pool(lens: list[int], kv_heads: int, head_dim: int, dtype: torch.dtype, num_rows: int = 64,
-              spare: int = 1000):
+def make_pool(
+    lens: list[int], kv_heads: int, head_dim: int, dtype: torch.dtype, num_rows: int = 64, spare: int = 1000
+):
     """K/V buffers where request i owns `lens[i]` random scattered slots (unowned slots NaN),
     and its req_to_token row (random) lists them. Returns (k_buf, v_buf, req_to_token, rows)."""
     total = sum(lens)
@@ -53,8 +54,8 @@ def make_pool(lens: list[int], kv_heads: int, head_dim: int, dtype: torch.dtype,
     rows = torch.randperm(num_rows, device=DEV)[: len(lens)]
     pos = 0
     for row, n in zip(rows.tolist(), lens):
-        req_to_token[row, :n] = perm[pos: pos + n].to(torch.int32)
-        owned[perm[pos: pos + n]] = True
+        req_to_token[row, :n] = perm[pos : pos + n].to(torch.int32)
+        owned[perm[pos : pos + n]] = True
         pos += n
     for buf in (k, v):
         buf[~owned] = float("nan")
@@ -75,7 +76,7 @@ def test_decode(dtype, kv_heads, heads, head_dim):
     k, v, r2t, rows = make_pool(DECODE_LENS, kv_heads, head_dim, dtype)
     seq_lens = torch.tensor(DECODE_LENS, device=DEV)
     q = torch.randn(len(DECODE_LENS), heads, head_dim, device=DEV).to(dtype)
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     expected = ref.decode_attention(q, k, v, r2t, rows, seq_lens, scale)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for splits in sorted({1, 7, 16, choose_num_kv_splits(len(DECODE_LENS), kv_heads, max(DECODE_LENS), sms)}):
@@ -99,10 +100,10 @@ def test_extend(dtype, kv_heads, heads, head_dim):
     total = sum(ext)
     qkv = torch.randn(total, (heads + 2 * kv_heads) * head_dim, device=DEV).to(dtype)  # fused projection
     q = qkv[:, : heads * head_dim].view(total, heads, head_dim)
-    k = qkv[:, heads * head_dim: (heads + kv_heads) * head_dim].view(total, kv_heads, head_dim)
-    v = qkv[:, (heads + kv_heads) * head_dim:].view(total, kv_heads, head_dim)
+    k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(total, kv_heads, head_dim)
+    v = qkv[:, (heads + kv_heads) * head_dim :].view(total, kv_heads, head_dim)
     prefix_lens, extend_lens = torch.tensor(prefix, device=DEV), torch.tensor(ext, device=DEV)
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     expected = ref.extend_attention(q, k, v, k_buf, v_buf, r2t, rows, prefix_lens, extend_lens, scale)
     out = torch.full((total, heads, head_dim), float("nan"), device=DEV, dtype=dtype)
     extend_attention(q, k, v, k_buf, v_buf, r2t, rows, prefix_lens, extend_lens, scale, out=out)
@@ -116,7 +117,7 @@ def test_decode_cuda_graph():
     batch, kv_heads, heads, head_dim, dtype, max_len = 8, 8, 32, 128, torch.bfloat16, 4096
     num_rows = 16
     k_buf, v_buf, r2t, _ = make_pool([max_len] * num_rows, kv_heads, head_dim, dtype, num_rows=num_rows)
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     splits = choose_num_kv_splits(batch, kv_heads, max_len, sms)
     q = torch.randn(batch, heads, head_dim, device=DEV).to(dtype)
@@ -127,8 +128,19 @@ def test_decode_cuda_graph():
     lse = torch.empty(batch, heads, splits, device=DEV)
 
     def step():
-        decode_attention(q, k_buf, v_buf, r2t, rows, seq_lens, scale, num_kv_splits=splits,
-                         out=out, partial_out=part, partial_lse=lse)
+        decode_attention(
+            q,
+            k_buf,
+            v_buf,
+            r2t,
+            rows,
+            seq_lens,
+            scale,
+            num_kv_splits=splits,
+            out=out,
+            partial_out=part,
+            partial_lse=lse,
+        )
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -193,7 +205,9 @@ def test_silu_and_mul(dtype, tokens, inter):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tokens,heads,kv_heads,head_dim", [(1, 32, 8, 128), (4000, 32, 8, 128), (17, 12, 2, 64)])
+@pytest.mark.parametrize(
+    "tokens,heads,kv_heads,head_dim", [(1, 32, 8, 128), (4000, 32, 8, 128), (17, 12, 2, 64)]
+)
 def test_apply_rotary(dtype, tokens, heads, kv_heads, head_dim):
     max_pos = 8192
     inv_freq = 1.0 / (500000 ** (torch.arange(0, head_dim, 2, device=DEV).float() / head_dim))
@@ -202,24 +216,31 @@ def test_apply_rotary(dtype, tokens, heads, kv_heads, head_dim):
     cos, sin = emb.cos(), emb.sin()
     positions = torch.randint(0, max_pos, (tokens,), device=DEV)
     qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, device=DEV).to(dtype)
-    v_before = qkv[:, (heads + kv_heads) * head_dim:].clone()
+    v_before = qkv[:, (heads + kv_heads) * head_dim :].clone()
     q = qkv[:, : heads * head_dim].view(tokens, heads, head_dim)
-    k = qkv[:, heads * head_dim: (heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
+    k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
     exp_q, exp_k = ref.apply_rotary(positions, q, k, cos, sin)
     apply_rotary(positions, q, k, cos, sin)
     torch.cuda.synchronize()
     assert rel_err(q, exp_q) < TOL[dtype] / 4 and rel_err(k, exp_k) < TOL[dtype] / 4
-    assert torch.equal(qkv[:, (heads + kv_heads) * head_dim:], v_before)
+    assert torch.equal(qkv[:, (heads + kv_heads) * head_dim :], v_before)
 
 
-@pytest.mark.parametrize("src_dtype,buf_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16),
-                                                 (torch.float16, torch.float16), (torch.float32, torch.float32)])
+@pytest.mark.parametrize(
+    "src_dtype,buf_dtype",
+    [
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float32, torch.bfloat16),
+        (torch.float16, torch.float16),
+        (torch.float32, torch.float32),
+    ],
+)
 @pytest.mark.parametrize("tokens", [1, 5000])
 def test_store_kv(src_dtype, buf_dtype, tokens):
     kv_heads, head_dim, num_slots = 8, 128, 20000
     qkv = torch.randn(tokens, (32 + 2 * kv_heads) * head_dim, device=DEV).to(src_dtype)
-    k = qkv[:, 32 * head_dim: (32 + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
-    v = qkv[:, (32 + kv_heads) * head_dim:].view(tokens, kv_heads, head_dim)
+    k = qkv[:, 32 * head_dim : (32 + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
+    v = qkv[:, (32 + kv_heads) * head_dim :].view(tokens, kv_heads, head_dim)
     kb = torch.randn(num_slots, kv_heads, head_dim, device=DEV).to(buf_dtype)
     vb = torch.randn(num_slots, kv_heads, head_dim, device=DEV).to(buf_dtype)
     exp_k, exp_v = kb.clone(), vb.clone()

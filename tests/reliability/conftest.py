@@ -7,7 +7,6 @@ check from tests/conftest.py."""
 from __future__ import annotations
 
 import pytest
-
 from server_process import LIVE, wait_idle_and_kv_free
 
 

@@ -36,19 +36,20 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
 import zmq
-
 from helpers import get_engine
-from radixlm.runtime.managers import messages as P
-from radixlm.client.runtime_client import RuntimeClient
-from radixlm.testing import build_tiny_model
 from server_process import HOST, ServerProcess, server_info
+
+from radixlm.client.runtime_client import RuntimeClient
+from radixlm.runtime.managers import messages as P
+from radixlm.testing import build_tiny_model
 
 CONTEXT = 2048  # the tiny llama's context length (checked by the reference fixture)
 VOCAB = 8192
@@ -112,11 +113,16 @@ def sampling(id: str, match: str, openai_match: str | None = None, zmq: bool = T
     engine's names in /generate's sampling_params, RuntimeClient and Engine."""
     openai = {OPENAI_NAMES.get(k, k): v for k, v in bad.items()}
     sp = {**GOOD_SP, **bad}
-    return Row(id, match, completions={**CMPL_OK, **openai}, chat={**CHAT_OK, **openai},
-               generate={"text": PROMPT, "sampling_params": sp},
-               zmq={"prompt": PROMPT, "sampling_params": sp} if zmq else None,
-               engine={"prompt": PROMPT, "sampling_params": sp},
-               matches={"completions": openai_match, "chat": openai_match} if openai_match else {})
+    return Row(
+        id,
+        match,
+        completions={**CMPL_OK, **openai},
+        chat={**CHAT_OK, **openai},
+        generate={"text": PROMPT, "sampling_params": sp},
+        zmq={"prompt": PROMPT, "sampling_params": sp} if zmq else None,
+        engine={"prompt": PROMPT, "sampling_params": sp},
+        matches={"completions": openai_match, "chat": openai_match} if openai_match else {},
+    )
 
 
 def frame(**fields: Any) -> bytes:
@@ -128,8 +134,16 @@ def frame_with_raw_text(text_bytes: bytes) -> bytes:
     """A ClientGenerate frame whose `text` msgpack str holds these bytes verbatim."""
     e = msgspec.msgpack.encode
     assert len(text_bytes) < 32
-    return (b"\x83" + e("type") + e("ClientGenerate") + e("rid") + e("x") + e("text")
-            + bytes([0xA0 | len(text_bytes)]) + text_bytes)
+    return (
+        b"\x83"
+        + e("type")
+        + e("ClientGenerate")
+        + e("rid")
+        + e("x")
+        + e("text")
+        + bytes([0xA0 | len(text_bytes)])
+        + text_bytes
+    )
 
 
 def raw_body(text: str) -> bytes:
@@ -142,151 +156,273 @@ RANDOM_BYTES = RNG.randbytes(4096)
 RANDOM_BODY = RNG.randbytes(256)
 ZMTP_SIGNATURE = b"\xff" + b"\x00" * 8 + b"\x7f"
 # a ZMTP 3.0 greeting asking for a mechanism that does not exist, then noise
-BAD_GREETING = ZMTP_SIGNATURE + b"\x03\x00" + b"NOSUCHMECHANISM".ljust(20, b"\x00") + b"\x00" * 31 + RNG.randbytes(512)
+BAD_GREETING = (
+    ZMTP_SIGNATURE + b"\x03\x00" + b"NOSUCHMECHANISM".ljust(20, b"\x00") + b"\x00" * 31 + RNG.randbytes(512)
+)
 
 
-def long_chat(ref: "Reference") -> dict:
+def long_chat(ref: Reference) -> dict:
     return {"messages": ref.long_messages, "max_tokens": HUGE, "temperature": 0, "ignore_eos": True}
 
 
 ROWS = [
     # ------------------------------------------------------------------ prompts
-    Row("prompt-empty", "prompt is empty",
-        completions={**CMPL_OK, "prompt": ""}, chat={**CHAT_OK, "messages": []},
-        generate={**GEN_OK, "text": ""}, zmq={"prompt": "", "sampling_params": GOOD_SP},
+    Row(
+        "prompt-empty",
+        "prompt is empty",
+        completions={**CMPL_OK, "prompt": ""},
+        chat={**CHAT_OK, "messages": []},
+        generate={**GEN_OK, "text": ""},
+        zmq={"prompt": "", "sampling_params": GOOD_SP},
         engine={"prompt": "", "sampling_params": GOOD_SP},
-        matches={"chat": r"messages must have at least 1 item\(s\), got 0"}),
-    Row("input_ids-empty", "prompt is empty",
-        completions={**CMPL_OK, "prompt": []}, generate={"input_ids": [], "sampling_params": GOOD_SP},
-        zmq={"input_ids": [], "sampling_params": GOOD_SP}, engine={"input_ids": [], "sampling_params": GOOD_SP},
-        matches={"completions": "prompt must be a non-empty"}),
-    Row("prompt-longer-than-context", rf"prompt is too long: {len(TOO_LONG_IDS)} tokens, context length is {CONTEXT}",
+        matches={"chat": r"messages must have at least 1 item\(s\), got 0"},
+    ),
+    Row(
+        "input_ids-empty",
+        "prompt is empty",
+        completions={**CMPL_OK, "prompt": []},
+        generate={"input_ids": [], "sampling_params": GOOD_SP},
+        zmq={"input_ids": [], "sampling_params": GOOD_SP},
+        engine={"input_ids": [], "sampling_params": GOOD_SP},
+        matches={"completions": "prompt must be a non-empty"},
+    ),
+    Row(
+        "prompt-longer-than-context",
+        rf"prompt is too long: {len(TOO_LONG_IDS)} tokens, context length is {CONTEXT}",
         completions={**CMPL_OK, "prompt": TOO_LONG_IDS},
         chat={**CHAT_OK, "messages": [{"role": "user", "content": "hello " * len(TOO_LONG_IDS)}]},
         generate={"input_ids": TOO_LONG_IDS, "sampling_params": GOOD_SP},
         zmq={"input_ids": TOO_LONG_IDS, "sampling_params": GOOD_SP},
         engine={"input_ids": TOO_LONG_IDS, "sampling_params": GOOD_SP},
-        matches={"chat": rf"prompt is too long: \d+ tokens, context length is {CONTEXT}"}),
+        matches={"chat": rf"prompt is too long: \d+ tokens, context length is {CONTEXT}"},
+    ),
     # ------------------------------------------------------------------ sampling values
-    sampling("temperature-negative", r"temperature must be a finite number >= 0, got -0\.5", temperature=-0.5),
+    sampling(
+        "temperature-negative", r"temperature must be a finite number >= 0, got -0\.5", temperature=-0.5
+    ),
     sampling("temperature-nan", r"temperature must be a finite number >= 0, got nan", temperature=math.nan),
     sampling("temperature-inf", r"temperature must be a finite number >= 0, got inf", temperature=math.inf),
     sampling("top_p-zero", r"top_p must be in \(0, 1\], got 0", top_p=0),
     sampling("top_p-above-one", r"top_p must be in \(0, 1\], got 1\.5", top_p=1.5),
     sampling("top_k-zero", r"top_k must be -1 \(no limit\) or in \[1, 2\*\*64\), got 0", top_k=0),
-    sampling("max_tokens-negative", r"max_new_tokens must be an integer >= 0, got -1",
-             r"max_tokens must be >= 0, got -1", max_new_tokens=-1),
+    sampling(
+        "max_tokens-negative",
+        r"max_new_tokens must be an integer >= 0, got -1",
+        r"max_tokens must be >= 0, got -1",
+        max_new_tokens=-1,
+    ),
     sampling("min_p-above-one", r"min_p must be in \[0, 1\], got 2", min_p=2),
-    sampling("frequency_penalty-out-of-range", r"frequency_penalty must be in \[-2, 2\], got 5", frequency_penalty=5),
-    sampling("presence_penalty-out-of-range", r"presence_penalty must be in \[-2, 2\], got -3", presence_penalty=-3),
-    sampling("repetition_penalty-zero", r"repetition_penalty must be in \(0, 2\], got 0", repetition_penalty=0),
+    sampling(
+        "frequency_penalty-out-of-range",
+        r"frequency_penalty must be in \[-2, 2\], got 5",
+        frequency_penalty=5,
+    ),
+    sampling(
+        "presence_penalty-out-of-range", r"presence_penalty must be in \[-2, 2\], got -3", presence_penalty=-3
+    ),
+    sampling(
+        "repetition_penalty-zero", r"repetition_penalty must be in \(0, 2\], got 0", repetition_penalty=0
+    ),
     # msgpack (the ZeroMQ transport) cannot carry these ints at all: RuntimeClient fails to encode
-    sampling("seed-beyond-64-bit", r"seed must be an integer in \[-2\*\*63, 2\*\*64\)", zmq=False,
-             seed=BEYOND_MSGPACK),
-    sampling("top_k-beyond-64-bit", r"top_k must be -1 \(no limit\) or in \[1, 2\*\*64\)", zmq=False,
-             top_k=BEYOND_MSGPACK),
-    Row("top_logprobs-beyond-64-bit", r"top_logprobs_num must be an integer in \[0, 2\*\*64\)",
+    sampling(
+        "seed-beyond-64-bit",
+        r"seed must be an integer in \[-2\*\*63, 2\*\*64\)",
+        zmq=False,
+        seed=BEYOND_MSGPACK,
+    ),
+    sampling(
+        "top_k-beyond-64-bit",
+        r"top_k must be -1 \(no limit\) or in \[1, 2\*\*64\)",
+        zmq=False,
+        top_k=BEYOND_MSGPACK,
+    ),
+    Row(
+        "top_logprobs-beyond-64-bit",
+        r"top_logprobs_num must be an integer in \[0, 2\*\*64\)",
         completions={**CMPL_OK, "logprobs": BEYOND_MSGPACK},
         chat={**CHAT_OK, "logprobs": True, "top_logprobs": BEYOND_MSGPACK},
         generate={**GEN_OK, "return_logprob": True, "top_logprobs_num": BEYOND_MSGPACK},
-        engine={"prompt": PROMPT, "sampling_params": GOOD_SP, "return_logprob": True,
-                "top_logprobs_num": BEYOND_MSGPACK},
-        matches={"completions": "logprobs must be between 0 and 20", "chat": "top_logprobs must be between 0 and 20"}),
+        engine={
+            "prompt": PROMPT,
+            "sampling_params": GOOD_SP,
+            "return_logprob": True,
+            "top_logprobs_num": BEYOND_MSGPACK,
+        },
+        matches={
+            "completions": "logprobs must be between 0 and 20",
+            "chat": "top_logprobs must be between 0 and 20",
+        },
+    ),
     sampling("n-huge", r"n must be an integer in \[1, 128\], got 1000000", n=10**6),
-    Row("max_tokens-huge-is-clamped", "", clamped=True,
+    Row(
+        "max_tokens-huge-is-clamped",
+        "",
+        clamped=True,
         completions={"prompt": LONG_IDS, "max_tokens": HUGE, "temperature": 0, "ignore_eos": True},
         chat=long_chat,
         generate={"input_ids": LONG_IDS, "sampling_params": {**GOOD_SP, "max_new_tokens": HUGE}},
         zmq={"input_ids": LONG_IDS, "sampling_params": {**GOOD_SP, "max_new_tokens": HUGE}},
-        engine={"input_ids": LONG_IDS, "sampling_params": {**GOOD_SP, "max_new_tokens": HUGE}}),
+        engine={"input_ids": LONG_IDS, "sampling_params": {**GOOD_SP, "max_new_tokens": HUGE}},
+    ),
     # ------------------------------------------------------------------ constraints
     sampling("regex-invalid", r"invalid regex '\(a'", regex="(a"),
     sampling("json_schema-not-json", "json_schema is not valid JSON", json_schema="{nope"),
-    Row("json_schema-unsupported-type", "unsupported json_schema",
+    Row(
+        "json_schema-unsupported-type",
+        "unsupported json_schema",
         completions={**CMPL_OK, "json_schema": {"type": "x"}},
-        chat={**CHAT_OK, "response_format": {"type": "json_schema",
-                                             "json_schema": {"name": "x", "schema": {"type": "x"}}}},
+        chat={
+            **CHAT_OK,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "x"}}},
+        },
         generate={"text": PROMPT, "sampling_params": {**GOOD_SP, "json_schema": {"type": "x"}}},
         zmq={"prompt": PROMPT, "sampling_params": {**GOOD_SP, "json_schema": {"type": "x"}}},
-        engine={"prompt": PROMPT, "sampling_params": {**GOOD_SP, "json_schema": {"type": "x"}}}),
+        engine={"prompt": PROMPT, "sampling_params": {**GOOD_SP, "json_schema": {"type": "x"}}},
+    ),
     # ------------------------------------------------------------------ unknown fields
     # (the OpenAI routes ignore fields they do not know, by design: test_openai_routes_ignore_unknown_fields)
-    Row("unknown-sampling-parameter", r"unknown sampling parameter\(s\): bogus",
+    Row(
+        "unknown-sampling-parameter",
+        r"unknown sampling parameter\(s\): bogus",
         generate={"text": PROMPT, "sampling_params": {**GOOD_SP, "bogus": 1}},
         zmq={"prompt": PROMPT, "sampling_params": {**GOOD_SP, "bogus": 1}},
-        engine={"prompt": PROMPT, "sampling_params": {**GOOD_SP, "bogus": 1}}),
-    Row("unknown-top-level-field", "bogus",
+        engine={"prompt": PROMPT, "sampling_params": {**GOOD_SP, "bogus": 1}},
+    ),
+    Row(
+        "unknown-top-level-field",
+        "bogus",
         generate={**GEN_OK, "bogus": 1},
         zmq_frame=frame(type="ClientGenerate", rid="x", text=PROMPT, bogus=1),
         engine={"prompt": PROMPT, "sampling_params": GOOD_SP, "bogus": 1},
-        matches={"generate": r"bogus is not a known field",
-                 "zmq-frame": r"undecodable message: ClientGenerate has unknown field\(s\): 'bogus'"}),
+        matches={
+            "generate": r"bogus is not a known field",
+            "zmq-frame": r"undecodable message: ClientGenerate has unknown field\(s\): 'bogus'",
+        },
+    ),
     # ------------------------------------------------------------------ wrong types
-    sampling("temperature-string", r"temperature must be a finite number >= 0, got 'hot'",
-             r"temperature must be a number, got a string", temperature="hot"),
-    sampling("max_tokens-string", r"max_new_tokens must be an integer >= 0, got 'lots'",
-             r"max_tokens must be an integer, got a string", max_new_tokens="lots"),
-    sampling("stop-object-for-list", r"stop must be a non-empty string or a list of non-empty strings",
-             r"stop must be a string or a list, got an object", stop={"a": 1}),
-    Row("prompt-object-for-list", r"input_ids",
-        completions={**CMPL_OK, "prompt": {"a": 1}}, chat={**CHAT_OK, "messages": {"role": "user", "content": "hi"}},
+    sampling(
+        "temperature-string",
+        r"temperature must be a finite number >= 0, got 'hot'",
+        r"temperature must be a number, got a string",
+        temperature="hot",
+    ),
+    sampling(
+        "max_tokens-string",
+        r"max_new_tokens must be an integer >= 0, got 'lots'",
+        r"max_tokens must be an integer, got a string",
+        max_new_tokens="lots",
+    ),
+    sampling(
+        "stop-object-for-list",
+        r"stop must be a non-empty string or a list of non-empty strings",
+        r"stop must be a string or a list, got an object",
+        stop={"a": 1},
+    ),
+    Row(
+        "prompt-object-for-list",
+        r"input_ids",
+        completions={**CMPL_OK, "prompt": {"a": 1}},
+        chat={**CHAT_OK, "messages": {"role": "user", "content": "hi"}},
         generate={"input_ids": {"a": 1}, "sampling_params": GOOD_SP},
         zmq_frame=frame(type="ClientGenerate", rid="x", input_ids={"a": 1}),
         engine={"input_ids": {"a": 1}, "sampling_params": GOOD_SP},
-        matches={"completions": r"prompt must be a string or a list, got an object",
-                 "chat": r"messages must be a list, got an object",
-                 "generate": r"input_ids must be a list, got an object",
-                 "zmq-frame": r"undecodable message: field 'input_ids' of ClientGenerate must be list\[int\] \| None, "
-                              r"got a map",
-                 "engine": r"input_ids must be a list of token ids"}),
-    Row("sampling_params-list-for-object", r"sampling_params",
-        completions={**CMPL_OK, "response_format": [1]}, chat={**CHAT_OK, "response_format": [1]},
+        matches={
+            "completions": r"prompt must be a string or a list, got an object",
+            "chat": r"messages must be a list, got an object",
+            "generate": r"input_ids must be a list, got an object",
+            "zmq-frame": r"undecodable message: field 'input_ids' of ClientGenerate must be list\[int\] \| None, "
+            r"got a map",
+            "engine": r"input_ids must be a list of token ids",
+        },
+    ),
+    Row(
+        "sampling_params-list-for-object",
+        r"sampling_params",
+        completions={**CMPL_OK, "response_format": [1]},
+        chat={**CHAT_OK, "response_format": [1]},
         generate={"text": PROMPT, "sampling_params": [1]},
         zmq_frame=frame(type="ClientGenerate", rid="x", text=PROMPT, sampling_params=[1]),
         engine={"prompt": PROMPT, "sampling_params": [1]},
-        matches={"completions": r"response_format must be an object, got a list",
-                 "chat": r"response_format must be an object, got a list",
-                 "generate": r"sampling_params must be an object, got a list",
-                 "zmq-frame": r"undecodable message: field 'sampling_params' of ClientGenerate must be "
-                              r"dict\[str, Any\], got an array",
-                 "engine": r"sampling_params must be a dict or SamplingParams, got int"}),
+        matches={
+            "completions": r"response_format must be an object, got a list",
+            "chat": r"response_format must be an object, got a list",
+            "generate": r"sampling_params must be an object, got a list",
+            "zmq-frame": r"undecodable message: field 'sampling_params' of ClientGenerate must be "
+            r"dict\[str, Any\], got an array",
+            "engine": r"sampling_params must be a dict or SamplingParams, got int",
+        },
+    ),
     # ------------------------------------------------------------------ bytes
-    Row("body-not-utf8", r"request body is not valid UTF-8 JSON: byte 0xe9 at offset \d+ is not UTF-8",
+    Row(
+        "body-not-utf8",
+        r"request body is not valid UTF-8 JSON: byte 0xe9 at offset \d+ is not UTF-8",
         completions=b'{"prompt": "caf\xe9", "max_tokens": 4}',
         chat=b'{"messages": [{"role": "user", "content": "caf\xe9"}], "max_tokens": 4}',
         generate=b'{"text": "caf\xe9"}',
         zmq={"prompt": b"caf\xe9", "sampling_params": GOOD_SP},
         zmq_frame=frame_with_raw_text(b"caf\xe9"),
         engine={"prompt": b"caf\xe9", "sampling_params": GOOD_SP},
-        matches={"zmq": r"undecodable message: field 'text' of ClientGenerate must be str \| None, got binary data",
-                 "zmq-frame": r"undecodable message: the string at \$\.text is not valid UTF-8 "
-                              r"\(byte 0xe9 at offset \d+ of the frame\)",
-                 "engine": "prompt must be a string"}),
-    Row("lone-surrogate", r"prompt is not valid Unicode: lone surrogate '\\ud800' at index 3",
+        matches={
+            "zmq": r"undecodable message: field 'text' of ClientGenerate must be str \| None, got binary data",
+            "zmq-frame": r"undecodable message: the string at \$\.text is not valid UTF-8 "
+            r"\(byte 0xe9 at offset \d+ of the frame\)",
+            "engine": "prompt must be a string",
+        },
+    ),
+    Row(
+        "lone-surrogate",
+        r"prompt is not valid Unicode: lone surrogate '\\ud800' at index 3",
         completions=raw_body('{"prompt": "caf\\ud800", "max_tokens": 4}'),
         chat=raw_body('{"messages": [{"role": "user", "content": "caf\\ud800"}], "max_tokens": 4}'),
         generate=raw_body('{"text": "caf\\ud800"}'),
-        zmq={"prompt": "caf\ud800", "sampling_params": GOOD_SP}, zmq_exc=ValueError,
+        zmq={"prompt": "caf\ud800", "sampling_params": GOOD_SP},
+        zmq_exc=ValueError,
         zmq_frame=frame_with_raw_text(b"caf\xed\xa0\x80"),  # the surrogate's (invalid) UTF-8 form
         engine={"prompt": "caf\ud800", "sampling_params": GOOD_SP},
-        matches={"chat": r"messages\[0\]\.content is not valid Unicode: lone surrogate '\\ud800' at index 3",
-                 "zmq-frame": r"undecodable message: the string at \$\.text is not valid UTF-8 "
-                              r"\(byte 0xed at offset \d+ of the frame\)"}),
-    Row("body-not-json", r"invalid request: request body is not valid JSON",
-        completions=b"prompt=hello&max_tokens=4", chat=b"messages=hello", generate=b"text=hello",
+        matches={
+            "chat": r"messages\[0\]\.content is not valid Unicode: lone surrogate '\\ud800' at index 3",
+            "zmq-frame": r"undecodable message: the string at \$\.text is not valid UTF-8 "
+            r"\(byte 0xed at offset \d+ of the frame\)",
+        },
+    ),
+    Row(
+        "body-not-json",
+        r"invalid request: request body is not valid JSON",
+        completions=b"prompt=hello&max_tokens=4",
+        chat=b"messages=hello",
+        generate=b"text=hello",
         zmq_frame=b"text=hello",
-        matches={"zmq-frame": r"undecodable message: "}),
-    Row("random-bytes", r"JSON",
-        completions=RANDOM_BODY, chat=RANDOM_BODY, generate=RANDOM_BODY,
-        http_tcp=RANDOM_BYTES + b"\r\n\r\n", zmq_frame=RANDOM_BODY, zmq_tcp=RANDOM_BYTES,
-        matches={"http-tcp": r"^HTTP/1\.1 400 ",
-                 "zmq-frame": r"undecodable message: ", "zmq-tcp": "connection dropped"}),
+        matches={"zmq-frame": r"undecodable message: "},
+    ),
+    Row(
+        "random-bytes",
+        r"JSON",
+        completions=RANDOM_BODY,
+        chat=RANDOM_BODY,
+        generate=RANDOM_BODY,
+        http_tcp=RANDOM_BYTES + b"\r\n\r\n",
+        zmq_frame=RANDOM_BODY,
+        zmq_tcp=RANDOM_BYTES,
+        matches={
+            "http-tcp": r"^HTTP/1\.1 400 ",
+            "zmq-frame": r"undecodable message: ",
+            "zmq-tcp": "connection dropped",
+        },
+    ),
     # a ZeroMQ greeting naming a mechanism that does not exist: the endpoint drops us unprompted;
     # sent to the HTTP port it is just a bad request line
-    Row("zmtp-greeting-bad-mechanism", r"^HTTP/1\.1 400 ",
-        http_tcp=BAD_GREETING + b"\r\n\r\n", zmq_tcp=BAD_GREETING, zmq_tcp_half_close=False),
-    Row("http-request-to-zmq-port", "connection dropped",
-        zmq_tcp=b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n{\"text\": \"hi\"}"),
+    Row(
+        "zmtp-greeting-bad-mechanism",
+        r"^HTTP/1\.1 400 ",
+        http_tcp=BAD_GREETING + b"\r\n\r\n",
+        zmq_tcp=BAD_GREETING,
+        zmq_tcp_half_close=False,
+    ),
+    Row(
+        "http-request-to-zmq-port",
+        "connection dropped",
+        zmq_tcp=b'POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n{"text": "hi"}',
+    ),
 ]
 
 CASES = [(row, entry) for row in ROWS for entry in ENTRIES if row.form(entry) is not None]
@@ -346,10 +482,19 @@ def reference(server, client) -> Reference:
             break
         words += (room - 4) // 2 or (1 if room > 4 else -1)
     assert 1 <= room <= 8, room
-    long_chat = engine.generate(input_ids=chat_ids(engine, messages),
-                                sampling_params={**GOOD_SP, "max_new_tokens": room})
-    ref = Reference(out["text"], out["output_ids"], chat["text"], long["text"], long["output_ids"], messages, room,
-                    long_chat["text"])
+    long_chat = engine.generate(
+        input_ids=chat_ids(engine, messages), sampling_params={**GOOD_SP, "max_new_tokens": room}
+    )
+    ref = Reference(
+        out["text"],
+        out["output_ids"],
+        chat["text"],
+        long["text"],
+        long["output_ids"],
+        messages,
+        room,
+        long_chat["text"],
+    )
     assert len(ref.ids) == TOKENS and len(ref.long_ids) == ROOM
     # every entry agrees with the Engine before anything bad was sent
     for entry in ("completions", "chat", "generate", "zmq"):
@@ -361,12 +506,19 @@ def reference(server, client) -> Reference:
 def post(srv: ServerProcess, path: str, body: Any) -> httpx.Response:
     # json.dumps, not httpx's json=: NaN and Infinity must go out as the literals Python's JSON reads
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"{srv.url}{path}", content=content, headers={"content-type": "application/json"},
-                      timeout=TIMEOUT_S)
+    return httpx.post(
+        f"{srv.url}{path}", content=content, headers={"content-type": "application/json"}, timeout=TIMEOUT_S
+    )
 
 
-def check_good(entry: str, srv: ServerProcess, client: RuntimeClient, engine, ref: Reference,
-               sock: zmq.Socket | None = None) -> None:
+def check_good(
+    entry: str,
+    srv: ServerProcess,
+    client: RuntimeClient,
+    engine,
+    ref: Reference,
+    sock: zmq.Socket | None = None,
+) -> None:
     """The good request on this entry answers exactly the reference."""
     if entry in ("completions", "http-tcp"):
         r = post(srv, "/v1/completions", CMPL_OK)
@@ -431,7 +583,7 @@ def raw_tcp(port: int, data: bytes, half_close: bool) -> tuple[bytes, bool]:
                 received += chunk
         except (ConnectionResetError, BrokenPipeError):
             return received, True
-        except socket.timeout:
+        except TimeoutError:
             pass
     return received, False
 
@@ -464,8 +616,15 @@ def finished_requests(entry: str, srv: ServerProcess, engine) -> int:
     return server_info(srv)["finished_requests"]
 
 
-def run_bad(row: Row, entry: str, form: Any, srv: ServerProcess, client: RuntimeClient, engine,
-            sock: zmq.Socket | None) -> None:
+def run_bad(
+    row: Row,
+    entry: str,
+    form: Any,
+    srv: ServerProcess,
+    client: RuntimeClient,
+    engine,
+    sock: zmq.Socket | None,
+) -> None:
     """Send the bad input on this entry and check the error names the problem."""
     pattern = re.compile(row.pattern(entry), re.IGNORECASE)
     if entry in HTTP_PATHS:
@@ -500,8 +659,9 @@ def run_bad(row: Row, entry: str, form: Any, srv: ServerProcess, client: Runtime
         raise AssertionError(entry)
 
 
-def run_clamped(entry: str, form: Any, srv: ServerProcess, client: RuntimeClient, engine,
-                ref: Reference) -> None:
+def run_clamped(
+    entry: str, form: Any, srv: ServerProcess, client: RuntimeClient, engine, ref: Reference
+) -> None:
     """max_tokens = 10**12 is clamped to the context: exactly the room the prompt leaves."""
     length = {"type": "length", "length": ref.long_chat_room if entry == "chat" else ROOM}
     if entry in ("completions", "chat"):
@@ -510,7 +670,9 @@ def run_clamped(entry: str, form: Any, srv: ServerProcess, client: RuntimeClient
         choice = r.json()["choices"][0]
         text = choice["text"] if entry == "completions" else choice["message"]["content"]
         assert text == (ref.long_text if entry == "completions" else ref.long_chat_text)
-        assert choice["finish_reason"] == "length" and r.json()["usage"]["completion_tokens"] == length["length"]
+        assert (
+            choice["finish_reason"] == "length" and r.json()["usage"]["completion_tokens"] == length["length"]
+        )
         return
     if entry == "generate":
         r = post(srv, "/generate", form)

@@ -42,22 +42,34 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from helpers import get_engine
+from server_process import (
+    HOST,
+    ServerProcess,
+    aiter_sse,
+    children_of,
+    descendants_of,
+    free_port,
+    gone,
+    server_info,
+    wait_idle_and_kv_free,
+    wait_until,
+)
+
 from radixlm import Engine
 from radixlm.runtime.entrypoints.openai_protocol import finish_reason_name
 from radixlm.runtime.managers.tokenizer_manager import RuntimeDiedError
 from radixlm.testing import build_tiny_model
-from server_process import (HOST, ServerProcess, aiter_sse, children_of, descendants_of, free_port, gone, server_info,
-                            wait_idle_and_kv_free, wait_until)
 
 KILL_DEADLINE_S = 5.0  # the spec: every pending request fails within 5 s of the kill
 LONG = 1500  # tokens for a request that must still be running when it is cancelled or killed
 GOOD_PROMPT = "Hello world, this is"
 GOOD_TOKENS = 8
-PREFIXES = ["In the beginning the archive held letters from every harbour town,",
-            "A recipe for bread starts with flour, water, salt and patience;",
-            "The server logs showed that at midnight the queue suddenly grew"]
+PREFIXES = [
+    "In the beginning the archive held letters from every harbour town,",
+    "A recipe for bread starts with flour, water, salt and patience;",
+    "The server logs showed that at midnight the queue suddenly grew",
+]
 SUFFIXES = [" and then", " but nobody", " so the", " while a"]
 
 
@@ -70,8 +82,9 @@ def model_path() -> str:
 @pytest.fixture(scope="module")
 def good_text(model_path) -> str:
     """The in-process Engine's greedy answer to the good request: the oracle for every server."""
-    out = get_engine("llama").generate(GOOD_PROMPT, {"max_new_tokens": GOOD_TOKENS, "temperature": 0,
-                                                     "ignore_eos": True})
+    out = get_engine("llama").generate(
+        GOOD_PROMPT, {"max_new_tokens": GOOD_TOKENS, "temperature": 0, "ignore_eos": True}
+    )
     return out["text"]
 
 
@@ -141,8 +154,11 @@ def engines(model_path):
 
 
 def assert_server_answers_right(srv: ServerProcess, expected: str) -> None:
-    r = httpx.post(f"{srv.url}/v1/completions", timeout=30,
-                   json={"prompt": GOOD_PROMPT, "max_tokens": GOOD_TOKENS, "temperature": 0, "ignore_eos": True})
+    r = httpx.post(
+        f"{srv.url}/v1/completions",
+        timeout=30,
+        json={"prompt": GOOD_PROMPT, "max_tokens": GOOD_TOKENS, "temperature": 0, "ignore_eos": True},
+    )
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
     assert (choice["text"], choice["finish_reason"]) == (expected, "length")
@@ -186,13 +202,27 @@ class Spec:
         return self.route, self.prompt, self.max_tokens, self.ignore_eos
 
     def body(self) -> dict:
-        sampling = {"temperature": 0} if self.greedy else {"temperature": 0.9, "top_p": 0.95, "seed": 1000 + self.i}
+        sampling = (
+            {"temperature": 0} if self.greedy else {"temperature": 0.9, "top_p": 0.95, "seed": 1000 + self.i}
+        )
         if self.route == "generate":
-            return {"text": self.prompt, "stream": self.stream,
-                    "sampling_params": {"max_new_tokens": self.max_tokens, "ignore_eos": self.ignore_eos,
-                                        "n": self.n, **sampling}}
-        body = {"max_tokens": self.max_tokens, "ignore_eos": self.ignore_eos, "n": self.n, "stream": self.stream,
-                **sampling}
+            return {
+                "text": self.prompt,
+                "stream": self.stream,
+                "sampling_params": {
+                    "max_new_tokens": self.max_tokens,
+                    "ignore_eos": self.ignore_eos,
+                    "n": self.n,
+                    **sampling,
+                },
+            }
+        body = {
+            "max_tokens": self.max_tokens,
+            "ignore_eos": self.ignore_eos,
+            "n": self.n,
+            "stream": self.stream,
+            **sampling,
+        }
         if self.stream:
             body["stream_options"] = {"include_usage": True}
         if self.route == "chat":
@@ -201,7 +231,9 @@ class Spec:
 
     @property
     def path(self) -> str:
-        return {"completions": "/v1/completions", "chat": "/v1/chat/completions", "generate": "/generate"}[self.route]
+        return {"completions": "/v1/completions", "chat": "/v1/chat/completions", "generate": "/generate"}[
+            self.route
+        ]
 
     @property
     def scheduler_requests(self) -> int:
@@ -213,26 +245,52 @@ def storm_specs(count: int, seed: int) -> list[Spec]:
     rng = random.Random(seed)
     prompts = [p + s for p in PREFIXES for s in SUFFIXES]  # 3 shared prefixes, 4 continuations each
     # greedy survivors draw from a few (route, prompt, length) keys, each also run alone
-    greedy_keys = [(rng.choice(["completions", "chat", "generate"]), rng.choice(prompts), rng.choice([5, 9, 16]),
-                    rng.random() < 0.5) for _ in range(10)]
+    greedy_keys = [
+        (
+            rng.choice(["completions", "chat", "generate"]),
+            rng.choice(prompts),
+            rng.choice([5, 9, 16]),
+            rng.random() < 0.5,
+        )
+        for _ in range(10)
+    ]
     specs = []
     for i in range(count):
         stream = rng.random() < 0.5
         if rng.random() < 0.5:  # cancelled: long enough to be surely running when the client leaves
             route = rng.choice(["completions", "chat", "generate"])
-            spec = Spec(i, route, stream, rng.choice(prompts), LONG, True, rng.random() < 0.5,
-                        n=2 if route == "completions" and rng.random() < 0.15 else 1)
+            spec = Spec(
+                i,
+                route,
+                stream,
+                rng.choice(prompts),
+                LONG,
+                True,
+                rng.random() < 0.5,
+                n=2 if route == "completions" and rng.random() < 0.15 else 1,
+            )
             if stream:
                 spec.cancel, spec.after_events = "close", rng.randint(0, 8)
             else:
-                spec.cancel, spec.after_s = rng.choice(["read_timeout", "task_cancel"]), rng.uniform(0.05, 1.5)
+                spec.cancel, spec.after_s = (
+                    rng.choice(["read_timeout", "task_cancel"]),
+                    rng.uniform(0.05, 1.5),
+                )
         elif rng.random() < 0.65:
             route, prompt, max_tokens, ignore_eos = rng.choice(greedy_keys)
             spec = Spec(i, route, stream, prompt, max_tokens, ignore_eos, True)
         else:
             route = rng.choice(["completions", "chat", "generate"])
-            spec = Spec(i, route, stream, rng.choice(prompts), rng.randint(3, 20), rng.random() < 0.5, False,
-                        n=2 if route != "chat" and rng.random() < 0.3 else 1)
+            spec = Spec(
+                i,
+                route,
+                stream,
+                rng.choice(prompts),
+                rng.randint(3, 20),
+                rng.random() < 0.5,
+                False,
+                n=2 if route != "chat" and rng.random() < 0.3 else 1,
+            )
             # the native route takes n only without streaming
             spec.n = 1 if route == "generate" and stream else spec.n
         specs.append(spec)
@@ -353,7 +411,11 @@ def check_completed(spec: Spec, out: Outcome, alone: dict[tuple, Outcome]) -> No
         assert spec.n <= out.tokens["total"] <= spec.n * spec.max_tokens, (spec, out.tokens)
     if spec.greedy:
         ref = alone[spec.key]
-        assert (out.texts[0], out.finishes[0]) == (ref.texts[0], ref.finishes[0]), (spec, out.texts, ref.texts)
+        assert (out.texts[0], out.finishes[0]) == (ref.texts[0], ref.finishes[0]), (
+            spec,
+            out.texts,
+            ref.texts,
+        )
         if 0 in out.tokens:
             assert out.tokens[0] == ref.tokens[0], spec
 
@@ -369,7 +431,9 @@ def test_http_abort_storm_loses_nothing(servers, good_text):
     specs = storm_specs(72, seed=20261126)
     cancelled = [s for s in specs if s.cancel]
     survivors = [s for s in specs if not s.cancel]
-    assert 25 <= len(cancelled) <= 47 and any(s.greedy for s in survivors) and any(s.n == 2 for s in survivors)
+    assert (
+        25 <= len(cancelled) <= 47 and any(s.greedy for s in survivors) and any(s.n == 2 for s in survivors)
+    )
 
     async def alone_runs() -> dict[tuple, Outcome]:
         async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
@@ -386,7 +450,9 @@ def test_http_abort_storm_loses_nothing(servers, good_text):
 
     async def storm() -> list[Outcome]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=srv.url, timeout=httpx.Timeout(60, connect=30), limits=limits) as c:
+        async with httpx.AsyncClient(
+            base_url=srv.url, timeout=httpx.Timeout(60, connect=30), limits=limits
+        ) as c:
             return await asyncio.wait_for(asyncio.gather(*(run_spec(c, s) for s in specs)), timeout=120)
 
     outcomes = asyncio.run(storm())
@@ -403,7 +469,8 @@ def test_http_abort_storm_loses_nothing(servers, good_text):
     # have reached it); every survivor and every stream that had produced a token did
     seen = after["finished_requests"] - before["finished_requests"]
     surely = sum(s.scheduler_requests for s in survivors) + sum(
-        1 for s, o in zip(specs, outcomes) if s.cancel == "close" and o.events and s.n == 1)
+        1 for s, o in zip(specs, outcomes) if s.cancel == "close" and o.events and s.n == 1
+    )
     assert surely <= seen <= sum(s.scheduler_requests for s in specs), (surely, seen)
     # the cancelled requests were aborted, not left to run out their 1500 tokens
     generated = after["generated_tokens"] - before["generated_tokens"]
@@ -420,8 +487,10 @@ def test_engine_abort_storm_loses_nothing(good_text):
     rng = random.Random(777)
     prompts = [p + s for p in PREFIXES for s in SUFFIXES]
     greedy_keys = [(rng.choice(prompts), rng.choice([4, 8, 12]), rng.random() < 0.5) for _ in range(5)]
-    alone = {key: engine.generate(key[0], {"max_new_tokens": key[1], "ignore_eos": key[2], "temperature": 0})
-             for key in greedy_keys}
+    alone = {
+        key: engine.generate(key[0], {"max_new_tokens": key[1], "ignore_eos": key[2], "temperature": 0})
+        for key in greedy_keys
+    }
     jobs = []  # (kind, key or prompt, k)
     for _ in range(30):
         roll = rng.random()
@@ -437,10 +506,15 @@ def test_engine_abort_storm_loses_nothing(good_text):
     def run(job) -> dict:
         kind, what, k = job
         if kind == "whole":
-            out = engine.generate(what[0], {"max_new_tokens": what[1], "ignore_eos": what[2], "temperature": 0})
+            out = engine.generate(
+                what[0], {"max_new_tokens": what[1], "ignore_eos": what[2], "temperature": 0}
+            )
             return {"text": out["text"], "reason": out["meta_info"]["finish_reason"], "finishes": 1}
-        params = long_params if kind in ("close", "abort") else \
-            {"max_new_tokens": what[1], "ignore_eos": what[2], "temperature": 0}
+        params = (
+            long_params
+            if kind in ("close", "abort")
+            else {"max_new_tokens": what[1], "ignore_eos": what[2], "temperature": 0}
+        )
         stream = engine.generate(what if isinstance(what, str) else what[0], params, stream=True)
         text, finishes, reason, chunks = "", 0, None, 0
         for chunk in stream:
@@ -468,7 +542,11 @@ def test_engine_abort_storm_loses_nothing(good_text):
         else:
             ref = alone[what]
             assert res["finishes"] == 1, (kind, res)
-            assert (res["text"], res["reason"]) == (ref["text"], ref["meta_info"]["finish_reason"]), (kind, what, res)
+            assert (res["text"], res["reason"]) == (ref["text"], ref["meta_info"]["finish_reason"]), (
+                kind,
+                what,
+                res,
+            )
 
     info: dict = {}
 
@@ -517,12 +595,12 @@ class Client:
                         self.status = r.status_code
                         for line in r.iter_lines():
                             if line.startswith("data:"):
-                                data = line[len("data:"):].strip()
+                                data = line[len("data:") :].strip()
                                 self.payloads.append(data if data == "[DONE]" else json.loads(data))
                                 self.started.set()
                             if len(self.payloads) > 5000:
                                 break
-        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+        except BaseException as exc:
             self.error = exc
         finally:
             self.ended_at = time.monotonic()
@@ -540,8 +618,13 @@ class Client:
         return self.payloads[-2]["error"]
 
 
-def kill_with_late_arrivals(pid: int, go: threading.Event, late: list[threading.Thread],
-                            everyone: list[threading.Thread], wait_s: float = 20.0) -> float:
+def kill_with_late_arrivals(
+    pid: int,
+    go: threading.Event,
+    late: list[threading.Thread],
+    everyone: list[threading.Thread],
+    wait_s: float = 20.0,
+) -> float:
     """Start the late senders (they wait on `go`), SIGKILL `pid`, release them, and join every
     thread for up to `wait_s` after the kill. Returns the kill's time.monotonic()."""
     for t in late:
@@ -558,15 +641,30 @@ def long_clients() -> list[Client]:
     long = {"max_tokens": LONG, "ignore_eos": True, "temperature": 0}
     chat = [{"role": "user", "content": "Tell me a very long story."}]
     return [
-        Client("completions-stream", "/v1/completions", {"prompt": PREFIXES[0], "stream": True, **long}, True),
+        Client(
+            "completions-stream", "/v1/completions", {"prompt": PREFIXES[0], "stream": True, **long}, True
+        ),
         Client("chat-stream", "/v1/chat/completions", {"messages": chat, "stream": True, **long}, True),
-        Client("generate-stream", "/generate", {"text": PREFIXES[1], "stream": True,
-                                                "sampling_params": {"max_new_tokens": LONG, "ignore_eos": True}},
-               True),
+        Client(
+            "generate-stream",
+            "/generate",
+            {
+                "text": PREFIXES[1],
+                "stream": True,
+                "sampling_params": {"max_new_tokens": LONG, "ignore_eos": True},
+            },
+            True,
+        ),
         Client("completions", "/v1/completions", {"prompt": PREFIXES[2], **long}, False),
-        Client("chat-n2", "/v1/chat/completions", {"messages": chat, **long, "n": 2, "temperature": 0.7}, False),
-        Client("generate-batch", "/generate", {"text": PREFIXES[:2], "sampling_params": {
-            "max_new_tokens": LONG, "ignore_eos": True}}, False),
+        Client(
+            "chat-n2", "/v1/chat/completions", {"messages": chat, **long, "n": 2, "temperature": 0.7}, False
+        ),
+        Client(
+            "generate-batch",
+            "/generate",
+            {"text": PREFIXES[:2], "sampling_params": {"max_new_tokens": LONG, "ignore_eos": True}},
+            False,
+        ),
     ]
 
 
@@ -582,14 +680,32 @@ def test_sigkill_under_serve_fails_pending_requests_fast_and_leaves_no_orphans(v
         for t in threads:
             t.start()
         # every pending request is in the scheduler (chat-n2: warm-up + 2, the batch: 2) and every stream has begun
-        assert wait_until(lambda: all(c.started.is_set() for c in pending if c.stream)
-                          and server_info(srv)["running"] == 8, 30, 0.1), (server_info(srv), srv.output())
+        assert wait_until(
+            lambda: all(c.started.is_set() for c in pending if c.stream) and server_info(srv)["running"] == 8,
+            30,
+            0.1,
+        ), (server_info(srv), srv.output())
         # more requests arrive while the process dies, before and after the server notices
         go = threading.Event()
-        late = [Client(f"late-{i}", "/v1/completions", {"prompt": PREFIXES[i % 3], "max_tokens": 20,
-                                                        "temperature": 0}, False, delay=0.06 * i) for i in range(4)]
-        late += [Client("late-stream", "/v1/completions", {"prompt": PREFIXES[0], "max_tokens": 20, "stream": True},
-                        True, delay=0.1)]
+        late = [
+            Client(
+                f"late-{i}",
+                "/v1/completions",
+                {"prompt": PREFIXES[i % 3], "max_tokens": 20, "temperature": 0},
+                False,
+                delay=0.06 * i,
+            )
+            for i in range(4)
+        ]
+        late += [
+            Client(
+                "late-stream",
+                "/v1/completions",
+                {"prompt": PREFIXES[0], "max_tokens": 20, "stream": True},
+                True,
+                delay=0.1,
+            )
+        ]
         late_threads = [threading.Thread(target=c.run, args=(srv.url, go), daemon=True) for c in late]
         killed_at = kill_with_late_arrivals(pids[victim], go, late_threads, threads + late_threads)
         hung = [c.name for c, t in zip(pending + late, threads + late_threads) if t.is_alive()]
@@ -632,41 +748,60 @@ def test_sigkill_under_engine_fails_pending_requests_fast_and_leaves_no_orphans(
                 for _ in engine.generate(prompt, long, stream=True):
                     first_chunk[name].set()
                 outcomes[name] = (None, time.monotonic())
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 outcomes[name] = (exc, time.monotonic())
 
-        def whole(name: str, prompt, params: dict, delay: float = 0.0, go: threading.Event | None = None) -> None:
+        def whole(
+            name: str, prompt, params: dict, delay: float = 0.0, go: threading.Event | None = None
+        ) -> None:
             if go is not None:
                 go.wait(30)
                 time.sleep(delay)
             try:
                 engine.generate(prompt, params)
                 outcomes[name] = (None, time.monotonic())
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 outcomes[name] = (exc, time.monotonic())
 
         for name in ("stream-0", "stream-1"):
             first_chunk[name] = threading.Event()
-        threads = [threading.Thread(target=streamed, args=("stream-0", PREFIXES[0]), daemon=True),
-                   threading.Thread(target=streamed, args=("stream-1", PREFIXES[1]), daemon=True),
-                   threading.Thread(target=whole, args=("whole", PREFIXES[2], long), daemon=True),
-                   threading.Thread(target=whole, args=("batch", PREFIXES[:2], long), daemon=True),
-                   threading.Thread(target=whole, args=("n2", PREFIXES[0], {**long, "n": 2, "temperature": 0.7}),
-                                    daemon=True)]
+        threads = [
+            threading.Thread(target=streamed, args=("stream-0", PREFIXES[0]), daemon=True),
+            threading.Thread(target=streamed, args=("stream-1", PREFIXES[1]), daemon=True),
+            threading.Thread(target=whole, args=("whole", PREFIXES[2], long), daemon=True),
+            threading.Thread(target=whole, args=("batch", PREFIXES[:2], long), daemon=True),
+            threading.Thread(
+                target=whole, args=("n2", PREFIXES[0], {**long, "n": 2, "temperature": 0.7}), daemon=True
+            ),
+        ]
         for t in threads:
             t.start()
-        assert wait_until(lambda: all(e.is_set() for e in first_chunk.values())
-                          and engine.get_server_info()["running"] == 7, 30, 0.1), engine.get_server_info()
+        assert wait_until(
+            lambda: (
+                all(e.is_set() for e in first_chunk.values()) and engine.get_server_info()["running"] == 7
+            ),
+            30,
+            0.1,
+        ), engine.get_server_info()
         go = threading.Event()
-        late = [threading.Thread(target=whole, daemon=True,
-                                 args=(f"late-{i}", PREFIXES[i % 3], {"max_new_tokens": 20}, 0.05 * i, go))
-                for i in range(5)]
+        late = [
+            threading.Thread(
+                target=whole,
+                daemon=True,
+                args=(f"late-{i}", PREFIXES[i % 3], {"max_new_tokens": 20}, 0.05 * i, go),
+            )
+            for i in range(5)
+        ]
         killed_at = kill_with_late_arrivals(pids[victim], go, late, threads + late)
-        assert not [t for t in threads + late if t.is_alive()], f"still waiting 20 s after the kill: {outcomes}"
+        assert not [t for t in threads + late if t.is_alive()], (
+            f"still waiting 20 s after the kill: {outcomes}"
+        )
         assert len(outcomes) == 10, outcomes
         for name, (exc, ended_at) in outcomes.items():
             assert isinstance(exc, RuntimeDiedError) and f"the {victim} process" in str(exc), (name, exc)
-            assert ended_at - killed_at < KILL_DEADLINE_S, f"{name} failed {ended_at - killed_at:.1f}s after the kill"
+            assert ended_at - killed_at < KILL_DEADLINE_S, (
+                f"{name} failed {ended_at - killed_at:.1f}s after the kill"
+            )
         with pytest.raises(RuntimeDiedError, match=f"the {victim} process"):
             engine.generate(GOOD_PROMPT, {"max_new_tokens": 2})
     finally:
@@ -719,12 +854,33 @@ def test_engine_refuses_corrupt_weights_naming_the_file(kind, corrupt_folders):
 @pytest.mark.parametrize("kind", ["truncated to half"])  # the Engine test shows both reach the same check
 def test_serve_refuses_corrupt_weights_and_exits_cleanly(kind, corrupt_folders):
     folder = corrupt_folders[kind]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
-               TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "radixlm.runtime.entrypoints.cli", "serve", "--model", str(folder),
-           "--host", HOST, "--port", str(free_port())]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=str(Path(__file__).resolve().parents[2]))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "radixlm.runtime.entrypoints.cli",
+        "serve",
+        "--model",
+        str(folder),
+        "--host",
+        HOST,
+        "--port",
+        str(free_port()),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()

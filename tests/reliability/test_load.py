@@ -25,24 +25,49 @@ import resource
 import httpx
 import jsonschema
 import pytest
-
 from helpers import get_engine
-from radixlm.testing import build_tiny_model
 from server_process import ServerProcess, aiter_sse, server_info
 
+from radixlm.testing import build_tiny_model
+
 NUM_REQUESTS = 1000
-SYSTEM = ("You are a careful assistant that answers questions about the history of computing, "
-          "citing the machines, the people and the years involved. ")
+SYSTEM = (
+    "You are a careful assistant that answers questions about the history of computing, "
+    "citing the machines, the people and the years involved. "
+)
 QUESTIONS = [f"Question {i}: who built machine number {i * 7} and when" for i in range(24)]
-PLAIN = [f"Story {i}: once upon a time there was a {w}" for i, w in
-         enumerate(["cat", "dog", "robot", "river", "king", "queen", "wizard", "ship", "lamp", "tree",
-                    "cloud", "stone", "bird", "clock", "bridge", "garden"])]
+PLAIN = [
+    f"Story {i}: once upon a time there was a {w}"
+    for i, w in enumerate(
+        [
+            "cat",
+            "dog",
+            "robot",
+            "river",
+            "king",
+            "queen",
+            "wizard",
+            "ship",
+            "lamp",
+            "tree",
+            "cloud",
+            "stone",
+            "bird",
+            "clock",
+            "bridge",
+            "garden",
+        ]
+    )
+]
 PROMPTS = [SYSTEM + q for q in QUESTIONS] + PLAIN
 MAX_TOKENS = (6, 10, 14)
 REGEX = r"(yes|no|maybe), [0-9]{1,3}"
-SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
-                                           "ok": {"type": "boolean"}},
-          "required": ["name", "ok"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 8}, "ok": {"type": "boolean"}},
+    "required": ["name", "ok"],
+    "additionalProperties": False,
+}
 REQUEST_TIMEOUT_S = 600  # a bound, not a performance claim
 
 
@@ -51,14 +76,23 @@ def plan(i: int, rng: random.Random) -> dict:
     kind = ("greedy", "greedy", "stream", "constrained", "sampled")[i % 5]
     prompt_idx, max_tokens = rng.randrange(len(PROMPTS)), rng.choice(MAX_TOKENS)
     if kind in ("greedy", "stream"):
-        body = {"prompt": PROMPTS[prompt_idx], "max_tokens": max_tokens, "temperature": 0, "stream": kind == "stream"}
+        body = {
+            "prompt": PROMPTS[prompt_idx],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": kind == "stream",
+        }
         return {"kind": kind, "path": "/v1/completions", "body": body, "ref": (prompt_idx, max_tokens)}
     if kind == "constrained":
         grammar = {"regex": REGEX} if rng.random() < 0.5 else {"json_schema": json.dumps(SCHEMA)}
         body = {"prompt": PROMPTS[prompt_idx], "max_tokens": 64, "temperature": 0.9, "seed": i, **grammar}
         return {"kind": kind, "path": "/v1/completions", "body": body, "grammar": grammar}
-    body = {"messages": [{"role": "user", "content": PROMPTS[prompt_idx]}], "max_tokens": max_tokens,
-            "temperature": 1.0, "seed": i}
+    body = {
+        "messages": [{"role": "user", "content": PROMPTS[prompt_idx]}],
+        "max_tokens": max_tokens,
+        "temperature": 1.0,
+        "seed": i,
+    }
     return {"kind": kind, "path": "/v1/chat/completions", "body": body}
 
 
@@ -108,15 +142,19 @@ def test_1000_concurrent_requests_each_complete_once_and_correctly(server):
     # the single-request reference of each greedy (prompt, length): the in-process Engine
     engine = get_engine("llama")
     keys = sorted({it["ref"] for it in items if "ref" in it})
-    outs = engine.generate([PROMPTS[p] for p, _ in keys],
-                           [{"max_new_tokens": n, "temperature": 0} for _, n in keys])
+    outs = engine.generate(
+        [PROMPTS[p] for p, _ in keys], [{"max_new_tokens": n, "temperature": 0} for _, n in keys]
+    )
     reference = {k: (o["text"], o["meta_info"]["finish_reason"]["type"]) for k, o in zip(keys, outs)}
     before = server_info(server)
 
     async def run_all() -> list:
         limits = httpx.Limits(max_connections=NUM_REQUESTS + 16, max_keepalive_connections=NUM_REQUESTS)
-        async with httpx.AsyncClient(base_url=server.url, limits=limits,
-                                     timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=60, pool=REQUEST_TIMEOUT_S)) as c:
+        async with httpx.AsyncClient(
+            base_url=server.url,
+            limits=limits,
+            timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=60, pool=REQUEST_TIMEOUT_S),
+        ) as c:
             return await asyncio.gather(*(send(c, it) for it in items), return_exceptions=True)
 
     results = asyncio.run(run_all())

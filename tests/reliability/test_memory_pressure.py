@@ -16,8 +16,8 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from helpers import LocalRuntime, get_engine
+
 from radixlm.runtime.scheduler import policy
 
 PROMPT_LENS = (24, 40, 56)
@@ -41,7 +41,9 @@ def test_pool_ten_times_smaller_than_the_working_set_changes_no_output():
     working_set = sum(len(p) + MAX_NEW for p in prompts)
     pool = working_set // 10
     assert pool >= max(len(p) for p in prompts) + MAX_NEW  # the largest request alone still fits
-    expected = [o["output_ids"] for o in get_engine("llama").generate(input_ids=prompts, sampling_params=params)]
+    expected = [
+        o["output_ids"] for o in get_engine("llama").generate(input_ids=prompts, sampling_params=params)
+    ]
 
     small = get_engine("llama", max_total_tokens=pool)
     before = small.get_server_info()
@@ -113,8 +115,10 @@ def test_retraction_takes_the_request_with_fewest_outputs_and_everything_finishe
         survivors = [r for r in rt.scheduler.running if id(r) in running]
         for v in victims:
             retractions += 1
-            assert all(running[id(v)] <= running[id(s)] for s in survivors), \
-                (running[id(v)], [running[id(s)] for s in survivors])
+            assert all(running[id(v)] <= running[id(s)] for s in survivors), (
+                running[id(v)],
+                [running[id(s)] for s in survivors],
+            )
     assert not rt.scheduler.has_work and len(reqs) == 12
     assert all(len(r.output_ids) == 30 for r in reqs)
     assert retractions > 0, "no retraction happened: the test proves nothing"
@@ -126,7 +130,9 @@ def test_mixed_pressure_with_both_policies_completes_everything(policy_name):
     with its full length under either ordering, and outputs equal the unpressured engine's."""
     prompts = workload(30, seed=5)
     params = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
-    expected = [o["output_ids"] for o in get_engine("llama").generate(input_ids=prompts, sampling_params=params)]
+    expected = [
+        o["output_ids"] for o in get_engine("llama").generate(input_ids=prompts, sampling_params=params)
+    ]
     rt = LocalRuntime("llama", max_total_tokens=200, schedule_policy=policy_name)
     reqs = [rt.submit(p, params) for p in prompts]
     rt.run_all()

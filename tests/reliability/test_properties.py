@@ -17,17 +17,23 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import LocalRuntime
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from helpers import LocalRuntime
 from radixlm.runtime.managers.detokenizer import DecodeState, IncrementalDetokenizer
 from radixlm.runtime.tokenizer import load_tokenizer
 from radixlm.testing import build_tiny_model
 
-SLOW_OK = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                         HealthCheck.function_scoped_fixture])
+SLOW_OK = settings(
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 
 
 # ------------------------------------------------------------------------- scheduler state machine
@@ -40,7 +46,9 @@ def runtime() -> LocalRuntime:
     """One small-pool runtime for every example (the model loads once); each example ends drained."""
     global _RUNTIME
     if _RUNTIME is None:
-        _RUNTIME = LocalRuntime("llama", max_total_tokens=120, max_prefill_tokens=64, schedule_conservativeness=0.05)
+        _RUNTIME = LocalRuntime(
+            "llama", max_total_tokens=120, max_prefill_tokens=64, schedule_conservativeness=0.05
+        )
     return _RUNTIME
 
 
@@ -54,10 +62,17 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.live: list = []
         self.done: list = []
 
-    @rule(burst=st.lists(st.tuples(
-        st.sampled_from(range(len(PREFIXES))),
-        st.one_of(st.sampled_from(TAILS), st.lists(st.integers(4, 40), min_size=1, max_size=12)),
-        st.integers(1, 24)), min_size=1, max_size=6))
+    @rule(
+        burst=st.lists(
+            st.tuples(
+                st.sampled_from(range(len(PREFIXES))),
+                st.one_of(st.sampled_from(TAILS), st.lists(st.integers(4, 40), min_size=1, max_size=12)),
+                st.integers(1, 24),
+            ),
+            min_size=1,
+            max_size=6,
+        )
+    )
     def arrive(self, burst):
         for prefix, tail, max_new in burst:
             params = {"max_new_tokens": max_new, "temperature": 0, "ignore_eos": True}
@@ -97,12 +112,14 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert len(req.output_ids) == req.sampling_params.max_new_tokens
             key = tuple(req.origin_input_ids)
             longest = by_prompt.setdefault(key, req.output_ids)
-            assert req.output_ids == longest[:len(req.output_ids)], key
+            assert req.output_ids == longest[: len(req.output_ids)], key
         # the same prompts again, together on an empty cache: the same tokens
         assert self.rt.flush_cache()
         params = {"temperature": 0, "ignore_eos": True}
-        again = {key: self.rt.submit(list(key), {**params, "max_new_tokens": len(ids)})
-                 for key, ids in by_prompt.items()}
+        again = {
+            key: self.rt.submit(list(key), {**params, "max_new_tokens": len(ids)})
+            for key, ids in by_prompt.items()
+        }
         self.rt.run_all()
         for key, req in again.items():
             assert req.output_ids == by_prompt[key], key
@@ -125,8 +142,10 @@ def tok():
 @given(data=st.data(), skip=st.booleans())
 def test_any_stream_in_any_chunking_concatenates_to_the_full_decode(tok, data, skip):
     vocab = len(tok)
-    ids = data.draw(st.lists(st.one_of(st.integers(0, vocab - 1), st.integers(0, 3), st.integers(4, 300)),
-                             max_size=48), label="ids")
+    ids = data.draw(
+        st.lists(st.one_of(st.integers(0, vocab - 1), st.integers(0, 3), st.integers(4, 300)), max_size=48),
+        label="ids",
+    )
     cuts = sorted(data.draw(st.lists(st.integers(0, len(ids)), max_size=10), label="cuts"))
 
     def decode(xs, skip_special):

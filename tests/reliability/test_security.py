@@ -20,13 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 import zmq
+from server_process import ServerProcess, descendants_of, server_info
 
 from radixlm.runtime.entrypoints.cli import build_parser
+from radixlm.runtime.entrypoints.http_server import MAX_BODY_BYTES
 from radixlm.runtime.managers.ipc import make_socket
 from radixlm.runtime.managers.messages import MAX_MESSAGE_BYTES
-from radixlm.runtime.entrypoints.http_server import MAX_BODY_BYTES
 from radixlm.testing import build_tiny_model
-from server_process import ServerProcess, descendants_of, server_info
 
 PACKAGE = Path(__file__).resolve().parents[2]
 SKIP_DIRS = {".venv", "tests", ".git", "__pycache__", "build", "dist", ".whl"}
@@ -89,7 +89,9 @@ def _unix_socket_paths(pids: set[int]) -> set[str]:
 
 
 def test_ipc_sockets_live_in_a_private_directory(server):
-    pids = {server.proc.pid} | descendants_of(server.proc.pid) | set(server_info(server)["process_ids"].values())
+    pids = (
+        {server.proc.pid} | descendants_of(server.proc.pid) | set(server_info(server)["process_ids"].values())
+    )
     paths = _unix_socket_paths(pids)
     assert paths, "found no ipc socket of the server"
     for path in paths:
@@ -101,8 +103,15 @@ def test_ipc_sockets_live_in_a_private_directory(server):
 
 
 FORBIDDEN_CALLS = {
-    ("pickle", "loads"), ("pickle", "load"), ("pickle", "Unpickler"), ("marshal", "loads"), ("marshal", "load"),
-    ("dill", "loads"), ("cloudpickle", "loads"), ("yaml", "load"), ("yaml", "unsafe_load"),
+    ("pickle", "loads"),
+    ("pickle", "load"),
+    ("pickle", "Unpickler"),
+    ("marshal", "loads"),
+    ("marshal", "load"),
+    ("dill", "loads"),
+    ("cloudpickle", "loads"),
+    ("yaml", "load"),
+    ("yaml", "unsafe_load"),
 }
 FORBIDDEN_NAMES = {"eval", "exec", "recv_pyobj", "send_pyobj", "recv_serialized", "__import__"}
 
@@ -124,8 +133,10 @@ def unsafe_calls(source: str, filename: str) -> list[str]:
             elif (owner, func.attr) in FORBIDDEN_CALLS:
                 found.append(f"{where} {owner}.{func.attr}()")
             elif (owner, func.attr) == ("torch", "load"):
-                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                           for k in node.keywords)
+                safe = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 if not safe:
                     found.append(f"{where} torch.load without weights_only=True")
         for kw in node.keywords:
@@ -135,9 +146,11 @@ def unsafe_calls(source: str, filename: str) -> list[str]:
 
 
 def test_the_scan_finds_what_it_looks_for():
-    planted = ("import pickle, torch, yaml\nimport zmq\n"
-               "pickle.loads(b'')\nsock.recv_pyobj()\neval('1')\nexec('x=1')\ntorch.load('f')\n"
-               "yaml.load(s)\nsubprocess.run('ls', shell=True)\nmodel.eval()\ntorch.load('f', weights_only=True)\n")
+    planted = (
+        "import pickle, torch, yaml\nimport zmq\n"
+        "pickle.loads(b'')\nsock.recv_pyobj()\neval('1')\nexec('x=1')\ntorch.load('f')\n"
+        "yaml.load(s)\nsubprocess.run('ls', shell=True)\nmodel.eval()\ntorch.load('f', weights_only=True)\n"
+    )
     found = unsafe_calls(planted, "planted.py")
     assert len(found) == 7, found  # model.eval() and the weights_only load are fine
 
@@ -147,11 +160,16 @@ def test_no_pickle_eval_or_shell_on_any_path():
     assert len(files) > 40, len(files)
     found = [hit for p in files for hit in unsafe_calls(p.read_text(), str(p.relative_to(PACKAGE)))]
     assert not found, found
-    imports = [str(p.relative_to(PACKAGE)) for p in files
-               if any(isinstance(n, (ast.Import, ast.ImportFrom)) and any(
-                   (a.name.split(".")[0] in ("pickle", "marshal", "dill", "cloudpickle")) for a in n.names)
-                   or (isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] in ("pickle", "marshal"))
-                   for n in ast.walk(ast.parse(p.read_text())))]
+    imports = [
+        str(p.relative_to(PACKAGE))
+        for p in files
+        if any(
+            isinstance(n, (ast.Import, ast.ImportFrom))
+            and any((a.name.split(".")[0] in ("pickle", "marshal", "dill", "cloudpickle")) for a in n.names)
+            or (isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] in ("pickle", "marshal"))
+            for n in ast.walk(ast.parse(p.read_text()))
+        )
+    ]
     assert not imports, imports
 
 
@@ -176,8 +194,14 @@ def test_api_key_guards_every_route_but_health():
         with httpx.Client(base_url=srv.url, timeout=30) as c:
             assert c.get("/health").status_code == 200
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
-                for method, path in (("POST", "/v1/completions"), ("POST", "/generate"), ("GET", "/server_info"),
-                                     ("GET", "/metrics"), ("POST", "/flush_cache"), ("GET", "/v1/models")):
+                for method, path in (
+                    ("POST", "/v1/completions"),
+                    ("POST", "/generate"),
+                    ("GET", "/server_info"),
+                    ("GET", "/metrics"),
+                    ("POST", "/flush_cache"),
+                    ("GET", "/v1/models"),
+                ):
                     r = c.request(method, path, json=body if method == "POST" else None, headers=headers)
                     assert r.status_code == 401, (path, headers, r.status_code)
                     assert "s3cret-key" not in r.text

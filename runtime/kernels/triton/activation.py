@@ -35,5 +35,6 @@ def silu_and_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torc
     if rows == 0:
         return out
     _silu_and_mul_kernel[(rows, triton.cdiv(inter, BLOCK))](
-        gate_up, out, gate_up.stride(0), out.stride(0), inter, BLOCK=BLOCK, num_warps=4)
+        gate_up, out, gate_up.stride(0), out.stride(0), inter, BLOCK=BLOCK, num_warps=4
+    )
     return out

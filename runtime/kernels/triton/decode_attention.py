@@ -48,15 +48,29 @@ def choose_num_kv_splits(batch_size: int, num_kv_heads: int, max_seq_len_hint: i
 # new variant (see extend_attention.py)
 @triton.jit(do_not_specialize=["num_splits"])
 def _decode_stage1_kernel(
-    q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_pool_ptr, seq_lens_ptr,
-    part_out_ptr, part_lse_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    req_to_token_ptr,
+    req_pool_ptr,
+    seq_lens_ptr,
+    part_out_ptr,
+    part_lse_ptr,
     qk_scale,  # sm_scale * log2(e): the softmax runs in base 2
-    k_scale, v_scale,  # cached K/V = stored * scale (fp8 caches)
-    stride_qb, stride_qh,
-    stride_kt, stride_kh, stride_vt, stride_vh,
+    k_scale,
+    v_scale,  # cached K/V = stored * scale (fp8 caches)
+    stride_qb,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
     stride_r2t,
-    stride_pb, stride_ph, stride_ps,
-    stride_lb, stride_lh,
+    stride_pb,
+    stride_ph,
+    stride_ps,
+    stride_lb,
+    stride_lh,
     num_splits,  # a runtime value: no recompile per split count
     GROUP: tl.constexpr,  # query heads per KV head
     HEADS_PER_PROG: tl.constexpr,  # min(GROUP, BLOCK_H): valid rows of a program
@@ -87,8 +101,11 @@ def _decode_stage1_kernel(
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
 
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+    q = tl.load(
+        q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+        mask=mask_h[:, None] & mask_d[None, :],
+        other=0.0,
+    )
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
@@ -99,8 +116,11 @@ def _decode_stage1_kernel(
         # int64: slot * row stride overflows int32 for pools of a few million slots
         slots = tl.load(tok_ptr + offs_n, mask=mask_n, other=0).to(tl.int64)
         kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_ptr + slots[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = tl.load(
+            k_ptr + slots[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
+        )
         if KV_FP8:
             k = (k.to(tl.float32) * k_scale).to(q.dtype)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
@@ -110,8 +130,11 @@ def _decode_stage1_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + slots[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        v = tl.load(
+            v_ptr + slots[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
+        )
         if KV_FP8:
             v = (v.to(tl.float32) * v_scale).to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -119,21 +142,35 @@ def _decode_stage1_kernel(
 
     has_tokens = l_i > 0.0  # false for every row of an empty split
     out = acc / tl.where(has_tokens, l_i, 1.0)[:, None]
-    tl.store(part_out_ptr + b.to(tl.int64) * stride_pb + heads[:, None] * stride_ph + split * stride_ps
-             + offs_d[None, :], out.to(part_out_ptr.dtype.element_ty), mask=mask_h[:, None] & mask_d[None, :])
+    tl.store(
+        part_out_ptr
+        + b.to(tl.int64) * stride_pb
+        + heads[:, None] * stride_ph
+        + split * stride_ps
+        + offs_d[None, :],
+        out.to(part_out_ptr.dtype.element_ty),
+        mask=mask_h[:, None] & mask_d[None, :],
+    )
     if not FINAL:
         # back to natural log: lse = ln(sum exp(s)) = (m2 + log2(l)) * ln(2), s in base-2 units
-        lse = tl.where(has_tokens, (m_i + tl.log2(tl.where(has_tokens, l_i, 1.0))) * 0.6931471805599453,
-                       float("-inf"))
+        lse = tl.where(
+            has_tokens, (m_i + tl.log2(tl.where(has_tokens, l_i, 1.0))) * 0.6931471805599453, float("-inf")
+        )
         tl.store(part_lse_ptr + b.to(tl.int64) * stride_lb + heads * stride_lh + split, lse, mask=mask_h)
 
 
 @triton.jit(do_not_specialize=["num_splits"])
 def _decode_stage2_kernel(
-    part_out_ptr, part_lse_ptr, out_ptr,
-    stride_pb, stride_ph, stride_ps,
-    stride_lb, stride_lh,
-    stride_ob, stride_oh,
+    part_out_ptr,
+    part_lse_ptr,
+    out_ptr,
+    stride_pb,
+    stride_ph,
+    stride_ps,
+    stride_lb,
+    stride_lh,
+    stride_ob,
+    stride_oh,
     num_splits,
     BLOCK_S: tl.constexpr,  # next power of two >= num_splits
     HEAD_DIM: tl.constexpr,
@@ -143,19 +180,26 @@ def _decode_stage2_kernel(
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    lse = tl.load(part_lse_ptr + b * stride_lb + h * stride_lh + offs_s, mask=offs_s < num_splits,
-                  other=float("-inf"))
+    lse = tl.load(
+        part_lse_ptr + b * stride_lb + h * stride_lh + offs_s, mask=offs_s < num_splits, other=float("-inf")
+    )
     used = lse > float("-inf")
     m = tl.max(lse, 0)
     m = tl.where(m > float("-inf"), m, 0.0)  # all splits empty (seq_len 0): avoid -inf - -inf
     w = tl.where(used, tl.exp(lse - m), 0.0)
     # Unused splits are not read, so stale contents of a reused buffer cannot leak in.
-    part = tl.load(part_out_ptr + b * stride_pb + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :],
-                   mask=used[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    part = tl.load(
+        part_out_ptr + b * stride_pb + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :],
+        mask=used[:, None] & (offs_d[None, :] < HEAD_DIM),
+        other=0.0,
+    )
     denom = tl.sum(w, 0)
     out = tl.sum(part * w[:, None], 0) / tl.where(denom > 0.0, denom, 1.0)
-    tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
-             mask=offs_d < HEAD_DIM)
+    tl.store(
+        out_ptr + b * stride_ob + h * stride_oh + offs_d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=offs_d < HEAD_DIM,
+    )
 
 
 def decode_attention(
@@ -205,8 +249,9 @@ def decode_attention(
         part_strides, lse_strides = (out.stride(0), out.stride(1), 0), (0, 0)
     else:
         if partial_out is None:
-            partial_out = torch.empty((batch, num_heads, num_kv_splits, head_dim), dtype=torch.float32,
-                                      device=q.device)
+            partial_out = torch.empty(
+                (batch, num_heads, num_kv_splits, head_dim), dtype=torch.float32, device=q.device
+            )
         if partial_lse is None:
             partial_lse = torch.empty((batch, num_heads, num_kv_splits), dtype=torch.float32, device=q.device)
         assert partial_out.stride(3) == 1 and partial_lse.stride(2) == 1
@@ -221,28 +266,57 @@ def decode_attention(
     # fp32 parity runs); half-precision inputs ignore this setting.
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _decode_stage1_kernel[(batch, num_kv_heads * progs_per_kv, num_kv_splits)](
-        q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens,
-        partial_out, partial_lse,
-        sm_scale * 1.4426950408889634, k_scale, v_scale,
-        q.stride(0), q.stride(1),
-        k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
+        q,
+        k_buffer,
+        v_buffer,
+        req_to_token,
+        req_pool_indices,
+        seq_lens,
+        partial_out,
+        partial_lse,
+        sm_scale * 1.4426950408889634,
+        k_scale,
+        v_scale,
+        q.stride(0),
+        q.stride(1),
+        k_buffer.stride(0),
+        k_buffer.stride(1),
+        v_buffer.stride(0),
+        v_buffer.stride(1),
         req_to_token.stride(0),
-        *part_strides, *lse_strides,
+        *part_strides,
+        *lse_strides,
         num_kv_splits,
-        GROUP=group, HEADS_PER_PROG=heads_per_prog, PROGS_PER_KV=progs_per_kv,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=BLOCK_H,
-        BLOCK_N=block_n, DOT_PRECISION=precision, FINAL=final, KV_FP8=k_buffer.dtype == torch.float8_e4m3fn,
-        num_warps=num_warps, num_stages=num_stages,
+        GROUP=group,
+        HEADS_PER_PROG=heads_per_prog,
+        PROGS_PER_KV=progs_per_kv,
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_H=BLOCK_H,
+        BLOCK_N=block_n,
+        DOT_PRECISION=precision,
+        FINAL=final,
+        KV_FP8=k_buffer.dtype == torch.float8_e4m3fn,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     if final:
         return out
     _decode_stage2_kernel[(batch, num_heads)](
-        partial_out, partial_lse, out,
-        partial_out.stride(0), partial_out.stride(1), partial_out.stride(2),
-        partial_lse.stride(0), partial_lse.stride(1),
-        out.stride(0), out.stride(1),
-        num_kv_splits, BLOCK_S=triton.next_power_of_2(num_kv_splits),
-        HEAD_DIM=head_dim, BLOCK_D=block_d,
+        partial_out,
+        partial_lse,
+        out,
+        partial_out.stride(0),
+        partial_out.stride(1),
+        partial_out.stride(2),
+        partial_lse.stride(0),
+        partial_lse.stride(1),
+        out.stride(0),
+        out.stride(1),
+        num_kv_splits,
+        BLOCK_S=triton.next_power_of_2(num_kv_splits),
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
         num_warps=4 if block_d >= 128 else 2,
     )
     return out

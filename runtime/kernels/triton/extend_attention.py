@@ -48,8 +48,9 @@ def choose_extend_config(head_dim: int, dtype: torch.dtype = torch.bfloat16) -> 
 
 
 @triton.jit
-def _attend_tile(acc, m_i, l_i, q, k, v, mask, qk_scale,
-                 APPLY_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _attend_tile(
+    acc, m_i, l_i, q, k, v, mask, qk_scale, APPLY_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr
+):
     """One online-softmax step over a [BLOCK_N] key tile. Invariant (held by the callers):
     every query row has seen at least one visible key by the end of its first tile, so m_i is
     finite afterwards and `exp2(-inf - m)` below evaluates to 0, never NaN."""
@@ -69,14 +70,32 @@ def _attend_tile(acc, m_i, l_i, q, k, v, mask, qk_scale,
 # met while serving would stall that step for a compile. It is never specialised.
 @triton.jit(do_not_specialize=["NUM_M_TILES"])
 def _extend_kernel(
-    q_ptr, k_ext_ptr, v_ext_ptr, k_buf_ptr, v_buf_ptr, out_ptr,
-    req_to_token_ptr, req_pool_ptr, prefix_lens_ptr, extend_lens_ptr, start_loc_ptr,
+    q_ptr,
+    k_ext_ptr,
+    v_ext_ptr,
+    k_buf_ptr,
+    v_buf_ptr,
+    out_ptr,
+    req_to_token_ptr,
+    req_pool_ptr,
+    prefix_lens_ptr,
+    extend_lens_ptr,
+    start_loc_ptr,
     qk_scale,  # sm_scale * log2(e)
-    k_scale, v_scale,  # cached prefix K/V = stored * scale (fp8 caches)
-    stride_qt, stride_qh,
-    stride_ket, stride_keh, stride_vet, stride_veh,
-    stride_kbt, stride_kbh, stride_vbt, stride_vbh,
-    stride_ot, stride_oh,
+    k_scale,
+    v_scale,  # cached prefix K/V = stored * scale (fp8 caches)
+    stride_qt,
+    stride_qh,
+    stride_ket,
+    stride_keh,
+    stride_vet,
+    stride_veh,
+    stride_kbt,
+    stride_kbh,
+    stride_vbt,
+    stride_vbh,
+    stride_ot,
+    stride_oh,
     stride_r2t,
     NUM_M_TILES,  # cdiv(max_extend_len, BLOCK_M): the grid's second axis
     GROUP: tl.constexpr,
@@ -103,8 +122,11 @@ def _extend_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     rows = start + offs_m  # int64
-    q = tl.load(q_ptr + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q = tl.load(
+        q_ptr + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+        mask=mask_m[:, None] & mask_d[None, :],
+        other=0.0,
+    )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -117,15 +139,20 @@ def _extend_kernel(
         mask_n = offs_n < prefix_len
         slots = tl.load(tok_ptr + offs_n, mask=mask_n, other=0).to(tl.int64)
         kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_buf_ptr + slots[:, None] * stride_kbt + kv_head * stride_kbh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(v_buf_ptr + slots[:, None] * stride_vbt + kv_head * stride_vbh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = tl.load(
+            k_buf_ptr + slots[:, None] * stride_kbt + kv_head * stride_kbh + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
+        )
+        v = tl.load(
+            v_buf_ptr + slots[:, None] * stride_vbt + kv_head * stride_vbh + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
+        )
         if KV_FP8:
             k = (k.to(tl.float32) * k_scale).to(q.dtype)
             v = (v.to(tl.float32) * v_scale).to(q.dtype)
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, mask_n[None, :], qk_scale,
-                                     True, DOT_PRECISION)
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, mask_n[None, :], qk_scale, True, DOT_PRECISION)
 
     # -- new tokens, causal. Key tiles wholly before this query tile need no mask (their keys
     # are < m_tile * BLOCK_M <= every row's position, and < ext_len); BLOCK_M % BLOCK_N == 0
@@ -135,28 +162,42 @@ def _extend_kernel(
     for n0 in range(0, diag_start, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         kv_rows = start + offs_n
-        k = tl.load(k_ext_ptr + kv_rows[:, None] * stride_ket + kv_head * stride_keh + offs_d[None, :],
-                    mask=mask_d[None, :], other=0.0)
-        v = tl.load(v_ext_ptr + kv_rows[:, None] * stride_vet + kv_head * stride_veh + offs_d[None, :],
-                    mask=mask_d[None, :], other=0.0)
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, mask_d[None, :], qk_scale,
-                                     False, DOT_PRECISION)
+        k = tl.load(
+            k_ext_ptr + kv_rows[:, None] * stride_ket + kv_head * stride_keh + offs_d[None, :],
+            mask=mask_d[None, :],
+            other=0.0,
+        )
+        v = tl.load(
+            v_ext_ptr + kv_rows[:, None] * stride_vet + kv_head * stride_veh + offs_d[None, :],
+            mask=mask_d[None, :],
+            other=0.0,
+        )
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, mask_d[None, :], qk_scale, False, DOT_PRECISION)
     diag_end = tl.minimum(ext_len, diag_start + BLOCK_M)
     for n0 in range(diag_start, diag_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < ext_len
         kv_rows = start + offs_n
         kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_ext_ptr + kv_rows[:, None] * stride_ket + kv_head * stride_keh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(v_ext_ptr + kv_rows[:, None] * stride_vet + kv_head * stride_veh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = tl.load(
+            k_ext_ptr + kv_rows[:, None] * stride_ket + kv_head * stride_keh + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
+        )
+        v = tl.load(
+            v_ext_ptr + kv_rows[:, None] * stride_vet + kv_head * stride_veh + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
+        )
         causal = (offs_n[None, :] <= offs_m[:, None]) & mask_n[None, :]
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, causal, qk_scale, True, DOT_PRECISION)
 
     out = acc / l_i[:, None]
-    tl.store(out_ptr + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(
+        out_ptr + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=mask_m[:, None] & mask_d[None, :],
+    )
 
 
 def extend_attention(
@@ -211,18 +252,42 @@ def extend_attention(
     num_m_tiles = triton.cdiv(max_extend_len, cfg.block_m)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _extend_kernel[(num_heads, num_m_tiles, batch)](
-        q, k_extend, v_extend, k_buffer, v_buffer, out,
-        req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_start_loc,
-        sm_scale * 1.4426950408889634, k_scale, v_scale,
-        q.stride(0), q.stride(1),
-        k_extend.stride(0), k_extend.stride(1), v_extend.stride(0), v_extend.stride(1),
-        k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
-        out.stride(0), out.stride(1),
+        q,
+        k_extend,
+        v_extend,
+        k_buffer,
+        v_buffer,
+        out,
+        req_to_token,
+        req_pool_indices,
+        prefix_lens,
+        extend_lens,
+        extend_start_loc,
+        sm_scale * 1.4426950408889634,
+        k_scale,
+        v_scale,
+        q.stride(0),
+        q.stride(1),
+        k_extend.stride(0),
+        k_extend.stride(1),
+        v_extend.stride(0),
+        v_extend.stride(1),
+        k_buffer.stride(0),
+        k_buffer.stride(1),
+        v_buffer.stride(0),
+        v_buffer.stride(1),
+        out.stride(0),
+        out.stride(1),
         req_to_token.stride(0),
         num_m_tiles,
-        GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOT_PRECISION=precision,
+        GROUP=num_heads // num_kv_heads,
+        HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        DOT_PRECISION=precision,
         KV_FP8=k_buffer.dtype == torch.float8_e4m3fn,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return out

@@ -65,7 +65,7 @@ def bucket_for(m: int, buckets=M_BUCKETS) -> int:
     return next((b for b in buckets if b >= m), buckets[-1])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_config_file(path: str) -> dict:
     """A tuned-config json (this GEMM's or fp8_gemv's), read once per path; {} when missing or unreadable."""
     try:
@@ -85,8 +85,10 @@ def dump_configs(table: dict) -> str:
     lines = []
     for key, val in table.items():
         if isinstance(val, dict) and not key.startswith("_"):
-            inner = ",\n".join(f"    {json.dumps(str(b))}: {json.dumps(c)}"
-                               for b, c in sorted(val.items(), key=lambda kv: int(kv[0])))
+            inner = ",\n".join(
+                f"    {json.dumps(str(b))}: {json.dumps(c)}"
+                for b, c in sorted(val.items(), key=lambda kv: int(kv[0]))
+            )
             lines.append(f"  {json.dumps(key)}: {{\n{inner}\n  }}")
         else:
             lines.append(f"  {json.dumps(key)}: {json.dumps(val)}")
@@ -116,8 +118,9 @@ def default_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 1
     return dataclasses.replace(cfg, BLOCK_N=min(cfg.BLOCK_N, cap))
 
 
-def choose_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 128),
-                  configs: dict | None = None) -> Fp8GemmConfig:
+def choose_config(
+    m: int, n: int, k: int, block_size: tuple[int, int] = (128, 128), configs: dict | None = None
+) -> Fp8GemmConfig:
     """The tuned config for (N, K) at M's bucket when the table has one (and it was tuned for this
     block size and its BLOCK_N divides block_n), else `default_config`. configs: a table in the
     JSON file's format (default: fp8_gemm_configs.json)."""
@@ -139,8 +142,9 @@ def tuned_entry(table: dict, m: int, n: int, k: int, block_size: tuple[int, int]
     return by_m[str(bucket_for(m, buckets))] if buckets else None
 
 
-def scaled_mm_min_m(n: int, k: int, block_size: tuple[int, int] = (128, 128),
-                    configs: dict | None = None) -> int | None:
+def scaled_mm_min_m(
+    n: int, k: int, block_size: tuple[int, int] = (128, 128), configs: dict | None = None
+) -> int | None:
     """The smallest M from which `ops.fp8_linear` runs this [N, K] weight's W8A8 product on cuBLAS
     (runtime/kernels/cublas_fp8.py) instead of this kernel: the table's "_scaled_mm_min_m_by_shape"
     entry for (N, K), else its "_scaled_mm_min_m"; None (never) when neither is set or the table
@@ -154,12 +158,27 @@ def scaled_mm_min_m(n: int, k: int, block_size: tuple[int, int] = (128, 128),
 
 @triton.jit(do_not_specialize=["M"])
 def _w8a8_block_fp8_matmul_kernel(
-    a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr,
-    M, N, K,
-    stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
-    stride_as_m, stride_as_k, stride_bs_n, stride_bs_k,
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    as_ptr,
+    bs_ptr,
+    M,
+    N,
+    K,
+    stride_am,
+    stride_ak,
+    stride_bn,
+    stride_bk,
+    stride_cm,
+    stride_cn,
+    stride_as_m,
+    stride_as_k,
+    stride_bs_n,
+    stride_bs_k,
     BLOCK_SCALE_N: tl.constexpr,  # block_n of the weight scales; a multiple of BLOCK_N
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,  # == block_k: one scale per row / per tile each K step
     GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K masks
@@ -205,10 +224,16 @@ def _w8a8_block_fp8_matmul_kernel(
     tl.store(c_ptrs, c, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-def w8a8_block_fp8_matmul(a_q: torch.Tensor, a_scale: torch.Tensor, b_q: torch.Tensor, b_scale: torch.Tensor,
-                          block_size: tuple[int, int] = (128, 128), out_dtype: torch.dtype = torch.bfloat16,
-                          config: Fp8GemmConfig | dict | None = None,
-                          out: torch.Tensor | None = None) -> torch.Tensor:
+def w8a8_block_fp8_matmul(
+    a_q: torch.Tensor,
+    a_scale: torch.Tensor,
+    b_q: torch.Tensor,
+    b_scale: torch.Tensor,
+    block_size: tuple[int, int] = (128, 128),
+    out_dtype: torch.dtype = torch.bfloat16,
+    config: Fp8GemmConfig | dict | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """a_q [M, K] e4m3 (last dim contiguous) with a_scale fp32 [M, ceil(K / block_k)] (per-token
     groups of block_k), b_q [N, K] e4m3 with b_scale fp32 [ceil(N / block_n), ceil(K / block_k)]
     -> out [M, N] = a @ b^T in out_dtype (fp32 accumulation). config: tiles (default
@@ -221,8 +246,10 @@ def w8a8_block_fp8_matmul(a_q: torch.Tensor, a_scale: torch.Tensor, b_q: torch.T
     n = b_q.shape[0]
     k_blocks = triton.cdiv(k, block_k)
     assert a_scale.shape == (m, k_blocks) and a_scale.dtype == torch.float32, (a_scale.shape, a_scale.dtype)
-    assert b_scale.shape == (triton.cdiv(n, block_n), k_blocks) and b_scale.dtype == torch.float32, \
-        (b_scale.shape, b_scale.dtype)
+    assert b_scale.shape == (triton.cdiv(n, block_n), k_blocks) and b_scale.dtype == torch.float32, (
+        b_scale.shape,
+        b_scale.dtype,
+    )
     assert block_k >= 16 and block_k & (block_k - 1) == 0, f"block_k {block_k} must be a power of two >= 16"
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=a_q.device)
@@ -239,12 +266,31 @@ def w8a8_block_fp8_matmul(a_q: torch.Tensor, a_scale: torch.Tensor, b_q: torch.T
     assert config.BLOCK_M >= 16 and config.BLOCK_N >= 16, "tl.dot needs tiles of at least 16"
     grid = (triton.cdiv(m, config.BLOCK_M) * triton.cdiv(n, config.BLOCK_N),)
     _w8a8_block_fp8_matmul_kernel[grid](
-        a_q, b_q, out, a_scale, b_scale,
-        m, n, k,
-        a_q.stride(0), a_q.stride(1), b_q.stride(0), b_q.stride(1), out.stride(0), out.stride(1),
-        a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
+        a_q,
+        b_q,
+        out,
+        a_scale,
+        b_scale,
+        m,
+        n,
+        k,
+        a_q.stride(0),
+        a_q.stride(1),
+        b_q.stride(0),
+        b_q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        a_scale.stride(0),
+        a_scale.stride(1),
+        b_scale.stride(0),
+        b_scale.stride(1),
         BLOCK_SCALE_N=block_n,
-        BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=block_k, GROUP_M=config.GROUP_M,
+        BLOCK_M=config.BLOCK_M,
+        BLOCK_N=config.BLOCK_N,
+        BLOCK_K=block_k,
+        GROUP_M=config.GROUP_M,
         EVEN_K=k % block_k == 0,
-        num_warps=config.num_warps, num_stages=config.num_stages)
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
     return out

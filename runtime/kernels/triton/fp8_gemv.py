@@ -139,12 +139,14 @@ def default_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 1
     split_k = 1
     while tiles_n * split_k < TARGET_PROGRAMS and k_steps // (split_k * 2) >= 4:
         split_k *= 2
-    return Fp8GemvConfig(BLOCK_N=block_n_tile, BLOCK_K=block_k_tile, SPLIT_K=split_k,
-                         num_warps=8 if m > 8 else 4, num_stages=1)
+    return Fp8GemvConfig(
+        BLOCK_N=block_n_tile, BLOCK_K=block_k_tile, SPLIT_K=split_k, num_warps=8 if m > 8 else 4, num_stages=1
+    )
 
 
-def choose_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 128),
-                  configs: dict | None = None) -> Fp8GemvConfig:
+def choose_config(
+    m: int, n: int, k: int, block_size: tuple[int, int] = (128, 128), configs: dict | None = None
+) -> Fp8GemvConfig:
     """The tuned config for (N, K) at M's bucket when the table has one (tuned for this block size,
     its tiles dividing the blocks), else `default_config`. configs: a table in the JSON file's
     format (default: fp8_gemv_configs.json)."""
@@ -158,16 +160,32 @@ def choose_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 12
 
 @triton.jit(do_not_specialize=["M", "split_k"])
 def _w8a16_block_fp8_gemv_kernel(
-    x_ptr, w_ptr, ws_ptr, c_ptr, part_ptr, count_ptr,
-    M, N, K,
+    x_ptr,
+    w_ptr,
+    ws_ptr,
+    c_ptr,
+    part_ptr,
+    count_ptr,
+    M,
+    N,
+    K,
     k_per_split,  # K range of one program along grid dim 1: a multiple of BLOCK_K
     split_k,  # programs along K (grid dim 1); a launch argument, so each SPLIT_K compiles no variant
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_ws_n, stride_ws_k,
-    stride_cm, stride_cn,
-    stride_ps, stride_pm,  # the fp32 partials [SPLIT_K, M, N] (SPLIT_K > 1), last dim contiguous
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_ws_n,
+    stride_ws_k,
+    stride_cm,
+    stride_cn,
+    stride_ps,
+    stride_pm,  # the fp32 partials [SPLIT_K, M, N] (SPLIT_K > 1), last dim contiguous
     BLOCK_SCALE_N: tl.constexpr,  # block_n of the weight scales; a multiple of BLOCK_N
     BLOCK_SCALE_K: tl.constexpr,  # block_k; a multiple of BLOCK_K
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K masks
     NUM_STAGES: tl.constexpr,
 ):
@@ -229,13 +247,17 @@ def _tile_counters(device: torch.device) -> torch.Tensor:
     0). Made on first use, which must not be inside CUDA-graph capture: `prepare` makes them at
     model load."""
     device = torch.device(device)
-    key = (device.type, device.index if device.index is not None or device.type != "cuda"
-           else torch.cuda.current_device())
+    key = (
+        device.type,
+        device.index if device.index is not None or device.type != "cuda" else torch.cuda.current_device(),
+    )
     counters = _COUNTERS.get(key)
     if counters is None:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("fp8_gemv: split-K tile counters must be made before CUDA-graph capture "
-                               "(call fp8_gemv.prepare(device) first)")
+            raise RuntimeError(
+                "fp8_gemv: split-K tile counters must be made before CUDA-graph capture "
+                "(call fp8_gemv.prepare(device) first)"
+            )
         counters = _COUNTERS[key] = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=device)
     return counters
 
@@ -245,10 +267,15 @@ def prepare(device: torch.device) -> None:
     _tile_counters(device)
 
 
-def w8a16_block_fp8_matmul(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor,
-                           block_size: tuple[int, int] = (128, 128), out_dtype: torch.dtype | None = None,
-                           config: Fp8GemvConfig | dict | None = None,
-                           out: torch.Tensor | None = None) -> torch.Tensor:
+def w8a16_block_fp8_matmul(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale_inv: torch.Tensor,
+    block_size: tuple[int, int] = (128, 128),
+    out_dtype: torch.dtype | None = None,
+    config: Fp8GemvConfig | dict | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x [M, K] (bf16 / fp16 / fp32, 1 <= M <= MAX_M) @ w^T with w_q [N, K] e4m3 (contiguous last
     dim) and w_scale_inv fp32 [ceil(N / block_n), ceil(K / block_k)] -> out [M, N] in out_dtype
     (default x's dtype), fp32 accumulation, x unquantised. config: tiles (default
@@ -260,8 +287,10 @@ def w8a16_block_fp8_matmul(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torc
     m, k = x.shape
     n = w_q.shape[0]
     assert m <= MAX_M, f"the GEMV takes M <= {MAX_M} (got {m}); use fp8_gemm for larger M"
-    assert w_scale_inv.shape == (triton.cdiv(n, block_n), triton.cdiv(k, block_k)) \
-        and w_scale_inv.dtype == torch.float32, (w_scale_inv.shape, w_scale_inv.dtype)
+    assert (
+        w_scale_inv.shape == (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
+        and w_scale_inv.dtype == torch.float32
+    ), (w_scale_inv.shape, w_scale_inv.dtype)
     out_dtype = out_dtype or x.dtype
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=x.device)
@@ -287,16 +316,41 @@ def w8a16_block_fp8_matmul(x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torc
     counters = _tile_counters(x.device)
     assert tiles_n <= COUNTER_SLOTS, f"{tiles_n} column tiles exceed the {COUNTER_SLOTS} split-K counters"
     # SPLIT_K 1 never touches the partials: any fp32 pointer types the argument (the counters' memory)
-    parts = (torch.empty((split_k, m, n), dtype=torch.float32, device=x.device) if split_k > 1
-             else counters.view(torch.float32)[None, None])
+    parts = (
+        torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
+        if split_k > 1
+        else counters.view(torch.float32)[None, None]
+    )
     _w8a16_block_fp8_gemv_kernel[(tiles_n, split_k)](
-        x, w_q, w_scale_inv, out, parts, counters,
-        m, n, k, k_per_split, split_k,
-        x.stride(0), x.stride(1), w_q.stride(0), w_q.stride(1), w_scale_inv.stride(0), w_scale_inv.stride(1),
-        out.stride(0), out.stride(1),
-        parts.stride(0), parts.stride(1),
-        BLOCK_SCALE_N=block_n, BLOCK_SCALE_K=block_k,
-        BLOCK_M=block_m_for(m), BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
-        EVEN_K=k % config.BLOCK_K == 0, NUM_STAGES=config.num_stages,
-        num_warps=config.num_warps, num_stages=config.num_stages)
+        x,
+        w_q,
+        w_scale_inv,
+        out,
+        parts,
+        counters,
+        m,
+        n,
+        k,
+        k_per_split,
+        split_k,
+        x.stride(0),
+        x.stride(1),
+        w_q.stride(0),
+        w_q.stride(1),
+        w_scale_inv.stride(0),
+        w_scale_inv.stride(1),
+        out.stride(0),
+        out.stride(1),
+        parts.stride(0),
+        parts.stride(1),
+        BLOCK_SCALE_N=block_n,
+        BLOCK_SCALE_K=block_k,
+        BLOCK_M=block_m_for(m),
+        BLOCK_N=config.BLOCK_N,
+        BLOCK_K=config.BLOCK_K,
+        EVEN_K=k % config.BLOCK_K == 0,
+        NUM_STAGES=config.num_stages,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
     return out

@@ -43,10 +43,18 @@ def _quantize_groups(x, mask, q_ptrs, s_ptrs, s_mask, eps, fp8_max):
 
 @triton.jit
 def _per_token_group_quant_fp8_kernel(
-    x_ptr, q_ptr, s_ptr,
-    stride_x, stride_q, stride_sm, stride_sg,
-    K, num_groups, group_size,
-    eps, fp8_max,
+    x_ptr,
+    q_ptr,
+    s_ptr,
+    stride_x,
+    stride_q,
+    stride_sm,
+    stride_sg,
+    K,
+    num_groups,
+    group_size,
+    eps,
+    fp8_max,
     GROUPS: tl.constexpr,  # groups per program
     BLOCK_G: tl.constexpr,  # next power of two >= group_size
 ):
@@ -56,17 +64,33 @@ def _per_token_group_quant_fp8_kernel(
     offs = groups[:, None] * group_size + lane[None, :]  # [GROUPS, BLOCK_G] column in the row
     mask = (lane[None, :] < group_size) & (offs < K) & (groups[:, None] < num_groups)
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-    _quantize_groups(x, mask, q_ptr + row * stride_q + offs, s_ptr + row * stride_sm + groups * stride_sg,
-                     groups < num_groups, eps, fp8_max)
+    _quantize_groups(
+        x,
+        mask,
+        q_ptr + row * stride_q + offs,
+        s_ptr + row * stride_sm + groups * stride_sg,
+        groups < num_groups,
+        eps,
+        fp8_max,
+    )
 
 
 @triton.jit
 def _silu_and_mul_quant_fp8_kernel(
-    gu_ptr, q_ptr, s_ptr,
-    stride_gu, stride_q, stride_sm, stride_sg,
-    INTER, num_groups, group_size,
-    eps, fp8_max,
-    GROUPS: tl.constexpr, BLOCK_G: tl.constexpr,
+    gu_ptr,
+    q_ptr,
+    s_ptr,
+    stride_gu,
+    stride_q,
+    stride_sm,
+    stride_sg,
+    INTER,
+    num_groups,
+    group_size,
+    eps,
+    fp8_max,
+    GROUPS: tl.constexpr,
+    BLOCK_G: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     groups = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
@@ -78,12 +102,26 @@ def _silu_and_mul_quant_fp8_kernel(
     # activation.py's formula, rounded to the input dtype as its output is: the same values the
     # unfused silu_and_mul -> quant pair quantises
     h = (gate / (1.0 + tl.exp(-gate)) * up).to(gu_ptr.dtype.element_ty).to(tl.float32)
-    _quantize_groups(h, mask, q_ptr + row * stride_q + offs, s_ptr + row * stride_sm + groups * stride_sg,
-                     groups < num_groups, eps, fp8_max)
+    _quantize_groups(
+        h,
+        mask,
+        q_ptr + row * stride_q + offs,
+        s_ptr + row * stride_sm + groups * stride_sg,
+        groups < num_groups,
+        eps,
+        fp8_max,
+    )
 
 
-def _launch(kernel, src: torch.Tensor, m: int, k: int, group_size: int, out_q: torch.Tensor | None,
-            out_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _launch(
+    kernel,
+    src: torch.Tensor,
+    m: int,
+    k: int,
+    group_size: int,
+    out_q: torch.Tensor | None,
+    out_scale: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run one of the two kernels over the [M, K] values it quantises (read from src): checked (or
     new) outputs, one program per row and GROUPS groups."""
     assert group_size >= 1
@@ -99,16 +137,31 @@ def _launch(kernel, src: torch.Tensor, m: int, k: int, group_size: int, out_q: t
     block_g = triton.next_power_of_2(group_size)
     groups = min(triton.next_power_of_2(num_groups), max(1, TILE_ELEMS // block_g))
     kernel[(m, triton.cdiv(num_groups, groups))](
-        src, out_q, out_scale,
-        src.stride(0), out_q.stride(0), out_scale.stride(0), out_scale.stride(1),
-        k, num_groups, group_size,
-        FP8_EPS, FP8_MAX,
-        GROUPS=groups, BLOCK_G=block_g, num_warps=4)
+        src,
+        out_q,
+        out_scale,
+        src.stride(0),
+        out_q.stride(0),
+        out_scale.stride(0),
+        out_scale.stride(1),
+        k,
+        num_groups,
+        group_size,
+        FP8_EPS,
+        FP8_MAX,
+        GROUPS=groups,
+        BLOCK_G=block_g,
+        num_warps=4,
+    )
     return out_q, out_scale
 
 
-def per_token_group_quant_fp8(x: torch.Tensor, group_size: int = 128, out_q: torch.Tensor | None = None,
-                              out_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def per_token_group_quant_fp8(
+    x: torch.Tensor,
+    group_size: int = 128,
+    out_q: torch.Tensor | None = None,
+    out_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] (bf16/fp16/fp32, last dim contiguous) -> (q e4m3 [M, K], scale fp32 [M, ceil(K / group_size)])
     with x ~= q * scale per group. out_q / out_scale, when given, must have those shapes and dtypes
     (last dim of out_q contiguous; any strides for out_scale) and are written in place."""
@@ -117,14 +170,26 @@ def per_token_group_quant_fp8(x: torch.Tensor, group_size: int = 128, out_q: tor
     return _launch(_per_token_group_quant_fp8_kernel, x, x.shape[0], x.shape[1], group_size, out_q, out_scale)
 
 
-def silu_and_mul_quant_fp8(gate_up: torch.Tensor, group_size: int = 128, out_q: torch.Tensor | None = None,
-                           out_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def silu_and_mul_quant_fp8(
+    gate_up: torch.Tensor,
+    group_size: int = 128,
+    out_q: torch.Tensor | None = None,
+    out_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The gated MLP's activation and the down projection's input quantisation in one pass:
     gate_up [M, 2I] -> per_token_group_quant_fp8(silu_and_mul(gate_up)), the same values as the two
     kernels (activation.py, then the above), without writing and re-reading the [M, I] activation
     (at a prefill of 8192 tokens of Llama-3.1-8B, 235 MB of bf16 each way, every layer)."""
-    assert gate_up.dim() == 2 and gate_up.shape[1] % 2 == 0 and gate_up.stride(1) == 1, \
+    assert gate_up.dim() == 2 and gate_up.shape[1] % 2 == 0 and gate_up.stride(1) == 1, (
         "gate_up must be [M, 2I] with a contiguous last dim"
+    )
     assert gate_up.dtype in (torch.bfloat16, torch.float16, torch.float32), gate_up.dtype
-    return _launch(_silu_and_mul_quant_fp8_kernel, gate_up, gate_up.shape[0], gate_up.shape[1] // 2, group_size,
-                   out_q, out_scale)
+    return _launch(
+        _silu_and_mul_quant_fp8_kernel,
+        gate_up,
+        gate_up.shape[0],
+        gate_up.shape[1] // 2,
+        group_size,
+        out_q,
+        out_scale,
+    )

@@ -13,11 +13,28 @@ import triton.language as tl
 
 
 @triton.jit
-def _store_kv_kernel(k_ptr, v_ptr, kb_ptr, vb_ptr, slots_ptr,
-                     stride_kt, stride_kh, stride_vt, stride_vh,
-                     stride_kbt, stride_kbh, stride_vbt, stride_vbh, inv_k_scale, inv_v_scale,
-                     num_kv_heads, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-                     FP8: tl.constexpr):
+def _store_kv_kernel(
+    k_ptr,
+    v_ptr,
+    kb_ptr,
+    vb_ptr,
+    slots_ptr,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_kbt,
+    stride_kbh,
+    stride_vbt,
+    stride_vbh,
+    inv_k_scale,
+    inv_v_scale,
+    num_kv_heads,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    FP8: tl.constexpr,
+):
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slots_ptr + t).to(tl.int64)
     offs_h = tl.arange(0, BLOCK_H)
@@ -28,14 +45,27 @@ def _store_kv_kernel(k_ptr, v_ptr, kb_ptr, vb_ptr, slots_ptr,
     if FP8:
         k = tl.clamp(k.to(tl.float32) * inv_k_scale, -448.0, 448.0)
         v = tl.clamp(v.to(tl.float32) * inv_v_scale, -448.0, 448.0)
-    tl.store(kb_ptr + slot * stride_kbt + offs_h[:, None] * stride_kbh + offs_d[None, :],
-             k.to(kb_ptr.dtype.element_ty), mask=mask)
-    tl.store(vb_ptr + slot * stride_vbt + offs_h[:, None] * stride_vbh + offs_d[None, :],
-             v.to(vb_ptr.dtype.element_ty), mask=mask)
+    tl.store(
+        kb_ptr + slot * stride_kbt + offs_h[:, None] * stride_kbh + offs_d[None, :],
+        k.to(kb_ptr.dtype.element_ty),
+        mask=mask,
+    )
+    tl.store(
+        vb_ptr + slot * stride_vbt + offs_h[:, None] * stride_vbh + offs_d[None, :],
+        v.to(vb_ptr.dtype.element_ty),
+        mask=mask,
+    )
 
 
-def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
-             slots: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+def store_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    slots: torch.Tensor,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
+) -> None:
     """k, v [T, Hkv, D] (row-strided views allowed; head dim contiguous) -> k_buffer[slots],
     v_buffer[slots] ([S, Hkv, D]). slots [T] int, distinct. Scales apply to fp8 buffers."""
     num_tokens, num_kv_heads, head_dim = k.shape
@@ -47,10 +77,25 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor, v_buffer:
         return
     block_h, block_d = triton.next_power_of_2(num_kv_heads), triton.next_power_of_2(head_dim)
     _store_kv_kernel[(num_tokens,)](
-        k, v, k_buffer, v_buffer, slots,
-        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1), 1.0 / k_scale, 1.0 / v_scale,
-        num_kv_heads, HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_D=block_d,
+        k,
+        v,
+        k_buffer,
+        v_buffer,
+        slots,
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        k_buffer.stride(0),
+        k_buffer.stride(1),
+        v_buffer.stride(0),
+        v_buffer.stride(1),
+        1.0 / k_scale,
+        1.0 / v_scale,
+        num_kv_heads,
+        HEAD_DIM=head_dim,
+        BLOCK_H=block_h,
+        BLOCK_D=block_d,
         FP8=k_buffer.dtype == torch.float8_e4m3fn,
         num_warps=4 if block_h * block_d >= 1024 else 2,
     )

@@ -57,7 +57,9 @@ def _fused_add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, stride_x, stride_r, N, eps,
     tl.store(x_ptr + row * stride_x + offs, (w * normed).to(x.dtype), mask=mask)
 
 
-def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+def rmsnorm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """x [T, hidden] (last dim contiguous), weight [hidden] -> out [T, hidden] in x's dtype."""
     assert x.dim() == 2 and x.stride(1) == 1 and weight.is_contiguous()
     if out is None:
@@ -66,12 +68,15 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor
     if rows == 0:
         return out
     block, warps = _launch_params(hidden)
-    _rmsnorm_kernel[(rows,)](x, weight, out, x.stride(0), out.stride(0), hidden, eps, BLOCK=block, num_warps=warps)
+    _rmsnorm_kernel[(rows,)](
+        x, weight, out, x.stride(0), out.stride(0), hidden, eps, BLOCK=block, num_warps=warps
+    )
     return out
 
 
-def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_add_rmsnorm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """In place: residual <- x + residual (rounded to the dtype); x <- rmsnorm(residual).
     Returns (x, residual). Both [T, hidden] with contiguous rows, same dtype."""
     assert x.shape == residual.shape and x.dtype == residual.dtype and x.dim() == 2
@@ -80,6 +85,7 @@ def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Ten
     if rows == 0:
         return x, residual
     block, warps = _launch_params(hidden)
-    _fused_add_rmsnorm_kernel[(rows,)](x, residual, weight, x.stride(0), residual.stride(0), hidden, eps,
-                                       BLOCK=block, num_warps=warps)
+    _fused_add_rmsnorm_kernel[(rows,)](
+        x, residual, weight, x.stride(0), residual.stride(0), hidden, eps, BLOCK=block, num_warps=warps
+    )
     return x, residual

@@ -17,8 +17,18 @@ import triton.language as tl
 
 
 @triton.jit
-def _rotate_heads(x_ptr, stride_h, num_heads, cos1, cos2, sin1, sin2,
-                  HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+def _rotate_heads(
+    x_ptr,
+    stride_h,
+    num_heads,
+    cos1,
+    cos2,
+    sin1,
+    sin2,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+):
     """Rotates heads [0, num_heads) of one token (x_ptr at its first element), in place."""
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_HALF)
@@ -32,11 +42,25 @@ def _rotate_heads(x_ptr, stride_h, num_heads, cos1, cos2, sin1, sin2,
 
 
 @triton.jit
-def _rotary_kernel(pos_ptr, q_ptr, k_ptr, cos_ptr, sin_ptr,
-                   stride_qt, stride_qh, stride_kt, stride_kh, stride_cos, stride_sin,
-                   num_q_heads, num_k_heads,
-                   HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-                   BLOCK_HALF: tl.constexpr):
+def _rotary_kernel(
+    pos_ptr,
+    q_ptr,
+    k_ptr,
+    cos_ptr,
+    sin_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_cos,
+    stride_sin,
+    num_q_heads,
+    num_k_heads,
+    HALF: tl.constexpr,
+    BLOCK_HQ: tl.constexpr,
+    BLOCK_HK: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+):
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_HALF)
@@ -45,14 +69,21 @@ def _rotary_kernel(pos_ptr, q_ptr, k_ptr, cos_ptr, sin_ptr,
     cos2 = tl.load(cos_ptr + pos * stride_cos + HALF + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     sin1 = tl.load(sin_ptr + pos * stride_sin + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     sin2 = tl.load(sin_ptr + pos * stride_sin + HALF + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    _rotate_heads(q_ptr + t * stride_qt, stride_qh, num_q_heads, cos1, cos2, sin1, sin2,
-                  HALF, BLOCK_HQ, BLOCK_HALF)
-    _rotate_heads(k_ptr + t * stride_kt, stride_kh, num_k_heads, cos1, cos2, sin1, sin2,
-                  HALF, BLOCK_HK, BLOCK_HALF)
+    _rotate_heads(
+        q_ptr + t * stride_qt, stride_qh, num_q_heads, cos1, cos2, sin1, sin2, HALF, BLOCK_HQ, BLOCK_HALF
+    )
+    _rotate_heads(
+        k_ptr + t * stride_kt, stride_kh, num_k_heads, cos1, cos2, sin1, sin2, HALF, BLOCK_HK, BLOCK_HALF
+    )
 
 
-def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                 cos_cache: torch.Tensor, sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_rotary(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """In place on q [T, H, D] and k [T, Hkv, D] (row-strided views allowed; the head dim must be
     contiguous). positions [T] int; cos_cache/sin_cache [P, D] (fp32). Returns (q, k)."""
     num_tokens, num_q_heads, head_dim = q.shape
@@ -64,10 +95,23 @@ def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         return q, k
     half = head_dim // 2
     _rotary_kernel[(num_tokens,)](
-        positions, q, k, cos_cache, sin_cache,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_cache.stride(0), sin_cache.stride(0),
-        num_q_heads, num_k_heads,
-        HALF=half, BLOCK_HQ=triton.next_power_of_2(num_q_heads), BLOCK_HK=triton.next_power_of_2(num_k_heads),
-        BLOCK_HALF=triton.next_power_of_2(half), num_warps=4,
+        positions,
+        q,
+        k,
+        cos_cache,
+        sin_cache,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        cos_cache.stride(0),
+        sin_cache.stride(0),
+        num_q_heads,
+        num_k_heads,
+        HALF=half,
+        BLOCK_HQ=triton.next_power_of_2(num_q_heads),
+        BLOCK_HK=triton.next_power_of_2(num_k_heads),
+        BLOCK_HALF=triton.next_power_of_2(half),
+        num_warps=4,
     )
     return q, k
