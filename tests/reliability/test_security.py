@@ -23,7 +23,7 @@ import zmq
 from server_process import ServerProcess, descendants_of, server_info
 
 from radixlm.runtime.entrypoints.cli import build_parser
-from radixlm.runtime.entrypoints.http_server import MAX_BODY_BYTES
+from radixlm.runtime.entrypoints.http_guard import MAX_BODY_BYTES
 from radixlm.runtime.managers.ipc import make_socket
 from radixlm.runtime.managers.messages import MAX_MESSAGE_BYTES
 from radixlm.testing import build_tiny_model
