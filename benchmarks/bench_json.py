@@ -108,7 +108,8 @@ CITY_SCHEMA: dict = {
     "properties": {
         "name": _string(),
         "country": _string(),
-        # integers, not "number": outlines-core's bounded-number regex admits texts like "12." that are not JSON
+        # integers, not "number": outlines-core's bounded-number regex admits texts like "12." that are
+        # not JSON
         "latitude": {"type": "integer", "maxDigits": 2},
         "population": {"type": "integer", "maxDigits": 9},
         "top 3 landmarks": {"type": "array", "items": _string(), "minItems": 3, "maxItems": 3},
@@ -187,7 +188,8 @@ CITIES = [
         "Paris",
         "France",
         "Paris is the capital and largest city of France, on the river Seine. It is known for the "
-        "Eiffel Tower, the Louvre, the cathedral of Notre-Dame and its cafes, and has about two million inhabitants.",
+        "Eiffel Tower, the Louvre, the cathedral of Notre-Dame and its cafes, and has about two million "
+        "inhabitants.",
     ),
     (
         "Tokyo",
@@ -443,7 +445,8 @@ def run_engine(
 def run_decode_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
     """jump-forward on, then off (+ the unconstrained baseline). Results by mode."""
     on, info_on = run_engine(args, True, args.modes)
-    # the baseline's length: the mean constrained output length of each mode (identical on/off when all is well)
+    # the baseline's length: the mean constrained output length of each mode (identical on/off when all
+    # is well)
     baseline_tokens = {m: max(1, round(on[m]["mean_output_tokens"])) for m in args.modes}
     off, info_off = run_engine(args, False, args.modes, baseline_tokens)
     results: dict[str, dict] = {}
@@ -474,7 +477,9 @@ def run_decode_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
 # ---------------------------------------------------------------------- mask micro-benchmark
 def _mask_setup(model: str) -> tuple[Any, dict, int, list[int]]:
     from radixlm.runtime.config import ModelConfig
-    from radixlm.runtime.constrained.grammar import GrammarCache, TokenizerVocab, normalize_json_schema
+    from radixlm.runtime.constrained.grammar_cache import GrammarCache
+    from radixlm.runtime.constrained.json_schema import normalize_json_schema
+    from radixlm.runtime.constrained.vocabulary import TokenizerVocab
     from radixlm.runtime.tokenizer import load_tokenizer
 
     model_cfg = ModelConfig.from_path(model)
@@ -732,7 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {machine['torch']}"
     )
     print(
-        f"{args.num_requests} requests (character/city schemas alternating), max_new_tokens {args.max_tokens}, "
+        f"{args.num_requests} requests (character/city schemas alternating), "
+        f"max_new_tokens {args.max_tokens}, "
         f"median of {args.repeats} timed run(s), total {total:.1f}s; "
         f"grammar compile {engines['jf_on'].get('grammar_compile_time_s')}s (2 schemas, in warm-up)\n"
     )

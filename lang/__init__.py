@@ -27,8 +27,9 @@ from radixlm.lang.choices import (
     token_length_normalized,
     unconditional_likelihood_normalized,
 )
-from radixlm.lang.interpreter import ProgramError, ProgramState, ProgramStateGroup
+from radixlm.lang.interpreter import ProgramError
 from radixlm.lang.ir import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR
+from radixlm.lang.program_state import ProgramState, ProgramStateGroup
 
 __all__ = [
     "SglFunction",

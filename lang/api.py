@@ -21,7 +21,8 @@ from typing import Any
 
 from radixlm.lang import ir
 from radixlm.lang.choices import ChoicesSamplingMethod, token_length_normalized
-from radixlm.lang.interpreter import ProgramState, StateExecutor
+from radixlm.lang.interpreter import StateExecutor
+from radixlm.lang.program_state import ProgramState
 
 # run-level sampling keywords (defaults for every gen of the program) -> runtime names
 RUN_DEFAULTS = {
@@ -129,7 +130,7 @@ def gen(
         raise ValueError("give at most one of regex and json_schema")
     if json_schema is not None:
         # JSON text, a dict, a pydantic model class or a msgspec Struct type -> JSON text
-        from radixlm.runtime.constrained.grammar import normalize_json_schema
+        from radixlm.runtime.constrained.json_schema import normalize_json_schema
 
         json_schema = normalize_json_schema(json_schema)
     if dtype is not None:

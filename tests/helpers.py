@@ -47,7 +47,8 @@ class LocalRuntime:
         self.config = EngineConfig.from_kwargs(path, **options)
         model_cfg = ModelConfig.from_path(path)
         self.tokenizer = load_tokenizer(path)
-        from radixlm.runtime.constrained.grammar import GrammarCache, TokenizerVocab
+        from radixlm.runtime.constrained.grammar_cache import GrammarCache
+        from radixlm.runtime.constrained.vocabulary import TokenizerVocab
 
         self.runner = ModelRunner(self.config, model_cfg)
         self.eos_ids = frozenset(model_cfg.eos_token_ids) | {self.tokenizer.eos_token_id}

@@ -14,16 +14,14 @@ import pytest
 import torch
 from helpers import LocalRuntime, get_engine
 
-from radixlm.runtime.constrained.grammar import (
-    Grammar,
-    GrammarCache,
-    TokenizerVocab,
-    build_vocab_mask,
+from radixlm.runtime.constrained.grammar import Grammar, build_vocab_mask
+from radixlm.runtime.constrained.grammar_cache import GrammarCache
+from radixlm.runtime.constrained.json_schema import (
     json_schema_to_regex,
     normalize_json_schema,
-    token_bytes_table,
     unenforced_features,
 )
+from radixlm.runtime.constrained.vocabulary import TokenizerVocab, token_bytes_table
 from radixlm.testing import build_tiny_model
 
 PERSON = {

@@ -325,7 +325,7 @@ def special_ids(name: str = "llama") -> frozenset[int]:
 def tiny_vocabulary(name: str = "llama") -> Vocabulary:
     """The runtime's outlines Vocabulary for a tiny model's tokenizer (raw bytes, specials and
     EOS left out)."""
-    from radixlm.runtime.constrained.grammar import TokenizerVocab
+    from radixlm.runtime.constrained.vocabulary import TokenizerVocab
     from radixlm.runtime.tokenizer import load_tokenizer
     from radixlm.testing import build_tiny_model
 

@@ -75,7 +75,7 @@ class SamplingParams:
             raise ValueError(f"unknown sampling parameter(s): {', '.join(unknown)}")
         params = SamplingParams(**value)
         if params.json_schema is not None:
-            from radixlm.runtime.constrained.grammar import normalize_json_schema
+            from radixlm.runtime.constrained.json_schema import normalize_json_schema
 
             params.json_schema = normalize_json_schema(params.json_schema)
         return params
@@ -143,7 +143,7 @@ class SamplingParams:
         if self.regex is not None and self.json_schema is not None:
             bad("give at most one of regex and json_schema")
         if self.regex is not None or self.json_schema is not None:
-            from radixlm.runtime.constrained import grammar as constrained
+            from radixlm.runtime.constrained import json_schema as constrained
 
             if self.regex is not None:
                 constrained.check_regex_syntax(self.regex)

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import torch
 
 from radixlm.runtime.config import EngineConfig
-from radixlm.runtime.constrained.grammar import Grammar, GrammarCache, build_vocab_mask
+from radixlm.runtime.constrained.grammar import Grammar, build_vocab_mask
+from radixlm.runtime.constrained.grammar_cache import GrammarCache
 from radixlm.runtime.layers.sampling import SamplingBatch
 from radixlm.runtime.model_executor.device_copy import to_device
 from radixlm.runtime.model_executor.forward_batch import (

@@ -20,7 +20,8 @@ import torch
 import zmq
 
 from radixlm.runtime.config import EngineConfig, ModelConfig
-from radixlm.runtime.constrained.grammar import GrammarCache, TokenizerVocab
+from radixlm.runtime.constrained.grammar_cache import GrammarCache
+from radixlm.runtime.constrained.vocabulary import TokenizerVocab
 from radixlm.runtime.managers.ipc import (
     IpcAddresses,
     die_with_parent,

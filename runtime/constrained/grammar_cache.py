@@ -1,0 +1,96 @@
+"""Compiled grammars, shared across requests and compiled off the scheduler thread.
+
+`GrammarCache` keeps an LRU of futures keyed by (kind, pattern), kind being "regex" or
+"json". Compilation runs on one worker thread (outlines-core releases the GIL while it builds
+an `Index`), so the scheduler keeps stepping while a new grammar compiles; a request waits on
+its future. A failure is cached like a success, so a repeat of a bad pattern fails at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+import time
+from dataclasses import dataclass
+
+from radixlm.runtime.constrained.grammar import CompiledGrammar
+from radixlm.runtime.constrained.json_schema import json_schema_to_regex
+from radixlm.runtime.constrained.vocabulary import TokenizerVocab
+
+GRAMMAR_CACHE_SIZE = 256
+
+
+@dataclass
+class GrammarStats:
+    hits: int = 0
+    misses: int = 0
+    compile_time_s: float = 0.0
+    failures: int = 0
+
+
+class GrammarCache:
+    """Compiled grammars by (kind, pattern), LRU, compiled on one worker thread."""
+
+    def __init__(
+        self, vocab: TokenizerVocab, capacity: int = GRAMMAR_CACHE_SIZE, whitespace_pattern: str | None = None
+    ) -> None:
+        self.vocab = vocab
+        self.whitespace_pattern = whitespace_pattern
+        self.capacity = capacity
+        self._entries: collections.OrderedDict[tuple[str, str], concurrent.futures.Future] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="radixlm-grammar")
+        self.stats = GrammarStats()
+
+    @staticmethod
+    def key_of(regex: str | None, json_schema: str | None) -> tuple[str, str] | None:
+        if json_schema is not None:
+            return ("json", json_schema)
+        if regex is not None:
+            return ("regex", regex)
+        return None
+
+    def get(self, key: tuple[str, str]) -> concurrent.futures.Future:
+        """A future of the CompiledGrammar (or of the ValueError that names the problem)."""
+        with self._lock:
+            fut = self._entries.get(key)
+            if fut is not None:
+                self._entries.move_to_end(key)
+                self.stats.hits += 1
+                return fut
+            self.stats.misses += 1
+            fut = self._pool.submit(self._compile, key)
+            self._entries[key] = fut
+            # an evicted future stays valid for whoever holds it; only later lookups recompile
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+            return fut
+
+    def _compile(self, key: tuple[str, str]) -> CompiledGrammar:
+        from outlines_core import Index
+
+        start = time.perf_counter()
+        kind, pattern = key
+        try:
+            regex = json_schema_to_regex(pattern, self.whitespace_pattern) if kind == "json" else pattern
+            try:
+                index = Index(regex, self.vocab.vocabulary)
+            except Exception as exc:
+                what = "json_schema" if kind == "json" else f"regex {pattern!r}"
+                raise ValueError(f"cannot compile {what}: {exc}") from None
+            return CompiledGrammar(key, regex, index, self.vocab)
+        except ValueError:
+            self.stats.failures += 1
+            raise
+        finally:
+            self.stats.compile_time_s += time.perf_counter() - start
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,147 @@
+"""A request's constraint as the regex its automaton is compiled from.
+
+A JSON schema (JSON text, a dict, a pydantic model class or a msgspec Struct type) is
+normalised to canonical JSON text, checked for keywords the translation would silently drop,
+and translated by outlines-core. A plain regex only gets a cheap syntax check here. Both run
+in `SamplingParams.validate`, so most bad constraints are refused with the request instead of
+failing later on the grammar compiler thread (grammar_cache.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+# JSON-schema whitespace between tokens: what outlines-core uses by default (at most one space)
+DEFAULT_WHITESPACE = r"[ ]?"
+
+
+def normalize_json_schema(schema: Any) -> str:
+    """A JSON schema as canonical JSON text, from JSON text, a dict/bool, a pydantic model
+    class or a msgspec Struct type. Raises ValueError/TypeError naming the problem."""
+    if isinstance(schema, str):
+        try:
+            value = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"json_schema is not valid JSON: {exc}") from None
+    elif isinstance(schema, (dict, bool)):
+        value = schema
+    elif isinstance(schema, type) and hasattr(schema, "model_json_schema"):  # pydantic v2 model
+        value = schema.model_json_schema()
+    elif isinstance(schema, type) and _is_msgspec_struct(schema):
+        import msgspec
+
+        value = msgspec.json.schema(schema)
+    else:
+        raise TypeError(
+            f"json_schema must be JSON text, a dict, a pydantic model class or a msgspec Struct type, "
+            f"got {type(schema).__name__}"
+        )
+    if not isinstance(value, (dict, bool)):
+        raise ValueError(f"json_schema must be a JSON object (or true/false), got {type(value).__name__}")
+    return json.dumps(value, separators=(",", ":"))  # key order kept: it orders the output
+
+
+def _is_msgspec_struct(cls: type) -> bool:
+    try:
+        import msgspec
+    except ImportError:
+        return False
+    return issubclass(cls, msgspec.Struct)
+
+
+# Keywords the regex translation would silently drop; an output could then break them, so a
+# schema using one is refused instead (naming it and where it is).
+UNENFORCED_KEYWORDS = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "patternProperties",
+        "propertyNames",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "contains",
+        "minContains",
+        "maxContains",
+        "if",
+        "then",
+        "else",
+        "not",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        # outlines-core extensions whose regexes accept invalid JSON numbers ("12.", "1e+")
+        "maxDigitsFraction",
+        "maxDigitsExponent",
+    }
+)
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")  # name -> schema
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")  # [schema, ...]
+_SCHEMA_ONE = ("items", "additionalProperties", "additionalItems")  # a schema (or bool)
+
+
+def unenforced_features(schema: Any, path: str = "") -> list[str]:
+    """`keyword at /json/pointer` for every keyword of UNENFORCED_KEYWORDS in the schema."""
+    if not isinstance(schema, dict):
+        return []
+    found = [f"{k} at {path or '/'}" for k in schema if k in UNENFORCED_KEYWORDS]
+    # outlines-core keeps only one string constraint: a pattern next to a length, or a format
+    # next to either, would be dropped
+    lengths = [k for k in ("minLength", "maxLength") if k in schema]
+    if "pattern" in schema and lengths:
+        found.append(f"pattern together with {'/'.join(lengths)} at {path or '/'}")
+    if "format" in schema and (lengths or "pattern" in schema):
+        found.append(f"format together with {'/'.join(lengths) or 'pattern'} at {path or '/'}")
+    props = schema.get("properties")
+    if isinstance(props, dict):  # outlines-core writes property names into the regex unescaped
+        found += [
+            f"a property name with a quote, backslash or control character ({name!r}) at {path or '/'}"
+            for name in props
+            if any(c in name for c in '"\\') or any(ord(c) < 0x20 for c in name)
+        ]
+    for key in _SCHEMA_MAPS:
+        for name, sub in (schema.get(key) or {}).items() if isinstance(schema.get(key), dict) else []:
+            found += unenforced_features(sub, f"{path}/{key}/{name}")
+    for key in _SCHEMA_LISTS:
+        for i, sub in enumerate(schema.get(key) or []) if isinstance(schema.get(key), list) else []:
+            found += unenforced_features(sub, f"{path}/{key}/{i}")
+    for key in _SCHEMA_ONE:
+        found += unenforced_features(schema.get(key), f"{path}/{key}")
+    return found
+
+
+def json_schema_to_regex(schema_json: str, whitespace_pattern: str | None = None) -> str:
+    """The regex that matches exactly the JSON texts the schema allows (outlines-core's
+    translation). Raises ValueError naming what is not supported."""
+    from outlines_core.json_schema import build_regex_from_schema
+
+    unenforced = unenforced_features(json.loads(schema_json))
+    if unenforced:
+        raise ValueError(
+            f"unsupported json_schema feature(s), which the output could not be held to: "
+            f"{', '.join(unenforced[:5])}"
+        )
+    try:
+        return build_regex_from_schema(
+            schema_json, DEFAULT_WHITESPACE if whitespace_pattern is None else whitespace_pattern
+        )
+    except Exception as exc:  # outlines-core raises assorted types for unsupported features
+        raise ValueError(f"unsupported json_schema: {exc}") from None
+
+
+def check_regex_syntax(pattern: str) -> None:
+    """Cheap early check (Python's syntax is close to, not the same as, the automaton's; the
+    compile step catches the rest)."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"regex must be a non-empty string, got {pattern!r}")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
