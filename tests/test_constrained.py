@@ -198,7 +198,7 @@ def test_a_request_waits_for_its_grammar_while_others_keep_decoding():
     for _ in range(4):
         rt.scheduler.step()
     assert len(free.output_ids) >= 3 and not slow.output_ids
-    assert slow in [r for r, _ in rt.scheduler.grammar_waiting]
+    assert slow in rt.scheduler.grammar_queue.requests()
     pending.set_result(real_get(("regex", "[0-9]+")).result())
     while rt.scheduler.has_work:
         rt.scheduler.step()
