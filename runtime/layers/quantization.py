@@ -75,7 +75,10 @@ class Fp8Linear(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, block={self.block_size}, bias={self.bias is not None}"
+        return (
+            f"in={self.in_features}, out={self.out_features}, block={self.block_size}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 def _targets(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:

@@ -111,7 +111,8 @@ class SamplingParams:
             bad(f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
         if self.min_new_tokens > self.max_new_tokens:
             bad(
-                f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})"
+                f"min_new_tokens ({self.min_new_tokens}) must not exceed "
+                f"max_new_tokens ({self.max_new_tokens})"
             )
         # infinity is refused too: logits / inf turns a banned (-inf) token's logit into NaN
         if not is_num(self.temperature) or not 0.0 <= self.temperature < float("inf"):

@@ -104,13 +104,17 @@ MAX_STATES = 65536  # bound on tracked requests; the oldest are dropped past it
 
 def run_detokenizer_process(tokenizer_path: str, addrs: IpcAddresses, log_level: str = "warning") -> None:
     import collections
-    import time
 
     import zmq
 
-    from radixlm.runtime.managers.ipc import die_with_parent, make_socket, parent_alive, set_process_title
+    from radixlm.runtime.managers.child_process import (
+        decode_or_drop,
+        linger_after_shutdown,
+        parent_alive,
+        start_child_process,
+    )
+    from radixlm.runtime.managers.ipc import make_socket
     from radixlm.runtime.managers.messages import (
-        DECODE_ERRORS,
         ControlReq,
         ShutdownAck,
         TextOutput,
@@ -121,9 +125,7 @@ def run_detokenizer_process(tokenizer_path: str, addrs: IpcAddresses, log_level:
     )
     from radixlm.runtime.tokenizer import load_tokenizer
 
-    die_with_parent()
-    set_process_title("radixlm::detok")
-    logging.basicConfig(level=log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
+    start_child_process("radixlm::detok", log_level)
     tokenizer = load_tokenizer(tokenizer_path)
 
     def decode(ids: list[int], skip_special: bool) -> str:
@@ -140,18 +142,13 @@ def run_detokenizer_process(tokenizer_path: str, addrs: IpcAddresses, log_level:
             if not parent_alive():
                 return
             continue
-        frame = recv.recv()
-        try:
-            msg = dec.decode(frame)
-        except DECODE_ERRORS as exc:
-            logger.warning("dropped a message that failed to decode: %s", exc)
+        msg = decode_or_drop(dec, recv.recv())
+        if msg is None:
             continue
         if isinstance(msg, ControlReq):
             if msg.op == "shutdown":
                 send.send(enc.encode(ShutdownAck(process="detokenizer")))
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and parent_alive():
-                    time.sleep(0.05)  # keep the socket open until terminated: see ipc notes
+                linger_after_shutdown()
                 return
             continue
         results = []

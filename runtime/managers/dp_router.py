@@ -17,21 +17,19 @@ with. A wrong guess costs a cache miss, never a wrong answer.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import torch
 import zmq
 
-from radixlm.runtime.managers.ipc import (
-    IpcAddresses,
-    die_with_parent,
-    make_socket,
-    parent_alive,
-    set_process_title,
+from radixlm.runtime.managers.child_process import (
+    ParentWatch,
+    decode_or_drop,
+    linger_after_shutdown,
+    start_child_process,
 )
+from radixlm.runtime.managers.ipc import IpcAddresses, make_socket
 from radixlm.runtime.managers.messages import (
-    DECODE_ERRORS,
     AbortReq,
     ControlReply,
     ControlReq,
@@ -142,9 +140,7 @@ def merge_replies(op: str, replies: list[ControlReply], router: Router) -> tuple
 def run_router_process(
     addrs: IpcAddresses, num_replicas: int, capacity_tokens: int, ready_conn: Any, log_level: str = "warning"
 ) -> None:
-    die_with_parent()
-    set_process_title("radixlm::router")
-    logging.basicConfig(level=log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
+    start_child_process("radixlm::router", log_level)
     ctx = zmq.Context()
     from_tm = make_socket(ctx, zmq.PULL, addrs.scheduler_input, bind=False)
     from_replicas = make_socket(ctx, zmq.PULL, addrs.router_input, bind=True)
@@ -161,16 +157,12 @@ def run_router_process(
     poller.register(from_tm, zmq.POLLIN)
     poller.register(from_replicas, zmq.POLLIN)
     ready_conn.send({"ok": True})
-    last_parent_check = time.monotonic()
+    watch = ParentWatch()
     while True:
         events = dict(poller.poll(200))
         if from_tm in events:
             frame = from_tm.recv()
-            try:
-                msg = dec_in.decode(frame)
-            except DECODE_ERRORS as exc:
-                logger.warning("dropped a message that failed to decode (%d bytes): %s", len(frame), exc)
-                msg = None
+            msg = decode_or_drop(dec_in, frame)
             if isinstance(msg, GenerateReq):
                 to_replicas[router.route(msg.rid, msg.input_ids)].send(frame)
             elif isinstance(msg, AbortReq):
@@ -183,19 +175,14 @@ def run_router_process(
                 for i, sock in enumerate(to_replicas):
                     sock.send(enc.encode(ControlReq(rid=f"{msg.rid}#{i}", op=msg.op)))
         if from_replicas in events:
-            frame = from_replicas.recv()
-            try:
-                msg = dec_back.decode(frame)
-            except DECODE_ERRORS as exc:
-                logger.warning("dropped a reply that failed to decode: %s", exc)
-                msg = None
+            msg = decode_or_drop(dec_back, from_replicas.recv(), "reply")
             if isinstance(msg, RequestsDone):
                 router.done(msg.rids)
             elif isinstance(msg, ShutdownAck):
                 acks += 1
                 if acks == num_replicas:
                     to_tm.send(enc.encode(ShutdownAck(process="scheduler")))
-                    _linger(from_replicas)
+                    linger_after_shutdown()
                     return
             elif isinstance(msg, ControlReply):
                 rid, _, index = msg.rid.rpartition("#")
@@ -208,15 +195,5 @@ def run_router_process(
                         to_tm.send(
                             enc.encode(ControlReply(rid=rid, op=entry[0].op, ok=ok, data=data, error=error))
                         )
-        if time.monotonic() - last_parent_check > 1.0:
-            last_parent_check = time.monotonic()
-            if not parent_alive():
-                return
-
-
-def _linger(sock: zmq.Socket) -> None:
-    """Keep the sockets open a moment after the last send (a PUSH closed right after a send can
-    lose it) until the launcher stops us."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and parent_alive():
-        time.sleep(0.05)
+        if watch.parent_gone():
+            return

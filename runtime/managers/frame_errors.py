@@ -44,7 +44,8 @@ def _explain(frame: bytes, kind: Any) -> str:
     bad = _first_bad_utf8(frame)
     if bad is not None:
         where, offset = bad
-        return f"the string at {where} is not valid UTF-8 (byte 0x{frame[offset]:02x} at offset {offset} of the frame)"
+        byte = frame[offset]
+        return f"the string at {where} is not valid UTF-8 (byte 0x{byte:02x} at offset {offset} of the frame)"
     try:
         value = msgspec.msgpack.decode(frame)
     except (msgspec.DecodeError, ValueError, RecursionError, OverflowError):

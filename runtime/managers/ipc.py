@@ -1,12 +1,9 @@
-"""ZeroMQ plumbing shared by the runtime's processes: private endpoints, socket setup,
-and the guard that makes a child exit when its parent dies."""
+"""ZeroMQ plumbing shared by the runtime's processes: private ipc:// endpoints and socket
+setup. (What the child processes share beyond sockets: child_process.py.)"""
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
 import os
-import signal
 import tempfile
 from dataclasses import dataclass
 
@@ -79,28 +76,3 @@ def make_socket(ctx: zmq.Context, kind: int, endpoint: str, bind: bool) -> zmq.S
     else:
         sock.connect(endpoint)
     return sock
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent exits, so no child is orphaned.
-    Also ignore SIGINT: a Ctrl-C reaches the whole process group, and shutdown is the
-    parent's to run (it stops the children in order, then terminates them)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def parent_alive() -> bool:
-    parent = multiprocessing.parent_process()
-    return parent is None or parent.is_alive()
-
-
-def set_process_title(title: str) -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.prctl(15, title.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass

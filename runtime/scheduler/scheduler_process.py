@@ -22,15 +22,14 @@ import zmq
 from radixlm.runtime.config import EngineConfig, ModelConfig
 from radixlm.runtime.constrained.grammar_cache import GrammarCache
 from radixlm.runtime.constrained.vocabulary import TokenizerVocab
-from radixlm.runtime.managers.ipc import (
-    IpcAddresses,
-    die_with_parent,
-    make_socket,
-    parent_alive,
-    set_process_title,
+from radixlm.runtime.managers.child_process import (
+    ParentWatch,
+    decode_or_drop,
+    linger_after_shutdown,
+    start_child_process,
 )
+from radixlm.runtime.managers.ipc import IpcAddresses, make_socket
 from radixlm.runtime.managers.messages import (
-    DECODE_ERRORS,
     AbortReq,
     ControlReply,
     ControlReq,
@@ -60,13 +59,12 @@ def run_scheduler_process(
     """One scheduler per tensor-parallel rank. Rank 0 owns the sockets; every rank runs the
     same scheduler on the same messages (rank 0 broadcasts what it received each iteration),
     so all ranks make the same decisions and meet at the same collectives."""
-    die_with_parent()
-    set_process_title(
+    title = (
         "radixlm::sched"
         + (f"-dp{dp_rank}" if cfg.dp_size > 1 else "")
         + (f"-tp{tp_rank}" if cfg.tp_size > 1 else "")
     )
-    logging.basicConfig(level=cfg.log_level.upper(), format="[%(asctime)s %(name)s] %(message)s")
+    start_child_process(title, cfg.log_level)
     try:
         model_cfg = ModelConfig.from_path(cfg.model_path)
         tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model_path)
@@ -135,7 +133,7 @@ class SchedulerLoop:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
-        last_parent_check = time.monotonic()
+        watch = ParentWatch()
         stats = self.scheduler.stats
         while not self.stopping:
             start, decode_steps = time.perf_counter(), stats.decode_steps
@@ -150,11 +148,9 @@ class SchedulerLoop:
                 self._maybe_log()
             elif self.recv_sock is not None:
                 self.recv_sock.poll(50)  # followers wait in the next broadcast instead
-            if time.monotonic() - last_parent_check > 1.0:
-                last_parent_check = time.monotonic()
-                if not parent_alive():
-                    return
-        self._linger_until_killed()
+            if watch.parent_gone():
+                return
+        linger_after_shutdown()
 
     def _drain(self) -> set[str] | None:
         """Handle every message that arrived. With tensor parallelism the leader broadcasts the
@@ -174,10 +170,8 @@ class SchedulerLoop:
             frames, ready = self.sync_dec.decode(self.tp.broadcast_bytes(payload))
             grammar_ready = set(ready)
         for frame in frames:
-            try:
-                msg = self.dec.decode(frame)
-            except DECODE_ERRORS as exc:
-                logger.warning("dropped a message that failed to decode (%d bytes): %s", len(frame), exc)
+            msg = decode_or_drop(self.dec, frame)
+            if msg is None:
                 continue
             try:
                 self._handle(msg)
@@ -421,10 +415,3 @@ class SchedulerLoop:
             100 * stats.cache_hit_rate,
             throughput,
         )
-
-    def _linger_until_killed(self) -> None:
-        """After acknowledging shutdown keep the sockets open (closing a PUSH socket right
-        after a send can lose the send) until the launcher terminates us or exits."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and parent_alive():
-            time.sleep(0.05)

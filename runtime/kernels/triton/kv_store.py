@@ -1,8 +1,9 @@
 """Scatter the new tokens' K and V into the paged KV pool: one launch for both buffers.
 
 Program t copies row t of k and v (all KV heads) to slot `slots[t]` of k_buffer/v_buffer,
-casting to the buffer's dtype; an fp8 buffer stores value / scale, saturated at +-448. Slots are distinct within a batch (the allocator hands each slot
-out once), so programs never race on a destination row.
+casting to the buffer's dtype; an fp8 buffer stores value / scale, saturated at +-448. Slots
+are distinct within a batch (the allocator hands each slot out once), so programs never race
+on a destination row.
 """
 
 from __future__ import annotations
