@@ -30,7 +30,6 @@ SOCKETS = {
     "tokenizer_manager": P.ToTokenizerManager,  # tokenizer_manager.py
     "client_endpoint": P.ClientRequest,  # client_endpoint.py
     "client": P.ClientReply,  # client.py
-    "from_scheduler": P.FromScheduler,
     "router": P.ToRouter,  # router.py: what data-parallel replicas send back
 }
 
@@ -250,7 +249,7 @@ def test_sampling_params_stop_forms_round_trip():
 
 
 def test_logprob_none_entries_round_trip():
-    dec = P.decoder(P.FromScheduler)
+    dec = P.decoder(DETOK_UNION)
     back = dec.decode(P.encoder().encode(P.TokenOutputBatch(outputs=[FULL_TOKEN_OUTPUT])))
     out = back.outputs[0]
     assert out.input_token_logprobs[0] == (None, 11)
@@ -280,7 +279,7 @@ def _assert_rejected(dec, data: bytes):
     except BaseException as exc:
         raise AssertionError(
             f"{type(exc).__name__} (not DecodeError/ValidationError) for {data[:40]!r}: {exc}"
-        )
+        ) from exc
     raise AssertionError(f"decoded without error: {data[:60]!r}")
 
 
@@ -288,7 +287,7 @@ def test_message_types_outside_the_union_are_rejected():
     enc = P.encoder()
     for _, msg in SAMPLES:
         data = enc.encode(msg)
-        for sock, union in SOCKETS.items():
+        for _sock, union in SOCKETS.items():
             if type(msg) not in _members(union):
                 _assert_rejected(P.decoder(union), data)
 

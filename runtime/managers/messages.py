@@ -13,7 +13,7 @@ run code.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -52,7 +52,7 @@ class ControlReq(Msg):
     op: str
 
 
-ToScheduler = Union[GenerateReq, AbortReq, ControlReq]
+ToScheduler = GenerateReq | AbortReq | ControlReq
 
 
 # --------------------------------------------------------------------- scheduler -> detokenizer
@@ -99,8 +99,7 @@ class RequestsDone(Msg):
     rids: list[str]
 
 
-FromScheduler = Union[TokenOutputBatch, ControlReply, ShutdownAck]
-ToRouter = Union[ControlReply, ShutdownAck, RequestsDone]  # a replica's replies, to the router
+ToRouter = ControlReply | ShutdownAck | RequestsDone  # a replica's replies, to the router
 
 
 # --------------------------------------------------------------------- detokenizer -> tokenizer manager
@@ -114,7 +113,7 @@ class TextOutputBatch(Msg):
     outputs: list[TextOutput]
 
 
-ToTokenizerManager = Union[TextOutputBatch, ControlReply, ShutdownAck]
+ToTokenizerManager = TextOutputBatch | ControlReply | ShutdownAck
 
 
 # --------------------------------------------------------------------- clients <-> tokenizer manager
@@ -146,7 +145,7 @@ class ClientControl(Msg):
     op: str  # flush_cache | server_info | health
 
 
-ClientRequest = Union[ClientGenerate, ClientBatch, ClientAbort, ClientControl]
+ClientRequest = ClientGenerate | ClientBatch | ClientAbort | ClientControl
 
 
 class ClientChunk(Msg):
@@ -166,7 +165,7 @@ class ClientResult(Msg):
     error: str = ""
 
 
-ClientReply = Union[ClientChunk, ClientResult]
+ClientReply = ClientChunk | ClientResult
 
 
 # What decoding a bad frame raises, and all it may raise (see SafeDecoder).

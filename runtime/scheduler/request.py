@@ -105,25 +105,6 @@ class Req:
     def owned_kv_len(self) -> int:
         return self.kv_len - self.cache_protected_len
 
-    def meta_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "id": self.rid,
-            "prompt_tokens": self.prompt_len,
-            "completion_tokens": len(self.output_ids),
-            "cached_tokens": max(self.cached_tokens, 0),
-            "finish_reason": self.finished_reason,
-            "retractions": self.retraction_count,
-        }
-        if self.grammar is not None:
-            info["jump_forward_tokens"] = self.jump_forward_tokens
-        if self.return_logprob:
-            info["input_token_logprobs"] = list(self.input_token_logprobs)
-            info["output_token_logprobs"] = list(self.output_token_logprobs)
-            if self.top_logprobs_num:
-                info["input_top_logprobs"] = list(self.input_top_logprobs)
-                info["output_top_logprobs"] = list(self.output_top_logprobs)
-        return info
-
 
 def check_request(
     ids: list[int],
