@@ -69,7 +69,7 @@ class HttpRuntimeClient:
         return_logprob: bool = False,
         logprob_start_len: int | None = None,
         top_logprobs_num: int = 0,
-    ) -> dict:
+    ) -> dict | list[dict]:
         out = self._json(
             "POST",
             "/generate",
@@ -77,6 +77,8 @@ class HttpRuntimeClient:
                 prompt, input_ids, sampling_params, return_logprob, logprob_start_len, top_logprobs_num
             ),
         )
+        if isinstance(out, list):  # n > 1: the n samples
+            return [{**o, "finished": True} for o in out]
         return {**out, "finished": True}
 
     def generate_batch(self, requests: Sequence[dict]) -> list[dict]:

@@ -71,7 +71,8 @@ class RuntimeClient:
         return_logprob: bool = False,
         logprob_start_len: int | None = None,
         top_logprobs_num: int = 0,
-    ) -> dict:
+    ) -> dict | list[dict]:
+        """One finished output; with n > 1 in sampling_params, a list of the n samples."""
         sock, rid = self._request(
             _generate_message(
                 prompt=prompt,
@@ -84,6 +85,8 @@ class RuntimeClient:
             )
         )
         reply = self._recv(sock, rid)
+        if isinstance(reply, ClientResult) and reply.ok:  # n > 1: every sample in one reply
+            return [{**out, "finished": True} for out in reply.data["outputs"]]
         return _result(reply)
 
     def generate_batch(self, requests: Sequence[dict]) -> list[dict]:

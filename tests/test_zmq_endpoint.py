@@ -212,12 +212,22 @@ def test_concurrent_clients_from_threads(client):
     assert not errors and all(r == want["output_ids"] for r in results), (errors, results)
 
 
+def test_n_samples_come_back_together_and_a_streamed_n_is_refused(client):
+    params = {"max_new_tokens": 6, "temperature": 1.0, "seed": 11}
+    outs = client.generate(PROMPT, {**params, "n": 3})
+    assert isinstance(outs, list) and len(outs) == 3
+    # the runtime's fan-out rule: sample k is the request with seed + k
+    for k, out in enumerate(outs):
+        assert out["output_ids"] == client.generate(PROMPT, {**params, "seed": 11 + k})["output_ids"]
+    with pytest.raises(RuntimeError, match="n == 1"):
+        list(client.generate_stream(PROMPT, {**params, "n": 2}))
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
         (dict(prompt="", sampling_params=GREEDY), "empty"),
         (dict(prompt=PROMPT, sampling_params={**GREEDY, "temperature": -1}), "temperature"),
-        (dict(prompt=PROMPT, sampling_params={**GREEDY, "n": 2}), "n == 1"),
         (dict(prompt=PROMPT, sampling_params={**GREEDY, "bogus": 1}), "unknown sampling parameter.*bogus"),
         (dict(prompt=PROMPT, sampling_params={**GREEDY, "max_new_tokens": "5"}), "max_new_tokens"),
         (dict(prompt=PROMPT, sampling_params={**GREEDY, "stop": [""]}), "stop"),
@@ -581,7 +591,8 @@ def _send_then_health(sock: zmq.Socket, frame: bytes, timeout_s: float = 2.0) ->
 
 KILLERS = {"invalid-utf8-rid": _bad_utf8_frame, "nesting-5000-deep": _deep_frame}
 KILLER_REASON = (
-    "BUG: ClientEndpoint._serve catches only msgspec.DecodeError/ValidationError around decode; a frame whose "
+    "BUG: ClientEndpoint._serve catches only msgspec.DecodeError/ValidationError around decode; "
+    "a frame whose "
     "msgpack str is invalid UTF-8 (UnicodeDecodeError; 36 bytes suffice) or that nests arrays ~5000 deep in "
     "sampling_params (RecursionError) escapes and ends the serve task: the ZeroMQ endpoint never answers "
     "anyone again while HTTP stays healthy"

@@ -8,7 +8,6 @@ so a token that merges across the prompt/choice boundary is scored as part of th
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,12 +60,11 @@ class RuntimeEndpoint(BaseBackend):
             self.chat_template = get_chat_template(chat_template_name)
         else:
             self.chat_template = chat_template_from_tokenizer(self.tokenizer) or get_chat_template("default")
-        self._rng = random.Random()
 
     # ------------------------------------------------------------------ generation
     @staticmethod
     def _params(sampling_params: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in sampling_params.items() if v is not None and k != "n"}
+        return {k: v for k, v in sampling_params.items() if v is not None}
 
     def generate(
         self,
@@ -85,16 +83,11 @@ class RuntimeEndpoint(BaseBackend):
             logprob_start_len=logprob_start_len,
             top_logprobs_num=top_logprobs_num,
         )
+        out = self.client.generate(prompt, params, **kw)
         if n == 1:
-            out = self.client.generate(prompt, params, **kw)
             return out["text"], self._meta(out["meta_info"], return_text_in_logprobs)
-        self.cache_prefix(prompt)  # the n samples share the prompt through the cache
-        seed = params.pop("seed", None)
-        base = seed if seed is not None else self._rng.getrandbits(62)
-        outs = self.client.generate_batch(
-            [{"prompt": prompt, "sampling_params": {**params, "seed": base + k}, **kw} for k in range(n)]
-        )
-        return [o["text"] for o in outs], [self._meta(o["meta_info"], return_text_in_logprobs) for o in outs]
+        # the runtime fans the n samples out: the prompt is prefilled once, sample k uses seed + k
+        return [o["text"] for o in out], [self._meta(o["meta_info"], return_text_in_logprobs) for o in out]
 
     def _meta(self, meta: dict, with_text: bool) -> dict:
         """With `with_text`, logprob entries become (logprob, token_id, token_text)."""

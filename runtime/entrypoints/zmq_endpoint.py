@@ -119,16 +119,25 @@ class ClientEndpoint:
             msg.logprob_start_len,
             msg.top_logprobs_num,
         )
-        if prepared.params.n != 1:
-            raise ValueError("the ZeroMQ endpoint takes n == 1; send n requests to sample n times")
+        if prepared.params.n != 1 and msg.stream:
+            raise ValueError("a streamed request takes n == 1; send n requests to stream n samples")
         return prepared
 
-    async def _collect(self, prepared) -> dict:
-        [out] = [item async for item in self.tm.generate(prepared)]
-        return {"text": out["text"], "output_ids": list(out["output_ids"]), "meta_info": out["meta_info"]}
+    async def _collect(self, prepared) -> dict | list[dict]:
+        """The finished output; with n > 1 the n samples, in index order."""
+        outs = sorted([item async for item in self.tm.generate(prepared)], key=lambda o: o["index"])
+        found = [
+            {"text": o["text"], "output_ids": list(o["output_ids"]), "meta_info": o["meta_info"]}
+            for o in outs
+        ]
+        return found if prepared.params.n > 1 else found[0]
 
     async def _generate(self, identity: bytes, msg: ClientGenerate) -> None:
         prepared = self._prepare(msg)
+        if prepared.params.n > 1:  # the samples, together in one reply (the tokenizer manager fans out)
+            outs = await self._collect(prepared)
+            await self._reply(identity, ClientResult(rid=msg.rid, ok=True, data={"outputs": outs}))
+            return
         async for item in self.tm.generate(prepared, stream=msg.stream):
             finished = item.get("finished", True)
             await self._reply(
