@@ -15,7 +15,7 @@ import torch
 from helpers import LocalRuntime, get_engine
 
 from radixlm.runtime.constrained.grammar import Grammar, build_vocab_mask
-from radixlm.runtime.constrained.grammar_cache import GrammarCache
+from radixlm.runtime.constrained.grammar_cache import GrammarCache, ascii_shorthands
 from radixlm.runtime.constrained.json_schema import (
     json_schema_to_regex,
     normalize_json_schema,
@@ -293,3 +293,15 @@ def test_the_json_whitespace_pattern_is_an_engine_option():
         assert out["text"] == json.dumps(
             obj, separators=(",", ":"), ensure_ascii=False
         )  # not one optional space
+
+
+def test_shorthand_classes_compile_to_ascii_so_outputs_match_in_every_regex_dialect():
+    # outlines-core (Rust) reads \d as any Unicode digit of the newest Unicode; the output must
+    # still match under Python's re and JSON Schema's ASCII patterns
+    assert ascii_shorthands(r"\d+-\w\s") == r"[0-9]+-[0-9A-Za-z_][\t\n\x0b\x0c\r ]"
+    assert ascii_shorthands(r"[\d.]+") == r"[0-9.]+"
+    assert ascii_shorthands(r"\\d") == r"\\d"  # an escaped backslash, then a literal d
+    assert ascii_shorthands(r"[]\d]") == r"[]0-9]"  # a leading ] is a literal
+    assert ascii_shorthands(r"[^\w]\D\W\S") == r"[^\w]\D\W\S"  # complements keep their meaning
+    for pattern in (r"\d+-\w\s", r"[\d.]+", r"[]\d]", r"[^\w]x"):
+        re.compile(ascii_shorthands(pattern))

@@ -76,6 +76,7 @@ class GrammarCache:
         kind, pattern = key
         try:
             regex = json_schema_to_regex(pattern, self.whitespace_pattern) if kind == "json" else pattern
+            regex = ascii_shorthands(regex)
             try:
                 index = Index(regex, self.vocab.vocabulary)
             except Exception as exc:
@@ -94,3 +95,45 @@ class GrammarCache:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# outlines-core compiles with Rust's regex, where \d, \w and \s are Unicode classes of the
+# newest Unicode; Python's re knows an older Unicode and JSON Schema's (ECMA) patterns mean
+# ASCII. Generating from the ASCII class is the one choice whose outputs match under all three.
+_ASCII_CLASS_BODY = {"d": "0-9", "w": "0-9A-Za-z_", "s": "\\t\\n\\x0b\\x0c\\r "}
+
+
+def ascii_shorthands(regex: str) -> str:
+    """The regex with each \\d, \\w and \\s replaced by its ASCII class ([0-9], ...), inside
+    and outside brackets. Escaped backslashes are respected; \\D, \\W and \\S, and any
+    shorthand inside a negated class, are left as they are (there an ASCII class would widen
+    what is allowed to characters the Unicode class excludes)."""
+    out: list[str] = []
+    in_class = negated = False
+    i = 0
+    while i < len(regex):
+        ch = regex[i]
+        if ch == "\\" and i + 1 < len(regex):
+            nxt = regex[i + 1]
+            body = None if in_class and negated else _ASCII_CLASS_BODY.get(nxt)
+            out.append(body if body and in_class else f"[{body}]" if body else ch + nxt)
+            i += 2
+            continue
+        if ch == "[" and not in_class:
+            in_class = True
+            out.append(ch)
+            i += 1
+            # a "]" first in the class (after an optional "^") is a literal, not its end
+            negated = regex[i : i + 1] == "^"
+            if negated:
+                out.append("^")
+                i += 1
+            if regex[i : i + 1] == "]":
+                out.append("]")
+                i += 1
+            continue
+        if ch == "]" and in_class:
+            in_class = False
+        out.append(ch)
+        i += 1
+    return "".join(out)
