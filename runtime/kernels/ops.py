@@ -12,6 +12,7 @@ where the docstring says so, and callers must not rely on either behaviour beyon
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -20,18 +21,24 @@ from radixlm.runtime.kernels import cublas_fp8, reference  # cublas_fp8 needs on
 
 _BACKENDS = ("triton", "torch")
 _backend = "triton"
-_triton_modules = None
 
 
-def _kernels():
-    """The Triton kernel modules, imported on first GPU use (not at start-up on CPU, and not
-    once per call in the per-layer hot path)."""
-    global _triton_modules
-    if _triton_modules is None:
-        from radixlm.runtime.kernels.triton import activation, kv_store, norm, rotary
+class _TritonModules:
+    """The Triton kernel modules by name (`triton_kernels.norm`, `triton_kernels.fp8_gemv`, ...), each imported
+    on first use: not at start-up on CPU, where only the reference runs, and not once per call
+    in the per-layer hot path (after the first lookup a module is a plain attribute)."""
 
-        _triton_modules = (norm, activation, rotary, kv_store)
-    return _triton_modules
+    NAMES = ("norm", "activation", "rotary", "kv_store", "fp8_quant", "fp8_gemm", "fp8_gemv")
+
+    def __getattr__(self, name: str):
+        if name not in self.NAMES:
+            raise AttributeError(f"no Triton kernel module {name!r}")
+        module = importlib.import_module(f"radixlm.runtime.kernels.triton.{name}")
+        setattr(self, name, module)
+        return module
+
+
+triton_kernels = _TritonModules()
 
 
 def set_backend(name: str) -> None:
@@ -49,7 +56,7 @@ def uses_triton(x: torch.Tensor) -> bool:
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if uses_triton(x) and x.dim() == 2 and x.is_contiguous():
-        return _kernels()[0].rmsnorm(x, weight, eps)
+        return triton_kernels.norm.rmsnorm(x, weight, eps)
     return reference.rmsnorm(x, weight, eps)
 
 
@@ -58,13 +65,13 @@ def fused_add_rmsnorm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(norm(x + residual), x + residual). The Triton version overwrites x and residual."""
     if uses_triton(x) and x.dim() == 2 and x.is_contiguous() and residual.is_contiguous():
-        return _kernels()[0].fused_add_rmsnorm(x, residual, weight, eps)
+        return triton_kernels.norm.fused_add_rmsnorm(x, residual, weight, eps)
     return reference.fused_add_rmsnorm(x, residual, weight, eps)
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if uses_triton(gate_up) and gate_up.is_contiguous():
-        return _kernels()[1].silu_and_mul(gate_up)
+        return triton_kernels.activation.silu_and_mul(gate_up)
     return reference.silu_and_mul(gate_up)
 
 
@@ -73,7 +80,7 @@ def apply_rotary(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate-half RoPE of q [T, H, D] and k [T, Hkv, D] (the Triton version in place)."""
     if uses_triton(q):
-        _kernels()[2].apply_rotary(positions, q, k, cos, sin)
+        triton_kernels.rotary.apply_rotary(positions, q, k, cos, sin)
         return q, k
     return reference.apply_rotary(positions, q, k, cos, sin)
 
@@ -90,7 +97,7 @@ def store_kv(
     """Write the new tokens' K/V into the pool rows `slots` (cast to the pool's dtype; an fp8
     pool stores value / scale)."""
     if uses_triton(k):
-        _kernels()[3].store_kv(k, v, k_buffer, v_buffer, slots, k_scale, v_scale)
+        triton_kernels.kv_store.store_kv(k, v, k_buffer, v_buffer, slots, k_scale, v_scale)
         return
     reference.store_kv(k, v, k_buffer, v_buffer, slots, k_scale, v_scale)
 
@@ -130,7 +137,7 @@ def prepare_fp8(device: torch.device) -> str | None:
     """What the fp8 kernels need made or probed before any CUDA graph is captured (the model runner
     calls this at load): the GEMV's split-K tile counters, and, with backend "auto", whether
     cuBLAS block-scaled fp8 works here. Returns why cuBLAS will not run (None: it will)."""
-    _fp8_kernels()[2].prepare(device)
+    triton_kernels.fp8_gemv.prepare(device)
     if _fp8_gemm_backend != "auto":
         return f"fp8 GEMM backend {_fp8_gemm_backend!r}"
     return cublas_fp8.unsupported_reason(device)
@@ -139,7 +146,7 @@ def prepare_fp8(device: torch.device) -> str | None:
 def fp8_gemv_max_m(n: int, k: int, block_size: tuple[int, int]) -> int:
     """The largest M at which fp8_linear computes an [N, K] weight's product as W8A16 (never above
     the GEMV's MAX_M)."""
-    gemv = _fp8_kernels()[2]
+    gemv = triton_kernels.fp8_gemv
     if _fp8_gemv_max_m_override is not None:
         return min(_fp8_gemv_max_m_override, gemv.MAX_M)
     return gemv.max_m_for(n, k, tuple(block_size))
@@ -152,7 +159,7 @@ def fp8_uses_cublas(m: int, n: int, k: int, block_size: tuple[int, int], device:
     counts as unsupported there."""
     if _fp8_gemm_backend != "auto" or device.type != "cuda" or not cublas_fp8.shape_ok(n, k, block_size):
         return False
-    min_m = _fp8_kernels()[1].scaled_mm_min_m(n, k, tuple(block_size))
+    min_m = triton_kernels.fp8_gemm.scaled_mm_min_m(n, k, tuple(block_size))
     if min_m is None or m < min_m:
         return False
     if torch.cuda.is_current_stream_capturing() and not cublas_fp8.probed(device):
@@ -180,7 +187,7 @@ def fp8_linear(
     m = x2.shape[0]
     weight_only = m <= fp8_gemv_max_m(n, k, block_size)
     if uses_triton(x):
-        quant, _, gemv = _fp8_kernels()
+        quant, gemv = triton_kernels.fp8_quant, triton_kernels.fp8_gemv
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         if weight_only:
@@ -218,7 +225,7 @@ def fp8_silu_gated_linear(
     g2 = gate_up.reshape(-1, gate_up.shape[-1])
     if not g2.is_contiguous():
         g2 = g2.contiguous()
-    quant = _fp8_kernels()[0]
+    quant = triton_kernels.fp8_quant
     y = _w8a8(
         lambda q, s: quant.silu_and_mul_quant_fp8(g2, block_size[1], out_q=q, out_scale=s),
         m,
@@ -254,20 +261,6 @@ def _w8a8(
     a_q = torch.empty((m, k), dtype=w_q.dtype, device=device)
     a_scale = torch.empty((m, -(-k // block_size[1])), dtype=torch.float32, device=device)
     quantize(a_q, a_scale)
-    return _fp8_kernels()[1].w8a8_block_fp8_matmul(
+    return triton_kernels.fp8_gemm.w8a8_block_fp8_matmul(
         a_q, a_scale, w_q, w_scale_inv, block_size, out_dtype=dtype
     )
-
-
-_fp8_modules = None
-
-
-def _fp8_kernels():
-    """(fp8_quant, fp8_gemm, fp8_gemv), imported on first use. The reference path needs fp8_gemv
-    too: its config data holds the W8A16 threshold."""
-    global _fp8_modules
-    if _fp8_modules is None:
-        from radixlm.runtime.kernels.triton import fp8_gemm, fp8_gemv, fp8_quant
-
-        _fp8_modules = (fp8_quant, fp8_gemm, fp8_gemv)
-    return _fp8_modules
