@@ -24,9 +24,10 @@ _backend = "triton"
 
 
 class _TritonModules:
-    """The Triton kernel modules by name (`triton_kernels.norm`, `triton_kernels.fp8_gemv`, ...), each imported
-    on first use: not at start-up on CPU, where only the reference runs, and not once per call
-    in the per-layer hot path (after the first lookup a module is a plain attribute)."""
+    """The Triton kernel modules by name (`triton_kernels.norm`, `triton_kernels.fp8_gemv`,
+    ...), each imported on first use: not at start-up on CPU, where only the reference runs,
+    and not once per call in the per-layer hot path (after the first lookup a module is a plain
+    attribute)."""
 
     NAMES = ("norm", "activation", "rotary", "kv_store", "fp8_quant", "fp8_gemm", "fp8_gemv")
 
