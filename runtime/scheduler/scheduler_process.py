@@ -46,6 +46,7 @@ from radixlm.runtime.model_executor.distributed import TPGroup, init_tensor_para
 from radixlm.runtime.model_executor.model_runner import ModelRunner, resolve_device
 from radixlm.runtime.scheduler.request import Req, check_request
 from radixlm.runtime.scheduler.scheduler import Scheduler
+from radixlm.runtime.scheduler.server_info import server_info
 from radixlm.runtime.tokenizer import load_tokenizer
 
 logger = logging.getLogger("radixlm.scheduler")
@@ -247,7 +248,7 @@ class SchedulerLoop:
             ok = sched.flush_cache()
             self._reply(msg, ok, error="" if ok else "requests are still queued or running")
         elif msg.op == "server_info":
-            self._reply(msg, True, data=self.server_info())
+            self._reply(msg, True, data=server_info(self.cfg, sched))
         elif msg.op == "health":
             self._reply(msg, True)
         elif msg.op == "check_accounting":
@@ -266,83 +267,6 @@ class SchedulerLoop:
 
     def _reply(self, msg: ControlReq, ok: bool, data: dict | None = None, error: str = "") -> None:
         self._send(self.to_tm, ControlReply(rid=msg.rid, op=msg.op, ok=ok, data=data or {}, error=error))
-
-    def server_info(self) -> dict:
-        sched, runner = self.scheduler, self.scheduler.runner
-        stats = sched.stats
-        return {
-            "model_path": self.cfg.model_path,
-            "tokenizer_path": self.cfg.tokenizer_path or self.cfg.model_path,
-            "context_length": runner.context_len,
-            "max_total_tokens": runner.max_total_tokens,
-            "device": str(runner.device),
-            "dtype": str(runner.dtype).removeprefix("torch."),
-            "attention_backend": "triton" if runner.attn_backend.use_triton else "torch",
-            "quantization": runner.quantization,
-            "fp8_gemm": runner.fp8_gemm,
-            "tp_size": self.tp.size,
-            "kv_cache_dtype": str(runner.kv_dtype).removeprefix("torch."),
-            "cuda_graph_batch_sizes": runner.graph_runner.batch_sizes if runner.graph_runner else [],
-            "cache_hit_rate": stats.cache_hit_rate,
-            "prompt_tokens": stats.prompt_tokens,
-            "cached_tokens": stats.cached_tokens,
-            "generated_tokens": stats.generated_tokens,
-            "decode_steps": stats.decode_steps,
-            "prefill_batches": stats.prefill_batches,
-            "retractions": stats.retractions,
-            "finished_requests": stats.finished_requests,
-            "aborted_requests": stats.aborted_requests,
-            # per decode step: the loop iteration and the launch + wait for the step inside it
-            # (ms); overhead = the share of the iteration spent in the scheduler's own CPU work,
-            # which the device waits for unless overlap scheduling hides it
-            "decode_iter_ms": 1e3 * stats.decode_iter_s / stats.decode_steps if stats.decode_steps else None,
-            "decode_forward_ms": 1e3 * stats.decode_forward_s / stats.decode_steps
-            if stats.decode_steps
-            else None,
-            "scheduler_overhead": (1 - stats.decode_forward_s / stats.decode_iter_s)
-            if stats.decode_iter_s
-            else None,
-            "decode_iter_s": stats.decode_iter_s,
-            "decode_forward_s": stats.decode_forward_s,
-            # CUDA only: the device's time per decode step and the share of decode time it sat
-            # idle between consecutive decode steps waiting for the host (what overlap hides)
-            "overlap_schedule": sched.overlap,
-            "overlapped_steps": stats.overlapped_steps,
-            "decode_gpu_busy_s": stats.decode_gpu_busy_s,
-            "decode_gpu_idle_s": stats.decode_gpu_idle_s,
-            "decode_gpu_idle_share": (
-                stats.decode_gpu_idle_s / (stats.decode_gpu_idle_s + stats.decode_gpu_busy_s)
-                if stats.decode_gpu_busy_s
-                else None
-            ),
-            "constrained_decoding": sched.grammars is not None,
-            **self._grammar_info(),
-            **sched.usage(),
-            "kv_accounting": self._accounting(),
-        }
-
-    def _accounting(self) -> str:
-        """ "ok", or what broke: free + evictable + locked + in use == total and request rows
-        (counters: cheap), plus the radix tree's self-check when no request is queued or running
-        (it walks the whole tree, which must not delay a step each time monitoring polls)."""
-        try:
-            self.scheduler.check_accounting(check_tree=not self.scheduler.has_work)
-        except AssertionError as exc:
-            return str(exc) or "radix tree self-check failed"
-        return "ok"
-
-    def _grammar_info(self) -> dict:
-        grammars = self.scheduler.grammars
-        if grammars is None:
-            return {}
-        st = grammars.stats
-        return {
-            "grammar_cache_hits": st.hits,
-            "grammar_cache_misses": st.misses,
-            "grammar_compile_time_s": round(st.compile_time_s, 6),
-            "grammar_failures": st.failures,
-            "jump_forward_tokens": self.scheduler.stats.jump_forward_tokens,
-        }
 
     # ------------------------------------------------------------------ outputs
     def _emit(self, touched: list[Req]) -> None:
