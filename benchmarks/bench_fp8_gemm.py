@@ -31,8 +31,8 @@ their reference on the same operands (`err_vs_reference`: the kernel alone;
 reference.w8a8_block_fp8_matmul, reference.w8a16_block_fp8_matmul).
 
 Timing: warm-up calls, then many calls each timed by CUDA events, median kept; before every timed
-call a 256 MB buffer is read outside the timed region, which evicts L2 (kernel_timing.evict_l2), so weights come from
-device memory as in a forward pass (one layer's weights differ from the next's).
+call a 256 MB buffer is read outside the timed region, which evicts L2 (kernel_timing.evict_l2), so
+weights come from device memory as in a forward pass (one layer's weights differ from the next's).
 """
 
 from __future__ import annotations
@@ -194,8 +194,9 @@ def print_table(rows: list[dict]) -> None:
         f"| {'us':^33}"
     )
     print(
-        f"{'layer':8} {'N':>6} {'K':>6} {'M':>4} | {'gemm':>9} {'quant+gemm':>10} {'gemv':>9} {'cublas blk':>10} "
-        f"{'scaled_mm':>10} {'bf16':>9} | {'q+gemm':>8} {'gemv':>8} | {'triton':>9} {'gemv':>9} {'scaled_mm':>9} | "
+        f"{'layer':8} {'N':>6} {'K':>6} {'M':>4} | {'gemm':>9} {'quant+gemm':>10} {'gemv':>9} "
+        f"{'cublas blk':>10} {'scaled_mm':>10} {'bf16':>9} | {'q+gemm':>8} {'gemv':>8} | "
+        f"{'triton':>9} {'gemv':>9} {'scaled_mm':>9} | "
         f"{'triton':>9} {'gemv':>9} {'cublas':>9} | {'gemm':>6} {'q+gemm':>6} {'gemv':>6} {'cublas':>6} "
         f"{'quant':>5}"
     )
@@ -209,7 +210,8 @@ def print_table(rows: list[dict]) -> None:
             f"{r['triton_quant_gemm_weight_gbs']:8.0f} {_num(r['gemv_weight_gbs'], '.0f', 8)} | "
             f"{r['triton_err_vs_fp32']:9.2e} {_num(r['gemv_err_vs_fp32'], '.2e', 9)} "
             f"{r['scaled_mm_err_vs_fp32']:9.2e} | {r['triton_err_vs_reference']:9.2e} "
-            f"{_num(r['gemv_err_vs_reference'], '.2e', 9)} {_num(r['cublas_block_err_vs_reference'], '.2e', 9)} | "
+            f"{_num(r['gemv_err_vs_reference'], '.2e', 9)} "
+            f"{_num(r['cublas_block_err_vs_reference'], '.2e', 9)} | "
             f"{r['triton_gemm_ms'] * 1e3:6.1f} {r['triton_quant_gemm_ms'] * 1e3:6.1f} "
             f"{_num(r['gemv_ms'] * 1e3, '.1f', 6)} {_num(r['cublas_block_ms'] * 1e3, '.1f', 6)} "
             f"{r['triton_quant_ms'] * 1e3:5.1f}"

@@ -281,7 +281,8 @@ def run_cases(
             f"  {name:24s} decode b={b:<3d} ttft {t1 * 1e3:8.1f} ms  step {step * 1e3:7.2f} ms  "
             f"{b / step:9.1f} tok/s  MBU {rows[-1]['mbu']:.1%}"
             + (
-                f"  (scheduler: iter {overhead['iter_ms']:.2f} ms, launch+wait {overhead['forward_ms']:.2f} ms"
+                f"  (scheduler: iter {overhead['iter_ms']:.2f} ms, "
+                f"launch+wait {overhead['forward_ms']:.2f} ms"
                 + (
                     f", device idle {overhead['gpu_idle_share']:.1%}"
                     if overhead["gpu_idle_share"] is not None
@@ -319,7 +320,8 @@ def run_cases(
             }
         )
         print(
-            f"  {name:24s} prefill {t} tokens {t1 * 1e3:8.1f} ms  {tflops:7.1f} TFLOP/s  MFU {tflops / peak:.1%}",
+            f"  {name:24s} prefill {t} tokens {t1 * 1e3:8.1f} ms  {tflops:7.1f} TFLOP/s  "
+            f"MFU {tflops / peak:.1%}",
             flush=True,
         )
     return rows
@@ -347,7 +349,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--ablations",
         default="",
-        help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, tp2",
+        help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, "
+        "tp2",
     )
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
@@ -374,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth = args.mem_bandwidth_gbs or measure_bandwidth_gbs(device)
     peak = args.peak_tflops or measure_matmul_tflops(device, dtype_name)
     print(
-        f"{info['device_name']}: copy bandwidth {bandwidth:.0f} GB/s, {dtype_name} matmul {peak:.0f} TFLOP/s; "
+        f"{info['device_name']}: copy bandwidth {bandwidth:.0f} GB/s, "
+        f"{dtype_name} matmul {peak:.0f} TFLOP/s; "
         f"model {args.shape} ({nums['params'] / 1e9:.2f} B params, {nums['weight_bytes'] / 1e9:.2f} GB)",
         flush=True,
     )
@@ -514,7 +518,8 @@ def format_table(result: dict) -> str:
     hf = {(r["case"], r["batch_size"]): r for r in rows if r["engine"] == "hf-eager"}
     lines = [
         f"card: {result['card']}  model: {result['model']['name']} ({result['model']['dtype']})",
-        "| engine | case | batch | TTFT ms | step ms | decode tok/s | output tok/s | MBU | TFLOP/s | MFU | vs hf-eager |",
+        "| engine | case | batch | TTFT ms | step ms | decode tok/s | output tok/s | MBU | TFLOP/s | MFU "
+        "| vs hf-eager |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 

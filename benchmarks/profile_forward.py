@@ -2,7 +2,8 @@
 Llama-3.1-8B shape (random weights), under torch.profiler, kernel by kernel.
 
     python benchmarks/profile_forward.py --model-dir /tmp/bench-8b --out profile.json
-    python benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization fp8 --fp8-gemm-backend triton
+    python benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization fp8 \\
+        --fp8-gemm-backend triton
 
 The model runner and scheduler run in this process (as tests/helpers.LocalRuntime does), so the
 profiler sees every kernel; decode steps replay their CUDA graphs as in serving (CUPTI reports the

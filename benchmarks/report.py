@@ -105,7 +105,8 @@ def model_shape(data: dict, kind: str) -> str:
         dtype = data.get("dtype") or model.get("config_dtype") or "?"
         return (
             f"{model.get('params', 0) / 1e6:.2f}M params, {model.get('num_layers')} layers, "
-            f"{model.get('num_kv_heads')} KV heads x {model.get('head_dim')}, vocab {model.get('vocab_size')}, "
+            f"{model.get('num_kv_heads')} KV heads x {model.get('head_dim')}, "
+            f"vocab {model.get('vocab_size')}, "
             f"{dtype} on {data.get('device', '?')}"
         )
     if kind == "offline" and isinstance(model, dict):
@@ -221,7 +222,8 @@ def serving_tables(data: dict) -> str:
     if dataset == "generated-shared-prefix":
         shape = (
             f"{settings.get('gsp_num_groups')} groups x {settings.get('gsp_prompts_per_group')} prompts, "
-            f"system prompt {settings.get('gsp_system_prompt_len')} + question {settings.get('gsp_question_len')} "
+            f"system prompt {settings.get('gsp_system_prompt_len')} + "
+            f"question {settings.get('gsp_question_len')} "
             f"tokens, output {settings.get('gsp_output_len')}"
         )
     else:
@@ -588,7 +590,8 @@ def plot_offline_throughput(data: dict, path: Path) -> Path | None:
     ax.set_ylabel("output tokens / s")
     model = data.get("model") or {}
     ax.set_title(
-        f"decode throughput: {model.get('name', '?')} on {data.get('card') or provenance(data, 'offline')['machine']}",
+        f"decode throughput: {model.get('name', '?')} on "
+        f"{data.get('card') or provenance(data, 'offline')['machine']}",
         fontsize=9,
     )
     ax.grid(alpha=0.3)

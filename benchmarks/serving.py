@@ -1,6 +1,7 @@
 """Online serving benchmark (after SGLang's `bench_serving` and Anyscale's LLMPerf).
 
-    python benchmarks/serving.py                                  # tiny offline model, gsp workload, in-process Engine
+    python benchmarks/serving.py                                  # tiny offline model, gsp workload,
+                                                                  # in-process Engine
     python benchmarks/serving.py --ablate --json out.json         # also with the radix cache off, plus ratios
     python benchmarks/serving.py --dataset random --random-input-mean 256 --random-input-std 64 \\
         --random-output-mean 32 --random-output-std 8 --num-prompts 64 --request-rate 8 --max-concurrency 16
@@ -529,7 +530,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeats",
         type=int,
         default=3,
-        help="timed runs per configuration after one untimed warm-up run; the median-duration run is reported",
+        help="timed runs per configuration after one untimed warm-up run; "
+        "the median-duration run is reported",
     )
     p.add_argument(
         "--ablate", action="store_true", help="engine backend: rerun with disable_radix_cache=True"
@@ -708,7 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         f"max_concurrency={args.max_concurrency} machine={machine['device_name']}"
     )
     print(
-        f"memory bandwidth {bandwidth:.1f} GB/s ({'given' if args.mem_bandwidth_gbs else 'measured: tensor copy'}), "
+        f"memory bandwidth {bandwidth:.1f} GB/s "
+        f"({'given' if args.mem_bandwidth_gbs else 'measured: tensor copy'}), "
         f"peak {peak:.4f} TFLOP/s ({'given' if args.peak_tflops else f'measured: matmul, {dtype}'}), "
         f"params {facts['params']:,} (non-embedding {facts['non_embedding_params']:,})"
     )
@@ -721,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     if ratios:
         print(
             "ratios (cache on / cache off): output throughput "
-            f"{ratios['output_throughput_on_over_off']:.2f}x, mean TTFT {_fmt(ratios['mean_ttft_on_over_off'])}x"
+            f"{ratios['output_throughput_on_over_off']:.2f}x, "
+            f"mean TTFT {_fmt(ratios['mean_ttft_on_over_off'])}x"
         )
     for name, m in runs.items():
         if m["errors"]:

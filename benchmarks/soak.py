@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         "samples": samples,
     }
     print(
-        f"soak {args.minutes:g} min, concurrency {args.concurrency}: sent {result['sent']}, completed {completed}, "
+        f"soak {args.minutes:g} min, concurrency {args.concurrency}: sent {result['sent']}, "
+        f"completed {completed}, "
         f"abandoned by clients {counts.get('abandoned', 0)}, failed {counts.get('failed', 0)}; "
         f"scheduler finished {finished}"
     )

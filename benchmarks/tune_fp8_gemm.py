@@ -13,9 +13,9 @@ gate_up 28672,4096; down 4096,14336) and every M bucket (1, 2, 4, ..., 4096), ea
 (BLOCK_M, BLOCK_N, GROUP_M, num_warps, num_stages) is first checked against the reference on the
 same operands, then timed: warm-up calls, then `--reps` calls each timed by CUDA events, the median
 kept. Before every timed call a 256 MB buffer is read (outside the timed region), which evicts
-L2 (kernel_timing.evict_l2), so each call reads its weights from device memory as a layer of a forward pass would (one
-layer's fp8 weights, 16 to 117 MB, would otherwise sit in the 50 MB L2 at small N*K). Operands are
-fresh random data (never zeros), quantised by the reference quantisers.
+L2 (kernel_timing.evict_l2), so each call reads its weights from device memory as a layer of a
+forward pass would (one layer's fp8 weights, 16 to 117 MB, would otherwise sit in the 50 MB L2 at
+small N*K). Operands are fresh random data (never zeros), quantised by the reference quantisers.
 
 The output file is updated, not replaced: shapes not tuned in this run keep their entries. Its
 "_comment" records the card, date and versions. The block size is (128, 128) (`_block_size`).
@@ -25,8 +25,9 @@ number of kernel compiles (each (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) compi
 a launch argument): first BLOCK_K 128 without pipelining (num_stages 1) over a few (BLOCK_N, warps)
 pairs, each with every SPLIT_K that leaves >= 2 K steps a split; then, around the best, BLOCK_K 64
 (twice the columns) and pipelined loads (num_stages 3). Each candidate is checked against the
-reference, then timed as above, its split-K reduction included. The best is compared with what the W8A8 path costs at
-the same M (the activation quantisation plus the GEMM with its config from fp8_gemm_configs.json),
+reference, then timed as above, its split-K reduction included. The best is compared with what the
+W8A8 path costs at the same M (the activation quantisation plus the GEMM with its config from
+fp8_gemm_configs.json),
 and the shape's threshold is the largest tuned M up to which the GEMV wins at every tuned M
 (`_gemv_max_m_by_shape`); `_gemv_max_m` (shapes without their own) is the smallest of those.
 
@@ -140,7 +141,8 @@ def tune_shape(ref, gemm, n: int, k: int, ms: list[int], flush: torch.Tensor, ar
         tflops = 2 * m * n * k / ms_best / 1e9
         print(
             f"N,K={n},{k} M={m:5d}: {ms_best * 1e3:8.1f} us {tflops:7.1f} TFLOP/s "
-            f"(default {ms_default * 1e3:8.1f} us; {len(results)} configs, {time.time() - t0:.0f} s) {cfg_best}",
+            f"(default {ms_default * 1e3:8.1f} us; {len(results)} configs, {time.time() - t0:.0f} s) "
+            f"{cfg_best}",
             flush=True,
         )
         best[str(m)] = cfg_best
@@ -328,11 +330,13 @@ def main_gemv(args) -> None:
         by_shape = dict(table.get("_gemv_max_m_by_shape", {}))
         by_shape[key] = gemv_max_m(measured)
         table["_comment"] = (
-            f"Tuned by benchmarks/tune_fp8_gemm.py --gemv on {card}, {date}, torch {torch.__version__}, triton "
-            f"{triton.__version__} (shapes {'; '.join(results['shapes'])}, M {ms}; entries of other shapes or M may "
-            'be older). Keys: "_gemv_max_m": largest M that ops.fp8_linear sends to the GEMV (for shapes without '
-            'their own; the smallest of the tuned shapes\' values); "_gemv_max_m_by_shape": {"N,K": the largest '
-            'tuned M up to which the GEMV beat activation quant + W8A8 GEMM at every tuned M}; "N,K" of the '
+            f"Tuned by benchmarks/tune_fp8_gemm.py --gemv on {card}, {date}, torch {torch.__version__}, "
+            f"triton {triton.__version__} (shapes {'; '.join(results['shapes'])}, M {ms}; "
+            "entries of other shapes or M may be older). "
+            'Keys: "_gemv_max_m": largest M that ops.fp8_linear sends to the GEMV (for shapes without '
+            "their own; the smallest of the tuned shapes' values); "
+            '"_gemv_max_m_by_shape": {"N,K": the largest tuned M up to which the GEMV beat activation '
+            'quant + W8A8 GEMM at every tuned M}; "N,K" of the '
             "weight, then the M bucket (1, 2, 4, 8, 16; a given M uses the smallest bucket >= M)."
         )
         table["_block_size"] = list(BLOCK_SIZE)
@@ -415,7 +419,8 @@ def main_scaled_mm(args) -> None:
                 "cublas_tflops": flops / t_cublas / 1e9,
             }
             print(
-                f"N,K={n},{k} M={m:5d}: triton {t_triton * 1e3:8.1f} us {flops / t_triton / 1e9:7.1f} TFLOP/s | "
+                f"N,K={n},{k} M={m:5d}: "
+                f"triton {t_triton * 1e3:8.1f} us {flops / t_triton / 1e9:7.1f} TFLOP/s | "
                 f"cublas {t_cublas * 1e3:8.1f} us {flops / t_cublas / 1e9:7.1f} TFLOP/s | "
                 f"{t_triton / t_cublas:4.2f}x",
                 flush=True,
@@ -427,9 +432,11 @@ def main_scaled_mm(args) -> None:
     table["_scaled_mm_min_m_by_shape"] = by_shape
     table["_scaled_mm_min_m"] = max(known) if len(known) == len(by_shape) else None
     table["_scaled_mm_comment"] = (
-        f"Measured by benchmarks/tune_fp8_gemm.py --scaled-mm on {card}, {date}, torch {torch.__version__}: "
-        '"_scaled_mm_min_m_by_shape": {"N,K": the smallest tuned M from which cuBLAS block-scaled _scaled_mm beat '
-        f'this Triton GEMM by {SCALED_MM_MARGIN}x at every larger tuned M (null: never)}}; "_scaled_mm_min_m": for '
+        f"Measured by benchmarks/tune_fp8_gemm.py --scaled-mm on {card}, {date}, "
+        f"torch {torch.__version__}: "
+        '"_scaled_mm_min_m_by_shape": {"N,K": the smallest tuned M from which cuBLAS block-scaled '
+        f"_scaled_mm beat this Triton GEMM by {SCALED_MM_MARGIN}x at every larger tuned M (null: never)}}; "
+        '"_scaled_mm_min_m": for '
         "other shapes (the largest of those; null if any is null)."
     )
     write_table(

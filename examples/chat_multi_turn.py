@@ -2,7 +2,8 @@
 
     python examples/chat_multi_turn.py                       # launches the offline tiny model
     python examples/chat_multi_turn.py --model PATH          # any local Llama/Mistral/Qwen2/Qwen3 folder
-    python examples/chat_multi_turn.py --endpoint tcp://127.0.0.1:30001   # a running `radixlm serve --zmq-port 30001`
+    python examples/chat_multi_turn.py --endpoint tcp://127.0.0.1:30001
+                                                             # a running `radixlm serve --zmq-port 30001`
 
 Roles render through the model's chat template. Every turn's request starts with the whole
 conversation so far, which the runtime finds in its radix cache: the hit rate climbs with

@@ -3,7 +3,8 @@ label is chosen by scoring every candidate against the prompt (no free-form gene
 
     python examples/few_shot_select.py                       # launches the offline tiny model
     python examples/few_shot_select.py --model PATH          # any local Llama/Mistral/Qwen2/Qwen3 folder
-    python examples/few_shot_select.py --endpoint tcp://127.0.0.1:30001   # a running `radixlm serve --zmq-port 30001`
+    python examples/few_shot_select.py --endpoint tcp://127.0.0.1:30001
+                                                             # a running `radixlm serve --zmq-port 30001`
 
 `run_batch` first prefills the program's constant header (the few-shot examples) once, so
 every review's request finds it in the radix cache. `select` always returns one of the

@@ -2,7 +2,8 @@
 
     python examples/json_extraction.py                       # launches the offline tiny model
     python examples/json_extraction.py --model PATH          # any local Llama/Mistral/Qwen2/Qwen3 folder
-    python examples/json_extraction.py --endpoint tcp://127.0.0.1:30001   # a running `radixlm serve --zmq-port 30001`
+    python examples/json_extraction.py --endpoint tcp://127.0.0.1:30001
+                                                             # a running `radixlm serve --zmq-port 30001`
 
 `rl.gen("contact", json_schema=Contact)` constrains decoding to the JSON texts the model's
 schema allows, so `Contact.model_validate_json(state["contact"])` always succeeds (as long as

@@ -4,7 +4,8 @@ tool and appends the Observation, for a bounded number of steps.
     python examples/react_agent.py                           # launches the offline tiny model
     python examples/react_agent.py --question "What is 17 * 23?" --max-steps 6
     python examples/react_agent.py --model PATH              # any local Llama/Mistral/Qwen2/Qwen3 folder
-    python examples/react_agent.py --endpoint tcp://127.0.0.1:30001   # a running `radixlm serve --zmq-port 30001`
+    python examples/react_agent.py --endpoint tcp://127.0.0.1:30001
+                                                             # a running `radixlm serve --zmq-port 30001`
 
 Tools: calculator[expression] (arithmetic parsed with `ast`, never `eval`), lookup[word] (a
 small glossary) and finish[answer]. Stop strings end each generation at the end of its
@@ -55,7 +56,9 @@ def calculator(expression: str) -> str:
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except (SyntaxError, ValueError) as exc:  # ValueError: e.g. a null byte in the source
-        raise ValueError(f"not an arithmetic expression: {exc.msg if isinstance(exc, SyntaxError) else exc}")
+        raise ValueError(
+            f"not an arithmetic expression: {exc.msg if isinstance(exc, SyntaxError) else exc}"
+        ) from exc
 
     def value(node: ast.AST) -> float | int:
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):

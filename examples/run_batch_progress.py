@@ -3,7 +3,8 @@
     python examples/run_batch_progress.py                    # launches the offline tiny model
     python examples/run_batch_progress.py --num 128 --num-threads 32
     python examples/run_batch_progress.py --model PATH       # any local Llama/Mistral/Qwen2/Qwen3 folder
-    python examples/run_batch_progress.py --endpoint tcp://127.0.0.1:30001   # a running `radixlm serve --zmq-port 30001`
+    python examples/run_batch_progress.py --endpoint tcp://127.0.0.1:30001
+                                                             # a running `radixlm serve --zmq-port 30001`
 
 Each program runs on its own thread; the runtime batches their requests together. The
 program's constant prefix (the instructions and the example) is prefilled once before the

@@ -3,7 +3,8 @@
     python examples/streaming.py                             # launches the offline tiny model
     python examples/streaming.py --max-tokens 64
     python examples/streaming.py --model PATH                # any local Llama/Mistral/Qwen2/Qwen3 folder
-    python examples/streaming.py --endpoint tcp://127.0.0.1:30001   # a running `radixlm serve --zmq-port 30001`
+    python examples/streaming.py --endpoint tcp://127.0.0.1:30001
+                                                             # a running `radixlm serve --zmq-port 30001`
 
 `run(stream=True)` returns at once while the program runs in the background.
 `s.text_iter()` yields the whole text as it grows (constant text and role markers included);

@@ -4,7 +4,8 @@ each branch (a nested fork), gather the results, and finish from the best branch
     python examples/tree_of_thought.py                       # launches the offline tiny model
     python examples/tree_of_thought.py --branches 4 --reviewers 3
     python examples/tree_of_thought.py --model PATH          # any local Llama/Mistral/Qwen2/Qwen3 folder
-    python examples/tree_of_thought.py --endpoint tcp://127.0.0.1:30001   # a running `radixlm serve --zmq-port 30001`
+    python examples/tree_of_thought.py --endpoint tcp://127.0.0.1:30001
+                                                             # a running `radixlm serve --zmq-port 30001`
 
 `s.fork(n)` gives n states that start from the parent's text; their requests run concurrently
 and share the parent's prefix through the radix cache. `join()` waits for them and gathers each

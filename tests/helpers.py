@@ -71,7 +71,9 @@ class LocalRuntime:
         from radixlm.runtime.scheduler.scheduler import Scheduler
 
         assert self.scheduler.flush_cache(), "fresh_scheduler needs a drained runtime"
-        self.scheduler = Scheduler(self.config, self.runner, self.scheduler.rules.decode_tokens, self.grammars)
+        self.scheduler = Scheduler(
+            self.config, self.runner, self.scheduler.rules.decode_tokens, self.grammars
+        )
 
     def submit(
         self,

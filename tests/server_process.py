@@ -21,9 +21,8 @@ import pytest
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
-LIVE: list[
-    ServerProcess
-] = []  # started and not stopped: the reliability suite checks each after every test
+# started and not stopped: the reliability suite checks each after every test
+LIVE: list[ServerProcess] = []
 
 
 def free_port() -> int:

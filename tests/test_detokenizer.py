@@ -111,7 +111,7 @@ def test_byte_tokens_only_streams_concatenate(tok, decode):
 
 def test_streams_with_special_tokens(decode, normal_ids):
     rng = random.Random(3)
-    for trial in range(120):
+    for _trial in range(120):
         ids = [
             rng.choice([0, 1, 2, 3]) if rng.random() < 0.2 else rng.choice(normal_ids)
             for _ in range(rng.randint(1, 25))
@@ -142,7 +142,7 @@ def test_text_streams_never_show_a_premature_replacement_char(tok, decode):
         for chunks in (_chunks(len(ids), None), _chunks(len(ids), rng)):
             seen = []
 
-            def check(pos, delta, so_far):
+            def check(pos, delta, so_far, *, text=text, seen=seen):
                 assert REPLACEMENT_CHAR not in delta, (text, pos, delta)
                 assert text.startswith(so_far), (text, pos, so_far)
                 seen.append(so_far)

@@ -239,7 +239,7 @@ def test_stop_token_found_among_added_special_tokens():
 @pytest.mark.parametrize("role", ROLES)
 def test_template_that_rejects_a_role_gives_none(tokenizer, role):
     tokenizer.chat_template = CHATML_REJECTING.replace("__ROLE__", role)
-    with pytest.raises(Exception):
+    with pytest.raises(TemplateError):
         render(tokenizer, [{"role": role, "content": "x"}])  # the real HF path does raise
     assert chat_template_from_tokenizer(tokenizer) is None
 

@@ -427,7 +427,7 @@ def test_a_chat_backend_gets_the_conversation_with_the_open_turn():
     ]
 
 
-# ======================================================================================== RuntimeEndpoint over HTTP
+# ================================================================================== RuntimeEndpoint over HTTP
 @pytest.fixture(scope="module")
 def http_runtime(server):
     endpoint = rl.RuntimeEndpoint(server.url, api_key=API_KEY)  # SGLang style: the HTTP address

@@ -137,7 +137,7 @@ def test_extend_attention_matches_dense(group, head_dim, dtype):
             out[start : start + e].double(),
             expected,
             **tol(dtype),
-            msg=lambda m: f"request prefix={p} extend={e}: {m}",
+            msg=lambda m, p=p, e=e: f"request prefix={p} extend={e}: {m}",
         )
         start += e
 
@@ -222,7 +222,7 @@ def test_decode_attention_matches_dense(group, head_dim, dtype):
         # the query is the last of n positions: it sees all n keys
         expected = dense_attention(args["q"][b : b + 1], k, v, args["sm_scale"], n - 1)[0]
         torch.testing.assert_close(
-            out[b].double(), expected, **tol(dtype), msg=lambda m: f"request {b} seq_len={n}: {m}"
+            out[b].double(), expected, **tol(dtype), msg=lambda m, b=b, n=n: f"request {b} seq_len={n}: {m}"
         )
 
 

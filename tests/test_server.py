@@ -218,7 +218,7 @@ def test_completion_logprobs_are_shaped_right(oai):
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == len(lp.top_logprobs) == n
     assert all(isinstance(v, float) and v <= 0.0 for v in lp.token_logprobs)
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
-    for tok, v, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+    for _tok, v, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
         # a dict keyed by token text: two ids that decode alike share a key, so 1..2 entries
         assert 1 <= len(top) <= 2
         assert all(x <= 0.0 for x in top.values())
@@ -446,7 +446,9 @@ def test_streamed_logprobs_add_up_to_the_non_streamed_ones(server):
         ) as client:
             want = await asyncio.wait_for(asyncio.gather(*(whole(client, i) for i in range(64))), timeout=60)
             bad: list = []
-            for rounds in range(1, 4):  # bounded: stop at the first round that shows a difference
+            rounds = 0
+            for _ in range(3):  # bounded: stop at the first round that shows a difference
+                rounds += 1
                 got = await asyncio.wait_for(
                     asyncio.gather(*(streamed(client, i) for i in range(64))), timeout=60
                 )
@@ -531,7 +533,7 @@ def test_200_concurrent_streams_match_their_non_streamed_twins(server):
     assert not mismatches, (
         f"{len(mismatches)} streams differ from their non-streamed twin, e.g. {mismatches[:3]}"
     )
-    for (path, body), (_, n_tokens) in zip(specs, wholes):
+    for (_path, body), (_, n_tokens) in zip(specs, wholes):
         assert 1 <= n_tokens <= body["max_tokens"]
     # the same (prompt, length) gives the same text whichever request it was
     by_key: dict[tuple, set] = {}
@@ -897,7 +899,7 @@ def test_api_key_is_required_except_for_health(keyed_server):
         bad.completions.create(model="m", prompt="hi", max_tokens=2)
 
 
-# ======================================================================================== 7. client disconnect
+# ======================================================================================= 7. client disconnect
 def test_client_disconnect_mid_stream_aborts_and_frees_kv(server):
     body = {"prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True, "stream": True, **GREEDY}
     before = server_info(server)["generated_tokens"]

@@ -270,18 +270,20 @@ def mmlu_input(i: int) -> dict:
     return {"header": mmlu_header(subject), "question": _mc_text(q, options)}
 
 
-# ---------------------------------------------------------------------- react (agent loop, replayed observations)
+# -------------------------------------------------------------- react (agent loop, replayed observations)
 REACT_HEADER = (
     "Solve a question answering task with interleaving Thought, Action, Observation steps. Thought can "
     "reason about the current situation, and Action can be three types:\n"
-    "(1) Search[entity], which searches the exact entity on Wikipedia and returns the first paragraph if it exists.\n"
+    "(1) Search[entity], which searches the exact entity on Wikipedia and returns the first paragraph "
+    "if it exists.\n"
     "(2) Lookup[keyword], which returns the next sentence containing keyword in the current passage.\n"
     "(3) Finish[answer], which returns the answer and finishes the task.\n"
     "Here are some examples.\n\n"
     "Question: Which river flows through the town where the painter Ada Morrow was born?\n"
     "Thought 1: I need to search Ada Morrow and find the town where she was born.\n"
     "Action 1: Search[Ada Morrow]\n"
-    "Observation 1: Ada Morrow (1871-1940) was a landscape painter born in Eldham, a market town in the north.\n"
+    "Observation 1: Ada Morrow (1871-1940) was a landscape painter born in Eldham, a market town in the "
+    "north.\n"
     "Thought 2: Ada Morrow was born in Eldham. I need to search Eldham and find its river.\n"
     "Action 2: Search[Eldham]\n"
     "Observation 2: Eldham is a market town on the banks of the river Wend, known for its stone bridge.\n"
@@ -290,7 +292,8 @@ REACT_HEADER = (
     "Question: In what year did the bridge designed by Tomas Reyes open?\n"
     "Thought 1: I need to search Tomas Reyes and find the bridge he designed.\n"
     "Action 1: Search[Tomas Reyes]\n"
-    "Observation 1: Tomas Reyes was an engineer who designed the Harlow Viaduct and several railway stations.\n"
+    "Observation 1: Tomas Reyes was an engineer who designed the Harlow Viaduct and several railway "
+    "stations.\n"
     "Thought 2: Tomas Reyes designed the Harlow Viaduct. I need to find when it opened.\n"
     "Action 2: Lookup[opened]\n"
     "Observation 2: The Harlow Viaduct opened to traffic in 1902 after four years of construction.\n"
@@ -325,9 +328,11 @@ def react_input(i: int) -> dict:
     town, river = TOWNS[(i * 3) % len(TOWNS)], RIVERS[i % len(RIVERS)]
     year = 1850 + (i * 13) % 150
     observations = [
-        f"{person} ({year}-{year + 60}) was a writer and teacher born in {town}, where a school bears the name.",
+        f"{person} ({year}-{year + 60}) was a writer and teacher born in {town}, "
+        "where a school bears the name.",
         f"{town} is a small town on the river {river}, with a population of {2000 + (i * 37) % 9000}.",
-        f"The river {river} is {40 + i % 200} kilometres long and reaches the sea near {TOWNS[(i + 5) % len(TOWNS)]}.",
+        f"The river {river} is {40 + i % 200} kilometres long and reaches the sea near "
+        f"{TOWNS[(i + 5) % len(TOWNS)]}.",
     ]
     steps = 2 + i % 3
     return {
@@ -370,7 +375,8 @@ def judge_input(i: int) -> dict:
         f"The first step is to read about the basics; the second is to talk to someone with experience. "
         f"Costs are usually modest, around {20 * n} dollars to begin, though tools can be shared. "
         f"Common mistakes include starting too big and skipping the safety advice. "
-        f"In the end, {topic} rewards patience, and {name} recommends keeping a simple notebook of progress.\n"
+        f"In the end, {topic} rewards patience, and {name} recommends keeping a simple notebook of "
+        f"progress.\n"
     )
     return {"article": article}
 
@@ -400,7 +406,9 @@ def json_input(i: int) -> dict:
     pop, lat = 50_000 + (i * 7919) % 2_000_000, -40 + (i * 17) % 100 + 0.25
     doc = (
         f"{city} is a city in {country}. It lies at latitude {lat:.2f} and has about {pop} inhabitants. "
-        f"The city is known for its old market, a river port and a university founded {100 + i % 300} years ago. "
-        f"Visitors arrive by train or by road; the main festival takes place every {['spring', 'autumn'][i % 2]}.\n"
+        f"The city is known for its old market, a river port and a university founded {100 + i % 300} "
+        f"years ago. "
+        f"Visitors arrive by train or by road; the main festival takes place every "
+        f"{['spring', 'autumn'][i % 2]}.\n"
     )
     return {"document": doc}

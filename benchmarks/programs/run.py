@@ -131,7 +131,7 @@ def timed_run(backend: Any, wl: Workload, inputs: list[dict], sampling: dict, nu
 
 def run_workload(backend: Any, wl: Workload, args: argparse.Namespace) -> dict:
     sampling = {"temperature": 0, "max_new_tokens": args.max_tokens}
-    for lat, error in run_programs(
+    for _lat, error in run_programs(
         wl, wl.inputs(WARMUP_PROGRAMS, WARMUP_OFFSET), backend, sampling, args.num_threads
     ):
         if error is not None:
@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(format_table(results, args.ablation_names))
     print(
-        "\nratio = programs/s of the configuration / programs/s of the baseline (< 1: slower than the baseline)."
+        "\nratio = programs/s of the configuration / programs/s of the baseline "
+        "(< 1: slower than the baseline)."
     )
     for a in args.ablation_names:
         print(f"  {a}: {ABLATIONS[a]['what']}")

@@ -182,9 +182,10 @@ class OpenAI(BaseBackend):
         else:
             place = "not at the start of an assistant turn"
         raise RuntimeError(
-            f"gen is {place}. For chat models (is_chat_model=True) gen must come right after assistant begins, "
-            f"e.g. s += rl.assistant(rl.gen('answer')): a chat API answers a conversation with a whole assistant "
-            f"turn, and cannot continue text inside a turn or outside roles. Use a completion model "
+            f"gen is {place}. For chat models (is_chat_model=True) gen must come "
+            "right after assistant begins, "
+            "e.g. s += rl.assistant(rl.gen('answer')): a chat API answers a conversation with a whole "
+            "assistant turn, and cannot continue text inside a turn or outside roles. Use a completion model "
             f"(is_chat_model=False) to continue arbitrary text."
         )
 
@@ -274,9 +275,10 @@ class OpenAI(BaseBackend):
         """Per text, the `logprobs` block of echoing it with no completion."""
         if self.is_chat_model:
             raise NotImplementedError(
-                f"select/choices needs a completion model: {self.model!r} is used as a chat model, and a chat API "
-                f"cannot score given text. Construct the backend with is_chat_model=False on a server whose "
-                f"completions endpoint supports echo with logprobs (vLLM, SGLang, radixlm serve)."
+                f"select/choices needs a completion model: {self.model!r} is used as a chat model, "
+                "and a chat API cannot score given text. "
+                "Construct the backend with is_chat_model=False on a server whose "
+                "completions endpoint supports echo with logprobs (vLLM, SGLang, radixlm serve)."
             )
         try:
             resp = self.client.completions.create(
@@ -284,8 +286,8 @@ class OpenAI(BaseBackend):
             )
         except (openai.BadRequestError, openai.UnprocessableEntityError, openai.NotFoundError) as exc:
             raise NotImplementedError(
-                f"select/choices needs a completions endpoint that scores the prompt (echo=True with logprobs and "
-                f"max_tokens=0); the server refused: {exc}"
+                "select/choices needs a completions endpoint that scores the prompt "
+                f"(echo=True with logprobs and max_tokens=0); the server refused: {exc}"
             ) from exc
         blocks = [c.logprobs for c in sorted(resp.choices, key=lambda c: c.index)]
         if len(blocks) != len(texts) or any(b is None or not b.tokens for b in blocks):

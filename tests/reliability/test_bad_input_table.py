@@ -330,8 +330,8 @@ ROWS = [
             "completions": r"prompt must be a string or a list, got an object",
             "chat": r"messages must be a list, got an object",
             "generate": r"input_ids must be a list, got an object",
-            "zmq-frame": r"undecodable message: field 'input_ids' of ClientGenerate must be list\[int\] \| None, "
-            r"got a map",
+            "zmq-frame": r"undecodable message: field 'input_ids' of ClientGenerate must be "
+            r"list\[int\] \| None, got a map",
             "engine": r"input_ids must be a list of token ids",
         },
     ),
@@ -363,7 +363,8 @@ ROWS = [
         zmq_frame=frame_with_raw_text(b"caf\xe9"),
         engine={"prompt": b"caf\xe9", "sampling_params": GOOD_SP},
         matches={
-            "zmq": r"undecodable message: field 'text' of ClientGenerate must be str \| None, got binary data",
+            "zmq": r"undecodable message: field 'text' of ClientGenerate must be str \| None, "
+            r"got binary data",
             "zmq-frame": r"undecodable message: the string at \$\.text is not valid UTF-8 "
             r"\(byte 0xe9 at offset \d+ of the frame\)",
             "engine": "prompt must be a string",

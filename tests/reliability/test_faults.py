@@ -182,7 +182,7 @@ def own_new_children(before: set[int]) -> set[int]:
     return {p for p in children_of(os.getpid()) - before if not gone(p) and not is_resource_tracker(p)}
 
 
-# ======================================================================================== 1. abort storm (HTTP)
+# ====================================================================================== 1. abort storm (HTTP)
 @dataclass
 class Spec:
     i: int
@@ -481,7 +481,7 @@ def test_http_abort_storm_loses_nothing(servers, good_text):
     wait_idle_and_kv_free(srv, timeout=10)
 
 
-# ======================================================================================== 1b. abort storm (Engine)
+# =================================================================================== 1b. abort storm (Engine)
 def test_engine_abort_storm_loses_nothing(good_text):
     engine = get_engine("llama")  # cached: its processes live on; the conftest flushes it afterwards
     rng = random.Random(777)
@@ -679,7 +679,8 @@ def test_sigkill_under_serve_fails_pending_requests_fast_and_leaves_no_orphans(v
         threads = [threading.Thread(target=c.run, args=(srv.url, None), daemon=True) for c in pending]
         for t in threads:
             t.start()
-        # every pending request is in the scheduler (chat-n2: warm-up + 2, the batch: 2) and every stream has begun
+        # every pending request is in the scheduler (chat-n2: warm-up + 2, the batch: 2) and every stream
+        # has begun
         assert wait_until(
             lambda: all(c.started.is_set() for c in pending if c.stream) and server_info(srv)["running"] == 8,
             30,
@@ -732,7 +733,7 @@ def test_sigkill_under_serve_fails_pending_requests_fast_and_leaves_no_orphans(v
     assert_server_answers_right(servers.restart(), good_text)
 
 
-# ======================================================================================== 2b. SIGKILL (Engine)
+# ======================================================================================= 2b. SIGKILL (Engine)
 @pytest.mark.parametrize("victim", ["detokenizer", "scheduler"])
 def test_sigkill_under_engine_fails_pending_requests_fast_and_leaves_no_orphans(victim, engines, good_text):
     engine = engines.current()
