@@ -37,7 +37,7 @@ from radixlm.runtime.kernels.triton import (  # noqa: E402
     fp8_gemv,
     fp8_quant,
 )
-from radixlm.runtime.kernels.triton.fp8_gemm import (
+from radixlm.runtime.kernels.triton.fp8_gemm import (  # noqa: E402 -- imports triton: after importorskip
     M_BUCKETS,
     Fp8GemmConfig,
     bucket_for,
@@ -531,7 +531,7 @@ def triton_fp8_linear(monkeypatch):
     monkeypatch.setattr(ops, "uses_triton", lambda x: True)
     monkeypatch.setattr(ops, "_fp8_gemv_max_m_override", None)
     calls = {"gemv": 0, "gemm": 0, "quant": 0, "last_quant": None}
-    quant, gemm, gemv = ops._fp8_kernels()
+    quant, gemm, gemv = ops.triton_kernels.fp8_quant, ops.triton_kernels.fp8_gemm, ops.triton_kernels.fp8_gemv
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):

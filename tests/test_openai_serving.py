@@ -31,9 +31,9 @@ from radixlm.runtime.entrypoints.openai_protocol import (
     CompletionRequest,
     GenerateRequest,
 )
+from radixlm.runtime.managers.request_state import RequestError
 from radixlm.runtime.managers.tokenizer_manager import (
     PreparedRequest,
-    RequestError,
     RuntimeDiedError,
     TokenizerManager,
 )

@@ -24,7 +24,8 @@ from typing import Any
 from radixlm.runtime.config import EngineConfig, ModelConfig
 from radixlm.runtime.entrypoints.launch import launch_runtime
 from radixlm.runtime.layers.sampling import SamplingParams
-from radixlm.runtime.managers.tokenizer_manager import PreparedRequest, RequestError, TokenizerManager
+from radixlm.runtime.managers.request_state import RequestError
+from radixlm.runtime.managers.tokenizer_manager import PreparedRequest, TokenizerManager
 from radixlm.runtime.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from radixlm.runtime.managers.tokenizer_manager import RequestError, RuntimeDiedError
+from radixlm.runtime.managers.request_state import RequestError
+from radixlm.runtime.managers.tokenizer_manager import RuntimeDiedError
 
 T = TypeVar("T")
 

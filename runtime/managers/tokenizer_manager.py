@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -36,6 +36,7 @@ from radixlm.runtime.managers.messages import (
     decoder,
     encoder,
 )
+from radixlm.runtime.managers.request_state import ReqState
 from radixlm.runtime.scheduler.request import check_request, check_text
 
 logger = logging.getLogger("radixlm.tokenizer_manager")
@@ -45,29 +46,6 @@ WATCHDOG_INTERVAL_S = 0.25
 
 class RuntimeDiedError(RuntimeError):
     """A runtime process died; pending and new requests fail with this."""
-
-
-class RequestError(RuntimeError):
-    """A request the runtime refused or aborted (bad input found late, abort, ...)."""
-
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-@dataclass
-class ReqState:
-    rid: str
-    index: int
-    stream: bool
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    text: str = ""
-    output_ids: list[int] = field(default_factory=list)
-    meta_info: dict[str, Any] = field(default_factory=dict)
-    finished: bool = False
-    created: float = field(default_factory=time.perf_counter)
-    first_token_at: float | None = None
-    last_token_at: float | None = None
 
 
 @dataclass
@@ -306,70 +284,13 @@ class TokenizerManager:
             for out in msg.outputs:
                 state = self.states.get(out.rid)
                 if state is not None:
-                    self._update(state, out, now)
+                    state.apply(out, now, self.metrics)
         elif isinstance(msg, ControlReply):
             fut = self.pending_control.get(msg.rid)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
         elif isinstance(msg, ShutdownAck):
             self._acks.add(msg.process)
-
-    def _update(self, state: ReqState, out: Any, now: float) -> None:
-        tok = out.token
-        reason = tok.finished_reason
-        if reason is not None and reason.get("type") == "abort" and reason.get("status_code") == 400:
-            state.finished = True
-            state.queue.put_nowait(RequestError(reason.get("message", "invalid request"), 400))
-            return
-        if tok.new_ids:
-            if state.first_token_at is None:
-                state.first_token_at = now
-                if self.metrics:
-                    self.metrics.observe_ttft(now - state.created)
-            elif self.metrics and state.last_token_at is not None:
-                self.metrics.observe_itl((now - state.last_token_at) / len(tok.new_ids))
-            state.last_token_at = now
-        state.text += out.text_delta
-        state.output_ids += tok.new_ids
-        meta = state.meta_info
-        meta.update(
-            id=state.rid,
-            prompt_tokens=tok.prompt_tokens,
-            completion_tokens=tok.completion_tokens,
-            cached_tokens=tok.cached_tokens,
-            finish_reason=reason,
-            retractions=tok.retractions,
-        )
-        if tok.jump_forward_tokens is not None:
-            meta["jump_forward_tokens"] = tok.jump_forward_tokens
-        for key in (
-            "input_token_logprobs",
-            "input_top_logprobs",
-            "output_token_logprobs",
-            "output_top_logprobs",
-        ):
-            new = getattr(tok, key)
-            if new is not None:
-                meta.setdefault(key, []).extend(new)
-        state.finished = reason is not None
-        if state.finished:
-            meta["e2e_latency"] = now - state.created
-            if self.metrics:
-                self.metrics.observe_finished(state)
-        if state.stream:
-            # a snapshot: the consumer may read this chunk after later tokens have arrived
-            snapshot = {k: list(v) if isinstance(v, list) else v for k, v in meta.items()}
-            state.queue.put_nowait(
-                {
-                    "index": state.index,
-                    "text": out.text_delta,
-                    "output_ids": list(tok.new_ids),
-                    "meta_info": snapshot,
-                    "finished": state.finished,
-                }
-            )
-        elif state.finished:
-            state.queue.put_nowait({"finished": True})
 
     def _fail_all(self, exc: Exception) -> None:
         for state in list(self.states.values()):
