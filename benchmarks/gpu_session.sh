@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One GPU call's worth of checks and measurements, written under $OUT (default ./gpu-out).
+#   bash benchmarks/gpu_session.sh tests    # tests/gpu alone
 #   bash benchmarks/gpu_session.sh check    # tests/gpu + kernel micro-benchmarks (~5 min on an H100)
 #   bash benchmarks/gpu_session.sh speed    # 8B-shape radixlm vs HF, offline shapes + shared-prefix serving
 #   bash benchmarks/gpu_session.sh final    # tests/gpu, then speed (~8 min on an H100)
@@ -28,6 +29,9 @@ if [ "$MODE" = final ]; then
   MODE=speed
 fi
 case "$MODE" in
+  tests)
+    python3 -m pytest -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gpu-tests.log"
+    ;;
   check)
     python3 -m pytest -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gpu-tests.log"
     python3 benchmarks/bench_kernels.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"

@@ -158,3 +158,13 @@ def hf_logprobs(name: str, ids: list[int]) -> torch.Tensor:
     """[len(ids), vocab] log-softmax of the HF model's logits for each prefix."""
     logits = get_hf(name)(torch.tensor([ids])).logits[0].float()
     return torch.log_softmax(logits, dim=-1)
+
+
+def assert_serves_as_before(engine, prompt: str, params: dict, expected_ids: list[int]) -> None:
+    """Nothing is left queued or running, and a good greedy request answers exactly as it did
+    before (for tests where something was refused in between)."""
+    usage = engine.check_accounting()
+    assert usage["waiting"] == 0 and usage["running"] == 0, f"work left behind: {usage}"
+    out = engine.generate(prompt, params)
+    assert out["output_ids"] == expected_ids
+    assert out["meta_info"]["finish_reason"] == {"type": "length", "length": params["max_new_tokens"]}

@@ -1,6 +1,6 @@
 """`radixlm serve` as a real subprocess for tests: start it on free 127.0.0.1 ports, read its
 output, stop it; /proc helpers to find its children and check none outlive it; bounded waits.
-Shared by tests/test_server.py and tests/reliability/."""
+Shared by tests/runtime/entrypoints/test_server.py and tests/reliability/."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+from polling import wait_until
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 60.0
@@ -73,15 +73,6 @@ def descendants_of(pid: int) -> set[int]:
             break
         frontier = nxt
     return found
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 @dataclass
@@ -142,13 +133,19 @@ class ServerProcess:
 
         LIVE.append(self)
         threading.Thread(target=reader, name=f"serve-{self.port}-stdout", daemon=True).start()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not self.ready.wait(0.2):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(
-                    f"radixlm serve did not become ready (exit code {self.proc.returncode}):\n{self.output()}"
-                )
+        try:
+            wait_until(
+                lambda: self.ready.is_set() or self.proc.poll() is not None,
+                READY_TIMEOUT_S,
+                what="radixlm serve to print its ready line or exit",
+            )
+        except AssertionError:
+            pass  # reported below, with its output
+        if not self.ready.is_set():
+            self.stop()
+            pytest.fail(
+                f"radixlm serve did not become ready (exit code {self.proc.returncode}):\n{self.output()}"
+            )
         return self
 
     def stop(self) -> int | None:
@@ -181,7 +178,7 @@ def wait_idle_and_kv_free(srv: ServerProcess, timeout: float = 10.0) -> dict:
         info = server_info(srv)
         return info["running"] == 0 and info["waiting"] == 0
 
-    assert wait_until(idle, timeout, 0.1), f"server still busy after {timeout}s: {info}"
+    wait_until(idle, timeout, 0.1, what=lambda: f"the server to go idle (last /server_info: {info})")
     assert info["free_tokens"] + info["evictable_tokens"] == info["total_tokens"], info
     assert info["kv_accounting"] == "ok", info["kv_accounting"]
     return info

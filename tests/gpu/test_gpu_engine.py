@@ -89,7 +89,7 @@ def test_cuda_graphs_and_triton_kernels_match_the_eager_reference_path():
 
 
 def test_overlap_matches_plain_steps_on_gpu_for_every_kind_of_request():
-    from test_overlap import assert_same_results, run_mix
+    from overlap_mix import assert_same_results, run_mix
 
     on, rt_on = run_mix("on", device="cuda", dtype="float32", cuda_graph_max_bs=16, max_total_tokens=4000)
     off, _ = run_mix("off", device="cuda", dtype="float32", cuda_graph_max_bs=16, max_total_tokens=4000)

@@ -134,7 +134,7 @@ def test_fp8_weights_on_a_1b_shaped_model_agree_with_bf16(tmp_path):
     # relative error per GEMM (bf16: ~0.4%), so top-1 flips often: measured 0.43 top-1 / 0.52
     # top-5 overlap on the H100, and 0.39 / 0.51 for the PyTorch reference fp8 math against
     # fp32 on the CPU with this same shape (bf16 there: 0.92). Chance is ~1e-5: these bounds
-    # catch a broken path, the tiny models' >= 90% (tests/test_fp8_model.py) the quality.
+    # catch a broken path, the tiny models' >= 90% (tests/runtime/models/test_fp8_model.py) the quality.
     for name in ("fp8", "fp8-kv"):
         pairs = [(a, b) for x, y in zip(tops["bf16"], tops[name]) for a, b in zip(x, y)]
         top1 = sum(a[0] == b[0] for a, b in pairs) / len(pairs)

@@ -3,9 +3,9 @@ against the PyTorch reference (runtime/kernels/reference.py, FP8 section). Skipp
 absent (CI); run on the GPU machine with `pytest tests/gpu/test_gpu_fp8_kernels.py`. Needs a GPU
 with fp8 support in Triton (compute capability 8.9+: Ada, Hopper).
 
-Here, unlike under the interpreter (tests/test_fp8_kernels.py), the in-kernel fp32 -> e4m3 cast
-is the hardware's round-to-nearest-even, so q is checked bit-exact and bf16 is covered. Fresh
-random inputs for every check, outputs poisoned with NaN before each launch.
+Here, unlike under the interpreter (tests/runtime/kernels/test_fp8_kernels.py), the in-kernel
+fp32 -> e4m3 cast is the hardware's round-to-nearest-even, so q is checked bit-exact and bf16 is
+covered. Fresh random inputs for every check, outputs poisoned with NaN before each launch.
 """
 
 from __future__ import annotations

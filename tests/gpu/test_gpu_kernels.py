@@ -3,7 +3,7 @@
 of decode attention. Skipped where CUDA is absent (CI); run on the GPU machine with
 `pytest tests/gpu/test_gpu_kernels.py`.
 
-As in tests/test_triton_kernels.py: fresh random inputs for every check, outputs poisoned with
+As in tests/runtime/kernels/test_triton_kernels.py: fresh random inputs for every check, outputs poisoned with
 NaN before each launch, and KV slots that no request owns poisoned with NaN (slot 0, read by the
 reference for padding, with a large finite value).
 """

@@ -21,6 +21,11 @@ One row is not an error: `max_new_tokens` / `max_tokens` = 10**12 is clamped to 
 context leaves after the prompt (as in vLLM and SGLang, documented in the README), so a prompt
 four tokens short of the context gets exactly four tokens, the same as asking for four.
 
+A row may need an Engine configured otherwise (`engine_options`, e.g. a 64-token context): it is
+tried on that Engine only (the server runs the defaults), and the good request afterwards must
+answer the same greedy reference there. On the Engine the table also checks that the refused
+request left nothing queued or running.
+
 After every test tests/reliability/conftest.py checks that the server is idle with balanced KV
 accounting, and tests/conftest.py does the same (plus a cache flush) for the Engine.
 One `radixlm serve` (default 2048-token context, which the too-long rows exceed) serves the
@@ -44,7 +49,7 @@ import httpx
 import msgspec
 import pytest
 import zmq
-from helpers import get_engine
+from helpers import assert_serves_as_before, get_engine
 from server_process import HOST, ServerProcess, server_info
 
 from radixlm.client.runtime_client import RuntimeClient
@@ -66,6 +71,7 @@ ROOM = 4  # the clamp row's prompt leaves this many tokens of context
 LONG_IDS = [100 + (i * 37) % 8000 for i in range(CONTEXT - ROOM)]
 HUGE = 10**12
 BEYOND_MSGPACK = 2**70
+SHORT_CTX = {"context_length": 64}  # the engine_options of the rows about a short context
 
 ENTRIES = ("completions", "chat", "generate", "http-tcp", "zmq", "zmq-frame", "zmq-tcp", "engine")
 HTTP_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions", "generate": "/generate"}
@@ -79,7 +85,8 @@ class Row:
       completions / chat / generate: the JSON body (dict) or raw body bytes;
       zmq: RuntimeClient.generate keywords; zmq_frame: one raw frame; engine: Engine.generate
       keywords; http_tcp / zmq_tcp: bytes written to a plain TCP connection.
-    A form may be a callable of the Reference (for inputs that depend on the tokenizer)."""
+    A form may be a callable of the Reference (for inputs that depend on the tokenizer).
+    `engine_options` (a row with only the engine form) runs it on get_engine("llama", **options)."""
 
     id: str
     match: str
@@ -97,6 +104,7 @@ class Row:
     engine_exc: tuple[type[BaseException], ...] = (ValueError, TypeError)
     zmq_tcp_half_close: bool = True  # close our sending side after the bytes (else the server must drop us)
     clamped: bool = False  # not an error: the answer is the clamped reference
+    engine_options: dict[str, Any] = field(default_factory=dict)  # the Engine's options (engine form only)
 
     def form(self, entry: str) -> Any:
         return getattr(self, entry.replace("-", "_"))
@@ -108,20 +116,30 @@ class Row:
 OPENAI_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
 
 
-def sampling(id: str, match: str, openai_match: str | None = None, zmq: bool = True, **bad: Any) -> Row:
+def sampling(
+    id: str,
+    match: str,
+    openai_match: str | None = None,
+    zmq: bool = True,
+    openai: bool = True,
+    engine_exc: tuple[type[BaseException], ...] = (ValueError, TypeError),
+    **bad: Any,
+) -> Row:
     """A bad sampling value, in every entry: OpenAI field names on the OpenAI routes, the
-    engine's names in /generate's sampling_params, RuntimeClient and Engine."""
-    openai = {OPENAI_NAMES.get(k, k): v for k, v in bad.items()}
+    engine's names in /generate's sampling_params, RuntimeClient and Engine. openai=False leaves
+    out the OpenAI routes (where the value is valid: they coerce "5" to 5), zmq=False RuntimeClient."""
+    named = {OPENAI_NAMES.get(k, k): v for k, v in bad.items()}
     sp = {**GOOD_SP, **bad}
     return Row(
         id,
         match,
-        completions={**CMPL_OK, **openai},
-        chat={**CHAT_OK, **openai},
+        completions={**CMPL_OK, **named} if openai else None,
+        chat={**CHAT_OK, **named} if openai else None,
         generate={"text": PROMPT, "sampling_params": sp},
         zmq={"prompt": PROMPT, "sampling_params": sp} if zmq else None,
         engine={"prompt": PROMPT, "sampling_params": sp},
         matches={"completions": openai_match, "chat": openai_match} if openai_match else {},
+        engine_exc=engine_exc,
     )
 
 
@@ -176,6 +194,7 @@ ROWS = [
         zmq={"prompt": "", "sampling_params": GOOD_SP},
         engine={"prompt": "", "sampling_params": GOOD_SP},
         matches={"chat": r"messages must have at least 1 item\(s\), got 0"},
+        engine_exc=(ValueError,),
     ),
     Row(
         "input_ids-empty",
@@ -185,6 +204,7 @@ ROWS = [
         zmq={"input_ids": [], "sampling_params": GOOD_SP},
         engine={"input_ids": [], "sampling_params": GOOD_SP},
         matches={"completions": "prompt must be a non-empty"},
+        engine_exc=(ValueError,),
     ),
     Row(
         "prompt-longer-than-context",
@@ -196,32 +216,159 @@ ROWS = [
         engine={"input_ids": TOO_LONG_IDS, "sampling_params": GOOD_SP},
         matches={"chat": rf"prompt is too long: \d+ tokens, context length is {CONTEXT}"},
     ),
+    Row(
+        "prompt-list-empty",
+        "empty",
+        generate={"text": [], "sampling_params": GOOD_SP},
+        engine={"prompt": [], "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+        matches={"generate": "no prompts given"},
+    ),
+    Row(
+        "prompt-longer-than-a-short-context",
+        r"too long.*100 tokens.*64",
+        engine={"input_ids": [100] * 100, "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+        engine_options=SHORT_CTX,
+    ),
+    Row(
+        "prompt-fills-a-short-context-and-wants-tokens",
+        "too long",
+        engine={"input_ids": [100] * 64, "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+        engine_options=SHORT_CTX,
+    ),
+    Row(
+        "prompt-and-input_ids",
+        "exactly one of prompt or input_ids",
+        generate={"text": "hi", "input_ids": [5, 6], "sampling_params": GOOD_SP},
+        zmq={"prompt": "hi", "input_ids": [5, 6], "sampling_params": GOOD_SP},
+        engine={"prompt": "hi", "input_ids": [5, 6], "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+        matches={
+            "generate": "give exactly one of text or input_ids",
+            "zmq": r"give exactly one of prompt \(text\) or input_ids",
+        },
+    ),
+    Row(
+        "neither-prompt-nor-input_ids",
+        "exactly one of prompt or input_ids",
+        generate={"sampling_params": GOOD_SP},
+        zmq={"sampling_params": GOOD_SP},
+        engine={"sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+        matches={
+            "generate": "give exactly one of text or input_ids",
+            "zmq": r"give exactly one of prompt \(text\) or input_ids",
+        },
+    ),
+    Row(
+        "input_ids-id-too-large",
+        rf"input_ids.*\[0, {VOCAB}\)",
+        completions={**CMPL_OK, "prompt": [5, VOCAB]},
+        generate={"input_ids": [5, VOCAB], "sampling_params": GOOD_SP},
+        zmq={"input_ids": [5, VOCAB], "sampling_params": GOOD_SP},
+        engine={"input_ids": [5, VOCAB], "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+    ),
+    Row(
+        "input_ids-negative-id",
+        "input_ids",
+        completions={**CMPL_OK, "prompt": [5, -1]},
+        generate={"input_ids": [5, -1], "sampling_params": GOOD_SP},
+        zmq={"input_ids": [5, -1], "sampling_params": GOOD_SP},
+        engine={"input_ids": [5, -1], "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+    ),
+    Row(
+        "input_ids-float-id",
+        "input_ids",
+        zmq={"input_ids": [5, 6.0], "sampling_params": GOOD_SP},
+        engine={"input_ids": [5, 6.0], "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+    ),
+    Row(
+        "input_ids-bool-id",
+        "input_ids",
+        zmq={"input_ids": [5, True], "sampling_params": GOOD_SP},
+        engine={"input_ids": [5, True], "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+    ),
+    Row(
+        "input_ids-not-a-list",
+        "input_ids",
+        generate={"input_ids": 5, "sampling_params": GOOD_SP},
+        zmq_frame=frame(type="ClientGenerate", rid="x", input_ids=5),
+        engine={"input_ids": 5, "sampling_params": GOOD_SP},
+        engine_exc=(TypeError,),
+    ),
+    Row(
+        "prompt-not-a-string",
+        "prompt",
+        completions={**CMPL_OK, "prompt": 123},
+        generate={"text": 123, "sampling_params": GOOD_SP},
+        zmq={"prompt": 123, "sampling_params": GOOD_SP},
+        zmq_frame=frame(type="ClientGenerate", rid="x", text=123),
+        engine={"prompt": 123, "sampling_params": GOOD_SP},
+        engine_exc=(TypeError,),
+        matches={"generate": "text", "zmq": "text", "zmq-frame": "text"},
+    ),
+    Row(
+        "prompt-list-with-a-non-string",
+        "prompt",
+        completions={**CMPL_OK, "prompt": ["a", 5]},
+        generate={"text": ["a", 5], "sampling_params": GOOD_SP},
+        engine={"prompt": ["a", 5], "sampling_params": GOOD_SP},
+        engine_exc=(TypeError,),
+        matches={"generate": "text"},
+    ),
     # ------------------------------------------------------------------ sampling values
     sampling(
-        "temperature-negative", r"temperature must be a finite number >= 0, got -0\.5", temperature=-0.5
+        "temperature-negative",
+        r"temperature must be a finite number >= 0, got -0\.5",
+        temperature=-0.5,
+        engine_exc=(ValueError,),
     ),
-    sampling("temperature-nan", r"temperature must be a finite number >= 0, got nan", temperature=math.nan),
+    sampling(
+        "temperature-nan",
+        r"temperature must be a finite number >= 0, got nan",
+        temperature=math.nan,
+        engine_exc=(ValueError,),
+    ),
     sampling("temperature-inf", r"temperature must be a finite number >= 0, got inf", temperature=math.inf),
-    sampling("top_p-zero", r"top_p must be in \(0, 1\], got 0", top_p=0),
-    sampling("top_p-above-one", r"top_p must be in \(0, 1\], got 1\.5", top_p=1.5),
-    sampling("top_k-zero", r"top_k must be -1 \(no limit\) or in \[1, 2\*\*64\), got 0", top_k=0),
+    sampling("top_p-zero", r"top_p must be in \(0, 1\], got 0", top_p=0, engine_exc=(ValueError,)),
+    sampling("top_p-above-one", r"top_p must be in \(0, 1\], got 1\.5", top_p=1.5, engine_exc=(ValueError,)),
+    sampling(
+        "top_k-zero",
+        r"top_k must be -1 \(no limit\) or in \[1, 2\*\*64\), got 0",
+        top_k=0,
+        engine_exc=(ValueError,),
+    ),
     sampling(
         "max_tokens-negative",
         r"max_new_tokens must be an integer >= 0, got -1",
         r"max_tokens must be >= 0, got -1",
         max_new_tokens=-1,
+        engine_exc=(ValueError,),
     ),
-    sampling("min_p-above-one", r"min_p must be in \[0, 1\], got 2", min_p=2),
+    sampling("min_p-above-one", r"min_p must be in \[0, 1\], got 2", min_p=2, engine_exc=(ValueError,)),
     sampling(
         "frequency_penalty-out-of-range",
         r"frequency_penalty must be in \[-2, 2\], got 5",
         frequency_penalty=5,
+        engine_exc=(ValueError,),
     ),
     sampling(
-        "presence_penalty-out-of-range", r"presence_penalty must be in \[-2, 2\], got -3", presence_penalty=-3
+        "presence_penalty-out-of-range",
+        r"presence_penalty must be in \[-2, 2\], got -3",
+        presence_penalty=-3,
+        engine_exc=(ValueError,),
     ),
     sampling(
-        "repetition_penalty-zero", r"repetition_penalty must be in \(0, 2\], got 0", repetition_penalty=0
+        "repetition_penalty-zero",
+        r"repetition_penalty must be in \(0, 2\], got 0",
+        repetition_penalty=0,
+        engine_exc=(ValueError,),
     ),
     # msgpack (the ZeroMQ transport) cannot carry these ints at all: RuntimeClient fails to encode
     sampling(
@@ -264,9 +411,28 @@ ROWS = [
         zmq={"input_ids": LONG_IDS, "sampling_params": {**GOOD_SP, "max_new_tokens": HUGE}},
         engine={"input_ids": LONG_IDS, "sampling_params": {**GOOD_SP, "max_new_tokens": HUGE}},
     ),
+    sampling(
+        "max_tokens-numeric-string",
+        "max_new_tokens",
+        openai=False,
+        engine_exc=(ValueError,),
+        max_new_tokens="5",
+    ),
+    sampling("min_tokens-above-max_tokens", "min_new_tokens", engine_exc=(ValueError,), min_new_tokens=5),
+    sampling("top_k-minus-two", "top_k", engine_exc=(ValueError,), top_k=-2),
+    sampling("n-zero", r"\bn must", engine_exc=(ValueError,), n=0),
+    sampling("seed-not-an-int", "seed", engine_exc=(ValueError,), seed="x"),
+    sampling("stop-empty-string", "stop", engine_exc=(ValueError,), stop=""),
+    sampling("stop-list-with-a-non-string", "stop", engine_exc=(ValueError,), stop=["ok", 3]),
+    sampling(
+        "stop_token_ids-out-of-range", "stop_token_ids", engine_exc=(ValueError,), stop_token_ids=[2, VOCAB]
+    ),
+    sampling("stop_token_ids-not-a-list", "stop_token_ids", engine_exc=(ValueError,), stop_token_ids=2),
     # ------------------------------------------------------------------ constraints
-    sampling("regex-invalid", r"invalid regex '\(a'", regex="(a"),
-    sampling("json_schema-not-json", "json_schema is not valid JSON", json_schema="{nope"),
+    sampling("regex-invalid", r"invalid regex '\(a'", regex="(a", engine_exc=(ValueError,)),
+    sampling(
+        "json_schema-not-json", "json_schema is not valid JSON", json_schema="{nope", engine_exc=(ValueError,)
+    ),
     Row(
         "json_schema-unsupported-type",
         "unsupported json_schema",
@@ -278,7 +444,10 @@ ROWS = [
         generate={"text": PROMPT, "sampling_params": {**GOOD_SP, "json_schema": {"type": "x"}}},
         zmq={"prompt": PROMPT, "sampling_params": {**GOOD_SP, "json_schema": {"type": "x"}}},
         engine={"prompt": PROMPT, "sampling_params": {**GOOD_SP, "json_schema": {"type": "x"}}},
+        engine_exc=(ValueError,),
     ),
+    sampling("regex-and-json_schema", "at most one", engine_exc=(ValueError,), regex="a", json_schema="{}"),
+    sampling("json_schema-neither-text-nor-object", "json_schema", engine_exc=(TypeError,), json_schema=3),
     # ------------------------------------------------------------------ unknown fields
     # (the OpenAI routes ignore fields they do not know, by design: test_openai_routes_ignore_unknown_fields)
     Row(
@@ -298,6 +467,14 @@ ROWS = [
             "generate": r"bogus is not a known field",
             "zmq-frame": r"undecodable message: ClientGenerate has unknown field\(s\): 'bogus'",
         },
+    ),
+    Row(
+        "unknown-sampling-parameter-max_tokens",
+        r"unknown sampling parameter.*max_tokens",
+        generate={"text": PROMPT, "sampling_params": {**GOOD_SP, "max_tokens": 5}},
+        zmq={"prompt": PROMPT, "sampling_params": {**GOOD_SP, "max_tokens": 5}},
+        engine={"prompt": PROMPT, "sampling_params": {**GOOD_SP, "max_tokens": 5}},
+        engine_exc=(ValueError,),
     ),
     # ------------------------------------------------------------------ wrong types
     sampling(
@@ -351,6 +528,177 @@ ROWS = [
             r"dict\[str, Any\], got an array",
             "engine": r"sampling_params must be a dict or SamplingParams, got int",
         },
+    ),
+    Row(
+        "sampling_params-string-for-object",
+        "sampling_params",
+        generate={"text": PROMPT, "sampling_params": "greedy"},
+        zmq_frame=frame(type="ClientGenerate", rid="x", text=PROMPT, sampling_params="greedy"),
+        engine={"prompt": PROMPT, "sampling_params": "greedy"},
+        engine_exc=(TypeError,),
+    ),
+    # ------------------------------------------------------------------ logprob options
+    Row(
+        "top_logprobs-negative",
+        "top_logprobs_num",
+        completions={**CMPL_OK, "logprobs": -1},
+        chat={**CHAT_OK, "logprobs": True, "top_logprobs": -1},
+        generate={**GEN_OK, "return_logprob": True, "top_logprobs_num": -1},
+        zmq={"prompt": PROMPT, "sampling_params": GOOD_SP, "return_logprob": True, "top_logprobs_num": -1},
+        engine={"prompt": PROMPT, "sampling_params": GOOD_SP, "return_logprob": True, "top_logprobs_num": -1},
+        engine_exc=(ValueError,),
+        matches={
+            "completions": "logprobs must be between 0 and 20",
+            "chat": "top_logprobs must be between 0 and 20",
+        },
+    ),
+    Row(
+        "logprob_start_len-past-the-prompt",
+        "logprob_start_len",
+        generate={
+            "input_ids": [5, 6, 7],
+            "sampling_params": GOOD_SP,
+            "return_logprob": True,
+            "logprob_start_len": 3,
+        },
+        zmq={
+            "input_ids": [5, 6, 7],
+            "sampling_params": GOOD_SP,
+            "return_logprob": True,
+            "logprob_start_len": 3,
+        },
+        engine={
+            "input_ids": [5, 6, 7],
+            "sampling_params": GOOD_SP,
+            "return_logprob": True,
+            "logprob_start_len": 3,
+        },
+        engine_exc=(ValueError,),
+    ),
+    Row(
+        "logprob_start_len-minus-two",
+        "logprob_start_len",
+        generate={
+            "input_ids": [5, 6, 7],
+            "sampling_params": GOOD_SP,
+            "return_logprob": True,
+            "logprob_start_len": -2,
+        },
+        zmq={
+            "input_ids": [5, 6, 7],
+            "sampling_params": GOOD_SP,
+            "return_logprob": True,
+            "logprob_start_len": -2,
+        },
+        engine={
+            "input_ids": [5, 6, 7],
+            "sampling_params": GOOD_SP,
+            "return_logprob": True,
+            "logprob_start_len": -2,
+        },
+        engine_exc=(ValueError,),
+    ),
+    Row(
+        "logprob_start_len-float",
+        "logprob_start_len",
+        generate={**GEN_OK, "return_logprob": True, "logprob_start_len": 1.5},
+        zmq={"prompt": PROMPT, "sampling_params": GOOD_SP, "return_logprob": True, "logprob_start_len": 1.5},
+        engine={
+            "prompt": PROMPT,
+            "sampling_params": GOOD_SP,
+            "return_logprob": True,
+            "logprob_start_len": 1.5,
+        },
+    ),
+    Row(
+        "logprob_start_len-string",
+        "logprob_start_len",
+        zmq={"prompt": PROMPT, "sampling_params": GOOD_SP, "return_logprob": True, "logprob_start_len": "2"},
+        engine={
+            "prompt": PROMPT,
+            "sampling_params": GOOD_SP,
+            "return_logprob": True,
+            "logprob_start_len": "2",
+        },
+    ),
+    Row(
+        "return_logprob-list-shorter-than-the-batch",
+        "return_logprob",
+        generate={"text": ["a", "b"], "sampling_params": GOOD_SP, "return_logprob": [True]},
+        engine={"prompt": ["a", "b"], "sampling_params": GOOD_SP, "return_logprob": [True]},
+        engine_exc=(ValueError,),
+    ),
+    # ------------------------------------------------------------------ batches
+    # the Engine's error names the request; /generate names the problem (not the index, unless
+    # its body check catches it) and, as everywhere, runs none of the batch
+    Row(
+        "sampling_params-list-longer-than-the-batch",
+        "sampling_params has 3 entries for 2 prompts",
+        generate={"text": ["a", "b"], "sampling_params": [GOOD_SP] * 3},
+        engine={"prompt": ["a", "b"], "sampling_params": [GOOD_SP] * 3},
+        engine_exc=(ValueError,),
+        matches={"generate": "sampling_params is a list of 3 but there are 2 prompts"},
+    ),
+    Row(
+        "batch-with-an-empty-prompt",
+        r"request 2: prompt is empty",
+        generate={"text": ["fine", "also fine", ""], "sampling_params": GOOD_SP},
+        engine={"prompt": ["fine", "also fine", ""], "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+        matches={"generate": r"prompt is empty"},
+    ),
+    Row(
+        "batch-with-a-bad-id",
+        r"request 1: input_ids",
+        generate={"input_ids": [[5, 6], [7, VOCAB + 5]], "sampling_params": GOOD_SP},
+        engine={"input_ids": [[5, 6], [7, VOCAB + 5]], "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+        matches={"generate": rf"input_ids must be integers in \[0, {VOCAB}\)"},
+    ),
+    Row(
+        "batch-with-an-empty-id-list",
+        r"request 1: prompt is empty",
+        generate={"input_ids": [[5, 6], []], "sampling_params": GOOD_SP},
+        engine={"input_ids": [[5, 6], []], "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+        matches={"generate": r"prompt is empty"},
+    ),
+    Row(
+        "batch-with-one-bad-params-entry",
+        r"request 1: temperature",
+        generate={
+            "text": ["a", "b", "c"],
+            "sampling_params": [{**GOOD_SP, "n": 3}, {**GOOD_SP, "temperature": -1}, GOOD_SP],
+        },
+        engine={
+            "prompt": ["a", "b", "c"],
+            "sampling_params": [{**GOOD_SP, "n": 3}, {**GOOD_SP, "temperature": -1}, GOOD_SP],
+        },
+        engine_exc=(ValueError,),
+        matches={"generate": r"temperature must be a finite number >= 0, got -1"},
+    ),
+    Row(
+        "batch-with-one-unknown-parameter",
+        r"request 1: unknown sampling parameter.*best_of",
+        generate={"text": ["a", "b"], "sampling_params": [GOOD_SP, {**GOOD_SP, "best_of": 2}]},
+        engine={"prompt": ["a", "b"], "sampling_params": [GOOD_SP, {**GOOD_SP, "best_of": 2}]},
+        engine_exc=(ValueError,),
+        matches={"generate": r"unknown sampling parameter\(s\): best_of"},
+    ),
+    Row(
+        "batch-with-one-non-dict-params",
+        r"request 1: sampling_params",
+        generate={"text": ["a", "b"], "sampling_params": [GOOD_SP, 7]},
+        engine={"prompt": ["a", "b"], "sampling_params": [GOOD_SP, 7]},
+        engine_exc=(TypeError,),
+        matches={"generate": r"sampling_params\[1\] must be an object, got an integer"},
+    ),
+    Row(
+        "batch-with-a-prompt-too-long-for-a-short-context",
+        r"request 1: prompt is too long",
+        engine={"input_ids": [[5] * 10, [5] * 80], "sampling_params": GOOD_SP},
+        engine_exc=(ValueError,),
+        engine_options=SHORT_CTX,
     ),
     # ------------------------------------------------------------------ bytes
     Row(
@@ -497,9 +845,12 @@ def reference(server, client) -> Reference:
         long_chat["text"],
     )
     assert len(ref.ids) == TOKENS and len(ref.long_ids) == ROOM
-    # every entry agrees with the Engine before anything bad was sent
+    # every entry agrees with the Engine before anything bad was sent, and so does every other
+    # Engine a row asks for (engine_options): the same greedy reference holds on each
     for entry in ("completions", "chat", "generate", "zmq"):
         check_good(entry, server, client, engine, ref)
+    for options in sorted({tuple(sorted(row.engine_options.items())) for row in ROWS if row.engine_options}):
+        check_good("engine", server, client, get_engine("llama", **dict(options)), ref)
     return ref
 
 
@@ -689,7 +1040,7 @@ def run_clamped(
 
 @pytest.mark.parametrize("row, entry", CASES, ids=[f"{row.id}@{entry}" for row, entry in CASES])
 def test_bad_input_is_refused_by_name_and_the_entry_keeps_serving(row, entry, server, client, reference):
-    engine = get_engine("llama")
+    engine = get_engine("llama", **row.engine_options)
     form = row.form(entry)
     if callable(form):
         form = form(reference)
@@ -706,6 +1057,9 @@ def test_bad_input_is_refused_by_name_and_the_entry_keeps_serving(row, entry, se
             run_bad(row, entry, form, server, client, engine, sock)
         ran = finished_requests(entry, server, engine) - before
         assert ran == (1 if row.clamped else 0), f"{ran} requests ran"
+        if entry == "engine":
+            usage = bounded(engine.check_accounting)
+            assert usage["waiting"] == 0 and usage["running"] == 0, f"work left behind: {usage}"
         check_good(entry, server, client, engine, reference, sock)
     finally:
         if sock is not None:
@@ -727,8 +1081,40 @@ def test_openai_routes_ignore_unknown_fields(entry, server, client, reference):
     assert got == (reference.text if entry == "completions" else reference.chat_text)
 
 
+def test_valid_edges_are_accepted(reference):
+    """The limits themselves are fine (the rows above are one step past them): on a 64-token
+    context a prompt filling it with max_new_tokens=0, one token short of it (max_new_tokens is
+    clipped), and the extreme valid parameter values."""
+    engine = get_engine("llama", **SHORT_CTX)
+    full = engine.generate(input_ids=[100] * 64, sampling_params={"max_new_tokens": 0})
+    assert full["output_ids"] == [] and full["meta_info"]["finish_reason"] == {"type": "length", "length": 0}
+    clipped = engine.generate(input_ids=[100] * 63, sampling_params={**GOOD_SP, "max_new_tokens": 50})
+    assert len(clipped["output_ids"]) == 1
+    assert clipped["meta_info"]["finish_reason"]["type"] == "length"
+    edge = {
+        **GOOD_SP,
+        "top_p": 1.0,
+        "top_k": -1,
+        "min_p": 1.0,
+        "frequency_penalty": 2,
+        "presence_penalty": -2,
+        "repetition_penalty": 2,
+        "stop_token_ids": [0, VOCAB - 1],
+        "temperature": 0.0,
+        "seed": -5,
+        "max_new_tokens": 3,
+        "min_new_tokens": 3,
+    }
+    out = engine.generate(input_ids=[5, 6, 7], sampling_params=edge)
+    assert len(out["output_ids"]) == 3
+    assert_serves_as_before(engine, PROMPT, GOOD_SP, reference.ids)
+
+
 def test_the_table_is_complete():
-    """Every row reaches at least one entry, the ids are unique, and each entry is exercised."""
+    """Every row reaches at least one entry, the ids are unique, each entry is exercised, and
+    rows with engine_options run on the Engine only."""
     assert all(any(row.form(e) is not None for e in ENTRIES) for row in ROWS)
     assert len({row.id for row in ROWS}) == len(ROWS)
     assert {entry for _, entry in CASES} == set(ENTRIES)
+    # a row for an Engine configured otherwise has no form on the entries the default server answers
+    assert all(row.form(e) is None for row in ROWS if row.engine_options for e in ENTRIES if e != "engine")

@@ -43,6 +43,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import get_engine
+from polling import wait_until
 from server_process import (
     HOST,
     ServerProcess,
@@ -53,7 +54,6 @@ from server_process import (
     gone,
     server_info,
     wait_idle_and_kv_free,
-    wait_until,
 )
 
 from radixlm import Engine
@@ -555,7 +555,7 @@ def test_engine_abort_storm_loses_nothing(good_text):
         info = engine.get_server_info()
         return info["running"] == 0 and info["waiting"] == 0
 
-    assert wait_until(idle, 20, 0.1), info
+    wait_until(idle, 20, 0.1, what=lambda: f"the engine to go idle (last server_info: {info})")
     assert info["free_tokens"] + info["evictable_tokens"] == info["total_tokens"], info
     assert info["kv_accounting"] == "ok", info["kv_accounting"]
     # every job reached the scheduler (each read a chunk or ran whole) and left it exactly once
@@ -681,11 +681,12 @@ def test_sigkill_under_serve_fails_pending_requests_fast_and_leaves_no_orphans(v
             t.start()
         # every pending request is in the scheduler (chat-n2: warm-up + 2, the batch: 2) and every stream
         # has begun
-        assert wait_until(
+        wait_until(
             lambda: all(c.started.is_set() for c in pending if c.stream) and server_info(srv)["running"] == 8,
             30,
             0.1,
-        ), (server_info(srv), srv.output())
+            what=lambda: f"every stream to begin and 8 requests to run: {server_info(srv)}\n{srv.output()}",
+        )
         # more requests arrive while the process dies, before and after the server notices
         go = threading.Event()
         late = [
@@ -726,7 +727,11 @@ def test_sigkill_under_serve_fails_pending_requests_fast_and_leaves_no_orphans(v
             pytest.fail(f"radixlm serve still running 20 s after its {victim} died:\n{srv.output()}")
         assert code != 0, srv.output()
         assert f"exiting because the {victim} process" in srv.output(), srv.output()
-        assert wait_until(lambda: all(gone(p) for p in kids), 10), {p: gone(p) for p in kids}
+        wait_until(
+            lambda: all(gone(p) for p in kids),
+            10,
+            what=lambda: f"the children to exit (still running: {[p for p in kids if not gone(p)]})",
+        )
     finally:
         srv.stop()  # off the live list: the after-test check is for servers that should be up
     # a new server on the same folder serves correctly
@@ -777,13 +782,14 @@ def test_sigkill_under_engine_fails_pending_requests_fast_and_leaves_no_orphans(
         ]
         for t in threads:
             t.start()
-        assert wait_until(
+        wait_until(
             lambda: (
                 all(e.is_set() for e in first_chunk.values()) and engine.get_server_info()["running"] == 7
             ),
             30,
             0.1,
-        ), engine.get_server_info()
+            what=lambda: f"every stream to begin and 7 requests to run: {engine.get_server_info()}",
+        )
         go = threading.Event()
         late = [
             threading.Thread(
@@ -808,7 +814,13 @@ def test_sigkill_under_engine_fails_pending_requests_fast_and_leaves_no_orphans(
     finally:
         engine.shutdown()
     # no process of this engine outlives its shutdown, and its private ipc directory is gone
-    assert wait_until(lambda: all(gone(p) for p in pids.values()), 10), {p: gone(p) for p in pids.values()}
+    wait_until(
+        lambda: all(gone(p) for p in pids.values()),
+        10,
+        what=lambda: (
+            f"the engine's processes to exit (still running: {[p for p in pids.values() if not gone(p)]})"
+        ),
+    )
     assert not os.path.exists(ipc_dir)
     assert_engine_answers_right(engines.restart(), good_text)
 
@@ -849,7 +861,11 @@ def test_engine_refuses_corrupt_weights_naming_the_file(kind, corrupt_folders):
         Engine(str(folder))
     assert str(folder) in str(info.value)
     # the children it started for loading are gone
-    assert wait_until(lambda: not own_new_children(before), 10), own_new_children(before)
+    wait_until(
+        lambda: not own_new_children(before),
+        10,
+        what=lambda: f"the loading children to exit: {own_new_children(before)}",
+    )
 
 
 @pytest.mark.parametrize("kind", ["truncated to half"])  # the Engine test shows both reach the same check
@@ -886,12 +902,13 @@ def test_serve_refuses_corrupt_weights_and_exits_cleanly(kind, corrupt_folders):
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     seen: set[int] = set()  # every process it started, sampled while it runs
-    deadline = time.monotonic() + 90
+
+    def exited() -> bool:
+        seen.update(descendants_of(proc.pid))
+        return proc.poll() is not None
+
     try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            seen |= descendants_of(proc.pid)
-            time.sleep(0.05)
-        assert proc.poll() is not None, "radixlm serve still running 90 s after start with corrupt weights"
+        wait_until(exited, 90, what="radixlm serve with corrupt weights to exit")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -902,4 +919,8 @@ def test_serve_refuses_corrupt_weights_and_exits_cleanly(kind, corrupt_folders):
     assert f"cannot read weight file {str(folder / 'model.safetensors')!r}" in output, output
     assert "Traceback" not in output, f"a start-up error should be one clear line, not a traceback:\n{output}"
     assert seen, "serve exited before starting its runtime processes: the weights were never read"
-    assert wait_until(lambda: all(gone(p) for p in seen), 10), {p: gone(p) for p in seen}
+    wait_until(
+        lambda: all(gone(p) for p in seen),
+        10,
+        what=lambda: f"its processes to exit (still running: {[p for p in seen if not gone(p)]})",
+    )

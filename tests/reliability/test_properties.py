@@ -5,7 +5,7 @@
   the pool invariant and the tree's self-check after every step, drains completely, and a
   request's greedy output depends only on its prompt (not on what else ran, what was
   cached, retracted or aborted): equal prompts give equal outputs, a shorter length a prefix.
-  (The radix tree alone against a naive model is tests/test_radix_cache.py::RadixModel.)
+  (The radix tree alone against a naive model is tests/runtime/radix/test_radix_cache.py::RadixModel.)
 * Detokenisation: any token stream (special and byte tokens included), fed in any chunking,
   concatenates to the full decode, with skip_special_tokens on and off.
 * Constrained decoding: for generated regexes (alternation, classes, bounded repeats,

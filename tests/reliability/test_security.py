@@ -7,7 +7,7 @@
   `weights_only=True`, or `shell=True` anywhere in the package (an AST scan, which itself
   is checked on a planted sample);
 * every ZeroMQ socket the runtime makes has a message size limit, and the HTTP body limit
-  is in force (its 413 behaviour is tested in tests/test_server.py, as is --api-key).
+  is in force (its 413 behaviour is tested in tests/runtime/entrypoints/test_server.py, as is --api-key).
 """
 
 from __future__ import annotations

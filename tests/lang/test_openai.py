@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 from helpers import get_engine
-from test_server import ServerProcess
+from server_process import ServerProcess
 
 import radixlm as rl
 from radixlm.lang.backend.base import BaseBackend

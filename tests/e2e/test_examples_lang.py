@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_server import ServerProcess
+from server_process import ServerProcess
 
 from radixlm.testing import default_model_path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 RUN_TIMEOUT_S = 240
 HIT_RATE = re.compile(r"^cache hit rate: (\d+(?:\.\d+)?)%", re.M)

@@ -28,6 +28,7 @@ import httpx
 import openai
 import pytest
 from helpers import get_engine
+from polling import wait_until
 from server_process import (
     ServerProcess,
     aiter_sse,
@@ -37,7 +38,6 @@ from server_process import (
     server_info,
     sse_events,
     wait_idle_and_kv_free,
-    wait_until,
 )
 
 from radixlm.testing import build_tiny_model
@@ -996,9 +996,12 @@ def test_killed_scheduler_fails_the_stream_fast_and_the_server_exits_cleanly(key
             pytest.fail(f"radixlm serve still running 15s after its scheduler died:\n{srv.output()}")
         assert code != 0, srv.output()
         assert "scheduler" in srv.output()
-        assert wait_until(lambda: all(gone(p) for p in kids | set(pids.values())), 10), {
-            p: gone(p) for p in kids | set(pids.values())
-        }
+        every = kids | set(pids.values())
+        wait_until(
+            lambda: all(gone(p) for p in every),
+            10,
+            what=lambda: f"every process to exit (still running: {[p for p in every if not gone(p)]})",
+        )
         assert not children_of(srv.proc.pid)
     finally:
         srv.stop()

@@ -22,6 +22,7 @@ import msgspec
 import pytest
 import zmq
 from helpers import get_engine
+from polling import wait_until
 
 from radixlm.client.runtime_client import RuntimeClient
 from radixlm.runtime.managers import messages as P
@@ -115,14 +116,14 @@ def client(server):
 
 
 def _wait_idle(client: RuntimeClient, timeout: float = 15.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    info: dict = {}
+
+    def idle() -> dict | None:
+        nonlocal info
         info = client.get_server_info()
-        if info["running"] == 0 and info["waiting"] == 0:
-            return info
-        if time.monotonic() > deadline:
-            raise AssertionError(f"requests still running after {timeout}s: {info}")
-        time.sleep(0.05)
+        return info if info["running"] == 0 and info["waiting"] == 0 else None
+
+    return wait_until(idle, timeout, what=lambda: f"requests to finish (last server_info: {info})")
 
 
 def _assert_pool_empty_after_flush(client: RuntimeClient) -> None:

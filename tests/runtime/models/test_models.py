@@ -1,4 +1,5 @@
-"""Model loading: config parsing, rope variants, sharded checkpoints, weight errors, dtypes."""
+"""Model loading: config parsing, rope variants, sharded checkpoints, weight errors, dtypes, and
+an unusable model folder failing Engine() with a clear error while other engines keep serving."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import get_engine, hf_greedy
+from helpers import assert_serves_as_before, get_engine, hf_greedy
 
 from radixlm import Engine
 from radixlm.runtime.config import ModelConfig, RopeConfig
@@ -152,3 +153,90 @@ def test_half_precision_runs_and_mostly_agrees(dtype):
     )
     # half precision may flip a near-tie eventually; the start must agree
     assert out["output_ids"][:4] == ref[:4]
+
+
+# ---------------------------------------------------------------------------- unusable folders
+GOOD_PROMPT = "Once upon a time, in a land far away"
+GOOD = {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def good_reference() -> list[int]:
+    """The good request's greedy output on the cached engine, before any bad folder is tried."""
+    return get_engine("llama").generate(GOOD_PROMPT, GOOD)["output_ids"]
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _missing_folder(src, tmp_path):
+    return tmp_path / "does-not-exist"
+
+
+def _unknown_arch(src, tmp_path):
+    dst = _copy(src, tmp_path)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["architectures"] = ["FooForCausalLM"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _truncate(keep):
+    def make(src, tmp_path):
+        dst = _copy(src, tmp_path)
+        weights = dst / "model.safetensors"
+        data = weights.read_bytes()
+        weights.write_bytes(data[: keep(len(data))])
+        return dst
+
+    return make
+
+
+def _garbage_weights(src, tmp_path):
+    dst = _copy(src, tmp_path)
+    (dst / "model.safetensors").write_bytes(b"\xff" * 256)
+    return dst
+
+
+def _no_config(src, tmp_path):
+    dst = _copy(src, tmp_path)
+    (dst / "config.json").unlink()
+    return dst
+
+
+def _no_weights(src, tmp_path):
+    dst = _copy(src, tmp_path)
+    (dst / "model.safetensors").unlink()
+    return dst
+
+
+def _bad_rope(src, tmp_path):
+    dst = _copy(src, tmp_path)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "yarn-ish", "rope_theta": 10000.0}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+BAD_FOLDERS = [
+    ("missing folder", _missing_folder, FileNotFoundError, "not found"),
+    ("no config.json", _no_config, FileNotFoundError, "config.json"),
+    ("no weights", _no_weights, FileNotFoundError, "safetensors"),
+    ("unknown architecture", _unknown_arch, ValueError, "FooForCausalLM"),
+    ("unknown rope type", _bad_rope, ValueError, "yarn-ish"),
+    ("truncated weights (half)", _truncate(lambda n: n // 2), ValueError, r"cannot read.*model\.safetensors"),
+    ("truncated weights (tail)", _truncate(lambda n: n - 64), ValueError, r"cannot read.*model\.safetensors"),
+    ("truncated weights (header)", _truncate(lambda n: 10), ValueError, r"cannot read.*model\.safetensors"),
+    ("garbage weights", _garbage_weights, ValueError, r"cannot read.*model\.safetensors"),
+]
+
+
+@pytest.mark.parametrize("name, make, exc, match", BAD_FOLDERS, ids=[r[0] for r in BAD_FOLDERS])
+def test_unusable_model_folder_fails_engine_clearly(name, make, exc, match, tmp_path, good_reference):
+    path = make(build_tiny_model("llama"), tmp_path)
+    with pytest.raises(exc, match=match):
+        Engine(str(path))
+    assert_serves_as_before(get_engine("llama"), GOOD_PROMPT, GOOD, good_reference)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "soak.py"
 
 
 def test_soak_smoke(tmp_path):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks"
 FIELDS = [
     "num_programs",
     "errors",

@@ -1,4 +1,5 @@
-"""The Engine over its processes: n > 1, streaming, early stream close, process death, shutdown."""
+"""The Engine over its processes: n > 1, streaming, early stream close, process death, shutdown,
+and bad options failing Engine() with a clear error while other engines keep serving."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import os
 import random
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from helpers import get_engine
+from helpers import assert_serves_as_before, get_engine
+from polling import wait_until
 
 from radixlm import Engine
 from radixlm.runtime.managers.tokenizer_manager import RuntimeDiedError
@@ -28,15 +29,6 @@ def gone(pid: int) -> bool:
         return "zombie" in status.read_text().lower()
     except FileNotFoundError:
         return True
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_n_samples_share_the_prompt_through_the_cache():
@@ -89,7 +81,9 @@ def test_closing_a_stream_early_aborts_and_frees_kv():
         if i == 3:
             break
     stream.close()
-    assert wait_until(lambda: engine.get_server_info()["running"] == 0, 10)
+    wait_until(
+        lambda: engine.get_server_info()["running"] == 0, 10, what="the closed stream's request to stop"
+    )
     usage = engine.check_accounting()
     assert usage["in_use_tokens"] == 0 and usage["locked_tokens"] == 0
 
@@ -122,7 +116,11 @@ def test_killed_scheduler_fails_pending_requests_fast_and_shutdown_leaves_no_orp
             engine.generate("Hello", {"max_new_tokens": 2})
     finally:
         engine.shutdown()
-    assert wait_until(lambda: all(gone(pid) for pid in pids.values()), 10), pids
+    wait_until(
+        lambda: all(gone(pid) for pid in pids.values()),
+        10,
+        what=f"the engine's processes {pids} to exit",
+    )
 
 
 def test_shutdown_stops_children_and_rejects_new_work():
@@ -130,7 +128,11 @@ def test_shutdown_stops_children_and_rejects_new_work():
     pids = engine.process_ids
     assert engine.generate("hi", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
     engine.shutdown()
-    assert wait_until(lambda: all(gone(pid) for pid in pids.values()), 10), pids
+    wait_until(
+        lambda: all(gone(pid) for pid in pids.values()),
+        10,
+        what=f"the engine's processes {pids} to exit",
+    )
     with pytest.raises(RuntimeError, match="shut down"):
         engine.generate("hi", {"max_new_tokens": 2})
     engine.shutdown()  # idempotent
@@ -155,3 +157,23 @@ def test_cached_tokens_reported_through_the_engine():
     b = engine.generate(input_ids=prefix + ids_of(9, 84), sampling_params=params)
     assert a["meta_info"]["cached_tokens"] == 0 and b["meta_info"]["cached_tokens"] >= 100
     assert 0 < engine.get_server_info()["cache_hit_rate"] < 1
+
+
+GOOD_PROMPT = "Once upon a time, in a land far away"
+GOOD = {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True}
+BAD_OPTIONS = [
+    ("unknown option", {"max_batch_size": 4}, TypeError, "unknown engine option.*max_batch_size"),
+    ("bad dtype", {"dtype": "float8"}, ValueError, "dtype"),
+    ("bad schedule policy", {"schedule_policy": "random"}, ValueError, "schedule_policy"),
+    ("context beyond the model", {"context_length": 100_000}, ValueError, "context_length"),
+    ("tiny KV pool", {"max_total_tokens": 1}, ValueError, "max_total_tokens"),
+]
+
+
+@pytest.mark.parametrize("name, options, exc, match", BAD_OPTIONS, ids=[r[0] for r in BAD_OPTIONS])
+def test_bad_option_fails_engine_clearly(name, options, exc, match):
+    engine = get_engine("llama")
+    before = engine.generate(GOOD_PROMPT, GOOD)["output_ids"]
+    with pytest.raises(exc, match=match):
+        Engine(str(build_tiny_model("llama")), **options)
+    assert_serves_as_before(engine, GOOD_PROMPT, GOOD, before)

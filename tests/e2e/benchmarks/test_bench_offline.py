@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_offline.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_offline.py"
 
 
 def test_bench_offline_tiny_cpu(tmp_path):

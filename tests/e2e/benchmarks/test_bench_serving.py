@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "serving.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "serving.py"
 GROUPS, PER_GROUP, SYSTEM, QUESTION, OUTPUT = 2, 3, 64, 8, 6
 RUN_FIELDS = [
     "completed",

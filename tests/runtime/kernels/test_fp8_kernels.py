@@ -683,7 +683,7 @@ def test_tuner_scaled_mm_threshold_rule():
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
     import tune_fp8_gemm
 
     def measured(pairs):  # {M: (triton_us, cublas_us)}

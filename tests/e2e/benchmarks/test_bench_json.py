@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_json.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_json.py"
 RUN_FIELDS = [
     "num_requests",
     "wall_s",

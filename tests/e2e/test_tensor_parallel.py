@@ -142,7 +142,7 @@ def test_online_fp8_with_two_ranks_agrees_with_the_unquantised_model():
     """Each rank block-quantises the weight slice it loaded (its row-parallel layers quantise
     their activations over the rank's own columns), so the per-token agreement with the
     unquantised model is what one fp8 rank gives."""
-    from test_fp8_model import agreement
+    from fp8_checkpoints import agreement
 
     path = str(build_tiny_model("llama"))
     top1, overlap = agreement(
@@ -168,7 +168,7 @@ def test_fp8_checkpoint_with_two_ranks_serves_like_one(tmp_path):
     weight and the matching rows/columns of its block scales (16x16 blocks: every rank's slice
     is whole blocks). The row-parallel layers quantise activations in groups of 16 columns, so
     each rank's groups are the single-rank model's groups: per token the two agree."""
-    from test_fp8_model import agreement, fp8_checkpoint
+    from fp8_checkpoints import agreement, fp8_checkpoint
 
     path = build_tiny_model("llama")
     fp8 = str(fp8_checkpoint(path, tmp_path / "fp8", [16, 16]))
@@ -180,7 +180,7 @@ def test_fp8_checkpoint_with_two_ranks_serves_like_one(tmp_path):
 
 def test_fp8_checkpoint_whose_blocks_straddle_ranks_is_refused(tmp_path):
     """32-row blocks over TP=4: a rank's 16 rows of k_proj are half a block."""
-    from test_fp8_model import fp8_checkpoint
+    from fp8_checkpoints import fp8_checkpoint
 
     from radixlm import Engine
 
