@@ -11,7 +11,7 @@ Configurations, each a fresh `rl.Runtime` in this process, on the same inputs, g
   fcfs      schedule_policy="fcfs"
   hints     frontend hints off: global_config.enable_precache_with_tracing = False (no prefix
             pre-cache in run_batch) AND the backend's cache_prefix replaced by a no-op, because
-            the fork warm-up (lang/interpreter.py, ProgramState.fork: prefill the shared prefix
+            the fork warm-up (lang/program_state.py, ProgramState.fork: prefill the shared prefix
             before the children start) has no switch; the no-op disables both hints.
 
 Per workload and configuration: a 2-program warm-up (other inputs), then --repeats timed batches
