@@ -88,6 +88,8 @@ class ClientEndpoint:
                     self._by_rid.pop(key, None)
             elif isinstance(msg, ClientBatch):
                 prepared = [self._prepare(req) for req in msg.requests]  # all valid, or none runs
+                if any(p.params.n != 1 for p in prepared):  # one output per entry, as before
+                    raise ValueError("a batch entry takes n == 1; send n entries to sample n times")
                 outs = await asyncio.gather(*(self._collect(p) for p in prepared))
                 await self._reply(identity, ClientResult(rid=msg.rid, ok=True, data={"outputs": outs}))
             elif isinstance(msg, ClientAbort):

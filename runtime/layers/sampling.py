@@ -144,14 +144,14 @@ class SamplingParams:
         if self.regex is not None and self.json_schema is not None:
             bad("give at most one of regex and json_schema")
         if self.regex is not None or self.json_schema is not None:
-            from radixlm.runtime.constrained import json_schema as constrained
+            from radixlm.runtime.constrained import json_schema
 
             if self.regex is not None:
-                constrained.check_regex_syntax(self.regex)
+                json_schema.check_regex_syntax(self.regex)
             else:
                 if not isinstance(self.json_schema, str):
                     bad(f"json_schema must be JSON text here, got {type(self.json_schema).__name__}")
-                constrained.json_schema_to_regex(constrained.normalize_json_schema(self.json_schema))
+                json_schema.json_schema_to_regex(json_schema.normalize_json_schema(self.json_schema))
 
 
 @dataclass
