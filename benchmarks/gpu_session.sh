@@ -10,6 +10,7 @@
 #   bash benchmarks/gpu_session.sh fp8-kernels  # fp8 kernel tests; cuBLAS-vs-Triton threshold; GEMV tuning; GEMM bench
 #   bash benchmarks/gpu_session.sh profile  # kernel-by-kernel profile of 8k prefill and b=1 decode, bf16 and fp8
 #   bash benchmarks/gpu_session.sh fp8-final  # 8B shape: fp8 (cuBLAS/Triton) vs bf16 vs HF, b=1/64 and 8k prefill
+#   bash benchmarks/gpu_session.sh demo-model  # train the demo model (TRAIN_ARGS), its folder as tar parts in $OUT
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
@@ -29,6 +30,11 @@ if [ "$MODE" = final ]; then
   MODE=speed
 fi
 case "$MODE" in
+  demo-model)  # demo_model/train.py; the folder comes back as 15 MB pieces (cat them, then untar)
+    rm -rf /tmp/demo-model
+    python3 -m radixlm.demo_model.train --out /tmp/demo-model ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/train.log" || exit 1
+    tar -C /tmp -cf /tmp/demo-model.tar demo-model && split -b 15M /tmp/demo-model.tar "$OUT/demo-model.tar.part-"
+    ;;
   tests)
     python3 -m pytest -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gpu-tests.log"
     ;;
