@@ -1,9 +1,10 @@
 """radixlm: structured generation on a radix-tree KV-cache runtime.
 
 import radixlm as rl            # SGLang programs run after `import radixlm as sgl`
-rl.set_default_backend(rl.Runtime(model_path))
+rl.set_default_backend(rl.Runtime(model_path))      # or rl.Runtime(rl.demo_model_path())
 """
 
+from radixlm.demo_model import demo_model_path
 from radixlm.lang import *  # noqa: F403 - the DSL is the package's public face
 from radixlm.lang import __all__ as _lang_all
 from radixlm.runtime.entrypoints.engine import Engine
@@ -23,5 +24,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'radixlm' has no attribute {name!r}")
 
 
-__all__ = ["Engine", "SamplingParams", "Runtime", "RuntimeEndpoint", "OpenAI", *_lang_all]
+__all__ = ["Engine", "SamplingParams", "demo_model_path", "Runtime", "RuntimeEndpoint", "OpenAI", *_lang_all]
 __version__ = "0.1.0"

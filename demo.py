@@ -1,9 +1,12 @@
-"""`radixlm demo`: a tour of the DSL on the offline tiny model (or `--model` / `--endpoint`).
+"""`radixlm demo`: a tour of the DSL on the trained demo model (or `--model` / `--endpoint`).
 
-Runs a multi-turn chat, a select, a 3-way fork with join and (where the runtime has
-constrained decoding) a JSON-schema gen, printing each program's output and, at the end,
-the runtime's cache hit rate. The tiny model has random weights: its words are noise, but
-every rule of the language (roles, stops, choices, forks, caching) is the real one.
+Runs a multi-turn chat that remembers a name, a `select` that judges reviews, a 3-way fork
+that shares one conversation's prefix, a JSON extraction under a schema, an agent loop that
+calls a calculator tool and uses its result, and a Python completion, printing each
+program's output and, at the end, the runtime's cache hit rate. The demo model
+(radixlm/demo_model, 11.7 M parameters, trained here) does exactly these kinds of tasks;
+every rule of the language (roles, stops, choices, forks, schemas, caching) is the real one
+on any model.
 """
 
 from __future__ import annotations
@@ -17,51 +20,80 @@ from collections.abc import Iterator
 from typing import Any
 
 import radixlm as rl
+from radixlm.demo_model import chat_format, tasks
+from radixlm.demo_model.evaluate import calculator, parse_tool_call
 
-DOCS = (
-    "radixlm keeps every prompt prefix it has computed in a radix tree, so programs that "
-    "share a beginning (a system prompt, few-shot examples, the text before a fork) pay for "
-    "it once. "
-) * 3
-# bounded fields: a random-weight model would otherwise happily write digits forever
-PERSON_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 16},
-        "age": {"type": "integer", "maxDigits": 2},
-        "language": {"enum": ["python", "rust", "go"]},
-    },
-    "required": ["name", "age", "language"],
-}
+SYSTEM = "You are a concise assistant."
+REVIEWS = [
+    "The battery lasts for days and the screen is gorgeous. I would happily buy it again.",
+    "The pizza arrived cold and soggy, and the driver was rude. I want my money back.",
+    "What a delightful little hotel! The staff were friendly and the room was spotless.",
+]
+FOLLOW_UPS = ["What is my name?", "What is 58 + 37?", "What is 40 - 73?"]
+PERSON = "Meet Amara, a 29-year-old from Nairobi."
+PYTHON_START = "class Stack:"  # no trailing newline: the model writes the "\n    " itself
 
 
 @rl.function
 def chat(s, questions: list[str], max_tokens: int):
-    s += rl.system("You are a concise assistant.")
+    s += rl.system(SYSTEM)
     for i, question in enumerate(questions):
         s += rl.user(question)
         s += rl.assistant(rl.gen(f"answer_{i}", max_tokens=max_tokens))
 
 
+SENTIMENT_QUESTION = "Is this review positive or negative? "
+
+
 @rl.function
 def classify(s, review: str):
-    s += "Review: " + review + "\nSentiment:"
-    s += rl.select("sentiment", choices=[" positive", " negative", " neutral"])
+    s += rl.user(SENTIMENT_QUESTION + review)
+    s += rl.assistant(rl.select("sentiment", choices=["positive", "negative"]))
 
 
 @rl.function
-def brainstorm(s, max_tokens: int):
-    s += DOCS + "\nThree ways to use this:\n"
+def three_questions(s, max_tokens: int):
+    """One conversation, three follow-ups: the branches share its prefix in the radix cache."""
+    s += rl.system(SYSTEM)
+    s += rl.user("My name is Amara.")
+    s += rl.assistant(rl.gen("greeting", max_tokens=max_tokens))
     forks = s.fork(3)
-    forks += lambda i: f"Idea {i + 1}:"
-    forks += rl.gen("idea", max_tokens=max_tokens, stop="\n")
+    for fork, question in zip(forks, FOLLOW_UPS):
+        fork += rl.user(question)
+        fork += rl.assistant(rl.gen("answer", max_tokens=max_tokens))
     forks.join()
 
 
 @rl.function
-def extract(s, max_tokens: int):
-    s += "Describe a person as JSON.\n"
-    s += rl.gen("person", max_tokens=max_tokens, json_schema=PERSON_SCHEMA)
+def extract(s, sentence: str):
+    s += rl.user("Extract name, age and city as JSON: " + sentence)
+    s += rl.assistant(rl.gen("person", max_tokens=64, json_schema=tasks.EXTRACTION_SCHEMA))
+
+
+@rl.function
+def calculator_agent(s, question: str, max_steps: int = 3):
+    """The agent loop: while the model calls a tool, run it and hand back its result."""
+    s += rl.system(chat_format.tools_system_prompt([tasks.CALCULATOR_TOOL, tasks.WEATHER_TOOL]))
+    s += rl.user(question)
+    for step in range(max_steps):
+        s += rl.assistant(rl.gen(f"turn_{step}", max_tokens=64))
+        call = parse_tool_call(s[f"turn_{step}"])
+        if call is None:  # an answer, not a call: the loop is done
+            s.set_var("answer", s[f"turn_{step}"])
+            return
+        name, arguments = call
+        if name == "calculator":
+            result = calculator(str(arguments.get("expression")))
+        else:
+            result = f"error: no tool named {name!r}"
+        s.set_var(f"result_{step}", result)
+        s += chat_format.tool_response_turn(result)
+
+
+@rl.function
+def complete_python(s, start: str, max_tokens: int):
+    s += start
+    s += rl.gen("code", max_tokens=max_tokens, stop="\n\n\n")
 
 
 @contextlib.contextmanager
@@ -69,9 +101,7 @@ def open_backend(model: str | None, endpoint: str | None) -> Iterator[Any]:
     if endpoint:
         backend = rl.RuntimeEndpoint(endpoint)
     else:
-        from radixlm.testing import default_model_path
-
-        backend = rl.Runtime(model or str(default_model_path()))
+        backend = rl.Runtime(model or rl.demo_model_path())
     try:
         yield backend
     finally:
@@ -86,38 +116,47 @@ def run_demo(backend: Any, max_tokens: int) -> None:
     rl.set_default_backend(backend)
 
     _section("multi-turn chat")
-    state = chat.run(
-        questions=["What is a radix tree?", "And why does it help a cache?"],
-        max_tokens=max_tokens,
-        temperature=0,
-    )
-    for message in state.messages():
+    questions = ["My name is Ada.", "What is 27 + 15?", "What is my name?"]
+    state = chat.run(questions=questions, max_tokens=max_tokens, temperature=0)
+    for message in state.messages()[1:]:
         print(f"[{message['role']}] {message['content']!r}")
 
     _section("select")
-    state = classify.run(review="The batching made our agent twice as fast.")
-    meta = state.get_meta_info("sentiment")
-    scores = ", ".join(
-        f"{c!r}: {v:.3f}"
-        for c, v in zip([" positive", " negative", " neutral"], meta["normalized_prompt_logprobs"])
-    )
-    print(f"chose {state['sentiment']!r} (mean token logprob {scores})")
+    states = classify.run_batch([{"review": review} for review in REVIEWS], temperature=0)
+    for review, state in zip(REVIEWS, states):
+        scores = state.get_meta_info("sentiment")["normalized_prompt_logprobs"]
+        detail = ", ".join(f"{c}: {v:.2f}" for c, v in zip(["positive", "negative"], scores))
+        print(f"{state['sentiment']:<8} (mean logprob {detail})  {review!r}")
 
     _section("3-way fork and join")
-    state = brainstorm.run(max_tokens=max_tokens, temperature=0.8)
-    for i, idea in enumerate(state["idea"]):
-        print(f"idea {i + 1}: {idea!r}")
+    state = three_questions.run(max_tokens=max_tokens, temperature=0)
+    print(f"[assistant] {state['greeting']!r}")
+    for question, answer in zip(FOLLOW_UPS, state["answer"]):
+        print(f"fork: {question!r} -> {answer!r}")
 
     _section("JSON-schema gen")
     if backend.get_server_info().get("constrained_decoding"):
-        state = extract.run(max_tokens=64, temperature=0)
+        state = extract.run(sentence=PERSON, temperature=0)
         meta = state.get_meta_info("person")
-        print(
-            f"{json.dumps(json.loads(state['person']))}  ({meta['completion_tokens']} tokens, "
-            f"{meta.get('jump_forward_tokens', 0)} of them jump-forward)"
-        )
+        person = json.dumps(json.loads(state["person"]))
+        forced = meta.get("jump_forward_tokens", 0)
+        print(f"{PERSON!r}\n-> {person}  ({meta['completion_tokens']} tokens, {forced} of them jump-forward)")
     else:
         print("skipped: this runtime has no constrained decoding yet")
+
+    _section("agent loop with a calculator tool")
+    question = "Use the calculator: what is 482 * 37?"
+    state = calculator_agent.run(question=question, temperature=0)
+    print(f"[user] {question!r}")
+    step = 0
+    while f"result_{step}" in state:
+        print(f"[assistant] {state[f'turn_{step}']!r}\n[tool] {state[f'result_{step}']!r}")
+        step += 1
+    print(f"[assistant] {state['answer']!r}")
+
+    _section("Python completion")
+    state = complete_python.run(start=PYTHON_START, max_tokens=4 * max_tokens, temperature=0)
+    print(PYTHON_START + state["code"])
 
     info = backend.get_server_info()
     print(
@@ -137,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
-        "--model", default=None, help="local HF model folder (default: the offline tiny model)"
+        "--model", default=None, help="local HF model folder (default: the trained demo model)"
     )
     parser.add_argument("--endpoint", default=None, help="ZeroMQ address of `radixlm serve --zmq-port`")
-    parser.add_argument("--max-tokens", type=int, default=12)
+    parser.add_argument("--max-tokens", type=int, default=24, help="token limit of each chat answer")
     return parser
 
 
