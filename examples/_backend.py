@@ -8,7 +8,7 @@
         print_cache_hit_rate(backend)
 
 Without --endpoint, `rl.Runtime` launches the runtime's processes for this script (the
-offline tiny model unless --model is given) and stops them on exit. With
+trained demo model that ships with radixlm unless --model is given) and stops them on exit. With
 `--endpoint tcp://127.0.0.1:30001` the script connects to a running
 `radixlm serve --model PATH --zmq-port 30001` instead, and leaves it running.
 """
@@ -29,7 +29,7 @@ import radixlm as rl
 def add_backend_args(parser: argparse.ArgumentParser, max_tokens: int | None = 16) -> argparse.ArgumentParser:
     """--model | --endpoint, --device, and --max-tokens (left out when max_tokens is None)."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--model", default=None, help="local model folder (default: the offline tiny model)")
+    where.add_argument("--model", default=None, help="local model folder (default: the trained demo model)")
     where.add_argument(
         "--endpoint",
         default=None,
@@ -53,9 +53,9 @@ def backend_from_args(args: argparse.Namespace) -> Iterator[Any]:
     if args.endpoint:
         backend = rl.RuntimeEndpoint(args.endpoint)
     else:
-        from radixlm.testing import default_model_path
+        from radixlm.demo_model import demo_model_path
 
-        backend = rl.Runtime(args.model or default_model_path(), device=args.device)
+        backend = rl.Runtime(args.model or demo_model_path(), device=args.device)
     previous = rl.get_default_backend()
     rl.set_default_backend(backend)
     try:

@@ -1,13 +1,15 @@
 """Multi-turn chat: system, user and assistant roles, one `gen` per assistant turn.
 
-    python examples/chat_multi_turn.py                       # launches the offline tiny model
+    python examples/chat_multi_turn.py                       # launches the trained demo model
     python examples/chat_multi_turn.py --model PATH          # any local Llama/Mistral/Qwen2/Qwen3 folder
     python examples/chat_multi_turn.py --endpoint tcp://127.0.0.1:30001
                                                              # a running `radixlm serve --zmq-port 30001`
 
-Roles render through the model's chat template. Every turn's request starts with the whole
-conversation so far, which the runtime finds in its radix cache: the hit rate climbs with
-each turn. (The tiny model has random weights, so its replies are gibberish.)
+The user introduces themselves, asks a sum, then asks for their name back: the last answer
+is right only if the model reads the whole conversation, which every turn's request carries.
+Roles render through the model's chat template. Each request starts with the conversation
+so far, which the runtime finds in its radix cache: the hit rate climbs with each turn.
+Generation is greedy (temperature=0), so the run is repeatable.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ from _backend import backend_from_args, make_parser, print_cache_hit_rate
 
 import radixlm as rl
 
+NAME = "Grace Hopper"
 QUESTIONS = [
-    "What is a radix tree?",
-    "How does it help an LLM server reuse work?",
-    "Summarise that in one sentence.",
+    f"My name is {NAME}.",  # the demo model was trained on these phrasings
+    "What is 48 + 37?",
+    "What is my name?",
 ]
 
 
 @rl.function
 def chat(s, questions: list[str], max_tokens: int):
-    s += rl.system("You are a concise assistant who explains data structures.")
+    s += rl.system("You are a helpful assistant.")
     for i, question in enumerate(questions):
         s += rl.user(question)
         s += rl.assistant(rl.gen(f"answer_{i}", max_tokens=max_tokens))

@@ -1,10 +1,15 @@
 """Offline batch generation with the Engine: a shared system prompt, many questions.
 
-    python examples/offline_batch.py                 # the offline tiny model (built on first use)
+    python examples/offline_batch.py                 # the trained demo model
     python examples/offline_batch.py --model PATH    # any local Llama/Mistral/Qwen2/Qwen3 folder
 
-The second round of questions reuses the system prompt from the radix cache: watch
-`cached_tokens` and the cache hit rate.
+Every prompt is a chat rendered by the model's own chat template
+(`engine.tokenizer.apply_chat_template`), the way an OpenAI-style server renders a request,
+and all of them go to the Engine in one `generate` call. The questions are the tasks the demo
+model was trained on: sums, a review's sentiment, extraction as JSON, and a calculator call
+(the template lists the tools passed as `tools=` in the system turn). Greedy (temperature=0),
+so both rounds give the same answers; the second round finds every prompt in the radix cache:
+watch `cached_tokens` and the cache hit rate.
 """
 
 from __future__ import annotations
@@ -16,21 +21,23 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from radixlm import Engine
-from radixlm.testing import default_model_path
+from radixlm.demo_model import demo_model_path
+from radixlm.demo_model.tasks import CALCULATOR_TOOL
 
-SYSTEM = (
-    "You are a careful assistant for Python programmers. Answer briefly, show code when it "
-    "helps, and say so when you are not sure. "
-)
+SYSTEM = "You are a helpful assistant."
+# (question, tools offered): each prompt is the system turn, then the question
 QUESTIONS = [
-    "How do I reverse a list?",
-    "What does the with statement do?",
-    "Explain list comprehensions.",
-    "How are exceptions raised?",
-    "What is a generator?",
-    "How do I read a file line by line?",
-    "What does the global statement do?",
-    "When should I use a tuple instead of a list?",
+    ("What is 23 + 58?", None),
+    ("What is 91 - 36?", None),
+    ("What is 7 - 45?", None),
+    (
+        "Is this review positive or negative? The blender is sturdy and reliable. I use it every single day.",
+        None,
+    ),
+    ("Is this review positive or negative? The hotel room was dirty and the staff were rude.", None),
+    ("Extract name, age and city as JSON: Lena is 34 years old and lives in Hamburg.", None),
+    ("Who are you?", None),
+    ("Use the calculator: what is 1234 * 5678?", [CALCULATOR_TOOL]),
 ]
 
 
@@ -38,31 +45,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=None, help="local model folder (default: the offline tiny model)")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--model", default=None, help="local model folder (default: the trained demo model)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    model = args.model or default_model_path()
+    model = args.model or demo_model_path()
     start = time.perf_counter()
     with Engine(model, device=args.device) as engine:
         chat = engine.tokenizer.apply_chat_template
         prompts = [
             chat(
-                [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+                [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+                tools=tools,
                 tokenize=False,
                 add_generation_prompt=True,
             )
-            for q in QUESTIONS
+            for question, tools in QUESTIONS
         ]
-        params = {"max_new_tokens": args.max_new_tokens, "temperature": 0.7, "top_p": 0.9}
+        params = {"max_new_tokens": args.max_new_tokens, "temperature": 0}
         for round_no in (1, 2):
             t0 = time.perf_counter()
             outputs = engine.generate(prompts, params)
             elapsed = time.perf_counter() - t0
             tokens = sum(o["meta_info"]["completion_tokens"] for o in outputs)
             print(f"--- round {round_no}: {len(prompts)} requests, {tokens} tokens in {elapsed:.2f}s")
-            for question, out in zip(QUESTIONS, outputs):
+            for (question, _), out in zip(QUESTIONS, outputs):
                 meta = out["meta_info"]
                 print(
                     f"[{meta['prompt_tokens']} prompt / {meta['cached_tokens']} cached] "

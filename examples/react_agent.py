@@ -1,22 +1,29 @@
-"""A ReAct agent: the model alternates Thought and Action lines, Python runs the action's
-tool and appends the Observation, for a bounded number of steps.
+"""A tool-calling agent loop: the model is offered tools, writes a call, Python runs the tool
+and appends its result, and the model goes on until it answers, for a bounded number of steps.
 
-    python examples/react_agent.py                           # launches the offline tiny model
-    python examples/react_agent.py --question "What is 17 * 23?" --max-steps 6
+    python examples/react_agent.py                           # launches the trained demo model
+    python examples/react_agent.py --question "Use the calculator: what is 4321 * 987?" --max-steps 4
     python examples/react_agent.py --model PATH              # any local Llama/Mistral/Qwen2/Qwen3 folder
     python examples/react_agent.py --endpoint tcp://127.0.0.1:30001
                                                              # a running `radixlm serve --zmq-port 30001`
 
-Tools: calculator[expression] (arithmetic parsed with `ast`, never `eval`), lookup[word] (a
-small glossary) and finish[answer]. Stop strings end each generation at the end of its
-line, and the program reads the action as soon as it is generated to decide what to append
-next. A model that writes no valid action (the random-weight tiny model never does) gets an
-observation saying so, and the loop goes on until --max-steps.
+The conversation follows the demo model's chat format (ChatML with tools, the Qwen2.5 / Hermes
+convention): the system turn lists the tools as JSON (`tools_system_prompt`), the model calls
+one by writing `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` as its whole
+assistant turn, and the result comes back as a `tool` turn (`tool_response_turn`: the DSL has
+no tool role, so the program appends the turn's text as the chat template renders it). The
+program reads each reply as soon as it is generated to decide what to append next; a reply
+with no tool call is the answer. Greedy (temperature=0).
+
+Tools: calculator(expression), arithmetic parsed with `ast` and evaluated node by node, never
+with `eval`; and get_weather(city), which returns one fixed, made-up report for every city
+(this example never goes online). A bad call gets an error text back as its result.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import math
 import operator
 import re
@@ -24,8 +31,12 @@ import re
 from _backend import backend_from_args, make_parser, print_cache_hit_rate
 
 import radixlm as rl
+from radixlm.demo_model.chat_format import tool_response_turn, tools_system_prompt
+from radixlm.demo_model.tasks import CALCULATOR_TOOL, WEATHER_TOOL
 
-QUESTION = "What is the area of a circle with a radius of 3 metres?"
+# the demo model's trained phrasings: a calculator question, a weather question
+QUESTIONS = ["Use the calculator: what is 1234 * 5678?", "What is the weather in Lisbon?"]
+TOOL_SPECS = [CALCULATOR_TOOL, WEATHER_TOOL]  # what the system turn offers (OpenAI-style function specs)
 MAX_EXPRESSION_CHARS = 200
 MAX_MAGNITUDE = 10**100
 OPERATORS = {
@@ -40,12 +51,6 @@ OPERATORS = {
     ast.UAdd: operator.pos,
 }
 CONSTANTS = {"pi": math.pi, "e": math.e}
-GLOSSARY = {
-    "pi": "pi is the ratio of a circle's circumference to its diameter, about 3.14159",
-    "area": "the area of a circle is pi times the radius squared",
-    "radix": "a radix tree is a trie that merges chains of single-child nodes",
-    "metre": "the metre is the SI unit of length",
-}
 
 
 # ---------------------------------------------------------------------------------------- tools
@@ -88,81 +93,83 @@ def calculator(expression: str) -> str:
     return f"{result:.10g}" if isinstance(result, float) else str(result)
 
 
-def lookup(word: str) -> str:
-    entry = GLOSSARY.get(word.strip().lower())
-    return entry if entry else f"no glossary entry for {word.strip()[:40]!r}"
+def get_weather(city: str) -> str:
+    """A stand-in for a weather service: the same made-up report for every city, as the JSON
+    the demo model was trained to read."""
+    return json.dumps({"city": city.strip()[:40], "temperature": 21, "condition": "sunny"})
 
 
-TOOLS = {"calculator": calculator, "lookup": lookup}
-ACTION = re.compile(r"^\s*(\w+)\[(.*)\]\s*\.?\s*$")
+TOOLS = {"calculator": (calculator, "expression"), "get_weather": (get_weather, "city")}  # name -> (fn, arg)
+TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 
 
-def parse_action(text: str) -> tuple[str, str] | None:
-    """`calculator[2+3]` -> ("calculator", "2+3"); None for anything that is not such a call."""
-    match = ACTION.match(text)
-    return (match.group(1).lower(), match.group(2)) if match else None
-
-
-def observe(action: str) -> str:
-    parsed = parse_action(action)
-    if parsed is None or parsed[0] not in TOOLS:
-        return (
-            f"invalid action {action.strip()[:60]!r}; write calculator[expression], lookup[word] "
-            f"or finish[answer]"
-        )
-    name, argument = parsed
+def parse_tool_call(text: str) -> tuple[str, dict] | None:
+    """(name, arguments) of the first well-formed <tool_call> in text; None when there is none."""
+    match = TOOL_CALL.search(text)
+    if not match:
+        return None
     try:
-        return TOOLS[name](argument)
+        call = json.loads(match.group(1))
+    except ValueError:
+        return None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        return None
+    arguments = call.get("arguments")
+    return call["name"], arguments if isinstance(arguments, dict) else {}
+
+
+def run_tool(name: str, arguments: dict) -> str:
+    """The tool's result as text. A bad call gets an error text, which the model reads as the
+    result, instead of an exception that would end the program."""
+    if name not in TOOLS:
+        return f"error: no tool named {name[:40]!r}; the tools are {', '.join(TOOLS)}"
+    tool, parameter = TOOLS[name]
+    argument = arguments.get(parameter)
+    if not isinstance(argument, str):
+        return f"error: {name} takes one string argument, {parameter!r}"
+    try:
+        return tool(argument)
     except ValueError as exc:
-        return f"{name} error: {exc}"
+        return f"error: {exc}"
 
 
 # ---------------------------------------------------------------------------------------- program
-def few_shot() -> str:
-    steps = [
-        ("I need the glossary definition first.", "lookup[radix]"),
-        ("A day has 24 hours of 3600 seconds each.", "calculator[24 * 3600]"),
-        ("I have the answer.", "finish[86400]"),
-    ]
-    text = (
-        "Answer the question with Thought, Action and Observation lines. Actions: calculator[expression], "
-        "lookup[word], finish[answer].\n\nQuestion: How many seconds are there in a day?\n"
-    )
-    for thought, action in steps:
-        text += f"Thought: {thought}\nAction: {action}\n"
-        if not action.startswith("finish["):
-            text += f"Observation: {observe(action)}\n"
-    return text + "\n"
-
-
 @rl.function
-def react(s, question: str, max_steps: int, max_tokens: int):
-    s += few_shot() + f"Question: {question}\n"
-    with s.var_scope("trace"):
-        for step in range(max_steps):
-            s += "Thought:" + rl.gen(f"thought_{step}", max_tokens=max_tokens, stop="\n") + "\n"
-            s += "Action:" + rl.gen(f"action_{step}", max_tokens=max_tokens, stop="\n") + "\n"
-            action = s[f"action_{step}"]  # waits for this generation: the program branches on it
-            parsed = parse_action(action)
-            if parsed is not None and parsed[0] == "finish":
-                return parsed[1].strip()
-            s += f"Observation: {observe(action)}\n"
-    return None
+def agent(s, question: str, max_steps: int, max_tokens: int):
+    """Returns (the final answer or None, the transcript as (role, text) pairs)."""
+    s += rl.system(tools_system_prompt(TOOL_SPECS))
+    s += rl.user(question)
+    transcript = [("user", question)]
+    for step in range(max_steps):
+        s += rl.assistant(rl.gen(f"reply_{step}", max_tokens=max_tokens))
+        reply = s[f"reply_{step}"]  # waits for this generation: the program branches on it
+        transcript.append(("assistant", reply))
+        call = parse_tool_call(reply)
+        if call is None:
+            return reply, transcript  # no tool call: the reply is the answer
+        result = run_tool(*call)
+        transcript.append(("tool", result))
+        s += tool_response_turn(result)
+    return None, transcript
 
 
 def main() -> None:
-    parser = make_parser(__doc__)
-    parser.add_argument("--question", default=QUESTION)
-    parser.add_argument("--max-steps", type=int, default=3)
+    parser = make_parser(__doc__, max_tokens=64)  # a call with two 4-digit numbers is about 40 tokens
+    parser.add_argument("--question", action="append", help="a question to ask (repeatable)")
+    parser.add_argument("--max-steps", type=int, default=3, help="assistant turns per question, at most")
     args = parser.parse_args()
+    questions = args.question or QUESTIONS
     with backend_from_args(args) as backend:
-        state = react.run(
-            question=args.question, max_steps=args.max_steps, max_tokens=args.max_tokens, temperature=0
+        states = agent.run_batch(
+            [{"question": q, "max_steps": args.max_steps, "max_tokens": args.max_tokens} for q in questions],
+            temperature=0,
         )
-        print(f"Question: {args.question}")
-        print(state["trace"], end="")
-        answer = state.ret_value
-        print(f"answer: {answer!r}" if answer is not None else f"no answer after {args.max_steps} steps")
+        for state in states:
+            answer, transcript = state.ret_value
+            for role, text in transcript:
+                print(f"{role:>9}: {text}")
+            print(f"answer: {answer!r}" if answer is not None else f"no answer after {args.max_steps} steps")
+            print()
         print_cache_hit_rate(backend)
 
 

@@ -1,9 +1,11 @@
-"""examples/json_extraction.py runs end to end: every printed Contact came from a JSON-schema
-gen, validated, and (re-parsed here) validates again; jump-forward tokens are reported."""
+"""examples/json_extraction.py runs end to end on the trained demo model: every printed Person
+came from a JSON-schema gen, validated, (re-parsed here) validates again, and holds exactly
+the name, age and city of its sentence; jump-forward tokens are reported."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -16,12 +18,24 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_
 HIT_RATE = re.compile(r"^cache hit rate: (\d+(?:\.\d+)?)%", re.M)
 
 
-def _contact_model():
+def _example():
     sys.path.insert(0, str(EXAMPLES))  # the example imports its helper as a sibling module
     try:
-        return importlib.import_module("json_extraction").Contact
+        return importlib.import_module("json_extraction")
     finally:
         sys.path.remove(str(EXAMPLES))
+
+
+def test_the_examples_schema_is_the_demo_models():
+    """The pydantic model asks for what the demo model was trained and evaluated under."""
+    from radixlm.demo_model.tasks import EXTRACTION_SCHEMA
+
+    schema = _example().Person.model_json_schema()
+    assert list(schema["properties"]) == list(EXTRACTION_SCHEMA["properties"])  # the keys, in order
+    for key, spec in EXTRACTION_SCHEMA["properties"].items():
+        assert schema["properties"][key]["type"] == spec["type"]
+    assert set(schema["required"]) == set(EXTRACTION_SCHEMA["required"])
+    assert schema["additionalProperties"] is False
 
 
 def test_json_extraction_example():
@@ -36,11 +50,14 @@ def test_json_extraction_example():
     out = proc.stdout
     assert proc.returncode == 0, f"exited {proc.returncode}\n{out[-3000:]}\n{proc.stderr[-3000:]}"
 
-    contact_model = _contact_model()
-    printed = re.findall(r"^validated Contact: (\{.*\})$", out, re.M)
-    assert len(printed) == 4, out  # one run, then a run_batch of 3
-    contacts = [contact_model.model_validate_json(text) for text in printed]
-    assert all(c.role in ("customer", "supplier", "partner", "employee") for c in contacts)
+    example = _example()
+    printed = re.findall(r"^validated Person: (\{.*\}) \(right\)$", out, re.M)
+    assert len(printed) == 4, out  # one run, then a run_batch of 3; each one right
+    people = [example.Person.model_validate_json(text) for text in printed]
+    expected = [person for _, person in example.TEXTS]
+    assert [json.loads(text) for text in printed] == [p.model_dump() for p in people] == expected, out
+    for text, person in example.TEXTS:  # the expected values are the sentence's own
+        assert person["name"] in text and person["city"] in text and str(person["age"]) in text
 
     meta = re.findall(
         r"^  (\d+) tokens, (\d+) of them jump-forward \(forced by the schema\); finish: (\w+)$", out, re.M
@@ -49,6 +66,6 @@ def test_json_extraction_example():
     for total, forced, finish in meta:
         assert finish == "stop", out  # the object closed, not cut off at max_tokens
         assert 0 < int(forced) < int(total), out  # keys and punctuation are forced, values are not
-    assert re.search(r"^extracted 4 contacts; roles: \[", out, re.M), out
+    assert re.search(r"^extracted 4 people, 4 right; names: \[", out, re.M), out
     rates = HIT_RATE.findall(out)
     assert len(rates) == 1 and 0 < float(rates[0]) <= 100, out  # the batch shares the system prompt

@@ -1,11 +1,13 @@
-"""The DSL examples in examples/ run end to end as scripts, against a runtime they launch and
-against a running `radixlm serve --zmq-port`; the ReAct agent's calculator refuses anything
-but arithmetic."""
+"""The DSL examples in examples/ run end to end as scripts on the trained demo model, against a
+runtime they launch and against a running `radixlm serve --zmq-port`, and their answers are
+right; the agent's calculator refuses anything but arithmetic, and a bad tool call gets an
+error text back."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 from server_process import ServerProcess
 
-from radixlm.testing import default_model_path
+from radixlm.demo_model import demo_model_path
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -44,19 +46,28 @@ def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 # ---------------------------------------------------------------------------------------- what each shows
+# The examples run the trained demo model greedily, in the phrasings it was trained on, so
+# their answers are checked for being right, not only for their shape.
+def printed_messages(out: str) -> list[tuple[str, str]]:
+    return [(role, ast.literal_eval(text)) for role, text in re.findall(r"^\s*(\w+): ('.*')$", out, re.M)]
+
+
 def check_chat(out: str) -> None:
-    roles = re.findall(r"^\s*(system|user|assistant): ", out, re.M)
-    assert roles == ["system"] + ["user", "assistant"] * 3, out
-    assert "turns: 3; last answer:" in out
+    messages = printed_messages(out)
+    assert [role for role, _ in messages] == ["system"] + ["user", "assistant"] * 3, out
+    replies = [text for role, text in messages if role == "assistant"]
+    # the name comes back in the last turn: the model read the whole conversation
+    assert replies == ["Nice to meet you, Grace Hopper!", "48 + 37 = 85.", "Your name is Grace Hopper."], out
+    assert "turns: 3; last answer: 'Your name is Grace Hopper.'" in out
 
 
 def check_select(out: str) -> None:
-    labels = ["positive", "negative", "neutral"]
+    labels = ["positive", "negative"]
     choices = ast.literal_eval(re.search(r"^choices made: (\[.*\])$", out, re.M).group(1))
-    assert len(choices) == 6 and set(choices) <= set(labels), choices
-    scores = re.findall(
-        r"scores: positive=(-?\d+\.\d+), negative=(-?\d+\.\d+), neutral=(-?\d+\.\d+)$", out, re.M
-    )
+    # the example's six reviews alternate, starting with a positive one
+    assert choices == ["positive", "negative"] * 3, out
+    assert "6 of 6 right" in out
+    scores = re.findall(r"scores: positive=(-?\d+\.\d+), negative=(-?\d+\.\d+)$", out, re.M)
     assert len(scores) == 6, out
     for choice, row in zip(choices, scores):  # greedy select: the chosen label has the best score
         values = [float(v) for v in row]
@@ -64,21 +75,33 @@ def check_select(out: str) -> None:
 
 
 def check_tree(out: str, branches: int = 3, reviewers: int = 2) -> None:
-    assert len(re.findall(r"── branch \d+", out)) == branches, out
+    thoughts = re.findall(r"── branch \d+(?: \(chosen\))?: ('.*')$", out, re.M)
+    # greedy (--temperature 0): each branch's first step of 47 + 38 - 29 is right
+    steps = ["47 + 38 = 85.", "47 - 29 = 18.", "38 - 29 = 9."][:branches]
+    assert [ast.literal_eval(t) for t in thoughts] == steps, out
     assert out.count("(chosen)") == 1, out
-    verdicts = re.findall(r"reviewer \d+: (\w+)$", out, re.M)
-    assert len(verdicts) == branches * reviewers and set(verdicts) <= {"promising", "flawed"}, out
-    assert re.search(r"^plan: ", out, re.M), out
+    verdicts = re.findall(r"reviewer \d+: '.*' -> (\w+)$", out, re.M)
+    assert verdicts == ["confirms"] * (branches * reviewers), out  # every check works the step backwards
+    assert re.search(r"^answer: '\d+ [-+] \d+ = 56\.' \(right\)$", out, re.M), out
 
 
 def check_react(out: str, max_steps: int) -> None:
-    thoughts = re.findall(r"^Thought:", out, re.M)
-    actions = re.findall(r"^Action:", out, re.M)
-    observations = re.findall(r"^Observation: ", out, re.M)
-    assert 1 <= len(thoughts) == len(actions) <= max_steps, out
-    assert len(observations) >= len(actions) - 1, out  # a finish action is the only one without one
-    assert observations, out
-    assert re.search(r"^(answer: |no answer after \d+ steps$)", out, re.M), out
+    assert 2 <= max_steps  # a call, then the answer
+    lines = [(role, text) for role, text in re.findall(r"^\s*(user|assistant|tool): (.*)$", out, re.M)]
+    calculator_call = '{"name": "calculator", "arguments": {"expression": "1234 * 5678"}}'
+    weather_call = '{"name": "get_weather", "arguments": {"city": "Lisbon"}}'
+    assert lines == [
+        ("user", "Use the calculator: what is 1234 * 5678?"),
+        ("assistant", f"<tool_call>{calculator_call}</tool_call>"),
+        ("tool", "7006652"),  # the example's ast calculator ran the call
+        ("assistant", "1234 * 5678 = 7006652."),
+        ("user", "What is the weather in Lisbon?"),
+        ("assistant", f"<tool_call>{weather_call}</tool_call>"),
+        ("tool", '{"city": "Lisbon", "temperature": 21, "condition": "sunny"}'),  # the fixed, fake report
+        ("assistant", "It is 21 degrees and sunny in Lisbon."),
+    ], out
+    answers = re.findall(r"^answer: (.*)$", out, re.M)
+    assert answers == ["'1234 * 5678 = 7006652.'", "'It is 21 degrees and sunny in Lisbon.'"], out
 
 
 def check_batch(out: str, err: str, num: int) -> None:
@@ -90,6 +113,7 @@ def check_batch(out: str, err: str, num: int) -> None:
     )
     assert match, out
     assert int(match.group(1)) == num and int(match.group(2)) == 0 and int(match.group(3)) > 0, out
+    assert f"{num} of {num} answers right" in out  # every sum and difference, checked by Python
     assert f"{num}/{num}" in err, err[-2000:]  # the tqdm progress bar, on stderr
 
 
@@ -97,15 +121,27 @@ def check_streaming(out: str) -> None:
     sync = re.search(r"^\[sync: (\d+) chunks; answer has (\d+) characters\]$", out, re.M)
     assert sync and int(sync.group(1)) >= 1, out
     assert "<|im_start|>assistant" in out  # text_iter() streams the whole text, role markers included
+    assert (
+        "<|im_start|>assistant\nI can do small sums, judge reviews, extract facts as JSON and use tools."
+        in out
+    )
     counts = ast.literal_eval(re.search(r"^\[async: (\{.*\}) chunks per stream\]$", out, re.M).group(1))
-    assert set(counts) == {"tides", "bread"} and all(n >= 1 for n in counts.values()), counts
+    assert set(counts) == {"sum", "intro"} and all(n >= 1 for n in counts.values()), counts
     for name in counts:
         assert len(re.findall(rf"^\[{name}\] ", out, re.M)) == counts[name], out
+    answers = ast.literal_eval(re.search(r"^answers: (\{.*\})$", out, re.M).group(1))
+    assert answers == {
+        "sum": "64 + 29 = 93.",
+        "intro": "I am a small assistant model trained for the radixlm demo.",
+    }, answers
+    for name, answer in answers.items():  # the chunks streamed add up to the answer
+        chunks = [ast.literal_eval(c) for c in re.findall(rf"^\[{name}\] (.*)$", out, re.M)]
+        assert "".join(chunks) == answer, (name, chunks)
 
 
 # ---------------------------------------------------------------------------------------- launched runtime
 def test_chat_multi_turn():
-    check_chat(run_example("chat_multi_turn.py", "--max-tokens", "12").stdout)
+    check_chat(run_example("chat_multi_turn.py").stdout)
 
 
 def test_few_shot_select():
@@ -113,35 +149,38 @@ def test_few_shot_select():
 
 
 def test_tree_of_thought():
-    check_tree(run_example("tree_of_thought.py", "--max-tokens", "8").stdout)
+    check_tree(run_example("tree_of_thought.py", "--temperature", "0").stdout)
+
+
+def test_tree_of_thought_samples():
+    """Its default samples the branches' steps: sensible steps still, and a finished answer."""
+    out = run_example("tree_of_thought.py", "--branches", "2", "--reviewers", "3").stdout
+    assert len(re.findall(r"── branch \d+", out)) == 2 and out.count("(chosen)") == 1, out
+    assert len(re.findall(r"reviewer \d+: '.*' -> (?:confirms|disagrees)$", out, re.M)) == 6, out
+    assert re.search(r"^answer: ", out, re.M), out
 
 
 def test_react_agent():
-    check_react(run_example("react_agent.py", "--max-steps", "2", "--max-tokens", "12").stdout, 2)
+    check_react(run_example("react_agent.py", "--max-steps", "2").stdout, 2)
 
 
 def test_run_batch_progress():
-    proc = run_example("run_batch_progress.py", "--num", "32", "--max-tokens", "8")
+    proc = run_example("run_batch_progress.py", "--num", "32")
     check_batch(proc.stdout, proc.stderr, 32)
 
 
 def test_streaming():
-    check_streaming(run_example("streaming.py", "--max-tokens", "12").stdout)
+    check_streaming(run_example("streaming.py").stdout)
 
 
 # ---------------------------------------------------------------------------------------- --endpoint
 def test_examples_against_a_running_server():
     """Two examples connect to one `radixlm serve`; it outlives them and still stops cleanly."""
-    server = ServerProcess(default_model_path()).start()
+    server = ServerProcess(demo_model_path()).start()
     address = f"tcp://127.0.0.1:{server.zmq_port}"
     try:
-        check_react(
-            run_example(
-                "react_agent.py", "--endpoint", address, "--max-steps", "2", "--max-tokens", "8"
-            ).stdout,
-            2,
-        )
-        check_streaming(run_example("streaming.py", "--endpoint", address, "--max-tokens", "8").stdout)
+        check_react(run_example("react_agent.py", "--endpoint", address, "--max-steps", "2").stdout, 2)
+        check_streaming(run_example("streaming.py", "--endpoint", address).stdout)
         assert server.proc.poll() is None, (
             "an example with --endpoint stopped the server:\n" + server.output()
         )
@@ -211,13 +250,29 @@ def test_calculator_refuses_everything_else(react_agent, expression):
         react_agent.calculator(expression)
 
 
-def test_react_observations(react_agent):
-    assert react_agent.parse_action(" calculator[2+3]") == ("calculator", "2+3")
-    assert react_agent.parse_action("Finish[42].") == ("finish", "42")
-    assert react_agent.observe("calculator[6*7]") == "42"
-    assert react_agent.observe("lookup[ Pi ]").startswith("pi is the ratio")
-    assert react_agent.observe("lookup[nothing]") == "no glossary entry for 'nothing'"
-    assert react_agent.observe("calculator[1/0]") == "calculator error: division by zero"
-    for garbage in ["", "calculator 2+3", "search[x]", "rehension()directory\u00e9[", "a" * 10_000]:
-        observation = react_agent.observe(garbage)
-        assert observation.startswith("invalid action") and len(observation) < 200, observation
+def test_agent_tool_calls(react_agent):
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "6 * 7"}}</tool_call>'
+    assert react_agent.parse_tool_call(call) == ("calculator", {"expression": "6 * 7"})
+    assert react_agent.parse_tool_call("<tool_call>\n" + call[11:-12] + "\n</tool_call>") == (
+        "calculator",
+        {"expression": "6 * 7"},
+    )  # the Qwen2.5 template's newlines around the JSON
+    for text in [
+        "6 * 7 = 42.",
+        "<tool_call>{not json}</tool_call>",
+        '<tool_call>["calculator"]</tool_call>',
+        "",
+    ]:
+        assert react_agent.parse_tool_call(text) is None, text
+    assert react_agent.run_tool("calculator", {"expression": "6*7"}) == "42"
+    weather = json.loads(react_agent.run_tool("get_weather", {"city": "Lisbon"}))
+    assert weather == {"city": "Lisbon", "temperature": 21, "condition": "sunny"}  # fixed and fake
+    assert react_agent.run_tool("calculator", {"expression": "1/0"}) == "error: division by zero"
+    assert react_agent.run_tool("calculator", {"expression": "__import__('os')"}).startswith("error: ")
+    assert (
+        react_agent.run_tool("calculator", {"expr": "1"})
+        == "error: calculator takes one string argument, 'expression'"
+    )
+    assert react_agent.run_tool("calculator", {"expression": 7}).startswith("error: calculator takes")
+    assert react_agent.run_tool("search", {"q": "x"}).startswith("error: no tool named 'search'")
+    assert len(react_agent.run_tool("a" * 10_000, {})) < 200
