@@ -24,10 +24,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from radixlm.runtime.function_call.hermes_prompt import (
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    TOOL_RESPONSE_CLOSE,
+    TOOL_RESPONSE_OPEN,
+    TOOLS_CLOSE,
+    TOOLS_FOOTER,
+    TOOLS_HEADER,
+    TOOLS_OPEN,
+    tool_call_text,
+    tool_response_text,
+    tools_system_prompt,
+)
+
 IM_START, IM_END, END_OF_TEXT, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|pad|>"
-TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
-TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
-TOOLS_OPEN, TOOLS_CLOSE = "<tools>", "</tools>"
 SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END, PAD)
 # single tokens of their own, but ordinary text: they decode into the output a parser reads
 TOOL_TOKENS = (
@@ -39,38 +50,11 @@ TOOL_TOKENS = (
     TOOLS_CLOSE,
 )
 
-TOOLS_HEADER = (
-    "# Tools\n\nYou may call the functions described inside <tools></tools>, one JSON object per line:\n"
-)
-TOOLS_FOOTER = (
-    'To call one, answer with <tool_call>{"name": <function name>, "arguments": <arguments as a JSON '
-    "object>}</tool_call>. Its result comes back inside <tool_response></tool_response>."
-)
-
-
-def _tool_json(tool: dict) -> str:
-    return json.dumps(tool, ensure_ascii=False)
-
-
-def tools_system_prompt(tools: list[dict], system: str | None = None) -> str:
-    """The system turn's text when `tools` are offered (after the user's own system text)."""
-    lines = "".join("\n" + _tool_json(tool) for tool in tools)
-    block = f"{TOOLS_HEADER}{TOOLS_OPEN}{lines}\n{TOOLS_CLOSE}\n\n{TOOLS_FOOTER}"
-    return f"{system}\n\n{block}" if system else block
-
-
-def tool_call_text(name: str, arguments: dict | str) -> str:
-    """One call as the model writes it. `arguments` as a dict, or as the JSON text an OpenAI
-    client sends back (kept verbatim)."""
-    args = arguments if isinstance(arguments, str) else _tool_json(arguments)
-    quoted = json.dumps(name, ensure_ascii=False)
-    return f'{TOOL_CALL_OPEN}{{"name": {quoted}, "arguments": {args}}}{TOOL_CALL_CLOSE}'
-
 
 def tool_response_turn(result: str) -> str:
     """A tool's result as its own turn, for programs that append raw text (the DSL has no tool
     role): exactly what the chat template renders for {"role": "tool", "content": result}."""
-    return f"{IM_START}tool\n{TOOL_RESPONSE_OPEN}{result}{TOOL_RESPONSE_CLOSE}{IM_END}\n"
+    return f"{IM_START}tool\n{tool_response_text(result)}{IM_END}\n"
 
 
 def _assistant_text(message: dict) -> str:
@@ -124,7 +108,7 @@ def render_chat(
 
 # The same format in Jinja (transformers renders with trim_blocks and lstrip_blocks; every
 # piece here is one line, so neither changes anything). `tojson` in transformers' template
-# environment is json.dumps with its default separators, as _tool_json.
+# environment is json.dumps with its default separators, as hermes_prompt.tool_json.
 CHAT_TEMPLATE = (
     "{%- set rest = messages -%}{%- set system = none -%}"
     "{%- if messages and messages[0]['role'] == 'system' -%}"

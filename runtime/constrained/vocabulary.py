@@ -1,8 +1,10 @@
 """A tokenizer's vocabulary as outlines-core needs it: the raw bytes of every ordinary token.
 
 Byte-level BPE strings are mapped back through the GPT-2 byte table; SentencePiece `▁` and
-`<0xNN>` byte fallbacks are decoded. Added/special tokens are left out, and EOS never enters an
-automaton's vocabulary (a grammar in a final state lets the request's own stop tokens through).
+`<0xNN>` byte fallbacks are decoded. Special tokens are left out (they decode to nothing), and
+EOS never enters an automaton's vocabulary (a grammar in a final state lets the request's own
+stop tokens through). Added tokens that are not special (Qwen's `<tool_call>`, `<think>`) stand
+for their text, as they decode: a grammar that spells the text may use them.
 """
 
 from __future__ import annotations
@@ -51,13 +53,19 @@ def _is_byte_level(tokenizer: Any) -> bool:
 
 
 def token_bytes_table(tokenizer: Any) -> dict[int, bytes]:
-    """token id -> the bytes it stands for, for every ordinary token (special/added ones left out)."""
-    added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-    added |= set(getattr(tokenizer, "all_special_ids", []) or [])
+    """token id -> the bytes it stands for: every ordinary token, and every added token that is
+    not special (its text); special tokens are left out."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    added_text: dict[int, bytes] = {}
+    for tid, added in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
+        if getattr(added, "special", True) or tid in special:
+            special.add(tid)
+        else:
+            added_text[tid] = str(getattr(added, "content", added)).encode()
     byte_level = _is_byte_level(tokenizer)
-    table: dict[int, bytes] = {}
+    table: dict[int, bytes] = dict(added_text)
     for token, tid in tokenizer.get_vocab().items():
-        if tid in added:
+        if tid in special or tid in added_text:
             continue
         if byte_level:
             try:
