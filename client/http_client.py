@@ -78,8 +78,8 @@ class HttpRuntimeClient:
             ),
         )
         if isinstance(out, list):  # n > 1: the n samples
-            return [{**o, "finished": True} for o in out]
-        return {**out, "finished": True}
+            return [{**_as_runtime_output(o), "finished": True} for o in out]
+        return {**_as_runtime_output(out), "finished": True}
 
     def generate_batch(self, requests: Sequence[dict]) -> list[dict]:
         """Several requests in one `/generate` call (per-request options as lists)."""
@@ -105,7 +105,7 @@ class HttpRuntimeClient:
             body["input_ids"] = [list(r["input_ids"]) for r in requests]
         else:
             body["text"] = [r["prompt"] for r in requests]
-        return self._json("POST", "/generate", body)
+        return [_as_runtime_output(o) for o in self._json("POST", "/generate", body)]
 
     def generate_stream(
         self,
@@ -142,7 +142,7 @@ class HttpRuntimeClient:
                 last = {
                     "text": chunk["text"][text_len:],
                     "output_ids": chunk["output_ids"][ids_len:],
-                    "meta_info": chunk["meta_info"],
+                    "meta_info": _as_runtime_meta(chunk["meta_info"]),
                 }
                 text_len, ids_len = len(chunk["text"]), len(chunk["output_ids"])
         if last is None:
@@ -160,6 +160,24 @@ class HttpRuntimeClient:
 
     def close(self) -> None:
         pass
+
+
+def _as_runtime_output(out: dict) -> dict:
+    return {**out, "meta_info": _as_runtime_meta(out["meta_info"])}
+
+
+def _as_runtime_meta(meta: dict) -> dict:
+    """/generate writes logprobs as SGLang does: [logprob, token_id, text] entries, top
+    candidates alike with null for a position without any. RuntimeClient's (and so the DSL's)
+    are (logprob, token_id), and (token_id, logprob) for top candidates."""
+    meta = dict(meta)
+    for key in ("input_token_logprobs", "output_token_logprobs"):
+        if meta.get(key) is not None:
+            meta[key] = [(e[0], e[1]) for e in meta[key]]
+    for key, empty in (("input_top_logprobs", None), ("output_top_logprobs", [])):
+        if meta.get(key) is not None:
+            meta[key] = [[(c[1], c[0]) for c in pos] if pos is not None else empty for pos in meta[key]]
+    return meta
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

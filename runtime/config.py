@@ -184,6 +184,9 @@ class EngineConfig:
     disable_jump_forward: bool = False
     # regex for the whitespace a JSON-schema output may have between tokens (default "[ ]?")
     constrained_json_whitespace_pattern: str | None = None
+    # tool calls in /v1/chat/completions: hermes | llama3 | mistral (None: detected from the
+    # chat template, else hermes)
+    tool_call_parser: str | None = None
     schedule_conservativeness: float = 1.0
     # GPU kernels: auto/triton = Triton on CUDA; torch = the PyTorch reference kernels everywhere
     attention_backend: str = "auto"
@@ -239,6 +242,12 @@ class EngineConfig:
             raise ValueError(f"fp8_gemm_backend must be auto or triton, got {self.fp8_gemm_backend!r}")
         if self.kv_cache_dtype not in ("auto", "fp8_e4m3"):
             raise ValueError(f"kv_cache_dtype must be auto or fp8_e4m3, got {self.kv_cache_dtype!r}")
+        if self.tool_call_parser is not None:
+            from radixlm.runtime.function_call import PARSERS
+
+            if self.tool_call_parser not in PARSERS:
+                known = ", ".join(sorted(PARSERS))
+                raise ValueError(f"tool_call_parser must be one of {known}, got {self.tool_call_parser!r}")
         if self.tp_size < 1:
             raise ValueError(f"tp_size must be >= 1, got {self.tp_size}")
         if self.dp_size < 1:

@@ -3,7 +3,9 @@ of a TokenizerManager and a parsed GenerateRequest.
 
 One prompt answers one result object; a batch of prompts (a list of texts or of token-id
 lists) answers a list with one result per prompt and sample. A streamed answer carries the
-text and output ids so far in every chunk, not just the new part, as SGLang's does.
+text and output ids so far in every chunk, not just the new part, as SGLang's does. What is
+SGLang's dialect rather than radixlm's (its other fields, its sampling parameter names, its
+meta_info shape) is translated by sglang_compat.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from radixlm.runtime.entrypoints import sglang_compat
 from radixlm.runtime.entrypoints.http_errors import HTTPError
 from radixlm.runtime.entrypoints.openai_protocol import GenerateRequest
 from radixlm.runtime.entrypoints.serving_common import IsDisconnected, collect, prepare, run_watching, stream
@@ -24,6 +27,7 @@ async def generate(
     tm: TokenizerManager, body: GenerateRequest, is_disconnected: IsDisconnected | None = None
 ) -> dict | list[dict] | AsyncIterator[dict]:
     """The /generate answer: a result, a list of results, or (stream) the chunks to send."""
+    sglang_compat.check_extra_fields(body.model_extra)
     if (body.text is None) == (body.input_ids is None):
         raise HTTPError(400, "give exactly one of text or input_ids")
     if body.text is not None:
@@ -48,6 +52,10 @@ async def generate(
             options[field] = value
         else:
             options[field] = [value] * len(inputs)
+    rids = _rids(body.rid, len(inputs), single)
+    options["sampling_params"] = [
+        sglang_compat.sampling_params(p, tm.context_len) for p in options["sampling_params"]
+    ]
     reqs = [
         prepare(tm, t, ids, params, return_logprob=want_lp, logprob_start_len=start, top_logprobs_num=top)
         for (t, ids), params, want_lp, start, top in zip(inputs, *options.values())
@@ -55,18 +63,47 @@ async def generate(
     if body.stream:
         if len(reqs) != 1 or reqs[0].params.n != 1:
             raise HTTPError(400, "stream takes one prompt with n == 1")
-        return _stream_cumulative(tm, reqs[0], body.rid)
-    groups = await run_watching(asyncio.gather(*(collect(tm, r) for r in reqs)), is_disconnected)
+        return _stream_cumulative(tm, reqs[0], rids[0], _formatter(tm, reqs[0], body))
+    groups = await run_watching(
+        asyncio.gather(*(collect(tm, r, rid) for r, rid in zip(reqs, rids))), is_disconnected
+    )
     outs = [
-        {"text": o["text"], "output_ids": o["output_ids"], "meta_info": o["meta_info"]}
-        for group in groups
+        {
+            "text": o["text"],
+            "output_ids": o["output_ids"],
+            "meta_info": _formatter(tm, req, body)(o["meta_info"]),
+        }
+        for req, group in zip(reqs, groups)
         for o in group
     ]
     return outs[0] if single and len(outs) == 1 else outs
 
 
+def _rids(rid: str | list[str] | None, count: int, single: bool) -> list[str | None]:
+    if rid is None:
+        return [None] * count
+    if isinstance(rid, str):
+        if not single:
+            raise HTTPError(400, f"rid must be a list of {count} ids for a batch of {count} prompts")
+        return [rid]
+    if single or len(rid) != count:
+        where = "is one prompt" if single else f"are {count} prompts"
+        raise HTTPError(400, f"rid is a list of {len(rid)} but there {where}")
+    if len(set(rid)) != len(rid):
+        raise HTTPError(400, "rid has the same id twice")
+    return list(rid)
+
+
+def _formatter(
+    tm: TokenizerManager, req: PreparedRequest, body: GenerateRequest
+) -> sglang_compat.MetaFormatter:
+    return sglang_compat.MetaFormatter(
+        tm.tokenizer, req.return_logprob, req.top_logprobs_num, body.return_text_in_logprobs
+    )
+
+
 async def _stream_cumulative(
-    tm: TokenizerManager, req: PreparedRequest, rid: str | None
+    tm: TokenizerManager, req: PreparedRequest, rid: str | None, meta: sglang_compat.MetaFormatter
 ) -> AsyncIterator[dict]:
     # every chunk shares the one `ids` list: the SSE writer sends each chunk before the next
     # is made, and copying it per chunk would cost time quadratic in the output length
@@ -74,4 +111,4 @@ async def _stream_cumulative(
     async for item in stream(tm, req, rid):
         text += item["text"]
         ids += item["output_ids"]
-        yield {"text": text, "output_ids": ids, "meta_info": item["meta_info"]}
+        yield {"text": text, "output_ids": ids, "meta_info": meta(item["meta_info"])}

@@ -3,10 +3,13 @@
 This module builds the app and its routes and frames streamed answers as server-sent
 events; the routes themselves are thin. What they serve lives elsewhere in this package:
   generate_serving   the native /generate route (SGLang's shapes);
+  sglang_compat      the rest of SGLang's native API (/get_model_info, /get_server_info,
+                     /health_generate, /concate_and_append_request) and its dialect of /generate;
   openai_serving     /v1/completions, /v1/chat/completions and /v1/models;
   http_errors        the one mapping from runtime errors to HTTP statuses and error bodies;
   http_guard         the API key and body-size checks every request passes first.
-Operations (/health, /flush_cache, /server_info, /metrics) are answered here.
+Operations (/health, /flush_cache, /server_info, /metrics) are answered here, under SGLang's
+names too, so SGLang's frontend (`sgl.RuntimeEndpoint`) and clients work unchanged.
 
 Every route validates its input and answers 4xx naming the problem; a client that goes away
 (mid-stream or while waiting) has its request aborted, which frees its KV.
@@ -24,7 +27,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from radixlm.runtime.entrypoints import generate_serving, openai_serving
+from radixlm.runtime.entrypoints import generate_serving, openai_serving, sglang_compat
 from radixlm.runtime.entrypoints.http_errors import (
     UNAMBIGUOUS_ERRORS,
     HTTPError,
@@ -38,6 +41,7 @@ from radixlm.runtime.entrypoints.metrics import ServerMetrics
 from radixlm.runtime.entrypoints.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    ConcatAndAppendRequest,
     GenerateRequest,
 )
 from radixlm.runtime.managers.tokenizer_manager import RuntimeDiedError, TokenizerManager
@@ -80,7 +84,7 @@ def _lifespan(tm: TokenizerManager, on_startup: Hook | None, on_shutdown: Hook |
 
 
 def _add_serving_routes(app: FastAPI, tm: TokenizerManager, model_name: str) -> None:
-    @app.post("/generate")
+    @app.api_route("/generate", methods=["POST", "PUT"])  # SGLang takes both
     async def generate(body: GenerateRequest, request: Request):
         return _respond(await generate_serving.generate(tm, body, request.is_disconnected))
 
@@ -111,7 +115,7 @@ def _add_operations_routes(
             return JSONResponse({"status": "unhealthy", "error": err.message}, status_code=err.status)
         return {"status": "ok" if reply.ok else "unhealthy"}
 
-    @app.post("/flush_cache")
+    @app.api_route("/flush_cache", methods=["GET", "POST"])  # SGLang takes both
     async def flush_cache():
         with as_http_errors():
             reply = await tm.control("flush_cache")
@@ -120,11 +124,34 @@ def _add_operations_routes(
         return {"success": True}
 
     @app.get("/server_info")
+    @app.get("/get_server_info")  # SGLang's older name, which its clients still call
     async def server_info():
         with as_http_errors():
             reply = await tm.control("server_info")
         pids = {name: proc.pid for name, proc in tm.processes.items()}
-        return {"model": model_name, "process_ids": pids, **reply.data}
+        live = {"model": model_name, "process_ids": pids, **reply.data}
+        return sglang_compat.server_info(tm, model_name, live)
+
+    @app.get("/model_info")
+    @app.get("/get_model_info")
+    async def model_info():
+        return sglang_compat.model_info(tm, model_name)
+
+    @app.get("/health_generate")
+    async def health_generate():
+        # /health asks the scheduler; this runs the model for one token, as SGLang's does
+        if tm.dead is not None:
+            return JSONResponse({"status": "unhealthy", "error": tm.dead}, status_code=503)
+        try:
+            with as_http_errors():
+                await sglang_compat.health_generate(tm)
+        except HTTPError as err:
+            return JSONResponse({"status": "unhealthy", "error": err.message}, status_code=503)
+        return {"status": "ok"}
+
+    @app.post("/concate_and_append_request")  # SGLang's spelling, as its frontend calls it
+    async def concate_and_append_request(body: ConcatAndAppendRequest):
+        return sglang_compat.concat_and_append(body)
 
     @app.get("/metrics")
     async def prometheus_metrics():

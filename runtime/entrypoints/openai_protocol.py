@@ -3,14 +3,15 @@ translation into radixlm sampling parameters.
 
 OpenAI routes ignore fields they do not know (clients send many); fields they do know are
 type-checked, and features radixlm does not support yet are refused by name rather than
-silently ignored. The native /generate route refuses unknown fields.
+silently ignored. The native /generate route refuses unknown fields too (SGLang's own fields
+it keeps for sglang_compat to judge).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class StreamOptions(BaseModel):
@@ -127,11 +128,27 @@ class TextPart(BaseModel):
     text: str
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it back
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    name: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -147,18 +164,20 @@ class ChatCompletionRequest(_OpenAISampling):
     max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = None
-    tools: list[Any] | None = None
-
-    def unsupported(self) -> str | None:
-        if self.tools:
-            return "tools / function calling is not supported"
-        return super().unsupported()
+    # tool calling: checked by runtime/function_call (validate_tools, check_tool_choice)
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
 
 
 class GenerateRequest(BaseModel):
-    """The native /generate body (SGLang's field names)."""
+    """The native /generate body (SGLang's field names).
 
-    model_config = ConfigDict(extra="forbid")
+    Fields beyond these are kept (`model_extra`) for sglang_compat to judge: SGLang's fields
+    that radixlm does not act on pass only with their "off" value, and any other field is
+    refused by name, as extra="forbid" would."""
+
+    model_config = ConfigDict(extra="allow")
 
     text: str | list[str] | None = None
     input_ids: list[int] | list[list[int]] | None = None
@@ -167,8 +186,36 @@ class GenerateRequest(BaseModel):
     return_logprob: bool | list[bool] = False
     logprob_start_len: int | None | list[int | None] = None
     top_logprobs_num: int | list[int] = 0
+    return_text_in_logprobs: bool = False
     stream: bool = False
-    rid: str | None = None
+    # one id, or one per prompt of a batch (sample k of an n > 1 request gets "<rid>-<k>")
+    rid: str | list[str] | None = None
+
+    @field_validator(
+        "sampling_params",
+        "return_logprob",
+        "top_logprobs_num",
+        "return_text_in_logprobs",
+        "stream",
+        mode="before",
+    )
+    @classmethod
+    def _null_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # SGLang clients send null for "the default" (sgl.Runtime.generate sends
+        # top_logprobs_num=None); a null here means exactly that
+        if value is None:
+            return {} if info.field_name == "sampling_params" else cls.model_fields[info.field_name].default
+        return value
+
+
+class ConcatAndAppendRequest(BaseModel):
+    """What SGLang's frontend sends when a program joins its forks with
+    `join(mode="concate_and_append")`: the forks' state ids and the destination's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    src_rids: list[str] = Field(min_length=1)
+    dst_rid: str
 
 
 def finish_reason_name(reason: dict | None) -> str | None:

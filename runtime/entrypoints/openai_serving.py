@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+from radixlm.runtime.entrypoints import tool_serving
 from radixlm.runtime.entrypoints.http_errors import HTTPError, as_http_errors
 from radixlm.runtime.entrypoints.openai_protocol import (
     ChatCompletionRequest,
@@ -28,6 +29,13 @@ from radixlm.runtime.entrypoints.serving_common import (
     run_watching,
     stream,
     token_text,
+)
+from radixlm.runtime.entrypoints.tool_serving import (
+    ToolDeltas,
+    ToolPlan,
+    plan_tools,
+    template_messages,
+    tool_message,
 )
 from radixlm.runtime.managers.tokenizer_manager import PreparedRequest, TokenizerManager
 from radixlm.runtime.scheduler.request import check_text
@@ -222,31 +230,37 @@ async def create_chat_completion(
         raise HTTPError(400, "this model's tokenizer has no chat template")
     if body.top_logprobs is not None and not 0 <= body.top_logprobs <= MAX_TOP_LOGPROBS:
         raise HTTPError(400, f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
-    ids = chat_prompt_ids(tm, [{"role": m.role, "content": m.text()} for m in body.messages])
+    with as_http_errors():
+        plan = plan_tools(body, tm.tokenizer.chat_template, tm.cfg.tool_call_parser)
+        messages = template_messages(body)
+    ids = chat_prompt_ids(tm, messages, plan.tools)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     top_n = body.top_logprobs or 0
     req = prepare(
         tm,
         None,
         ids,
-        body.sampling_params(max_tokens),
+        {**body.sampling_params(max_tokens), **plan.constraint},
         return_logprob=body.logprobs,
         top_logprobs_num=top_n if body.logprobs else 0,
     )
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if body.stream:
-        return _stream_chat(tm, body, req, base)
+        return _stream_chat(tm, body, req, base, plan)
     outs = await run_watching(collect(tm, req), is_disconnected)
     prompt_tokens = outs[0]["meta_info"]["prompt_tokens"]
-    choices = [
-        {
-            "index": o["index"],
-            "message": {"role": "assistant", "content": o["text"]},
-            "logprobs": _chat_logprobs(tm, body, o["meta_info"], 0),
-            "finish_reason": finish_reason_name(o["meta_info"].get("finish_reason")),
-        }
-        for o in outs
-    ]
+    choices = []
+    for o in outs:
+        message, called = tool_message(plan, o["text"])
+        finish = finish_reason_name(o["meta_info"].get("finish_reason"))
+        choices.append(
+            {
+                "index": o["index"],
+                "message": message,
+                "logprobs": _chat_logprobs(tm, body, o["meta_info"], 0),
+                "finish_reason": "tool_calls" if called and finish == "stop" else finish,
+            }
+        )
     completion_tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
     return {
         **base,
@@ -256,38 +270,47 @@ async def create_chat_completion(
     }
 
 
-def chat_prompt_ids(tm: TokenizerManager, messages: list[dict[str, str]]) -> list[int]:
-    """The prompt's token ids: the messages through the model's own chat template."""
+def chat_prompt_ids(tm: TokenizerManager, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    """The prompt's token ids: the messages (and tools) through the model's own chat template."""
     with as_http_errors():
         for i, m in enumerate(messages):
             check_text(m["content"], f"messages[{i}].content")
         try:
-            text = tm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = tool_serving.render(tm.tokenizer, messages, tools)
         except Exception as exc:  # the template's own Jinja (raise_exception...) refused the conversation
             raise ValueError(f"chat template failed: {exc}") from None
     return tm.tokenizer(text, add_special_tokens=False).input_ids
 
 
 async def _stream_chat(
-    tm: TokenizerManager, body: ChatCompletionRequest, req: PreparedRequest, base: dict
+    tm: TokenizerManager, body: ChatCompletionRequest, req: PreparedRequest, base: dict, plan: ToolPlan
 ) -> AsyncIterator[dict]:
     chunk_base = {**base, "object": "chat.completion.chunk"}
     # choice index -> output ids sent so far; a choice not in it yet is sent its role first
     offsets: dict[int, int] = {}
+    tool_deltas: dict[int, ToolDeltas] = {}
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     async for item in stream(tm, req):
         index, meta = item["index"], item["meta_info"]
         if index not in offsets:
             role = {"role": "assistant", "content": ""}
             yield {**chunk_base, "choices": [_chat_delta(index, role, None, None)]}
+            tool_deltas[index] = ToolDeltas(plan)
         off = offsets.get(index, 0)
         offsets[index] = off + len(item["output_ids"])
-        delta = {"content": item["text"]} if item["text"] else {}
+        deltas = list(tool_deltas[index].feed(item["text"], final=item["finished"])) or [{}]
         finish = finish_reason_name(meta.get("finish_reason"))
-        yield {
-            **chunk_base,
-            "choices": [_chat_delta(index, delta, _chat_logprobs(tm, body, meta, off), finish)],
-        }
+        if finish == "stop" and tool_deltas[index].made_calls:
+            finish = "tool_calls"
+        logprobs = _chat_logprobs(tm, body, meta, off)
+        for k, delta in enumerate(deltas):  # the logprobs with the first, the finish with the last
+            last = k == len(deltas) - 1
+            yield {
+                **chunk_base,
+                "choices": [
+                    _chat_delta(index, delta, logprobs if k == 0 else None, finish if last else None)
+                ],
+            }
         if item["finished"]:
             usage["prompt_tokens"] = meta["prompt_tokens"]
             usage["completion_tokens"] += meta["completion_tokens"]

@@ -29,9 +29,9 @@ def prepare(
         return tm.prepare(text, ids, params, **kw)
 
 
-async def collect(tm: TokenizerManager, req: PreparedRequest) -> list[dict]:
+async def collect(tm: TokenizerManager, req: PreparedRequest, rid: str | None = None) -> list[dict]:
     """A request's final outputs, one per sample, in index order."""
-    outs = [item async for item in tm.generate(req)]
+    outs = [item async for item in tm.generate(req, rid=rid)]
     return sorted(outs, key=lambda o: o["index"])
 
 

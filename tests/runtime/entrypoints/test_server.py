@@ -701,10 +701,44 @@ BAD_ROWS = [
     Bad("logit_bias", "/v1/completions", {**CMPL_OK, "logit_bias": {"5": 10}}, "logit_bias"),
     Bad("chat logit_bias", "/v1/chat/completions", {**CHAT_OK, "logit_bias": {"5": 10}}, "logit_bias"),
     Bad(
-        "tools",
+        "tool parameters that are not a JSON schema object",
         "/v1/chat/completions",
-        {**CHAT_OK, "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-        "tools",
+        {**CHAT_OK, "tools": [{"type": "function", "function": {"name": "f", "parameters": [1]}}]},
+        "parameters",
+    ),
+    Bad(
+        "tools with a duplicate name",
+        "/v1/chat/completions",
+        {**CHAT_OK, "tools": [{"type": "function", "function": {"name": "f"}}] * 2},
+        "more than one tool",
+    ),
+    Bad(
+        "tool_choice naming a function not in tools",
+        "/v1/chat/completions",
+        {
+            **CHAT_OK,
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+        "'g'",
+    ),
+    Bad(
+        "a tool message without tool_call_id",
+        "/v1/chat/completions",
+        {**CHAT_OK, "messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "4"}]},
+        "tool_call_id",
+    ),
+    Bad(
+        "a tool message answering an unknown call",
+        "/v1/chat/completions",
+        {
+            **CHAT_OK,
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "tool", "content": "4", "tool_call_id": "call_nope"},
+            ],
+        },
+        "call_nope",
     ),
     Bad(
         "response_format json_schema without a schema",
