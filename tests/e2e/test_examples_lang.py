@@ -175,12 +175,19 @@ def test_streaming():
 
 # ---------------------------------------------------------------------------------------- --endpoint
 def test_examples_against_a_running_server():
-    """Two examples connect to one `radixlm serve`; it outlives them and still stops cleanly."""
+    """Examples connect to one `radixlm serve` (ZeroMQ, and HTTP with the openai client); it
+    outlives them and still stops cleanly."""
     server = ServerProcess(demo_model_path()).start()
     address = f"tcp://127.0.0.1:{server.zmq_port}"
     try:
         check_react(run_example("react_agent.py", "--endpoint", address, "--max-steps", "2").stdout, 2)
         check_streaming(run_example("streaming.py", "--endpoint", address).stdout)
+        for extra in ([], ["--stream"]):  # the official openai client's tool calling, whole and streamed
+            out = run_example("openai_tools.py", "--base-url", f"{server.url}/v1", *extra).stdout
+            assert '[assistant] calls calculator({"expression": "1234 * 5678"})\n[tool] 7006652' in out
+            assert "[assistant] 1234 * 5678 = 7006652." in out
+            assert '[assistant] calls get_weather({"city": "Lisbon"})' in out
+            assert "sunny in Lisbon." in out
         assert server.proc.poll() is None, (
             "an example with --endpoint stopped the server:\n" + server.output()
         )
