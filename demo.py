@@ -21,7 +21,7 @@ from typing import Any
 
 import radixlm as rl
 from radixlm.demo_model import chat_format, tasks
-from radixlm.demo_model.evaluate import calculator, parse_tool_call
+from radixlm.demo_model.evaluate import calculator, first_tool_call
 
 SYSTEM = "You are a concise assistant."
 REVIEWS = [
@@ -73,11 +73,12 @@ def extract(s, sentence: str):
 @rl.function
 def calculator_agent(s, question: str, max_steps: int = 3):
     """The agent loop: while the model calls a tool, run it and hand back its result."""
-    s += rl.system(chat_format.tools_system_prompt([tasks.CALCULATOR_TOOL, tasks.WEATHER_TOOL]))
+    tools = [tasks.CALCULATOR_TOOL, tasks.WEATHER_TOOL]
+    s += rl.system(chat_format.tools_system_prompt(tools))
     s += rl.user(question)
     for step in range(max_steps):
         s += rl.assistant(rl.gen(f"turn_{step}", max_tokens=64))
-        call = parse_tool_call(s[f"turn_{step}"])
+        call = first_tool_call(s[f"turn_{step}"], tools)
         if call is None:  # an answer, not a call: the loop is done
             s.set_var("answer", s[f"turn_{step}"])
             return

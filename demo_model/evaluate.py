@@ -21,23 +21,16 @@ from typing import Any
 import radixlm as rl
 from radixlm.demo_model import chat_format as fmt
 from radixlm.demo_model import demo_model_path, grading, tasks
+from radixlm.runtime.function_call import HermesParser
 
-_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 _EXPRESSION = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*$")
 
 
-def parse_tool_call(text: str) -> tuple[str, dict] | None:
-    """(name, arguments) of the first well-formed <tool_call> in text, else None."""
-    match = _CALL.search(text)
-    if not match:
-        return None
-    try:
-        call = json.loads(match.group(1))
-    except ValueError:
-        return None
-    if not isinstance(call, dict) or not isinstance(call.get("arguments"), dict):
-        return None
-    return call.get("name"), call["arguments"]
+def first_tool_call(text: str, tools: list[dict]) -> tuple[str, dict] | None:
+    """(name, arguments) of the first call in `text` to one of `tools`, as the server's Hermes
+    parser reads it (runtime/function_call); None when there is none."""
+    _, calls = HermesParser([tool["function"]["name"] for tool in tools]).parse(text)
+    return (calls[0].name, json.loads(calls[0].arguments)) if calls else None
 
 
 def calculator(expression: str) -> str:
@@ -84,7 +77,7 @@ def agent(s, question: str, tools: list[dict], system: str | None = None):
     s += rl.system(fmt.tools_system_prompt(tools, system))
     s += rl.user(question)
     s += rl.assistant(rl.gen("call", max_tokens=48))
-    call = parse_tool_call(s["call"])
+    call = first_tool_call(s["call"], tools)
     if call is None or call[0] != "calculator" or not isinstance(call[1].get("expression"), str):
         s += rl.user("Please call the calculator with an expression.")  # the loop's recovery turn
         result = "error"

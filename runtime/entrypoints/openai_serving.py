@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from radixlm.runtime.entrypoints import tool_serving
 from radixlm.runtime.entrypoints.http_errors import HTTPError, as_http_errors
 from radixlm.runtime.entrypoints.openai_protocol import (
     ChatCompletionRequest,
@@ -34,6 +33,7 @@ from radixlm.runtime.entrypoints.tool_serving import (
     ToolDeltas,
     ToolPlan,
     plan_tools,
+    render,
     template_messages,
     tool_message,
 )
@@ -276,7 +276,7 @@ def chat_prompt_ids(tm: TokenizerManager, messages: list[dict], tools: list[dict
         for i, m in enumerate(messages):
             check_text(m["content"], f"messages[{i}].content")
         try:
-            text = tool_serving.render(tm.tokenizer, messages, tools)
+            text = render(tm.tokenizer, messages, tools)
         except Exception as exc:  # the template's own Jinja (raise_exception...) refused the conversation
             raise ValueError(f"chat template failed: {exc}") from None
     return tm.tokenizer(text, add_special_tokens=False).input_ids
