@@ -17,11 +17,12 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 import radixlm as rl
-from radixlm.demo_model import chat_format, tasks
-from radixlm.demo_model.evaluate import calculator, first_tool_call
+from radixlm.demo_model import evaluate, tasks
 
 SYSTEM = "You are a concise assistant."
 REVIEWS = [
@@ -70,25 +71,26 @@ def extract(s, sentence: str):
     s += rl.assistant(rl.gen("person", max_tokens=64, json_schema=tasks.EXTRACTION_SCHEMA))
 
 
+def calculator(expression: Annotated[str, Field(description="for example 12 * 34")]) -> str:
+    """Evaluate an arithmetic expression and return the result."""
+    return evaluate.calculator(expression)  # `A op B`; anything else is an error text
+
+
 @rl.function
 def calculator_agent(s, question: str, max_steps: int = 3):
     """The agent loop: while the model calls a tool, run it and hand back its result."""
-    tools = [tasks.CALCULATOR_TOOL, tasks.WEATHER_TOOL]
-    s += rl.system(chat_format.tools_system_prompt(tools))
+    tools = [calculator]  # its schema comes from the signature, worded as in the training data
+    s += rl.system(rl.tools_prompt(tools))
     s += rl.user(question)
     for step in range(max_steps):
-        s += rl.assistant(rl.gen(f"turn_{step}", max_tokens=64))
-        call = first_tool_call(s[f"turn_{step}"], tools)
-        if call is None:  # an answer, not a call: the loop is done
+        s += rl.assistant(rl.gen(f"turn_{step}", tools=tools, max_tokens=64))
+        calls = s.tool_calls(f"turn_{step}")
+        if not calls:  # an answer, not a call: the loop is done
             s.set_var("answer", s[f"turn_{step}"])
             return
-        name, arguments = call
-        if name == "calculator":
-            result = calculator(str(arguments.get("expression")))
-        else:
-            result = f"error: no tool named {name!r}"
+        result = rl.run_tool_call(calls[0], tools)
         s.set_var(f"result_{step}", result)
-        s += chat_format.tool_response_turn(result)
+        s += rl.tool_response(result)
 
 
 @rl.function

@@ -1,5 +1,6 @@
-"""A tool-calling agent loop: the model is offered tools, writes a call, Python runs the tool
-and appends its result, and the model goes on until it answers, for a bounded number of steps.
+"""A tool-calling agent loop: the model is offered Python functions as tools, writes a call,
+the program runs it and appends its result, and the model goes on until it answers, for a
+bounded number of steps.
 
     python examples/react_agent.py                           # launches the trained demo model
     python examples/react_agent.py --question "Use the calculator: what is 4321 * 987?" --max-steps 4
@@ -7,13 +8,13 @@ and appends its result, and the model goes on until it answers, for a bounded nu
     python examples/react_agent.py --endpoint tcp://127.0.0.1:30001
                                                              # a running `radixlm serve --zmq-port 30001`
 
-The conversation follows the demo model's chat format (ChatML with tools, the Qwen2.5 / Hermes
-convention): the system turn lists the tools as JSON (`tools_system_prompt`), the model calls
-one by writing `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` as its whole
-assistant turn, and the result comes back as a `tool` turn (`tool_response_turn`: the DSL has
-no tool role, so the program appends the turn's text as the chat template renders it). The
-program reads each reply as soon as it is generated to decide what to append next; a reply
-with no tool call is the answer. Greedy (temperature=0).
+The DSL's tools (lang/tools.py) do the plumbing: `rl.tools_prompt(TOOLS)` lists the functions'
+schemas (from their signatures, type hints and docstrings) in the system turn,
+`rl.gen(..., tools=TOOLS)` reads the calls out of the reply (`s.tool_calls(name)`),
+`rl.run_tool_call` checks a call's arguments and runs the function, and `rl.tool_response`
+appends the result as the chat template's tool turn. The program reads each reply as soon as
+it is generated to decide what to append next; a reply with no tool call is the answer.
+Greedy (temperature=0).
 
 Tools: calculator(expression), arithmetic parsed with `ast` and evaluated node by node, never
 with `eval`; and get_weather(city), which returns one fixed, made-up report for every city
@@ -26,17 +27,15 @@ import ast
 import json
 import math
 import operator
-import re
+from typing import Annotated
 
 from _backend import backend_from_args, make_parser, print_cache_hit_rate
+from pydantic import Field
 
 import radixlm as rl
-from radixlm.demo_model.chat_format import tool_response_turn, tools_system_prompt
-from radixlm.demo_model.tasks import CALCULATOR_TOOL, WEATHER_TOOL
 
 # the demo model's trained phrasings: a calculator question, a weather question
 QUESTIONS = ["Use the calculator: what is 1234 * 5678?", "What is the weather in Lisbon?"]
-TOOL_SPECS = [CALCULATOR_TOOL, WEATHER_TOOL]  # what the system turn offers (OpenAI-style function specs)
 MAX_EXPRESSION_CHARS = 200
 MAX_MAGNITUDE = 10**100
 OPERATORS = {
@@ -54,8 +53,12 @@ CONSTANTS = {"pi": math.pi, "e": math.e}
 
 
 # ---------------------------------------------------------------------------------------- tools
-def calculator(expression: str) -> str:
-    """Evaluate +, -, *, /, //, %, ** over numbers, pi and e; anything else is refused."""
+# The docstrings' first lines and the parameter descriptions are what the system turn shows the
+# model: they are worded as in the demo model's training data (demo_model/tasks.py).
+def calculator(expression: Annotated[str, Field(description="for example 12 * 34")]) -> str:
+    """Evaluate an arithmetic expression and return the result.
+
+    +, -, *, /, //, %, ** over numbers, pi and e; anything else is refused (ValueError)."""
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise ValueError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
     try:
@@ -93,63 +96,36 @@ def calculator(expression: str) -> str:
     return f"{result:.10g}" if isinstance(result, float) else str(result)
 
 
-def get_weather(city: str) -> str:
-    """A stand-in for a weather service: the same made-up report for every city, as the JSON
-    the demo model was trained to read."""
+def get_weather(city: Annotated[str, Field(description="the city's name")]) -> str:
+    """Get the current weather in a city.
+
+    A stand-in for a weather service: the same made-up report for every city, as the JSON the
+    demo model was trained to read."""
     return json.dumps({"city": city.strip()[:40], "temperature": 21, "condition": "sunny"})
 
 
-TOOLS = {"calculator": (calculator, "expression"), "get_weather": (get_weather, "city")}  # name -> (fn, arg)
-TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
-
-
-def parse_tool_call(text: str) -> tuple[str, dict] | None:
-    """(name, arguments) of the first well-formed <tool_call> in text; None when there is none."""
-    match = TOOL_CALL.search(text)
-    if not match:
-        return None
-    try:
-        call = json.loads(match.group(1))
-    except ValueError:
-        return None
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        return None
-    arguments = call.get("arguments")
-    return call["name"], arguments if isinstance(arguments, dict) else {}
-
-
-def run_tool(name: str, arguments: dict) -> str:
-    """The tool's result as text. A bad call gets an error text, which the model reads as the
-    result, instead of an exception that would end the program."""
-    if name not in TOOLS:
-        return f"error: no tool named {name[:40]!r}; the tools are {', '.join(TOOLS)}"
-    tool, parameter = TOOLS[name]
-    argument = arguments.get(parameter)
-    if not isinstance(argument, str):
-        return f"error: {name} takes one string argument, {parameter!r}"
-    try:
-        return tool(argument)
-    except ValueError as exc:
-        return f"error: {exc}"
+TOOLS = [calculator, get_weather]
 
 
 # ---------------------------------------------------------------------------------------- program
 @rl.function
 def agent(s, question: str, max_steps: int, max_tokens: int):
     """Returns (the final answer or None, the transcript as (role, text) pairs)."""
-    s += rl.system(tools_system_prompt(TOOL_SPECS))
+    s += rl.system(rl.tools_prompt(TOOLS))
     s += rl.user(question)
     transcript = [("user", question)]
     for step in range(max_steps):
-        s += rl.assistant(rl.gen(f"reply_{step}", max_tokens=max_tokens))
-        reply = s[f"reply_{step}"]  # waits for this generation: the program branches on it
-        transcript.append(("assistant", reply))
-        call = parse_tool_call(reply)
-        if call is None:
-            return reply, transcript  # no tool call: the reply is the answer
-        result = run_tool(*call)
-        transcript.append(("tool", result))
-        s += tool_response_turn(result)
+        s += rl.assistant(rl.gen(f"reply_{step}", tools=TOOLS, max_tokens=max_tokens))
+        calls = s.tool_calls(f"reply_{step}")  # waits for this generation: the program branches on it
+        if not calls:
+            answer = s[f"reply_{step}"]
+            transcript.append(("assistant", answer))
+            return answer, transcript  # no tool call: the reply is the answer
+        for call in calls:
+            transcript.append(("call", f"{call.name}({call.arguments_json})"))
+            result = rl.run_tool_call(call, TOOLS)
+            transcript.append(("tool", result))
+            s += rl.tool_response(result)
     return None, transcript
 
 

@@ -1,4 +1,4 @@
-"""The prompt-program DSL: `@function` programs with gen, select, roles and fork/join."""
+"""The prompt-program DSL: `@function` programs with gen, select, roles, tools and fork/join."""
 
 from radixlm.lang.api import (
     SglFunction,
@@ -30,6 +30,7 @@ from radixlm.lang.choices import (
 from radixlm.lang.interpreter import ProgramError
 from radixlm.lang.ir import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR
 from radixlm.lang.program_state import ProgramState, ProgramStateGroup
+from radixlm.lang.tools import ToolCall, ToolReply, run_tool_call, tool_response, tool_spec, tools_prompt
 
 __all__ = [
     "SglFunction",
@@ -62,4 +63,10 @@ __all__ = [
     "REGEX_FLOAT",
     "REGEX_BOOL",
     "REGEX_STR",
+    "tools_prompt",
+    "tool_response",
+    "tool_spec",
+    "run_tool_call",
+    "ToolCall",
+    "ToolReply",
 ]

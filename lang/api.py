@@ -23,6 +23,7 @@ from radixlm.lang import ir
 from radixlm.lang.choices import ChoicesSamplingMethod, token_length_normalized
 from radixlm.lang.interpreter import StateExecutor
 from radixlm.lang.program_state import ProgramState
+from radixlm.lang.tools import gen_tools
 
 # run-level sampling keywords (defaults for every gen of the program) -> runtime names
 RUN_DEFAULTS = {
@@ -112,11 +113,22 @@ def gen(
     choices_method: ChoicesSamplingMethod | None = None,
     return_text_in_logprobs: bool | None = None,
     stop_regex: Any = None,
+    tools: Sequence[Any] | None = None,
+    tool_choice: Any = None,
+    parallel_tool_calls: bool | None = None,
 ) -> ir.Expr:
     """Generate text, appended to the state and stored in `s[name]`. Keywords left as None
-    inherit the run-level defaults. With `choices`, this is `select`."""
+    inherit the run-level defaults. With `choices`, this is `select`.
+
+    With `tools` (Python functions or OpenAI tool dicts, offered in the prompt with
+    `tools_prompt`), `s[name]` is a `ToolReply`: the text, with `.tool_calls` and `.content`
+    (lang/tools.py). `tool_choice`: "auto" (default), "none", "required", or one tool (its name
+    or function); "required" and a named tool constrain the output to calls, one or more
+    (exactly one with `parallel_tool_calls=False`)."""
     if stop_regex is not None:
         raise ValueError("stop_regex is not supported: use stop strings, or regex= to constrain the output")
+    constrained = bool(choices) or regex is not None or json_schema is not None or dtype is not None
+    offered = gen_tools(tools, tool_choice, parallel_tool_calls, constrained)
     if choices:
         return select(
             name,
@@ -153,6 +165,8 @@ def gen(
         json_schema=json_schema,
     )
     params = {ir.SAMPLING_KEYS[k]: v for k, v in given.items() if v is not None}
+    if offered is not None and offered.regex is not None:
+        params["regex"] = offered.regex  # a forced call
     logprob = {
         k: v
         for k, v in (
@@ -163,7 +177,7 @@ def gen(
         )
         if v is not None
     }
-    return ir.Gen(name, params, logprob, dtype)
+    return ir.Gen(name, params, logprob, dtype, offered)
 
 
 def gen_int(name: str | None = None, **kwargs: Any) -> ir.Expr:

@@ -4,6 +4,10 @@ A program builds plain text, so a role is a fixed (prefix, suffix) pair around i
 are named built-ins, and `chat_template_from_tokenizer` derives the pairs from a Hugging Face
 tokenizer's own Jinja template by rendering probe conversations, so the text the program builds
 is the text `apply_chat_template` would have produced.
+
+The "tool" role (a tool's result, `tool_response`) is derived only from a template that renders
+`tools=` itself; every other template gets the Hermes / Qwen2.5 fallback that the server's tool
+calling uses too: a user turn with the result inside <tool_response></tool_response>.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from radixlm.runtime.function_call.hermes_prompt import TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN
 
 ROLES = ("system", "user", "assistant")
 
@@ -31,6 +37,9 @@ class ChatTemplate:
         try:
             return self.role_prefix_and_suffix[role]
         except KeyError:
+            if role == "tool":  # the Hermes fallback, as runtime/entrypoints/tool_serving.py's
+                prefix, suffix = self.get_prefix_and_suffix("user", history)
+                return prefix + TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE + suffix
             known = ", ".join(sorted(self.role_prefix_and_suffix))
             raise ValueError(f"chat template {self.name!r} has no role {role!r} (known: {known})") from None
 
@@ -102,6 +111,15 @@ _USER_FILL = "Qz7UserFiller"
 # fallbacks serve templates that reject system turns there.
 _SYSTEM = {"role": "system", "content": _SYSTEM_FILL}
 _USER = {"role": "user", "content": _USER_FILL}
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {"name": "probe", "parameters": {"type": "object", "properties": {}}},
+}
+_PROBE_CALL = {
+    "role": "assistant",
+    "content": "",
+    "tool_calls": [{"type": "function", "function": {"name": "probe", "arguments": {}}}],
+}
 _PROBE_BASES: dict[str, list[list[dict]]] = {
     "system": [[]],
     "user": [[_SYSTEM], []],
@@ -127,8 +145,8 @@ def _derive(tokenizer: Any, name: str) -> ChatTemplate | None:
     # BOS itself when encoding; keeping it would give a double BOS, so it is dropped.
     bos = getattr(tokenizer, "bos_token", None) or ""
 
-    def render(messages: list[dict]) -> str:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    def render(messages: list[dict], **kw: Any) -> str:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, **kw)
         if not isinstance(text, str):
             raise TypeError(f"apply_chat_template returned {type(text).__name__}, not str")
         return text
@@ -136,10 +154,10 @@ def _derive(tokenizer: Any, name: str) -> ChatTemplate | None:
     def drop_bos(text: str) -> str:
         return text[len(bos) :] if bos and text.startswith(bos) else text
 
-    def probe(role: str, base: list[dict]) -> tuple[str, str] | None:
+    def probe(role: str, base: list[dict], **kw: Any) -> tuple[str, str] | None:
         """The turn's text as the difference between renderings with and without it."""
-        before = render(base) if base else ""
-        after = render(base + [{"role": role, "content": _CONTENT}])
+        before = render(base, **kw) if base else ""
+        after = render(base + [{"role": role, "content": _CONTENT}], **kw)
         if not after.startswith(before):
             return None
         piece = after[len(before) :] if base else drop_bos(after)
@@ -162,6 +180,12 @@ def _derive(tokenizer: Any, name: str) -> ChatTemplate | None:
                 break
         else:
             return None
+    try:
+        tool_pair = _probe_tool_turn(render, probe)
+    except Exception:  # a template that refuses the probe's tool call or result: the fallback
+        tool_pair = None
+    if tool_pair is not None:
+        pairs["tool"] = tool_pair
 
     # A lone user turn shows what the template puts before the first turn on its own: nothing,
     # or a default system block (e.g. Qwen's "You are a helpful assistant.").
@@ -188,6 +212,15 @@ def _derive(tokenizer: Any, name: str) -> ChatTemplate | None:
         default_system_prompt=default_system_prompt,
         stop_str=_stop_strings(tokenizer, pairs["assistant"][1]),
     )
+
+
+def _probe_tool_turn(render: Any, probe: Any) -> tuple[str, str] | None:
+    """The tool turn's pair, from a template that renders `tools=` (else None: the fallback).
+    A template without tool support may still render a "tool" turn generically, but the model
+    behind it was not shown results that way; the server's fallback is used for it as well."""
+    if render([_USER], tools=[_PROBE_TOOL]) == render([_USER]):
+        return None
+    return probe("tool", [_SYSTEM, _USER, _PROBE_CALL], tools=[_PROBE_TOOL])
 
 
 def _special_tokens(tokenizer: Any) -> set[str]:

@@ -216,6 +216,11 @@ class StateExecutor:
         params = self.resolve_params(gen)
         kwargs = dict(gen.logprob)
         if getattr(self.backend, "takes_messages", False):
+            if gen.tools is not None:
+                raise ValueError(
+                    "gen(tools=...) needs a backend that takes the program's text (the radixlm runtime); "
+                    "this one takes chat messages"
+                )
             kwargs["messages"] = self.conversation()
         if self.stream and params.get("n", 1) == 1:
             if gen.name is not None:
@@ -227,11 +232,11 @@ class StateExecutor:
                         self.variables[gen.name] += chunk
                         self.meta_info[gen.name] = meta
                     self._append(chunk)
-            self._set_var(gen.name, self.variables.get(gen.name, ""), meta)
+            self._set_var(gen.name, _value(gen, self.variables.get(gen.name, "")), meta)
             return
         text, meta = self.backend.generate(self.text_, params, **kwargs)
         self._append(text[0] if isinstance(text, list) else text)
-        self._set_var(gen.name, text, meta)
+        self._set_var(gen.name, _value(gen, text), meta)
 
     def _role_begin(self, role: str) -> None:
         if self.cur_role is not None:
@@ -265,6 +270,15 @@ class _Call(ir.Expr):
 
 def item_always_runs(item: ir.Expr) -> bool:
     return isinstance(item, _Call) and item.always
+
+
+def _value(gen: ir.Gen, text: str | list[str]) -> Any:
+    """A gen's variable: its text, or with tools the text with the calls read from it."""
+    if gen.tools is None:
+        return text
+    if isinstance(text, list):  # n > 1: one reply per sample
+        return [gen.tools.reply(t) for t in text]
+    return gen.tools.reply(text)
 
 
 def _as_list(stop: Any) -> list[str]:

@@ -76,6 +76,7 @@ class Gen(Expr):
     params: dict[str, Any] = field(default_factory=dict)  # only the keywords given (override run defaults)
     logprob: dict[str, Any] = field(default_factory=dict)
     dtype: Any = None
+    tools: Any = None  # a GenTools (lang/tools.py): the value is then a ToolReply
 
 
 @dataclass(eq=False)

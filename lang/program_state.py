@@ -1,6 +1,6 @@
 """The user's handle on a running program: `ProgramState` (`s += expr`, `s["v"]`, `s.text()`,
-`s.messages()`, roles, `text_iter`, `fork`) and `ProgramStateGroup` (a fork's children, with
-broadcast `+=` and `join`).
+`s.messages()`, `s.tool_calls("v")`, roles, `text_iter`, `fork`) and `ProgramStateGroup` (a
+fork's children, with broadcast `+=` and `join`).
 
 `s += expr` only queues on the state's `StateExecutor` (interpreter.py); reading (`s["v"]`,
 `s.text()`, `s.fork()`...) waits for what it needs. Concurrency comes from forks and
@@ -17,6 +17,7 @@ from typing import Any
 
 from radixlm.lang import ir
 from radixlm.lang.interpreter import ProgramError, StateExecutor
+from radixlm.lang.tools import ToolCall, ToolReply
 
 
 def _incremental_meta(meta: Any, sent: int) -> tuple[Any, int]:
@@ -61,6 +62,15 @@ class ProgramState:
 
     def __contains__(self, name: str) -> bool:
         return name in self.stream_executor.variables
+
+    def tool_calls(self, name: str) -> list[ToolCall]:
+        """The calls read from `gen(name, tools=...)` (its value's `.tool_calls`; [] for none)."""
+        value = self.get_var(name)
+        if isinstance(value, list):
+            raise ValueError(f"{name!r} holds {len(value)} samples (n > 1): read s[{name!r}][i].tool_calls")
+        if not isinstance(value, ToolReply):
+            raise ValueError(f"{name!r} was not generated with tools=[...], so it has no tool calls")
+        return value.tool_calls
 
     def get_meta_info(self, name: str) -> Any:
         self.stream_executor.get_var(name)

@@ -187,6 +187,9 @@ class EngineConfig:
     # tool calls in /v1/chat/completions: hermes | llama3 | mistral (None: detected from the
     # chat template, else hermes)
     tool_call_parser: str | None = None
+    # <think> models in /v1/chat/completions: reasoning apart from content, constraints only
+    # after it (qwen3 | qwen3-thinking | deepseek-r1; None: the output is all content)
+    reasoning_parser: str | None = None
     schedule_conservativeness: float = 1.0
     # GPU kernels: auto/triton = Triton on CUDA; torch = the PyTorch reference kernels everywhere
     attention_backend: str = "auto"
@@ -248,6 +251,12 @@ class EngineConfig:
             if self.tool_call_parser not in PARSERS:
                 known = ", ".join(sorted(PARSERS))
                 raise ValueError(f"tool_call_parser must be one of {known}, got {self.tool_call_parser!r}")
+        if self.reasoning_parser is not None:
+            from radixlm.runtime.function_call import REASONING_PARSERS
+
+            if self.reasoning_parser not in REASONING_PARSERS:
+                known = ", ".join(sorted(REASONING_PARSERS))
+                raise ValueError(f"reasoning_parser must be one of {known}, got {self.reasoning_parser!r}")
         if self.tp_size < 1:
             raise ValueError(f"tp_size must be >= 1, got {self.tp_size}")
         if self.dp_size < 1:

@@ -8,6 +8,9 @@ with (jump-forward's forced bytes and draft tokens). A `Grammar` is one request'
 
 EOS is never part of an automaton's vocabulary: a grammar in a final state lets the request's
 own stop tokens through, and a final state with no continuation ends the request.
+
+A `ReasoningGate` holds a constraint back while a reasoning model thinks: the text before the
+think-end token is free, and the automaton applies from its initial state after it.
 """
 
 from __future__ import annotations
@@ -132,10 +135,83 @@ class CompiledGrammar:
         return tokens
 
 
-class Grammar:
-    """One request's progress through a compiled grammar."""
+# The gate's own states, beside the automaton's (outlines-core numbers those from 0).
+IN_REASONING = -1
+BEFORE_REASONING = -2
 
-    def __init__(self, compiled: CompiledGrammar) -> None:
+
+class ReasoningGate:
+    """A compiled grammar that applies only after the reasoning ends, with the interface of
+    `CompiledGrammar` (so `Grammar`, `build_vocab_mask`, jump-forward and the output rules use
+    it unchanged). One per request: it only adds two states and delegates the automaton's
+    states (and their shared caches) to `inner`.
+
+    IN_REASONING: every token is allowed, stop tokens included (a model may stop while it
+    thinks), nothing is forced (no jump-forward) and the state is never final; `end_id` moves
+    to the automaton's initial state. BEFORE_REASONING (with `start_id`: the model chooses
+    whether to think, as Qwen3 does): `start_id` opens the reasoning, any other token is the
+    automaton's first."""
+
+    def __init__(self, inner: CompiledGrammar, end_id: int, start_id: int | None = None) -> None:
+        self.inner = inner
+        self.end_id = end_id
+        self.start_id = start_id
+        self.key = inner.key
+        self.regex = inner.regex
+        self.vocab = inner.vocab
+        self._rows: dict[tuple[int, str], torch.Tensor] = {}
+
+    @property
+    def initial_state(self) -> int:
+        return IN_REASONING if self.start_id is None else BEFORE_REASONING
+
+    def allowed(self, state: int) -> list[int]:
+        if state == IN_REASONING:
+            return list(range(self.vocab.vocab_size))
+        if state == BEFORE_REASONING:
+            return sorted({*self.inner.allowed(self.inner.initial_state), self.start_id})
+        return self.inner.allowed(state)
+
+    def mask_row(self, state: int, device: torch.device) -> torch.Tensor:
+        if state >= 0:
+            return self.inner.mask_row(state, device)
+        key = (state, str(device))
+        row = self._rows.get(key)
+        if row is None:
+            if state == IN_REASONING:
+                row = torch.zeros(self.vocab.vocab_size, dtype=torch.bool, device=device)
+            else:
+                row = self.inner.mask_row(self.inner.initial_state, device).clone()
+                row[self.start_id] = False
+            self._rows[key] = row
+        return row
+
+    def is_final(self, state: int) -> bool:
+        if state == IN_REASONING:
+            return False
+        return self.inner.is_final(self.inner.initial_state if state == BEFORE_REASONING else state)
+
+    def next_state(self, state: int, token: int) -> int | None:
+        if state == IN_REASONING:
+            return self.inner.initial_state if token == self.end_id else IN_REASONING
+        if state == BEFORE_REASONING:
+            if token == self.start_id:
+                return IN_REASONING
+            state = self.inner.initial_state
+        return self.inner.next_state(state, token)
+
+    def forced_bytes(self, state: int) -> bytes:
+        return self.inner.forced_bytes(state) if state >= 0 else b""
+
+    def draft(self, state: int) -> list[int]:
+        # before the reasoning has ended nothing is forced: the model may think on
+        return self.inner.draft(state) if state >= 0 else []
+
+
+class Grammar:
+    """One request's progress through a compiled grammar (or a reasoning gate around one)."""
+
+    def __init__(self, compiled: CompiledGrammar | ReasoningGate) -> None:
         self.compiled = compiled
         self.state = compiled.initial_state
 

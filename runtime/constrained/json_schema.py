@@ -99,6 +99,12 @@ def unenforced_features(schema: Any, path: str = "") -> list[str]:
         found.append(f"pattern together with {'/'.join(lengths)} at {path or '/'}")
     if "format" in schema and (lengths or "pattern" in schema):
         found.append(f"format together with {'/'.join(lengths) or 'pattern'} at {path or '/'}")
+    for key in ("maxDigits", "maxDigitsInteger"):
+        # outlines-core bounds the digits only from 2 up: below that (or not an integer) it
+        # writes an unbounded run of digits
+        value = schema.get(key)
+        if key in schema and not (isinstance(value, int) and not isinstance(value, bool) and value >= 2):
+            found.append(f"{key} other than an integer of at least 2 ({value!r}) at {path or '/'}")
     props = schema.get("properties")
     if isinstance(props, dict):  # outlines-core writes property names into the regex unescaped
         found += [

@@ -168,6 +168,10 @@ class ChatCompletionRequest(_OpenAISampling):
     tools: Any = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
+    # variables for the chat template (SGLang's and vLLM's name), e.g. {"enable_thinking": false}
+    chat_template_kwargs: dict[str, Any] | None = None
+    # with --reasoning-parser: reasoning in message.reasoning_content (false: left in content)
+    separate_reasoning: bool = True
 
 
 class GenerateRequest(BaseModel):

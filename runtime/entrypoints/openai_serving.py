@@ -21,6 +21,14 @@ from radixlm.runtime.entrypoints.openai_protocol import (
     CompletionRequest,
     finish_reason_name,
 )
+from radixlm.runtime.entrypoints.reasoning_serving import (
+    ChatDeltas,
+    ReasoningPlan,
+    chat_message,
+    gate_params,
+    plan_reasoning,
+    template_kwargs,
+)
 from radixlm.runtime.entrypoints.serving_common import (
     IsDisconnected,
     collect,
@@ -29,14 +37,7 @@ from radixlm.runtime.entrypoints.serving_common import (
     stream,
     token_text,
 )
-from radixlm.runtime.entrypoints.tool_serving import (
-    ToolDeltas,
-    ToolPlan,
-    plan_tools,
-    render,
-    template_messages,
-    tool_message,
-)
+from radixlm.runtime.entrypoints.tool_serving import ToolPlan, plan_tools, render, template_messages
 from radixlm.runtime.managers.tokenizer_manager import PreparedRequest, TokenizerManager
 from radixlm.runtime.scheduler.request import check_text
 
@@ -233,25 +234,26 @@ async def create_chat_completion(
     with as_http_errors():
         plan = plan_tools(body, tm.tokenizer.chat_template, tm.cfg.tool_call_parser)
         messages = template_messages(body)
-    ids = chat_prompt_ids(tm, messages, plan.tools)
+        kwargs = template_kwargs(body)
+    text, ids = chat_prompt(tm, messages, plan.tools, kwargs)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     top_n = body.top_logprobs or 0
+    params = {**body.sampling_params(max_tokens), **plan.constraint}
+    with as_http_errors():
+        # reasoning: where the output starts, and a constraint held back until it ends
+        thinking = plan_reasoning(tm.cfg.reasoning_parser, text, body.separate_reasoning)
+        params.update(gate_params(thinking, tm.tokenizer, params))
     req = prepare(
-        tm,
-        None,
-        ids,
-        {**body.sampling_params(max_tokens), **plan.constraint},
-        return_logprob=body.logprobs,
-        top_logprobs_num=top_n if body.logprobs else 0,
+        tm, None, ids, params, return_logprob=body.logprobs, top_logprobs_num=top_n if body.logprobs else 0
     )
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if body.stream:
-        return _stream_chat(tm, body, req, base, plan)
+        return _stream_chat(tm, body, req, base, plan, thinking)
     outs = await run_watching(collect(tm, req), is_disconnected)
     prompt_tokens = outs[0]["meta_info"]["prompt_tokens"]
     choices = []
     for o in outs:
-        message, called = tool_message(plan, o["text"])
+        message, called = chat_message(plan, thinking, o["text"])
         finish = finish_reason_name(o["meta_info"].get("finish_reason"))
         choices.append(
             {
@@ -270,37 +272,48 @@ async def create_chat_completion(
     }
 
 
-def chat_prompt_ids(tm: TokenizerManager, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-    """The prompt's token ids: the messages (and tools) through the model's own chat template."""
+def chat_prompt(
+    tm: TokenizerManager,
+    messages: list[dict],
+    tools: list[dict] | None = None,
+    template_kwargs: dict | None = None,
+) -> tuple[str, list[int]]:
+    """The prompt's text and token ids: the messages (and tools) through the model's own chat
+    template, with the request's chat_template_kwargs."""
     with as_http_errors():
         for i, m in enumerate(messages):
             check_text(m["content"], f"messages[{i}].content")
         try:
-            text = render(tm.tokenizer, messages, tools)
+            text = render(tm.tokenizer, messages, tools, template_kwargs)
         except Exception as exc:  # the template's own Jinja (raise_exception...) refused the conversation
             raise ValueError(f"chat template failed: {exc}") from None
-    return tm.tokenizer(text, add_special_tokens=False).input_ids
+    return text, tm.tokenizer(text, add_special_tokens=False).input_ids
 
 
 async def _stream_chat(
-    tm: TokenizerManager, body: ChatCompletionRequest, req: PreparedRequest, base: dict, plan: ToolPlan
+    tm: TokenizerManager,
+    body: ChatCompletionRequest,
+    req: PreparedRequest,
+    base: dict,
+    plan: ToolPlan,
+    thinking: ReasoningPlan,
 ) -> AsyncIterator[dict]:
     chunk_base = {**base, "object": "chat.completion.chunk"}
     # choice index -> output ids sent so far; a choice not in it yet is sent its role first
     offsets: dict[int, int] = {}
-    tool_deltas: dict[int, ToolDeltas] = {}
+    chat_deltas: dict[int, ChatDeltas] = {}
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     async for item in stream(tm, req):
         index, meta = item["index"], item["meta_info"]
         if index not in offsets:
             role = {"role": "assistant", "content": ""}
             yield {**chunk_base, "choices": [_chat_delta(index, role, None, None)]}
-            tool_deltas[index] = ToolDeltas(plan)
+            chat_deltas[index] = ChatDeltas(plan, thinking)
         off = offsets.get(index, 0)
         offsets[index] = off + len(item["output_ids"])
-        deltas = list(tool_deltas[index].feed(item["text"], final=item["finished"])) or [{}]
+        deltas = list(chat_deltas[index].feed(item["text"], final=item["finished"])) or [{}]
         finish = finish_reason_name(meta.get("finish_reason"))
-        if finish == "stop" and tool_deltas[index].made_calls:
+        if finish == "stop" and chat_deltas[index].made_calls:
             finish = "tool_calls"
         logprobs = _chat_logprobs(tm, body, meta, off)
         for k, delta in enumerate(deltas):  # the logprobs with the first, the finish with the last

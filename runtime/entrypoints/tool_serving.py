@@ -24,6 +24,7 @@ from radixlm.runtime.function_call import (
     detect_parser,
     get_parser,
     new_call_id,
+    parallel_calls,
     tool_call_regex,
     validate_tools,
 )
@@ -60,6 +61,8 @@ def plan_tools(body: Any, chat_template: str | None, configured_family: str | No
         # --exclude-tools-when-tool-choice-none), since a model shown tools may well call them
         return ToolPlan(None, choice, None, {})
     family = configured_family or detect_parser(chat_template) or "hermes"
+    # llama3 writes one call per turn: an explicit parallel_tool_calls true is refused, unset is off
+    parallel = parallel_calls(family, body.parallel_tool_calls)
     constraint: dict[str, str] = {}
     if choice.forces_call:
         if body.constraint():
@@ -67,7 +70,6 @@ def plan_tools(body: Any, chat_template: str | None, configured_family: str | No
                 f'tool_choice "{choice.mode}" is itself a constraint on the output; '
                 "it cannot be combined with response_format, regex or json_schema"
             )
-        parallel = body.parallel_tool_calls is not False
         constraint = {"regex": tool_call_regex(tools, choice, family, parallel=parallel)}
     return ToolPlan(tools, choice, family, constraint)
 
@@ -109,12 +111,20 @@ def template_messages(body: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None) -> str:
+def render(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict] | None,
+    template_kwargs: dict[str, Any] | None = None,
+) -> str:
     """The prompt text: the model's own template with `tools=`, or the Hermes fallback when
-    the template does not use them."""
+    the template does not use them. `template_kwargs`: the request's chat_template_kwargs
+    (enable_thinking...), variables every rendering sees."""
 
     def apply(msgs: list[dict[str, Any]], **kw: Any) -> str:
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kw)
+        return tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=True, **(template_kwargs or {}), **kw
+        )
 
     if not tools:
         return apply(messages)

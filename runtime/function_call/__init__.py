@@ -5,6 +5,8 @@ a chat template; `streaming` does the same incrementally, emitting OpenAI-style 
 tool-call deltas that reassemble to exactly the non-streamed result; `tool_grammar` checks a
 request's `tools` and `tool_choice` and builds the regex that forces a valid call when
 tool_choice is "required" or names a function. Malformed calls are content, never errors.
+`reasoning` splits a `<think>` model's output into reasoning and content (whole or streamed),
+before any tool call is looked for.
 """
 
 from radixlm.runtime.function_call.parsers import (
@@ -17,6 +19,15 @@ from radixlm.runtime.function_call.parsers import (
     detect_parser,
     get_parser,
 )
+from radixlm.runtime.function_call.reasoning import (
+    REASONING_PARSERS,
+    Opening,
+    ReasoningDelta,
+    ReasoningParser,
+    ReasoningStream,
+    get_reasoning_parser,
+    prompt_reasoning,
+)
 from radixlm.runtime.function_call.streaming import (
     ContentDelta,
     StreamEvent,
@@ -28,17 +39,23 @@ from radixlm.runtime.function_call.streaming import (
 from radixlm.runtime.function_call.tool_grammar import (
     ToolChoice,
     check_tool_choice,
+    parallel_calls,
     tool_call_regex,
     validate_tools,
 )
 
 __all__ = [
     "PARSERS",
+    "REASONING_PARSERS",
     "ContentDelta",
     "HermesParser",
     "Llama3Parser",
     "MistralParser",
+    "Opening",
     "ParsedCall",
+    "ReasoningDelta",
+    "ReasoningParser",
+    "ReasoningStream",
     "StreamEvent",
     "ToolCallDelta",
     "ToolCallParser",
@@ -47,7 +64,10 @@ __all__ = [
     "check_tool_choice",
     "detect_parser",
     "get_parser",
+    "get_reasoning_parser",
     "new_call_id",
+    "parallel_calls",
+    "prompt_reasoning",
     "reassemble",
     "tool_call_regex",
     "validate_tools",

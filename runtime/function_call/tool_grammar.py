@@ -38,6 +38,10 @@ from radixlm.runtime.function_call.parsers import (
 
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 TOOL_CHOICE_MODES = ("none", "auto", "required")
+# Families whose models write one call per assistant turn: Llama 3.1+ JSON tool calling has
+# no parallel calls (Meta's own chat template refuses an assistant turn holding several).
+# hermes writes one <tool_call> block per call and mistral an array, so both can.
+SINGLE_CALL_FAMILIES = frozenset({"llama3"})
 # regex metacharacters; escaping only these keeps the pattern valid for Python's re and for
 # the Rust regex outlines-core compiles with (which refuses escapes such as \< or \>)
 _REGEX_META = re.compile(r"([\\.^$|?*+()\[\]{}])")
@@ -127,6 +131,20 @@ def check_tool_choice(tool_choice: Any, tools: list[dict[str, Any]] | None) -> T
         offered = ", ".join(names) if names else "none"
         raise ValueError(f"tool_choice names function {name!r}, which is not in tools (offered: {offered})")
     return ToolChoice("function", name)
+
+
+def parallel_calls(family: str, parallel_tool_calls: bool | None) -> bool:
+    """Whether one turn may hold several calls. Unset (None) is OpenAI's default, yes, which a
+    single-call family quietly turns into no; an explicit true it cannot honour is refused."""
+    get_parser(family)  # a ValueError naming the known families
+    if family not in SINGLE_CALL_FAMILIES:
+        return parallel_tool_calls is not False
+    if parallel_tool_calls:
+        raise ValueError(
+            f"parallel_tool_calls is true, but the {family!r} tool-call parser's format holds one call "
+            "per assistant turn; leave parallel_tool_calls out or set it to false"
+        )
+    return False
 
 
 def regex_literal(text: str) -> str:

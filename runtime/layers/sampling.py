@@ -60,6 +60,12 @@ class SamplingParams:
     # (JSON text here; from_any also takes a dict, a pydantic model or a msgspec Struct type)
     regex: str | None = None
     json_schema: str | None = None
+    # reasoning models: the constraint applies only after this token (the think-end token,
+    # `</think>`) is sampled; the text before it is free. With reasoning_start_token_id too,
+    # the output thinks only if it opens with that token (`<think>`), else the constraint
+    # applies from the first token. Ignored without a constraint.
+    reasoning_end_token_id: int | None = None
+    reasoning_start_token_id: int | None = None
 
     @staticmethod
     def from_any(value: SamplingParams | dict[str, Any] | None) -> SamplingParams:
@@ -141,6 +147,15 @@ class SamplingParams:
             ids = self.stop_token_ids
             if not isinstance(ids, (list, tuple)) or not all(is_int(t) and 0 <= t < vocab_size for t in ids):
                 bad(f"stop_token_ids must be token ids in [0, {vocab_size}), got {ids!r}")
+        for name in ("reasoning_end_token_id", "reasoning_start_token_id"):
+            v = getattr(self, name)
+            if v is not None and not (is_int(v) and 0 <= v < vocab_size):
+                bad(f"{name} must be a token id in [0, {vocab_size}), got {v!r}")
+        if self.reasoning_start_token_id is not None:
+            if self.reasoning_end_token_id is None:
+                bad("reasoning_start_token_id needs reasoning_end_token_id (the token that ends reasoning)")
+            if self.reasoning_start_token_id == self.reasoning_end_token_id:
+                bad("reasoning_start_token_id and reasoning_end_token_id must be different tokens")
         if self.regex is not None and self.json_schema is not None:
             bad("give at most one of regex and json_schema")
         if self.regex is not None or self.json_schema is not None:

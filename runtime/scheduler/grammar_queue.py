@@ -3,14 +3,15 @@
 Compiling a regex or JSON schema into a token automaton can take seconds, so it runs on the
 grammar cache's worker threads and the scheduler keeps decoding meanwhile. A request enters
 the waiting queue only once its grammar is ready; one whose grammar fails is finished with a
-400-status abort that names the problem.
+400-status abort that names the problem. A request with `reasoning_end_token_id` gets its
+grammar behind a `ReasoningGate`: free while the model thinks, applied once it stops.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 
-from radixlm.runtime.constrained.grammar import Grammar
+from radixlm.runtime.constrained.grammar import CompiledGrammar, Grammar, ReasoningGate
 from radixlm.runtime.constrained.grammar_cache import GrammarCache
 from radixlm.runtime.scheduler.request import Req
 
@@ -63,7 +64,16 @@ class GrammarQueue:
             elif fut.exception() is not None:
                 failed.append((req, {"type": "abort", "message": str(fut.exception()), "status_code": 400}))
             else:
-                req.grammar = Grammar(fut.result())
+                req.grammar = Grammar(_gated(fut.result(), req))
                 admitted.append(req)
         self.pending = still
         return admitted, failed
+
+
+def _gated(compiled: CompiledGrammar, req: Req) -> CompiledGrammar | ReasoningGate:
+    """The request's grammar, behind a reasoning gate when it asks for one (the compiled
+    automaton stays shared; the gate is the request's own)."""
+    params = req.sampling_params
+    if params.reasoning_end_token_id is None:
+        return compiled
+    return ReasoningGate(compiled, params.reasoning_end_token_id, params.reasoning_start_token_id)

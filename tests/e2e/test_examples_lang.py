@@ -1,7 +1,7 @@
 """The DSL examples in examples/ run end to end as scripts on the trained demo model, against a
 runtime they launch and against a running `radixlm serve --zmq-port`, and their answers are
-right; the agent's calculator refuses anything but arithmetic, and a bad tool call gets an
-error text back."""
+right; the agent's tools are described as the demo model was trained, its calculator refuses
+anything but arithmetic, and a bad tool call gets an error text back."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from server_process import ServerProcess
 
+import radixlm as rl
 from radixlm.demo_model import demo_model_path
+from radixlm.demo_model.tasks import CALCULATOR_TOOL, WEATHER_TOOL
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -87,16 +89,14 @@ def check_tree(out: str, branches: int = 3, reviewers: int = 2) -> None:
 
 def check_react(out: str, max_steps: int) -> None:
     assert 2 <= max_steps  # a call, then the answer
-    lines = [(role, text) for role, text in re.findall(r"^\s*(user|assistant|tool): (.*)$", out, re.M)]
-    calculator_call = '{"name": "calculator", "arguments": {"expression": "1234 * 5678"}}'
-    weather_call = '{"name": "get_weather", "arguments": {"city": "Lisbon"}}'
+    lines = [(role, text) for role, text in re.findall(r"^\s*(user|assistant|call|tool): (.*)$", out, re.M)]
     assert lines == [
         ("user", "Use the calculator: what is 1234 * 5678?"),
-        ("assistant", f"<tool_call>{calculator_call}</tool_call>"),
+        ("call", 'calculator({"expression": "1234 * 5678"})'),  # the reply, read as a call by the DSL
         ("tool", "7006652"),  # the example's ast calculator ran the call
         ("assistant", "1234 * 5678 = 7006652."),
         ("user", "What is the weather in Lisbon?"),
-        ("assistant", f"<tool_call>{weather_call}</tool_call>"),
+        ("call", 'get_weather({"city": "Lisbon"})'),
         ("tool", '{"city": "Lisbon", "temperature": 21, "condition": "sunny"}'),  # the fixed, fake report
         ("assistant", "It is 21 degrees and sunny in Lisbon."),
     ], out
@@ -257,29 +257,45 @@ def test_calculator_refuses_everything_else(react_agent, expression):
         react_agent.calculator(expression)
 
 
-def test_agent_tool_calls(react_agent):
+def test_agent_tools_are_described_as_the_demo_model_was_trained(react_agent):
+    """The functions' signatures, hints and docstrings give exactly the tool text of the
+    demo model's training data, key order included."""
+    specs = [json.dumps(rl.tool_spec(tool)) for tool in react_agent.TOOLS]
+    assert specs == [json.dumps(CALCULATOR_TOOL), json.dumps(WEATHER_TOOL)]
+
+
+def test_agent_tool_calls_and_their_errors(react_agent):
+    def run(name, arguments):
+        return rl.run_tool_call(rl.ToolCall(name, arguments, json.dumps(arguments)), react_agent.TOOLS)
+
+    assert run("calculator", {"expression": "6*7"}) == "42"
+    weather = json.loads(run("get_weather", {"city": "Lisbon"}))
+    assert weather == {"city": "Lisbon", "temperature": 21, "condition": "sunny"}  # fixed and fake
+    # what goes wrong comes back as the result, for the model to read
+    assert run("calculator", {"expression": "1/0"}) == "error: division by zero"
+    assert run("calculator", {"expression": "__import__('os')"}).startswith("error: unsupported syntax")
+    assert run("calculator", {"expr": "1"}) == (
+        "error: calculator: missing argument 'expression'; unexpected argument 'expr'"
+    )
+    assert run("calculator", {"expression": 7}).startswith(
+        "error: calculator: argument 'expression' is invalid"
+    )
+    assert run("search", {"q": "x"}) == "error: no tool named 'search'; the tools are calculator, get_weather"
+    assert len(run("a" * 10_000, {})) < 200
+
+
+def test_agent_reads_calls_out_of_a_reply(react_agent):
+    """What the demo model writes, read by the DSL as the agent reads it."""
+    offered = rl.gen("reply", tools=react_agent.TOOLS).tools
     call = '<tool_call>{"name": "calculator", "arguments": {"expression": "6 * 7"}}</tool_call>'
-    assert react_agent.parse_tool_call(call) == ("calculator", {"expression": "6 * 7"})
-    assert react_agent.parse_tool_call("<tool_call>\n" + call[11:-12] + "\n</tool_call>") == (
-        "calculator",
-        {"expression": "6 * 7"},
-    )  # the Qwen2.5 template's newlines around the JSON
+    reply = offered.reply(call)
+    assert reply == call and reply.content == ""
+    assert [(c.name, c.arguments) for c in reply.tool_calls] == [("calculator", {"expression": "6 * 7"})]
+    assert rl.run_tool_call(reply.tool_calls[0], react_agent.TOOLS) == "42"
     for text in [
         "6 * 7 = 42.",
         "<tool_call>{not json}</tool_call>",
         '<tool_call>["calculator"]</tool_call>',
         "",
     ]:
-        assert react_agent.parse_tool_call(text) is None, text
-    assert react_agent.run_tool("calculator", {"expression": "6*7"}) == "42"
-    weather = json.loads(react_agent.run_tool("get_weather", {"city": "Lisbon"}))
-    assert weather == {"city": "Lisbon", "temperature": 21, "condition": "sunny"}  # fixed and fake
-    assert react_agent.run_tool("calculator", {"expression": "1/0"}) == "error: division by zero"
-    assert react_agent.run_tool("calculator", {"expression": "__import__('os')"}).startswith("error: ")
-    assert (
-        react_agent.run_tool("calculator", {"expr": "1"})
-        == "error: calculator takes one string argument, 'expression'"
-    )
-    assert react_agent.run_tool("calculator", {"expression": 7}).startswith("error: calculator takes")
-    assert react_agent.run_tool("search", {"q": "x"}).startswith("error: no tool named 'search'")
-    assert len(react_agent.run_tool("a" * 10_000, {})) < 200
+        assert offered.reply(text).tool_calls == [] and offered.reply(text).content == text, text

@@ -95,6 +95,13 @@ def test_readme_constrained_output_program_runs(tmp_path):
     assert "name='Amara' age=29 city='Nairobi'" in out  # the validated pydantic model, printed
 
 
+def test_readme_tool_calling_program_runs(tmp_path):
+    [program] = [p for p in _readme_programs() if "tools=TOOLS" in p]
+    out = _run_program(tmp_path, program)
+    assert "arguments={'expression': '4321 * 987'}" in out  # the parsed call
+    assert out.strip().endswith("-> 4321 * 987 = 4264827.")  # the answer from the tool's result
+
+
 def test_offline_batch_example_answers_right():
     """The Engine example's chat-template prompts get the demo model's right answers, greedily,
     the same in both rounds; the second round finds each prompt in the radix cache."""

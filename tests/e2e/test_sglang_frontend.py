@@ -3,25 +3,36 @@ through `sgl.RuntimeEndpoint("http://127.0.0.1:PORT")`, unchanged: gen, select, 
 dtype constraints, JSON schema, fork/join (both join modes), run_batch and streaming, plus
 flush_cache and get_server_info. Greedy outputs equal the in-process Engine's on the same text.
 
-sglang is not one of radixlm's dependencies; the test is skipped without it. Its frontend
-(`import sglang`, `sglang.lang`) needs, besides radixlm's own dependencies and torch, the
-sglang wheel installed with --no-deps and exactly these packages:
-    orjson psutil pybase64 requests ipython aiohttp
+sglang cannot be one of radixlm's dependencies (its own pins pull a CUDA torch and the rest of
+its server), so the README's test command installs its wheel with --no-deps, at the version in
+constraints.txt; what its frontend imports (orjson psutil pybase64 requests ipython aiohttp) is
+in the `test` extra. Without sglang this file fails to import, like any test with a missing
+dependency, so CI cannot pass by skipping it. RADIXLM_ALLOW_MISSING_CLIENTS=1 skips it instead,
+for a machine that sglang has no wheel for (it ships them for Linux, CPython >= 3.11, only).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
+from helpers import get_engine
+from server_process import ServerProcess, wait_idle_and_kv_free
 
-sgl = pytest.importorskip("sglang")
+from radixlm.testing import default_model_path
 
-from helpers import get_engine  # noqa: E402
-from server_process import ServerProcess, wait_idle_and_kv_free  # noqa: E402
-
-from radixlm.testing import default_model_path  # noqa: E402
+try:
+    import sglang as sgl
+except ImportError as exc:
+    if os.environ.get("RADIXLM_ALLOW_MISSING_CLIENTS") != "1":
+        raise ImportError(
+            f"cannot import sglang ({exc}): the README's test command installs it "
+            "(pip install --no-deps -c constraints.txt sglang); "
+            "set RADIXLM_ALLOW_MISSING_CLIENTS=1 to skip this file instead"
+        ) from exc
+    pytest.skip(f"sglang is not installed ({exc})", allow_module_level=True)
 
 QUESTION = "Q: Which language did Guido write?\nA:"
 

@@ -131,8 +131,8 @@ def test_builtins():
 def test_unknown_names_and_roles():
     with pytest.raises(ValueError, match=r"'no-such-template'.*chatml.*default.*llama-3-instruct"):
         get_chat_template("no-such-template")
-    with pytest.raises(ValueError, match="'tool'"):
-        get_chat_template("chatml").get_prefix_and_suffix("tool", [])
+    with pytest.raises(ValueError, match="'narrator'"):
+        get_chat_template("chatml").get_prefix_and_suffix("narrator", [])
 
 
 def test_register_and_frozen():

@@ -145,10 +145,16 @@ def test_keywords_the_regex_cannot_enforce_are_refused_by_name_and_place():
     assert json_schema_to_regex(
         json.dumps({"type": "object", "properties": {"minimum": {"type": "integer"}}})
     )
+    two_digits = json_schema_to_regex(json.dumps({"type": "integer", "maxDigits": 2}))
+    assert re.fullmatch(two_digits, "99") and not re.fullmatch(two_digits, "100")
     for bad, named in [
         ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "pattern together with maxLength"),
         ({"type": "string", "format": "date", "pattern": "^2"}, "format together with pattern"),
         ({"type": "number", "maxDigitsFraction": 2}, "maxDigitsFraction"),
+        # below 2 outlines-core writes unbounded digits: a random model then never finishes
+        ({"type": "integer", "maxDigits": 1}, "maxDigits other than an integer of at least 2"),
+        ({"type": "integer", "maxDigits": "3"}, "maxDigits other than"),
+        ({"type": "number", "maxDigitsInteger": 0}, "maxDigitsInteger other than"),
     ]:
         with pytest.raises(ValueError, match=named):
             json_schema_to_regex(json.dumps(bad))
