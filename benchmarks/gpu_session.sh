@@ -11,6 +11,8 @@
 #   bash benchmarks/gpu_session.sh profile  # kernel-by-kernel profile of 8k prefill and b=1 decode, bf16 and fp8
 #   bash benchmarks/gpu_session.sh fp8-final  # 8B shape: fp8 (cuBLAS/Triton) vs bf16 vs HF, b=1/64 and 8k prefill
 #   bash benchmarks/gpu_session.sh demo-model  # train the demo model (TRAIN_ARGS), its folder as tar parts in $OUT
+#   bash benchmarks/gpu_session.sh demo-model-pair  # the same, twice at once: seed 0 and seed 1
+#   bash benchmarks/gpu_session.sh demo-speed  # time the demo model's training step variants
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
@@ -34,6 +36,22 @@ case "$MODE" in
     rm -rf /tmp/demo-model
     python3 -m radixlm.demo_model.train --out /tmp/demo-model ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/train.log" || exit 1
     tar -C /tmp -cf /tmp/demo-model.tar demo-model && split -b 15M /tmp/demo-model.tar "$OUT/demo-model.tar.part-"
+    ;;
+  demo-model-pair)  # two trainings at once on one card: the default command, and it with --seed 1
+    rm -rf /tmp/demo-model /tmp/demo-model-seed1
+    python3 -m radixlm.demo_model.train --out /tmp/demo-model ${TRAIN_ARGS:-} > "$OUT/train.log" 2>&1 &
+    python3 -m radixlm.demo_model.train --out /tmp/demo-model-seed1 --seed 1 ${TRAIN_ARGS:-} > "$OUT/train-seed1.log" 2>&1 &
+    wait
+    tar -C /tmp -cf /tmp/demo-models.tar demo-model demo-model-seed1 && split -b 15M /tmp/demo-models.tar "$OUT/demo-models.tar.part-"
+    ;;
+  demo-speed)  # the demo model's training step: eager/compile x deterministic, then two trainings at once
+    python3 benchmarks/bench_demo_training.py --variants "${VARIANTS:-eager,compile,eager-det,compile-det}" \
+      --out "$OUT/demo-speed.json" 2>&1 | tee "$OUT/demo-speed.log"
+    for i in 1 2; do
+      python3 benchmarks/bench_demo_training.py --variants compile --steps 200 --out "$OUT/demo-speed-pair$i.json" \
+        > "$OUT/demo-speed-pair$i.log" 2>&1 &
+    done
+    wait
     ;;
   tests)
     python3 -m pytest -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gpu-tests.log"
