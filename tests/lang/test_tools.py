@@ -15,6 +15,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, Field
 
 import radixlm as rl
+from radixlm.demo_model import tasks
 from radixlm.demo_model.chat_format import tool_response_turn
 from radixlm.lang.backend.base import BaseBackend
 from radixlm.lang.chat_template import chat_template_from_tokenizer, get_chat_template
@@ -93,18 +94,9 @@ def ping() -> str:
 
 
 def test_a_function_becomes_the_openai_tool_its_signature_describes():
-    assert rl.tool_spec(calculator) == {
-        "type": "function",
-        "function": {
-            "name": "calculator",
-            "description": "Evaluate an arithmetic expression and return the result.",
-            "parameters": {
-                "type": "object",
-                "properties": {"expression": {"type": "string", "description": "for example 12 * 34"}},
-                "required": ["expression"],
-            },
-        },
-    }
+    # the docstring's first line, the Annotated description, no pydantic titles: exactly the
+    # tool the demo model was trained on
+    assert rl.tool_spec(calculator) == tasks.CALCULATOR_TOOL
     assert rl.tool_spec(ping)["function"] == {
         "name": "ping",
         "parameters": {"type": "object", "properties": {}},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from text_chunks import random_chunks
 
 from radixlm.runtime.function_call import (
     REASONING_PARSERS,
@@ -133,21 +134,9 @@ def build_output(rng):
     return content, None
 
 
-def chunked(rng, text):
-    mode = rng.choice(["one", "small", "mixed", "whole"])
-    if mode == "whole":
-        return [text]
-    chunks, i = [], 0
-    while i < len(text):
-        n = 1 if mode == "one" else rng.randint(1, 4 if mode == "small" else 20)
-        chunks.append(text[i : i + n])
-        i += n
-    return chunks
-
-
 def check_stream_matches_parse(rng, parser, text, prompt_open):
     expected = parser.parse(text, prompt_open)
-    reasoning, content, deltas = streamed(parser, chunked(rng, text), prompt_open)
+    reasoning, content, deltas = streamed(parser, random_chunks(rng, text, longest=20), prompt_open)
     # deltas are only ever appended, so equal joins mean no delta held text that a later
     # one took back: a piece of a marker never reached either part
     assert (reasoning, content) == expected, (parser.name, prompt_open, text)

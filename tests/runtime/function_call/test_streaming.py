@@ -11,6 +11,7 @@ import random
 import re
 
 import pytest
+from text_chunks import random_chunks
 
 from radixlm.runtime.function_call.parsers import PARSERS, ParsedCall, get_parser
 from radixlm.runtime.function_call.streaming import (
@@ -243,21 +244,9 @@ def corrupt(rng, text):
     return text[:i] + text[i + 1 :]
 
 
-def chunked(rng, text):
-    mode = rng.choice(["one", "small", "mixed", "whole"])
-    if mode == "whole":
-        return [text]
-    chunks, i = [], 0
-    while i < len(text):
-        n = 1 if mode == "one" else rng.randint(1, 4 if mode == "small" else 40)
-        chunks.append(text[i : i + n])
-        i += n
-    return chunks
-
-
 def check_stream_matches_parse(rng, parser, text):
     expected = parser.parse(text)
-    events = stream(parser, chunked(rng, text), max_fragment_chars=rng.choice([None, 1, 3, 16]))
+    events = stream(parser, random_chunks(rng, text), max_fragment_chars=rng.choice([None, 1, 3, 16]))
     assert reassemble(events) == expected, repr(text)
     seen = -1
     for e in events:
