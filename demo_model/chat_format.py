@@ -52,8 +52,8 @@ TOOL_TOKENS = (
 
 
 def tool_response_turn(result: str) -> str:
-    """A tool's result as its own turn, for programs that append raw text (the DSL has no tool
-    role): exactly what the chat template renders for {"role": "tool", "content": result}."""
+    """A tool's result as its own turn: exactly what the chat template renders for
+    {"role": "tool", "content": result} (a DSL program writes it with `rl.tool_response`)."""
     return f"{IM_START}tool\n{tool_response_text(result)}{IM_END}\n"
 
 

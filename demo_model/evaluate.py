@@ -19,18 +19,9 @@ import time
 from typing import Any
 
 import radixlm as rl
-from radixlm.demo_model import chat_format as fmt
 from radixlm.demo_model import demo_model_path, grading, tasks
-from radixlm.runtime.function_call import HermesParser
 
 _EXPRESSION = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*$")
-
-
-def first_tool_call(text: str, tools: list[dict]) -> tuple[str, dict] | None:
-    """(name, arguments) of the first call in `text` to one of `tools`, as the server's Hermes
-    parser reads it (runtime/function_call); None when there is none."""
-    _, calls = HermesParser([tool["function"]["name"] for tool in tools]).parse(text)
-    return (calls[0].name, json.loads(calls[0].arguments)) if calls else None
 
 
 def calculator(expression: str) -> str:
@@ -74,16 +65,17 @@ def extract(s, question: str, system: str | None = None):
 @rl.function
 def agent(s, question: str, tools: list[dict], system: str | None = None):
     """One round of an agent loop: the model calls a tool, we run it, the model answers."""
-    s += rl.system(fmt.tools_system_prompt(tools, system))
+    s += rl.system(rl.tools_prompt(tools, system))
     s += rl.user(question)
-    s += rl.assistant(rl.gen("call", max_tokens=48))
-    call = first_tool_call(s["call"], tools)
-    if call is None or call[0] != "calculator" or not isinstance(call[1].get("expression"), str):
+    s += rl.assistant(rl.gen("call", tools=tools, max_tokens=48))
+    calls = s.tool_calls("call")  # read as the server's Hermes parser reads them
+    expression = calls[0].arguments.get("expression") if calls and calls[0].name == "calculator" else None
+    if not isinstance(expression, str):
         s += rl.user("Please call the calculator with an expression.")  # the loop's recovery turn
         result = "error"
     else:
-        result = calculator(call[1]["expression"])
-    s += fmt.tool_response_turn(result)
+        result = calculator(expression)
+    s += rl.tool_response(result)
     s += rl.assistant(rl.gen("answer", max_tokens=32))
 
 
