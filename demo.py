@@ -32,7 +32,7 @@ REVIEWS = [
 ]
 FOLLOW_UPS = ["What is my name?", "What is 58 + 37?", "What is 40 - 73?"]
 PERSON = "Meet Amara, a 29-year-old from Nairobi."
-PYTHON_START = "class Stack:"  # no trailing newline: the model writes the "\n    " itself
+PYTHON_START = "class Queue:"  # no trailing newline: the model writes the "\n    " itself
 
 
 @rl.function

@@ -109,10 +109,27 @@ def invented_name(rng: random.Random) -> str:
     return "".join(parts).capitalize()
 
 
+def spliced(rng: random.Random, kind: str, pool: tuple[str, ...]) -> str:
+    """The start of one training word joined to the end of another ("Mem" + "bourne"). A model
+    that has memorised the list must still copy these, since a known start is followed by
+    another word's end: the failure a recalling model makes on an unseen name or city is
+    copying its first piece and completing the rest from memory."""
+    known = set(pool)
+    while True:
+        a, b = _draw(rng, kind, pool, "train"), _draw(rng, kind, pool, "train")
+        word = a[: rng.randint(1, len(a) - 1)] + b[rng.randint(1, len(b) - 1) :]
+        if word not in known and len(word) >= 3:
+            return word
+
+
 def draw_name(rng: random.Random, split: str) -> str:
-    """A person's name. Training also invents names, so the model learns to copy any name."""
-    if split == "train" and rng.random() < 0.5:
+    """A person's name. Training also invents and splices names, so the model learns to copy
+    any name rather than recall one."""
+    kind = rng.random() if split == "train" else 1.0
+    if kind < 0.35:
         first = invented_name(rng)
+    elif kind < 0.55:
+        first = spliced(rng, "name", words.FIRST_NAMES)
     else:
         first = _draw(rng, "name", words.FIRST_NAMES, split)
     if rng.random() < 0.2:
@@ -138,14 +155,16 @@ _CITY_SUFFIXES = ("", "", "", "ville", "burg", "port", " City", "ton", "ford", "
 
 
 def draw_city(rng: random.Random, split: str) -> str:
-    """A city. Training invents over half of them (prefixed, two-word, suffixed), for the same
-    reason as names."""
-    if split == "train" and rng.random() < 0.55:
-        kind = rng.random()
-        if kind < 0.2:
-            return f"{rng.choice(_CITY_PREFIXES)} {invented_name(rng)}"
-        if kind < 0.35:
-            return f"{invented_name(rng)} {invented_name(rng)}"
+    """A city. Training makes up three quarters of them (spliced from two training cities,
+    prefixed, two-word, suffixed), for the same reason as names."""
+    kind = rng.random() if split == "train" else 1.0
+    if kind < 0.3:
+        return spliced(rng, "city", words.CITIES)
+    if kind < 0.4:
+        return f"{rng.choice(_CITY_PREFIXES)} {invented_name(rng)}"
+    if kind < 0.5:
+        return f"{invented_name(rng)} {invented_name(rng)}"
+    if kind < 0.75:
         return invented_name(rng) + rng.choice(_CITY_SUFFIXES)
     return _draw(rng, "city", words.CITIES, split)
 
@@ -396,12 +415,12 @@ def small_talk(rng: random.Random, split: str) -> Example:
 
 # family -> (generator, share of training conversations)
 FAMILIES: dict[str, tuple[Callable[[random.Random, str], Example], float]] = {
-    "arithmetic": (arithmetic, 0.26),
+    "arithmetic": (arithmetic, 0.24),
     "sentiment": (sentiment, 0.12),
-    "extraction": (extraction, 0.22),
-    "tool_use": (tool_use, 0.15),
+    "extraction": (extraction, 0.26),
+    "tool_use": (tool_use, 0.14),
     "weather": (weather, 0.05),
-    "memory": (memory, 0.15),
+    "memory": (memory, 0.14),
     "small_talk": (small_talk, 0.05),
 }
 EVALUATED = ("arithmetic", "sentiment", "extraction", "tool_use", "memory")

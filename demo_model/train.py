@@ -248,10 +248,10 @@ def export(model: DemoLlama, tokenizer, out: Path, shape: Shape) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="the model folder to write")
-    p.add_argument("--steps", type=int, default=8500)
+    p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=96, help="rows of --seq-len tokens per step")
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--text-share", type=float, default=0.25, help="share of each batch from Python's text")
+    p.add_argument("--text-share", type=float, default=0.2, help="share of each batch from Python's text")
     p.add_argument("--conversations", type=int, default=1_500_000)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=200)
@@ -259,14 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-count", type=int, default=200, help="held-out examples per family at the end")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=False,
-        help="torch.compile the forward and loss (2.3x the steps per second on an H100)",
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="torch.compile the forward and loss (2.3x the steps per second on an H100; default: on a GPU)",
     )  # fmt: skip
     p.add_argument(
         "--deterministic", action=argparse.BooleanOptionalAction, default=False,
         help="torch.use_deterministic_algorithms (about 15%% slower on an H100)",
     )  # fmt: skip
     args = p.parse_args(argv)
+    if args.compile is None:
+        args.compile = args.device.startswith("cuda")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.deterministic:

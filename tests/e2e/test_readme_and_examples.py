@@ -63,7 +63,7 @@ def test_demo_shows_right_answers_for_every_task_family_and_the_cache_hit_rate()
     assert '{"name": "calculator", "arguments": {"expression": "482 * 37"}}' in agent
     assert "[tool] '17834'" in agent and "[assistant] '482 * 37 = 17834.'" in agent
     code = sections["Python completion"]
-    assert code.startswith("class Stack:\n    ") and "def " in code  # an indented class body
+    assert code.startswith("class Queue:\n    ") and "def " in code  # an indented class body
     rate = float(re.search(r"cache hit rate: ([0-9.]+)%", out).group(1))
     assert rate > 30  # the chat's later turns, the fork's children and the select reuse prefixes
 
