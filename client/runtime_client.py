@@ -5,12 +5,15 @@
     for chunk in client.generate_stream("Hello", {"max_new_tokens": 8}):
         print(chunk["text"], end="")
 
-Thread-safe: each call uses its own DEALER socket, so programs may call it from many
-threads (forks, run_batch) at once.
+Thread-safe: each thread has its own DEALER socket, so programs may call it from many
+threads (forks, run_batch) at once. A thread that joined a `RequestGather` (run_batch's
+workers, through `gathering`) sends its non-streaming requests through the gather instead, so
+that the requests of all the workers leave together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -18,6 +21,7 @@ from typing import Any
 
 import zmq
 
+from radixlm.client.request_gather import GroupChannel, RequestGather
 from radixlm.runtime.managers.messages import (
     ClientAbort,
     ClientBatch,
@@ -40,6 +44,8 @@ class RuntimeClient:
         self._local = threading.local()
         self._enc = encoder()
         self._dec = decoder(ClientReply)
+        self._channel: GroupChannel | None = None  # gathered requests' socket, made on first use
+        self._channel_lock = threading.Lock()
 
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
@@ -63,6 +69,35 @@ class RuntimeClient:
         sock.send(self._enc.encode(msg))
         return sock, msg.rid
 
+    def _exchange(self, msg: Any) -> Any:
+        """Send a non-streaming request and return its one reply: through this thread's gather
+        if it joined one, else on its own socket."""
+        gather = getattr(self._local, "gather", None)
+        if gather is not None:
+            return gather.exchange(msg)
+        sock, rid = self._request(msg)
+        return self._recv(sock, rid)
+
+    # ------------------------------------------------------------------ gathering
+    def gather(self, workers: int, max_wait_s: float) -> RequestGather:
+        """A gather for `workers` threads, each of which joins it with `gathering`."""
+        with self._channel_lock:
+            if self._channel is None or self._channel.broken is not None:
+                self._channel = GroupChannel(self._ctx, self.address)
+            channel = self._channel
+        timeout_s = self.timeout_ms / 1000
+        return RequestGather(channel, workers=workers, max_wait_s=max_wait_s, timeout_s=timeout_s)
+
+    @contextlib.contextmanager
+    def gathering(self, gather: RequestGather) -> Iterator[None]:
+        """This thread's requests go through `gather` until the block ends; then it leaves."""
+        self._local.gather = gather
+        try:
+            yield
+        finally:
+            self._local.gather = None
+            gather.leave()
+
     def generate(
         self,
         prompt: str | None = None,
@@ -73,7 +108,7 @@ class RuntimeClient:
         top_logprobs_num: int = 0,
     ) -> dict | list[dict]:
         """One finished output; with n > 1 in sampling_params, a list of the n samples."""
-        sock, rid = self._request(
+        reply = self._exchange(
             _generate_message(
                 prompt=prompt,
                 input_ids=input_ids,
@@ -84,7 +119,6 @@ class RuntimeClient:
                 stream=False,
             )
         )
-        reply = self._recv(sock, rid)
         if isinstance(reply, ClientResult) and reply.ok:  # n > 1: every sample in one reply
             return [{**out, "finished": True} for out in reply.data["outputs"]]
         return _result(reply)
@@ -104,8 +138,7 @@ class RuntimeClient:
             )
             for r in requests
         ]
-        sock, rid = self._request(ClientBatch(rid=uuid.uuid4().hex, requests=msgs))
-        reply = self._recv(sock, rid)
+        reply = self._exchange(ClientBatch(rid=uuid.uuid4().hex, requests=msgs))
         if not isinstance(reply, ClientResult) or not reply.ok:
             raise RuntimeError(getattr(reply, "error", "") or "batch request failed")
         return reply.data["outputs"]
@@ -165,6 +198,10 @@ class RuntimeClient:
         return self.control("server_info")
 
     def close(self) -> None:
+        with self._channel_lock:
+            channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
         sock = getattr(self._local, "sock", None)
         if sock is not None:
             sock.close(0)
@@ -197,6 +234,19 @@ def _generate_message(
     )
 
 
+def prefill_message(prompt: str) -> ClientGenerate:
+    """A request that only prefills `prompt` into the cache (no token generated)."""
+    return _generate_message(
+        prompt=prompt,
+        input_ids=None,
+        sampling_params={"max_new_tokens": 0},
+        return_logprob=False,
+        logprob_start_len=None,
+        top_logprobs_num=0,
+        stream=False,
+    )
+
+
 def _result(reply: Any) -> dict:
     if isinstance(reply, ClientResult):
         raise RuntimeError(reply.error or "request failed")
@@ -209,4 +259,4 @@ def _result(reply: Any) -> dict:
     }
 
 
-__all__ = ["RuntimeClient"]
+__all__ = ["RuntimeClient", "prefill_message"]

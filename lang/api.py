@@ -11,10 +11,7 @@ state["answer"]
 
 from __future__ import annotations
 
-import concurrent.futures
 import inspect
-import os
-import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -23,7 +20,9 @@ from radixlm.lang import ir
 from radixlm.lang.choices import ChoicesSamplingMethod, token_length_normalized
 from radixlm.lang.interpreter import StateExecutor
 from radixlm.lang.program_state import ProgramState
+from radixlm.lang.run_batch import auto_threads, run_programs
 from radixlm.lang.tools import gen_tools
+from radixlm.lang.worker_threads import spawn
 
 # run-level sampling keywords (defaults for every gen of the program) -> runtime names
 RUN_DEFAULTS = {
@@ -312,7 +311,8 @@ class SglFunction:
                 executor.end()
 
         if stream:
-            threading.Thread(target=body, daemon=True, name="radixlm-program-body").start()
+            executor.body_pending = True
+            spawn(body)
         else:
             body()
         return state
@@ -334,34 +334,23 @@ class SglFunction:
         calls = [self._batch_args(i, item) for i, item in enumerate(batch_kwargs)]
         if not calls:
             return iter(()) if generator_style else []
+        prefix = None
         if len(calls) > 1 and global_config.enable_precache_with_tracing:
-            self.cache(backend)
-        if num_threads == "auto":
-            num_threads = max(96, (os.cpu_count() or 1) * 16)
-        num_threads = max(1, min(int(num_threads), len(calls)))
+            prefix = self.trace(backend)
+            prefix = prefix if len(prefix) > PRECACHE_MIN_CHARS else None
 
-        def one(kwargs: dict) -> ProgramState:
-            state = self._run((), {**kwargs, **sampling}, backend, False, True, keep_errors=True)
-            state.sync()
-            return state
+        def one(kwargs: dict) -> ProgramState:  # on a worker: every expression runs right here
+            return self._run((), {**kwargs, **sampling}, backend, False, False, keep_errors=True)
 
-        pool = concurrent.futures.ThreadPoolExecutor(num_threads)
-        futures = [pool.submit(one, kw) for kw in calls]
-        bar = _progress(len(futures)) if progress_bar else None
-
-        def ordered() -> Iterator[ProgramState]:
-            try:
-                for future in futures:
-                    result = future.result()
-                    if bar is not None:
-                        bar.update(1)
-                    yield result
-            finally:
-                pool.shutdown(wait=False)
-                if bar is not None:
-                    bar.close()
-
-        return ordered() if generator_style else list(ordered())
+        return run_programs(
+            one,
+            calls,
+            backend=backend,
+            num_threads=auto_threads(len(calls)) if num_threads == "auto" else int(num_threads),
+            prefix=prefix,
+            progress_bar=_progress(len(calls)) if progress_bar else None,
+            generator_style=generator_style,
+        )
 
     def _batch_args(self, index: int, item: dict | Sequence[Any]) -> dict[str, Any]:
         if isinstance(item, dict):

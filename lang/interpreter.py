@@ -1,6 +1,6 @@
 """The executor behind a program state: a `StateExecutor` runs a state's queued expressions
 (text, gen, select, roles, variable scopes) in submission order on the state's own worker
-thread, and keeps its text, messages and variables.
+thread (a reused one, from worker_threads.py), and keeps its text, messages and variables.
 
 Submitting only queues; a variable's event exists from submission, so a reader waits for the
 value. A failed expression stops its state: the error is kept (`error_`), later expressions are
@@ -18,6 +18,7 @@ from typing import Any
 
 from radixlm.lang import ir
 from radixlm.lang.chat_template import ChatTemplate
+from radixlm.lang.worker_threads import spawn
 
 
 class ProgramError(RuntimeError):
@@ -55,9 +56,12 @@ class StateExecutor:
         self.fork_start = len(self.text_)
         self.changed = threading.Condition()
         self.finished = threading.Event()
-        # A worker thread exists only while expressions are pending; it exits when the queue
-        # drains and the next submission starts another. So a finished state holds no thread,
-        # and appending to it later (fork, join into a parent) still runs.
+        # True while the program's body runs on another thread than its reader's (stream=True):
+        # a read may come before the body has appended the expression that makes the variable
+        self.body_pending = False
+        # The state has a worker only while expressions are pending: it returns its thread to
+        # worker_threads when the queue drains, and the next submission takes one again. So a
+        # finished state holds no thread, and appending to it later (fork, join) still runs.
         self._lock = threading.Condition()
         self._pending: collections.deque = collections.deque()
         self._unfinished = 0
@@ -71,6 +75,9 @@ class StateExecutor:
             if name is not None and isinstance(item, (ir.Gen, ir.Select, ir.VarScopeBegin)):
                 self.events[name] = threading.Event()
                 self.failed.pop(name, None)
+                if self.body_pending:
+                    with self.changed:  # a reader may be waiting for the name to exist
+                        self.changed.notify_all()
             self._put(item)
 
     def _put(self, item: ir.Expr) -> None:
@@ -84,7 +91,7 @@ class StateExecutor:
             self._unfinished += 1
             if not self._worker_running:
                 self._worker_running = True
-                threading.Thread(target=self._work, daemon=True, name="radixlm-program").start()
+                spawn(self._work)
 
     def sync(self) -> None:
         """Wait until every expression submitted so far has run (or been skipped)."""
@@ -105,6 +112,9 @@ class StateExecutor:
 
     def end(self) -> None:
         """The program body returned: once the queue reaches this point, streams may end."""
+        with self.changed:
+            self.body_pending = False
+            self.changed.notify_all()
         self._put(_Call(self._mark_finished, always=True))
 
     def _mark_finished(self) -> None:
@@ -113,6 +123,11 @@ class StateExecutor:
             self.changed.notify_all()
 
     def get_var(self, name: str) -> Any:
+        if self.body_pending and name not in self.events and name not in self.variables:
+            with self.changed:  # the body (on its own thread) may not have got there yet
+                self.changed.wait_for(
+                    lambda: name in self.events or name in self.variables or not self.body_pending
+                )
         event = self.events.get(name)
         if event is None and name not in self.variables:
             raise KeyError(f"no variable {name!r} in this program state")

@@ -8,11 +8,14 @@ turns followed by the open turn (if any) with its content so far."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from radixlm.lang.chat_template import ChatTemplate, get_chat_template
 from radixlm.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
+
+GatherJoin = Callable[[], AbstractContextManager]  # run_batch's workers each run inside one
 
 
 class BaseBackend:
@@ -67,6 +70,12 @@ class BaseBackend:
 
     def cache_prefix(self, prompt: str) -> None:
         """Prefill `prompt` so that later requests sharing it hit the cache (optional)."""
+
+    def gather_requests(self, workers: int, prefix: str | None) -> GatherJoin | None:
+        """For run_batch: a way for its `workers` threads to send their requests together,
+        `prefix` prefilled first; each worker runs inside `join()`. None: this backend sends
+        each request as it comes (run_batch then prefills `prefix` with cache_prefix)."""
+        return None
 
     def flush_cache(self) -> bool:
         return False

@@ -8,13 +8,15 @@ so a token that merges across the prompt/choice boundary is scored as part of th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 from radixlm.client.http_client import HttpRuntimeClient
-from radixlm.client.runtime_client import RuntimeClient
-from radixlm.lang.backend.base import BaseBackend
+from radixlm.client.runtime_client import RuntimeClient, prefill_message
+from radixlm.lang.backend.base import BaseBackend, GatherJoin
 from radixlm.lang.chat_template import chat_template_from_tokenizer, get_chat_template
+from radixlm.lang.run_batch import GATHER_MAX_WAIT_S
 from radixlm.runtime.tokenizer import load_tokenizer
 
 
@@ -130,6 +132,17 @@ class RuntimeEndpoint(BaseBackend):
     def cache_prefix(self, prompt: str) -> None:
         if prompt:
             self.client.generate(prompt, {"max_new_tokens": 0})
+
+    def gather_requests(self, workers: int, prefix: str | None) -> GatherJoin | None:
+        if not isinstance(self.client, RuntimeClient):  # HTTP: one request per call, as they come
+            return None
+        gather = self.client.gather(workers, GATHER_MAX_WAIT_S)
+        # Under LPM the scheduler admits one of the gathered requests that share an uncached
+        # prefix and defers the others by a round, so the programs' own first calls pre-cache
+        # it; FCFS would prefill it in each of them, so there the prefix goes first, alone.
+        if prefix and self.info.get("schedule_policy") != "lpm":
+            gather.barrier(prefill_message(prefix))
+        return functools.partial(self.client.gathering, gather)
 
     # ------------------------------------------------------------------ select
     def choice_logprobs(self, prompt: str, choices: list[str], unconditional: bool = False):

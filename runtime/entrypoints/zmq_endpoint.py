@@ -22,6 +22,7 @@ from radixlm.runtime.managers.messages import (
     ClientChunk,
     ClientControl,
     ClientGenerate,
+    ClientGroup,
     ClientRequest,
     ClientResult,
     decoder,
@@ -31,6 +32,8 @@ from radixlm.runtime.managers.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger("radixlm.client_endpoint")
 CONTROL_OPS = ("flush_cache", "server_info", "health")
+STREAM_N_ERROR = "a streamed request takes n == 1; send n requests to stream n samples"
+DRAIN_MAX = 256  # frames read in one go before any of them is handled
 
 
 class ClientEndpoint:
@@ -41,6 +44,7 @@ class ClientEndpoint:
         self.dec = decoder(ClientRequest)
         self._tasks: set[asyncio.Task] = set()
         self._by_rid: dict[tuple[bytes, str], asyncio.Task] = {}
+        self._queued_sends = 0  # replies waiting in asyncio's send queue (a full socket)
 
     async def start(self) -> None:
         self.ctx = zmq.asyncio.Context()
@@ -55,39 +59,78 @@ class ClientEndpoint:
         self.ctx.term()
 
     async def _reply(self, identity: bytes, msg: Any) -> None:
-        await self.sock.send_multipart([identity, self.enc.encode(msg)])
+        frames = [identity, self.enc.encode(msg)]
+        if not self._queued_sends:  # nothing waits before it, so sending now keeps the order
+            try:  # the plain send when it can go at once: asyncio's costs a future per reply
+                zmq.Socket.send_multipart(self.sock, frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+        self._queued_sends += 1
+        try:
+            await self.sock.send_multipart(frames)
+        finally:
+            self._queued_sends -= 1
 
     async def _serve(self) -> None:
         while True:
-            parts = await self.sock.recv_multipart()
-            identity, frames = parts[0], parts[1:]
-            if len(frames) != 1:
-                await self._reply(
-                    identity, ClientResult(rid="", ok=False, error="expected exactly one frame")
-                )
-                continue
+            received = [await self.sock.recv_multipart()]
+            # What arrived together is tokenised together and reaches the scheduler in one
+            # burst, so it is prefilled as one batch (as Engine.generate's prompts are), not
+            # split by the time tokenising the first ones took.
+            while len(received) < DRAIN_MAX:
+                try:
+                    received.append(await self.sock.recv_multipart(flags=zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            msgs = []
+            for parts in received:
+                decoded = await self._decode(parts)
+                if decoded is None:
+                    continue
+                identity, msg = decoded
+                if isinstance(msg, ClientGroup):  # each of its requests as if in a frame of its own
+                    msgs.extend((identity, req) for req in msg.requests)
+                else:
+                    msgs.append(decoded)
+            generates = [msg for _, msg in msgs if isinstance(msg, ClientGenerate)]
             try:
-                msg = self.dec.decode(frames[0])
-            except DECODE_ERRORS as exc:
-                await self._reply(
-                    identity, ClientResult(rid="", ok=False, error=f"undecodable message: {exc}")
-                )
-                continue
-            task = asyncio.create_task(self._handle(identity, msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+                prepared = dict(zip(map(id, generates), self._prepare_all(generates))) if generates else {}
+            except Exception as exc:  # answered per request, as a failure inside _handle would be
+                prepared = {id(msg): exc for msg in generates}
+            for identity, msg in msgs:
+                task = asyncio.create_task(self._handle(identity, msg, prepared.get(id(msg))))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, identity: bytes, msg: Any) -> None:
+    async def _decode(self, parts: list[bytes]) -> tuple[bytes, Any] | None:
+        """(identity, message), or None after answering a frame that is not one."""
+        identity, frames = parts[0], parts[1:]
+        if len(frames) != 1:
+            await self._reply(identity, ClientResult(rid="", ok=False, error="expected exactly one frame"))
+            return None
+        try:
+            return identity, self.dec.decode(frames[0])
+        except DECODE_ERRORS as exc:
+            await self._reply(identity, ClientResult(rid="", ok=False, error=f"undecodable message: {exc}"))
+            return None
+
+    async def _handle(self, identity: bytes, msg: Any, prepared: Any = None) -> None:
         try:
             if isinstance(msg, ClientGenerate):
                 key = (identity, msg.rid)
                 self._by_rid[key] = asyncio.current_task()
                 try:
-                    await self._generate(identity, msg)
+                    if isinstance(prepared, Exception):
+                        raise prepared
+                    await self._generate(identity, msg, prepared)
                 finally:
                     self._by_rid.pop(key, None)
             elif isinstance(msg, ClientBatch):
-                prepared = [self._prepare(req) for req in msg.requests]  # all valid, or none runs
+                prepared = self._prepare_all(msg.requests)
+                for entry in prepared:  # all valid, or none runs
+                    if isinstance(entry, Exception):
+                        raise entry
                 if any(p.params.n != 1 for p in prepared):  # one output per entry, as before
                     raise ValueError("a batch entry takes n == 1; send n entries to sample n times")
                 outs = await asyncio.gather(*(self._collect(p) for p in prepared))
@@ -112,17 +155,26 @@ class ClientEndpoint:
                 ClientResult(rid=getattr(msg, "rid", ""), ok=False, error=f"{type(exc).__name__}: {exc}"),
             )
 
-    def _prepare(self, msg: ClientGenerate):
-        prepared = self.tm.prepare(
-            msg.text,
-            msg.input_ids,
-            msg.sampling_params,
-            msg.return_logprob,
-            msg.logprob_start_len,
-            msg.top_logprobs_num,
+    def _prepare_all(self, msgs: list[ClientGenerate]) -> list[Any]:
+        """Each request prepared (text prompts tokenised in one call), or the error that refuses it."""
+        prepared = self.tm.prepare_many(
+            [
+                {
+                    "prompt": m.text,
+                    "input_ids": m.input_ids,
+                    "sampling_params": m.sampling_params,
+                    "return_logprob": m.return_logprob,
+                    "logprob_start_len": m.logprob_start_len,
+                    "top_logprobs_num": m.top_logprobs_num,
+                }
+                for m in msgs
+            ]
         )
-        if prepared.params.n != 1 and msg.stream:
-            raise ValueError("a streamed request takes n == 1; send n requests to stream n samples")
+        for i, (msg, entry) in enumerate(zip(msgs, prepared)):
+            if not isinstance(entry, Exception) and entry.params.n != 1 and msg.stream:
+                prepared[i] = ValueError(
+                    "a streamed request takes n == 1; send n requests to stream n samples"
+                )
         return prepared
 
     async def _collect(self, prepared) -> dict | list[dict]:
@@ -134,8 +186,7 @@ class ClientEndpoint:
         ]
         return found if prepared.params.n > 1 else found[0]
 
-    async def _generate(self, identity: bytes, msg: ClientGenerate) -> None:
-        prepared = self._prepare(msg)
+    async def _generate(self, identity: bytes, msg: ClientGenerate, prepared: Any) -> None:
         if prepared.params.n > 1:  # the samples, together in one reply (the tokenizer manager fans out)
             outs = await self._collect(prepared)
             await self._reply(identity, ClientResult(rid=msg.rid, ok=True, data={"outputs": outs}))

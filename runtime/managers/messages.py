@@ -136,6 +136,14 @@ class ClientBatch(Msg):
     requests: list[ClientGenerate]
 
 
+class ClientGroup(Msg):
+    """Independent non-streaming requests that left a client together (run_batch's gathered
+    requests, client/request_gather.py): one frame, each request answered alone on its rid,
+    as if each had come in a frame of its own."""
+
+    requests: list[ClientGenerate | ClientBatch]
+
+
 class ClientAbort(Msg):
     rid: str
 
@@ -145,7 +153,7 @@ class ClientControl(Msg):
     op: str  # flush_cache | server_info | health
 
 
-ClientRequest = ClientGenerate | ClientBatch | ClientAbort | ClientControl
+ClientRequest = ClientGenerate | ClientBatch | ClientGroup | ClientAbort | ClientControl
 
 
 class ClientChunk(Msg):

@@ -79,6 +79,7 @@ class TokenizerManager:
         self._acks: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self._died: asyncio.Future | None = None  # resolved once the runtime is dead or shut down
+        self._queued_sends = 0  # messages waiting in asyncio's send queue (no peer, or full)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -121,18 +122,17 @@ class TokenizerManager:
         return_logprob: bool = False,
         logprob_start_len: int | None = None,
         top_logprobs_num: int = 0,
+        *,
+        token_ids: list[int] | None = None,
     ) -> PreparedRequest:
-        """Tokenise and validate one request; raises ValueError/TypeError naming the problem."""
+        """Tokenise and validate one request; raises ValueError/TypeError naming the problem.
+        `token_ids`: the prompt's tokens, already computed (prepare_many)."""
         params = SamplingParams.from_any(sampling_params)
         if (prompt is None) == (input_ids is None):
             raise ValueError("give exactly one of prompt (text) or input_ids")
         if prompt is not None:
-            if not isinstance(prompt, str):
-                raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-            if not prompt:
-                raise ValueError("prompt is empty")
-            check_text(prompt)
-            ids = list(self.tokenizer(prompt).input_ids)
+            check_prompt_text(prompt)
+            ids = token_ids if token_ids is not None else list(self.tokenizer(prompt).input_ids)
         else:
             if not isinstance(input_ids, (list, tuple)):
                 raise TypeError("input_ids must be a list of token ids")
@@ -142,6 +142,28 @@ class TokenizerManager:
         start = -1 if logprob_start_len is None else logprob_start_len
         check_request(ids, params, self.vocab_size, self.context_len, start, top_logprobs_num)
         return PreparedRequest(ids, params, return_logprob, start, top_logprobs_num)
+
+    def prepare_many(self, requests: Sequence[dict]) -> list[PreparedRequest | Exception]:
+        """`prepare` for several requests (each a dict of its keywords), tokenising their text
+        prompts in one batch call; an invalid request gets its ValueError/TypeError in its place."""
+        texts: dict[int, str] = {}
+        for i, req in enumerate(requests):
+            prompt = req.get("prompt")
+            if prompt is not None and req.get("input_ids") is None:
+                try:
+                    check_prompt_text(prompt)
+                except (ValueError, TypeError):
+                    continue  # prepare raises it again, in its place
+                texts[i] = prompt
+        encoded = self.tokenizer(list(texts.values())).input_ids if texts else []
+        tokens = dict(zip(texts, encoded))
+        out: list[PreparedRequest | Exception] = []
+        for i, req in enumerate(requests):
+            try:
+                out.append(self.prepare(**req, token_ids=tokens.get(i)))
+            except (ValueError, TypeError) as exc:
+                out.append(exc)
+        return out
 
     # ------------------------------------------------------------------ requests
     async def generate(
@@ -248,7 +270,21 @@ class TokenizerManager:
             raise RuntimeDiedError(self.dead)
 
     async def _send(self, msg: Any) -> None:
-        sending = self.to_scheduler.send(self.enc.encode(msg))
+        frame = self.enc.encode(msg)
+        if not self._queued_sends:  # nothing waits before it, so sending now keeps the order
+            try:  # the plain send when it can go at once: asyncio's costs a future per message
+                zmq.Socket.send(self.to_scheduler, frame, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+        self._queued_sends += 1
+        try:
+            await self._send_queued(frame)
+        finally:
+            self._queued_sends -= 1
+
+    async def _send_queued(self, frame: bytes) -> None:
+        sending = self.to_scheduler.send(frame)
         if not sending.done():
             # a PUSH socket whose only peer died blocks until a peer connects, which never
             # happens: give up when the watchdog declares the runtime dead, or the request
@@ -342,3 +378,11 @@ async def _merge(iters: list[AsyncIterator[dict]]) -> AsyncIterator[dict]:
     finally:
         for task in tasks:
             task.cancel()
+
+
+def check_prompt_text(prompt: Any) -> None:
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt:
+        raise ValueError("prompt is empty")
+    check_text(prompt)

@@ -25,6 +25,7 @@ def server_info(cfg: EngineConfig, sched: Scheduler) -> dict[str, Any]:
         "fp8_gemm": runner.fp8_gemm,
         "tp_size": runner.tp.size,
         "kv_cache_dtype": str(runner.kv_dtype).removeprefix("torch."),
+        "schedule_policy": cfg.schedule_policy,
         "cuda_graph_batch_sizes": runner.graph_runner.batch_sizes if runner.graph_runner else [],
         "cache_hit_rate": stats.cache_hit_rate,
         "prompt_tokens": stats.prompt_tokens,

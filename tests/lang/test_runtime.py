@@ -152,6 +152,84 @@ def test_run_batch_of_64_sharing_a_few_shot_header_hits_the_cache(rt):
     assert after["cache_hit_rate"] > before["cache_hit_rate"] or before["cache_hit_rate"] > 0.8
 
 
+@pytest.mark.parametrize("policy", ["lpm", "fcfs"])
+def test_run_batch_prefills_the_shared_header_once_under_either_policy(policy):
+    """Under LPM the programs' gathered first calls pre-cache their header (the scheduler admits
+    one and defers the rest a round); under FCFS, which would prefill it in all of them, run_batch
+    sends the header first and holds the programs until it is cached. Either way the cold batch
+    hits the cache for all but one copy of the header."""
+
+    @rl.function
+    def solve(s, a):
+        s += FEW_SHOT  # a statement of its own: the traced constant prefix
+        s += f"Question: what is {a} plus 1?\nAnswer:" + rl.gen("answer", max_tokens=2)
+
+    with rl.Runtime(str(build_tiny_model("llama")), schedule_policy=policy) as runtime:
+        before = runtime.get_server_info()
+        states = solve.run_batch([{"a": i} for i in range(16)], temperature=0, backend=runtime)
+        after = runtime.get_server_info()
+        runtime.engine.check_accounting()
+    assert all(st.error() is None for st in states)
+    prompt = after["prompt_tokens"] - before["prompt_tokens"]
+    cached = after["cached_tokens"] - before["cached_tokens"]
+    assert cached / prompt > 0.8, (policy, cached, prompt)
+
+
+def test_run_batch_equals_running_each_program_alone(rt):
+    """Programs that read their own variables mid-body, fork, join and select: run_batch's
+    gathered requests (several programs' calls in one frame, the pre-cache sent with them)
+    give each state exactly what running the program alone gives."""
+
+    @rl.function
+    def prog(s, i):
+        s += FEW_SHOT + f"Question: what is {i} plus 1?\nAnswer:" + rl.gen("a", max_tokens=3, stop="\n")
+        if len(s["a"]) % 2 == 0:  # a read in the middle of the body
+            s += " (even)"
+        forks = s.fork(2)
+        for k, f in enumerate(forks):
+            f += f" Branch {k}:" + rl.gen("b", max_tokens=2)
+        forks.join()
+        s += " So:" + rl.select("c", choices=[" yes", " no", " maybe"])
+
+    items = [{"i": i} for i in range(10)]
+    alone = [prog.run(**item, temperature=0, backend=rt) for item in items]
+    for threads in (4, "auto"):
+        batch = prog.run_batch(items, temperature=0, backend=rt, num_threads=threads)
+        assert [st.error() for st in batch] == [None] * len(items)
+        assert [st.text() for st in batch] == [st.text() for st in alone]
+        assert [st["c"] for st in batch] == [st["c"] for st in alone]
+
+
+def test_run_batch_keeps_each_programs_failure_in_its_own_state(rt):
+    """A request the server refuses, a program's own exception and a good program, gathered
+    together: each state gets its own outcome, in input order."""
+
+    @rl.function
+    def prog(s, kind):
+        s += FEW_SHOT + f"Question: {kind}?\nAnswer:"
+        if kind == "refused":
+            s += rl.gen("x", max_tokens=4, stop_token_ids=[10**9])
+        else:
+            s += rl.gen("x", max_tokens=4)
+        if kind == "raises":
+            raise KeyError("the program's own bug")
+
+    kinds = ["good", "refused", "raises", "good"] * 3
+    states = prog.run_batch([{"kind": k} for k in kinds], temperature=0, backend=rt)
+    for kind, st in zip(kinds, states):
+        assert f"Question: {kind}?" in st.text()
+        if kind == "good":
+            assert st.error() is None and isinstance(st["x"], str)
+        elif kind == "refused":
+            assert "stop_token_ids" in str(st.error())
+            with pytest.raises(ProgramError, match="stop_token_ids"):
+                st["x"]
+        else:
+            assert isinstance(st.error(), KeyError) and isinstance(st["x"], str)
+    gen_style = prog.run_batch([{"kind": k} for k in kinds], temperature=0, backend=rt, generator_style=True)
+    assert [st.text() for st in gen_style] == [st.text() for st in states]
+
+
 def test_gen_n_samples_streaming_and_async_streaming(rt):
     @rl.function
     def many(s):

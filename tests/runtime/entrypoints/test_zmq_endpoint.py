@@ -283,6 +283,51 @@ def test_batch_returns_outputs_in_order_and_is_all_or_nothing(client):
     _assert_pool_empty_after_flush(client)
 
 
+def test_a_group_is_answered_request_by_request(server, client):
+    """ClientGroup (what run_batch's gathered requests travel as): each request is answered
+    alone on its rid, exactly as if it had come in a frame of its own; a refused one fails
+    alone, and a ClientBatch inside keeps its all-or-nothing reply."""
+    engine = get_engine("llama")
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(server.address)
+    enc, dec = P.encoder(), P.decoder(P.ClientReply)
+    group = P.ClientGroup(
+        requests=[
+            P.ClientGenerate(rid="g1", text=PROMPT, sampling_params=GREEDY),
+            P.ClientGenerate(rid="g2", text=PROMPT, sampling_params={**GREEDY, "temperature": -1}),
+            P.ClientGenerate(rid="g3", text="héllo there", sampling_params={**GREEDY, "n": 2, "seed": 3}),
+            P.ClientBatch(
+                rid="g4", requests=[P.ClientGenerate(rid="g4a", text=PROMPT, sampling_params=GREEDY)]
+            ),
+            P.ClientGenerate(rid="g5", text=PROMPT, sampling_params=GREEDY, stream=True),
+        ]
+    )
+    try:
+        sock.send(enc.encode(group))
+        replies: dict[str, list] = collections.defaultdict(list)
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+
+        def final(rid: str) -> bool:
+            got = replies.get(rid)
+            return bool(got) and (isinstance(got[-1], P.ClientResult) or got[-1].finished)
+
+        while not all(final(r) for r in ("g1", "g2", "g3", "g4", "g5")) and time.monotonic() < deadline:
+            if sock.poll(200):
+                reply = dec.decode(sock.recv())
+                replies[reply.rid].append(reply)
+    finally:
+        sock.close(0)
+    want = engine.generate(PROMPT, GREEDY)["output_ids"]
+    assert [r.output_ids for r in replies["g1"]] == [want]
+    assert len(replies["g2"]) == 1 and not replies["g2"][0].ok and "temperature" in replies["g2"][0].error
+    assert replies["g3"][0].ok and len(replies["g3"][0].data["outputs"]) == 2
+    assert [o["output_ids"] for o in replies["g4"][0].data["outputs"]] == [want]
+    streamed = [i for chunk in replies["g5"] for i in chunk.output_ids]
+    assert streamed == want and len(replies["g5"]) > 1
+    _assert_pool_empty_after_flush(client)
+
+
 @pytest.mark.parametrize("op", ["shutdown", "check_accounting", "", "flush_cache; shutdown"])
 def test_internal_control_operations_are_refused(client, op):
     with pytest.raises(RuntimeError, match="unknown operation"):

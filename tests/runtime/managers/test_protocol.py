@@ -179,6 +179,15 @@ SAMPLES: list[tuple[str, object]] = [
             ],
         ),
     ),
+    (
+        "ClientGroup",
+        P.ClientGroup(
+            requests=[
+                P.ClientGenerate(rid="c7", text="a", sampling_params={"max_new_tokens": 1}),
+                P.ClientBatch(rid="b2", requests=[P.ClientGenerate(rid="c8", input_ids=[4])]),
+            ]
+        ),
+    ),
     ("ClientAbort", P.ClientAbort(rid="c1")),
     ("ClientControl", P.ClientControl(rid="c4", op="server_info")),
     (
