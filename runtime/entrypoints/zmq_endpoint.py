@@ -44,7 +44,6 @@ class ClientEndpoint:
         self.dec = decoder(ClientRequest)
         self._tasks: set[asyncio.Task] = set()
         self._by_rid: dict[tuple[bytes, str], asyncio.Task] = {}
-        self._queued_sends = 0  # replies waiting in asyncio's send queue (a full socket)
 
     async def start(self) -> None:
         self.ctx = zmq.asyncio.Context()
@@ -59,18 +58,7 @@ class ClientEndpoint:
         self.ctx.term()
 
     async def _reply(self, identity: bytes, msg: Any) -> None:
-        frames = [identity, self.enc.encode(msg)]
-        if not self._queued_sends:  # nothing waits before it, so sending now keeps the order
-            try:  # the plain send when it can go at once: asyncio's costs a future per reply
-                zmq.Socket.send_multipart(self.sock, frames, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                pass
-        self._queued_sends += 1
-        try:
-            await self.sock.send_multipart(frames)
-        finally:
-            self._queued_sends -= 1
+        await self.sock.send_multipart([identity, self.enc.encode(msg)])
 
     async def _serve(self) -> None:
         while True:

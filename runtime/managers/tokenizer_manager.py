@@ -79,7 +79,6 @@ class TokenizerManager:
         self._acks: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self._died: asyncio.Future | None = None  # resolved once the runtime is dead or shut down
-        self._queued_sends = 0  # messages waiting in asyncio's send queue (no peer, or full)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -270,21 +269,7 @@ class TokenizerManager:
             raise RuntimeDiedError(self.dead)
 
     async def _send(self, msg: Any) -> None:
-        frame = self.enc.encode(msg)
-        if not self._queued_sends:  # nothing waits before it, so sending now keeps the order
-            try:  # the plain send when it can go at once: asyncio's costs a future per message
-                zmq.Socket.send(self.to_scheduler, frame, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                pass
-        self._queued_sends += 1
-        try:
-            await self._send_queued(frame)
-        finally:
-            self._queued_sends -= 1
-
-    async def _send_queued(self, frame: bytes) -> None:
-        sending = self.to_scheduler.send(frame)
+        sending = self.to_scheduler.send(self.enc.encode(msg))
         if not sending.done():
             # a PUSH socket whose only peer died blocks until a peer connects, which never
             # happens: give up when the watchdog declares the runtime dead, or the request
