@@ -49,6 +49,12 @@ class _Slot:
         self.done = threading.Event()
         self.on_reply = on_reply  # called on the I/O thread once the reply is in
 
+    def answer(self, reply: Any) -> None:
+        self.reply = reply
+        self.done.set()
+        if self.on_reply is not None:
+            self.on_reply()
+
 
 class GroupChannel:
     """A client's DEALER socket for gathered requests, and the I/O thread that owns it."""
@@ -158,20 +164,13 @@ class GroupChannel:
                 _fail(pending, error)
                 continue
             slot = self._in_flight.pop(reply.rid, None)
-            if slot is None:
-                continue  # a late reply to nothing we wait for
-            slot.reply = reply
-            slot.done.set()
-            if slot.on_reply is not None:
-                slot.on_reply()
+            if slot is not None:  # else a late reply to nothing we wait for
+                slot.answer(reply)
 
 
 def _fail(slots: list[_Slot], error: str) -> None:
     for slot in slots:
-        slot.reply = ClientResult(rid=slot.msg.rid, ok=False, error=error)
-        slot.done.set()
-        if slot.on_reply is not None:
-            slot.on_reply()
+        slot.answer(ClientResult(rid=slot.msg.rid, ok=False, error=error))
 
 
 class RequestGather:

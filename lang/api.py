@@ -336,8 +336,8 @@ class SglFunction:
             return iter(()) if generator_style else []
         prefix = None
         if len(calls) > 1 and global_config.enable_precache_with_tracing:
-            prefix = self.trace(backend)
-            prefix = prefix if len(prefix) > PRECACHE_MIN_CHARS else None
+            traced = self.trace(backend)
+            prefix = traced if _worth_caching(traced) else None
 
         def one(kwargs: dict) -> ProgramState:  # on a worker: every expression runs right here
             return self._run((), {**kwargs, **sampling}, backend, False, False, keep_errors=True)
@@ -381,7 +381,7 @@ class SglFunction:
         """Prefill the program's constant prefix in the runtime's cache (if it is worth it)."""
         backend = _backend(backend)
         prefix = self.trace(backend)
-        if len(prefix) > PRECACHE_MIN_CHARS:
+        if _worth_caching(prefix):
             backend.cache_prefix(prefix)
         return prefix
 
@@ -401,6 +401,10 @@ def function(func: Callable | None = None, num_api_spec_tokens: int | None = Non
     if func is None:
         return lambda f: SglFunction(f)
     return SglFunction(func)
+
+
+def _worth_caching(prefix: str) -> bool:
+    return len(prefix) > PRECACHE_MIN_CHARS
 
 
 def _progress(total: int) -> Any:

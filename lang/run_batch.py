@@ -7,9 +7,10 @@ hand-off to a second. The workers' requests go through one `RequestGather` when 
 offers one (client/request_gather.py): a request waits until every worker still running has
 one ready, or a few milliseconds, and then they leave together, so the scheduler prefills the
 programs' first calls as one batch, as it does for `Engine.generate` of the same prompts. The
-programs' constant prefix (the pre-cache) is sent first, and the programs' requests wait for
-its reply, not the workers: they trace, build their states and reach their first call
-meanwhile.
+programs' constant prefix is prefilled once: the backend decides how (RuntimeEndpoint: the
+scheduler's in-batch dedup under LPM; under FCFS the prefix goes first and the programs'
+requests, not the workers, wait for its reply). A backend that cannot gather prefills it with
+`cache_prefix` before the workers start.
 
 Semantics are those of running each program alone: expressions within a state keep their
 order; a program's failure (a request or its own Python code) stays in its state's `error()`;
@@ -27,12 +28,10 @@ from typing import Any
 from radixlm.lang.program_state import ProgramState
 from radixlm.lang.worker_threads import spawn
 
-# How long a worker's request may wait for the other workers' (seconds). Short against a
-# scheduler iteration on a GPU (a few ms); a worker busy elsewhere (a tool, a fork's children)
-# delays the others' next requests by at most this.
+# How long held requests wait for one more worker's (seconds) before they go without it. Short
+# against a scheduler iteration on a GPU (a few ms); a worker busy elsewhere (a tool, a fork's
+# children) delays the others' next requests by about this (request_gather.py bounds the hold).
 GATHER_MAX_WAIT_S = 0.004
-
-
 AUTO_THREADS_CAP = 256
 
 

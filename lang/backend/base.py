@@ -73,7 +73,7 @@ class BaseBackend:
 
     def gather_requests(self, workers: int, prefix: str | None) -> GatherJoin | None:
         """For run_batch: a way for its `workers` threads to send their requests together,
-        `prefix` prefilled first; each worker runs inside `join()`. None: this backend sends
+        `prefix` prefilled once; each worker runs inside `join()`. None: this backend sends
         each request as it comes (run_batch then prefills `prefix` with cache_prefix)."""
         return None
 

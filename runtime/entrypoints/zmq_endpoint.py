@@ -160,9 +160,7 @@ class ClientEndpoint:
         )
         for i, (msg, entry) in enumerate(zip(msgs, prepared)):
             if not isinstance(entry, Exception) and entry.params.n != 1 and msg.stream:
-                prepared[i] = ValueError(
-                    "a streamed request takes n == 1; send n requests to stream n samples"
-                )
+                prepared[i] = ValueError(STREAM_N_ERROR)
         return prepared
 
     async def _collect(self, prepared) -> dict | list[dict]:

@@ -120,9 +120,10 @@ def check_request(
     params.validate(vocab_size)
     if not ids:
         raise ValueError("prompt is empty (no tokens)")
-    # C-level passes over the list (a generator per token cost ~1 ms a 100-token request);
-    # exact `int` types, so a bool or an int subclass is refused as before
-    if set(map(type, ids)) != {int} or min(ids) < 0 or max(ids) >= vocab_size:
+    # C-level passes over the list (a generator per token cost ~1 ms a 100-token request),
+    # then a look at each distinct type: ints and their subclasses, bool excepted, as before
+    not_ints = any(not issubclass(k, int) or issubclass(k, bool) for k in set(map(type, ids)))
+    if not_ints or min(ids) < 0 or max(ids) >= vocab_size:
         raise ValueError(f"input_ids must be integers in [0, {vocab_size})")
     if len(ids) + (1 if params.max_new_tokens > 0 else 0) > context_len:
         raise ValueError(f"prompt is too long: {len(ids)} tokens, context length is {context_len}")

@@ -83,6 +83,13 @@ def _workers(
     return threads
 
 
+def _answer_all_and_join(router: Router, identity: bytes, requests, threads: list[threading.Thread]) -> None:
+    for req in requests:
+        router.answer(identity, req)
+    for t in threads:
+        t.join(10)
+
+
 def test_requests_of_all_workers_leave_in_one_frame_and_replies_route_by_rid(router):
     client = RuntimeClient(router.address, timeout_s=20)
     gather = client.gather(3, max_wait_s=LONG_WAIT_S)
@@ -91,10 +98,8 @@ def test_requests_of_all_workers_leave_in_one_frame_and_replies_route_by_rid(rou
     identity, group = router.recv()
     assert isinstance(group, P.ClientGroup)
     assert sorted(r.text for r in group.requests) == ["a", "b", "c"]
-    for req in reversed(group.requests):  # answered out of order: each worker still gets its own
-        router.answer(identity, req)
-    for t in threads:
-        t.join(10)
+    # answered out of order: each worker still gets its own
+    _answer_all_and_join(router, identity, reversed(group.requests), threads)
     assert results == {"a": "A", "b": "B", "c": "C"}
 
 
@@ -109,10 +114,7 @@ def test_a_worker_that_leaves_releases_the_others(router):
         pass  # the third worker has nothing to send
     identity, group = router.recv()
     assert sorted(r.text for r in group.requests) == ["a", "b"]
-    for req in group.requests:
-        router.answer(identity, req)
-    for t in threads:
-        t.join(10)
+    _answer_all_and_join(router, identity, group.requests, threads)
     assert results == {"a": "A", "b": "B"}
 
 
@@ -151,10 +153,7 @@ def test_a_barrier_goes_first_and_holds_the_rest_until_its_reply(router):
     router.answer(identity, barrier, text="")
     identity, group = router.recv()
     assert sorted(r.text for r in group.requests) == ["a", "b"]
-    for req in group.requests:
-        router.answer(identity, req)
-    for t in threads:
-        t.join(10)
+    _answer_all_and_join(router, identity, group.requests, threads)
     assert results == {"a": "A", "b": "B"}
 
 
