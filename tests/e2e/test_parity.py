@@ -5,9 +5,10 @@ chunked prefill, and with a KV pool so small that requests are retracted and res
 from __future__ import annotations
 
 import random
+import zlib
 
 import pytest
-from helpers import ARCHES, get_engine, hf_greedy
+from helpers import ARCHES, assert_greedy_matches_hf, get_engine, hf_greedy
 
 NEW_TOKENS = 12
 
@@ -41,11 +42,11 @@ def test_single_request_matches_hf(arch):
 
 def test_batch_of_16_mixed_lengths_matches_hf(arch):
     engine = get_engine(arch)
-    prompts = random_prompts(16, 3, 90, seed=hash(arch) % 1000)
+    prompts = random_prompts(16, 3, 90, seed=zlib.crc32(arch.encode()) % 1000)
     outs = engine.generate(input_ids=prompts, sampling_params=greedy())
     assert len(outs) == 16
     for ids, out in zip(prompts, outs):
-        assert out["output_ids"] == hf_greedy(arch, ids, NEW_TOKENS)
+        assert_greedy_matches_hf(arch, ids, out["output_ids"])
 
 
 def test_shared_prefix_in_cache_matches_hf(arch):
@@ -57,7 +58,7 @@ def test_shared_prefix_in_cache_matches_hf(arch):
     outs = engine.generate(input_ids=prompts, sampling_params=greedy())
     for ids, out in zip(prompts, outs):
         assert out["meta_info"]["cached_tokens"] >= 100
-        assert out["output_ids"] == hf_greedy(arch, ids, NEW_TOKENS)
+        assert_greedy_matches_hf(arch, ids, out["output_ids"])
 
 
 def test_tiny_kv_pool_retracts_and_resumes(arch):
@@ -69,7 +70,7 @@ def test_tiny_kv_pool_retracts_and_resumes(arch):
     assert engine.get_server_info()["retractions"] > before, "the pool was meant to force retractions"
     assert any(o["meta_info"]["retractions"] > 0 for o in outs)
     for ids, out in zip(prompts, outs):
-        assert out["output_ids"] == hf_greedy(arch, ids, 24)
+        assert_greedy_matches_hf(arch, ids, out["output_ids"])
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
@@ -78,7 +79,7 @@ def test_chunked_prefill_matches_hf(arch):
     prompts = random_prompts(4, 40, 120, seed=5)
     outs = engine.generate(input_ids=prompts, sampling_params=greedy())
     for ids, out in zip(prompts, outs):
-        assert out["output_ids"] == hf_greedy(arch, ids, NEW_TOKENS)
+        assert_greedy_matches_hf(arch, ids, out["output_ids"])
 
 
 def test_fcfs_and_disabled_cache_give_the_same_tokens():
