@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu_session.sh demo-model  # train the demo model (TRAIN_ARGS), its folder as tar parts in $OUT
 #   bash benchmarks/gpu_session.sh demo-model-pair  # the same, twice at once: seed 0 and seed 1
 #   bash benchmarks/gpu_session.sh demo-speed  # time the demo model's training step variants
+#   bash benchmarks/gpu_session.sh programs # issue 27: program workloads on the 8B shape, cache on/off,
+#                                           # this tree vs an older one in build/old-radixlm (carry it)
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
@@ -59,6 +61,23 @@ case "$MODE" in
   check)
     python3 -m pytest -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gpu-tests.log"
     python3 benchmarks/bench_kernels.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
+    ;;
+  programs)  # benchmarks/programs/run.py on the 8B shape (Llama-3 vocabulary), radix cache on and off,
+    # through each program's run_batch: this tree, and the package tree in build/old-radixlm (made with
+    # `git archive OLD -- ':!tests' ':!benchmarks' ':!examples' ':!demo_model/weights'`, carried), the
+    # same harness for both, alternated old/new/old/new so drift hits both
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
+      --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
+    mkdir -p /tmp/pkg-old && ln -sfn "$PWD/build/old-radixlm" /tmp/pkg-old/radixlm
+    for round in 1 2; do
+      for label in old new; do
+        pkg=/tmp/pkg; [ "$label" = old ] && pkg=/tmp/pkg-old
+        [ "$label" = old ] && [ ! -d build/old-radixlm ] && continue
+        PYTHONPATH=$pkg:/tmp/site RADIXLM_LABEL=$label python3 benchmarks/programs/run.py --model /tmp/bench-8b \
+          --device cuda --workloads mmlu,few-shot,select,react --ablations cache --num-programs 32 \
+          --repeats "${REPEATS:-3}" --json "$OUT/programs-$label-$round.json" 2>&1 | tee "$OUT/programs-$label-$round.log"
+      done
+    done
     ;;
   gsp)  # the shared-prefix serving run alone (the model folder is rebuilt first)
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \

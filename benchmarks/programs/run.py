@@ -73,9 +73,17 @@ def _flush(backend: Any) -> None:
     raise RuntimeError("flush_cache kept refusing (requests still running?)")
 
 
-def run_programs(wl: Workload, inputs: list[dict], backend: Any, sampling: dict, num_threads: Any) -> list:
-    """What `run_batch` does (pre-cache the traced prefix if enabled, a thread per program), with
-    each program timed; returns (latency_s, error) per program."""
+def run_programs(
+    wl: Workload, inputs: list[dict], backend: Any, sampling: dict, num_threads: Any, driver: str
+) -> list:
+    """Runs the batch; returns (latency_s or None, error) per program.
+
+    driver "run_batch": the program's own `run_batch`, what users call (no per-program latency).
+    driver "threads": what run_batch did before issue 27 (pre-cache the traced prefix if enabled,
+    a pool thread per program), with each program timed."""
+    if driver == "run_batch":
+        states = wl.program.run_batch(inputs, backend=backend, num_threads=num_threads, **sampling)
+        return [(None, state.error()) for state in states]
     if len(inputs) > 1 and rl.global_config.enable_precache_with_tracing:
         wl.program.cache(backend)
     if num_threads == "auto":
@@ -101,15 +109,17 @@ def _p90(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, max(0, -(-9 * len(ordered) // 10) - 1))]
 
 
-def timed_run(backend: Any, wl: Workload, inputs: list[dict], sampling: dict, num_threads: Any) -> dict:
+def timed_run(
+    backend: Any, wl: Workload, inputs: list[dict], sampling: dict, args: argparse.Namespace
+) -> dict:
     _flush(backend)  # every timed run starts from an empty cache
     before = rl.get_server_info(backend)
     t0 = time.perf_counter()
-    outcomes = run_programs(wl, inputs, backend, sampling, num_threads)
+    outcomes = run_programs(wl, inputs, backend, sampling, args.num_threads, args.driver)
     wall = time.perf_counter() - t0
     after = rl.get_server_info(backend)
     errors = [e for _, e in outcomes if e is not None]
-    latencies = [lat for lat, _ in outcomes]
+    latencies = [lat for lat, _ in outcomes if lat is not None]
     prompt = after["prompt_tokens"] - before["prompt_tokens"]
     cached = after["cached_tokens"] - before["cached_tokens"]
     generated = after["generated_tokens"] - before["generated_tokens"]
@@ -119,8 +129,8 @@ def timed_run(backend: Any, wl: Workload, inputs: list[dict], sampling: dict, nu
         "first_error": repr(errors[0]) if errors else None,
         "wall_s": wall,
         "programs_per_s": len(outcomes) / wall if wall > 0 else 0.0,
-        "latency_mean_s": statistics.fmean(latencies),
-        "latency_p90_s": _p90(latencies),
+        "latency_mean_s": statistics.fmean(latencies) if latencies else None,
+        "latency_p90_s": _p90(latencies) if latencies else None,
         "generated_tokens": generated,
         "prompt_tokens": prompt,
         "cached_tokens": cached,
@@ -132,12 +142,12 @@ def timed_run(backend: Any, wl: Workload, inputs: list[dict], sampling: dict, nu
 def run_workload(backend: Any, wl: Workload, args: argparse.Namespace) -> dict:
     sampling = {"temperature": 0, "max_new_tokens": args.max_tokens}
     for _lat, error in run_programs(
-        wl, wl.inputs(WARMUP_PROGRAMS, WARMUP_OFFSET), backend, sampling, args.num_threads
+        wl, wl.inputs(WARMUP_PROGRAMS, WARMUP_OFFSET), backend, sampling, args.num_threads, args.driver
     ):
         if error is not None:
             raise RuntimeError(f"{wl.name}: warm-up program failed: {error!r}")
     inputs = wl.inputs(args.num_programs)
-    runs = [timed_run(backend, wl, inputs, sampling, args.num_threads) for _ in range(args.repeats)]
+    runs = [timed_run(backend, wl, inputs, sampling, args) for _ in range(args.repeats)]
     median = sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]
     return {
         **median,
@@ -170,7 +180,8 @@ def run_config(name: str, config: dict, args: argparse.Namespace, results: dict)
             results[wl_name][name] = r
             print(
                 f"[{name}] {wl_name:<8} {r['wall_s']:7.2f}s {r['programs_per_s']:7.2f} prog/s  "
-                f"lat {r['latency_mean_s']:.3f}/{r['latency_p90_s']:.3f}s  hit {r['cache_hit_rate']:6.1%}  "
+                f"lat {_seconds(r['latency_mean_s'])}/{_seconds(r['latency_p90_s'])}s  "
+                f"hit {r['cache_hit_rate']:6.1%}  "
                 f"errors {r['errors']}",
                 file=sys.stderr,
                 flush=True,
@@ -199,6 +210,10 @@ def run_all(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 # ---------------------------------------------------------------------- reporting
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def format_table(results: dict, ablations: list[str]) -> str:
     head = [
         "workload",
@@ -221,8 +236,8 @@ def format_table(results: dict, ablations: list[str]) -> str:
                     name,
                     config,
                     f"{c['programs_per_s']:.2f}",
-                    f"{c['latency_mean_s']:.3f}",
-                    f"{c['latency_p90_s']:.3f}",
+                    _seconds(c["latency_mean_s"]),
+                    _seconds(c["latency_p90_s"]),
                     f"{c['cache_hit_rate']:.1%}",
                     str(c["generated_tokens"]),
                     str(c["prompt_tokens"]),
@@ -277,6 +292,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the median is reported")
     parser.add_argument(
         "--num-threads", default="auto", help="program threads (default: as run_batch's auto)"
+    )
+    parser.add_argument(
+        "--driver",
+        default="run_batch",
+        choices=["run_batch", "threads"],
+        help="run_batch: the program's run_batch (default); threads: a timed pool thread per program "
+        "(per-program latency; how run_batch worked before issue 27)",
     )
     parser.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size (engine option)")
     parser.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON to OUT")
@@ -347,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                 "ablations": args.ablation_names,
                 "repeats": args.repeats,
                 "num_threads": args.num_threads,
+                "driver": args.driver,
+                # which radixlm ran (gpu_session.sh's programs mode runs an older tree too)
+                "radixlm_path": str(Path(rl.__file__).resolve().parent),
+                "radixlm_label": os.environ.get("RADIXLM_LABEL", ""),
                 "max_total_tokens": args.max_total_tokens,
                 "warmup_programs": WARMUP_PROGRAMS,
                 "temperature": 0,
