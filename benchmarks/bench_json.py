@@ -488,7 +488,7 @@ def _mask_setup(model: str) -> tuple[Any, dict, int, list[int]]:
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
     vocab = TokenizerVocab(tokenizer, model_cfg.vocab_size, sorted(eos))
-    cache = GrammarCache(vocab)
+    cache = GrammarCache(vocab, backend="outlines")
     try:
         compiled = {
             name: cache.get(("json", normalize_json_schema(schema))).result()

@@ -107,6 +107,8 @@ def gen(
     top_logprobs_num: int | None = None,
     regex: str | None = None,
     json_schema: Any = None,
+    ebnf: str | None = None,
+    grammar: str | None = None,
     dtype: Any = None,
     choices: list[str] | None = None,
     choices_method: ChoicesSamplingMethod | None = None,
@@ -123,10 +125,15 @@ def gen(
     `tools_prompt`), `s[name]` is a `ToolReply`: the text, with `.tool_calls` and `.content`
     (lang/tools.py). `tool_choice`: "auto" (default), "none", "required", or one tool (its name
     or function); "required" and a named tool constrain the output to calls, one or more
-    (exactly one with `parallel_tool_calls=False`)."""
+    (exactly one with `parallel_tool_calls=False`).
+
+    Constraints (at most one): `regex`, `json_schema` (JSON text, a dict, a pydantic model or a
+    msgspec Struct type), `ebnf` (a GBNF grammar, `root ::= ...`) or `grammar` (Lark)."""
     if stop_regex is not None:
         raise ValueError("stop_regex is not supported: use stop strings, or regex= to constrain the output")
-    constrained = bool(choices) or regex is not None or json_schema is not None or dtype is not None
+    grammars = {"regex": regex, "json_schema": json_schema, "ebnf": ebnf, "grammar": grammar}
+    given_constraints = [k for k, v in grammars.items() if v is not None]
+    constrained = bool(choices) or bool(given_constraints) or dtype is not None
     offered = gen_tools(tools, tool_choice, parallel_tool_calls, constrained)
     if choices:
         return select(
@@ -137,8 +144,11 @@ def gen(
         )
     if regex is not None:
         ir.check_regex(regex)
-    if regex is not None and json_schema is not None:
-        raise ValueError("give at most one of regex and json_schema")
+    if len(given_constraints) > 1:
+        raise ValueError(f"give at most one of {', '.join(grammars)} (got {', '.join(given_constraints)})")
+    for key in ("ebnf", "grammar"):
+        if grammars[key] is not None and (not isinstance(grammars[key], str) or not grammars[key]):
+            raise ValueError(f"{key} must be a non-empty string (the grammar's text)")
     if json_schema is not None:
         # JSON text, a dict, a pydantic model class or a msgspec Struct type -> JSON text
         from radixlm.runtime.constrained.json_schema import normalize_json_schema
@@ -162,6 +172,8 @@ def gen(
         ignore_eos=ignore_eos,
         regex=regex,
         json_schema=json_schema,
+        ebnf=ebnf,
+        grammar=grammar,
     )
     params = {ir.SAMPLING_KEYS[k]: v for k, v in given.items() if v is not None}
     if offered is not None and offered.regex is not None:

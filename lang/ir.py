@@ -32,6 +32,8 @@ SAMPLING_KEYS = {
     "ignore_eos": "ignore_eos",
     "regex": "regex",
     "json_schema": "json_schema",
+    "ebnf": "ebnf",
+    "grammar": "grammar",
 }
 LOGPROB_KEYS = ("return_logprob", "logprob_start_len", "top_logprobs_num")
 

@@ -184,6 +184,9 @@ class EngineConfig:
     disable_jump_forward: bool = False
     # regex for the whitespace a JSON-schema output may have between tokens (default "[ ]?")
     constrained_json_whitespace_pattern: str | None = None
+    # who compiles and enforces constraints: auto | outlines | llguidance (runtime/constrained/
+    # backend.py: choose_backend says what auto picks and why)
+    grammar_backend: str = "auto"
     # tool calls in /v1/chat/completions: hermes | llama3 | mistral (None: detected from the
     # chat template, else hermes)
     tool_call_parser: str | None = None
@@ -223,6 +226,10 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.schedule_policy not in ("lpm", "fcfs"):
             raise ValueError(f"schedule_policy must be 'lpm' or 'fcfs', got {self.schedule_policy!r}")
+        if self.grammar_backend not in ("auto", "outlines", "llguidance"):
+            raise ValueError(
+                f"grammar_backend must be auto, outlines or llguidance, got {self.grammar_backend!r}"
+            )
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
         if self.max_total_tokens is not None and self.max_total_tokens < 2:

@@ -53,7 +53,9 @@ class LocalRuntime:
         self.runner = ModelRunner(self.config, model_cfg)
         self.eos_ids = frozenset(model_cfg.eos_token_ids) | {self.tokenizer.eos_token_id}
         self.grammars = GrammarCache(
-            TokenizerVocab(self.tokenizer, self.runner.vocab_size, sorted(self.eos_ids))
+            TokenizerVocab(self.tokenizer, self.runner.vocab_size, sorted(self.eos_ids)),
+            whitespace_pattern=self.config.constrained_json_whitespace_pattern,
+            backend=self.config.grammar_backend,
         )
         self.scheduler = Scheduler(
             self.config,

@@ -57,6 +57,8 @@ _EXTRA = {
     "min_new_tokens": ("min_tokens", 0),
     "ignore_eos": ("ignore_eos", False),
     "regex": ("regex", None),
+    "ebnf": ("ebnf", None),
+    "grammar": ("grammar", None),
     "stop_token_ids": ("stop_token_ids", None),
 }
 

@@ -21,18 +21,22 @@ from typing import Any
 
 import torch
 
+from radixlm.runtime.constrained.backend import CompiledConstraint, Constraint, GrammarMatcher, MaskView
 from radixlm.runtime.constrained.vocabulary import TokenizerVocab
 
 MASK_ROW_CACHE_BYTES = 64 << 20  # per compiled grammar and device: banned-token rows kept ready
 MAX_JUMP_CHARS = 256
 
 
-class CompiledGrammar:
-    """An automaton over token ids, shared by every request with the same pattern. Per-state
-    results are memoised; only the scheduler thread touches them."""
+class CompiledGrammar(CompiledConstraint):
+    """An automaton over token ids (the outlines backend), shared by every request with the
+    same constraint. Per-state results are memoised; only the scheduler thread touches them."""
 
-    def __init__(self, key: tuple[str, str], regex: str, index: Any, vocab: TokenizerVocab) -> None:
+    backend = "outlines"
+
+    def __init__(self, key: Constraint, regex: str, index: Any, vocab: TokenizerVocab) -> None:
         self.key = key
+        self.constraint = key
         self.regex = regex
         self.index = index
         self.vocab = vocab
@@ -45,6 +49,11 @@ class CompiledGrammar:
     @property
     def initial_state(self) -> int:
         return self.index.get_initial_state()
+
+    def new_matcher(self, reasoning_end: int | None, reasoning_start: int | None) -> Grammar:
+        if reasoning_end is None:
+            return Grammar(self)
+        return Grammar(ReasoningGate(self, reasoning_end, reasoning_start))
 
     def allowed(self, state: int) -> list[int]:
         """Token ids the automaton accepts from `state`, EOS excluded."""
@@ -208,12 +217,14 @@ class ReasoningGate:
         return self.inner.draft(state) if state >= 0 else []
 
 
-class Grammar:
-    """One request's progress through a compiled grammar (or a reasoning gate around one)."""
+class Grammar(GrammarMatcher, MaskView):
+    """One request's progress through a compiled grammar (or a reasoning gate around one): the
+    outlines backend's matcher. A state is an integer, so a view at another state is free."""
 
     def __init__(self, compiled: CompiledGrammar | ReasoningGate) -> None:
         self.compiled = compiled
         self.state = compiled.initial_state
+        self._history: list[int] = []  # the state before each advance, for rollback
 
     def allowed(self) -> list[int]:
         return self.compiled.allowed(self.state)
@@ -231,8 +242,32 @@ class Grammar:
         nxt = self.compiled.next_state(self.state, token)
         if nxt is None:
             return False
+        self._history.append(self.state)
         self.state = nxt
         return True
+
+    def rollback(self, count: int) -> None:
+        for _ in range(count):
+            self.state = self._history.pop()
+
+    def mask_row(self, device: torch.device) -> torch.Tensor:
+        return self.compiled.mask_row(self.state, device)
+
+    def snapshot(self) -> Grammar:
+        return self.at(self.state)
+
+    def views(self, draft: list[int]) -> list[MaskView]:
+        # states are plain integers: walk them without touching this request's history
+        out: list[MaskView] = []
+        state: int | None = self.state
+        for j in range(len(draft) + 1):
+            out.append(self.at(state))
+            if j == len(draft):
+                break
+            state = self.compiled.next_state(state, draft[j])
+            if state is None:
+                raise RuntimeError(f"draft token {draft[j]} is rejected by the grammar that drafted it")
+        return out
 
     def draft(self) -> list[int]:
         """Tokens the grammar forces from here (see CompiledGrammar.draft)."""
@@ -246,7 +281,7 @@ class Grammar:
 
 
 def build_vocab_mask(
-    grammars: Sequence[Grammar | None],
+    grammars: Sequence[MaskView | None],
     stop_ids: Sequence[Sequence[int]],
     vocab_size: int,
     device: torch.device,
@@ -258,9 +293,7 @@ def build_vocab_mask(
     if all(g is None for g in grammars):
         return None
     free = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    mask = torch.stack(
-        [g.compiled.mask_row(g.state, device)[:vocab_size] if g is not None else free for g in grammars]
-    )
+    mask = torch.stack([g.mask_row(device)[:vocab_size] if g is not None else free for g in grammars])
     for i, g in enumerate(grammars):
         if g is not None and stop_ids[i] and g.is_final:
             mask[i, list(stop_ids[i])] = False

@@ -1,9 +1,9 @@
-"""Compiled grammars, shared across requests and compiled off the scheduler thread.
+"""Compiled constraints, shared across requests and compiled off the scheduler thread.
 
-`GrammarCache` keeps an LRU of futures keyed by (kind, pattern), kind being "regex" or
-"json". Compilation runs on one worker thread (outlines-core releases the GIL while it builds
-an `Index`), so the scheduler keeps stepping while a new grammar compiles; a request waits on
-its future. A failure is cached like a success, so a repeat of a bad pattern fails at once.
+`GrammarCache` keeps an LRU of futures keyed by (backend, constraint). Compilation runs on one
+worker thread (outlines-core and llguidance both release the GIL while they build), so the
+scheduler keeps stepping while a new grammar compiles; a request waits on its future. A
+failure is cached like a success, so a repeat of a bad constraint fails at once.
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ import threading
 import time
 from dataclasses import dataclass
 
+from radixlm.runtime.constrained.backend import (
+    PARAM_OF_KIND,
+    CompiledConstraint,
+    Constraint,
+    choose_backend,
+)
 from radixlm.runtime.constrained.grammar import CompiledGrammar
 from radixlm.runtime.constrained.json_schema import json_schema_to_regex
 from radixlm.runtime.constrained.vocabulary import TokenizerVocab
@@ -30,31 +36,34 @@ class GrammarStats:
 
 
 class GrammarCache:
-    """Compiled grammars by (kind, pattern), LRU, compiled on one worker thread."""
+    """Compiled constraints by (backend, constraint), LRU, compiled on one worker thread.
+    `backend`: the engine's grammar_backend setting (auto | outlines | llguidance)."""
 
     def __init__(
-        self, vocab: TokenizerVocab, capacity: int = GRAMMAR_CACHE_SIZE, whitespace_pattern: str | None = None
+        self,
+        vocab: TokenizerVocab,
+        capacity: int = GRAMMAR_CACHE_SIZE,
+        whitespace_pattern: str | None = None,
+        backend: str = "auto",
     ) -> None:
+        choose_backend(backend, Constraint("regex", "x"))  # refuses an unknown setting by name
         self.vocab = vocab
         self.whitespace_pattern = whitespace_pattern
+        self.backend = backend
         self.capacity = capacity
-        self._entries: collections.OrderedDict[tuple[str, str], concurrent.futures.Future] = (
+        self._entries: collections.OrderedDict[tuple[str, Constraint], concurrent.futures.Future] = (
             collections.OrderedDict()
         )
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="radixlm-grammar")
         self.stats = GrammarStats()
 
-    @staticmethod
-    def key_of(regex: str | None, json_schema: str | None) -> tuple[str, str] | None:
-        if json_schema is not None:
-            return ("json", json_schema)
-        if regex is not None:
-            return ("regex", regex)
-        return None
-
-    def get(self, key: tuple[str, str]) -> concurrent.futures.Future:
-        """A future of the CompiledGrammar (or of the ValueError that names the problem)."""
+    def get(self, constraint: Constraint | tuple[str, str]) -> concurrent.futures.Future:
+        """A future of the CompiledConstraint (or of the ValueError that names the problem).
+        `constraint`: a Constraint or a (kind, text) pair."""
+        if not isinstance(constraint, Constraint):
+            constraint = Constraint(*constraint)
+        key = (choose_backend(self.backend, constraint), constraint)
         with self._lock:
             fut = self._entries.get(key)
             if fut is not None:
@@ -69,25 +78,42 @@ class GrammarCache:
                 self._entries.popitem(last=False)
             return fut
 
-    def _compile(self, key: tuple[str, str]) -> CompiledGrammar:
-        from outlines_core import Index
-
+    def _compile(self, key: tuple[str, Constraint]) -> CompiledConstraint:
         start = time.perf_counter()
-        kind, pattern = key
+        backend, constraint = key
         try:
-            regex = json_schema_to_regex(pattern, self.whitespace_pattern) if kind == "json" else pattern
-            regex = ascii_shorthands(regex)
+            from radixlm.runtime.constrained.llguidance_backend import LLGuidanceCompiled
+
+            if backend == "llguidance":
+                return LLGuidanceCompiled(constraint, self.vocab, self.whitespace_pattern)
             try:
-                index = Index(regex, self.vocab.vocabulary)
-            except Exception as exc:
-                what = "json_schema" if kind == "json" else f"regex {pattern!r}"
-                raise ValueError(f"cannot compile {what}: {exc}") from None
-            return CompiledGrammar(key, regex, index, self.vocab)
+                return self._compile_outlines(constraint)
+            except ValueError:
+                if self.backend != "auto":
+                    raise
+                # auto: a constraint outlines-core translated but could not build an automaton
+                # for (a schema's regex it cannot close over this vocabulary) goes to llguidance
+                return LLGuidanceCompiled(constraint, self.vocab, self.whitespace_pattern)
         except ValueError:
             self.stats.failures += 1
             raise
         finally:
             self.stats.compile_time_s += time.perf_counter() - start
+
+    def _compile_outlines(self, constraint: Constraint) -> CompiledGrammar:
+        from outlines_core import Index
+
+        kind, pattern = constraint.kind, constraint.text
+        if kind not in ("regex", "json"):
+            raise ValueError(f"{PARAM_OF_KIND[kind]} needs the llguidance grammar backend")
+        regex = json_schema_to_regex(pattern, self.whitespace_pattern) if kind == "json" else pattern
+        regex = ascii_shorthands(regex)
+        try:
+            index = Index(regex, self.vocab.vocabulary)
+        except Exception as exc:
+            what = "json_schema" if kind == "json" else f"regex {pattern[:200]!r}"
+            raise ValueError(f"cannot compile {what}: {_shortened(str(exc))}") from None
+        return CompiledGrammar(constraint, regex, index, self.vocab)
 
     def clear(self) -> None:
         with self._lock:
@@ -95,6 +121,11 @@ class GrammarCache:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _shortened(message: str, limit: int = 300) -> str:
+    """outlines-core's messages quote the whole regex, megabytes for a large schema."""
+    return message if len(message) <= limit else f"{message[: limit // 2]} ... {message[-limit // 2 :]}"
 
 
 # outlines-core compiles with Rust's regex, where \d, \w and \s are Unicode classes of the

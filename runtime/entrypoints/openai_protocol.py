@@ -44,6 +44,12 @@ class _OpenAISampling(BaseModel):
     response_format: dict[str, Any] | None = None
     regex: str | None = None
     json_schema: Any = None
+    # grammars: `ebnf` (SGLang: GBNF text) and `grammar` (Lark); vLLM's guided_* spellings
+    ebnf: str | None = None
+    grammar: str | None = None
+    guided_regex: str | None = None
+    guided_json: Any = None
+    guided_grammar: str | None = None
 
     def unsupported(self) -> str | None:
         if self.logit_bias:
@@ -55,13 +61,23 @@ class _OpenAISampling(BaseModel):
         return None
 
     def constraint(self) -> dict[str, Any]:
-        """The regex / json_schema sampling parameter this request asks for, from
-        `response_format` (OpenAI) or the `regex` / `json_schema` extensions (SGLang, vLLM)."""
+        """The constraint sampling parameter this request asks for, from `response_format`
+        (OpenAI) or the extensions: `regex`, `json_schema`, `ebnf`, `grammar` (SGLang) and
+        `guided_regex`, `guided_json`, `guided_grammar` (vLLM; a Lark or GBNF grammar)."""
         found: dict[str, Any] = {}
-        if self.regex is not None:
-            found["regex"] = self.regex
-        if self.json_schema is not None:
-            found["json_schema"] = self.json_schema
+        extensions = [
+            ("regex", self.regex),
+            ("json_schema", self.json_schema),
+            ("ebnf", self.ebnf),
+            ("grammar", self.grammar),
+            ("regex", self.guided_regex),
+            ("json_schema", self.guided_json),
+            ("grammar", self.guided_grammar),
+        ]
+        given = [(name, value) for name, value in extensions if value is not None]
+        if len(given) > 1:
+            raise ValueError("give at most one of response_format, regex, json_schema, ebnf and grammar")
+        found.update(given)
         fmt = self.response_format
         if fmt is not None:
             kind = fmt.get("type")
@@ -78,12 +94,8 @@ class _OpenAISampling(BaseModel):
                 raise ValueError(
                     f"response_format type must be 'text', 'json_object' or 'json_schema', got {kind!r}"
                 )
-        if len(found) > 1 or (
-            fmt is not None
-            and fmt.get("type") not in (None, "text")
-            and (self.regex is not None or self.json_schema is not None)
-        ):
-            raise ValueError("give at most one of response_format, regex and json_schema")
+        if len(found) > 1 or (fmt is not None and fmt.get("type") not in (None, "text") and given):
+            raise ValueError("give at most one of response_format, regex, json_schema, ebnf and grammar")
         return found
 
     def sampling_params(self, max_tokens: int | None) -> dict[str, Any]:

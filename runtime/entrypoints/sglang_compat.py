@@ -151,6 +151,8 @@ NULL_MEANS_DEFAULT = frozenset(
         "stop_token_ids",
         "regex",
         "json_schema",
+        "ebnf",
+        "grammar",
         "seed",
         "sampling_seed",
     )

@@ -57,9 +57,12 @@ class SamplingParams:
     n: int = 1
     seed: int | None = None
     # constrained decoding (at most one): the output must match the regex / the JSON schema
-    # (JSON text here; from_any also takes a dict, a pydantic model or a msgspec Struct type)
+    # (JSON text here; from_any also takes a dict, a pydantic model or a msgspec Struct type) /
+    # the EBNF (GBNF: llama.cpp's dialect, `root ::= ...`) grammar / the Lark grammar
     regex: str | None = None
     json_schema: str | None = None
+    ebnf: str | None = None
+    grammar: str | None = None
     # reasoning models: the constraint applies only after this token (the think-end token,
     # `</think>`) is sampled; the text before it is free. With reasoning_start_token_id too,
     # the output thinks only if it opens with that token (`<think>`), else the constraint
@@ -96,8 +99,11 @@ class SamplingParams:
     def is_greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
 
-    def validate(self, vocab_size: int) -> None:
-        """Raise ValueError naming the first bad field."""
+    def validate(
+        self, vocab_size: int, grammar_backend: str = "auto", whitespace_pattern: str | None = None
+    ) -> None:
+        """Raise ValueError naming the first bad field. `grammar_backend` and
+        `whitespace_pattern`: the engine's, which decide what a constraint may use."""
 
         def bad(msg: str) -> None:
             raise ValueError(msg)
@@ -156,17 +162,17 @@ class SamplingParams:
                 bad("reasoning_start_token_id needs reasoning_end_token_id (the token that ends reasoning)")
             if self.reasoning_start_token_id == self.reasoning_end_token_id:
                 bad("reasoning_start_token_id and reasoning_end_token_id must be different tokens")
-        if self.regex is not None and self.json_schema is not None:
-            bad("give at most one of regex and json_schema")
-        if self.regex is not None or self.json_schema is not None:
-            from radixlm.runtime.constrained import json_schema
+        given = [n for n in ("regex", "json_schema", "ebnf", "grammar") if getattr(self, n) is not None]
+        if len(given) > 1:
+            bad(f"give at most one of regex, json_schema, ebnf and grammar (got {', '.join(given)})")
+        if given:
+            from radixlm.runtime.constrained.backend import check_constraint, constraint_of
 
-            if self.regex is not None:
-                json_schema.check_regex_syntax(self.regex)
-            else:
-                if not isinstance(self.json_schema, str):
-                    bad(f"json_schema must be JSON text here, got {type(self.json_schema).__name__}")
-                json_schema.json_schema_to_regex(json_schema.normalize_json_schema(self.json_schema))
+            value = getattr(self, given[0])
+            if not isinstance(value, str):
+                what = "JSON text here" if given[0] == "json_schema" else "a string"
+                bad(f"{given[0]} must be {what}, got {type(value).__name__}")
+            check_constraint(constraint_of(self), grammar_backend, whitespace_pattern)
 
 
 @dataclass

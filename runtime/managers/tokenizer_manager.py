@@ -139,7 +139,16 @@ class TokenizerManager:
         if not isinstance(return_logprob, bool):
             raise TypeError("return_logprob must be a boolean")
         start = -1 if logprob_start_len is None else logprob_start_len
-        check_request(ids, params, self.vocab_size, self.context_len, start, top_logprobs_num)
+        check_request(
+            ids,
+            params,
+            self.vocab_size,
+            self.context_len,
+            start,
+            top_logprobs_num,
+            grammar_backend=self.cfg.grammar_backend,
+            whitespace_pattern=self.cfg.constrained_json_whitespace_pattern,
+        )
         return PreparedRequest(ids, params, return_logprob, start, top_logprobs_num)
 
     def prepare_many(self, requests: Sequence[dict]) -> list[PreparedRequest | Exception]:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from radixlm.runtime.constrained.grammar import Grammar, build_vocab_mask
+from radixlm.runtime.constrained.backend import MaskView
+from radixlm.runtime.constrained.grammar import build_vocab_mask
 from radixlm.runtime.layers.sampling import SamplingBatch
 from radixlm.runtime.model_executor.device_copy import to_device
 from radixlm.runtime.model_executor.forward_batch import ForwardBatch, ForwardMode
@@ -23,7 +24,7 @@ from radixlm.runtime.scheduler.request import Req
 LogprobOwner = tuple[Req, str]
 # what one decode row samples with: the output ids so far and the grammar state (jump-forward
 # rows sample as if the drafted tokens before them were already output)
-SampleView = tuple[list[int], Grammar | None]
+SampleView = tuple[list[int], MaskView | None]
 
 
 def build_forward_batch(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from radixlm.runtime.constrained.grammar import CompiledGrammar, Grammar, ReasoningGate
+from radixlm.runtime.constrained.backend import constraint_of
 from radixlm.runtime.constrained.grammar_cache import GrammarCache
 from radixlm.runtime.scheduler.request import Req
 
@@ -28,20 +28,18 @@ class GrammarQueue:
         return [req for req, _ in self.pending]
 
     def needs_grammar(self, req: Req) -> bool:
-        params = req.sampling_params
-        return req.grammar is None and GrammarCache.key_of(params.regex, params.json_schema) is not None
+        return req.grammar is None and constraint_of(req.sampling_params) is not None
 
     def add(self, req: Req) -> None:
         """Start (or reuse) the compilation of the request's grammar."""
         if self.grammars is None:
             refused: concurrent.futures.Future = concurrent.futures.Future()
             refused.set_exception(
-                ValueError("this runtime has no constrained decoding (regex / json_schema)")
+                ValueError("this runtime has no constrained decoding (regex / json_schema / ebnf / grammar)")
             )
             self.pending.append((req, refused))
             return
-        params = req.sampling_params
-        self.pending.append((req, self.grammars.get(GrammarCache.key_of(params.regex, params.json_schema))))
+        self.pending.append((req, self.grammars.get(constraint_of(req.sampling_params))))
 
     def ready_rids(self) -> list[str]:
         """Requests whose grammar is compiled (or failed, or that were aborted) by now."""
@@ -64,16 +62,10 @@ class GrammarQueue:
             elif fut.exception() is not None:
                 failed.append((req, {"type": "abort", "message": str(fut.exception()), "status_code": 400}))
             else:
-                req.grammar = Grammar(_gated(fut.result(), req))
+                params = req.sampling_params
+                req.grammar = fut.result().new_matcher(
+                    params.reasoning_end_token_id, params.reasoning_start_token_id
+                )
                 admitted.append(req)
         self.pending = still
         return admitted, failed
-
-
-def _gated(compiled: CompiledGrammar, req: Req) -> CompiledGrammar | ReasoningGate:
-    """The request's grammar, behind a reasoning gate when it asks for one (the compiled
-    automaton stays shared; the gate is the request's own)."""
-    params = req.sampling_params
-    if params.reasoning_end_token_id is None:
-        return compiled
-    return ReasoningGate(compiled, params.reasoning_end_token_id, params.reasoning_start_token_id)

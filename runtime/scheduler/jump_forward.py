@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from radixlm.runtime.constrained.grammar import Grammar
 from radixlm.runtime.scheduler.batch_builder import SampleView, build_decode_batch
 from radixlm.runtime.scheduler.request import Req
 
@@ -120,12 +119,8 @@ class JumpForward:
 
 def _sample_views(req: Req, draft: list[int]) -> list[SampleView]:
     """What each of the request's fed rows samples with: row j as if draft[:j] were output,
-    with the grammar state after those tokens."""
-    grammar: Grammar | None = req.grammar
-    state = grammar.state if grammar is not None else None
-    views: list[SampleView] = []
-    for j in range(len(draft) + 1):
-        views.append((req.output_ids + draft[:j], grammar.at(state) if grammar is not None else None))
-        if grammar is not None and j < len(draft):
-            state = grammar.compiled.next_state(state, draft[j])
-    return views
+    with the grammar's mask after those tokens."""
+    if req.grammar is None:
+        return [(req.output_ids + draft[:j], None) for j in range(len(draft) + 1)]
+    masks = req.grammar.views(draft)
+    return [(req.output_ids + draft[:j], masks[j]) for j in range(len(draft) + 1)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from radixlm.runtime.constrained.grammar import Grammar
+from radixlm.runtime.constrained.backend import GrammarMatcher
 from radixlm.runtime.layers.sampling import SamplingParams
 from radixlm.runtime.radix.radix_cache import TreeNode
 
@@ -52,7 +52,7 @@ class Req:
     output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     stop_str_hit: str | None = None
     # ---- constrained decoding: the automaton's state follows output_ids
-    grammar: Grammar | None = None
+    grammar: GrammarMatcher | None = None
     jump_forward_tokens: int = 0  # output tokens appended by jump-forward, not sampled
     draft_budget: int = 4  # jump-forward: most draft tokens to feed next step (adapts to acceptance)
     # ---- what has been reported to the client already (the process boundary sends deltas)
@@ -113,11 +113,13 @@ def check_request(
     context_len: int,
     logprob_start_len: int,
     top_logprobs_num: int,
+    grammar_backend: str = "auto",
+    whitespace_pattern: str | None = None,
 ) -> None:
     """Validate a tokenised request, raising ValueError naming the problem, and clamp its
     token budget to the context. The tokenizer manager runs this before queueing; the
     scheduler runs it again on what arrives over its socket."""
-    params.validate(vocab_size)
+    params.validate(vocab_size, grammar_backend, whitespace_pattern)
     if not ids:
         raise ValueError("prompt is empty (no tokens)")
     # C-level passes over the list (a generator per token cost ~1 ms a 100-token request),

@@ -88,6 +88,7 @@ def run_scheduler_process(
         grammars = GrammarCache(
             TokenizerVocab(tokenizer, runner.vocab_size, sorted(eos)),
             whitespace_pattern=cfg.constrained_json_whitespace_pattern,
+            backend=cfg.grammar_backend,
         )
         scheduler = Scheduler(
             cfg, runner, lambda ids: tokenizer.decode(ids, skip_special_tokens=False), grammars
@@ -211,6 +212,8 @@ class SchedulerLoop:
                 runner.context_len,
                 msg.logprob_start_len,
                 msg.top_logprobs_num,
+                grammar_backend=self.scheduler.cfg.grammar_backend,
+                whitespace_pattern=self.scheduler.cfg.constrained_json_whitespace_pattern,
             )
         except ValueError as exc:
             self._reject(msg, str(exc))

@@ -534,7 +534,7 @@ def test_response_format_json_schema_through_the_openai_client_and_the_backend(s
             max_tokens=8,
             response_format={
                 "type": "json_schema",
-                "json_schema": {"name": "n", "schema": {"type": "integer", "maximum": 3}},
+                "json_schema": {"name": "n", "schema": {"type": "array", "uniqueItems": True}},
             },
         )
 

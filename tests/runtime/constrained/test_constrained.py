@@ -85,7 +85,7 @@ def test_sentencepiece_style_tokens_and_byte_fallbacks():
 
 
 def test_space_prefixed_tokens_are_allowed_after_an_opening_brace(vocab, tokenizer):
-    compiled = GrammarCache(vocab).get(("json", normalize_json_schema(PERSON))).result()
+    compiled = GrammarCache(vocab, backend="outlines").get(("json", normalize_json_schema(PERSON))).result()
     grammar = Grammar(compiled)
     assert grammar.advance(tokenizer.convert_tokens_to_ids("{"))
     allowed = {vocab.token_bytes[t] for t in grammar.allowed()}
@@ -167,7 +167,7 @@ def test_keywords_the_regex_cannot_enforce_are_refused_by_name_and_place():
 
 # ------------------------------------------------------------------------------ grammar cache and mask
 def test_cache_hits_failures_and_compile_time(vocab):
-    cache = GrammarCache(vocab)
+    cache = GrammarCache(vocab, backend="outlines")
     first = cache.get(("regex", r"[0-9]{2}")).result()
     assert cache.get(("regex", r"[0-9]{2}")).result() is first
     with pytest.raises(ValueError, match="cannot compile regex"):
@@ -179,7 +179,7 @@ def test_cache_hits_failures_and_compile_time(vocab):
 
 
 def test_batched_mask_equals_the_rows_allowed_sets(vocab, tokenizer):
-    cache = GrammarCache(vocab)
+    cache = GrammarCache(vocab, backend="outlines")
     digits = Grammar(cache.get(("regex", r"[0-9]{1,3}")).result())
     done = Grammar(cache.get(("regex", r"[0-9]{1,3}")).result())
     for t in tokenizer("12", add_special_tokens=False).input_ids:
@@ -257,8 +257,19 @@ def test_a_bad_grammar_fails_by_name_and_the_engine_keeps_serving():
     engine = get_engine("llama")
     with pytest.raises(Exception, match="cannot compile regex"):
         engine.generate("x", {"regex": r"(?=a)b", "max_new_tokens": 4})
-    with pytest.raises(ValueError, match="unsupported json_schema feature"):
-        engine.generate("x", {"json_schema": {"type": "integer", "minimum": 3}, "max_new_tokens": 4})
+    # what neither backend enforces is refused by name (numeric bounds go to llguidance)
+    with pytest.raises(ValueError, match="unsupported json_schema feature.*not"):
+        engine.generate("x", {"json_schema": {"type": "integer", "not": {"const": 3}}, "max_new_tokens": 4})
+    with pytest.raises(ValueError, match="unsupported json_schema feature.*format: bogus"):
+        engine.generate("x", {"json_schema": {"type": "string", "format": "bogus"}, "max_new_tokens": 4})
+    with pytest.raises(ValueError, match=r"invalid grammar: .*1\(14\)"):
+        engine.generate("x", {"grammar": 'start: "a" ( \n', "max_new_tokens": 4})
+    with pytest.raises(ValueError, match="invalid grammar: .*unknown name"):
+        engine.generate("x", {"grammar": 'start: "a" | b\n', "max_new_tokens": 4})
+    with pytest.raises(ValueError, match="invalid ebnf: .*line 2"):
+        engine.generate("x", {"ebnf": 'root ::= "x" item\nitem ::= [0-9', "max_new_tokens": 4})
+    with pytest.raises(ValueError, match="at most one of regex, json_schema, ebnf and grammar"):
+        engine.generate("x", {"ebnf": 'root ::= "x"', "regex": "x", "max_new_tokens": 4})
     out = engine.generate("x", {"regex": "[ab]{3}", "max_new_tokens": 8})
     assert re.fullmatch("[ab]{3}", out["text"])
 

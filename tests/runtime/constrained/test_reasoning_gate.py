@@ -53,7 +53,7 @@ def vocab(tokenizer):
 
 @pytest.fixture(scope="module")
 def answer(vocab):
-    return GrammarCache(vocab).get(("regex", ANSWER)).result()
+    return GrammarCache(vocab, backend="outlines").get(("regex", ANSWER)).result()
 
 
 def marker_ids(tokenizer) -> tuple[int, int]:
