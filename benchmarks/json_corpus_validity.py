@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_info
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the corpus loader
 
 import jsonschema
-from json_schema_corpus import load_corpus
+from json_schema_corpus import load_corpus, slow_to_build
 from run_info import command_line, git_commit, git_dirty, load_before_run, loadavg, utc_now
 
 import radixlm as rl
@@ -33,9 +33,10 @@ from radixlm.runtime.constrained.backend import Constraint, check_constraint, ch
 from radixlm.runtime.constrained.json_schema import normalize_json_schema
 
 
-def accepted_schemas(corpus: list[dict], backend: str) -> tuple[list[tuple[dict, str]], dict[str, str]]:
-    """(the entries the backend accepts with their schema text, name -> refusal reason)."""
-    accepted, refused = [], {}
+def accepted_schemas(corpus: list[dict], backend: str) -> tuple[list[tuple[dict, str]], dict[str, str], list]:
+    """(the entries the backend accepts with their schema text, name -> refusal reason, the
+    names left out as slow to build: large schemas only outlines-core takes)."""
+    accepted, refused, slow = [], {}, []
     for entry in corpus:
         text = normalize_json_schema(entry["schema"])
         try:
@@ -43,8 +44,11 @@ def accepted_schemas(corpus: list[dict], backend: str) -> tuple[list[tuple[dict,
         except ValueError as exc:
             refused[entry["name"]] = str(exc)
             continue
+        if backend in ("auto", "outlines") and slow_to_build(text):
+            slow.append(entry["name"])
+            continue
         accepted.append((entry, text))
-    return accepted, refused
+    return accepted, refused, slow
 
 
 def generate_each(engine, accepted: list[tuple[dict, str]], max_new_tokens: int, batch: int) -> list[dict]:
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for backend in args.backends.split(","):
         t0 = time.perf_counter()
-        accepted, refused = accepted_schemas(corpus, backend)
+        accepted, refused, slow = accepted_schemas(corpus, backend)
         engine = rl.Engine(model_path=default_model_path(), grammar_backend=backend)
         try:
             outs = generate_each(engine, accepted, args.max_new_tokens, args.batch)
@@ -124,17 +128,19 @@ def main(argv: list[str] | None = None) -> int:
         compiled_by = collections.Counter(choose_backend(backend, Constraint("json", t)) for _, t in accepted)
         results[backend] = {
             "schemas": len(corpus),
-            "accepted": len(accepted),
+            "accepted": len(accepted) + len(slow),
             "refused": len(refused),
             "refusal_reasons": dict(reasons.most_common()),
             "refused_names": refused,
+            "left_out_slow_to_build": slow,
             "compiled_by": dict(compiled_by),
             **checked,
             "wall_s": round(time.perf_counter() - t0, 1),
         }
         c = checked["counts"]
         print(
-            f"{backend:<10} accepted {len(accepted)}/{len(corpus)}  valid {c.get('valid', 0)}  "
+            f"{backend:<10} accepted {len(accepted) + len(slow)}/{len(corpus)} ({len(slow)} left out)  "
+            f"valid {c.get('valid', 0)}  "
             f"invalid {c.get('invalid', 0)}  cut by length {c.get('length', 0)}  errors {c.get('error', 0)}  "
             f"({results[backend]['wall_s']} s)",
             flush=True,
