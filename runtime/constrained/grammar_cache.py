@@ -88,12 +88,16 @@ class GrammarCache:
                 return LLGuidanceCompiled(constraint, self.vocab, self.whitespace_pattern)
             try:
                 return self._compile_outlines(constraint)
-            except ValueError:
+            except ValueError as outlines_error:
                 if self.backend != "auto":
                     raise
                 # auto: a constraint outlines-core translated but could not build an automaton
-                # for (a schema's regex it cannot close over this vocabulary) goes to llguidance
-                return LLGuidanceCompiled(constraint, self.vocab, self.whitespace_pattern)
+                # for (a schema's regex it cannot close over this vocabulary) goes to llguidance;
+                # if llguidance refuses it too, outlines-core's reason is the one reported
+                try:
+                    return LLGuidanceCompiled(constraint, self.vocab, self.whitespace_pattern)
+                except ValueError:
+                    raise outlines_error from None
         except ValueError:
             self.stats.failures += 1
             raise
