@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_info
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the corpus loader
 
 import jsonschema
-from json_schema_corpus import load_corpus, slow_to_build
+from json_schema_corpus import load_corpus
 from run_info import command_line, git_commit, git_dirty, load_before_run, loadavg, utc_now
 
 import radixlm as rl
@@ -43,9 +43,6 @@ def accepted_schemas(corpus: list[dict], backend: str) -> tuple[list[tuple[dict,
             check_constraint(Constraint("json", text), backend, None)
         except ValueError as exc:
             refused[entry["name"]] = str(exc)
-            continue
-        if backend in ("auto", "outlines") and slow_to_build(text):
-            slow.append(entry["name"])
             continue
         accepted.append((entry, text))
     return accepted, refused, slow

@@ -28,15 +28,3 @@ def load_corpus() -> list[dict]:
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"duplicate schema names in {CORPUS_DIR}: {dupes}")
     return sorted(entries, key=lambda e: e["name"])
-
-
-def slow_to_build(schema_text: str) -> bool:
-    """A large schema that only outlines-core takes under grammar_backend="auto": its automaton
-    may take minutes to build (runtime/constrained/backend.py, OUTLINES_MAX_REGEX_CHARS), so
-    generation runs over the corpus leave it out and say so."""
-    from radixlm.runtime.constrained.backend import OUTLINES_MAX_REGEX_CHARS, Constraint, choose_backend
-    from radixlm.runtime.constrained.json_schema import json_schema_to_regex
-
-    if choose_backend("auto", Constraint("json", schema_text)) != "outlines":
-        return False
-    return len(json_schema_to_regex(schema_text)) > OUTLINES_MAX_REGEX_CHARS

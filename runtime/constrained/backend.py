@@ -28,11 +28,6 @@ CONSTRAINT_KINDS = ("regex", "json", "ebnf", "lark")
 # the sampling-parameter name of each kind, for messages
 PARAM_OF_KIND = {"regex": "regex", "json": "json_schema", "ebnf": "ebnf", "lark": "grammar"}
 MAX_GRAMMAR_CHARS = 1 << 20  # larger constraint texts are refused before compiling
-# auto: a schema whose outlines-core regex is longer goes to llguidance. Measured on the corpus
-# (tiny vocabulary, 2-core CPU): every regex up to 7,346 characters compiled in under 0.4 s;
-# from 16k characters on, times ran from 0.1 s to more than 45 s, unpredictably (the
-# automaton's size, not the text's, decides), and a Llama-3 vocabulary multiplies them.
-OUTLINES_MAX_REGEX_CHARS = 8192
 
 
 @dataclass(frozen=True)
@@ -88,6 +83,12 @@ class GrammarMatcher(abc.ABC):
             self.rollback(taken)
         return out
 
+    @property
+    def error(self) -> str | None:
+        """Why the matcher can go no further (a parser limit hit while computing a mask), else
+        None. The output rules abort the request with it."""
+        return None
+
     @abc.abstractmethod
     def snapshot(self) -> MaskView:
         """The mask and finality here, kept when the matcher moves on."""
@@ -133,14 +134,18 @@ def constraint_of(params: Any) -> Constraint | None:
 def choose_backend(setting: str, constraint: Constraint) -> str:
     """The backend a constraint compiles with under the `grammar_backend` setting.
 
-    auto: outlines-core for a regex, and for a JSON schema it enforces with a regex of at most
-    OUTLINES_MAX_REGEX_CHARS and no `format`; llguidance for the rest: EBNF and Lark grammars,
-    schemas with numeric bounds, a pattern beside a length or the other keywords outlines-core
-    would drop, larger ones (whose automaton may take minutes to build), and formats
-    (outlines-core's date-time accepts years of any length). As vLLM falls back from xgrammar
-    to llguidance. outlines-core's masks are cached per automaton state, so a state seen once
-    costs no CPU again; llguidance computes each step's mask but compiles a schema in about a
-    millisecond. Small schemas keep their earlier outputs; what was refused is accepted."""
+    auto: a regex goes to outlines-core; a JSON schema, an EBNF or a Lark grammar to
+    llguidance, except a schema that only outlines-core takes. Measured on the 324-schema
+    corpus (benchmarks/bench_grammar_backends.py; 2-core CPU, tiny and Llama-3-sized
+    vocabularies; results in benchmarks/results/grammar-backends-cpu-2026-12-06.json):
+    llguidance accepts 252 schemas to outlines-core's 137 and compiles one in about 2 ms at
+    the median (p99 27 ms, either vocabulary); outlines-core's median is 21 ms on the tiny
+    vocabulary and 1.3 s on the large one, but its tail runs from 2 s (p90) to minutes, small
+    schemas included (12 of 137 did not finish in 30 s, a 3.6k-character send_email tool
+    among them), and a request waits for its grammar. outlines-core's masks are cached per
+    state (1-2 us a step once seen) where llguidance computes each (75 us at the median on
+    the tiny vocabulary, 243 us on the large): the price of the choice, paid per step. As
+    vLLM uses llguidance for what xgrammar refuses."""
     if setting not in BACKENDS:
         raise ValueError(f"grammar_backend must be one of {', '.join(BACKENDS)}, got {setting!r}")
     if setting != "auto":
@@ -152,15 +157,13 @@ def choose_backend(setting: str, constraint: Constraint) -> str:
         from radixlm.runtime.constrained.llguidance_backend import llguidance_grammar
 
         try:
-            regex = json_schema_to_regex(constraint.text)
-        except (ValueError, TypeError):
-            return "llguidance"
-        if '"format"' not in constraint.text and len(regex) <= OUTLINES_MAX_REGEX_CHARS:
-            return "outlines"
-        try:
             llguidance_grammar(constraint)
         except ValueError:
-            return "outlines"  # only outlines-core takes it (slow to build, maybe): it enforces it
+            try:
+                json_schema_to_regex(constraint.text)
+            except (ValueError, TypeError):
+                return "llguidance"  # neither takes it: refused with llguidance's reason
+            return "outlines"  # only outlines-core takes it
     return "llguidance"
 
 

@@ -15,6 +15,10 @@ from typing import Any
 
 # JSON-schema whitespace between tokens: what outlines-core uses by default (at most one space)
 DEFAULT_WHITESPACE = r"[ ]?"
+# A schema whose regex is longer is refused: building its automaton may take minutes, blocking
+# the grammar thread (measured on tests/data/json_schemas/: regexes over ~16k characters took
+# from 0.1 s to more than 30 s; the longest, megabytes, did not finish).
+MAX_OUTLINES_REGEX_CHARS = 32768
 
 
 def normalize_json_schema(schema: Any) -> str:
@@ -135,11 +139,17 @@ def json_schema_to_regex(schema_json: str, whitespace_pattern: str | None = None
             f"{', '.join(unenforced[:5])}"
         )
     try:
-        return build_regex_from_schema(
+        regex = build_regex_from_schema(
             schema_json, DEFAULT_WHITESPACE if whitespace_pattern is None else whitespace_pattern
         )
     except Exception as exc:  # outlines-core raises assorted types for unsupported features
         raise ValueError(f"unsupported json_schema: {exc}") from None
+    if len(regex) > MAX_OUTLINES_REGEX_CHARS:
+        raise ValueError(
+            f"json_schema is too large for outlines-core: its regex has {len(regex)} characters, "
+            f"the limit is {MAX_OUTLINES_REGEX_CHARS} (the llguidance backend takes most such schemas)"
+        )
+    return regex
 
 
 def check_regex_syntax(pattern: str) -> None:

@@ -217,6 +217,12 @@ class LLGuidanceMatcher(GrammarMatcher):
 
     # -- state
     @property
+    def error(self) -> str | None:
+        # llguidance never raises for a grammar limit hit mid-output: it enters an error state
+        # (its masks then ban everything), which must end the request, not sample garbage
+        return _first_lines(self.matcher.get_error()) if self.matcher.is_error() else None
+
+    @property
     def is_final(self) -> bool:
         if self.gate == IN_REASONING:
             return False

@@ -35,7 +35,9 @@ class OutputRules:
         grammar = req.grammar
         if grammar is not None and not (token in req.stop_token_ids and grammar.is_final):
             if not grammar.advance(token):
-                return {"type": "abort", "message": f"token {token} breaks the grammar"}
+                return {"type": "abort", "message": grammar.error or f"token {token} breaks the grammar"}
+            if grammar.error:  # the constraint's parser gave up (a limit): nothing valid can follow
+                return {"type": "abort", "message": f"the constraint failed: {grammar.error}"}
             if grammar.is_complete:
                 return {"type": "stop", "matched": None}
         if token in req.stop_token_ids and n_out >= params.min_new_tokens:

@@ -527,7 +527,7 @@ def run_corpus(engine, schemas: list[dict], patterns: list[str]) -> tuple[list[s
 
 
 def test_fuzz_json_schemas_llama():
-    engine = get_engine("llama")
+    engine = get_engine("llama", grammar_backend="outlines")  # the outputs are walked on its automata
     require_constrained_decoding(engine)
     failures, unbounded = run_corpus(engine, SCHEMAS, [])
     assert not failures, f"{len(failures)}/{len(SCHEMAS)} schemas failed:\n" + "\n".join(failures)
@@ -537,7 +537,7 @@ def test_fuzz_json_schemas_llama():
 
 
 def test_fuzz_regexes_llama():
-    engine = get_engine("llama")
+    engine = get_engine("llama", grammar_backend="outlines")
     require_constrained_decoding(engine)
     patterns = [p for p, _ in REGEXES]
     failures, _ = run_corpus(engine, [], patterns)
@@ -547,7 +547,7 @@ def test_fuzz_regexes_llama():
 def test_fuzz_mixed_batch_qwen2():
     """Other architecture (tied embeddings, same tokenizer): schemas and regexes in one batch.
     Only bounded schemas: this model loops on digit runs ('234234...') most of the time."""
-    engine = get_engine("qwen2")
+    engine = get_engine("qwen2", grammar_backend="outlines")
     require_constrained_decoding(engine)
     bounded = [s for s in SCHEMAS if not has_unbounded_number(s)]
     schemas = bounded[:: len(bounded) // 5][:5]

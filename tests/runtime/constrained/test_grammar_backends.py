@@ -87,11 +87,16 @@ CASES = {
 }
 
 
-def test_auto_keeps_outlines_where_it_enforces_and_takes_llguidance_for_the_rest():
+def test_auto_gives_regexes_to_outlines_and_schemas_to_llguidance_unless_only_outlines_takes_one():
     assert choose_backend("auto", Constraint("regex", "[ab]+")) == "outlines"
-    assert choose_backend("auto", Constraint("json", json.dumps({"type": "integer"}))) == "outlines"
-    for schema in (AGE, CODE):  # (a lone date-time format outlines-core enforces)
+    for schema in ({"type": "integer"}, AGE, CODE, TREE, WHEN):
         assert choose_backend("auto", Constraint("json", json.dumps(schema))) == "llguidance"
+    unique = {"type": "array", "items": {"type": "integer"}, "maxItems": 3, "uniqueItems": False}
+    assert choose_backend("auto", Constraint("json", json.dumps(unique))) == "llguidance"
+    # llguidance refuses a recursive $ref with sibling keywords; outlines-core takes it
+    node = {"type": "object", "properties": {"next": {"$ref": "#/$defs/node", "type": "object"}}}
+    only_outlines = {"$defs": {"node": node}, "$ref": "#/$defs/node"}
+    assert choose_backend("auto", Constraint("json", json.dumps(only_outlines))) == "outlines"
     assert choose_backend("auto", Constraint("ebnf", PAIR_GBNF)) == "llguidance"
     assert choose_backend("outlines", Constraint("json", json.dumps(AGE))) == "outlines"
     with pytest.raises(ValueError, match="grammar_backend must be one of"):
