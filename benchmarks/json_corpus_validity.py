@@ -33,10 +33,9 @@ from radixlm.runtime.constrained.backend import Constraint, check_constraint, ch
 from radixlm.runtime.constrained.json_schema import normalize_json_schema
 
 
-def accepted_schemas(corpus: list[dict], backend: str) -> tuple[list[tuple[dict, str]], dict[str, str], list]:
-    """(the entries the backend accepts with their schema text, name -> refusal reason, the
-    names left out as slow to build: large schemas only outlines-core takes)."""
-    accepted, refused, slow = [], {}, []
+def accepted_schemas(corpus: list[dict], backend: str) -> tuple[list[tuple[dict, str]], dict[str, str]]:
+    """(the entries the backend accepts with their schema text, name -> refusal reason)."""
+    accepted, refused = [], {}
     for entry in corpus:
         text = normalize_json_schema(entry["schema"])
         try:
@@ -45,7 +44,7 @@ def accepted_schemas(corpus: list[dict], backend: str) -> tuple[list[tuple[dict,
             refused[entry["name"]] = str(exc)
             continue
         accepted.append((entry, text))
-    return accepted, refused, slow
+    return accepted, refused
 
 
 def generate_each(engine, accepted: list[tuple[dict, str]], max_new_tokens: int, batch: int) -> list[dict]:
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for backend in args.backends.split(","):
         t0 = time.perf_counter()
-        accepted, refused, slow = accepted_schemas(corpus, backend)
+        accepted, refused = accepted_schemas(corpus, backend)
         engine = rl.Engine(model_path=default_model_path(), grammar_backend=backend)
         try:
             outs = generate_each(engine, accepted, args.max_new_tokens, args.batch)
@@ -125,18 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         compiled_by = collections.Counter(choose_backend(backend, Constraint("json", t)) for _, t in accepted)
         results[backend] = {
             "schemas": len(corpus),
-            "accepted": len(accepted) + len(slow),
+            "accepted": len(accepted),
             "refused": len(refused),
             "refusal_reasons": dict(reasons.most_common()),
             "refused_names": refused,
-            "left_out_slow_to_build": slow,
             "compiled_by": dict(compiled_by),
             **checked,
             "wall_s": round(time.perf_counter() - t0, 1),
         }
         c = checked["counts"]
         print(
-            f"{backend:<10} accepted {len(accepted) + len(slow)}/{len(corpus)} ({len(slow)} left out)  "
+            f"{backend:<10} accepted {len(accepted)}/{len(corpus)}  "
             f"valid {c.get('valid', 0)}  "
             f"invalid {c.get('invalid', 0)}  cut by length {c.get('length', 0)}  errors {c.get('error', 0)}  "
             f"({results[backend]['wall_s']} s)",

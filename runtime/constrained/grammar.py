@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from radixlm.runtime.constrained.backend import CompiledConstraint, Constraint, GrammarMatcher, MaskView
-from radixlm.runtime.constrained.vocabulary import TokenizerVocab
+from radixlm.runtime.constrained.vocabulary import TokenizerVocab, whole_characters
 
 MASK_ROW_CACHE_BYTES = 64 << 20  # per compiled grammar and device: banned-token rows kept ready
 MAX_JUMP_CHARS = 256
@@ -126,13 +126,7 @@ class CompiledGrammar(CompiledConstraint):
         if found is not None:
             return found
         forced = self.forced_bytes(state)
-        text = ""
-        for cut in range(len(forced), max(len(forced) - 4, -1), -1):  # drop a torn UTF-8 tail
-            try:
-                text = forced[:cut].decode("utf-8")
-                break
-            except UnicodeDecodeError:
-                continue
+        text = whole_characters(forced)
         tokens: list[int] = []
         cur: int | None = state
         for t in self.vocab.encode(text) if text else []:

@@ -29,7 +29,7 @@ from radixlm.runtime.constrained.backend import (
     MaskView,
 )
 from radixlm.runtime.constrained.grammar import BEFORE_REASONING, IN_REASONING, MAX_JUMP_CHARS
-from radixlm.runtime.constrained.vocabulary import TokenizerVocab
+from radixlm.runtime.constrained.vocabulary import TokenizerVocab, whole_characters
 
 DEFAULT_WHITESPACE = r"[ ]?"  # as the outlines backend: at most one space between JSON tokens
 _SHIFTS = torch.arange(32, dtype=torch.int32)
@@ -289,13 +289,7 @@ class LLGuidanceMatcher(GrammarMatcher):
         if self.gate is not None:
             return []
         forced = self.matcher.compute_ff_bytes()[:MAX_JUMP_CHARS]
-        text = ""
-        for cut in range(len(forced), max(len(forced) - 4, -1), -1):  # drop a torn UTF-8 tail
-            try:
-                text = forced[:cut].decode("utf-8")
-                break
-            except UnicodeDecodeError:
-                continue
+        text = whole_characters(forced)
         if not text:
             return []
         tokens = self.compiled.vocab.encode(text)

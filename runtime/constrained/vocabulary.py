@@ -103,3 +103,14 @@ class TokenizerVocab:
     def encode(self, text: str) -> list[int]:
         """The tokenizer's own (natural) tokenization of a piece of text, no special tokens."""
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def whole_characters(data: bytes) -> str:
+    """The UTF-8 text of `data` without a torn character at its end (forced bytes may stop
+    inside one); "" if nothing decodes."""
+    for cut in range(len(data), max(len(data) - 4, -1), -1):
+        try:
+            return data[:cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return ""
