@@ -367,7 +367,12 @@ def run_engine(
     """One fresh Engine: warm-up, then every mode --repeats times (and, given baseline_tokens,
     the unconstrained baseline of each mode). Returns (results by mode, engine info)."""
     t0 = time.perf_counter()
-    engine = Engine(args.model, device=args.device, disable_jump_forward=not jump_forward)
+    engine = Engine(
+        args.model,
+        device=args.device,
+        disable_jump_forward=not jump_forward,
+        grammar_backend=args.grammar_backend,
+    )
     startup = time.perf_counter() - t0
     config = "jf_on" if jump_forward else "jf_off"
     results: dict[str, dict] = {}
@@ -686,6 +691,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model", default=None, help="local HF model folder (default: the offline tiny model)"
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="runtime device")
+    parser.add_argument(
+        "--grammar-backend",
+        default="outlines",
+        choices=["auto", "outlines", "llguidance"],
+        help="the engine's grammar backend (default outlines: this benchmark measures its automaton "
+        "and masks; llguidance's costs are benchmarks/bench_grammar_backends.py)",
+    )
     parser.add_argument("--num-requests", type=int, default=32, help="requests per batch (default 32)")
     parser.add_argument(
         "--max-tokens",

@@ -69,7 +69,10 @@ def test_programs_run_ablations_smoke(tmp_path):
                 assert field in run, (name, config, field)
             assert run["num_programs"] == 4 and run["errors"] == 0, (name, config, run)
             assert run["prompt_tokens"] > 0 and run["generated_tokens"] > 0, (name, config)
-            assert run["latency_p90_s"] >= run["latency_mean_s"] * 0.5 > 0
+            if data["settings"]["driver"] == "threads":  # per-program latency
+                assert run["latency_p90_s"] >= run["latency_mean_s"] * 0.5 > 0
+            else:  # the program's own run_batch: the batch's wall time only
+                assert run["latency_mean_s"] is None and run["wall_s"] > 0
         assert result["cache"]["cached_tokens"] == 0 and result["cache"]["cache_hit_rate"] < 0.01
         assert result["baseline"]["cache_hit_rate"] > 0.3, (name, result["baseline"])
     # judge: 5 dimension gens + a score gen per program
