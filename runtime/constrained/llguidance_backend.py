@@ -29,6 +29,7 @@ from radixlm.runtime.constrained.backend import (
     MaskView,
 )
 from radixlm.runtime.constrained.grammar import BEFORE_REASONING, IN_REASONING, MAX_JUMP_CHARS
+from radixlm.runtime.constrained.one_of import overlapping_one_of
 from radixlm.runtime.constrained.vocabulary import TokenizerVocab, whole_characters
 
 DEFAULT_WHITESPACE = r"[ ]?"  # as the outlines backend: at most one space between JSON tokens
@@ -49,6 +50,12 @@ def llguidance_grammar(constraint: Constraint, whitespace_pattern: str | None = 
 
     name = PARAM_OF_KIND[constraint.kind]
     schema = closed_objects(json.loads(constraint.text)) if constraint.kind == "json" else None
+    overlapping = overlapping_one_of(schema) if schema is not None else []
+    if overlapping:
+        raise ValueError(
+            f"unsupported {name} feature(s), which the output could not be held to: oneOf whose "
+            f"branches may overlap (exactly one must match) at {', '.join(overlapping[:3])}"
+        )
     unknown_formats: set[str] = set()
     while True:
         try:
