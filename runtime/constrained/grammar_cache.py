@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from radixlm.runtime.constrained.backend import (
+    BACKENDS,
     PARAM_OF_KIND,
     CompiledConstraint,
     Constraint,
@@ -46,7 +47,8 @@ class GrammarCache:
         whitespace_pattern: str | None = None,
         backend: str = "auto",
     ) -> None:
-        choose_backend(backend, Constraint("regex", "x"))  # refuses an unknown setting by name
+        if backend not in BACKENDS:
+            raise ValueError(f"grammar_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.vocab = vocab
         self.whitespace_pattern = whitespace_pattern
         self.backend = backend

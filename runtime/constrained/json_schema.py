@@ -86,6 +86,8 @@ UNENFORCED_KEYWORDS = frozenset(
         "maxDigitsExponent",
     }
 )
+# keywords whose values are JSON data, not subschemas: schema walkers copy them untouched
+DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")  # name -> schema
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")  # [schema, ...]
 _SCHEMA_ONE = ("items", "additionalProperties", "additionalItems")  # a schema (or bool)

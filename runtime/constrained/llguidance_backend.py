@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from typing import Any
 
 import torch
@@ -29,12 +30,13 @@ from radixlm.runtime.constrained.backend import (
     MaskView,
 )
 from radixlm.runtime.constrained.grammar import BEFORE_REASONING, IN_REASONING, MAX_JUMP_CHARS
+from radixlm.runtime.constrained.json_schema import DATA_KEYWORDS
 from radixlm.runtime.constrained.one_of import overlapping_one_of
 from radixlm.runtime.constrained.vocabulary import TokenizerVocab, whole_characters
 
 DEFAULT_WHITESPACE = r"[ ]?"  # as the outlines backend: at most one space between JSON tokens
 _SHIFTS = torch.arange(32, dtype=torch.int32)
-_TOKENIZERS: dict[int, Any] = {}  # id(TokenizerVocab) -> (vocab, LLTokenizer)
+_TOKENIZERS: weakref.WeakKeyDictionary[TokenizerVocab, Any] = weakref.WeakKeyDictionary()
 _TOKENIZERS_LOCK = threading.Lock()
 
 
@@ -49,6 +51,8 @@ def llguidance_grammar(constraint: Constraint, whitespace_pattern: str | None = 
     from llguidance import LLMatcher, grammar_from
 
     name = PARAM_OF_KIND[constraint.kind]
+    # a schema the JSON compiler refuses is "unsupported", as outlines-core's are
+    refused_as = "unsupported" if constraint.kind == "json" else "invalid"
     schema = closed_objects(json.loads(constraint.text)) if constraint.kind == "json" else None
     overlapping = overlapping_one_of(schema) if schema is not None else []
     if overlapping:
@@ -72,8 +76,7 @@ def llguidance_grammar(constraint: Constraint, whitespace_pattern: str | None = 
             else:  # Lark; a GBNF text (`::=` rules) is recognised too, as vLLM's guided_grammar
                 grammar = grammar_from("grammar", constraint.text)
         except ValueError as exc:
-            what = "unsupported" if constraint.kind == "json" else "invalid"
-            raise ValueError(f"{what} {name}: {_first_lines(str(exc))}") from None
+            raise ValueError(f"{refused_as} {name}: {_first_lines(str(exc))}") from None
         is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
         formats = {m.split(":", 1)[1].strip() for m in messages if m.startswith("Unknown format:")}
         if schema is None or not formats or formats <= unknown_formats:
@@ -82,9 +85,8 @@ def llguidance_grammar(constraint: Constraint, whitespace_pattern: str | None = 
     if is_error and ("Unimplemented" in messages[0] or "not supported" in messages[0]):
         is_error = False  # a keyword it cannot enforce, not a broken schema: refused below
         messages = [messages[0].replace("Enable 'coerce_one_of' option to", "(llguidance could")]
-    if is_error:  # (a schema the JSON compiler refuses is "unsupported", as outlines-core's are)
-        what = "unsupported" if constraint.kind == "json" else "invalid"
-        raise ValueError(f"{what} {name}: {_first_lines(messages[0])}")
+    if is_error:
+        raise ValueError(f"{refused_as} {name}: {_first_lines(messages[0])}")
     if messages:  # what it would silently not enforce
         raise ValueError(
             f"unsupported {name} feature(s), which the output could not be held to: "
@@ -101,7 +103,7 @@ def _without_formats(schema: Any, formats: set[str]) -> Any:
     if not isinstance(schema, dict):
         return schema
     return {
-        key: value if key in ("enum", "const", "default", "examples") else _without_formats(value, formats)
+        key: value if key in DATA_KEYWORDS else _without_formats(value, formats)
         for key, value in schema.items()
         if not (key == "format" and isinstance(value, str) and value in formats)
     }
@@ -119,8 +121,8 @@ def closed_objects(schema: Any, in_all_of: bool = False) -> Any:
         return schema
     out = {}
     for key, value in schema.items():
-        if key in ("enum", "const", "default", "examples"):
-            out[key] = value  # data, not schemas
+        if key in DATA_KEYWORDS:
+            out[key] = value
         elif key == "properties" and isinstance(value, dict):
             out[key] = {name: closed_objects(sub) for name, sub in value.items()}
         else:
@@ -138,9 +140,9 @@ def _first_lines(message: str, lines: int = 3) -> str:
 def llguidance_tokenizer(vocab: TokenizerVocab) -> Any:
     """The LLTokenizer over this vocabulary, built once per TokenizerVocab."""
     with _TOKENIZERS_LOCK:
-        found = _TOKENIZERS.get(id(vocab))
-        if found is not None and found[0] is vocab:
-            return found[1]
+        found = _TOKENIZERS.get(vocab)
+        if found is not None:
+            return found
         from llguidance import LLTokenizer, TokenizerWrapper
 
         class _Tokens:  # what TokenizerWrapper reads
@@ -159,7 +161,7 @@ def llguidance_tokenizer(vocab: TokenizerVocab) -> Any:
                 return vocab.encode(text)
 
         built = LLTokenizer(TokenizerWrapper(_Tokens()), n_vocab=vocab.vocab_size)
-        _TOKENIZERS[id(vocab)] = (vocab, built)
+        _TOKENIZERS[vocab] = built
         return built
 
 
@@ -220,7 +222,6 @@ class LLGuidanceMatcher(GrammarMatcher):
         if reasoning_end is not None:
             self.gate = IN_REASONING if reasoning_start is None else BEFORE_REASONING
         self._history: list[int | None | str] = []  # per advance: the gate before it, or "m"
-        self._words = torch.empty_like(compiled._eos_clear)
 
     # -- state
     @property
@@ -285,7 +286,7 @@ class LLGuidanceMatcher(GrammarMatcher):
         return self.snapshot().mask_row(device)
 
     def _compute_words(self) -> torch.Tensor:
-        words = torch.empty_like(self._words)
+        words = torch.empty_like(self.compiled._eos_clear)
         self.matcher.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * 4)
         words &= self.compiled._eos_clear
         return words

@@ -11,7 +11,10 @@ pydantic writes them). Anything else is reported, and the schema is refused by n
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from radixlm.runtime.constrained.json_schema import DATA_KEYWORDS
 
 _NUMERIC = {"integer", "number"}
 
@@ -36,7 +39,7 @@ def _walk(node: Any, root: Any, path: str, found: list[str]) -> None:
         if any(not _disjoint(a, b) for i, a in enumerate(resolved) for b in resolved[i + 1 :]):
             found.append(f"{path}/oneOf" if path else "/oneOf")
     for key, value in node.items():
-        if key not in ("enum", "const", "default", "examples"):
+        if key not in DATA_KEYWORDS:
             _walk(value, root, f"{path}/{key}", found)
 
 
@@ -76,8 +79,6 @@ def _values(node: Any) -> list | None:
 
 def _disjoint_values(a: list, b: list) -> bool:
     # JSON equality: compare by canonical text, so 1 and true stay apart, as JSON Schema keeps them
-    import json
-
     return not {json.dumps(v, sort_keys=True) for v in a} & {json.dumps(v, sort_keys=True) for v in b}
 
 
