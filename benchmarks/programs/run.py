@@ -142,7 +142,7 @@ def timed_run(
 def run_workload(backend: Any, wl: Workload, args: argparse.Namespace) -> dict:
     sampling = {"temperature": 0, "max_new_tokens": args.max_tokens}
     for _lat, error in run_programs(
-        wl, wl.inputs(WARMUP_PROGRAMS, WARMUP_OFFSET), backend, sampling, args.num_threads, args.driver
+        wl, wl.inputs(args.warmup_programs, WARMUP_OFFSET), backend, sampling, args.num_threads, args.driver
     ):
         if error is not None:
             raise RuntimeError(f"{wl.name}: warm-up program failed: {error!r}")
@@ -291,6 +291,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the median is reported")
     parser.add_argument(
+        "--warmup-programs",
+        type=int,
+        default=WARMUP_PROGRAMS,
+        help=f"programs run (other inputs) before a cell's timed runs (default {WARMUP_PROGRAMS}; "
+        "--num-programs also warms the worker threads and batch shapes the timed runs use)",
+    )
+    parser.add_argument(
         "--num-threads", default="auto", help="program threads (default: as run_batch's auto)"
     )
     parser.add_argument(
@@ -374,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                 "radixlm_path": str(Path(rl.__file__).resolve().parent),
                 "radixlm_label": os.environ.get("RADIXLM_LABEL", ""),
                 "max_total_tokens": args.max_total_tokens,
-                "warmup_programs": WARMUP_PROGRAMS,
+                "warmup_programs": args.warmup_programs,
                 "temperature": 0,
             },
             "configs": {
