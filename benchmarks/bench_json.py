@@ -9,8 +9,9 @@ prompts, alternately a "character" request (a Harry Potter character to describe
 blood status, occupation, a nested wand object, alive, patronus, bogart) and a "city" request (a
 short page about a city to extract name, country, latitude, population and top 3 landmarks
 from), each constrained by a JSON schema with long constant keys. Every free value is bounded
-(maxLength on strings, maxDigits on integers, enums, fixed-size arrays) so that even a
-random-weight model finishes every object well within --max-tokens.
+(maxLength on strings, maxDigits on integers -- minimum/maximum under the other backends --,
+enums, fixed-size arrays) so that even a random-weight model finishes every object well within
+--max-tokens.
 
 For each configuration -- jump-forward on, jump-forward off (each a fresh `Engine` in this
 process, same prompts, same seeds) -- a warm-up batch (other prompts, both schemas: compiles the
@@ -117,6 +118,21 @@ CITY_SCHEMA: dict = {
     "required": ["name", "country", "latitude", "population", "top 3 landmarks"],
 }
 SCHEMAS = {"character": CHARACTER_SCHEMA, "city": CITY_SCHEMA}
+
+
+def with_standard_bounds(schema: Any) -> Any:
+    """`maxDigits: k` (outlines-core's extension, which other backends ignore as JSON Schema
+    says unknown keywords are) as the standard `minimum: 0, maximum: 10^k - 1`: the same bound,
+    written so that the llguidance backend enforces it too."""
+    if isinstance(schema, list):
+        return [with_standard_bounds(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: with_standard_bounds(v) for k, v in schema.items() if k != "maxDigits"}
+    if "maxDigits" in schema:
+        out.update(minimum=0, maximum=10 ** schema["maxDigits"] - 1)
+    return out
+
 
 # schema-valid outputs a real model might write: the mask benchmark walks its grammars through these
 SAMPLE_OUTPUTS = {
@@ -731,6 +747,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.grammar_backend != "outlines":
+        SCHEMAS.update({name: with_standard_bounds(schema) for name, schema in SCHEMAS.items()})
     command, date, load_before = command_line(argv), utc_now(), load_before_run()
     t0 = time.perf_counter()
     results, engines = run_decode_benchmark(args)

@@ -15,6 +15,7 @@
 #   bash benchmarks/gpu_session.sh demo-speed  # time the demo model's training step variants
 #   bash benchmarks/gpu_session.sh programs # issue 27: program workloads on the 8B shape, cache on/off,
 #                                           # this tree vs an older one in build/old-radixlm (carry it)
+#   bash benchmarks/gpu_session.sh constrained  # issue 21: constrained decoding cost, b=1/64, both backends
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
@@ -75,9 +76,28 @@ case "$MODE" in
         [ "$label" = old ] && [ ! -d build/old-radixlm ] && continue
         PYTHONPATH=$pkg:/tmp/site RADIXLM_LABEL=$label python3 benchmarks/programs/run.py --model /tmp/bench-8b \
           --device cuda --workloads mmlu,few-shot,select,react --ablations cache --num-programs 32 \
-          --repeats "${REPEATS:-3}" --json "$OUT/programs-$label-$round.json" 2>&1 | tee "$OUT/programs-$label-$round.log"
+          --repeats "${REPEATS:-3}" --warmup-programs "${WARMUP:-2}" --json "$OUT/programs-$label-$round.json" 2>&1 | tee "$OUT/programs-$label-$round.log"
       done
     done
+    ;;
+  constrained)  # issue 21: constrained decoding's cost on the 8B shape (Llama 3's 128k vocabulary):
+    # bench_json.py per grammar backend at batch 1 and 64 (greedy; ms/step beside the same prompts
+    # unconstrained, same process), then the llguidance mask benchmark on this host's cores (the
+    # large vocabulary; batch masks on llguidance's thread pool). Logs come back as logs.tgz.
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
+      --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
+    for B in ${BATCHES:-1 64}; do
+      for G in llguidance outlines; do
+        timeout 200 python3 benchmarks/bench_json.py --model /tmp/bench-8b --device cuda --grammar-backend $G \
+          --num-requests $B --modes greedy --skip-mask --repeats 3 --json "$OUT/json-$G-b$B.json" \
+          > "$OUT/json-$G-b$B.log" 2>&1
+        echo "== $G batch $B"; grep -E "^\| greedy" "$OUT/json-$G-b$B.log"
+      done
+    done
+    timeout 240 python3 benchmarks/bench_grammar_backends.py --vocab large --backends llguidance --threads 1 \
+      --out "$OUT/grammar-backends-large.json" > "$OUT/grammar-backends-large.log" 2>&1
+    tail -25 "$OUT/grammar-backends-large.log"
+    (cd "$OUT" && tar -czf logs.tgz ./*.log && rm -f ./*.log)
     ;;
   gsp)  # the shared-prefix serving run alone (the model folder is rebuilt first)
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_info
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the corpus loader
 
 import jsonschema
-from json_schema_corpus import load_corpus
+from json_schema_corpus import load_corpus, validate_output
 from run_info import command_line, git_commit, git_dirty, load_before_run, loadavg, utc_now
 
 import radixlm as rl
@@ -80,7 +80,7 @@ def check_outputs(accepted: list[tuple[dict, str]], outs: list[dict]) -> dict:
             verdict = "length"
         else:
             try:
-                jsonschema.validate(json.loads(out["text"]), entry["schema"])
+                validate_output(out["text"], entry["schema"])
                 verdict = "valid"
             except (ValueError, jsonschema.ValidationError) as exc:
                 verdict = "invalid"

@@ -9,8 +9,11 @@ every schema passes its draft's metaschema check.
 
 from __future__ import annotations
 
+import decimal
 import json
 from pathlib import Path
+
+import jsonschema
 
 CORPUS_DIR = Path(__file__).parent / "data" / "json_schemas"
 
@@ -28,3 +31,23 @@ def load_corpus() -> list[dict]:
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"duplicate schema names in {CORPUS_DIR}: {dupes}")
     return sorted(entries, key=lambda e: e["name"])
+
+
+def validate_output(text: str, schema: dict) -> None:
+    """Raise (ValueError or jsonschema.ValidationError) unless `text` is JSON the schema allows.
+    Numbers are read as decimals, in the instance and in the schema, because JSON numbers are
+    decimal: `10053.30` is a multiple of `0.01`, which Python floats get wrong (10053.3 / 0.01
+    is 1005329.9999999999)."""
+    instance = json.loads(text, parse_float=_decimal)
+    exact = json.loads(json.dumps(schema), parse_float=_decimal)
+    with decimal.localcontext() as ctx:
+        # multipleOf divides: a quotient of a few hundred digits (1e300 by 0.01) must be exact
+        ctx.prec, ctx.Emax, ctx.Emin = 100_000, decimal.MAX_EMAX, decimal.MIN_EMIN
+        jsonschema.validate(instance, exact)
+
+
+def _decimal(text: str) -> decimal.Decimal | float:
+    try:
+        return decimal.Decimal(text)
+    except decimal.InvalidOperation:  # an exponent past 10^18 digits: only a float holds it (inf)
+        return float(text)

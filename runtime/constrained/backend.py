@@ -18,22 +18,29 @@ from __future__ import annotations
 
 import abc
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 BACKENDS = ("auto", "outlines", "llguidance")
-CONSTRAINT_KINDS = ("regex", "json", "ebnf", "lark")
+CONSTRAINT_KINDS = ("regex", "json", "ebnf", "lark", "structural_tag")
 # the sampling-parameter name of each kind, for messages
-PARAM_OF_KIND = {"regex": "regex", "json": "json_schema", "ebnf": "ebnf", "lark": "grammar"}
+PARAM_OF_KIND = {
+    "regex": "regex",
+    "json": "json_schema",
+    "ebnf": "ebnf",
+    "lark": "grammar",
+    "structural_tag": "structural_tag",
+}
 MAX_GRAMMAR_CHARS = 1 << 20  # larger constraint texts are refused before compiling
 
 
 @dataclass(frozen=True)
 class Constraint:
     kind: str  # one of CONSTRAINT_KINDS
-    text: str  # the regex, the schema's canonical JSON text, or the grammar
+    text: str  # the regex, the schema's or the structural tag's canonical JSON text, or the grammar
 
 
 class GrammarMatcher(abc.ABC):
@@ -104,6 +111,13 @@ class MaskView(abc.ABC):
     @abc.abstractmethod
     def mask_row(self, device: torch.device) -> torch.Tensor: ...
 
+    @classmethod
+    def mask_rows(cls, views: Sequence[MaskView], device: torch.device) -> torch.Tensor:
+        """[len(views), >= V] bool for a step's views of this class: where a backend batches
+        its work (one parallel fill, one host-to-device copy). A new tensor (the caller edits
+        it); never waits for the device: it runs while the step's forward is on the GPU."""
+        return torch.stack([v.mask_row(device) for v in views])
+
 
 class CompiledConstraint(abc.ABC):
     """A compiled constraint, shared by every request with it."""
@@ -127,6 +141,8 @@ def constraint_of(params: Any) -> Constraint | None:
         return Constraint("ebnf", params.ebnf)
     if params.grammar is not None:
         return Constraint("lark", params.grammar)
+    if params.structural_tag is not None:
+        return Constraint("structural_tag", params.structural_tag)
     return None
 
 

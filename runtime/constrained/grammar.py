@@ -23,6 +23,7 @@ import torch
 
 from radixlm.runtime.constrained.backend import CompiledConstraint, Constraint, GrammarMatcher, MaskView
 from radixlm.runtime.constrained.vocabulary import TokenizerVocab, whole_characters
+from radixlm.runtime.model_executor.device_copy import to_device
 
 MASK_ROW_CACHE_BYTES = 64 << 20  # per compiled grammar and device: banned-token rows kept ready
 MAX_JUMP_CHARS = 256
@@ -68,7 +69,7 @@ class CompiledGrammar(CompiledConstraint):
         key = (state, str(device))
         t = self._allowed_dev.get(key)
         if t is None:
-            t = torch.tensor(self.allowed(state), dtype=torch.int64, device=device)
+            t = to_device(self.allowed(state), torch.int64, device)  # no host stall (see build_vocab_mask)
             self._allowed_dev[key] = t
         return t
 
@@ -282,13 +283,27 @@ def build_vocab_mask(
 ) -> torch.Tensor | None:
     """[B, V] bool, True where a token is banned, or None when no row is constrained.
     Row i bans everything its grammar does not allow; a grammar in a final state also lets
-    `stop_ids[i]` through. One stack of per-state rows cached on the device (no loop over
-    the vocabulary, no per-step host-to-device copy once the states have been seen)."""
+    `stop_ids[i]` through. Rows come per view class (`MaskView.mask_rows`: outlines-core's
+    cached per-state device rows, llguidance's parallel fill and one copy) and nothing here
+    waits for the device, so the sampler builds the mask while the step's forward runs
+    (`SamplingBatch.mask_builder`)."""
     if all(g is None for g in grammars):
         return None
-    free = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    mask = torch.stack([g.mask_row(device)[:vocab_size] if g is not None else free for g in grammars])
+    by_class: dict[type, list[int]] = {}
     for i, g in enumerate(grammars):
-        if g is not None and stop_ids[i] and g.is_final:
-            mask[i, list(stop_ids[i])] = False
+        if g is not None:
+            by_class.setdefault(type(g), []).append(i)
+    if len(by_class) == 1 and len(next(iter(by_class.values()))) == len(grammars):
+        cls = type(grammars[0])
+        mask = cls.mask_rows(grammars, device)[:, :vocab_size]  # a new tensor: ours to edit
+    else:
+        mask = torch.zeros((len(grammars), vocab_size), dtype=torch.bool, device=device)
+        for cls, rows in by_class.items():
+            block = cls.mask_rows([grammars[i] for i in rows], device)[:, :vocab_size]
+            mask[to_device(rows, torch.int64, device)] = block
+    final = [i for i, g in enumerate(grammars) if g is not None and stop_ids[i] and g.is_final]
+    unban = [(i, t) for i in final for t in stop_ids[i]]
+    if unban:
+        at = to_device([[i for i, _ in unban], [t for _, t in unban]], torch.int64, device)
+        mask[at[0], at[1]] = False
     return mask

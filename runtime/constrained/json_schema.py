@@ -134,7 +134,14 @@ def json_schema_to_regex(schema_json: str, whitespace_pattern: str | None = None
     translation). Raises ValueError naming what is not supported."""
     from outlines_core.json_schema import build_regex_from_schema
 
-    unenforced = unenforced_features(json.loads(schema_json))
+    from radixlm.runtime.constrained.one_of import overlapping_one_of
+
+    schema = json.loads(schema_json)
+    # outlines-core writes oneOf as anyOf: only branches that exclude each other keep "exactly one"
+    unenforced = unenforced_features(schema) + [
+        f"oneOf whose branches may overlap (exactly one must match) at {at}"
+        for at in overlapping_one_of(schema)
+    ]
     if unenforced:
         raise ValueError(
             f"unsupported json_schema feature(s), which the output could not be held to: "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -32,12 +33,14 @@ from radixlm.runtime.constrained.backend import (
 from radixlm.runtime.constrained.grammar import BEFORE_REASONING, IN_REASONING, MAX_JUMP_CHARS
 from radixlm.runtime.constrained.json_schema import DATA_KEYWORDS
 from radixlm.runtime.constrained.one_of import overlapping_one_of
+from radixlm.runtime.constrained.structural_tag import structural_tag_lark
 from radixlm.runtime.constrained.vocabulary import TokenizerVocab, whole_characters
 
 DEFAULT_WHITESPACE = r"[ ]?"  # as the outlines backend: at most one space between JSON tokens
-_SHIFTS = torch.arange(32, dtype=torch.int32)
 _TOKENIZERS: weakref.WeakKeyDictionary[TokenizerVocab, Any] = weakref.WeakKeyDictionary()
 _TOKENIZERS_LOCK = threading.Lock()
+_EXECUTOR: Any = None
+_ALL_ALLOWED = torch.tensor(-1, dtype=torch.int32)
 
 
 def llguidance_grammar(constraint: Constraint, whitespace_pattern: str | None = None) -> str:
@@ -73,6 +76,8 @@ def llguidance_grammar(constraint: Constraint, whitespace_pattern: str | None = 
                 grammar = LLMatcher.grammar_from_regex(constraint.text)
             elif constraint.kind == "ebnf":
                 grammar = grammar_from("gbnf", constraint.text)
+            elif constraint.kind == "structural_tag":
+                grammar = grammar_from("lark", structural_tag_lark(constraint.text, whitespace_pattern))
             else:  # Lark; a GBNF text (`::=` rules) is recognised too, as vLLM's guided_grammar
                 grammar = grammar_from("grammar", constraint.text)
         except ValueError as exc:
@@ -202,11 +207,14 @@ class _Words(MaskView):
         return self._final
 
     def mask_row(self, device: torch.device) -> torch.Tensor:
-        if self.words is None:
-            return torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
-        words = self.words.to(device, non_blocking=True)
-        bits = (words.unsqueeze(-1) >> _SHIFTS.to(device)) & 1
-        return bits.flatten()[: self.vocab_size] == 0
+        return _Words.mask_rows([self], device)[0]
+
+    @classmethod
+    def mask_rows(cls, views: Sequence[MaskView], device: torch.device) -> torch.Tensor:
+        words = _host_words(len(views), views[0].vocab_size, device)
+        for row, view in zip(words, views):
+            row.copy_(view.words if view.words is not None else _ALL_ALLOWED)
+        return _unpack(words, views[0].vocab_size, device)
 
 
 class LLGuidanceMatcher(GrammarMatcher):
@@ -283,7 +291,32 @@ class LLGuidanceMatcher(GrammarMatcher):
         return _Words(words, self.matcher.is_accepting(), vocab_size)
 
     def mask_row(self, device: torch.device) -> torch.Tensor:
-        return self.snapshot().mask_row(device)
+        return LLGuidanceMatcher.mask_rows([self], device)[0]
+
+    @classmethod
+    def mask_rows(cls, views: Sequence[MaskView], device: torch.device) -> torch.Tensor:
+        """The step's masks: every matcher's computed at once on llguidance's thread pool
+        (the GIL released) into one host buffer, copied to the device once and unpacked there."""
+        vocab_size = views[0].compiled.vocab.vocab_size
+        words = _host_words(len(views), vocab_size, device)
+        parsing = [(v.matcher, i) for i, v in enumerate(views) if v.gate != IN_REASONING]
+        if len(parsing) > 1:
+            _executor().unsafe_compute_mask_ptr(parsing, words.data_ptr(), words.shape[1] * 4, len(views))
+        elif parsing:
+            matcher, i = parsing[0]
+            matcher.unsafe_compute_mask_ptr(words[i].data_ptr(), words.shape[1] * 4)
+        clears = {id(v.compiled._eos_clear): v.compiled._eos_clear for v in views}
+        if len(clears) == 1:  # one vocabulary (always, in one engine): one vector operation
+            words &= next(iter(clears.values()))
+        else:
+            for row, v in zip(words, views):
+                row &= v.compiled._eos_clear
+        for i, v in enumerate(views):
+            if v.gate == IN_REASONING:
+                words[i] = -1  # free text while thinking
+            elif v.gate == BEFORE_REASONING:
+                words[i, v.start_id // 32] |= _bit(v.start_id)
+        return _unpack(words, vocab_size, device)
 
     def _compute_words(self) -> torch.Tensor:
         words = torch.empty_like(self.compiled._eos_clear)
@@ -302,6 +335,32 @@ class LLGuidanceMatcher(GrammarMatcher):
             return []
         tokens = self.compiled.vocab.encode(text)
         return tokens[: self.matcher.validate_tokens(tokens)]
+
+
+def _executor() -> Any:
+    """llguidance's thread pool for a batch's masks (its default size: 80% of the cores, at
+    most 32), made on first use."""
+    global _EXECUTOR
+    with _TOKENIZERS_LOCK:
+        if _EXECUTOR is None:
+            from llguidance import LLExecutor
+
+            _EXECUTOR = LLExecutor()
+        return _EXECUTOR
+
+
+def _host_words(rows: int, vocab_size: int, device: torch.device) -> torch.Tensor:
+    """[rows, words] int32 host buffer, pinned when it goes to a GPU (so its copy does not
+    wait for the forward already queued; PyTorch's pinned allocator reuses freed buffers)."""
+    return torch.empty((rows, (vocab_size + 31) // 32), dtype=torch.int32, pin_memory=device.type == "cuda")
+
+
+def _unpack(words: torch.Tensor, vocab_size: int, device: torch.device) -> torch.Tensor:
+    """32-bit allow-words [B, W] on the host -> [B, V] bool on `device`, True = banned."""
+    on_device = words.to(device, non_blocking=True)
+    shifts = torch.arange(32, dtype=torch.int32, device=device)  # made there: no copy
+    bits = (on_device.unsqueeze(-1) >> shifts) & 1
+    return bits.flatten(1)[:, :vocab_size] == 0
 
 
 def _bit(token: int) -> int:

@@ -62,8 +62,9 @@ class _OpenAISampling(BaseModel):
 
     def constraint(self) -> dict[str, Any]:
         """The constraint sampling parameter this request asks for, from `response_format`
-        (OpenAI) or the extensions: `regex`, `json_schema`, `ebnf`, `grammar` (SGLang) and
-        `guided_regex`, `guided_json`, `guided_grammar` (vLLM; a Lark or GBNF grammar)."""
+        (OpenAI's types, and SGLang's `structural_tag`) or the extensions: `regex`,
+        `json_schema`, `ebnf`, `grammar` (SGLang) and `guided_regex`, `guided_json`,
+        `guided_grammar` (vLLM; a Lark or GBNF grammar)."""
         found: dict[str, Any] = {}
         extensions = [
             ("regex", self.regex),
@@ -90,9 +91,12 @@ class _OpenAISampling(BaseModel):
                         "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}"
                     )
                 found["json_schema"] = spec["schema"]
+            elif kind == "structural_tag":  # SGLang's: {"type", "structures", "triggers"}
+                found["structural_tag"] = {k: v for k, v in fmt.items() if k != "type"}
             elif kind not in (None, "text"):
                 raise ValueError(
-                    f"response_format type must be 'text', 'json_object' or 'json_schema', got {kind!r}"
+                    "response_format type must be 'text', 'json_object', 'json_schema' or 'structural_tag', "
+                    f"got {kind!r}"
                 )
         if len(found) > 1 or (fmt is not None and fmt.get("type") not in (None, "text") and given):
             raise ValueError("give at most one of response_format, regex, json_schema, ebnf and grammar")

@@ -123,8 +123,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[Any, ...]] = {
 # SGLang's sampling parameters that radixlm does not act on -> their "off" values
 UNSUPPORTED_SAMPLING: dict[str, tuple[Any, ...]] = {
     "stop_regex": (),
-    "ebnf": (),
-    "structural_tag": (),
     "logit_bias": (),
     "custom_params": (),
     "watermark": (),
@@ -153,6 +151,7 @@ NULL_MEANS_DEFAULT = frozenset(
         "json_schema",
         "ebnf",
         "grammar",
+        "structural_tag",
         "seed",
         "sampling_seed",
     )

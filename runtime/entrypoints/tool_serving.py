@@ -25,6 +25,7 @@ from radixlm.runtime.function_call import (
     get_parser,
     new_call_id,
     parallel_calls,
+    strict_tool_tag,
     tool_call_regex,
     validate_tools,
 )
@@ -71,6 +72,13 @@ def plan_tools(body: Any, chat_template: str | None, configured_family: str | No
                 "it cannot be combined with response_format, regex or json_schema"
             )
         constraint = {"regex": tool_call_regex(tools, choice, family, parallel=parallel)}
+    elif (tag := strict_tool_tag(tools, family)) is not None:
+        if body.constraint():
+            raise ValueError(
+                'tools marked "strict" hold their calls to their schemas, itself a constraint on the '
+                "output; it cannot be combined with response_format, regex or json_schema"
+            )
+        constraint = {"structural_tag": tag}
     return ToolPlan(tools, choice, family, constraint)
 
 

@@ -40,6 +40,7 @@ from radixlm.runtime.function_call.tool_grammar import (
     ToolChoice,
     check_tool_choice,
     parallel_calls,
+    strict_tool_tag,
     tool_call_regex,
     validate_tools,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "parallel_calls",
     "prompt_reasoning",
     "reassemble",
+    "strict_tool_tag",
     "tool_call_regex",
     "validate_tools",
 ]

@@ -1,4 +1,5 @@
-"""OpenAI `tools` / `tool_choice` checked, and turned into the regex that forces a tool call.
+"""OpenAI `tools` / `tool_choice` checked, and turned into the regex that forces a tool call
+or the structural tag that holds strict tools' calls inside free text.
 
 With tool_choice "required" or a named function, the output is constrained to the family's
 call format (the formats parsers.py reads) with each function's `parameters` schema written
@@ -6,6 +7,13 @@ into the arguments through the project's JSON-schema translation (constrained/js
 So every output the regex admits parses into calls to offered functions whose arguments
 validate against their schema; a schema the translation cannot enforce is refused, naming
 the tool.
+
+With tool_choice "auto" and a function marked `"strict": true` (OpenAI's flag for "the
+arguments must follow the schema"), the text stays free and each call the model opens is held
+to the family's format and, for a strict function, to its schema: a structural tag
+(constrained/structural_tag.py) whose trigger is the family's call opener. Non-strict functions
+offered beside strict ones may still be called, with any JSON object as arguments. (Not for
+mistral, whose opener is a special token: see _TAGGED_CALLS.)
 
 Parallel calls under outlines-core 0.2.14 (the pinned version): its automaton drops a
 one-byte token that leaves an accepting state for a non-accepting one (the DFA reports a
@@ -145,6 +153,45 @@ def parallel_calls(family: str, parallel_tool_calls: bool | None) -> bool:
             "per assistant turn; leave parallel_tool_calls out or set it to false"
         )
     return False
+
+
+# per family: the text that opens a call (the structural tag's trigger), and the layouts of one
+# call as (begin before the name, text between the name and the arguments, end); the name is
+# written as JSON. hermes models differ on newlines inside the tags: both layouts are offered.
+_TAGGED_CALLS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+    "hermes": (
+        HERMES_OPEN,
+        [
+            (HERMES_OPEN + '{"name": ', ', "arguments": ', "}" + HERMES_CLOSE),
+            (HERMES_OPEN + '\n{"name": ', ', "arguments": ', "}\n" + HERMES_CLOSE),
+        ],
+    ),
+    # Llama 3.1+ writes a custom tool call as plain JSON at the output's start (parsers.py)
+    "llama3": ('{"name": ', [('{"name": ', ', "parameters": ', "}")]),
+    # mistral is left out: its opener [TOOL_CALLS] is a special token, which grammars never
+    # allow, so a tag would keep the model from calling at all; strict is not enforced there
+}
+
+
+def strict_tool_tag(tools: Any, family: str) -> dict[str, Any] | None:
+    """The structural tag that holds calls to `tools` in `family`'s format while the text around
+    them stays free, or None when no tool is strict (or the family is mistral, see above). A
+    strict function's arguments follow its `parameters`; another's are any JSON object."""
+    get_parser(family)  # a ValueError naming the known families
+    functions = [tool["function"] for tool in validate_tools(tools)]
+    if family not in _TAGGED_CALLS or not any(f.get("strict") is True for f in functions):
+        return None
+    trigger, layouts = _TAGGED_CALLS[family]
+    structures = [
+        {
+            "begin": head + json.dumps(f["name"]) + middle,
+            "schema": f["parameters"] if f.get("strict") is True else {"type": "object"},
+            "end": end,
+        }
+        for f in functions
+        for head, middle, end in layouts
+    ]
+    return {"structures": structures, "triggers": [trigger]}
 
 
 def regex_literal(text: str) -> str:

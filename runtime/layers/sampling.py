@@ -12,7 +12,7 @@ requests share the batch, so the same seed always gives the same output.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,9 @@ def _as_int64(x: int) -> int:
 _MIX1 = _as_int64(0xBF58476D1CE4E5B9)
 _MIX2 = _as_int64(0x94D049BB133111EB)
 _GOLDEN = _as_int64(0x9E3779B97F4A7C15)
+
+
+CONSTRAINT_PARAMS = ("regex", "json_schema", "ebnf", "grammar", "structural_tag")
 
 
 @dataclass
@@ -63,6 +66,10 @@ class SamplingParams:
     json_schema: str | None = None
     ebnf: str | None = None
     grammar: str | None = None
+    # free text whose tagged segments (tool calls) follow their JSON schemas: SGLang's
+    # structural_tag, {"structures": [{"begin", "schema", "end"}], "triggers": [...]} as JSON
+    # text (from_any also takes a dict); see constrained/structural_tag.py
+    structural_tag: str | None = None
     # reasoning models: the constraint applies only after this token (the think-end token,
     # `</think>`) is sampled; the text before it is free. With reasoning_start_token_id too,
     # the output thinks only if it opens with that token (`<think>`), else the constraint
@@ -87,6 +94,10 @@ class SamplingParams:
             from radixlm.runtime.constrained.json_schema import normalize_json_schema
 
             params.json_schema = normalize_json_schema(params.json_schema)
+        if params.structural_tag is not None:
+            from radixlm.runtime.constrained.structural_tag import normalize_structural_tag
+
+            params.structural_tag = normalize_structural_tag(params.structural_tag)
         return params
 
     @property
@@ -162,15 +173,15 @@ class SamplingParams:
                 bad("reasoning_start_token_id needs reasoning_end_token_id (the token that ends reasoning)")
             if self.reasoning_start_token_id == self.reasoning_end_token_id:
                 bad("reasoning_start_token_id and reasoning_end_token_id must be different tokens")
-        given = [n for n in ("regex", "json_schema", "ebnf", "grammar") if getattr(self, n) is not None]
+        given = [n for n in CONSTRAINT_PARAMS if getattr(self, n) is not None]
         if len(given) > 1:
-            bad(f"give at most one of regex, json_schema, ebnf and grammar (got {', '.join(given)})")
+            bad(f"give at most one of {', '.join(CONSTRAINT_PARAMS)} (got {', '.join(given)})")
         if given:
             from radixlm.runtime.constrained.backend import check_constraint, constraint_of
 
             value = getattr(self, given[0])
             if not isinstance(value, str):
-                what = "JSON text here" if given[0] == "json_schema" else "a string"
+                what = "JSON text here" if given[0] in ("json_schema", "structural_tag") else "a string"
                 bad(f"{given[0]} must be {what}, got {type(value).__name__}")
             check_constraint(constraint_of(self), grammar_backend, whitespace_pattern)
 
@@ -198,8 +209,11 @@ class SamplingBatch:
     repetition: torch.Tensor | None = None
     # min_new_tokens: [2, n] (row, token id) pairs banned while a row is below its minimum
     min_tokens_banned: torch.Tensor | None = None
-    # constrained decoding: [B, V] True where the row's grammar bans the token
+    # constrained decoding: [B, V] True where the row's grammar bans the token, or a builder of
+    # it that the sampler calls (after the forward is queued, so the host's grammar work
+    # overlaps the device's)
     vocab_mask: torch.Tensor | None = None
+    mask_builder: Callable[[], torch.Tensor | None] | None = None
 
     @staticmethod
     def build(
@@ -296,6 +310,8 @@ def apply_penalties(logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
         logits.index_put_(
             (sb.min_tokens_banned[0], sb.min_tokens_banned[1]), logits.new_full((1,), float("-inf"))
         )
+    if sb.mask_builder is not None:
+        sb.vocab_mask, sb.mask_builder = sb.mask_builder(), None
     if sb.vocab_mask is not None:
         logits.masked_fill_(sb.vocab_mask, float("-inf"))
     return logits

@@ -8,6 +8,7 @@ and the sampling state (penalties, seeds, grammar masks) of each sampled row.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -73,7 +74,13 @@ def build_forward_batch(
             ids if len(out) >= r.sampling_params.min_new_tokens else []
             for r, out, ids in zip(sampled, outs, stop_ids)
         ]
-        sampling.vocab_mask = build_vocab_mask(grammars, allowed_stops, vocab_size, device)
+        if any(g is not None for g in grammars):
+            # built by the sampler, after the forward is queued: the grammar work runs on the
+            # host while the device computes the logits (the step is launched at once, and a
+            # grammar moves only when the step's tokens are back)
+            sampling.mask_builder = functools.partial(
+                build_vocab_mask, grammars, allowed_stops, vocab_size, device
+            )
     # every integer column in one host-to-device copy, then views of it
     t, b = len(positions), len(reqs)
     first = list(input_ids) if prev is None else prev[1]

@@ -270,7 +270,7 @@ def test_a_bad_grammar_fails_by_name_and_the_engine_keeps_serving():
         engine.generate("x", {"grammar": 'start: "a" | b\n', "max_new_tokens": 4})
     with pytest.raises(ValueError, match="invalid ebnf: .*line 2"):
         engine.generate("x", {"ebnf": 'root ::= "x" item\nitem ::= [0-9', "max_new_tokens": 4})
-    with pytest.raises(ValueError, match="at most one of regex, json_schema, ebnf and grammar"):
+    with pytest.raises(ValueError, match="at most one of regex, json_schema, ebnf, grammar, structural_tag"):
         engine.generate("x", {"ebnf": 'root ::= "x"', "regex": "x", "max_new_tokens": 4})
     out = engine.generate("x", {"regex": "[ab]{3}", "max_new_tokens": 8})
     assert re.fullmatch("[ab]{3}", out["text"])

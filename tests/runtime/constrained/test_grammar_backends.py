@@ -19,7 +19,7 @@ from server_process import ServerProcess
 
 import radixlm as rl
 from radixlm.runtime.constrained.backend import Constraint, choose_backend
-from radixlm.runtime.constrained.grammar import IN_REASONING
+from radixlm.runtime.constrained.grammar import IN_REASONING, build_vocab_mask
 from radixlm.runtime.constrained.grammar_cache import GrammarCache
 from radixlm.runtime.constrained.llguidance_backend import LLGuidanceMatcher, closed_objects
 from radixlm.runtime.constrained.vocabulary import TokenizerVocab
@@ -162,6 +162,51 @@ def test_llguidance_matcher_masks_drafts_rolls_back_and_gates_reasoning(vocab):
     assert torch.equal(gated.mask_row(CPU), compiled.new_matcher(None, None).mask_row(CPU))
     gated.rollback(1)
     assert gated.gate == IN_REASONING
+
+
+def test_a_batch_mask_equals_each_rows_own_mask_across_backends_and_gates(vocab):
+    """build_vocab_mask fills llguidance rows on its thread pool into one buffer and stacks
+    outlines-core's cached rows: row for row, the same as each matcher's own mask, in a batch
+    that mixes both backends, gated and free rows and rows in different states."""
+    lark = GrammarCache(vocab, backend="llguidance")
+    outlines = GrammarCache(vocab, backend="outlines")
+    end = vocab.tokenizer.convert_tokens_to_ids("</think>")
+    eos = vocab.tokenizer.eos_token_id
+    matchers = []
+    for cache, kind, text in [
+        (lark, "json", json.dumps(AGE)),
+        (lark, "json", json.dumps(TREE)),
+        (lark, "lark", TICKET_LARK),
+        (outlines, "regex", PAIR_RE),
+        (lark, "ebnf", PAIR_GBNF),
+    ]:
+        compiled = cache.get((kind, text)).result()
+        for walked in range(3):
+            m = compiled.new_matcher(None, None)
+            for t in m.draft()[:walked]:
+                assert m.advance(t)
+            matchers.append(m)
+    gated = lark.get(("json", json.dumps(AGE))).result().new_matcher(end, None)
+    done = lark.get(("regex", "ab")).result().new_matcher(None, None)
+    for t in encode(vocab, "ab"):
+        assert done.advance(t)
+    rows = [*matchers, gated, None, done]
+    stops = [[eos]] * len(rows)
+    mask = build_vocab_mask(rows, stops, vocab.vocab_size, CPU)
+    for i, m in enumerate(rows):
+        if m is None:
+            assert not mask[i].any()
+            continue
+        own = m.mask_row(CPU)[: vocab.vocab_size].clone()
+        if m.is_final:
+            own[eos] = False
+        assert torch.equal(mask[i], own), f"row {i}"
+    assert not mask[rows.index(done), eos] and mask[0, eos], "EOS only where the grammar is final"
+    only_lark = [m for m in matchers if isinstance(m, LLGuidanceMatcher)]
+    assert torch.equal(
+        build_vocab_mask(only_lark, [[]] * len(only_lark), vocab.vocab_size, CPU),
+        torch.stack([m.mask_row(CPU)[: vocab.vocab_size] for m in only_lark]),
+    )
 
 
 @pytest.mark.parametrize("kind", list(CASES))

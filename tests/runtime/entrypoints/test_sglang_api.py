@@ -393,7 +393,11 @@ BAD = [
     ({"session_params": {"id": "s"}}, "session_params is not supported"),
     ({"log_metrics": False}, "log_metrics is not supported"),
     ({"sampling_params": {"stop_regex": "a+"}}, "sampling_params.stop_regex is not supported"),
-    ({"sampling_params": {"ebnf": "root ::= 'a'"}}, "sampling_params.ebnf is not supported"),
+    ({"sampling_params": {"ebnf": "root ::= 'a'"}}, "invalid ebnf"),  # GBNF quotes with "
+    (
+        {"sampling_params": {"structural_tag": {"structures": [], "triggers": ["<f"]}}},
+        "structures must be a non-empty",
+    ),
     ({"sampling_params": {"logit_bias": {"5": 2.0}}}, "sampling_params.logit_bias is not supported"),
     ({"sampling_params": {"beam_width": 4}}, "sampling_params.beam_width is not supported"),
     (

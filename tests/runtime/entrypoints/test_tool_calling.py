@@ -131,3 +131,20 @@ def test_forced_calls_always_parse_and_validate_on_random_weights(tiny, choice, 
             if isinstance(choice, dict):
                 assert name == "get_weather"
             jsonschema.validate(json.loads(arguments), schemas[name])
+
+
+def test_a_strict_tool_holds_the_models_own_call_to_its_schema(demo):
+    """tool_choice "auto" with "strict": true: the demo model still decides to call, and the
+    call it writes follows the schema even where the model would write something else (here
+    an enum that excludes the expression it wants to compute)."""
+    strict = json.loads(json.dumps(CALCULATOR))
+    strict["function"]["strict"] = True
+    strict["function"]["parameters"]["properties"]["expression"] = {"enum": ["2 + 2", "3 * 3"]}
+    kw = {"model": "m", "messages": QUESTION, "temperature": 0, "max_tokens": 64}
+    free = demo.chat.completions.create(tools=[CALCULATOR], **kw).choices[0].message.tool_calls
+    assert free and json.loads(free[0].function.arguments)["expression"] not in ("2 + 2", "3 * 3")
+    held = demo.chat.completions.create(tools=[strict], **kw).choices[0]
+    assert held.finish_reason == "tool_calls", held
+    assert json.loads(held.message.tool_calls[0].function.arguments)["expression"] in ("2 + 2", "3 * 3")
+    with pytest.raises(openai.BadRequestError, match="strict"):
+        demo.chat.completions.create(tools=[strict], response_format={"type": "json_object"}, **kw)

@@ -290,3 +290,35 @@ def test_the_regex_compiles_in_outlines_core_and_accepts_a_valid_output(family, 
             state = index.get_next_state(state, token)
             assert state is not None
         assert index.is_final_state(state)
+
+
+@pytest.mark.parametrize("family", ["hermes", "llama3"])
+def test_strict_tools_become_a_structural_tag_in_the_familys_format(family):
+    """tool_choice "auto" with a strict tool: free text, and every call in the family's format,
+    its arguments held to the strict tool's schema (any object for a non-strict one); the calls
+    the tag admits parse with the family's parser."""
+    from radixlm.runtime.constrained.backend import Constraint
+    from radixlm.runtime.constrained.llguidance_backend import llguidance_grammar
+    from radixlm.runtime.constrained.structural_tag import normalize_structural_tag
+    from radixlm.runtime.function_call.tool_grammar import strict_tool_tag
+
+    plain = tool("note", {"type": "object", "properties": {"text": {"type": "string"}}})
+    assert strict_tool_tag([WEATHER, plain], family) is None, "no strict tool: no constraint"
+    strict = tool("get_weather", WEATHER["function"]["parameters"], strict=True)
+    assert strict_tool_tag([strict], "mistral") is None, "its opener is a special token"
+    tag = strict_tool_tag([strict, plain], family)
+    text = normalize_structural_tag(tag)  # a well-formed tag
+    llguidance_grammar(Constraint("structural_tag", text))  # that compiles
+    (trigger,) = tag["triggers"]
+    by_name = {}
+    for s in tag["structures"]:
+        assert s["begin"].startswith(trigger)
+        by_name.setdefault(json.loads(s["begin"][s["begin"].index('"name": ') + 8 :].split(",")[0]), s)
+    assert by_name["get_weather"]["schema"] == strict["function"]["parameters"]
+    assert by_name["note"]["schema"] == {"type": "object"}
+    for s in tag["structures"]:  # each layout, written out, is a call the family's parser reads
+        args = {"city": "Oslo"} if '"get_weather"' in s["begin"] else {"text": "hi"}
+        text, calls = get_parser(family)(["get_weather", "note"]).parse(
+            s["begin"] + json.dumps(args) + s["end"]
+        )
+        assert [json.loads(c.arguments) for c in calls] == [args] and not text.strip(), s
