@@ -176,8 +176,8 @@ def gen(
         grammar=grammar,
     )
     params = {ir.SAMPLING_KEYS[k]: v for k, v in given.items() if v is not None}
-    if offered is not None and offered.regex is not None:
-        params["regex"] = offered.regex  # a forced call
+    if offered is not None:
+        params.update(offered.constraint)  # a forced call: its regex or grammar
     logprob = {
         k: v
         for k, v in (

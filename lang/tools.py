@@ -44,7 +44,7 @@ from radixlm.runtime.function_call.tool_grammar import (
     TOOL_CHOICE_MODES,
     ToolChoice,
     check_tool_choice,
-    tool_call_regex,
+    forced_call_constraint,
     validate_tools,
 )
 
@@ -115,12 +115,13 @@ class ToolSet:
 
 @dataclass(frozen=True, eq=False)
 class GenTools:
-    """What a gen with tools carries to the interpreter: the tools, the choice, and the regex
-    that forces a call (None unless the choice forces one)."""
+    """What a gen with tools carries to the interpreter: the tools, the choice, and the
+    constraint that forces a call ({"regex": ...} or {"grammar": ...}; empty unless the choice
+    forces one: tool_grammar.forced_call_constraint)."""
 
     tools: ToolSet
     choice: ToolChoice
-    regex: str | None
+    constraint: dict[str, str]
 
     def reply(self, text: str) -> ToolReply:
         if self.choice.mode == "none":
@@ -143,16 +144,17 @@ def gen_tools(
         raise ValueError("tools cannot be combined with choices, regex, json_schema or dtype")
     toolset = ToolSet(tools)
     choice = toolset.choice(tool_choice)
-    regex = None
+    constraint: dict[str, str] = {}
     if choice.forces_call:
         specs = json.dumps(toolset.specs, sort_keys=True)
-        regex = _forcing_regex(specs, choice, parallel_tool_calls is not False)
-    return GenTools(toolset, choice, regex)
+        constraint = dict(_forcing_constraint(specs, choice, parallel_tool_calls is not False))
+    return GenTools(toolset, choice, constraint)
 
 
 @functools.lru_cache(maxsize=256)  # a tool loop forces the same call shape turn after turn
-def _forcing_regex(specs_json: str, choice: ToolChoice, parallel: bool) -> str:
-    return tool_call_regex(json.loads(specs_json), choice, FAMILY, parallel=parallel)
+def _forcing_constraint(specs_json: str, choice: ToolChoice, parallel: bool) -> tuple[tuple[str, str], ...]:
+    tools = validate_tools(json.loads(specs_json))
+    return tuple(forced_call_constraint(tools, choice, FAMILY, parallel).items())
 
 
 # ---------------------------------------------------------------------------------------- helpers

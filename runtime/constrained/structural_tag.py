@@ -79,9 +79,6 @@ def normalize_structural_tag(value: Any) -> str:
 def structural_tag_lark(text: str, whitespace_pattern: str | None) -> str:
     """The normalized tag as llguidance Lark text. Raises ValueError naming the structure whose
     schema cannot be enforced."""
-    from radixlm.runtime.constrained.backend import Constraint
-    from radixlm.runtime.constrained.llguidance_backend import llguidance_grammar
-
     tag = json.loads(text)
     lines = ["%llguidance {}", "start: tagged* TEXT"]
     segments = []
@@ -91,17 +88,14 @@ def structural_tag_lark(text: str, whitespace_pattern: str | None) -> str:
             if not s["begin"].startswith(trigger):
                 continue
             try:
-                compiled = llguidance_grammar(Constraint("json", json.dumps(s["schema"])), whitespace_pattern)
+                value = json_value(s["schema"], whitespace_pattern)
             except ValueError as exc:
                 raise ValueError(f"structural_tag structures[{i}].schema: {exc}") from None
-            # the schema as its json_schema request would compile it (closed objects, the
-            # whitespace rule in its x-guidance options), inlined
-            schema = json.loads(compiled)["grammars"][0]["json_schema"]
-            parts = [_literal(s["begin"][len(trigger) :]), f"%json {json.dumps(schema)}", _literal(s["end"])]
+            parts = [lark_literal(s["begin"][len(trigger) :]), value, lark_literal(s["end"])]
             lines.append(f"s{i}: " + " ".join(p for p in parts if p))
             bodies.append(f"s{i}")
         # lazy: the free text ends at the trigger's first occurrence
-        lines.append(f"t{k}_trigger[lazy]: TEXT {_literal(trigger)}")
+        lines.append(f"t{k}_trigger[lazy]: TEXT {lark_literal(trigger)}")
         lines.append(f"t{k}: t{k}_trigger ({' | '.join(bodies)})")
         segments.append(f"t{k}")
     lines.insert(2, "tagged: " + " | ".join(segments))
@@ -109,6 +103,17 @@ def structural_tag_lark(text: str, whitespace_pattern: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _literal(text: str) -> str:
+def json_value(schema: dict, whitespace_pattern: str | None) -> str:
+    """A Lark item (llguidance's `%json`) for a JSON value of `schema`, compiled as a
+    json_schema request of it would be (objects closed, unknown formats dropped, the whitespace
+    rule in its x-guidance options). Raises ValueError naming what cannot be enforced."""
+    from radixlm.runtime.constrained.backend import Constraint
+    from radixlm.runtime.constrained.llguidance_backend import llguidance_grammar
+
+    compiled = llguidance_grammar(Constraint("json", json.dumps(schema)), whitespace_pattern)
+    return f"%json {json.dumps(json.loads(compiled)['grammars'][0]['json_schema'])}"
+
+
+def lark_literal(text: str) -> str:
     """A Lark string literal (llguidance reads JSON string escapes), or "" for nothing."""
     return json.dumps(text) if text else ""

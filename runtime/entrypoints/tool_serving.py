@@ -22,11 +22,11 @@ from radixlm.runtime.function_call import (
     ToolChoice,
     check_tool_choice,
     detect_parser,
+    forced_call_constraint,
     get_parser,
     new_call_id,
     parallel_calls,
     strict_tool_tag,
-    tool_call_regex,
     validate_tools,
 )
 from radixlm.runtime.function_call.hermes_prompt import (
@@ -71,7 +71,7 @@ def plan_tools(body: Any, chat_template: str | None, configured_family: str | No
                 f'tool_choice "{choice.mode}" is itself a constraint on the output; '
                 "it cannot be combined with response_format, regex or json_schema"
             )
-        constraint = {"regex": tool_call_regex(tools, choice, family, parallel=parallel)}
+        constraint = forced_call_constraint(tools, choice, family, parallel)
     elif (tag := strict_tool_tag(tools, family)) is not None:
         if body.constraint():
             raise ValueError(

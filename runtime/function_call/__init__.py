@@ -39,6 +39,7 @@ from radixlm.runtime.function_call.streaming import (
 from radixlm.runtime.function_call.tool_grammar import (
     ToolChoice,
     check_tool_choice,
+    forced_call_constraint,
     parallel_calls,
     strict_tool_tag,
     tool_call_regex,
@@ -64,6 +65,7 @@ __all__ = [
     "ToolChoice",
     "check_tool_choice",
     "detect_parser",
+    "forced_call_constraint",
     "get_parser",
     "get_reasoning_parser",
     "new_call_id",

@@ -210,6 +210,55 @@ def _call_object_regex(function: dict[str, Any], arg_key: str, ws: str) -> str:
     return rf'\{{{ws}"name"{ws}:{ws}{name_json}{ws},{ws}"{arg_key}"{ws}:{ws}({args}){ws}\}}'
 
 
+def forced_call_constraint(
+    tools: list[dict[str, Any]], choice: ToolChoice, family: str, parallel: bool
+) -> dict[str, str]:
+    """The sampling constraint of a forced call: the regex (outlines-core) where every chosen
+    function's parameters translate to one, else the same calls as a Lark grammar for
+    llguidance, which enforces what a regex cannot (numeric bounds, a pattern with lengths,
+    recursive $ref...). Raises ValueError naming the tool neither can hold."""
+    try:
+        return {"regex": tool_call_regex(tools, choice, family, parallel=parallel)}
+    except ValueError as refused:
+        try:
+            return {"grammar": tool_call_grammar(tools, choice, family, parallel=parallel)}
+        except ValueError:
+            raise refused from None
+
+
+def tool_call_grammar(tools: Any, tool_choice: Any, family: str, *, parallel: bool = True) -> str:
+    """tool_call_regex's outputs as a Lark grammar (llguidance), the arguments held to each
+    function's schema by llguidance's JSON compiler; one layout per call (`{"name": ..., ...}`
+    with single spaces; hermes tags with or without newlines inside)."""
+    from radixlm.runtime.constrained.structural_tag import json_value, lark_literal
+
+    get_parser(family)
+    tools = validate_tools(tools)
+    choice = tool_choice if isinstance(tool_choice, ToolChoice) else check_tool_choice(tool_choice, tools)
+    functions = [t["function"] for t in tools]
+    chosen = [f for f in functions if choice.mode == "required" or f["name"] == choice.name]
+    arg_key = "parameters" if family == "llama3" else "arguments"
+    lines = []
+    for i, f in enumerate(chosen):
+        try:
+            args = json_value(f["parameters"], None)
+        except ValueError as exc:
+            raise ValueError(f"tool {f['name']!r}: its parameters schema cannot be enforced: {exc}") from None
+        head = lark_literal(f'{{"name": {json.dumps(f["name"])}, "{arg_key}": ')
+        lines.append(f'c{i}: {head} {args} "}}"')
+    lines.append("call: " + " | ".join(f"c{i}" for i in range(len(chosen))))
+    newline = lark_literal("\n") + "?"  # models differ on newlines inside the hermes tags
+    if family == "hermes":
+        one = f"{lark_literal(HERMES_OPEN)} {newline} call {newline} {lark_literal(HERMES_CLOSE)}"
+        start = f"{one} ({newline} {one})*" if parallel else one
+    elif family == "llama3":
+        start = 'call (";" " "? call)*' if parallel else "call"
+    else:
+        more = '("," " "? call)* ' if parallel else ""
+        start = f'{lark_literal(MISTRAL_TOOL_CALLS)} "[" call {more}"]"'
+    return "\n".join([f"start: {start}", *lines]) + "\n"
+
+
 def tool_call_regex(
     tools: Any,
     tool_choice: Any,

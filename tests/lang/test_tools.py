@@ -179,11 +179,11 @@ def test_bad_tool_sets_and_tool_choices_are_refused_where_the_gen_is_written():
     with pytest.raises(ValueError, match="cannot be combined"):
         rl.gen("x", tools=[calculator], regex="[0-9]+")
 
-    def limited(n: Annotated[int, Field(ge=0)]) -> None: ...
+    def distinct(tags: set[int]) -> None: ...  # uniqueItems: neither grammar backend enforces it
 
-    rl.gen("x", tools=[limited])  # offered freely: fine
-    with pytest.raises(ValueError, match="tool 'limited': its parameters schema cannot be enforced"):
-        rl.gen("x", tools=[limited], tool_choice="required")
+    rl.gen("x", tools=[distinct])  # offered freely: fine
+    with pytest.raises(ValueError, match="tool 'distinct': its parameters schema cannot be enforced.*unique"):
+        rl.gen("x", tools=[distinct], tool_choice="required")
 
 
 # ---------------------------------------------------------------------------------------- programs
@@ -343,6 +343,31 @@ def test_forced_calls_on_random_weights_always_parse_and_validate(tiny, choice):
             assert call.name == choice if choice != "required" else call.name in ("forecast", "ping")
             result = rl.run_tool_call(call, [forecast, ping])
             assert not result.startswith("error:"), (call, result)  # the arguments validate
+
+
+def repeat(times: Annotated[int, Field(ge=1, le=5)]) -> str:
+    """Say it again"""
+    return "again " * times
+
+
+@rl.function
+def forced_bounded(s, question):
+    s += rl.system(rl.tools_prompt([repeat, ping]))
+    s += rl.user(question)
+    s += rl.assistant(rl.gen("call", tools=[repeat, ping], tool_choice="repeat", parallel_tool_calls=False))
+
+
+def test_a_forced_call_with_numeric_bounds_holds_them_through_a_grammar(tiny):
+    # ge/le have no regex: the forced call is an llguidance grammar (tool_grammar.forced_call_constraint)
+    states = forced_bounded.run_batch(
+        [{"question": q} for q in QUESTIONS], backend=tiny, temperature=1.0, max_new_tokens=64
+    )
+    for state in states:
+        reply = state["call"]
+        assert reply.tool_calls and reply.content == "", reply
+        for call in reply.tool_calls:
+            assert call.name == "repeat" and 1 <= call.arguments["times"] <= 5, call
+            assert not rl.run_tool_call(call, [repeat, ping]).startswith("error:")
 
 
 # ---------------------------------------------------------------------------------------- the demo model

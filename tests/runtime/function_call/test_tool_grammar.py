@@ -322,3 +322,39 @@ def test_strict_tools_become_a_structural_tag_in_the_familys_format(family):
             s["begin"] + json.dumps(args) + s["end"]
         )
         assert [json.loads(c.arguments) for c in calls] == [args] and not text.strip(), s
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_forced_call_the_regex_cannot_hold_becomes_an_llguidance_grammar(family):
+    """Numeric bounds in a tool's parameters: outlines-core's regex refuses them, so the forced
+    call is a Lark grammar for llguidance; the calls it admits parse and validate, and an
+    argument out of bounds is rejected token by token."""
+    from radixlm.runtime.constrained.grammar_cache import GrammarCache
+    from radixlm.runtime.constrained.vocabulary import TokenizerVocab
+    from radixlm.runtime.function_call.tool_grammar import forced_call_constraint
+    from radixlm.runtime.tokenizer import load_tokenizer
+    from radixlm.testing import build_tiny_model
+
+    bounded = {"type": "integer", "minimum": 1, "maximum": 5}
+    count = tool("count", {"type": "object", "properties": {"n": bounded}})
+    assert list(forced_call_constraint([WEATHER], ToolChoice("required"), family, True)) == ["regex"]
+    constraint = forced_call_constraint([WEATHER, count], ToolChoice("function", "count"), family, False)
+    assert list(constraint) == ["grammar"]
+    tok = load_tokenizer(str(build_tiny_model("llama")))
+    vocab = TokenizerVocab(tok, len(tok), [tok.eos_token_id])
+    compiled = GrammarCache(vocab, backend="llguidance").get(("lark", constraint["grammar"])).result()
+    arg_key = "parameters" if family == "llama3" else "arguments"
+    wrap = {"hermes": ("<tool_call>\n", "\n</tool_call>"), "llama3": ("", "")}
+    wrap["mistral"] = ("[TOOL_CALLS][", "]")
+    for n, ok in [(3, True), (7, False)]:
+        text = wrap[family][0] + json.dumps({"name": "count", arg_key: {"n": n}}) + wrap[family][1]
+        m = compiled.new_matcher(None, None)
+        accepted = all(m.advance(t) for t in vocab.encode(text))
+        assert accepted == ok and (not ok or m.is_final), text
+        if ok:
+            _, calls = get_parser(family)(["get_weather", "count"]).parse(text)
+            assert [(c.name, json.loads(c.arguments)) for c in calls] == [("count", {"n": 3})]
+    refusal = r"tool 'odd': its parameters schema cannot be enforced: .*uniqueItems"
+    with pytest.raises(ValueError, match=refusal):
+        odd = tool("odd", {"type": "object", "properties": {"x": {"type": "array", "uniqueItems": True}}})
+        forced_call_constraint([odd], ToolChoice("required"), family, True)
