@@ -388,6 +388,7 @@ def run_engine(
         device=args.device,
         disable_jump_forward=not jump_forward,
         grammar_backend=args.grammar_backend,
+        **({"dtype": args.dtype} if args.dtype else {}),
     )
     startup = time.perf_counter() - t0
     config = "jf_on" if jump_forward else "jf_off"
@@ -713,6 +714,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["auto", "outlines", "llguidance"],
         help="the engine's grammar backend (default outlines: this benchmark measures its automaton "
         "and masks; llguidance's costs are benchmarks/bench_grammar_backends.py)",
+    )
+    parser.add_argument(
+        "--dtype", default=None, help="the engine's dtype (default: its own, bf16 on CUDA); float32: exact"
     )
     parser.add_argument("--num-requests", type=int, default=32, help="requests per batch (default 32)")
     parser.add_argument(

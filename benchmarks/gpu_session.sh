@@ -16,6 +16,7 @@
 #   bash benchmarks/gpu_session.sh programs # issue 27: program workloads on the 8B shape, cache on/off,
 #                                           # this tree vs an older one in build/old-radixlm (carry it)
 #   bash benchmarks/gpu_session.sh constrained  # issue 21: constrained decoding cost, b=1/64, both backends
+#   bash benchmarks/gpu_session.sh jf-fp32  # jump-forward on/off identity at b=64, 8B shape in float32
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
@@ -98,6 +99,16 @@ case "$MODE" in
       --out "$OUT/grammar-backends-large.json" > "$OUT/grammar-backends-large.log" 2>&1
     tail -25 "$OUT/grammar-backends-large.log"
     (cd "$OUT" && tar -czf logs.tgz ./*.log && rm -f ./*.log)
+    ;;
+  jf-fp32)  # jump-forward's identical outputs at batch 64 on the 8B shape in float32 (bf16 differed there)
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
+      --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
+    for G in outlines llguidance; do
+      timeout 200 python3 benchmarks/bench_json.py --model /tmp/bench-8b --device cuda --dtype float32 \
+        --grammar-backend $G --num-requests 64 --modes greedy --skip-mask --repeats 1 \
+        --json "$OUT/json-fp32-$G-b64.json" > "$OUT/json-fp32-$G-b64.log" 2>&1
+      echo "== $G batch 64 float32"; grep -E "^\| greedy|differ" "$OUT/json-fp32-$G-b64.log"
+    done
     ;;
   gsp)  # the shared-prefix serving run alone (the model folder is rebuilt first)
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \

@@ -18,6 +18,7 @@ from helpers import get_engine
 from server_process import ServerProcess
 
 import radixlm as rl
+from radixlm.runtime.constrained import llguidance_backend
 from radixlm.runtime.constrained.backend import Constraint, choose_backend
 from radixlm.runtime.constrained.grammar import IN_REASONING, build_vocab_mask
 from radixlm.runtime.constrained.grammar_cache import GrammarCache
@@ -164,10 +165,12 @@ def test_llguidance_matcher_masks_drafts_rolls_back_and_gates_reasoning(vocab):
     assert gated.gate == IN_REASONING
 
 
-def test_a_batch_mask_equals_each_rows_own_mask_across_backends_and_gates(vocab):
+@pytest.mark.parametrize("parallel", [True, False])
+def test_a_batch_mask_equals_each_rows_own_mask_across_backends_and_gates(vocab, parallel, monkeypatch):
     """build_vocab_mask fills llguidance rows on its thread pool into one buffer and stacks
     outlines-core's cached rows: row for row, the same as each matcher's own mask, in a batch
     that mixes both backends, gated and free rows and rows in different states."""
+    monkeypatch.setattr(llguidance_backend, "_PARALLEL", parallel)  # the thread pool, or one by one
     lark = GrammarCache(vocab, backend="llguidance")
     outlines = GrammarCache(vocab, backend="outlines")
     end = vocab.tokenizer.convert_tokens_to_ids("</think>")
