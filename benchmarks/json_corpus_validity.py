@@ -10,6 +10,8 @@ as long as the schema lets them. An output that hits `--max-new-tokens` before t
 closes is reported as "length" (not a validity failure: the constraint held at every token,
 the text was only cut); everything that stopped must validate. Per backend: accepted, refused
 (grouped by reason), stopped and valid, stopped and invalid (with the text), cut by length.
+With --compile-timeout-s, a schema outlines-core compiles more slowly than that is listed and
+left out of the generation (a request waits for its grammar: one would hold up its batch).
 """
 
 from __future__ import annotations
@@ -45,6 +47,28 @@ def accepted_schemas(corpus: list[dict], backend: str) -> tuple[list[tuple[dict,
             continue
         accepted.append((entry, text))
     return accepted, refused
+
+
+def slow_to_compile(accepted: list[tuple[dict, str]], backend: str, timeout_s: float) -> dict[str, float]:
+    """name -> seconds, for the accepted schemas that outlines-core cannot compile within
+    `timeout_s` on the tiny vocabulary (tried in a forked worker: bench_grammar_backends.py's
+    Compiler). A request waits for its grammar, so one such schema would hold its whole batch."""
+    from bench_grammar_backends import Compiler, load_vocab
+
+    vocab, _ = load_vocab("tiny")
+    compiler = Compiler(vocab, "outlines", timeout_s)
+    slow = {}
+    try:
+        for entry, text in accepted:
+            constraint = Constraint("json", text)
+            if choose_backend(backend, constraint) != "outlines":
+                continue
+            seconds, _, error = compiler(constraint)
+            if error == "timeout":
+                slow[entry["name"]] = seconds
+    finally:
+        compiler.close()
+    return slow
 
 
 def generate_each(engine, accepted: list[tuple[dict, str]], max_new_tokens: int, batch: int) -> list[dict]:
@@ -102,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="auto", help="comma list of auto, outlines, llguidance")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--batch", type=int, default=16, help="requests per generate call")
+    parser.add_argument(
+        "--compile-timeout-s",
+        type=float,
+        default=0.0,
+        help="leave out (and list) the schemas outlines-core takes longer than this to compile (0: none)",
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     from radixlm.testing import default_model_path
@@ -112,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     for backend in args.backends.split(","):
         t0 = time.perf_counter()
         accepted, refused = accepted_schemas(corpus, backend)
+        slow = slow_to_compile(accepted, backend, args.compile_timeout_s) if args.compile_timeout_s else {}
+        accepted = [(entry, text) for entry, text in accepted if entry["name"] not in slow]
         engine = rl.Engine(model_path=default_model_path(), grammar_backend=backend)
         try:
             outs = generate_each(engine, accepted, args.max_new_tokens, args.batch)
@@ -124,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         compiled_by = collections.Counter(choose_backend(backend, Constraint("json", t)) for _, t in accepted)
         results[backend] = {
             "schemas": len(corpus),
-            "accepted": len(accepted),
+            "accepted": len(accepted) + len(slow),
+            "compile_over_timeout": slow,
             "refused": len(refused),
             "refusal_reasons": dict(reasons.most_common()),
             "refused_names": refused,
@@ -134,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         c = checked["counts"]
         print(
-            f"{backend:<10} accepted {len(accepted)}/{len(corpus)}  "
+            f"{backend:<10} accepted {len(accepted) + len(slow)}/{len(corpus)}  "
+            f"compile over {args.compile_timeout_s:g} s {len(slow)}  "
             f"valid {c.get('valid', 0)}  "
             f"invalid {c.get('invalid', 0)}  cut by length {c.get('length', 0)}  errors {c.get('error', 0)}  "
             f"({results[backend]['wall_s']} s)",
