@@ -118,8 +118,17 @@ def unenforced_features(schema: Any, path: str = "") -> list[str]:
             for name in props
             if any(c in name for c in '"\\') or any(ord(c) < 0x20 for c in name)
         ]
+    # outlines-core 0.2.14 reads a schema's properties before its type: {"type": "array",
+    # "properties": {...}} becomes an object (found by benchmarks/json_corpus_validity.py)
+    object_keys = [k for k in ("properties", "required", "additionalProperties") if k in schema]
+    if isinstance(schema.get("type"), str) and schema["type"] != "object" and object_keys:
+        found.append(f"{'/'.join(object_keys)} on a schema of type {schema['type']} at {path or '/'}")
     for key in _SCHEMA_MAPS:
         for name, sub in (schema.get(key) or {}).items() if isinstance(schema.get(key), dict) else []:
+            if key == "properties" and _unconstrained(sub):
+                # its any-value regex is an unparenthesised alternation, which spills into the
+                # whole pattern (a bare number matched an object's schema)
+                found.append(f"a property of any value ({name!r}) at {path or '/'}")
             found += unenforced_features(sub, f"{path}/{key}/{name}")
     for key in _SCHEMA_LISTS:
         for i, sub in enumerate(schema.get(key) or []) if isinstance(schema.get(key), list) else []:
@@ -127,6 +136,53 @@ def unenforced_features(schema: Any, path: str = "") -> list[str]:
     for key in _SCHEMA_ONE:
         found += unenforced_features(schema.get(key), f"{path}/{key}")
     return found
+
+
+_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$comment", "deprecated"})
+
+
+def _unconstrained(schema: Any) -> bool:
+    """A schema any JSON value satisfies: true, or an object of annotations alone."""
+    return schema is True or (isinstance(schema, dict) and set(schema) <= _ANNOTATIONS)
+
+
+def recursive_refs(schema: Any) -> list[str]:
+    """The local `$ref`s (#/$defs/..., #/definitions/...) that reach themselves again: a
+    recursive model, which outlines-core's regex cannot express (it wrote pydantic's
+    JsonValue as nothing at all, leaving `"content": ` without a value)."""
+
+    def refs_in(node: Any) -> set[str]:
+        if isinstance(node, list):
+            return set().union(*(refs_in(n) for n in node))
+        if not isinstance(node, dict):
+            return set()
+        found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        for key, value in node.items():
+            if key not in DATA_KEYWORDS:
+                found |= refs_in(value)
+        return found
+
+    def target(ref: str) -> Any:
+        node: Any = schema
+        if not ref.startswith("#/"):
+            return None
+        for part in ref[2:].split("/"):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    cyclic = []
+    for ref in sorted(refs_in(schema)):
+        seen, todo = {ref}, [ref]
+        while todo and ref not in cyclic:
+            for nxt in refs_in(target(todo.pop())):
+                if nxt == ref:
+                    cyclic.append(ref)
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+    return cyclic
 
 
 def json_schema_to_regex(schema_json: str, whitespace_pattern: str | None = None) -> str:
@@ -142,6 +198,7 @@ def json_schema_to_regex(schema_json: str, whitespace_pattern: str | None = None
         f"oneOf whose branches may overlap (exactly one must match) at {at}"
         for at in overlapping_one_of(schema)
     ]
+    unenforced += [f"recursive $ref {ref}" for ref in recursive_refs(schema)]
     if unenforced:
         raise ValueError(
             f"unsupported json_schema feature(s), which the output could not be held to: "

@@ -19,7 +19,7 @@ from server_process import ServerProcess
 
 import radixlm as rl
 from radixlm.runtime.constrained import llguidance_backend
-from radixlm.runtime.constrained.backend import Constraint, choose_backend
+from radixlm.runtime.constrained.backend import Constraint, check_constraint, choose_backend
 from radixlm.runtime.constrained.grammar import IN_REASONING, build_vocab_mask
 from radixlm.runtime.constrained.grammar_cache import GrammarCache
 from radixlm.runtime.constrained.llguidance_backend import LLGuidanceMatcher, closed_objects
@@ -94,10 +94,22 @@ def test_auto_gives_regexes_to_outlines_and_schemas_to_llguidance_unless_only_ou
         assert choose_backend("auto", Constraint("json", json.dumps(schema))) == "llguidance"
     unique = {"type": "array", "items": {"type": "integer"}, "maxItems": 3, "uniqueItems": False}
     assert choose_backend("auto", Constraint("json", json.dumps(unique))) == "llguidance"
-    # llguidance refuses a recursive $ref with sibling keywords; outlines-core takes it
-    node = {"type": "object", "properties": {"next": {"$ref": "#/$defs/node", "type": "object"}}}
-    only_outlines = {"$defs": {"node": node}, "$ref": "#/$defs/node"}
+    # llguidance cannot see that a oneOf's branches behind $refs exclude each other; outlines-core
+    # takes it (one_of.py proves them disjoint)
+    defs = {
+        "s": {"type": "string", "maxLength": 5},
+        "o": {"type": "object", "properties": {"a": {"type": "integer"}}},
+    }
+    only_outlines = {"definitions": defs, "oneOf": [{"$ref": "#/definitions/s"}, {"$ref": "#/definitions/o"}]}
     assert choose_backend("auto", Constraint("json", json.dumps(only_outlines))) == "outlines"
+    # outlines-core cannot write a recursive model as a regex: refused by name there
+    node = {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}
+    with pytest.raises(ValueError, match="recursive \\$ref #/\\$defs/node"):
+        check_constraint(
+            Constraint("json", json.dumps({"$defs": {"node": node}, "$ref": "#/$defs/node"})),
+            "outlines",
+            None,
+        )
     assert choose_backend("auto", Constraint("ebnf", PAIR_GBNF)) == "llguidance"
     assert choose_backend("outlines", Constraint("json", json.dumps(AGE))) == "outlines"
     with pytest.raises(ValueError, match="grammar_backend must be one of"):
