@@ -86,6 +86,11 @@ UNENFORCED_KEYWORDS = frozenset(
         "maxDigitsExponent",
     }
 )
+# The formats whose outlines-core regexes keep to safe characters. Its others break the JSON
+# they sit in: "time" allows a backslash and any character after the seconds (`\\.` for `\.`),
+# "email" a quoted local part with raw quotes, "uri" quotes and backslashes (found by
+# benchmarks/json_corpus_validity.py); and it has no ipv4, hostname, duration...
+SAFE_OUTLINES_FORMATS = frozenset({"date-time", "date", "uuid"})
 # keywords whose values are JSON data, not subschemas: schema walkers copy them untouched
 DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")  # name -> schema
@@ -105,6 +110,8 @@ def unenforced_features(schema: Any, path: str = "") -> list[str]:
         found.append(f"pattern together with {'/'.join(lengths)} at {path or '/'}")
     if "format" in schema and (lengths or "pattern" in schema):
         found.append(f"format together with {'/'.join(lengths) or 'pattern'} at {path or '/'}")
+    if isinstance(schema.get("format"), str) and schema["format"] not in SAFE_OUTLINES_FORMATS:
+        found.append(f"format {schema['format']} at {path or '/'}")
     for key in ("maxDigits", "maxDigitsInteger"):
         # outlines-core bounds the digits only from 2 up: below that (or not an integer) it
         # writes an unbounded run of digits
