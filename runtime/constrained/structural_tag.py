@@ -51,9 +51,11 @@ def normalize_structural_tag(value: Any) -> str:
     triggers, structures = value["triggers"], value["structures"]
     if not isinstance(triggers, list) or not triggers or not all(isinstance(t, str) and t for t in triggers):
         raise ValueError("structural_tag triggers must be a non-empty list of non-empty strings")
+    if len(set(triggers)) != len(triggers):
+        raise ValueError(f"structural_tag triggers repeat: {triggers!r}")
     for a in triggers:
         for b in triggers:
-            if a is not b and b.startswith(a):
+            if a != b and b.startswith(a):
                 raise ValueError(
                     f"structural_tag trigger {a!r} is a prefix of trigger {b!r} "
                     "(the shorter would always fire first)"

@@ -73,6 +73,7 @@ def segments(text: str, finished: bool) -> list[dict]:
         ({**TAG, "extra": 1}, r"unknown: extra"),
         ({**TAG, "triggers": []}, "triggers must be a non-empty list"),
         ({**TAG, "triggers": ["e", "e(c"]}, "is a prefix of trigger"),
+        ({**TAG, "triggers": ["e", "e"]}, "triggers repeat"),
         ({**TAG, "structures": []}, "structures must be a non-empty list"),
         (
             {**TAG, "structures": [{"begin": "e(", "schema": DIGIT}]},
