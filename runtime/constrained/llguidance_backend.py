@@ -290,20 +290,27 @@ class LLGuidanceMatcher(GrammarMatcher):
         vocab_size = self.compiled.vocab.vocab_size
         if self.gate == IN_REASONING:
             return _Words(None, False, vocab_size)
-        words = self._compute_words()
-        if self.gate == BEFORE_REASONING:
-            words[self.start_id // 32] |= _bit(self.start_id)
-        return _Words(words, self.matcher.is_accepting(), vocab_size)
+        words = _host_words(1, vocab_size, torch.device("cpu"))
+        LLGuidanceMatcher._fill_words([self], words)
+        return _Words(words[0], self.matcher.is_accepting(), vocab_size)
 
     def mask_row(self, device: torch.device) -> torch.Tensor:
         return LLGuidanceMatcher.mask_rows([self], device)[0]
 
     @classmethod
     def mask_rows(cls, views: Sequence[MaskView], device: torch.device) -> torch.Tensor:
-        """The step's masks: every matcher's computed at once on llguidance's thread pool
-        (the GIL released) into one host buffer, copied to the device once and unpacked there."""
+        """The step's masks: every matcher's computed into one host buffer, copied to the
+        device once and unpacked there."""
         vocab_size = views[0].compiled.vocab.vocab_size
         words = _host_words(len(views), vocab_size, device)
+        cls._fill_words(views, words)
+        return _unpack(words, vocab_size, device)
+
+    @staticmethod
+    def _fill_words(views: Sequence[LLGuidanceMatcher], words: torch.Tensor) -> None:
+        """Row i of `words` [len(views), W]: view i's allowed tokens, EOS cleared, its
+        reasoning gate applied. Computed on llguidance's thread pool (the GIL released) where
+        there are several and cores to spread them over."""
         parsing = [(v.matcher, i) for i, v in enumerate(views) if v.gate != IN_REASONING]
         if len(parsing) > 1 and _PARALLEL:
             _executor().unsafe_compute_mask_ptr(parsing, words.data_ptr(), words.shape[1] * 4, len(views))
@@ -321,13 +328,6 @@ class LLGuidanceMatcher(GrammarMatcher):
                 words[i] = -1  # free text while thinking
             elif v.gate == BEFORE_REASONING:
                 words[i, v.start_id // 32] |= _bit(v.start_id)
-        return _unpack(words, vocab_size, device)
-
-    def _compute_words(self) -> torch.Tensor:
-        words = torch.empty_like(self.compiled._eos_clear)
-        self.matcher.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * 4)
-        words &= self.compiled._eos_clear
-        return words
 
     def draft(self) -> list[int]:
         """The forced bytes in the tokenizer's natural tokenization, as far as the grammar
