@@ -153,6 +153,20 @@ def _unconstrained(schema: Any) -> bool:
     return schema is True or (isinstance(schema, dict) and set(schema) <= _ANNOTATIONS)
 
 
+def local_ref_target(root: Any, ref: str) -> Any:
+    """What a local `$ref` ("#/$defs/name", JSON-pointer escapes read) points to in `root`, or
+    None where it points nowhere (or is not local)."""
+    if not ref.startswith("#"):
+        return None
+    node = root
+    for part in ref[1:].split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def recursive_refs(schema: Any) -> list[str]:
     """The local `$ref`s (#/$defs/..., #/definitions/...) that reach themselves again: a
     recursive model, which outlines-core's regex cannot express (it wrote pydantic's
@@ -169,21 +183,11 @@ def recursive_refs(schema: Any) -> list[str]:
                 found |= refs_in(value)
         return found
 
-    def target(ref: str) -> Any:
-        node: Any = schema
-        if not ref.startswith("#/"):
-            return None
-        for part in ref[2:].split("/"):
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
-        return node
-
     cyclic = []
     for ref in sorted(refs_in(schema)):
         seen, todo = {ref}, [ref]
         while todo and ref not in cyclic:
-            for nxt in refs_in(target(todo.pop())):
+            for nxt in refs_in(local_ref_target(schema, todo.pop())):
                 if nxt == ref:
                     cyclic.append(ref)
                 elif nxt not in seen:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from radixlm.runtime.constrained.json_schema import DATA_KEYWORDS
+from radixlm.runtime.constrained.json_schema import DATA_KEYWORDS, local_ref_target
 
 _NUMERIC = {"integer", "number"}
 
@@ -46,15 +46,10 @@ def _walk(node: Any, root: Any, path: str, found: list[str]) -> None:
 def _resolve(node: Any, root: Any, depth: int = 0) -> Any:
     """A local `$ref` ("#/...") followed (a few levels); anything else as it is."""
     ref = node.get("$ref") if isinstance(node, dict) else None
-    if not isinstance(ref, str) or not ref.startswith("#") or depth > 8:
+    if not isinstance(ref, str) or depth > 8:
         return node
-    target: Any = root
-    for part in ref[1:].split("/")[1:]:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if not isinstance(target, dict) or part not in target:
-            return node
-        target = target[part]
-    return _resolve(target, root, depth + 1)
+    target = local_ref_target(root, ref)
+    return node if target is None else _resolve(target, root, depth + 1)
 
 
 def _types(node: dict) -> set[str] | None:
