@@ -153,8 +153,7 @@ def gen_tools(
 
 @functools.lru_cache(maxsize=256)  # a tool loop forces the same call shape turn after turn
 def _forcing_constraint(specs_json: str, choice: ToolChoice, parallel: bool) -> tuple[tuple[str, str], ...]:
-    tools = validate_tools(json.loads(specs_json))
-    return tuple(forced_call_constraint(tools, choice, FAMILY, parallel).items())
+    return tuple(forced_call_constraint(json.loads(specs_json), choice, FAMILY, parallel).items())
 
 
 # ---------------------------------------------------------------------------------------- helpers

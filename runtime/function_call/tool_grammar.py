@@ -226,18 +226,28 @@ def forced_call_constraint(
             raise refused from None
 
 
+def _forced_functions(tools: Any, tool_choice: Any, family: str) -> tuple[list[dict[str, Any]], str]:
+    """The functions a forced call may call (checked), and the family's key for the arguments."""
+    get_parser(family)  # a ValueError naming the known families
+    tools = validate_tools(tools)
+    choice = tool_choice if isinstance(tool_choice, ToolChoice) else check_tool_choice(tool_choice, tools)
+    if not choice.forces_call:
+        raise ValueError(
+            f'tool_choice "{choice.mode}" leaves the output free; only "required" or a named '
+            "function constrains it"
+        )
+    functions = [tool["function"] for tool in tools]
+    chosen = [f for f in functions if choice.mode == "required" or f["name"] == choice.name]
+    return chosen, "parameters" if family == "llama3" else "arguments"
+
+
 def tool_call_grammar(tools: Any, tool_choice: Any, family: str, *, parallel: bool = True) -> str:
     """tool_call_regex's outputs as a Lark grammar (llguidance), the arguments held to each
     function's schema by llguidance's JSON compiler; one layout per call (`{"name": ..., ...}`
     with single spaces; hermes tags with or without newlines inside)."""
     from radixlm.runtime.constrained.structural_tag import json_value, lark_literal
 
-    get_parser(family)
-    tools = validate_tools(tools)
-    choice = tool_choice if isinstance(tool_choice, ToolChoice) else check_tool_choice(tool_choice, tools)
-    functions = [t["function"] for t in tools]
-    chosen = [f for f in functions if choice.mode == "required" or f["name"] == choice.name]
-    arg_key = "parameters" if family == "llama3" else "arguments"
+    chosen, arg_key = _forced_functions(tools, tool_choice, family)
     lines = []
     for i, f in enumerate(chosen):
         try:
@@ -270,18 +280,8 @@ def tool_call_regex(
     """The regex of outputs that are only tool calls in `family`'s format: to any offered
     function ("required") or to the named one, once, or one or more times when `parallel`.
     `whitespace_pattern` is the JSON whitespace (as the engine's option; JSON whitespace only)."""
-    get_parser(family)  # a ValueError naming the known families
-    tools = validate_tools(tools)
-    choice = tool_choice if isinstance(tool_choice, ToolChoice) else check_tool_choice(tool_choice, tools)
-    if not choice.forces_call:
-        raise ValueError(
-            f'tool_choice "{choice.mode}" leaves the output free; only "required" or a named '
-            "function constrains it"
-        )
+    chosen, arg_key = _forced_functions(tools, tool_choice, family)
     ws = DEFAULT_WHITESPACE if whitespace_pattern is None else whitespace_pattern
-    functions = [tool["function"] for tool in tools]
-    chosen = [f for f in functions if choice.mode == "required" or f["name"] == choice.name]
-    arg_key = "parameters" if family == "llama3" else "arguments"
     alternatives = [_call_object_regex(function, arg_key, ws) for function in chosen]
     call = alternatives[0] if len(alternatives) == 1 else "(" + "|".join(f"({a})" for a in alternatives) + ")"
     if family == "hermes":
