@@ -146,6 +146,11 @@ def constraint_of(params: Any) -> Constraint | None:
     return None
 
 
+def check_backend_setting(setting: str) -> None:
+    if setting not in BACKENDS:
+        raise ValueError(f"grammar_backend must be one of {', '.join(BACKENDS)}, got {setting!r}")
+
+
 @functools.lru_cache(maxsize=512)
 def choose_backend(setting: str, constraint: Constraint) -> str:
     """The backend a constraint compiles with under the `grammar_backend` setting.
@@ -162,8 +167,7 @@ def choose_backend(setting: str, constraint: Constraint) -> str:
     state (1-2 us a step once seen) where llguidance computes each (75 us at the median on
     the tiny vocabulary, 243 us on the large): the price of the choice, paid per step. As
     vLLM uses llguidance for what xgrammar refuses."""
-    if setting not in BACKENDS:
-        raise ValueError(f"grammar_backend must be one of {', '.join(BACKENDS)}, got {setting!r}")
+    check_backend_setting(setting)
     if setting != "auto":
         return setting
     if constraint.kind == "regex":

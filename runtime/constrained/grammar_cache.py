@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 
 from radixlm.runtime.constrained.backend import (
-    BACKENDS,
     PARAM_OF_KIND,
     CompiledConstraint,
     Constraint,
+    check_backend_setting,
     choose_backend,
 )
 from radixlm.runtime.constrained.grammar import CompiledGrammar
@@ -47,8 +47,7 @@ class GrammarCache:
         whitespace_pattern: str | None = None,
         backend: str = "auto",
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"grammar_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        check_backend_setting(backend)
         self.vocab = vocab
         self.whitespace_pattern = whitespace_pattern
         self.backend = backend
