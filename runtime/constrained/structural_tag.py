@@ -84,15 +84,19 @@ def structural_tag_lark(text: str, whitespace_pattern: str | None) -> str:
     tag = json.loads(text)
     lines = ["%llguidance {}", "start: tagged* TEXT"]
     segments = []
+    values: dict[str, str] = {}  # schema text -> its %json item (a strict tool's layouts share one)
     for k, trigger in enumerate(tag["triggers"]):
         bodies = []
         for i, s in enumerate(tag["structures"]):
             if not s["begin"].startswith(trigger):
                 continue
-            try:
-                value = json_value(s["schema"], whitespace_pattern)
-            except ValueError as exc:
-                raise ValueError(f"structural_tag structures[{i}].schema: {exc}") from None
+            key = json.dumps(s["schema"], sort_keys=True)
+            if key not in values:
+                try:
+                    values[key] = json_value(s["schema"], whitespace_pattern)
+                except ValueError as exc:
+                    raise ValueError(f"structural_tag structures[{i}].schema: {exc}") from None
+            value = values[key]
             parts = [lark_literal(s["begin"][len(trigger) :]), value, lark_literal(s["end"])]
             lines.append(f"s{i}: " + " ".join(p for p in parts if p))
             bodies.append(f"s{i}")
