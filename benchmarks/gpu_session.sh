@@ -16,6 +16,8 @@
 #   bash benchmarks/gpu_session.sh programs # issue 27: program workloads on the 8B shape, cache on/off,
 #                                           # this tree vs an older one in build/old-radixlm (carry it)
 #   bash benchmarks/gpu_session.sh constrained  # issue 21: constrained decoding cost, b=1/64, both backends
+#   bash benchmarks/gpu_session.sh hicache  # hierarchical radix cache: 64x8-turn chats on the 8B shape, host
+#                                           # tier off / write_back / write_through (~5 min on an H100)
 #   bash benchmarks/gpu_session.sh jf-fp32  # jump-forward on/off identity at b=64, 8B shape in float32
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
@@ -99,6 +101,17 @@ case "$MODE" in
       --out "$OUT/grammar-backends-large.json" > "$OUT/grammar-backends-large.log" 2>&1
     tail -25 "$OUT/grammar-backends-large.log"
     (cd "$OUT" && tar -czf logs.tgz ./*.log && rm -f ./*.log)
+    ;;
+  hicache)  # the host tier of the radix cache (benchmarks/bench_hicache.py): 64 conversations x 8 turns
+    # (final histories of 2048 tokens: 131k tokens in all, 5.3x the device pool of 24576 tokens; host pool 8x
+    # that, ~24 GiB pinned), one engine per variant. Estimate: build ~1.5 min, ~30 s start per engine, off
+    # ~40 s (it recomputes most of 860k prompt tokens), write_back/write_through ~20 s each. The timeout
+    # bounds a stuck run; the JSON is rewritten after each variant, so finished variants survive it.
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
+      --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
+    timeout 360 python3 benchmarks/bench_hicache.py --model /tmp/bench-8b --device cuda --dtype bfloat16 \
+      --max-total-tokens 24576 --hicache-ratio 8 --variants "${VARIANTS:-off,write_back,write_through}" \
+      --json "$OUT/hicache.json" 2>&1 | tee "$OUT/hicache.log"
     ;;
   jf-fp32)  # jump-forward's identical outputs at batch 64 on the 8B shape in float32 (bf16 differed there)
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \

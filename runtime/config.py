@@ -180,6 +180,14 @@ class EngineConfig:
     chunked_prefill_size: int | None = None  # default: 8192 on GPU, 2048 on CPU; -1 disables chunking
     schedule_policy: str = "lpm"  # lpm | fcfs
     disable_radix_cache: bool = False
+    # the radix cache's host tier: prefixes evicted from the device KV pool move to pinned host
+    # memory and come back on a hit. Its size: hicache_size GiB when > 0, else hicache_ratio
+    # times the device pool. write_back copies a prefix out when it is evicted; write_through
+    # when its request finishes (eviction is then free, but every prefix is copied once)
+    enable_hierarchical_cache: bool = False
+    hicache_ratio: float = 2.0
+    hicache_size: float = 0.0
+    hicache_write_policy: str = "write_back"  # write_back | write_through
     # constrained requests: draft the text their grammar forces and verify it in one pass
     disable_jump_forward: bool = False
     # regex for the whitespace a JSON-schema output may have between tokens (default "[ ]?")
@@ -278,6 +286,17 @@ class EngineConfig:
             raise ValueError("several nodes need dist_init_addr (host:port of node 0) to meet")
         if self.cuda_graph_max_bs < 1:
             raise ValueError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
+        if self.hicache_ratio <= 0 or self.hicache_size < 0:
+            raise ValueError(
+                f"hicache_ratio must be > 0 and hicache_size (GiB) >= 0, got {self.hicache_ratio} "
+                f"and {self.hicache_size}"
+            )
+        if self.hicache_write_policy not in ("write_back", "write_through"):
+            raise ValueError(
+                f"hicache_write_policy must be write_back or write_through, got {self.hicache_write_policy!r}"
+            )
+        if self.enable_hierarchical_cache and self.disable_radix_cache:
+            raise ValueError("enable_hierarchical_cache needs the radix cache (drop disable_radix_cache)")
         if self.max_prefill_tokens < 1:
             raise ValueError(f"max_prefill_tokens must be >= 1, got {self.max_prefill_tokens}")
 

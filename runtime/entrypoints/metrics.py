@@ -42,6 +42,22 @@ class ServerMetrics:
             "radixlm_cache_hit_rate", "Cached / prompt tokens since start", registry=r
         )
 
+        self.hit_tokens = Gauge(
+            "radixlm_cache_hit_tokens",
+            "Prompt tokens since start by where their KV came from",
+            ["source"],
+            registry=r,
+        )
+        self.host_usage = Gauge(
+            "radixlm_host_token_usage", "Fraction of the host KV tier holding prefixes", registry=r
+        )
+        self.tier_bytes = Gauge(
+            "radixlm_hicache_bytes", "KV bytes moved between the tiers since start", ["direction"], registry=r
+        )
+        self.load_latency = Gauge(
+            "radixlm_hicache_load_latency_seconds", "Host-to-device load latency", ["stat"], registry=r
+        )
+
     def observe_ttft(self, seconds: float) -> None:
         self.ttft.observe(seconds)
 
@@ -65,6 +81,18 @@ class ServerMetrics:
             (total - info.get("free_tokens", total) - info.get("evictable_tokens", 0)) / total
         )
         self.cache_hit_rate.set(info.get("cache_hit_rate", 0.0))
+        for source in ("device", "host"):
+            self.hit_tokens.labels(source=source).set(info.get(f"{source}_hit_tokens", 0))
+        self.hit_tokens.labels(source="recomputed").set(info.get("recomputed_tokens", 0))
+        if info.get("hierarchical_cache"):
+            host_total = info.get("host_total_tokens") or 1
+            self.host_usage.set(1 - info.get("host_free_tokens", host_total) / host_total)
+            self.tier_bytes.labels(direction="to_host").set(info.get("bytes_to_host", 0))
+            self.tier_bytes.labels(direction="to_device").set(info.get("bytes_to_device", 0))
+            for stat in ("mean", "p50", "max"):
+                ms = info.get(f"load_latency_ms_{stat}")
+                if ms is not None:
+                    self.load_latency.labels(stat=stat).set(ms / 1e3)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

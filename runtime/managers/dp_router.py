@@ -63,6 +63,18 @@ SUMMED = (
     "in_use_tokens",
     "running",
     "waiting",
+    "device_hit_tokens",
+    "host_hit_tokens",
+    "recomputed_tokens",
+    "host_total_tokens",
+    "host_free_tokens",
+    "host_evictable_tokens",
+    "host_locked_tokens",
+    "host_loads_in_flight",
+    "bytes_to_host",
+    "bytes_to_device",
+    "host_loads",
+    "host_loaded_tokens",
 )
 
 

@@ -20,6 +20,8 @@ from radixlm.runtime.model_executor.device_copy import HostCopy, to_device
 from radixlm.runtime.model_executor.distributed import TPGroup
 from radixlm.runtime.model_executor.forward_batch import ForwardBatch, ForwardHandle, ForwardResult
 from radixlm.runtime.models import load_model
+from radixlm.runtime.radix.host_pool import HostKVPool, host_pool_size
+from radixlm.runtime.radix.kv_transfer import KVTransfer
 from radixlm.runtime.radix.memory_pool import KVPool, ReqToTokenPool
 
 logger = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ class ModelRunner:
                     "(values saturate at +-448 and lose precision below ~0.016)"
                 )
             self.kv_pool.scales = [tuple(scales.get(i, (1.0, 1.0))) for i in range(model_cfg.num_layers)]
+        self.kv_transfer = self._host_tier() if cfg.enable_hierarchical_cache else None
         self.attn_backend = AttentionBackend(
             self.kv_pool, self.req_pool, self.num_heads, model_cfg.head_dim, use_triton
         )
@@ -133,6 +136,26 @@ class ModelRunner:
             self.graph_runner = CudaGraphRunner(
                 self.model, self.attn_backend, min(cfg.cuda_graph_max_bs, rows), self.device
             )
+
+    def _host_tier(self) -> KVTransfer:
+        """The radix cache's host pool (this rank's shard of heads) and its copy engine."""
+        per_token = KVPool.bytes_per_token(
+            self.model_cfg.num_layers, self.num_kv_heads, self.model_cfg.head_dim, self.kv_dtype
+        )
+        size = host_pool_size(
+            size_gb=self.cfg.hicache_size,
+            ratio=self.cfg.hicache_ratio,
+            device_slots=self.max_total_tokens,
+            bytes_per_token=per_token,
+        )
+        pool = HostKVPool(size, self.model_cfg.num_layers, pin=self.device.type == "cuda")
+        logger.info(
+            "host KV cache: %d tokens (%.2f GiB, %s)",
+            pool.num_slots,
+            size.nbytes / 2**30,
+            "pinned" if pool.pinned else "pageable",
+        )
+        return KVTransfer(self.kv_pool, pool)
 
     def _kv_capacity(self) -> int:
         if self.cfg.max_total_tokens is not None:

@@ -1,15 +1,30 @@
-"""The radix tree that maps token-id prefixes to the KV slots holding their keys and values.
+"""The radix tree that maps token-id prefixes to the KV slots holding their keys and values,
+on the device and (with the host tier) in host memory.
 
-The tree knows nothing of requests or of the allocator: it stores runs of token ids with
-one KV slot per token, hands slots back through `free_slots` when it evicts, and counts
-how many of its tokens are evictable (no lock) and protected (locked by a user).
+The tree knows nothing of requests or of the device allocator: it stores runs of token ids
+with one KV slot per token, hands device slots back through `free_slots` when it evicts,
+and counts how many of its tokens are evictable (no lock) and protected (locked) per tier.
+
+Residency. Each node's KV lives on the device (`value`: device slots), on the host
+(`host_value`: host slots), or both. Without a host tier every node is on the device, and
+eviction removes it. With one (`host`, a KVTransfer over the host pool), device eviction
+demotes a node: its KV is copied to the host pool first unless a copy is there already
+(write-back), and the node stays in the tree, host-only. A later match that runs into
+host-only nodes reports them (`MatchResult.host_nodes`) so the caller can load them back
+(`begin_load`); while that copy is in flight the nodes carry its `load` and count as not
+yet on the device. The host pool is evicted LRU in turn: a host-only leaf is removed, a
+node on both tiers just drops its host copy.
 
 Invariants (checked by `self_check`):
-  * every non-root node has a non-empty key and `len(value) == len(key)`;
+  * every non-root node has a non-empty key, lives on at least one tier, and each of its
+    slot tensors has `len(key)` entries;
+  * device residency is prefix-closed: a node on the device has its parent on the device,
+    so a match's device part is a prefix and everything after it is host-only or loading;
+  * a loading node is on both tiers and locked (so neither copy can be evicted under it);
   * a child is stored under the first token of its key;
   * `node.lock_ref >= sum(child.lock_ref)` (a lock on a node is held by all its ancestors);
-  * evictable_size + protected_size == total tokens stored, split by `lock_ref == 0`;
-  * no KV slot appears twice.
+  * per tier, evictable + protected == tokens stored there, split by `lock_ref == 0`;
+  * no device slot and no host slot appears twice.
 """
 
 from __future__ import annotations
@@ -17,13 +32,17 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:
+    from radixlm.runtime.radix.kv_transfer import KVTransfer
+
 
 class TreeNode:
-    __slots__ = ("children", "parent", "key", "value", "lock_ref", "last_access")
+    __slots__ = ("children", "parent", "key", "value", "host_value", "lock_ref", "last_access", "load")
 
     def __init__(
         self, parent: TreeNode | None = None, key: list[int] | None = None, value: torch.Tensor | None = None
@@ -31,18 +50,35 @@ class TreeNode:
         self.children: dict[int, TreeNode] = {}
         self.parent = parent
         self.key: list[int] = key if key is not None else []
-        self.value: torch.Tensor | None = value
+        self.value: torch.Tensor | None = value  # device slots, or None (host-only)
+        self.host_value: torch.Tensor | None = None  # host slots, or None (device-only)
         self.lock_ref = 0
         self.last_access = 0
+        self.load: Any = None  # the host -> device copy filling `value`, until it is done
 
     def __lt__(self, other: TreeNode) -> bool:  # heap order for LRU eviction
         return self.last_access < other.last_access
 
+    @property
+    def loading(self) -> bool:
+        """A copy from the host is filling this node's device slots and has not landed."""
+        if self.load is not None and self.load.done:
+            self.load = None
+        return self.load is not None
+
 
 @dataclass
 class MatchResult:
-    kv_indices: torch.Tensor  # int64 slots of the matched prefix, in order
-    last_node: TreeNode  # deepest node of the match; lock it to protect the prefix
+    kv_indices: torch.Tensor  # int64 device slots of the matched prefix on the device, in order
+    last_node: TreeNode  # deepest node of that device prefix; lock it to protect the prefix
+    # the host-only nodes that continue the match past the device prefix, in order
+    host_nodes: list[TreeNode] = field(default_factory=list)
+    # the load in flight the match ran into (its prefix is coming back to the device)
+    blocked_by: Any = None
+
+    @property
+    def host_len(self) -> int:
+        return sum(len(n.key) for n in self.host_nodes)
 
 
 def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -53,39 +89,75 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def _cat(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    return torch.cat(parts) if parts else like[:0]
+
+
 class RadixCache:
     def __init__(
         self,
         free_slots: Callable[[torch.Tensor], None],
         device: torch.device | str = "cpu",
         disable: bool = False,
+        host: KVTransfer | None = None,
     ) -> None:
         self.free_slots = free_slots
         self.device = torch.device(device)
         self.disable = disable
+        self.host = None if disable else host
         self._clock = itertools.count(1)
         self.reset()
 
     def reset(self) -> None:
-        """Forget everything without freeing slots (the caller resets the allocator)."""
+        """Forget everything without freeing slots (the caller resets the allocators)."""
         self.root = TreeNode(key=[], value=torch.empty(0, dtype=torch.int64, device=self.device))
         self.root.lock_ref = 1  # the root is never evicted
         self.evictable_size = 0
         self.protected_size = 0
+        self.host_evictable_size = 0
+        self.host_protected_size = 0
 
     @property
     def total_size(self) -> int:
         return self.evictable_size + self.protected_size
 
+    @property
+    def host_total_size(self) -> int:
+        return self.host_evictable_size + self.host_protected_size
+
+    # ---------------------------------------------------------------- residency bookkeeping
+    def _set_value(self, node: TreeNode, value: torch.Tensor | None) -> None:
+        """Put a node on the device (slots) or take it off (None), keeping the counters."""
+        delta = (value is not None) - (node.value is not None)
+        if node.lock_ref:
+            self.protected_size += delta * len(node.key)
+        else:
+            self.evictable_size += delta * len(node.key)
+        node.value = value
+
+    def _set_host(self, node: TreeNode, host_value: torch.Tensor | None) -> None:
+        delta = (host_value is not None) - (node.host_value is not None)
+        if node.lock_ref:
+            self.host_protected_size += delta * len(node.key)
+        else:
+            self.host_evictable_size += delta * len(node.key)
+        node.host_value = host_value
+
+    def _on_device(self, node: TreeNode) -> bool:
+        return node.value is not None and not node.loading
+
     # ---------------------------------------------------------------- lookup
     def match_prefix(self, key: Sequence[int]) -> MatchResult:
-        """Longest cached prefix of `key`. Splits a node if the match ends inside it, so the
-        returned `last_node` covers exactly the matched tokens."""
-        node, values = self.root, []
+        """Longest cached prefix of `key`: its device part (slots, deepest node) and the
+        host-only nodes that continue it. Splits a node where the match ends inside it, so
+        the nodes returned cover exactly the matched tokens."""
         if self.disable:
             return MatchResult(self.root.value, self.root)
         now = next(self._clock)
-        node.last_access = now
+        self.root.last_access = now
+        node = last = self.root
+        values: list[torch.Tensor] = []
+        result = MatchResult(self.root.value, self.root)
         pos = 0
         while pos < len(key):
             child = node.children.get(key[pos])
@@ -95,57 +167,74 @@ class RadixCache:
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now
-            values.append(child.value)
+            if child.loading:
+                result.blocked_by = child.load
+                break
+            if child.value is None:
+                result.host_nodes.append(child)
+            else:  # prefix-closed: no device node after a host-only one
+                values.append(child.value)
+                last = child
             node = child
             pos += n
-        kv = torch.cat(values) if values else self.root.value
-        return MatchResult(kv, node)
+        result.kv_indices = _cat(values, self.root.value)
+        result.last_node = last
+        return result
 
     # ---------------------------------------------------------------- insert
     def insert(self, key: Sequence[int], value: torch.Tensor) -> int:
-        """Store `key -> value`. Returns how many leading tokens were already cached; the
-        caller owns (and must free) its own slots `value[:returned]`, which the tree did not take."""
+        """Store `key -> value`. Returns how many leading tokens the device already held; the
+        caller owns (and must free) its own slots `value[:returned]`, which the tree did not
+        take. Host-only nodes on the way take the caller's slots (they are back on the device)."""
         if self.disable:
             return 0
         assert len(key) == len(value), "one KV slot per token"
-        node, pos = self.root, 0
+        node, pos, cached = self.root, 0, 0
         now = next(self._clock)
         key = list(key)
         while pos < len(key):
             child = node.children.get(key[pos])
             if child is None:
-                leaf = TreeNode(node, key[pos:], value[pos:].clone())
+                leaf = TreeNode(node, key[pos:])
                 leaf.last_access = now
                 node.children[key[pos]] = leaf
-                self.evictable_size += len(leaf.key)
-                return pos
+                self._set_value(leaf, value[pos:].clone())
+                return cached
             n = _common_prefix_len(child.key, key[pos:])
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now
+            if child.value is None:
+                self._set_value(child, value[pos : pos + n].clone())
+            elif cached == pos:  # on the device (or being loaded there) already
+                cached = pos + n
             node = child
             pos += n
-        return pos
+        return cached
 
     def _split(self, child: TreeNode, n: int) -> TreeNode:
-        """Cut `child` after n tokens; the new upper node inherits its lock count."""
+        """Cut `child` after n tokens; the new upper node inherits its lock count and load."""
         assert 0 < n < len(child.key)
-        upper = TreeNode(child.parent, child.key[:n], child.value[:n])
+        upper = TreeNode(child.parent, child.key[:n], None if child.value is None else child.value[:n])
+        if child.host_value is not None:
+            upper.host_value = child.host_value[:n]
+            child.host_value = child.host_value[n:]
         upper.lock_ref = child.lock_ref
         upper.last_access = child.last_access
+        upper.load = child.load
         upper.children[child.key[n]] = child
         child.parent.children[child.key[0]] = upper
         child.parent = upper
         child.key = child.key[n:]
-        child.value = child.value[n:]
+        if child.value is not None:
+            child.value = child.value[n:]
         return upper
 
     # ---------------------------------------------------------------- locks
     def inc_lock_ref(self, node: TreeNode) -> None:
         while node is not self.root:
             if node.lock_ref == 0:
-                self.evictable_size -= len(node.key)
-                self.protected_size += len(node.key)
+                self._shift_lock(node, locked=True)
             node.lock_ref += 1
             node = node.parent
 
@@ -153,33 +242,142 @@ class RadixCache:
         while node is not self.root:
             assert node.lock_ref > 0, "unlock of an unlocked node"
             if node.lock_ref == 1:
-                self.evictable_size += len(node.key)
-                self.protected_size -= len(node.key)
+                self._shift_lock(node, locked=False)
             node.lock_ref -= 1
             node = node.parent
 
-    # ---------------------------------------------------------------- eviction
+    def _shift_lock(self, node: TreeNode, locked: bool) -> None:
+        """A node's tokens move between evictable and protected on each tier it lives on."""
+        n = len(node.key) if locked else -len(node.key)
+        if node.value is not None:
+            self.evictable_size -= n
+            self.protected_size += n
+        if node.host_value is not None:
+            self.host_evictable_size -= n
+            self.host_protected_size += n
+
+    # ---------------------------------------------------------------- device eviction
     def evict(self, num_tokens: int) -> int:
-        """Free at least num_tokens slots from unlocked leaves, least recently used first.
-        Returns the number freed (less if not enough is evictable)."""
+        """Free at least num_tokens device slots from unlocked nodes with nothing below them on
+        the device, least recently used first. With a host tier the nodes stay, host-only
+        (their KV written to the host pool first if it is not there); a node that finds no
+        host room goes, with the host-only nodes below it. Returns the number freed."""
         if num_tokens <= 0 or self.evictable_size == 0:
             return 0
-        heap = [n for n in self._nodes() if not n.children and n.lock_ref == 0 and n is not self.root]
+        heap = [n for n in self._nodes() if self._device_leaf(n)]
         heapq.heapify(heap)
         freed, to_free = 0, []
+        backups: list[tuple[torch.Tensor, torch.Tensor]] = []
         while heap and freed < num_tokens:
-            leaf = heapq.heappop(heap)
-            to_free.append(leaf.value)
-            freed += len(leaf.key)
-            self.evictable_size -= len(leaf.key)
-            parent = leaf.parent
-            del parent.children[leaf.key[0]]
-            leaf.parent = None
-            if parent is not self.root and not parent.children and parent.lock_ref == 0:
+            node = heapq.heappop(heap)
+            if self.host is not None and node.host_value is None:
+                host_slots = self._alloc_host(len(node.key))
+                if host_slots is not None:
+                    backups.append((node.value, host_slots))
+                    self._set_host(node, host_slots)
+            to_free.append(node.value)
+            freed += len(node.key)
+            self._set_value(node, None)
+            parent = node.parent
+            if node.host_value is None:
+                self._remove_subtree(node)
+            if self._device_leaf(parent):
                 heapq.heappush(heap, parent)
+        if backups:  # queued before the slots are freed: nothing can overwrite them first
+            self.host.backup(torch.cat([b[0] for b in backups]), torch.cat([b[1] for b in backups]))
         if to_free:
             self.free_slots(torch.cat(to_free))
         return freed
+
+    def _device_leaf(self, node: TreeNode) -> bool:
+        return (
+            node is not self.root
+            and node.value is not None
+            and node.lock_ref == 0
+            and not any(c.value is not None for c in node.children.values())
+        )
+
+    def _remove_subtree(self, node: TreeNode) -> None:
+        """Take an unlocked node off the device-less part of the tree with everything below
+        it (host-only, unlocked), handing their host slots back."""
+        del node.parent.children[node.key[0]]
+        node.parent = None
+        stack, host_slots = [node], []
+        while stack:
+            n = stack.pop()
+            assert n.value is None and n.lock_ref == 0, "removing a node still on the device or locked"
+            if n.host_value is not None:
+                host_slots.append(n.host_value)
+                self._set_host(n, None)
+            stack.extend(n.children.values())
+        if host_slots:
+            self.host.host_pool.free(torch.cat(host_slots))
+
+    # ---------------------------------------------------------------- host tier
+    def _alloc_host(self, n: int) -> torch.Tensor | None:
+        pool = self.host.host_pool
+        if pool.available < n:
+            self.evict_host(n - pool.available)
+        return pool.alloc(n)
+
+    def evict_host(self, num_tokens: int) -> int:
+        """Free at least num_tokens host slots, least recently used first: an unlocked
+        host-only leaf is removed; an unlocked node also on the device drops its host copy.
+        Returns the number freed."""
+        if num_tokens <= 0 or self.host_evictable_size == 0:
+            return 0
+        heap = [n for n in self._nodes() if self._host_evictable(n)]
+        heapq.heapify(heap)
+        freed, to_free = 0, []
+        while heap and freed < num_tokens:
+            node = heapq.heappop(heap)
+            to_free.append(node.host_value)
+            freed += len(node.key)
+            self._set_host(node, None)
+            if node.value is None:  # a host-only leaf: nothing of it is left
+                parent = node.parent
+                del parent.children[node.key[0]]
+                node.parent = None
+                if self._host_evictable(parent) and parent.value is None:
+                    heapq.heappush(heap, parent)
+        self.host.host_pool.free(torch.cat(to_free))
+        return freed
+
+    def _host_evictable(self, node: TreeNode) -> bool:
+        return (
+            node is not self.root
+            and node.host_value is not None
+            and node.lock_ref == 0
+            and (node.value is not None or not node.children)
+        )
+
+    def backup_path(self, node: TreeNode) -> int:
+        """Write-through: copy to the host pool every node from `node` up to the root that is
+        on the device only (stopping where the host pool has no room). Returns tokens copied."""
+        if self.host is None:
+            return 0
+        backups = []
+        while node is not self.root and node.host_value is None:
+            host_slots = self._alloc_host(len(node.key))
+            if host_slots is None:
+                break
+            backups.append((node.value, host_slots))
+            self._set_host(node, host_slots)
+            node = node.parent
+        if backups:
+            self.host.backup(torch.cat([b[0] for b in backups]), torch.cat([b[1] for b in backups]))
+        return sum(len(b[1]) for b in backups)
+
+    def begin_load(self, host_nodes: list[TreeNode], device_slots: torch.Tensor, load: Any) -> torch.Tensor:
+        """Give host-only nodes (locked by the caller) the device slots their KV is being
+        copied into, marked with `load` until it is done. Returns their host slots, in order."""
+        off = 0
+        for node in host_nodes:
+            assert node.value is None and node.lock_ref > 0, "a load targets locked host-only nodes"
+            self._set_value(node, device_slots[off : off + len(node.key)])
+            node.load = load
+            off += len(node.key)
+        return torch.cat([n.host_value for n in host_nodes])
 
     # ---------------------------------------------------------------- checks
     def _nodes(self):
@@ -190,29 +388,46 @@ class RadixCache:
             stack.extend(node.children.values())
 
     def all_slots(self) -> torch.Tensor:
-        vals = [n.value for n in self._nodes() if n is not self.root]
-        return torch.cat(vals) if vals else self.root.value
+        vals = [n.value for n in self._nodes() if n is not self.root and n.value is not None]
+        return _cat(vals, self.root.value)
+
+    def all_host_slots(self) -> torch.Tensor:
+        vals = [n.host_value for n in self._nodes() if n.host_value is not None]
+        return torch.cat(vals) if vals else torch.empty(0, dtype=torch.int64)
 
     def self_check(self) -> None:
-        evictable = protected = 0
+        sizes = [0, 0, 0, 0]  # device evictable, protected; host evictable, protected
         for node in self._nodes():
             if node is self.root:
                 continue
-            if not node.key or node.value is None or len(node.value) != len(node.key):
-                raise AssertionError("radix node with an empty key or a value of the wrong length")
-            if node.parent.children.get(node.key[0]) is not node:
-                raise AssertionError("radix node not stored under its first token")
-            if node.lock_ref < sum(c.lock_ref for c in node.children.values()):
-                raise AssertionError("radix node has fewer locks than its children")
-            if node.lock_ref == 0:
-                evictable += len(node.key)
-            else:
-                protected += len(node.key)
-        if (evictable, protected) != (self.evictable_size, self.protected_size):
+            self._check_node(node)
+            locked = 1 if node.lock_ref else 0
+            if node.value is not None:
+                sizes[locked] += len(node.key)
+            if node.host_value is not None:
+                sizes[2 + locked] += len(node.key)
+        recorded = [self.evictable_size, self.protected_size]
+        recorded += [self.host_evictable_size, self.host_protected_size]
+        if sizes != recorded:
             raise AssertionError(
-                f"radix size counters drifted: counted evictable={evictable} protected={protected}, "
-                f"recorded {self.evictable_size}/{self.protected_size}"
+                f"radix size counters drifted: counted (device evictable, protected, host evictable, "
+                f"protected) = {sizes}, recorded {recorded}"
             )
-        slots = self.all_slots()
-        if slots.numel() != torch.unique(slots).numel():
-            raise AssertionError("a KV slot is stored twice in the radix tree")
+        for slots, tier in ((self.all_slots(), "device"), (self.all_host_slots(), "host")):
+            if slots.numel() != torch.unique(slots).numel():
+                raise AssertionError(f"a {tier} KV slot is stored twice in the radix tree")
+
+    def _check_node(self, node: TreeNode) -> None:
+        if not node.key or (node.value is None and node.host_value is None):
+            raise AssertionError("radix node with an empty key or on neither tier")
+        for slots in (node.value, node.host_value):
+            if slots is not None and len(slots) != len(node.key):
+                raise AssertionError("radix node whose slots do not match its key's length")
+        if node.parent.children.get(node.key[0]) is not node:
+            raise AssertionError("radix node not stored under its first token")
+        if node.lock_ref < sum(c.lock_ref for c in node.children.values()):
+            raise AssertionError("radix node has fewer locks than its children")
+        if node.value is not None and node.parent is not self.root and node.parent.value is None:
+            raise AssertionError("radix node on the device under a host-only parent")
+        if node.loading and (node.host_value is None or not node.lock_ref):
+            raise AssertionError("a loading radix node must keep its host copy and be locked")

@@ -1,32 +1,78 @@
-"""The scheduler's side of KV memory: the radix tree over the KV pool and the request rows.
+"""The scheduler's side of KV memory: the radix tree over the KV pools and the request rows.
 
-Every KV slot is in exactly one of four states, and the scheduler checks after each request
-that they add up (`check`):
+Every device KV slot is in exactly one of four states, and the scheduler checks after each
+request that they add up (`check`):
 
-    free (in the pool) + evictable (tree, unlocked) + locked (tree, under a running request)
-        + in use (computed by a running request, not yet handed to the tree) == total
+    free (in the pool) + evictable (tree, unlocked) + locked (tree, under a running request
+        or a load) + in use (computed by a running request, not yet handed to the tree) == total
+
+and, with the host tier, every host slot in one of three: free + evictable + locked == total.
 
 A running request locks the deepest tree node of the prefix it reuses (`last_node`), so that
 prefix cannot be evicted under it; `cache_req` hands its newly computed KV to the tree and
 moves the lock, or (finished) drops it and frees the request's row.
+
+Loads (the host tier): a waiting request whose match continues into host-only nodes gets a
+`HostLoad`: device slots for those nodes, locked, and a copy from the host pool in flight
+(`start_load`). `poll_loads` sees copies land; the request is admitted like any other once
+its load is done, and then releases the load's lock (`release_load`), having taken its own.
+A load whose request was aborted keeps its lock until the copy has landed, so no slot is
+reused while the copy still writes it.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+
 import torch
 
+from radixlm.runtime.radix.kv_transfer import KVTransfer, LoadTicket
 from radixlm.runtime.radix.memory_pool import KVPool, ReqToTokenPool
-from radixlm.runtime.radix.radix_cache import MatchResult, RadixCache
+from radixlm.runtime.radix.radix_cache import MatchResult, RadixCache, TreeNode
 from radixlm.runtime.scheduler.request import Req
+
+
+@dataclass(eq=False)
+class HostLoad:
+    """Host-only prefix nodes coming back to the device for a waiting request."""
+
+    load_id: int  # the same on every tensor-parallel rank (they start loads in the same order)
+    node: TreeNode  # the deepest loaded node, locked while the load is held
+    num_tokens: int
+    need: int = 0  # device slots its request still needs once loaded (the rest of its extend, decode)
+    ticket: LoadTicket | None = None
+    done: bool = False
+    released: bool = False  # its request no longer holds it: unlock once done
+
+
+@dataclass
+class HostCacheStats:
+    loads: int = 0
+    loaded_tokens: int = 0
+    load_latency_s: float = 0.0  # summed: from the load's start to the scheduler seeing it land
+    max_load_latency_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # the latest loads' (bounded)
 
 
 class KVCacheBridge:
     def __init__(
-        self, kv_pool: KVPool, req_pool: ReqToTokenPool, device: torch.device, disable_radix: bool
+        self,
+        kv_pool: KVPool,
+        req_pool: ReqToTokenPool,
+        device: torch.device,
+        disable_radix: bool,
+        host: KVTransfer | None = None,
+        write_through: bool = False,
     ) -> None:
         self.kv_pool = kv_pool
         self.req_pool = req_pool
-        self.tree = RadixCache(kv_pool.free, device=device, disable=disable_radix)
+        self.tree = RadixCache(kv_pool.free, device=device, disable=disable_radix, host=host)
+        self.host = self.tree.host  # None without a host tier (or with the radix cache off)
+        self.write_through = write_through and self.host is not None
+        self.loads: dict[int, HostLoad] = {}  # in flight, by id
+        self._load_ids = 0
+        self.host_stats = HostCacheStats()
 
     # ------------------------------------------------------------------ slots
     def make_room(self, n: int) -> bool:
@@ -80,6 +126,61 @@ class KVCacheBridge:
         req.is_chunked = req.extend_target < len(req.fill_ids)
         return True
 
+    # ------------------------------------------------------------------ loads from the host tier
+    def start_load(self, match: MatchResult) -> HostLoad | None:
+        """Bring a match's host-only nodes back to the device: lock them, give them device
+        slots (evicting if needed) and start the copy. None if the device has no room."""
+        node = match.host_nodes[-1]
+        self.tree.inc_lock_ref(node)  # also protects the device prefix above it from the eviction below
+        slots = self.alloc_slots(match.host_len)
+        if slots is None:
+            self.tree.dec_lock_ref(node)
+            return None
+        load = HostLoad(self._load_ids, node, match.host_len)
+        self._load_ids += 1
+        host_slots = self.tree.begin_load(match.host_nodes, slots, load)
+        load.ticket = self.host.load(host_slots, slots)
+        self.loads[load.load_id] = load
+        return load
+
+    def ready_load_ids(self) -> list[int]:
+        return [i for i, load in self.loads.items() if load.ticket.ready()]
+
+    def poll_loads(self, ready: set[int] | None = None) -> None:
+        """Mark the loads whose copy has landed as done. `ready`: with tensor parallelism,
+        the ids the leader saw land; this rank waits for those copies (and only those)."""
+        for load in list(self.loads.values()):
+            if ready is None and load.ticket.ready():
+                self._finish_load(load)
+            elif ready is not None and load.load_id in ready:
+                load.ticket.wait()
+                self._finish_load(load)
+
+    def wait_load(self, load: HostLoad) -> None:
+        if not load.done:
+            load.ticket.wait()
+            self._finish_load(load)
+
+    def _finish_load(self, load: HostLoad) -> None:
+        load.done = True
+        del self.loads[load.load_id]
+        st = self.host_stats
+        latency = time.perf_counter() - load.ticket.started
+        st.loads += 1
+        st.loaded_tokens += load.num_tokens
+        st.load_latency_s += latency
+        st.max_load_latency_s = max(st.max_load_latency_s, latency)
+        st.latencies = [*st.latencies[-1023:], latency]
+        if load.released:
+            self.tree.dec_lock_ref(load.node)
+
+    def release_load(self, load: HostLoad) -> None:
+        """The request that asked for the load is admitted (with its own lock) or gone."""
+        assert not load.released, "a host load released twice"
+        load.released = True
+        if load.done:
+            self.tree.dec_lock_ref(load.node)
+
     # ------------------------------------------------------------------ handing KV to the tree
     def cache_req(self, req: Req, finished: bool) -> None:
         """Hand the request's computed KV to the tree. Finished (or retracted/aborted): free
@@ -97,6 +198,8 @@ class KVCacheBridge:
             # slots the tree already had for [protected, cached) were computed twice: ours go back
             self.kv_pool.free(slots[req.cache_protected_len : cached])
         if finished:
+            if self.write_through and req.kv_len:
+                self.tree.backup_path(self.tree.match_prefix(tokens).last_node)
             if req.last_node is not None:
                 self.tree.dec_lock_ref(req.last_node)
             self.req_pool.free(req.req_pool_idx)
@@ -106,6 +209,11 @@ class KVCacheBridge:
         if self.tree.disable:
             return
         match = self.tree.match_prefix(tokens)
+        while len(match.kv_indices) < req.kv_len and match.blocked_by is not None:
+            # rare: this request's own tokens ran into a prefix being loaded for another; its
+            # row must point at slots that hold their KV, so wait for that copy
+            self.wait_load(match.blocked_by)
+            match = self.tree.match_prefix(tokens)
         row[: req.kv_len] = match.kv_indices.to(row.dtype)
         self.tree.inc_lock_ref(match.last_node)
         if req.last_node is not None:
@@ -134,20 +242,40 @@ class KVCacheBridge:
             )
         if self.req_pool.available + len(live) != self.req_pool.num_rows:
             raise AssertionError("request rows leaked")
+        if self.host is not None:
+            pool, tree = self.host.host_pool, self.tree
+            if pool.available + tree.host_evictable_size + tree.host_protected_size != pool.num_slots:
+                raise AssertionError(
+                    f"host KV accounting broken: free {pool.available} + evictable "
+                    f"{tree.host_evictable_size} + locked {tree.host_protected_size} "
+                    f"!= total {pool.num_slots}"
+                )
         if check_tree:
             self.tree.self_check()
 
     def usage(self, live: list[Req]) -> dict[str, int]:
-        return {
+        usage = {
             "total_tokens": self.kv_pool.num_slots,
             "free_tokens": self.kv_pool.available,
             "evictable_tokens": self.tree.evictable_size,
             "locked_tokens": self.tree.protected_size,
             "in_use_tokens": sum(r.owned_kv_len for r in live),
         }
+        if self.host is not None:
+            usage.update(
+                host_total_tokens=self.host.host_pool.num_slots,
+                host_free_tokens=self.host.host_pool.available,
+                host_evictable_tokens=self.tree.host_evictable_size,
+                host_locked_tokens=self.tree.host_protected_size,
+                host_loads_in_flight=len(self.loads),
+            )
+        return usage
 
     def reset(self) -> None:
-        """Drop every cached prefix (only with no request live)."""
+        """Drop every cached prefix (only with no request live and no load in flight)."""
+        assert not self.loads, "reset with host loads in flight"
         self.tree.reset()
         self.kv_pool.reset()
         self.req_pool.reset()
+        if self.host is not None:
+            self.host.host_pool.reset()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from radixlm.runtime.radix.radix_cache import RadixCache
+from radixlm.runtime.radix.radix_cache import MatchResult, RadixCache
 from radixlm.runtime.scheduler.request import Req
 
 # LPM matches every waiting request against the tree each round; past this queue length
@@ -34,6 +34,11 @@ def match_limit(req: Req) -> int:
     return max(limit, 0)
 
 
+def _hit_len(match: MatchResult) -> int:
+    """Tokens of a match that need no compute: on the device, or loadable from the host."""
+    return len(match.kv_indices) + match.host_len
+
+
 class SchedulePolicy:
     def __init__(self, policy: str, tree: RadixCache) -> None:
         self.policy = "fcfs" if tree.disable else policy
@@ -43,7 +48,7 @@ class SchedulePolicy:
         """Waiting requests in the order admission should try them."""
         if self.policy == "fcfs" or len(waiting) > LPM_MAX_QUEUE:
             return list(waiting)
-        hits = {id(r): len(self.tree.match_prefix(r.fill_ids[: match_limit(r)]).kv_indices) for r in waiting}
+        hits = {id(r): _hit_len(self.tree.match_prefix(r.fill_ids[: match_limit(r)])) for r in waiting}
         # retracted requests keep their place at the front, then requests that have waited
         # long enough in arrival order, then the rest by cached prefix; the sort is stable
         return sorted(

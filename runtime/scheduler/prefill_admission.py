@@ -10,6 +10,12 @@ Bounded wait (no request starves): admission stops at the first request that doe
 nothing behind it overtakes it for memory; retracted requests come first; under LPM a request
 passed over in `MAX_PASSED_OVER` admission rounds goes ahead of every request that has not
 waited as long.
+
+Host tier: a request whose match continues into host-only prefixes (at least
+`HOST_LOAD_MIN_TOKENS` of them) is not admitted yet: it starts their copy back to the device
+under the same memory check admission makes, and waits in the queue, skipped, until the copy
+has landed; it is then admitted over the whole prefix. A request whose prefix is being
+loaded for another waits for that load instead of recomputing it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from radixlm.runtime.scheduler.batch_builder import build_extend_batch
 from radixlm.runtime.scheduler.output_rules import store_logprobs
 from radixlm.runtime.scheduler.policy import InBatchPrefixFilter, PrefillBudget, match_limit
 from radixlm.runtime.scheduler.request import Req
+
+# host-only prefixes shorter than this are recomputed: a copy costs more than a few tokens' prefill
+HOST_LOAD_MIN_TOKENS = 8
 
 
 class PrefillAdmission:
@@ -46,16 +55,43 @@ class PrefillAdmission:
             return batch
         dedup = InBatchPrefixFilter(self.policy.policy == "lpm")
         admitted: list[Req] = []
-        for req in self.policy.order(self.waiting):
+        # loading requests hold their loaded prefix locked: the memory they need beyond it is
+        # set aside, and those whose load has landed go first, so loads cannot starve each other
+        loading = {id(r): r.host_load.need for r in self.waiting if r.host_load is not None}
+        reserved += sum(loading.values())
+        order = self.policy.order(self.waiting)
+        if loading:
+            landed = [r for r in order if r.host_load is not None and r.host_load.done]
+            order = landed + [r for r in order if r.host_load is None or not r.host_load.done]
+        for req in order:
             if req_pool.available == 0 or budget.rem_chunk_tokens <= 0:
                 break
+            if req.host_load is not None and not req.host_load.done:
+                continue  # its prefix is still on its way back from host memory
             match = self.cache.match(req.fill_ids[: match_limit(req)])
+            if match.blocked_by is not None:
+                continue  # another request's load is bringing this prefix back
             cached_len = len(match.kv_indices)
             extend_len = len(req.fill_ids) - cached_len
-            if dedup.should_defer(req, cached_len):
+            if dedup.should_defer(req, cached_len + match.host_len):
+                continue
+            reserve = budget.decode_reserve(req)
+            reserved -= loading.pop(id(req), 0)  # checked for itself below
+            if match.host_len >= HOST_LOAD_MIN_TOKENS and self.cache.host is not None:
+                self.cache.lock(match)  # its device prefix is not reclaimable for it
+                fits = extend_len + reserve <= self.cache.reclaimable - reserved
+                load = self.cache.start_load(match) if fits else None
+                self.cache.unlock(match)  # the load's own lock covers the prefix now
+                if load is None:
+                    break
+                if req.host_load is not None:  # an earlier load of a shorter prefix, now done
+                    self.cache.release_load(req.host_load)
+                req.host_load = load
+                req.host_loaded_tokens += load.num_tokens
+                load.need = extend_len - load.num_tokens + reserve
+                reserved += load.need
                 continue
             self.cache.lock(match)
-            reserve = budget.decode_reserve(req)
             too_big = batch and extend_len > budget.rem_input_tokens
             if extend_len + reserve > self.cache.reclaimable - reserved or too_big:
                 self.cache.unlock(match)
@@ -65,10 +101,14 @@ class PrefillAdmission:
             if not self.cache.extend_into(req, n):  # cannot happen after the room check; undo cleanly
                 self.cache.cache_req(req, finished=True)
                 break
+            if req.host_load is not None:  # admitted over the loaded prefix, under its own lock now
+                self.cache.release_load(req.host_load)
+                req.host_load = None
             if req.cached_tokens < 0:  # first admission (a retracted request was counted already)
                 req.cached_tokens = cached_len
                 self.stats.prompt_tokens += req.prompt_len
                 self.stats.cached_tokens += min(cached_len, req.prompt_len)
+                self.stats.host_cached_tokens += min(req.host_loaded_tokens, cached_len, req.prompt_len)
             reserved += reserve
             budget.take(n)
             batch.append(req)

@@ -38,6 +38,8 @@ class Req:
     last_node: TreeNode | None = None
     extend_target: int = 0  # kv_len after the extend in flight
     is_chunked: bool = False
+    host_load: Any = None  # a HostLoad bringing its prefix back from the host tier, until admitted
+    host_loaded_tokens: int = 0  # prompt tokens such loads brought back (for the hit statistics)
 
     # ---- status and results
     finished_reason: dict[str, Any] | None = None

@@ -60,7 +60,8 @@ RETRACT_RESERVE_STEPS = 20  # decode steps of headroom to free per request left 
 @dataclass
 class SchedulerStats:
     prompt_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the cache, of which
+    host_cached_tokens: int = 0  # ... came back from the host tier
     generated_tokens: int = 0
     prefill_batches: int = 0
     decode_steps: int = 0
@@ -105,7 +106,14 @@ class Scheduler(PrefillAdmission, JumpForward):
         self.cfg = cfg
         self.runner = runner
         self.device = runner.device
-        self.cache = KVCacheBridge(runner.kv_pool, runner.req_pool, runner.device, cfg.disable_radix_cache)
+        self.cache = KVCacheBridge(
+            runner.kv_pool,
+            runner.req_pool,
+            runner.device,
+            cfg.disable_radix_cache,
+            host=runner.kv_transfer,
+            write_through=cfg.hicache_write_policy == "write_through",
+        )
         self.grammar_queue = GrammarQueue(grammars)
         self.rules = OutputRules(decode_tokens, runner.context_len)
         self.policy = SchedulePolicy(cfg.schedule_policy, self.cache.tree)
@@ -156,11 +164,21 @@ class Scheduler(PrefillAdmission, JumpForward):
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked_req or self.grammar_queue or self.inflight)
+        return bool(
+            self.waiting
+            or self.running
+            or self.chunked_req
+            or self.grammar_queue
+            or self.inflight
+            or self.cache.loads
+        )
 
-    def step(self, grammar_ready: set[str] | None = None) -> list[Req]:
+    def step(self, grammar_ready: set[str] | None = None, loads_ready: set[int] | None = None) -> list[Req]:
         """Run one batch (with overlap: queue one and process the one before). Returns the
-        requests that gained output tokens or finished. `grammar_ready`: see GrammarQueue.poll."""
+        requests that gained output tokens or finished. `grammar_ready`: see GrammarQueue.poll;
+        `loads_ready`: see KVCacheBridge.poll_loads."""
+        if self.cache.loads:
+            self.cache.poll_loads(loads_ready)
         touched = self._poll_grammars(grammar_ready) if self.grammar_queue else []
         if self.inflight is not None and (
             self.waiting or self.chunked_req or any(r.to_abort for r in self.running)
@@ -231,6 +249,9 @@ class Scheduler(PrefillAdmission, JumpForward):
         done = []
         for req in [r for r in self.waiting if r.to_abort]:
             self.waiting.remove(req)
+            if req.host_load is not None:  # freed once its copy has landed
+                self.cache.release_load(req.host_load)
+                req.host_load = None
             self._finish(req, {"type": "abort", "message": req.to_abort})
             done.append(req)
         for req in [r for r in self._live_reqs() if r.to_abort]:
@@ -350,6 +371,17 @@ class Scheduler(PrefillAdmission, JumpForward):
         self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_new_token_ratio)
 
     # ------------------------------------------------------------------ retraction
+    def _give_up_loads(self) -> bool:
+        """Unlock the prefixes loaded for waiting requests (waiting for copies still in
+        flight), so a lone running request can use their memory; those requests will match
+        again when admitted. False if no request held a load."""
+        holders = [r for r in self.waiting if r.host_load is not None]
+        for req in holders:
+            self.cache.wait_load(req.host_load)
+            self.cache.release_load(req.host_load)
+            req.host_load = None
+        return bool(holders)
+
     def _ensure_decode_memory(self) -> None:
         """Make one KV slot free per running request, retracting requests if eviction alone
         cannot (see the module docstring for whom)."""
@@ -359,6 +391,8 @@ class Scheduler(PrefillAdmission, JumpForward):
                 self.running, key=lambda r: (len(r.output_ids), -r.prompt_len)
             )
             if len(victims) <= 1:
+                if self._give_up_loads():
+                    continue
                 raise RuntimeError("KV pool cannot hold a single request; max_total_tokens is too small")
             victim = victims[0]
             self._drop_live(victim)

@@ -126,7 +126,7 @@ class SchedulerLoop:
             self.recv_sock = make_socket(self.ctx, zmq.PULL, addrs.scheduler_input, bind=False)
             self.to_detok = make_socket(self.ctx, zmq.PUSH, addrs.detokenizer_input, bind=False)
             self.to_tm = make_socket(self.ctx, zmq.PUSH, addrs.tokenizer_input, bind=False)
-        self.sync_dec = msgspec.msgpack.Decoder(tuple[list[bytes], list[str]])
+        self.sync_dec = msgspec.msgpack.Decoder(tuple[list[bytes], list[str], list[int]])
         self.enc = encoder()
         self.dec = decoder(ToScheduler)
         self.reqs: dict[str, Req] = {}
@@ -139,11 +139,11 @@ class SchedulerLoop:
         stats = self.scheduler.stats
         while not self.stopping:
             start, decode_steps = time.perf_counter(), stats.decode_steps
-            grammar_ready = self._drain()
+            grammar_ready, loads_ready = self._drain()
             if self.stopping:
                 break
             if self.scheduler.has_work:
-                touched = self.scheduler.step(grammar_ready)
+                touched = self.scheduler.step(grammar_ready, loads_ready)
                 self._emit(touched)
                 if stats.decode_steps != decode_steps:
                     stats.decode_iter_s += time.perf_counter() - start
@@ -154,23 +154,25 @@ class SchedulerLoop:
                 return
         linger_after_shutdown()
 
-    def _drain(self) -> set[str] | None:
+    def _drain(self) -> tuple[set[str] | None, set[int] | None]:
         """Handle every message that arrived. With tensor parallelism the leader broadcasts the
-        frames it received, and the grammars it found ready, so every rank handles the same
-        messages and admits the same requests this iteration; returns those grammar rids
-        (None with one rank)."""
+        frames it received, the grammars it found ready and the host-cache loads it saw land,
+        so every rank handles the same messages and admits the same requests this iteration;
+        returns those grammar rids and load ids (None with one rank)."""
         frames: list[bytes] = []
         while self.recv_sock is not None:
             try:
                 frames.append(self.recv_sock.recv(zmq.NOBLOCK))
             except zmq.Again:
                 break
-        grammar_ready = None
+        grammar_ready = loads_ready = None
         if self.tp.size > 1:
-            ready = self.scheduler.ready_grammar_rids() if self.tp.is_leader else []
-            payload = msgspec.msgpack.encode((frames, ready)) if self.tp.is_leader else b""
-            frames, ready = self.sync_dec.decode(self.tp.broadcast_bytes(payload))
-            grammar_ready = set(ready)
+            sched = self.scheduler
+            ready = sched.ready_grammar_rids() if self.tp.is_leader else []
+            landed = sched.cache.ready_load_ids() if self.tp.is_leader else []
+            payload = msgspec.msgpack.encode((frames, ready, landed)) if self.tp.is_leader else b""
+            frames, ready, landed = self.sync_dec.decode(self.tp.broadcast_bytes(payload))
+            grammar_ready, loads_ready = set(ready), set(landed)
         for frame in frames:
             msg = decode_or_drop(self.dec, frame)
             if msg is None:
@@ -183,7 +185,7 @@ class SchedulerLoop:
                     self._reject(msg, f"internal error: {exc}")
                 elif isinstance(msg, ControlReq):
                     self._reply(msg, False, error=str(exc))
-        return grammar_ready
+        return grammar_ready, loads_ready
 
     def _send(self, sock: Any, msg: Any) -> None:
         if sock is not None:  # a follower rank: the leader answers the same message

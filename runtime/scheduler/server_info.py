@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from radixlm.runtime.config import EngineConfig
@@ -59,6 +60,7 @@ def server_info(cfg: EngineConfig, sched: Scheduler) -> dict[str, Any]:
             if stats.decode_gpu_busy_s
             else None
         ),
+        **_cache_tiers(cfg, sched),
         "constrained_decoding": sched.grammars is not None,
         **_grammar_info(sched),
         **sched.usage(),
@@ -75,6 +77,35 @@ def _accounting(sched: Scheduler) -> str:
     except AssertionError as exc:
         return str(exc) or "radix tree self-check failed"
     return "ok"
+
+
+def _cache_tiers(cfg: EngineConfig, sched: Scheduler) -> dict[str, Any]:
+    """Where prompt tokens came from (device cache, host tier, recomputed) and, with the host
+    tier, what moved between the tiers and how long loads took."""
+    stats = sched.stats
+    info: dict[str, Any] = {
+        "hierarchical_cache": sched.cache.host is not None,
+        "device_hit_tokens": stats.cached_tokens - stats.host_cached_tokens,
+        "host_hit_tokens": stats.host_cached_tokens,
+        "recomputed_tokens": stats.prompt_tokens - stats.cached_tokens,
+    }
+    host = sched.cache.host
+    if host is None:
+        return info
+    st = sched.cache.host_stats
+    info.update(
+        hicache_write_policy=cfg.hicache_write_policy,
+        hicache_pinned=host.host_pool.pinned,
+        bytes_to_host=host.bytes_to_host,
+        bytes_to_device=host.bytes_to_device,
+        host_loads=st.loads,
+        host_loaded_tokens=st.loaded_tokens,
+        load_latency_ms_mean=1e3 * st.load_latency_s / st.loads if st.loads else None,
+        load_latency_s_total=st.load_latency_s,
+        load_latency_ms_p50=1e3 * statistics.median(st.latencies) if st.latencies else None,
+        load_latency_ms_max=1e3 * st.max_load_latency_s if st.loads else None,
+    )
+    return info
 
 
 def _grammar_info(sched: Scheduler) -> dict[str, Any]:

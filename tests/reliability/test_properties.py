@@ -6,6 +6,9 @@
   request's greedy output depends only on its prompt (not on what else ran, what was
   cached, retracted or aborted): equal prompts give equal outputs, a shorter length a prefix.
   (The radix tree alone against a naive model is tests/runtime/radix/test_radix_cache.py::RadixModel.)
+  The same machine over two tiers (a host pool beside the small device pool) adds loads held
+  in flight across steps until a rule lands them: arrivals, aborts (of loading requests too),
+  evictions to the host and loads interleave, and both tiers' accounting holds after every step.
 * Detokenisation: any token stream (special and byte tokens included), fed in any chunking,
   concatenates to the full decode, with skip_special_tokens on and off.
 * Constrained decoding: for generated regexes (alternation, classes, bounded repeats,
@@ -55,12 +58,15 @@ def runtime() -> LocalRuntime:
 class SchedulerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.rt = runtime()
+        self.rt = self._runtime()
         # every example from the same scheduler state: hypothesis replays examples (to shrink) and
         # requires the same draws, which `abort` takes from whichever requests are still live
         self.rt.fresh_scheduler()
         self.live: list = []
         self.done: list = []
+
+    def _runtime(self) -> LocalRuntime:
+        return runtime()
 
     @rule(
         burst=st.lists(
@@ -130,6 +136,64 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 TestSchedulerMachine = SchedulerMachine.TestCase
 TestSchedulerMachine.settings = settings(SLOW_OK, max_examples=25, stateful_step_count=30)
+
+_TWO_TIER: LocalRuntime | None = None
+
+
+class TwoTierSchedulerMachine(SchedulerMachine):
+    """The scheduler machine with a host tier (smaller than the working set, so it evicts
+    too) whose loads stay in flight until `land_loads`: the copy is made at once on CPU, but
+    the scheduler sees the ticket as pending and must keep stepping everything else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list = []
+        transfer = self.rt.runner.kv_transfer
+        real_load = type(transfer).load
+
+        def held_load(host_slots, device_slots):
+            ticket = real_load(transfer, host_slots, device_slots)
+            ticket.landed = False
+            ticket.ready = lambda: ticket.landed
+            ticket.wait = lambda: setattr(ticket, "landed", True)  # a forced wait lands it
+            self.held.append(ticket)
+            return ticket
+
+        transfer.load = held_load
+
+    def _runtime(self) -> LocalRuntime:
+        global _TWO_TIER
+        if _TWO_TIER is None:
+            _TWO_TIER = LocalRuntime(
+                "llama",
+                max_total_tokens=120,
+                max_prefill_tokens=64,
+                schedule_conservativeness=0.05,
+                enable_hierarchical_cache=True,
+                hicache_ratio=1.5,
+            )
+        return _TWO_TIER
+
+    @rule(share=st.sampled_from([0.5, 1.0]))
+    def land_loads(self, share):
+        pending = [t for t in self.held if not t.landed]
+        for ticket in pending[: max(1, int(len(pending) * share))]:
+            ticket.landed = True
+
+    @invariant()
+    def loading_requests_hold_their_prefix(self):
+        for load in self.rt.scheduler.cache.loads.values():
+            assert load.node.lock_ref > 0
+
+    def teardown(self):
+        self.rt.runner.kv_transfer.__dict__.pop("load", None)  # loads from here on land at once
+        for ticket in self.held:
+            ticket.landed = True
+        super().teardown()
+
+
+TestTwoTierSchedulerMachine = TwoTierSchedulerMachine.TestCase
+TestTwoTierSchedulerMachine.settings = settings(SLOW_OK, max_examples=25, stateful_step_count=30)
 
 
 # ------------------------------------------------------------------------- detokenisation
