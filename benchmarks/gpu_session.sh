@@ -107,9 +107,10 @@ case "$MODE" in
     # that, ~24 GiB pinned), one engine per variant. Estimate: build ~1.5 min, ~30 s start per engine, off
     # ~40 s (it recomputes most of 860k prompt tokens), write_back/write_through ~20 s each. The timeout
     # bounds a stuck run; the JSON is rewritten after each variant, so finished variants survive it.
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_host_cache.py 2>&1 | tail -30 > "$OUT/gpu-tests.log"
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
       --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
-    timeout 360 python3 benchmarks/bench_hicache.py --model /tmp/bench-8b --device cuda --dtype bfloat16 \
+    timeout ${BENCH_TIMEOUT:-330} python3 benchmarks/bench_hicache.py --model /tmp/bench-8b --device cuda --dtype bfloat16 \
       --max-total-tokens 24576 --hicache-ratio 8 --variants "${VARIANTS:-off,write_back,write_through}" \
       --json "$OUT/hicache.json" 2>&1 | tee "$OUT/hicache.log"
     ;;
