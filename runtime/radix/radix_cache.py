@@ -126,25 +126,17 @@ class RadixCache:
         return self.host_evictable_size + self.host_protected_size
 
     # ---------------------------------------------------------------- residency bookkeeping
-    def _set_value(self, node: TreeNode, value: torch.Tensor | None) -> None:
-        """Put a node on the device (slots) or take it off (None), keeping the counters."""
-        delta = (value is not None) - (node.value is not None)
-        if node.lock_ref:
-            self.protected_size += delta * len(node.key)
+    def _place(self, node: TreeNode, slots: torch.Tensor | None, *, host: bool) -> None:
+        """Put a node on a tier (its slots there) or take it off that tier (None), keeping
+        the tier's evictable or protected count."""
+        had = (node.host_value if host else node.value) is not None
+        delta = ((slots is not None) - had) * len(node.key)
+        counter = ("host_" if host else "") + ("protected_size" if node.lock_ref else "evictable_size")
+        setattr(self, counter, getattr(self, counter) + delta)
+        if host:
+            node.host_value = slots
         else:
-            self.evictable_size += delta * len(node.key)
-        node.value = value
-
-    def _set_host(self, node: TreeNode, host_value: torch.Tensor | None) -> None:
-        delta = (host_value is not None) - (node.host_value is not None)
-        if node.lock_ref:
-            self.host_protected_size += delta * len(node.key)
-        else:
-            self.host_evictable_size += delta * len(node.key)
-        node.host_value = host_value
-
-    def _on_device(self, node: TreeNode) -> bool:
-        return node.value is not None and not node.loading
+            node.value = slots
 
     # ---------------------------------------------------------------- lookup
     def match_prefix(self, key: Sequence[int]) -> MatchResult:
@@ -198,14 +190,14 @@ class RadixCache:
                 leaf = TreeNode(node, key[pos:])
                 leaf.last_access = now
                 node.children[key[pos]] = leaf
-                self._set_value(leaf, value[pos:].clone())
+                self._place(leaf, value[pos:].clone(), host=False)
                 return cached
             n = _common_prefix_len(child.key, key[pos:])
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now
             if child.value is None:
-                self._set_value(child, value[pos : pos + n].clone())
+                self._place(child, value[pos : pos + n].clone(), host=False)
             elif cached == pos:  # on the device (or being loaded there) already
                 cached = pos + n
             node = child
@@ -274,10 +266,10 @@ class RadixCache:
                 host_slots = self._alloc_host(len(node.key))
                 if host_slots is not None:
                     backups.append((node.value, host_slots))
-                    self._set_host(node, host_slots)
+                    self._place(node, host_slots, host=True)
             to_free.append(node.value)
             freed += len(node.key)
-            self._set_value(node, None)
+            self._place(node, None, host=False)
             parent = node.parent
             if node.host_value is None:
                 self._remove_subtree(node)
@@ -308,7 +300,7 @@ class RadixCache:
             assert n.value is None and n.lock_ref == 0, "removing a node still on the device or locked"
             if n.host_value is not None:
                 host_slots.append(n.host_value)
-                self._set_host(n, None)
+                self._place(n, None, host=True)
             stack.extend(n.children.values())
         if host_slots:
             self.host.host_pool.free(torch.cat(host_slots))
@@ -333,7 +325,7 @@ class RadixCache:
             node = heapq.heappop(heap)
             to_free.append(node.host_value)
             freed += len(node.key)
-            self._set_host(node, None)
+            self._place(node, None, host=True)
             if node.value is None:  # a host-only leaf: nothing of it is left
                 parent = node.parent
                 del parent.children[node.key[0]]
@@ -362,7 +354,7 @@ class RadixCache:
             if host_slots is None:
                 break
             backups.append((node.value, host_slots))
-            self._set_host(node, host_slots)
+            self._place(node, host_slots, host=True)
             node = node.parent
         if backups:
             self.host.backup(torch.cat([b[0] for b in backups]), torch.cat([b[1] for b in backups]))
@@ -374,7 +366,7 @@ class RadixCache:
         off = 0
         for node in host_nodes:
             assert node.value is None and node.lock_ref > 0, "a load targets locked host-only nodes"
-            self._set_value(node, device_slots[off : off + len(node.key)])
+            self._place(node, device_slots[off : off + len(node.key)], host=False)
             node.load = load
             off += len(node.key)
         return torch.cat([n.host_value for n in host_nodes])

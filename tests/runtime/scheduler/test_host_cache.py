@@ -132,17 +132,18 @@ def two_tier() -> LocalRuntime:
     rt.runner.kv_transfer.__dict__.pop("load", None)
 
 
-def _evict_to_host(rt: LocalRuntime, prompt: list[int]) -> None:
+def _evict_to_host(rt: LocalRuntime, prompt: list[int]) -> HeldTickets:
+    """Cache `prompt`, move everything to the host tier, and hold the loads that follow."""
     rt.generate([prompt], {**GREEDY, "max_new_tokens": 2})
-    rt.scheduler.cache.make_room(rt.scheduler.cache.kv_pool.num_slots)  # everything to the host
+    rt.scheduler.cache.make_room(rt.scheduler.cache.kv_pool.num_slots)
     assert rt.scheduler.tree.total_size == 0 and rt.scheduler.tree.host_total_size > 0
+    return HeldTickets(rt)
 
 
 def test_a_loading_request_waits_while_others_run(two_tier):
     rt = two_tier
-    held = HeldTickets(rt)
     prompt = list(range(300, 360))
-    _evict_to_host(rt, prompt)
+    held = _evict_to_host(rt, prompt)
     loading = rt.submit(prompt + [7, 8], {**GREEDY, "max_new_tokens": 4})
     other = rt.submit(list(range(1000, 1010)), {**GREEDY, "max_new_tokens": 4})
     for _ in range(12):
@@ -161,9 +162,8 @@ def test_a_loading_request_waits_while_others_run(two_tier):
 
 def test_abort_during_a_load_frees_everything_once_it_lands(two_tier):
     rt = two_tier
-    held = HeldTickets(rt)
     prompt = list(range(400, 470))
-    _evict_to_host(rt, prompt)
+    held = _evict_to_host(rt, prompt)
     req = rt.submit(prompt + [5], {**GREEDY, "max_new_tokens": 4})
     rt.scheduler.step()
     assert req.host_load is not None
@@ -184,9 +184,8 @@ def test_abort_during_a_load_frees_everything_once_it_lands(two_tier):
 
 def test_a_second_request_for_a_loading_prefix_waits_for_that_load(two_tier):
     rt = two_tier
-    held = HeldTickets(rt)
     prompt = list(range(500, 560))
-    _evict_to_host(rt, prompt)
+    held = _evict_to_host(rt, prompt)
     first = rt.submit(prompt + [1], {**GREEDY, "max_new_tokens": 3})
     rt.scheduler.step()
     second = rt.submit(prompt + [2], {**GREEDY, "max_new_tokens": 3})
