@@ -350,7 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ablations",
         default="",
         help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, "
-        "tp2",
+        "tp2, spec-ngram, spec-lookahead",
     )
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
@@ -450,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "tp2" in ablations:  # the same model over two GPUs (NCCL), against one
         configs.append(("radixlm-tp2", {"tp_size": 2}, batch_sizes, True))
+    for alg in ("ngram", "lookahead"):  # speculative decoding: its cost where drafts rarely hold
+        if f"spec-{alg}" in ablations:
+            configs.append((f"radixlm-spec-{alg}", {"speculative_algorithm": alg}, batch_sizes, False))
     if "no-overlap" in ablations:
         configs.append(("radixlm-no-overlap", {"overlap_schedule": "off"}, batch_sizes, False))
     if "no-cuda-graph" in ablations:
@@ -476,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max_total_tokens",
                 "dtype",
                 "device",
+                "speculative_algorithm",
             )
         }
         print(f"{name}: engine up in {time.perf_counter() - t:.1f} s ({engine_info[name]})", flush=True)
@@ -484,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_cases(
                 name, engine, args, prompts, engine_nums, device, bandwidth, peak, sizes, prefill
             )
+            if "speculative_algorithm" in extra:  # how often drafts held over every case
+                done = engine.engine.get_server_info()
+                keys = ("spec_proposed_tokens", "spec_accepted_tokens", "generated_tokens")
+                engine_info[name].update({k: done.get(k) for k in keys})
         finally:
             engine.close()
     if not args.keep_model:

@@ -18,6 +18,7 @@
 #   bash benchmarks/gpu_session.sh constrained  # issue 21: constrained decoding cost, b=1/64, both backends
 #   bash benchmarks/gpu_session.sh hicache  # hierarchical radix cache: 64x8-turn chats on the 8B shape, host
 #                                           # tier off / write_back / write_through (~5 min on an H100)
+#   bash benchmarks/gpu_session.sh spec     # issue 23: speculative decoding's cost and its gain per accepted length
 #   bash benchmarks/gpu_session.sh jf-fp32  # jump-forward on/off identity at b=64, 8B shape in float32
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
@@ -113,6 +114,16 @@ case "$MODE" in
     timeout ${BENCH_TIMEOUT:-330} python3 benchmarks/bench_hicache.py --model /tmp/bench-8b --device cuda --dtype bfloat16 \
       --max-total-tokens 24576 --hicache-ratio 8 --variants "${VARIANTS:-off,write_back,write_through}" \
       --json "$OUT/hicache.json" 2>&1 | tee "$OUT/hicache.log"
+    ;;
+  spec)  # issue 23: speculative decoding on the 8B shape. Its cost where drafts rarely hold (random weights:
+    # bench_offline at batch 1 and 64 beside the same runtime without it), then drafts of controlled
+    # acceptance (the reference output in the radix tree, lookahead) swept over the draft length at batch 1
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_speculative.py 2>&1 | tail -30 > "$OUT/gpu-tests.log"
+    timeout 280 python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
+      --engines radixlm --ablations spec-ngram,spec-lookahead --batch-sizes 1,64 --output-len 128 --reps 2 \
+      --out "$OUT/spec-overhead.json" > "$OUT/spec-overhead.log" 2>&1
+    timeout 200 python3 benchmarks/bench_spec_reference.py --model /tmp/bench-8b --device cuda --dtype bfloat16 \
+      --json "$OUT/spec-reference.json" 2>&1 | tee "$OUT/spec-reference.log"
     ;;
   jf-fp32)  # jump-forward's identical outputs at batch 64 on the 8B shape in float32 (bf16 differed there)
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \

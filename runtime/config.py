@@ -190,6 +190,13 @@ class EngineConfig:
     hicache_write_policy: str = "write_back"  # write_back | write_through
     # constrained requests: draft the text their grammar forces and verify it in one pass
     disable_jump_forward: bool = False
+    # speculative decoding without a draft model (runtime/scheduler/draft_proposers.py):
+    # None | "ngram" (prompt lookup) | "lookahead" (the radix tree's continuation, then n-gram);
+    # at most speculative_num_draft_tokens drafts per request and step (adaptive below that),
+    # and none while more than speculative_max_batch requests decode (compute-bound by then)
+    speculative_algorithm: str | None = None
+    speculative_num_draft_tokens: int = 8
+    speculative_max_batch: int = 16
     # regex for the whitespace a JSON-schema output may have between tokens (default "[ ]?")
     constrained_json_whitespace_pattern: str | None = None
     # who compiles and enforces constraints: auto | outlines | llguidance (runtime/constrained/
@@ -286,6 +293,16 @@ class EngineConfig:
             raise ValueError("several nodes need dist_init_addr (host:port of node 0) to meet")
         if self.cuda_graph_max_bs < 1:
             raise ValueError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
+        if self.speculative_algorithm not in (None, "ngram", "lookahead"):
+            raise ValueError(
+                f"speculative_algorithm must be ngram, lookahead or None, got {self.speculative_algorithm!r}"
+            )
+        if not 1 <= self.speculative_num_draft_tokens <= 32:
+            raise ValueError(
+                f"speculative_num_draft_tokens must be in [1, 32], got {self.speculative_num_draft_tokens}"
+            )
+        if self.speculative_max_batch < 1:
+            raise ValueError(f"speculative_max_batch must be >= 1, got {self.speculative_max_batch}")
         if self.hicache_ratio <= 0 or self.hicache_size < 0:
             raise ValueError(
                 f"hicache_ratio must be > 0 and hicache_size (GiB) >= 0, got {self.hicache_ratio} "

@@ -75,6 +75,8 @@ SUMMED = (
     "bytes_to_device",
     "host_loads",
     "host_loaded_tokens",
+    "spec_proposed_tokens",
+    "spec_accepted_tokens",
 )
 
 
@@ -123,6 +125,8 @@ def merge_replies(op: str, replies: list[ControlReply], router: Router) -> tuple
         data["cache_hit_rate"] = (
             data["cached_tokens"] / data["prompt_tokens"] if data.get("prompt_tokens") else 0.0
         )
+        if data.get("spec_proposed_tokens"):
+            data["spec_acceptance_rate"] = data["spec_accepted_tokens"] / data["spec_proposed_tokens"]
         data["dp_size"] = len(infos)
         broken = [
             f"replica {i}: {info.get('kv_accounting')}"

@@ -65,6 +65,9 @@ class TokenOutput(msgspec.Struct):
     cached_tokens: int
     retractions: int = 0
     jump_forward_tokens: int | None = None  # constrained requests: output tokens not sampled
+    # speculative decoding on: draft tokens proposed for this request, and those accepted
+    spec_proposed_tokens: int | None = None
+    spec_accepted_tokens: int | None = None
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
     stop_strs: list[str] = []

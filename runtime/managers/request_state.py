@@ -71,6 +71,9 @@ class ReqState:
         )
         if tok.jump_forward_tokens is not None:
             meta["jump_forward_tokens"] = tok.jump_forward_tokens
+        if tok.spec_proposed_tokens is not None:
+            meta["spec_proposed_tokens"] = tok.spec_proposed_tokens
+            meta["spec_accepted_tokens"] = tok.spec_accepted_tokens
         for key in (
             "input_token_logprobs",
             "input_top_logprobs",

@@ -18,27 +18,53 @@ from radixlm.runtime.scheduler.batch_builder import SampleView, build_decode_bat
 from radixlm.runtime.scheduler.request import Req
 
 MAX_DRAFT_TOKENS = 32  # most drafted tokens one request feeds in one step
+MAX_SPEC_BACKOFF = 64  # most decode steps a request whose drafts keep failing goes without one
 
 
 class JumpForward:
-    """The Scheduler's drafted decode steps. Uses the Scheduler's `cfg`, `runner`, `cache`,
-    `running`, `stats`, `_append_token`, `_wait` and `_decay_token_ratio`."""
+    """The Scheduler's drafted decode steps: jump-forward (a grammar's forced text) and
+    speculative decoding (a proposer's guess, draft_proposers.py), verified the same way.
+    Uses the Scheduler's `cfg`, `runner`, `cache`, `running`, `stats`, `proposer`,
+    `_append_token`, `_wait` and `_decay_token_ratio`."""
 
-    def _drafts(self, reqs: list[Req]) -> list[list[int]] | None:
-        """Per request, the tokens its grammar forces next, or None when no request has any or
-        there is no room for them."""
-        if self.cfg.disable_jump_forward or not any(r.grammar is not None for r in reqs):
+    def _speculating(self) -> bool:
+        """Whether this decode step may carry speculative drafts: a proposer is on, the batch
+        is small enough for extra rows to be nearly free, and some request is not backing
+        off. Counts down the back-offs (once per decode step)."""
+        if self.proposer is None or len(self.running) > self.cfg.speculative_max_batch:
+            return False
+        ready = False
+        for req in self.running:
+            if req.spec_backoff:
+                req.spec_backoff -= 1
+            elif req.grammar is None:
+                ready = True
+        return ready
+
+    def _drafts(self, reqs: list[Req], speculate: bool = False) -> list[list[int]] | None:
+        """Per request, the tokens its grammar forces next (jump-forward) or, with `speculate`,
+        a proposer's guess for a grammar-free request; None when no request has any or there
+        is no room for them."""
+        jump = not self.cfg.disable_jump_forward and any(r.grammar is not None for r in reqs)
+        if not jump and not speculate:
             return None
         drafts = []
         for req in reqs:
+            left = min(
+                req.sampling_params.max_new_tokens - len(req.output_ids),
+                self.runner.context_len - len(req.fill_ids),
+            )
+            cap = max(left - 1, 0)  # one of the step's tokens is always sampled
             draft: list[int] = []
-            if req.grammar is not None:
-                left = min(
-                    req.sampling_params.max_new_tokens - len(req.output_ids),
-                    self.runner.context_len - len(req.fill_ids),
-                )
-                # one of the step's tokens is always sampled, so at most left - 1 drafts
-                draft = req.grammar.draft()[: max(min(left - 1, req.draft_budget), 0)]
+            req.draft_kind = None
+            if req.grammar is not None and jump:
+                draft = req.grammar.draft()[: min(cap, req.draft_budget)]
+                req.draft_kind = "grammar"
+            elif req.grammar is None and speculate and not req.spec_backoff:
+                draft = self.proposer.propose(req, min(cap, req.spec_budget))
+                req.draft_kind = "spec"
+                if not draft and cap:  # nothing to guess from counts as a miss: back off
+                    self._adapt_speculation(req, 0, 0)
             drafts.append(draft)
         extra = sum(len(d) for d in drafts)
         if extra == 0:
@@ -93,7 +119,10 @@ class JumpForward:
         accepted = 0
         while accepted < len(draft) and sampled[accepted] == draft[accepted]:
             accepted += 1
-        if draft:  # rejected rows are wasted work: draft longer only while drafts hold
+        speculative = req.draft_kind == "spec"
+        if draft and speculative:
+            self._adapt_speculation(req, len(draft), accepted)
+        elif draft:  # rejected rows are wasted work: draft longer only while drafts hold
             req.draft_budget = (
                 min(2 * req.draft_budget, MAX_DRAFT_TOKENS) if accepted == len(draft) else max(1, accepted)
             )
@@ -106,7 +135,7 @@ class JumpForward:
             req.kv_len += 1  # the token fed at this row now has its K/V
             self._append_token(req, token)
             appended += 1
-            if k < accepted:
+            if k < accepted and not speculative:
                 req.jump_forward_tokens += 1
                 self.stats.jump_forward_tokens += 1
             if req.finished:
@@ -115,6 +144,23 @@ class JumpForward:
         if req.finished:
             self.running.remove(req)
             self.cache.cache_req(req, finished=True)
+
+    def _adapt_speculation(self, req: Req, proposed: int, accepted: int) -> None:
+        """Count a request's speculation and size its next draft: longer while drafts hold,
+        shorter to what held, and after all-rejected steps a back-off that doubles each time
+        (so a request whose text never repeats soon costs nothing)."""
+        req.spec_proposed += proposed
+        req.spec_accepted += accepted
+        self.stats.spec_proposed_tokens += proposed
+        self.stats.spec_accepted_tokens += accepted
+        limit = self.cfg.speculative_num_draft_tokens
+        if proposed:
+            req.spec_budget = min(2 * req.spec_budget, limit) if accepted == proposed else max(1, accepted)
+        if accepted:
+            req.spec_misses = 0
+        else:
+            req.spec_misses += 1
+            req.spec_backoff = min(2 ** (req.spec_misses - 1), MAX_SPEC_BACKOFF) - 1
 
 
 def _sample_views(req: Req, draft: list[int]) -> list[SampleView]:

@@ -57,6 +57,14 @@ class Req:
     grammar: GrammarMatcher | None = None
     jump_forward_tokens: int = 0  # output tokens appended by jump-forward, not sampled
     draft_budget: int = 4  # jump-forward: most draft tokens to feed next step (adapts to acceptance)
+    # ---- speculative decoding (grammar-free requests): drafts from a proposer, verified alike
+    draft_kind: str | None = None  # what the step in flight fed: "grammar" | "spec" | None
+    spec_budget: int = 2  # most speculative drafts next step (adapts to acceptance)
+    spec_misses: int = 0  # consecutive steps whose drafts were all rejected
+    spec_backoff: int = 0  # decode steps to go without proposing (grows with the misses)
+    spec_proposed: int = 0
+    spec_accepted: int = 0
+    ngram_index: Any = None  # the n-gram proposer's index over this request's tokens
     # ---- what has been reported to the client already (the process boundary sends deltas)
     sent_output_len: int = 0
     sent_input_logprobs: int = 0

@@ -43,6 +43,7 @@ from radixlm.runtime.model_executor.model_runner import ModelRunner
 from radixlm.runtime.radix.radix_cache import RadixCache
 from radixlm.runtime.scheduler.batch_builder import LogprobOwner, build_decode_batch
 from radixlm.runtime.scheduler.cache_bridge import KVCacheBridge
+from radixlm.runtime.scheduler.draft_proposers import DraftProposer
 from radixlm.runtime.scheduler.grammar_queue import GrammarQueue
 from radixlm.runtime.scheduler.jump_forward import JumpForward
 from radixlm.runtime.scheduler.output_rules import OutputRules, store_logprobs
@@ -69,6 +70,8 @@ class SchedulerStats:
     finished_requests: int = 0
     aborted_requests: int = 0  # of the finished: aborted (by a client, a grammar failure, shutdown)
     jump_forward_tokens: int = 0
+    spec_proposed_tokens: int = 0  # speculative drafts fed, and those that held
+    spec_accepted_tokens: int = 0
     # wall time of decode iterations of the scheduler loop (receive, schedule, forward, emit)
     # and of queuing the step plus waiting for its tokens inside them: their difference is
     # the scheduler's own CPU time per step, which the GPU waits for unless overlap hides it
@@ -117,6 +120,9 @@ class Scheduler(PrefillAdmission, JumpForward):
         self.grammar_queue = GrammarQueue(grammars)
         self.rules = OutputRules(decode_tokens, runner.context_len)
         self.policy = SchedulePolicy(cfg.schedule_policy, self.cache.tree)
+        self.proposer = (
+            DraftProposer(cfg.speculative_algorithm, self.cache.tree) if cfg.speculative_algorithm else None
+        )
         chunk = cfg.chunked_prefill_size or (
             GPU_DEFAULT_CHUNK if self.device.type == "cuda" else CPU_DEFAULT_CHUNK
         )
@@ -189,7 +195,12 @@ class Scheduler(PrefillAdmission, JumpForward):
         if reqs:
             touched += self._run_extend(reqs)
         elif self.running or self.inflight is not None:
-            touched += self._overlapped_decode() if self.overlap else self._run_decode()
+            speculate = self._speculating()
+            if self.overlap and not speculate:
+                touched += self._overlapped_decode()
+            else:  # drafts need the settled tokens: no step may be in flight
+                touched += self._drain()
+                touched += self._run_decode(speculate) if self.running else []
         return touched
 
     def flush_cache(self) -> bool:
@@ -261,11 +272,13 @@ class Scheduler(PrefillAdmission, JumpForward):
         return done
 
     # ------------------------------------------------------------------ decode
-    def _run_decode(self) -> list[Req]:
-        """One decode step for every running request, start to finish."""
+    def _run_decode(self, speculate: bool = False) -> list[Req]:
+        """One decode step for every running request, start to finish (with `speculate`,
+        the proposer's drafts where the batch is small enough)."""
         self._ensure_decode_memory()
         reqs = list(self.running)
-        drafts = self._drafts(reqs)
+        speculate = speculate and len(reqs) <= self.cfg.speculative_max_batch
+        drafts = self._drafts(reqs, speculate)
         if drafts is not None:
             return self._run_decode_with_drafts(reqs, drafts)
         return self._complete_decode(self._launch_decode(reqs, None))

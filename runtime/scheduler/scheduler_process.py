@@ -302,6 +302,8 @@ class SchedulerLoop:
             cached_tokens=max(req.cached_tokens, 0),
             retractions=req.retraction_count,
             jump_forward_tokens=req.jump_forward_tokens if req.grammar is not None else None,
+            spec_proposed_tokens=req.spec_proposed if self.scheduler.proposer else None,
+            spec_accepted_tokens=req.spec_accepted if self.scheduler.proposer else None,
             skip_special_tokens=params.skip_special_tokens,
             no_stop_trim=params.no_stop_trim,
             stop_strs=params.stop_strs,

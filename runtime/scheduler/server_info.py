@@ -61,6 +61,12 @@ def server_info(cfg: EngineConfig, sched: Scheduler) -> dict[str, Any]:
             else None
         ),
         **_cache_tiers(cfg, sched),
+        "speculative_algorithm": cfg.speculative_algorithm,
+        "spec_proposed_tokens": stats.spec_proposed_tokens,
+        "spec_accepted_tokens": stats.spec_accepted_tokens,
+        "spec_acceptance_rate": stats.spec_accepted_tokens / stats.spec_proposed_tokens
+        if stats.spec_proposed_tokens
+        else None,
         "constrained_decoding": sched.grammars is not None,
         **_grammar_info(sched),
         **sched.usage(),
