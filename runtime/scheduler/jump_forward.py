@@ -63,7 +63,9 @@ class JumpForward:
             elif req.grammar is None and speculate and not req.spec_backoff:
                 draft = self.proposer.propose(req, min(cap, req.spec_budget))
                 req.draft_kind = "spec"
-                if not draft and cap:  # nothing to guess from counts as a miss: back off
+                if not draft and cap and self.overlap:
+                    # nothing to guess from: a drafting step gives up overlap, so back off as
+                    # after a miss (without overlap an empty guess costs only the lookup)
                     self._adapt_speculation(req, 0, 0)
             drafts.append(draft)
         extra = sum(len(d) for d in drafts)
