@@ -187,3 +187,28 @@ def test_fp8_checkpoint_whose_blocks_straddle_ranks_is_refused(tmp_path):
     fp8 = str(fp8_checkpoint(build_tiny_model("llama"), tmp_path / "fp8", [32, 32]))
     with pytest.raises(Exception, match="not on weight_block_size 32 boundaries"):
         Engine(fp8, tp_size=4, max_total_tokens=4000)
+
+
+def test_two_ranks_with_the_host_tier_serve_like_one():
+    """The host tier under tensor parallelism: each rank keeps its KV shard in its own host
+    pool, and the leader broadcasts which loads landed so both ranks admit the same requests.
+    A multi-turn workload several times the device pool: greedy equals HF, host hits occur."""
+    from radixlm import Engine
+
+    path = str(build_tiny_model("llama"))
+    rng = random.Random(9)
+    convs = [[rng.randrange(4, 8192) for _ in range(50)] for _ in range(6)]
+    params = {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True}
+    opts = {"tp_size": 2, "max_total_tokens": 200, "enable_hierarchical_cache": True, "hicache_ratio": 4}
+    with Engine(path, **opts) as engine:
+        for _ in range(3):
+            for c in convs:
+                c += [rng.randrange(4, 8192) for _ in range(8)]
+            outs = engine.generate(input_ids=[list(c) for c in convs], sampling_params=params)
+            for c, o in zip(convs, outs):
+                assert o["output_ids"] == hf_greedy("llama", c, 6)
+                c += o["output_ids"]
+        info = engine.get_server_info()
+        assert info["host_hit_tokens"] > 0 and info["kv_accounting"] == "ok"
+        engine.check_accounting()
+        assert engine.flush_cache()
