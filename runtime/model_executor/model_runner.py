@@ -93,6 +93,10 @@ class ModelRunner:
                     )
 
         self.kv_dtype = torch.float8_e4m3fn if cfg.kv_cache_dtype == "fp8_e4m3" else self.dtype
+        # K and V of one token on this rank (its heads), every layer: sizes both KV tiers
+        self.kv_bytes_per_token = KVPool.bytes_per_token(
+            model_cfg.num_layers, self.num_kv_heads, model_cfg.head_dim, self.kv_dtype
+        )
         self.max_total_tokens = self._kv_capacity()
         # a lone request must always fit in the pool, so the usable context is capped by it
         self.context_len = min(self.model_context_len, self.max_total_tokens - 1)
@@ -139,14 +143,11 @@ class ModelRunner:
 
     def _host_tier(self) -> KVTransfer:
         """The radix cache's host pool (this rank's shard of heads) and its copy engine."""
-        per_token = KVPool.bytes_per_token(
-            self.model_cfg.num_layers, self.num_kv_heads, self.model_cfg.head_dim, self.kv_dtype
-        )
         size = host_pool_size(
             size_gb=self.cfg.hicache_size,
             ratio=self.cfg.hicache_ratio,
             device_slots=self.max_total_tokens,
-            bytes_per_token=per_token,
+            bytes_per_token=self.kv_bytes_per_token,
         )
         pool = HostKVPool(size, self.model_cfg.num_layers, pin=self.device.type == "cuda")
         logger.info(
@@ -160,9 +161,7 @@ class ModelRunner:
     def _kv_capacity(self) -> int:
         if self.cfg.max_total_tokens is not None:
             return self.cfg.max_total_tokens
-        per_token = KVPool.bytes_per_token(
-            self.model_cfg.num_layers, self.num_kv_heads, self.model_cfg.head_dim, self.kv_dtype
-        )
+        per_token = self.kv_bytes_per_token
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             budget = free - total * (1.0 - self.cfg.mem_fraction_static)

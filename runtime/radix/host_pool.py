@@ -6,8 +6,8 @@ and moves to or from the device in one copy (kv_transfer.py). The bytes are thos
 device pool's buffers, whatever their dtype (fp8 KV included: its per-layer scales are
 constant, so the stored values mean the same after a round trip).
 
-Host slots are numbered from 0. The free list stays sorted when freed slots rejoin it, so
-allocations after churn are still mostly consecutive runs.
+Host slots are numbered from 0. The free list (memory_pool.SlotAllocator) stays sorted when
+freed slots rejoin it, so allocations after churn are still mostly consecutive runs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+from radixlm.runtime.radix.memory_pool import SlotAllocator
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +70,14 @@ def host_pool_size(*, size_gb: float, ratio: float, device_slots: int, bytes_per
     return HostPoolSize(slots, bytes_per_token)
 
 
-class HostKVPool:
-    """`num_slots` tokens of KV bytes in host memory and a free list of slots."""
+class HostKVPool(SlotAllocator):
+    """`num_slots` tokens of KV bytes in host memory and a free list of slots (kept sorted)."""
 
     def __init__(self, size: HostPoolSize, num_layers: int, pin: bool) -> None:
-        self.num_slots = size.num_slots
         self.bytes_per_token = size.bytes_per_token
         self.row_bytes = size.bytes_per_token // (2 * num_layers)  # one layer's K (or V) of a token
         self.pinned = False
-        shape = (self.num_slots, size.bytes_per_token)
+        shape = (size.num_slots, size.bytes_per_token)
         if pin:
             try:
                 self.buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
@@ -89,28 +90,4 @@ class HostKVPool:
                 )
         if not self.pinned:
             self.buffer = torch.empty(shape, dtype=torch.uint8)
-        self.reset()
-
-    @property
-    def available(self) -> int:
-        return int(self._free.numel()) + self._returned_count
-
-    def alloc(self, n: int) -> torch.Tensor | None:
-        """n free host slots (int64, CPU), or None if fewer than n are free."""
-        if n > self._free.numel() and self._returned:
-            self._free = torch.sort(torch.cat([self._free, *self._returned])).values
-            self._returned, self._returned_count = [], 0
-        if n > self._free.numel():
-            return None
-        out, self._free = self._free[:n], self._free[n:]
-        return out
-
-    def free(self, slots: torch.Tensor) -> None:
-        if slots.numel():
-            self._returned.append(slots.to("cpu", torch.int64))
-            self._returned_count += int(slots.numel())
-
-    def reset(self) -> None:
-        self._free = torch.arange(self.num_slots, dtype=torch.int64)
-        self._returned: list[torch.Tensor] = []
-        self._returned_count = 0
+        super().__init__(0, size.num_slots, "cpu", keep_sorted=True)

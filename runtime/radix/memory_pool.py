@@ -33,8 +33,54 @@ class ReqToTokenPool:
         self._free_rows = list(range(self.num_rows))
 
 
-class KVPool:
-    """Per-layer K and V buffers `[num_slots + 1, kv_heads, head_dim]` and a free list of slots."""
+class SlotAllocator:
+    """A free list of slot indices `[first, first + num_slots)` on `device`.
+
+    Returned slots wait in a list and join the free tensor only when an allocation needs them:
+    concatenating onto a free list of millions of slots on every free (a finished request, a
+    rejected draft) would copy the whole list each time. `keep_sorted` sorts the free list
+    when they join, so allocations after churn still come out as runs of consecutive slots.
+    """
+
+    def __init__(
+        self, first: int, num_slots: int, device: torch.device | str, keep_sorted: bool = False
+    ) -> None:
+        self.num_slots = num_slots
+        self._first = first
+        self._slot_device = torch.device(device)
+        self._keep_sorted = keep_sorted
+        self.reset()
+
+    @property
+    def available(self) -> int:
+        return int(self._free.numel()) + self._returned_count
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        """n free slot indices (int64, on the allocator's device), or None if fewer than n are free."""
+        if n > self._free.numel() and self._returned:
+            merged = torch.cat([self._free, *self._returned])
+            self._free = torch.sort(merged).values if self._keep_sorted else merged
+            self._returned, self._returned_count = [], 0
+        if n > self._free.numel():
+            return None
+        out, self._free = self._free[:n], self._free[n:]
+        return out
+
+    def free(self, slots: torch.Tensor) -> None:
+        if slots.numel():
+            self._returned.append(slots.to(self._slot_device, torch.int64))
+            self._returned_count += int(slots.numel())
+
+    def reset(self) -> None:
+        first = self._first
+        self._free = torch.arange(first, first + self.num_slots, dtype=torch.int64, device=self._slot_device)
+        self._returned: list[torch.Tensor] = []
+        self._returned_count = 0
+
+
+class KVPool(SlotAllocator):
+    """Per-layer K and V buffers `[num_slots + 1, kv_heads, head_dim]` and a free list of
+    slots 1..num_slots (slot 0 is the dummy)."""
 
     def __init__(
         self,
@@ -45,7 +91,6 @@ class KVPool:
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
-        self.num_slots = num_slots
         self.dtype = dtype
         self.device = device
         shape = (num_slots + 1, num_kv_heads, head_dim)
@@ -54,38 +99,8 @@ class KVPool:
         # per layer (k_scale, v_scale): the buffers hold K / k_scale and V / v_scale. 1 unless
         # an fp8 cache got calibrated scales from its checkpoint.
         self.scales = [(1.0, 1.0)] * num_layers
-        self.reset()
+        super().__init__(1, num_slots, device)
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
-
-    @property
-    def available(self) -> int:
-        return int(self._free.numel()) + self._returned_count
-
-    def alloc(self, n: int) -> torch.Tensor | None:
-        """n free slot indices (int64, on the pool's device), or None if fewer than n are free."""
-        if n > self._free.numel() and self._returned:
-            self._merge()
-        if n > self._free.numel():
-            return None
-        out, self._free = self._free[:n], self._free[n:]
-        return out
-
-    def free(self, slots: torch.Tensor) -> None:
-        """Returned slots wait in a list and join the free tensor only when an allocation
-        needs them: concatenating onto a free list of millions of slots on every free (a
-        finished request, a rejected draft) would copy the whole list each time."""
-        if slots.numel():
-            self._returned.append(slots.to(self.device, torch.int64))
-            self._returned_count += int(slots.numel())
-
-    def _merge(self) -> None:
-        self._free = torch.cat([self._free, *self._returned])
-        self._returned, self._returned_count = [], 0
-
-    def reset(self) -> None:
-        self._free = torch.arange(1, self.num_slots + 1, dtype=torch.int64, device=self.device)
-        self._returned: list[torch.Tensor] = []
-        self._returned_count = 0

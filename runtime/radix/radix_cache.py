@@ -263,10 +263,7 @@ class RadixCache:
         while heap and freed < num_tokens:
             node = heapq.heappop(heap)
             if self.host is not None and node.host_value is None:
-                host_slots = self._alloc_host(len(node.key))
-                if host_slots is not None:
-                    backups.append((node.value, host_slots))
-                    self._place(node, host_slots, host=True)
+                self._copy_to_host(node, backups)
             to_free.append(node.value)
             freed += len(node.key)
             self._place(node, None, host=False)
@@ -275,8 +272,7 @@ class RadixCache:
                 self._remove_subtree(node)
             if self._device_leaf(parent):
                 heapq.heappush(heap, parent)
-        if backups:  # queued before the slots are freed: nothing can overwrite them first
-            self.host.backup(torch.cat([b[0] for b in backups]), torch.cat([b[1] for b in backups]))
+        self._send_backups(backups)  # queued before the slots are freed: nothing overwrites them first
         if to_free:
             self.free_slots(torch.cat(to_free))
         return freed
@@ -306,6 +302,21 @@ class RadixCache:
             self.host.host_pool.free(torch.cat(host_slots))
 
     # ---------------------------------------------------------------- host tier
+    def _copy_to_host(self, node: TreeNode, backups: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+        """Give a device node host slots (evicting on the host if needed) and queue the copy
+        of its KV into them on `backups`; False if the host pool has no room."""
+        host_slots = self._alloc_host(len(node.key))
+        if host_slots is None:
+            return False
+        backups.append((node.value, host_slots))
+        self._place(node, host_slots, host=True)
+        return True
+
+    def _send_backups(self, backups: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One device -> host copy for every (device slots, host slots) queued."""
+        if backups:
+            self.host.backup(torch.cat([b[0] for b in backups]), torch.cat([b[1] for b in backups]))
+
     def _alloc_host(self, n: int) -> torch.Tensor | None:
         pool = self.host.host_pool
         if pool.available < n:
@@ -348,16 +359,10 @@ class RadixCache:
         on the device only (stopping where the host pool has no room). Returns tokens copied."""
         if self.host is None:
             return 0
-        backups = []
-        while node is not self.root and node.host_value is None:
-            host_slots = self._alloc_host(len(node.key))
-            if host_slots is None:
-                break
-            backups.append((node.value, host_slots))
-            self._place(node, host_slots, host=True)
+        backups: list[tuple[torch.Tensor, torch.Tensor]] = []
+        while node is not self.root and node.host_value is None and self._copy_to_host(node, backups):
             node = node.parent
-        if backups:
-            self.host.backup(torch.cat([b[0] for b in backups]), torch.cat([b[1] for b in backups]))
+        self._send_backups(backups)
         return sum(len(b[1]) for b in backups)
 
     def begin_load(self, host_nodes: list[TreeNode], device_slots: torch.Tensor, load: Any) -> torch.Tensor:

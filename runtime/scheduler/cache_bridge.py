@@ -23,6 +23,7 @@ reused while the copy still writes it.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -52,7 +53,8 @@ class HostCacheStats:
     loaded_tokens: int = 0
     load_latency_s: float = 0.0  # summed: from the load's start to the scheduler seeing it land
     max_load_latency_s: float = 0.0
-    latencies: list[float] = field(default_factory=list)  # the latest loads' (bounded)
+    # the latest loads' (a bounded window: server_info's median)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
 
 
 class KVCacheBridge:
@@ -170,16 +172,28 @@ class KVCacheBridge:
         st.loaded_tokens += load.num_tokens
         st.load_latency_s += latency
         st.max_load_latency_s = max(st.max_load_latency_s, latency)
-        st.latencies = [*st.latencies[-1023:], latency]
+        st.latencies.append(latency)
         if load.released:
             self.tree.dec_lock_ref(load.node)
 
-    def release_load(self, load: HostLoad) -> None:
-        """The request that asked for the load is admitted (with its own lock) or gone."""
+    def release_load(self, req: Req) -> None:
+        """The request that asked for its load is admitted (with its own lock), gone, or
+        giving the prefix up: drop the load's lock now, or once its copy has landed."""
+        load, req.host_load = req.host_load, None
         assert not load.released, "a host load released twice"
         load.released = True
         if load.done:
             self.tree.dec_lock_ref(load.node)
+
+    def give_up_loads(self, waiting: list[Req]) -> bool:
+        """Unlock the prefixes loaded for waiting requests (waiting for copies still in
+        flight), so a lone running request can use their memory; those requests will match
+        again when admitted. False if no request held a load."""
+        holders = [r for r in waiting if r.host_load is not None]
+        for req in holders:
+            self.wait_load(req.host_load)
+            self.release_load(req)
+        return bool(holders)
 
     # ------------------------------------------------------------------ handing KV to the tree
     def cache_req(self, req: Req, finished: bool) -> None:

@@ -52,7 +52,7 @@ class JumpForward:
         for req in reqs:
             left = min(
                 req.sampling_params.max_new_tokens - len(req.output_ids),
-                self.runner.context_len - len(req.fill_ids),
+                self.runner.context_len - req.seq_len,
             )
             cap = max(left - 1, 0)  # one of the step's tokens is always sampled
             draft: list[int] = []

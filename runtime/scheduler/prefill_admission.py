@@ -85,7 +85,7 @@ class PrefillAdmission:
                 if load is None:
                     break
                 if req.host_load is not None:  # an earlier load of a shorter prefix, now done
-                    self.cache.release_load(req.host_load)
+                    self.cache.release_load(req)
                 req.host_load = load
                 req.host_loaded_tokens += load.num_tokens
                 load.need = extend_len - load.num_tokens + reserve
@@ -102,8 +102,7 @@ class PrefillAdmission:
                 self.cache.cache_req(req, finished=True)
                 break
             if req.host_load is not None:  # admitted over the loaded prefix, under its own lock now
-                self.cache.release_load(req.host_load)
-                req.host_load = None
+                self.cache.release_load(req)
             if req.cached_tokens < 0:  # first admission (a retracted request was counted already)
                 req.cached_tokens = cached_len
                 self.stats.prompt_tokens += req.prompt_len

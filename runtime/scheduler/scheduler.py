@@ -261,8 +261,7 @@ class Scheduler(PrefillAdmission, JumpForward):
         for req in [r for r in self.waiting if r.to_abort]:
             self.waiting.remove(req)
             if req.host_load is not None:  # freed once its copy has landed
-                self.cache.release_load(req.host_load)
-                req.host_load = None
+                self.cache.release_load(req)
             self._finish(req, {"type": "abort", "message": req.to_abort})
             done.append(req)
         for req in [r for r in self._live_reqs() if r.to_abort]:
@@ -384,17 +383,6 @@ class Scheduler(PrefillAdmission, JumpForward):
         self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_new_token_ratio)
 
     # ------------------------------------------------------------------ retraction
-    def _give_up_loads(self) -> bool:
-        """Unlock the prefixes loaded for waiting requests (waiting for copies still in
-        flight), so a lone running request can use their memory; those requests will match
-        again when admitted. False if no request held a load."""
-        holders = [r for r in self.waiting if r.host_load is not None]
-        for req in holders:
-            self.cache.wait_load(req.host_load)
-            self.cache.release_load(req.host_load)
-            req.host_load = None
-        return bool(holders)
-
     def _ensure_decode_memory(self) -> None:
         """Make one KV slot free per running request, retracting requests if eviction alone
         cannot (see the module docstring for whom)."""
@@ -404,7 +392,7 @@ class Scheduler(PrefillAdmission, JumpForward):
                 self.running, key=lambda r: (len(r.output_ids), -r.prompt_len)
             )
             if len(victims) <= 1:
-                if self._give_up_loads():
+                if self.cache.give_up_loads(self.waiting):  # loaded prefixes of waiting requests
                     continue
                 raise RuntimeError("KV pool cannot hold a single request; max_total_tokens is too small")
             victim = victims[0]
