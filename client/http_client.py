@@ -149,6 +149,14 @@ class HttpRuntimeClient:
             raise RuntimeError("the stream ended without output")
         yield {**last, "finished": True}
 
+    def tokenize(self, text: str) -> dict:
+        """`text`'s token ids as the server counts a text prompt's, and each token's (start, end)
+        character span: {"input_ids": [...], "offsets": [(start, end), ...]} (POST /tokenize)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        out = self._json("POST", "/tokenize", {"text": text})
+        return {"input_ids": list(out["tokens"]), "offsets": [tuple(o) for o in out["offsets"]]}
+
     def flush_cache(self) -> bool:
         try:
             return bool(self._json("POST", "/flush_cache").get("success"))

@@ -30,6 +30,7 @@ from radixlm.runtime.managers.messages import (
     ClientGenerate,
     ClientReply,
     ClientResult,
+    ClientTokenize,
     decoder,
     encoder,
 )
@@ -186,6 +187,24 @@ class RuntimeClient:
         if not reply.ok:
             raise RuntimeError(reply.error)
         return reply.data
+
+    def tokenize(self, text: str) -> dict:
+        """`text`'s token ids exactly as the runtime counts a text prompt's, and each token's
+        (start, end) character span in `text` ((0, 0) for a token with none, e.g. a BOS):
+        {"input_ids": [...], "offsets": [(start, end), ...]}. Answered by the endpoint's
+        tokenizer, not the scheduler. On this thread's own socket even inside run_batch: a
+        gather carries generate requests only."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        check_text(text, "text")
+        sock, rid = self._request(ClientTokenize(rid=uuid.uuid4().hex, text=text))
+        reply = self._recv(sock, rid)
+        if not isinstance(reply, ClientResult) or not reply.ok:
+            raise RuntimeError(getattr(reply, "error", "") or "tokenize failed")
+        return {
+            "input_ids": list(reply.data["input_ids"]),
+            "offsets": [tuple(o) for o in reply.data["offsets"]],
+        }
 
     def flush_cache(self) -> bool:
         try:

@@ -22,6 +22,7 @@ from radixlm.lang.api import (
     user_begin,
     user_end,
 )
+from radixlm.lang.cache_report import CacheReportRow
 from radixlm.lang.choices import (
     greedy_token_selection,
     token_length_normalized,
@@ -56,6 +57,7 @@ __all__ = [
     "ProgramState",
     "ProgramStateGroup",
     "ProgramError",
+    "CacheReportRow",
     "token_length_normalized",
     "greedy_token_selection",
     "unconditional_likelihood_normalized",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from radixlm.lang import ir
+from radixlm.lang.cache_report import CallRecord
 from radixlm.lang.chat_template import ChatTemplate
 from radixlm.lang.worker_threads import spawn
 
@@ -46,6 +47,9 @@ class StateExecutor:
         self.messages_: list[dict] = [dict(m) for m in parent.messages_] if parent else []
         self.variables: dict[str, Any] = dict(parent.variables) if parent else {}
         self.meta_info: dict[str, Any] = dict(parent.meta_info) if parent else {}
+        # each gen/select this state ran, for cache_report (cache_report.py). A fork's child
+        # starts with none: its calls are its own, and join hands them to the parent once.
+        self.calls: list[CallRecord] = []
         self.events: dict[str, threading.Event] = {}
         self.failed: dict[str, BaseException] = {}
         self.error_: BaseException | None = None
@@ -182,6 +186,7 @@ class StateExecutor:
             self._gen(item)
         elif isinstance(item, ir.Select):
             decision = self.backend.select(self.text_, item.choices, item.temperature, item.method)
+            self.calls.append(CallRecord("select", item.name, self, len(self.text_), decision.meta_info))
             self._append(decision.decision)
             self._set_var(item.name, decision.decision, decision.meta_info)
         elif isinstance(item, ir.RoleBegin):
@@ -228,6 +233,7 @@ class StateExecutor:
         return messages
 
     def _gen(self, gen: ir.Gen) -> None:
+        prompt_len = len(self.text_)  # the prompt: the text so far (a stream appends as it goes)
         params = self.resolve_params(gen)
         kwargs = dict(gen.logprob)
         if getattr(self.backend, "takes_messages", False):
@@ -247,9 +253,11 @@ class StateExecutor:
                         self.variables[gen.name] += chunk
                         self.meta_info[gen.name] = meta
                     self._append(chunk)
+            self.calls.append(CallRecord("gen", gen.name, self, prompt_len, meta))
             self._set_var(gen.name, _value(gen, self.variables.get(gen.name, "")), meta)
             return
         text, meta = self.backend.generate(self.text_, params, **kwargs)
+        self.calls.append(CallRecord("gen", gen.name, self, prompt_len, meta))
         self._append(text[0] if isinstance(text, list) else text)
         self._set_var(gen.name, _value(gen, text), meta)
 

@@ -15,6 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from radixlm.lang import cache_report as _cache_report
 from radixlm.lang import ir
 from radixlm.lang.interpreter import ProgramError, StateExecutor
 from radixlm.lang.tools import ToolCall, ToolReply
@@ -90,6 +91,14 @@ class ProgramState:
     def error(self) -> BaseException | None:
         self.sync()
         return self.stream_executor.error_
+
+    def cache_report(self, print_table: bool = True) -> list[_cache_report.CacheReportRow]:
+        """Each gen/select this state ran (and its joined forks'), with its prompt tokens, the
+        tokens reused from the radix cache and where its prompt left the cached prefix;
+        printed as a table unless `print_table` is False (lang/cache_report.py)."""
+        self.sync()
+        ex = self.stream_executor
+        return _cache_report.cache_report(list(ex.calls), ex.backend, print_table)
 
     def __repr__(self) -> str:
         return f"ProgramState({self.text()!r})"
@@ -239,6 +248,7 @@ class ProgramStateGroup:
         self.states = states
         self.parent = parent
         self._parent_vars = set(parent.stream_executor.variables)
+        self._calls_joined = False
 
     def __getitem__(self, i: int) -> ProgramState:
         return self.states[i]
@@ -289,5 +299,9 @@ class ProgramStateGroup:
                 parent += ex.text_[ex.fork_start :]
         else:
             raise ValueError(f"join mode must be 'gather_variable' or 'concate_and_append', got {mode!r}")
+        if not self._calls_joined:  # the children's calls join the parent's cache report once
+            self._calls_joined = True
+            for i, state in enumerate(self.states):
+                parent.stream_executor.calls.extend(rec.in_fork(i) for rec in state.stream_executor.calls)
         for state in self.states:
             state.stream_executor.end()

@@ -54,11 +54,21 @@ class BaseBackend:
         same tokens with no context): what `select` scores."""
         raise NotImplementedError(f"{type(self).__name__} cannot score choices")
 
+    def choice_logprobs_and_usage(
+        self, prompt: str, choices: list[str], unconditional: bool = False
+    ) -> tuple[list, list | None, dict[str, int]]:
+        """`choice_logprobs`, and what scoring cost where the backend knows it: `prompt_tokens`
+        and `cached_tokens` of the shared prompt (select's meta_info gets them); {} here."""
+        conditional, uncond = self.choice_logprobs(prompt, choices, unconditional)
+        return conditional, uncond, {}
+
     def select(
         self, prompt: str, choices: list[str], temperature: float, method: ChoicesSamplingMethod
     ) -> ChoicesDecision:
-        conditional, uncond = self.choice_logprobs(prompt, choices, method.requires_unconditional_logprobs)
-        return method(
+        conditional, uncond, usage = self.choice_logprobs_and_usage(
+            prompt, choices, method.requires_unconditional_logprobs
+        )
+        decision = method(
             choices=choices,
             normalized_prompt_logprobs=[normalized_logprob(c) for c in conditional],
             input_token_logprobs=conditional,
@@ -66,6 +76,17 @@ class BaseBackend:
             unconditional_token_logprobs=uncond,
             temperature=temperature,
             rng=self._rng,
+        )
+        decision.meta_info.update(usage)
+        return decision
+
+    def tokenize(self, text: str) -> dict:
+        """`text`'s token ids exactly as the server counts a prompt's, and each token's (start,
+        end) character span: {"input_ids": [...], "offsets": [(start, end), ...]}. Only the cache
+        report calls it (never a program's own requests)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot tokenise text as its server does, so the cache report "
+            "shows no divergence point for it (the radixlm runtime can)"
         )
 
     def cache_prefix(self, prompt: str) -> None:

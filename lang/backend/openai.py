@@ -221,6 +221,7 @@ class OpenAI(BaseBackend):
             }
             if usage is not None:
                 meta["prompt_tokens"] = usage.prompt_tokens
+                meta.update(_cached_tokens(usage))
                 if len(resp.choices) == 1:
                     meta["completion_tokens"] = usage.completion_tokens
             if return_logprob:
@@ -257,6 +258,7 @@ class OpenAI(BaseBackend):
                         prompt_tokens=chunk.usage.prompt_tokens,
                         completion_tokens=chunk.usage.completion_tokens,
                     )
+                    meta.update(_cached_tokens(chunk.usage))
                 if not chunk.choices:
                     yield "", meta
                     continue
@@ -348,6 +350,14 @@ class OpenAI(BaseBackend):
 
     def shutdown(self) -> None:
         self.client.close()
+
+
+def _cached_tokens(usage: Any) -> dict:
+    """{"cached_tokens": n} where the server reports its prompt cache hit
+    (`usage.prompt_tokens_details.cached_tokens`, as OpenAI and vLLM do), else {}."""
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None)
+    return {"cached_tokens": cached} if isinstance(cached, int) else {}
 
 
 def _completion_logprobs(block: Any) -> dict:

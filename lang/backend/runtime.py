@@ -148,6 +148,17 @@ class RuntimeEndpoint(BaseBackend):
     def choice_logprobs(self, prompt: str, choices: list[str], unconditional: bool = False):
         """Per choice: the logprob entries (logprob, token_id) of its tokens given the prompt,
         and, if asked, of the same tokens with no context."""
+        conditional, uncond, _ = self.choice_logprobs_and_usage(prompt, choices, unconditional)
+        return conditional, uncond
+
+    def choice_logprobs_and_usage(
+        self, prompt: str, choices: list[str], unconditional: bool = False
+    ) -> tuple[list, list | None, dict[str, int]]:
+        """`choice_logprobs`, and the shared prompt's `prompt_tokens` and `cached_tokens`: the
+        fewest cached tokens of any choice's scoring request. The choices are scored together,
+        and the scheduler may prefill the shared prompt for one of them and give it to the
+        others from the cache: their counts say what this select computed itself, the fewest
+        what it found in the cache from before (capped at the prompt's length)."""
         prompt_ids = self.tokenizer(prompt).input_ids
         full = [self.tokenizer(prompt + c).input_ids for c in choices]
         starts = [min(_common_prefix(prompt_ids, ids), len(ids) - 1) for ids in full]
@@ -173,7 +184,15 @@ class RuntimeEndpoint(BaseBackend):
         outs = self.client.generate_batch(reqs)
         scored = [[tuple(e) for e in o["meta_info"].get("input_token_logprobs", [])] for o in outs]
         k = len(choices)
-        return scored[:k], (scored[k:] if unconditional else None)
+        cached = [o["meta_info"].get("cached_tokens") for o in outs[:k]]
+        usage = {"prompt_tokens": len(prompt_ids)}
+        if cached and None not in cached:
+            usage["cached_tokens"] = min(min(cached), len(prompt_ids))
+        return scored[:k], (scored[k:] if unconditional else None), usage
+
+    def tokenize(self, text: str) -> dict:
+        """The server's tokenisation of `text` (ids and character spans), for the cache report."""
+        return self.client.tokenize(text)
 
     # ------------------------------------------------------------------ operations
     def flush_cache(self) -> bool:

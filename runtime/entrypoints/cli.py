@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--zmq-port", type=int, default=None, help="also serve the ZeroMQ client endpoint")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on HTTP")
     serve.add_argument("--served-model-name", default=None)
+    serve.add_argument(
+        "--enable-cache-view",
+        action="store_true",
+        help="serve /cache (the radix tree, drawn live) and /cache.json; they show prompt text",
+    )
     _engine_args(serve)
     from radixlm import demo
 
@@ -58,6 +63,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from radixlm.runtime.config import ModelConfig
+    from radixlm.runtime.entrypoints.http_guard import RedactQueryKey
     from radixlm.runtime.entrypoints.http_server import create_app
     from radixlm.runtime.entrypoints.launch import launch_runtime
     from radixlm.runtime.entrypoints.zmq_endpoint import ClientEndpoint
@@ -119,10 +125,19 @@ def serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-        app = create_app(tm, model_name, args.api_key, on_startup=on_startup, on_shutdown=on_shutdown)
+        app = create_app(
+            tm,
+            model_name,
+            args.api_key,
+            on_startup=on_startup,
+            on_shutdown=on_shutdown,
+            enable_cache_view=args.enable_cache_view,
+        )
         config = uvicorn.Config(
             app, host=args.host, port=args.port, log_level=cfg.log_level.lower(), timeout_graceful_shutdown=5
         )
+        # after Config, which configures uvicorn's loggers: no API key from a query in the log
+        logging.getLogger("uvicorn.access").addFilter(RedactQueryKey())
         server = uvicorn.Server(config)
         try:
             server.run()

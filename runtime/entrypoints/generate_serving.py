@@ -6,6 +6,10 @@ lists) answers a list with one result per prompt and sample. A streamed answer c
 text and output ids so far in every chunk, not just the new part, as SGLang's does. What is
 SGLang's dialect rather than radixlm's (its other fields, its sampling parameter names, its
 meta_info shape) is translated by sglang_compat.
+
+/tokenize (also here) answers a text's token ids as /generate counts a text prompt's, with
+each token's character span: what the DSL's cache report needs to say where a prompt left the
+cached prefix.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from radixlm.runtime.entrypoints import sglang_compat
-from radixlm.runtime.entrypoints.http_errors import HTTPError
-from radixlm.runtime.entrypoints.openai_protocol import GenerateRequest
+from radixlm.runtime.entrypoints.http_errors import HTTPError, as_http_errors
+from radixlm.runtime.entrypoints.openai_protocol import GenerateRequest, TokenizeRequest
 from radixlm.runtime.entrypoints.serving_common import IsDisconnected, collect, prepare, run_watching, stream
 from radixlm.runtime.managers.tokenizer_manager import PreparedRequest, TokenizerManager
 
@@ -112,3 +116,17 @@ async def _stream_cumulative(
         text += item["text"]
         ids += item["output_ids"]
         yield {"text": text, "output_ids": ids, "meta_info": meta(item["meta_info"])}
+
+
+def tokenize(tm: TokenizerManager, body: TokenizeRequest) -> dict:
+    """The /tokenize answer: {"tokens": ids, "count": n, "offsets": [[start, end], ...]}, the ids
+    exactly those /generate counts as the prompt's (TokenizerManager.tokenize)."""
+    if (body.text is None) == (body.prompt is None):
+        raise HTTPError(400, "give exactly one of text or prompt (the text to tokenise)")
+    with as_http_errors():
+        out = tm.tokenize(body.text if body.text is not None else body.prompt)
+    return {
+        "tokens": out["input_ids"],
+        "count": len(out["input_ids"]),
+        "offsets": [list(span) for span in out["offsets"]],
+    }

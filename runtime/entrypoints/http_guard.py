@@ -7,14 +7,19 @@ disconnects from the routes (and so keep a gone client's request running).
 
 from __future__ import annotations
 
+import hmac
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs, unquote_plus
 
 from radixlm.runtime.entrypoints.http_errors import error_body
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 OPEN_PATHS = {"/health"}  # answered without the API key: load balancers probe it
+# pages a browser opens by address, which cannot carry a header: they take `?api_key=` too
+QUERY_KEY_PATHS = {"/cache"}
 
 
 class GuardMiddleware:
@@ -29,10 +34,9 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.api_key and scope.get("path") not in OPEN_PATHS:
-            if headers.get("authorization", "") != f"Bearer {self.api_key}":
-                body = error_body(401, "missing or invalid API key", "authentication_error")
-                return await _send_json(send, 401, body)
+        if self.api_key and scope.get("path") not in OPEN_PATHS and not self._authorized(scope, headers):
+            body = error_body(401, "missing or invalid API key", "authentication_error")
+            return await _send_json(send, 401, body)
         length = headers.get("content-length")
         if length is not None:
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
@@ -55,6 +59,38 @@ class GuardMiddleware:
             return buffered.pop(0) if buffered else await receive()
 
         return await self.app(scope, replay, send)
+
+    def _authorized(self, scope: dict, headers: dict[str, str]) -> bool:
+        expected = f"Bearer {self.api_key}".encode()
+        if hmac.compare_digest(headers.get("authorization", "").encode(), expected):
+            return True
+        if scope.get("path") in QUERY_KEY_PATHS and scope.get("method") == "GET":
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            given = query.get("api_key", [""])[-1].encode()
+            return hmac.compare_digest(given, self.api_key.encode())
+        return False
+
+
+def redact_query_key(target: str) -> str:
+    """`target` (a path with its query) with the value of every `api_key` parameter replaced."""
+    if "?" not in target:
+        return target
+    path, query = target.split("?", 1)
+    parts = []
+    for part in query.split("&"):
+        name = part.split("=", 1)[0]
+        parts.append(f"{name}=***" if unquote_plus(name) == "api_key" else part)
+    return f"{path}?{'&'.join(parts)}"
+
+
+class RedactQueryKey(logging.Filter):
+    """For uvicorn's access log: a request line that carried the key in its query (the pages in
+    QUERY_KEY_PATHS take it there) is logged without it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_query_key(a) if isinstance(a, str) else a for a in record.args)
+        return True
 
 
 async def _send_too_large(send: Callable) -> None:

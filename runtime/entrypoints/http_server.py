@@ -10,6 +10,7 @@ events; the routes themselves are thin. What they serve lives elsewhere in this 
   http_guard         the API key and body-size checks every request passes first.
 Operations (/health, /flush_cache, /server_info, /metrics) are answered here, under SGLang's
 names too, so SGLang's frontend (`sgl.RuntimeEndpoint`) and clients work unchanged.
+  cache_view         /cache (the radix tree drawn live) and /cache.json, with --enable-cache-view.
 
 Every route validates its input and answers 4xx naming the problem; a client that goes away
 (mid-stream or while waiting) has its request aborted, which frees its KV.
@@ -25,9 +26,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from radixlm.runtime.entrypoints import generate_serving, openai_serving, sglang_compat
+from radixlm.runtime.entrypoints import cache_view, generate_serving, openai_serving, sglang_compat
 from radixlm.runtime.entrypoints.http_errors import (
     UNAMBIGUOUS_ERRORS,
     HTTPError,
@@ -56,9 +57,11 @@ def create_app(
     api_key: str | None = None,
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
+    enable_cache_view: bool = False,
 ) -> FastAPI:
     """The app serving `tm`'s model as `model_name`; it starts and shuts down `tm` itself, with
-    `on_startup` run after the start and `on_shutdown` before the shutdown."""
+    `on_startup` run after the start and `on_shutdown` before the shutdown. `enable_cache_view`
+    adds `/cache` and `/cache.json` (they show prompt text, so they are off by default)."""
     metrics = ServerMetrics()
     tm.metrics = metrics
     app = FastAPI(title="radixlm", lifespan=_lifespan(tm, on_startup, on_shutdown))
@@ -66,6 +69,7 @@ def create_app(
     install_error_handlers(app)
     _add_serving_routes(app, tm, model_name)
     _add_operations_routes(app, tm, model_name, metrics)
+    _add_cache_view_routes(app, tm, enable_cache_view)
     return app
 
 
@@ -99,6 +103,10 @@ def _add_serving_routes(app: FastAPI, tm: TokenizerManager, model_name: str) -> 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         return _respond(await openai_serving.create_chat_completion(tm, body, request.is_disconnected))
+
+    @app.post("/tokenize")  # the DSL's cache report: a prompt's tokens and their character spans
+    async def tokenize(body: generate_serving.TokenizeRequest):
+        return generate_serving.tokenize(tm, body)
 
 
 def _add_operations_routes(
@@ -161,6 +169,22 @@ def _add_operations_routes(
                 info = await tm.control("server_info", timeout=HEALTH_TIMEOUT_S)
                 metrics.update_from_server_info(info.data)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _add_cache_view_routes(app: FastAPI, tm: TokenizerManager, enabled: bool) -> None:
+    def check_enabled() -> None:
+        if not enabled:
+            raise HTTPError(404, "the cache view is off: start the server with --enable-cache-view")
+
+    @app.get("/cache")
+    async def cache_page():
+        check_enabled()
+        return HTMLResponse(cache_view.page_html(), headers={"Cache-Control": "no-store"})
+
+    @app.get("/cache.json")
+    async def cache_json(request: Request):
+        check_enabled()
+        return await cache_view.cache_snapshot(tm, cache_view.parse_limits(dict(request.query_params)))
 
 
 def _respond(answer: Any) -> Any:

@@ -238,6 +238,16 @@ class ConcatAndAppendRequest(BaseModel):
     dst_rid: str
 
 
+class TokenizeRequest(BaseModel):
+    """The /tokenize body: the text to tokenise as a prompt, under `text` (the native name) or
+    `prompt` (vLLM's), exactly one of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    prompt: str | None = None
+
+
 def finish_reason_name(reason: dict | None) -> str | None:
     if not reason:
         return None

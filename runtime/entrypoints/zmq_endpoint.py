@@ -25,6 +25,7 @@ from radixlm.runtime.managers.messages import (
     ClientGroup,
     ClientRequest,
     ClientResult,
+    ClientTokenize,
     decoder,
     encoder,
 )
@@ -135,6 +136,9 @@ class ClientEndpoint:
                 await self._reply(
                     identity, ClientResult(rid=msg.rid, ok=reply.ok, data=reply.data, error=reply.error)
                 )
+            elif isinstance(msg, ClientTokenize):  # the tokenizer's work alone: no scheduler round trip
+                data = self.tm.tokenize(msg.text)
+                await self._reply(identity, ClientResult(rid=msg.rid, ok=True, data=data))
         except asyncio.CancelledError:
             await self._reply(identity, ClientResult(rid=getattr(msg, "rid", ""), ok=False, error="aborted"))
         except Exception as exc:

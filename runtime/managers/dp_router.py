@@ -147,6 +147,8 @@ def merge_replies(op: str, replies: list[ControlReply], router: Router) -> tuple
             for i, info in enumerate(infos)
         ]
         return ok, data, error
+    if op == "cache_snapshot" and ok:  # each replica has its own tree
+        return ok, {"replicas": [r.data["replicas"][0] for r in replies]}, error
     if op == "check_accounting" and ok:
         data = {key: sum(r.data.get(key, 0) for r in replies) for key in replies[0].data}
         return ok, data, error
@@ -189,7 +191,7 @@ def run_router_process(
             elif isinstance(msg, ControlReq):
                 pending[msg.rid] = (msg, [None] * num_replicas)
                 for i, sock in enumerate(to_replicas):
-                    sock.send(enc.encode(ControlReq(rid=f"{msg.rid}#{i}", op=msg.op)))
+                    sock.send(enc.encode(ControlReq(rid=f"{msg.rid}#{i}", op=msg.op, args=msg.args)))
         if from_replicas in events:
             msg = decode_or_drop(dec_back, from_replicas.recv(), "reply")
             if isinstance(msg, RequestsDone):

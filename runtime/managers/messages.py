@@ -46,10 +46,11 @@ class AbortReq(Msg):
 
 
 class ControlReq(Msg):
-    """flush_cache | server_info | health | check_accounting | shutdown"""
+    """flush_cache | server_info | health | check_accounting | cache_snapshot | shutdown"""
 
     rid: str
     op: str
+    args: dict[str, int | str] = {}  # the operation's options (cache_snapshot: its limits)
 
 
 ToScheduler = GenerateReq | AbortReq | ControlReq
@@ -156,7 +157,17 @@ class ClientControl(Msg):
     op: str  # flush_cache | server_info | health
 
 
-ClientRequest = ClientGenerate | ClientBatch | ClientGroup | ClientAbort | ClientControl
+class ClientTokenize(Msg):
+    """Tokenise `text` exactly as a text prompt is tokenised (the DSL's cache report reads where
+    a prompt left the cached prefix). The endpoint answers it with the tokenizer manager's
+    tokenizer; it never reaches the scheduler. Answered by a ClientResult whose data is
+    {"input_ids": [...], "offsets": [[start, end], ...]} (character spans in `text`)."""
+
+    rid: str
+    text: str
+
+
+ClientRequest = ClientGenerate | ClientBatch | ClientGroup | ClientAbort | ClientControl | ClientTokenize
 
 
 class ClientChunk(Msg):

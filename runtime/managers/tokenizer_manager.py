@@ -173,6 +173,20 @@ class TokenizerManager:
                 out.append(exc)
         return out
 
+    def tokenize(self, text: str) -> dict[str, list]:
+        """`text`'s token ids exactly as `prepare` counts a text prompt's (the same tokenizer
+        call, special tokens included), with each token's (start, end) character span in `text`;
+        a token the tokenizer adds with no span (a BOS) gets (0, 0). For the DSL's cache report:
+        offsets[k][0] is where a prompt whose first k tokens were cached left the cache."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        check_text(text, "text")
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError("this model's tokenizer is not a fast one, so it gives no character offsets")
+        encoded = self.tokenizer(text, return_offsets_mapping=True)
+        spans = [(int(s), int(e)) if s is not None else (0, 0) for s, e in encoded["offset_mapping"]]
+        return {"input_ids": list(encoded.input_ids), "offsets": spans}
+
     # ------------------------------------------------------------------ requests
     async def generate(
         self, req: PreparedRequest, stream: bool = False, rid: str | None = None
@@ -261,13 +275,13 @@ class TokenizerManager:
         for r in targets:
             await self._send(AbortReq(rid=r, message="aborted by user"))
 
-    async def control(self, op: str, timeout: float = 30.0) -> ControlReply:
+    async def control(self, op: str, timeout: float = 30.0, args: dict | None = None) -> ControlReply:
         self._check_alive()
         rid = uuid.uuid4().hex
         fut = asyncio.get_running_loop().create_future()
         self.pending_control[rid] = fut
         try:
-            await self._send(ControlReq(rid=rid, op=op))
+            await self._send(ControlReq(rid=rid, op=op, args=args or {}))
             return await asyncio.wait_for(fut, timeout)
         finally:
             self.pending_control.pop(rid, None)

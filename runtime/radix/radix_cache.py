@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,11 @@ if TYPE_CHECKING:
 
 
 class TreeNode:
-    __slots__ = ("children", "parent", "key", "value", "host_value", "lock_ref", "last_access", "load")
+    __slots__ = (
+        "children", "parent", "key", "value", "host_value",
+        "lock_ref", "last_access", "load", "hits", "node_id",
+    )  # fmt: skip
+    _ids = itertools.count(1)  # node ids stay fixed for a node's life, so a live view can follow one
 
     def __init__(
         self, parent: TreeNode | None = None, key: list[int] | None = None, value: torch.Tensor | None = None
@@ -53,8 +58,12 @@ class TreeNode:
         self.value: torch.Tensor | None = value  # device slots, or None (host-only)
         self.host_value: torch.Tensor | None = None  # host slots, or None (device-only)
         self.lock_ref = 0
-        self.last_access = 0
+        self.last_access = 0.0  # time.monotonic() of the last match or insert through the node
         self.load: Any = None  # the host -> device copy filling `value`, until it is done
+        # requests admitted with this node in their reused prefix; an ancestor has at least
+        # its descendants' hits, so the most-hit nodes form a subtree at the root
+        self.hits = 0
+        self.node_id = next(TreeNode._ids)
 
     def __lt__(self, other: TreeNode) -> bool:  # heap order for LRU eviction
         return self.last_access < other.last_access
@@ -105,7 +114,7 @@ class RadixCache:
         self.device = torch.device(device)
         self.disable = disable
         self.host = None if disable else host
-        self._clock = itertools.count(1)
+        self._last_tick = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -138,6 +147,11 @@ class RadixCache:
         else:
             node.value = slots
 
+    def _tick(self) -> float:
+        """Now, strictly after every earlier tick (LRU order has no ties)."""
+        self._last_tick = max(time.monotonic(), self._last_tick + 1e-9)
+        return self._last_tick
+
     # ---------------------------------------------------------------- lookup
     def match_prefix(self, key: Sequence[int]) -> MatchResult:
         """Longest cached prefix of `key`: its device part (slots, deepest node) and the
@@ -145,7 +159,7 @@ class RadixCache:
         the nodes returned cover exactly the matched tokens."""
         if self.disable:
             return MatchResult(self.root.value, self.root)
-        now = next(self._clock)
+        now = self._tick()
         self.root.last_access = now
         node = last = self.root
         values: list[torch.Tensor] = []
@@ -182,7 +196,7 @@ class RadixCache:
             return 0
         assert len(key) == len(value), "one KV slot per token"
         node, pos, cached = self.root, 0, 0
-        now = next(self._clock)
+        now = self._tick()
         key = list(key)
         while pos < len(key):
             child = node.children.get(key[pos])
@@ -213,6 +227,7 @@ class RadixCache:
             child.host_value = child.host_value[n:]
         upper.lock_ref = child.lock_ref
         upper.last_access = child.last_access
+        upper.hits = child.hits
         upper.load = child.load
         upper.children[child.key[n]] = child
         child.parent.children[child.key[0]] = upper
@@ -221,6 +236,13 @@ class RadixCache:
         if child.value is not None:
             child.value = child.value[n:]
         return upper
+
+    def record_hit(self, node: TreeNode) -> None:
+        """A request was admitted reusing the prefix that ends at `node`."""
+        while node is not self.root:
+            node.hits += 1
+            node = node.parent
+        self.root.hits += 1
 
     # ---------------------------------------------------------------- locks
     def inc_lock_ref(self, node: TreeNode) -> None:

@@ -116,6 +116,7 @@ class KVCacheBridge:
         row = self.req_pool.alloc()
         req.req_pool_idx, req.last_node = row, match.last_node
         req.kv_len = req.cache_protected_len = cached_len
+        self.tree.record_hit(match.last_node)
         self.req_pool.req_to_token[row, :cached_len] = match.kv_indices.to(torch.int32)
 
     def extend_into(self, req: Req, n: int) -> bool:

@@ -44,6 +44,7 @@ from radixlm.runtime.managers.messages import (
 )
 from radixlm.runtime.model_executor.distributed import TPGroup, init_tensor_parallel
 from radixlm.runtime.model_executor.model_runner import ModelRunner, resolve_device
+from radixlm.runtime.radix.cache_snapshot import SnapshotLimits, snapshot_tree
 from radixlm.runtime.scheduler.request import Req, check_request
 from radixlm.runtime.scheduler.scheduler import Scheduler
 from radixlm.runtime.scheduler.server_info import server_info
@@ -256,6 +257,15 @@ class SchedulerLoop:
             self._reply(msg, True, data=server_info(self.cfg, sched))
         elif msg.op == "health":
             self._reply(msg, True)
+        elif msg.op == "cache_snapshot":
+            if self.to_tm is None:  # a follower rank: the leader answers, so skip the walk
+                return
+            try:
+                limits = SnapshotLimits.from_args(msg.args)
+            except (TypeError, ValueError) as exc:
+                self._reply(msg, False, error=str(exc))
+                return
+            self._reply(msg, True, data={"replicas": [snapshot_tree(sched.cache.tree, limits)]})
         elif msg.op == "check_accounting":
             try:
                 sched.check_accounting()

@@ -190,6 +190,7 @@ SAMPLES: list[tuple[str, object]] = [
     ),
     ("ClientAbort", P.ClientAbort(rid="c1")),
     ("ClientControl", P.ClientControl(rid="c4", op="server_info")),
+    ("ClientTokenize", P.ClientTokenize(rid="c9", text="Hello ☕\n")),
     (
         "ClientChunk",
         P.ClientChunk(
