@@ -2,8 +2,9 @@
 
 Everything is built locally and cached on disk: a byte-level BPE tokenizer trained with
 `tokenizers` on text that ships with Python, and randomly initialised Llama / Mistral /
-Qwen2 / Qwen3 models saved as ordinary Hugging Face folders (config.json, safetensors,
-tokenizer files, chat template). Nothing is ever downloaded.
+Qwen2 / Qwen3 models and Mixtral / Qwen2-MoE / Qwen3-MoE mixtures of experts saved as
+ordinary Hugging Face folders (config.json, safetensors, tokenizer files, chat template).
+Nothing is ever downloaded.
 
 Weights use a large init std so logits are peaked: greedy parity tests against Hugging
 Face are then not decided by near-ties.
@@ -50,7 +51,45 @@ TINY_MODELS: dict[str, tuple[str, dict]] = {
     "mistral": ("mistral", {"tie_word_embeddings": False, "sliding_window": None}),
     "qwen2": ("qwen2", {"tie_word_embeddings": True}),
     "qwen3": ("qwen3", {"tie_word_embeddings": False}),
+    # mixture of experts (runtime/models/moe.py): Mixtral's top-2 of 8 in every layer; Qwen3-MoE's
+    # top-4 of 16 renormalised, three layers with the middle one dense (mlp_only_layers);
+    # Qwen2-MoE's top-2 of 8 unnormalised, with its sigmoid-gated shared expert
+    "mixtral": (
+        "mixtral",
+        {
+            "tie_word_embeddings": False,
+            "sliding_window": None,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 2,
+            "intermediate_size": 64,
+        },
+    ),
+    "qwen3-moe": (
+        "qwen3_moe",
+        {
+            "tie_word_embeddings": False,
+            "num_hidden_layers": 3,
+            "num_experts": 16,
+            "num_experts_per_tok": 4,
+            "norm_topk_prob": True,
+            "moe_intermediate_size": 32,
+            "mlp_only_layers": [1],
+        },
+    ),
+    "qwen2-moe": (
+        "qwen2_moe",
+        {
+            "tie_word_embeddings": True,
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "norm_topk_prob": False,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 64,
+        },
+    ),
 }
+# the mixture-of-experts ones among them
+MOE_TINY_MODELS = ("mixtral", "qwen3-moe", "qwen2-moe")
 DEFAULT_MODEL = "llama"
 
 
@@ -156,9 +195,25 @@ def _make_hf_tokenizer():
 
 
 def _hf_config(arch: str, overrides: dict, tok):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    from transformers import (
+        LlamaConfig,
+        MistralConfig,
+        MixtralConfig,
+        Qwen2Config,
+        Qwen2MoeConfig,
+        Qwen3Config,
+        Qwen3MoeConfig,
+    )
 
-    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch]
+    cls = {
+        "llama": LlamaConfig,
+        "mistral": MistralConfig,
+        "qwen2": Qwen2Config,
+        "qwen3": Qwen3Config,
+        "mixtral": MixtralConfig,
+        "qwen2_moe": Qwen2MoeConfig,
+        "qwen3_moe": Qwen3MoeConfig,
+    }[arch]
     kw = dict(
         vocab_size=len(tok),
         hidden_size=64,

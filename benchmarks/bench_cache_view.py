@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_info import command_line, git_commit, git_dirty, machine_info, utc_now
+from run_info import machine_info, result_header
 
 from radixlm import Engine
 
@@ -153,9 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{100 * r['snapshot_share']:.3f}% |"
         )
     result = {
-        "run_info": {"commit": git_commit(), "dirty": git_dirty(), "date": utc_now(), "machine": info},
-        "command": command_line(argv),
-        "card": info.get("gpu_name") or info.get("device_name"),
+        **result_header(argv, info),
         "settings": vars(args),
         "tree_tokens": tree["device_tokens"],
         "rows": rows,

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_info import command_line, git_commit, git_dirty, machine_info, utc_now
+from run_info import machine_info, result_header
 from serving import measure_bandwidth_gbs, measure_matmul_tflops, sync_device
 
 from radixlm.testing import save_model_folder
@@ -498,9 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
     result = {
-        "run_info": {"commit": git_commit(), "dirty": git_dirty(), "date": utc_now(), "machine": info},
-        "command": command_line(argv),
-        "card": info.get("gpu_name") or info["device_name"],
+        **result_header(argv, info),
         "model": {
             "name": f"{args.shape}-random",
             "params": nums["params"],

@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_info import command_line, git_commit, git_dirty, machine_info, utc_now
+from run_info import machine_info, result_header
 from serving import measure_bandwidth_gbs, model_facts
 
 from radixlm import Engine
@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{r['outputs_match_reference']} | {r['reference_runs']} |"
         )
     result = {
-        "run_info": {"commit": git_commit(), "dirty": git_dirty(), "date": utc_now(), "machine": info},
-        "command": command_line(argv),
-        "card": info.get("gpu_name") or info.get("device_name"),
+        **result_header(argv, info),
         "model": facts,
         "byte_floor_tok_s": floor,
         "settings": vars(args),

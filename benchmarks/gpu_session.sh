@@ -21,6 +21,8 @@
 #   bash benchmarks/gpu_session.sh spec     # issue 23: speculative decoding's cost and its gain per accepted length
 #   bash benchmarks/gpu_session.sh jf-fp32  # jump-forward on/off identity at b=64, 8B shape in float32
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
+#   bash benchmarks/gpu_session.sh moe      # issue 24: fused MoE GPU tests, Qwen3-30B-A3B shape vs HF
+#   bash benchmarks/gpu_session.sh moe-tune # issue 24: tune the fused MoE kernel's tiles
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
 # benchmarks/README.md); this script installs them into /tmp/site when .whl/ exists.
 set -uo pipefail
@@ -199,6 +201,14 @@ case "$MODE" in
     python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_tensor_parallel.py 2>&1 | tee "$OUT/gpu-tests-tp.log" | tail -3
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines radixlm --batch-sizes 1,64 --reps 2 \
       --ablations tp2 --out "$OUT/offline-tp.json" > "$OUT/offline-tp.log" 2>&1
+    ;;
+  moe)  # issue 24: fused MoE kernel tests and the tiny MoE models on the GPU, then the Qwen3-30B-A3B
+        # shape (MOE_LAYERS of its 48 layers) radixlm bf16 / fp8 vs HF eager
+    python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_fused_moe.py 2>&1 | tee "$OUT/gpu-tests-moe.log" | tail -3
+    python3 benchmarks/bench_moe.py --num-layers "${MOE_LAYERS:-24}" --out "$OUT/moe.json" 2>&1 | tee "$OUT/moe.log"
+    ;;
+  moe-tune)  # commit $OUT/fused_moe_configs.json as runtime/kernels/triton/fused_moe_configs.json
+    python3 benchmarks/tune_fused_moe.py --out "$OUT/fused_moe_configs.json" 2>&1 | tee "$OUT/moe-tune.log"
     ;;
   speed)
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \

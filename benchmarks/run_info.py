@@ -94,3 +94,12 @@ def machine_info(device: str) -> dict[str, Any]:
         info["gpu_name"] = torch.cuda.get_device_name(torch.device(device).index or 0)
         info["device_name"] = info["gpu_name"]
     return info
+
+
+def result_header(argv: list[str] | None, info: dict[str, Any]) -> dict[str, Any]:
+    """The fields every results file starts with: where and when it ran, how, and on what card."""
+    return {
+        "run_info": {"commit": git_commit(), "dirty": git_dirty(), "date": utc_now(), "machine": info},
+        "command": command_line(argv),
+        "card": info.get("gpu_name") or info["device_name"],
+    }

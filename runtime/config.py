@@ -14,7 +14,12 @@ SUPPORTED_ARCHITECTURES = {
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    # mixture-of-experts: the same decoder with a sparse MoE block in place of the MLP
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
 }
+MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -29,12 +34,59 @@ class RopeConfig:
 
 
 @dataclass(frozen=True)
+class MoeConfig:
+    """A mixture-of-experts model's sparse blocks (config.json's names differ per family:
+    Mixtral's `num_local_experts` / `intermediate_size`, Qwen's `num_experts` /
+    `moe_intermediate_size`)."""
+
+    num_experts: int
+    top_k: int  # num_experts_per_tok
+    intermediate_size: int  # of one expert
+    renormalize: bool  # the top-k probabilities rescaled to sum to 1 (Mixtral always; Qwen: norm_topk_prob)
+    # the layers whose MLP is the sparse block; the others keep a dense MLP of ModelConfig's
+    # intermediate_size (Qwen: `mlp_only_layers`, `decoder_sparse_step`; Mixtral: every layer)
+    sparse_layers: tuple[int, ...]
+    # Qwen2-MoE's always-on expert, gated by sigmoid(x @ shared_expert_gate); 0 = none
+    shared_expert_intermediate_size: int = 0
+
+    @staticmethod
+    def from_raw(family: str, raw: dict[str, Any], num_layers: int) -> MoeConfig:
+        if family == "mixtral":
+            return MoeConfig(
+                num_experts=raw["num_local_experts"],
+                top_k=raw.get("num_experts_per_tok", 2),
+                intermediate_size=raw["intermediate_size"],
+                renormalize=True,
+                sparse_layers=tuple(range(num_layers)),
+            )
+        step = raw.get("decoder_sparse_step", 1) or 1
+        dense = set(raw.get("mlp_only_layers") or [])
+        # "num_experts" in Qwen's own configs; transformers >= 5 writes its alias "num_local_experts"
+        num_experts = raw["num_experts"] if "num_experts" in raw else raw["num_local_experts"]
+        # HF's rule (Qwen2MoeDecoderLayer / Qwen3MoeDecoderLayer): sparse unless listed in
+        # mlp_only_layers, on every decoder_sparse_step-th layer, when there are experts at all
+        sparse = tuple(
+            i for i in range(num_layers) if i not in dense and num_experts > 0 and (i + 1) % step == 0
+        )
+        return MoeConfig(
+            num_experts=num_experts,
+            top_k=raw.get("num_experts_per_tok", 8),
+            intermediate_size=raw["moe_intermediate_size"],
+            renormalize=bool(raw.get("norm_topk_prob", False)),
+            sparse_layers=sparse,
+            shared_expert_intermediate_size=(
+                raw.get("shared_expert_intermediate_size", 0) if family == "qwen2_moe" else 0
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The subset of a Hugging Face config.json that our model code needs."""
 
     path: str
     architecture: str
-    family: str  # llama | qwen2 | qwen3: which layer variant to build
+    family: str  # llama | qwen2 | qwen3 | mixtral | qwen2_moe | qwen3_moe: which model to build
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -54,6 +106,7 @@ class ModelConfig:
     # the checkpoint's own quantisation: ("fp8", (block_n, block_k)) for Hugging Face's
     # block-wise fp8 format (`quantization_config.weight_block_size`, `weight_scale_inv`)
     checkpoint_fp8_block: tuple[int, int] | None = None
+    moe: MoeConfig | None = None  # mixture-of-experts families only
 
     @staticmethod
     def from_path(path: str | os.PathLike) -> ModelConfig:
@@ -76,7 +129,7 @@ class ModelConfig:
         head_dim = raw.get("head_dim") or raw["hidden_size"] // num_heads
         eos = _eos_ids(folder, raw)
         sliding = raw.get("sliding_window")
-        if family != "llama" and not raw.get("use_sliding_window", False):
+        if family not in ("llama", "mixtral") and not raw.get("use_sliding_window", False):
             sliding = None
         return ModelConfig(
             path=str(folder.resolve()),
@@ -84,7 +137,8 @@ class ModelConfig:
             family=family,
             vocab_size=raw["vocab_size"],
             hidden_size=raw["hidden_size"],
-            intermediate_size=raw["intermediate_size"],
+            # Qwen-MoE's dense layers (mlp_only_layers); Mixtral's is its experts' size, also in moe
+            intermediate_size=raw.get("intermediate_size", 0),
             num_layers=raw["num_hidden_layers"],
             num_heads=num_heads,
             num_kv_heads=raw.get("num_key_value_heads") or num_heads,
@@ -92,13 +146,16 @@ class ModelConfig:
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
             max_position_embeddings=raw.get("max_position_embeddings", 2048),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            attention_bias=family == "qwen2" or bool(raw.get("attention_bias", False)),
-            qk_norm=family == "qwen3",
+            attention_bias=family == "qwen2"
+            or (family == "qwen2_moe" and bool(raw.get("qkv_bias", True)))
+            or bool(raw.get("attention_bias", False)),
+            qk_norm=family in ("qwen3", "qwen3_moe"),
             rope=_rope_config(raw, cfg_file),
             torch_dtype=str(raw.get("dtype") or raw.get("torch_dtype") or "float32"),
             eos_token_ids=eos,
             sliding_window=sliding,
             checkpoint_fp8_block=_checkpoint_fp8_block(raw, cfg_file),
+            moe=MoeConfig.from_raw(family, raw, raw["num_hidden_layers"]) if family in MOE_FAMILIES else None,
         )
 
 
@@ -326,4 +383,4 @@ class EngineConfig:
         return EngineConfig(model_path=str(model_path), **options)
 
 
-__all__ = ["ModelConfig", "EngineConfig", "RopeConfig", "SUPPORTED_ARCHITECTURES"]
+__all__ = ["ModelConfig", "EngineConfig", "MoeConfig", "RopeConfig", "SUPPORTED_ARCHITECTURES"]

@@ -29,7 +29,7 @@ class _TritonModules:
     and not once per call in the per-layer hot path (after the first lookup a module is a plain
     attribute)."""
 
-    NAMES = ("norm", "activation", "rotary", "kv_store", "fp8_quant", "fp8_gemm", "fp8_gemv")
+    NAMES = ("norm", "activation", "rotary", "kv_store", "fp8_quant", "fp8_gemm", "fp8_gemv", "fused_moe")
 
     def __getattr__(self, name: str):
         if name not in self.NAMES:
@@ -265,3 +265,33 @@ def _w8a8(
     return triton_kernels.fp8_gemm.w8a8_block_fp8_matmul(
         a_q, a_scale, w_q, w_scale_inv, block_size, out_dtype=dtype
     )
+
+
+def moe_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sparse block's routing: (weights fp32 [T, top_k], expert ids int32 [T, top_k]) from the
+    router's logits [T, E]. Plain torch on every device (softmax, top-k, a division: three small
+    launches, no host sync, so it captures into CUDA graphs as it is)."""
+    return reference.moe_topk(router_logits, top_k, renormalize)
+
+
+def fused_moe(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    w13_scale: torch.Tensor | None = None,
+    w2_scale: torch.Tensor | None = None,
+    block_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The routed experts' output [T, H] for x [T, H] (runtime/layers/moe.py: stacked w13 [E, 2I, H],
+    w2 [E, H, I], fp8 with block scales when the scales are given): the Triton fused MoE on CUDA
+    (runtime/kernels/triton/fused_moe.py: two grouped GEMMs over tokens sorted by expert), the
+    reference's loop over the experts that received tokens elsewhere."""
+    if uses_triton(x):
+        if not x.is_contiguous():
+            x = x.contiguous()
+        return triton_kernels.fused_moe.fused_moe(
+            x, w13, w2, topk_weights, topk_ids, w13_scale, w2_scale, block_size
+        )
+    return reference.fused_moe(x, w13, w2, topk_weights, topk_ids, w13_scale, w2_scale, block_size)

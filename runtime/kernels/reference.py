@@ -260,3 +260,71 @@ def fp8_block_linear(
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype).reshape(*x.shape[:-1], w_q.shape[0])
+
+
+# ---------------------------------------------------------------------- mixture of experts
+# The oracle of runtime/kernels/triton/fused_moe.py and the CPU path of the sparse MoE block.
+# Expert weights are stacked: w13 [E, 2I, H] (gate rows, then up rows, per expert) and w2
+# [E, H, I]; fp8 experts carry block scales [E, ceil(2I / bn), ceil(H / bk)] and
+# [E, ceil(H / bn), ceil(I / bk)] in the layout of `block_quant_fp8` per expert.
+
+
+def moe_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax routing: router_logits [T, E] -> (weights fp32 [T, top_k], expert ids int32 [T, top_k]).
+    The softmax is in fp32 (as HF's routers), the top-k probabilities rescaled to sum to 1 when
+    `renormalize` (Mixtral always, Qwen's `norm_topk_prob`). The weights stay fp32: HF's Qwen
+    routers round them to the model dtype first, which in fp32 is the same."""
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids.to(torch.int32)
+
+
+def _dequant_rows(x: torch.Tensor, group: int | None) -> torch.Tensor:
+    """x in fp32, or with `group` the fp32 values its per-token-group e4m3 quantisation stands for
+    (the W8A8 path's activations)."""
+    if group is None:
+        return x.float()
+    q, scale = per_token_group_quant_fp8(x, group)
+    return q.float() * scale.repeat_interleave(group, dim=-1)[..., : x.shape[-1]]
+
+
+def fused_moe(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    w13_scale: torch.Tensor | None = None,
+    w2_scale: torch.Tensor | None = None,
+    block_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]) -> [T, H] in x's dtype, where
+    expert_e(x) = w2[e] @ (silu(w13[e, :I] @ x) * (w13[e, I:] @ x)).
+
+    Rounding follows the Triton kernel: each product in fp32, the gated activation rounded to x's
+    dtype, the down product times its routing weight rounded to x's dtype per (token, k), and the
+    top-k sum in fp32 rounded once. With fp8 weights (scales given) both inputs are quantised per
+    token and group of block_k (W8A8, as the dense fp8 path) and the products use the dequantised
+    operands."""
+    t, hidden = x.shape
+    top_k = topk_ids.shape[1]
+    fp8 = w13_scale is not None
+    group = block_size[1] if fp8 else None
+    inter = w2.shape[2]
+    out = torch.zeros(t * top_k, hidden, dtype=torch.float32, device=x.device)
+    if t == 0:
+        return out.view(0, hidden).to(x.dtype)
+    xa = _dequant_rows(x, group)
+    flat_ids = topk_ids.reshape(-1).long()
+    flat_w = topk_weights.reshape(-1).float()
+    for e in flat_ids.unique().tolist():  # only the experts that received tokens
+        rows = (flat_ids == e).nonzero().squeeze(1)  # flat (token * top_k + k) indices
+        w_gu = block_dequant_fp8(w13[e], w13_scale[e], block_size) if fp8 else w13[e].float()
+        w_dn = block_dequant_fp8(w2[e], w2_scale[e], block_size) if fp8 else w2[e].float()
+        gate_up = xa[rows // top_k] @ w_gu.t()
+        h = (F.silu(gate_up[:, :inter]) * gate_up[:, inter:]).to(x.dtype)
+        y = (_dequant_rows(h, group) @ w_dn.t()) * flat_w[rows, None]
+        out[rows] = y.to(x.dtype).float()
+    return out.view(t, top_k, hidden).sum(dim=1).to(x.dtype)

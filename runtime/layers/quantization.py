@@ -1,6 +1,7 @@
 """FP8 weights: block-wise W8A8 linear layers (e4m3), from fp8 checkpoints or quantised at load.
 
-The decoder's four matmuls per layer (qkv, o, gate_up, down) hold their weights as e4m3
+The decoder's four matmuls per layer (qkv, o, gate_up, down; a MoE layer's stacked experts
+likewise, runtime/layers/moe.py, through the fused MoE kernel) hold their weights as e4m3
 with one fp32 scale per `block_n x block_k` block (Hugging Face's "fp8" format:
 `weight` + `weight_scale_inv`, w ~= q * scale_inv), and quantise their input per token and
 group of `block_k` at run time (`activation_scheme: dynamic`), except at decode-sized batches
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from radixlm.runtime.kernels import ops, reference
+from radixlm.runtime.layers.moe import FusedMoE
 
 DEFAULT_BLOCK = (128, 128)
 QUANTIZED_LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
@@ -91,7 +93,11 @@ def _targets(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
 
 
 def replace_linears(model: nn.Module, block_size: tuple[int, int]) -> None:
-    """Swap the decoder's linears for empty Fp8Linears (meta or real), to load an fp8 checkpoint into."""
+    """Swap the decoder's linears for empty Fp8Linears (meta or real), and a MoE model's stacked
+    experts for empty fp8 ones (runtime/layers/moe.py), to load an fp8 checkpoint into."""
+    for module in model.modules():
+        if isinstance(module, FusedMoE):
+            module.make_fp8(block_size)
     for parent, name, linear in _targets(model):
         setattr(
             parent,
@@ -108,10 +114,14 @@ def replace_linears(model: nn.Module, block_size: tuple[int, int]) -> None:
 
 @torch.no_grad()
 def quantize_linears(model: nn.Module, block_size: tuple[int, int] = DEFAULT_BLOCK) -> int:
-    """Quantise the decoder's linears in place, one at a time (peak memory: one layer's fp32
-    copy on top of the model). Returns how many were quantised."""
+    """Quantise the decoder's linears and a MoE model's experts in place, one at a time (peak
+    memory: one layer's fp32 copy on top of the model). Returns how many linears and expert
+    stacks were quantised."""
+    experts = [m for m in model.modules() if isinstance(m, FusedMoE)]
+    for module in experts:
+        module.quantize_fp8(block_size)
     targets = _targets(model)
-    count = len(targets)
+    count = len(targets) + len(experts)
     while targets:  # popped, so each bf16 weight is freed once its fp8 copy is in place
         parent, name, linear = targets.pop()
         setattr(parent, name, Fp8Linear.quantize(linear, block_size))

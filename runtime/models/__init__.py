@@ -12,10 +12,18 @@ from radixlm.runtime.config import ModelConfig
 from radixlm.runtime.layers.quantization import DEFAULT_BLOCK, quantize_linears, replace_linears
 from radixlm.runtime.model_executor.distributed import TPGroup
 from radixlm.runtime.models.llama import LlamaForCausalLM
+from radixlm.runtime.models.moe import MoeForCausalLM
 
 # Every supported family shares the Llama decoder; ModelConfig switches on qkv bias (qwen2)
-# and q/k norm (qwen3).
-MODEL_CLASSES = {"llama": LlamaForCausalLM, "qwen2": LlamaForCausalLM, "qwen3": LlamaForCausalLM}
+# and q/k norm (qwen3). The mixture-of-experts families swap in a sparse MLP (moe.py).
+MODEL_CLASSES = {
+    "llama": LlamaForCausalLM,
+    "qwen2": LlamaForCausalLM,
+    "qwen3": LlamaForCausalLM,
+    "mixtral": MoeForCausalLM,
+    "qwen2_moe": MoeForCausalLM,
+    "qwen3_moe": MoeForCausalLM,
+}
 
 
 def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -57,8 +65,8 @@ def load_model(
     tp: TPGroup | None = None,
 ) -> torch.nn.Module:
     """The model (this tensor-parallel rank's slice of it) in `dtype` on `device`. An fp8
-    checkpoint keeps its fp8 linears; `quantization="fp8"` block-quantises the linears of any
-    other checkpoint after loading."""
+    checkpoint keeps its fp8 linears and experts; `quantization="fp8"` block-quantises the
+    linears and experts of any other checkpoint after loading."""
     cls = MODEL_CLASSES[cfg.family]
     tp = tp or TPGroup()
     with torch.device("meta"):

@@ -51,13 +51,16 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_id: int, rotary: RotaryEmbedding, tp: TPGroup) -> None:
+    def __init__(
+        self, cfg: ModelConfig, layer_id: int, rotary: RotaryEmbedding, tp: TPGroup, mlp: nn.Module
+    ) -> None:
+        """`mlp`: the dense GatedMLP, or a mixture-of-experts model's sparse block (models/moe.py);
+        either sums its tensor-parallel partial outputs itself."""
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg, layer_id, rotary, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        i0, i1 = tp.split(cfg.intermediate_size, "intermediate_size")
-        self.mlp = GatedMLP(cfg.hidden_size, i1 - i0, tp.all_reduce)
+        self.mlp = mlp
 
     def forward(
         self, h: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch
@@ -92,7 +95,9 @@ class LlamaForCausalLM(nn.Module):
         local_vocab = self.vocab_end - self.vocab_start
         self.embed_tokens = nn.Embedding(local_vocab, cfg.hidden_size)
         rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, rotary, tp) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, i, rotary, tp, self.make_mlp(i)) for i in range(cfg.num_layers)
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = (
             None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, local_vocab, bias=False)
@@ -101,6 +106,12 @@ class LlamaForCausalLM(nn.Module):
         self.local_num_heads, self.local_num_kv_heads = attn.num_heads, attn.num_kv_heads
         # layer -> (k_scale, v_scale) for an fp8 KV cache, when the checkpoint has calibrated ones
         self.kv_scales: dict[int, tuple[float, float]] = {}
+
+    def make_mlp(self, layer_id: int) -> nn.Module:
+        """Layer `layer_id`'s MLP: this rank's columns of the dense gated MLP (the MoE models
+        override this for their sparse layers)."""
+        i0, i1 = self.tp.split(self.cfg.intermediate_size, "intermediate_size")
+        return GatedMLP(self.cfg.hidden_size, i1 - i0, self.tp.all_reduce)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Final hidden states of the rows `batch.logits_indices` selects."""
@@ -125,16 +136,27 @@ class LlamaForCausalLM(nn.Module):
         return self.tp.all_gather_last((hidden @ weight.t()).float())
 
     # ------------------------------------------------------------------ weights
-    def _shard_slice(self, fused: str, shard: int) -> slice:
-        """Rows of this rank's fused q/k/v or gate/up weight that hold checkpoint tensor `shard`."""
+    def _shard_slice(self, target: str, fused: str, shard: int) -> slice:
+        """Rows of this rank's fused q/k/v or gate/up weight `target` that hold checkpoint tensor
+        `shard` (the gate/up split read off the MLP that owns the weight: a dense layer's and a
+        shared expert's widths differ)."""
         if fused == ".qkv_proj.":
             attn = self.layers[0].self_attn
             q, kv = attn.q_size, attn.kv_size
             bounds = [0, q, q + kv, q + 2 * kv]
         else:
-            inter = self.layers[0].mlp.intermediate_size
+            inter = self.get_submodule(target.split(fused)[0]).intermediate_size
             bounds = [0, inter, 2 * inter]
         return slice(bounds[shard], bounds[shard + 1])
+
+    def _mlp_width(self, name: str) -> int:
+        """The full (unsharded) intermediate size of the gated MLP that checkpoint tensor `name`
+        belongs to (the MoE models' shared expert has its own)."""
+        return self.cfg.intermediate_size
+
+    def _expected_fills(self, param: str) -> int:
+        """How many checkpoint tensors fill parameter `param` (fused ones take several)."""
+        return 3 if ".qkv_proj." in param else 2 if ".gate_up_proj." in param else 1
 
     def _tp_ranges(self, name: str) -> tuple[slice, slice]:
         """This rank's (rows, columns) of a full checkpoint weight (Megatron layout)."""
@@ -150,9 +172,9 @@ class LlamaForCausalLM(nn.Module):
             a, b = tp.split(cfg.num_heads, "number of attention heads")
             return full, slice(a * hd, b * hd)
         if ".gate_proj." in name or ".up_proj." in name:
-            return slice(*tp.split(cfg.intermediate_size, "intermediate_size")), full
+            return slice(*tp.split(self._mlp_width(name), "intermediate_size")), full
         if ".down_proj." in name:
-            return full, slice(*tp.split(cfg.intermediate_size, "intermediate_size"))
+            return full, slice(*tp.split(self._mlp_width(name), "intermediate_size"))
         if name in ("embed_tokens.weight", "lm_head.weight"):
             return slice(self.vocab_start, self.vocab_end), full
         return full, full  # norms: replicated
@@ -194,12 +216,16 @@ class LlamaForCausalLM(nn.Module):
             )
         return slice(rows.start // bn, -(-rows.stop // bn))
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(
+        self, weights: Iterable[tuple[str, torch.Tensor]], filled: dict[str, int] | None = None
+    ) -> None:
         """Copy checkpoint tensors in, fusing q/k/v and gate/up. Every parameter must be
-        filled exactly once; anything missing or unexpected is an error."""
+        filled exactly once; anything missing or unexpected is an error. `filled`: the fill
+        counts of parameters a subclass fills itself (the MoE models' stacked experts, from a
+        filter over `weights`, so the dict is complete once `weights` is exhausted)."""
         params = dict(self.named_parameters())
-        filled: dict[str, int] = {}
-        expected_shards = {n: (3 if ".qkv_proj." in n else 2 if ".gate_up_proj." in n else 1) for n in params}
+        filled = filled if filled is not None else {}
+        expected_shards = {n: self._expected_fills(n) for n in params}
         for name, tensor in weights:
             name = name.removeprefix("model.")
             if "rotary_emb.inv_freq" in name:
@@ -215,7 +241,8 @@ class LlamaForCausalLM(nn.Module):
             target, rows = name, slice(None)
             for frag, (fused, shard) in self.stacked_params.items():
                 if frag in name:
-                    target, rows = name.replace(frag, fused), self._shard_slice(fused, shard)
+                    target = name.replace(frag, fused)
+                    rows = self._shard_slice(target, fused, shard) if target in params else slice(None)
                     break
             param = params.get(target)
             if param is None:

@@ -9,6 +9,7 @@ import json
 import random
 
 import pytest
+import torch
 import torch.multiprocessing as mp
 from helpers import hf_greedy
 
@@ -21,8 +22,12 @@ def prompts() -> list[list[int]]:
     return [[rng.randrange(4, 8192) for _ in range(n)] for n in (7, 30, 12, 55)]
 
 
-@pytest.mark.parametrize("arch,size", [("llama", 2), ("qwen2", 2), ("llama", 4)])
+@pytest.mark.parametrize(
+    "arch,size", [("llama", 2), ("qwen2", 2), ("llama", 4), ("qwen3-moe", 2), ("mixtral", 2)]
+)
 def test_tensor_parallel_greedy_equals_single_rank(arch, size, tmp_path):
+    """The MoE models split every expert's intermediate dimension (and the dense layers') across
+    the ranks; the routers are replicated and the block's partial outputs summed once."""
     path = str(build_tiny_model(arch))
     ps = prompts()
     mp.start_processes(
@@ -176,6 +181,33 @@ def test_fp8_checkpoint_with_two_ranks_serves_like_one(tmp_path):
         fp8, fp8, {"tp_size": 2, "max_total_tokens": 4000}, {"quantization": "fp8", "tp_size": 2}
     )
     assert top1 >= 0.98 and overlap >= 0.95, (top1, overlap)
+
+
+def test_fp8_moe_checkpoint_with_two_ranks_equals_one_rank(tmp_path):
+    """Qwen3-MoE's experts from a block-fp8 checkpoint under TP=2: each rank takes its rows of
+    every expert's gate and up, its columns of down, and the matching block scales (16x16 blocks:
+    a rank's 16 of the 32 intermediate rows are one block). The down projection then quantises
+    the same groups of 16 as one rank does, so greedy tokens equal the single rank's."""
+    from fp8_checkpoints import fp8_checkpoint
+
+    path = str(fp8_checkpoint(build_tiny_model("qwen3-moe"), tmp_path / "fp8", [16, 16]))
+    ps = prompts()
+    (tmp_path / "one").mkdir()
+    threads = torch.get_num_threads()
+    try:  # one rank in this process, as the baseline
+        tp_greedy_worker(0, 1, str(tmp_path / "init1"), path, ps, 10, str(tmp_path / "one"))
+    finally:
+        torch.set_num_threads(threads)
+    single = json.loads((tmp_path / "one" / "rank0.json").read_text())["outputs"]
+    mp.start_processes(
+        tp_greedy_worker,
+        args=(2, str(tmp_path / "init"), path, ps, 10, str(tmp_path)),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    for r in range(2):
+        assert json.loads((tmp_path / f"rank{r}.json").read_text())["outputs"] == single, f"rank {r}"
 
 
 def test_fp8_checkpoint_whose_blocks_straddle_ranks_is_refused(tmp_path):
