@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import random
 
+import moe_inputs
 import pytest
 import torch
+from moe_inputs import poison_empty, quantize_experts, rel_err
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -21,46 +23,20 @@ if torch.cuda.is_available():
     from radixlm.runtime.kernels.triton import moe_align as ma
 
 DEV = "cuda"
+
+
+poisoned_empty = pytest.fixture(poison_empty)
+
+
+def make_inputs(*args, **kwargs):
+    return moe_inputs.make_inputs(*args, device=DEV, **kwargs)
+
+
 # relative Frobenius error vs the reference on the same operands: fp32 products (ieee dots) agree
 # to rounding; half precision adds the intermediate's and output's roundings, bf16 the coarsest
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 # the whole fp8 path, whose intermediate is requantised (test_fused_moe_fp8_whole_path_...)
 FP8_TOL = {torch.float32: 1.5e-2, torch.float16: 1.5e-2, torch.bfloat16: 3e-2}
-_EMPTY = torch.empty
-
-
-@pytest.fixture
-def poisoned_empty(monkeypatch):
-    def empty(*args, **kwargs):
-        t = _EMPTY(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() and t.dtype.itemsize > 1 else t
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
-def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
-    assert not torch.isnan(out).any(), "output has NaN: an unwritten element or a poisoned read"
-    out, expected = out.double(), expected.double()
-    return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
-
-
-def make_inputs(t, e, top_k, hidden, inter, dtype, used_experts=None, seed=0):
-    gen = torch.Generator(device=DEV).manual_seed(seed)
-    x = torch.randn(t, hidden, generator=gen, device=DEV).to(dtype)
-    w13 = (torch.randn(e, 2 * inter, hidden, generator=gen, device=DEV) / hidden**0.5).to(dtype)
-    w2 = (torch.randn(e, hidden, inter, generator=gen, device=DEV) / inter**0.5).to(dtype)
-    logits = torch.randn(t, e, generator=gen, device=DEV)
-    if used_experts is not None:
-        logits[:, used_experts:] = -1e4
-    weights, ids = ref.moe_topk(logits, top_k, renormalize=True)
-    return x, w13, w2, weights, ids
-
-
-def quantize_experts(w: torch.Tensor, block=(128, 128)):
-    pairs = [ref.block_quant_fp8(w[e].float(), block) for e in range(w.shape[0])]
-    return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs])
-
-
 QWEN3_30B = (128, 8, 2048, 768)  # experts, top-k, hidden, the expert's intermediate
 SMALL = (16, 4, 512, 256)
 TOKENS = [1, 7, 64, 511, 2048, 8192]

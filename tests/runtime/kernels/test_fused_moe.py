@@ -22,6 +22,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from moe_inputs import make_inputs, poison_empty, quantize_experts, rel_err  # noqa: E402
+
 from radixlm.runtime.kernels import ops  # noqa: E402
 from radixlm.runtime.kernels import reference as ref  # noqa: E402
 from radixlm.runtime.kernels.triton import fused_moe as fm  # noqa: E402
@@ -31,42 +33,7 @@ if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("interpreter tests; tests/gpu covers CUDA", allow_module_level=True)
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}  # relative Frobenius error vs the reference
-_EMPTY = torch.empty
-
-
-@pytest.fixture
-def poisoned_empty(monkeypatch):
-    """torch.empty that fills floating tensors with NaN, for the kernel path's own buffers."""
-
-    def empty(*args, **kwargs):
-        t = _EMPTY(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() and t.dtype.itemsize > 1 else t
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
-def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
-    assert not torch.isnan(out).any(), "output has NaN: an unwritten element or a poisoned read"
-    out, expected = out.double(), expected.double()
-    return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
-
-
-def make_inputs(t, e, top_k, hidden, inter, dtype, used_experts=None, seed=0):
-    """Random x, experts and routing; with used_experts only those experts receive tokens."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(t, hidden, generator=gen).to(dtype)
-    w13 = (torch.randn(e, 2 * inter, hidden, generator=gen) / hidden**0.5).to(dtype)
-    w2 = (torch.randn(e, hidden, inter, generator=gen) / inter**0.5).to(dtype)
-    logits = torch.randn(t, e, generator=gen)
-    if used_experts is not None:
-        logits[:, used_experts:] = -1e4  # the others never reach the top-k
-    weights, ids = ref.moe_topk(logits, top_k, renormalize=True)
-    return x, w13, w2, weights, ids
-
-
-def quantize_experts(w: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    pairs = [ref.block_quant_fp8(w[e].float(), block) for e in range(w.shape[0])]
-    return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs])
+poisoned_empty = pytest.fixture(poison_empty)
 
 
 # ------------------------------------------------------------------------------------ routing
