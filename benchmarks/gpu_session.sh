@@ -21,6 +21,7 @@
 #   bash benchmarks/gpu_session.sh spec     # issue 23: speculative decoding's cost and its gain per accepted length
 #   bash benchmarks/gpu_session.sh jf-fp32  # jump-forward on/off identity at b=64, 8B shape in float32
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
+#   bash benchmarks/gpu_session.sh view     # issue 26: a cache snapshot's cost during an 8B batch-64 decode
 #   bash benchmarks/gpu_session.sh moe      # issue 24: fused MoE GPU tests, Qwen3-30B-A3B shape vs HF
 #   bash benchmarks/gpu_session.sh moe-tune # issue 24: tune the fused MoE kernel's tiles
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
@@ -120,12 +121,15 @@ case "$MODE" in
   spec)  # issue 23: speculative decoding on the 8B shape. Its cost where drafts rarely hold (random weights:
     # bench_offline at batch 1 and 64 beside the same runtime without it), then drafts of controlled
     # acceptance (the reference output in the radix tree, lookahead) swept over the draft length at batch 1
-    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_speculative.py 2>&1 | tail -30 > "$OUT/gpu-tests.log"
-    timeout 280 python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
+    # (the GPU tests: `tests` mode, or SPEC_TESTS=1 here when the call has the time)
+    [ "${SPEC_TESTS:-0}" = 1 ] && timeout 150 python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_speculative.py \
+      2>&1 | tail -30 > "$OUT/gpu-tests.log"
+    timeout 300 python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
       --engines radixlm --ablations spec-ngram,spec-lookahead --batch-sizes 1,64 --output-len 128 --reps 2 \
-      --out "$OUT/spec-overhead.json" > "$OUT/spec-overhead.log" 2>&1
-    timeout 200 python3 benchmarks/bench_spec_reference.py --model /tmp/bench-8b --device cuda --dtype bfloat16 \
-      --json "$OUT/spec-reference.json" 2>&1 | tee "$OUT/spec-reference.log"
+      --prefill-len 1024 --out "$OUT/spec-overhead.json" > "$OUT/spec-overhead.log" 2>&1
+    tail -25 "$OUT/spec-overhead.log"
+    timeout 250 python3 benchmarks/bench_spec_reference.py --model /tmp/bench-8b --device cuda --dtype bfloat16 \
+      --draft-tokens 2,4,8 --reps 2 --output-len 128 --json "$OUT/spec-reference.json" 2>&1 | tee "$OUT/spec-reference.log"
     ;;
   jf-fp32)  # jump-forward's identical outputs at batch 64 on the 8B shape in float32 (bf16 differed there)
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
@@ -201,6 +205,13 @@ case "$MODE" in
     python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_tensor_parallel.py 2>&1 | tee "$OUT/gpu-tests-tp.log" | tail -3
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines radixlm --batch-sizes 1,64 --reps 2 \
       --ablations tp2 --out "$OUT/offline-tp.json" > "$OUT/offline-tp.log" 2>&1
+    ;;
+  view)  # issue 26: radix-tree snapshots taken during a batch-64 decode of the 8B shape, beside none
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
+      --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
+    python3 benchmarks/bench_cache_view.py --model /tmp/bench-8b --device cuda --dtype bfloat16 --batch-size 64 \
+      --fill-prompts 2000 --output-len 128 --reps 6 --intervals-ms 0,100,2000 --json "$OUT/cache-view.json" \
+      2>&1 | tee "$OUT/cache-view.log"
     ;;
   moe)  # issue 24: fused MoE kernel tests and the tiny MoE models on the GPU, then the Qwen3-30B-A3B
         # shape (MOE_LAYERS of its 48 layers) radixlm bf16 / fp8 vs HF eager
