@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 SNAPSHOT_ORDERS = ("hits", "recent", "tokens")
 PREVIEW_CHARS = 48
+CONTEXT_TOKENS = 4  # enough for a UTF-8 character split over byte tokens
 MAX_SNAPSHOT_NODES = 2000  # a page draws a few hundred nodes legibly; this bounds the cost
 
 
@@ -94,6 +95,10 @@ def snapshot_tree(tree: RadixCache, limits: SnapshotLimits) -> dict[str, Any]:
             "start": start,  # tokens before this node on its path from the root
             "tokens": len(node.key),
             "ids": node.key[: limits.max_text_tokens],
+            # the tokens just before it on its path: a character whose bytes straddle the
+            # boundary is decoded whole, in the node where it ends (decode_snapshot)
+            "context_ids": [] if node is root else node.parent.key[-CONTEXT_TOKENS:],
+            "leaf": not node.children,
             "hits": node.hits,
             "idle_s": round(max(0.0, now - node.last_access), 3) if node.last_access else None,
             "locks": node.lock_ref if node is not root else 0,
@@ -130,13 +135,37 @@ def snapshot_tree(tree: RadixCache, limits: SnapshotLimits) -> dict[str, Any]:
 
 def decode_snapshot(data: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     """Each node's token ids as `text` (cut at the snapshot's `max_text_tokens`) and a one-line
-    `preview`; the ids themselves are dropped."""
+    `preview`; the ids themselves are dropped.
+
+    A node boundary can fall inside a character (a byte-level vocabulary splits a multi-byte
+    UTF-8 character over tokens, and two prompts can part inside it). Decoded alone, both halves
+    would show U+FFFD. So a node is decoded after the tokens before it, keeping what follows the
+    text they decode to (the completed character lands in the node where it ends), and a node
+    with children drops the U+FFFD its cut-off bytes decode to at its end."""
     for replica in data["replicas"]:
         for node in replica["nodes"]:
-            ids = node.pop("ids")
-            text = tokenizer.decode(ids, skip_special_tokens=False) if ids else ""
+            ids, context = node.pop("ids"), node.pop("context_ids")
+            leaf = node.pop("leaf")
+            text = _decode_after(tokenizer, context, ids) if ids else ""
+            if not leaf and len(ids) == node["tokens"]:
+                text = text.rstrip("\ufffd")
             node["text"] = text
             node["text_truncated"] = len(ids) < node["tokens"]
             flat = " ".join(text.split())
             node["preview"] = flat[:PREVIEW_CHARS] + ("…" if len(flat) > PREVIEW_CHARS else "")
     return data
+
+
+def _decode_after(tokenizer: Any, context: list[int], ids: list[int]) -> str:
+    """The text `ids` add after `context`: decode(context + ids) past its common prefix with
+    decode(context)."""
+    if not context:
+        return tokenizer.decode(ids, skip_special_tokens=False)
+    before = tokenizer.decode(context, skip_special_tokens=False)
+    whole = tokenizer.decode(context + ids, skip_special_tokens=False)
+    common = 0
+    for x, y in zip(before, whole):
+        if x != y:
+            break
+        common += 1
+    return whole[common:]

@@ -109,6 +109,29 @@ def test_text_is_cut_at_max_text_tokens_and_decoded():
     assert not short["text_truncated"] and len(short["text"]) == 1
 
 
+class Utf8ByteTokenizer:
+    """Token i is byte i: a multi-byte character takes several tokens."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_a_character_split_by_a_node_boundary_is_shown_whole_where_it_ends():
+    # 日本 and 日曜 share 日 and the first byte of their second character
+    tree = RadixCache(lambda s: None)
+    one, two = list("日本".encode()), list("日曜".encode())
+    tree.insert(one, slots(len(one)))
+    tree.insert(two, slots(len(two), 100))
+    snap = snapshot_tree(tree, SnapshotLimits())
+    nodes = decode_snapshot({"replicas": [snap]}, Utf8ByteTokenizer())["replicas"][0]["nodes"]
+    texts = {n["tokens"]: n["text"] for n in nodes if n["parent"] is not None}
+    shared = next(n for n in nodes if n["parent"] == nodes[0]["id"])
+    assert shared["tokens"] == 4 and shared["text"] == "日"
+    children = sorted(n["text"] for n in nodes if n["parent"] == shared["id"])
+    assert children == sorted(["本", "曜"])
+    assert "\ufffd" not in "".join(texts.values())
+
+
 def test_locks_and_tiers_are_reported():
     pool = KVPool(32, 1, 1, 4, torch.float32, torch.device("cpu"))
     host = HostKVPool(HostPoolSize(64, KVPool.bytes_per_token(1, 1, 4, torch.float32)), 1, pin=False)
