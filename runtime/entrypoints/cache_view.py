@@ -1,8 +1,6 @@
-"""The cache view: `/cache` (a page that draws the radix tree live) and `/cache.json` (the same
-snapshot for tools), and `Engine.cache_snapshot`.
+"""The cache view's routes: `/cache` (a page that draws the radix tree live) and the checks of
+`/cache.json`'s query (its answer is `TokenizerManager.cache_snapshot`, as `Engine.cache_snapshot`'s).
 
-The scheduler sends token ids (`runtime/radix/cache_snapshot.py`); the text is decoded here, in
-the server's process, so a snapshot costs the scheduler only its bounded walk of the tree.
 The routes exist only under `radixlm serve --enable-cache-view`: they show prompt text, so they
 are off unless asked for, and like every route they sit behind `--api-key`. A browser cannot
 send a header when it opens a page, so `/cache` (and only it) also takes the key as
@@ -11,13 +9,10 @@ send a header when it opens a page, so `/cache` (and only it) also takes the key
 
 from __future__ import annotations
 
-import asyncio
 from importlib import resources
-from typing import Any
 
-from radixlm.runtime.entrypoints.http_errors import HTTPError, as_http_errors
-from radixlm.runtime.managers.tokenizer_manager import TokenizerManager
-from radixlm.runtime.radix.cache_snapshot import SnapshotLimits, decode_snapshot
+from radixlm.runtime.entrypoints.http_errors import HTTPError
+from radixlm.runtime.radix.cache_snapshot import SnapshotLimits
 
 LIMIT_NAMES = {"max_nodes": int, "max_text_tokens": int, "order": str}
 MAX_DIGITS = 9  # every limit's range is far below 10**9; longer numbers are refused unparsed
@@ -47,16 +42,6 @@ def parse_limits(query: dict[str, str]) -> dict[str, int | str]:
     except ValueError as exc:
         raise HTTPError(400, str(exc)) from None
     return args
-
-
-async def cache_snapshot(tm: TokenizerManager, args: dict[str, int | str]) -> dict[str, Any]:
-    """One snapshot of every replica's tree, decoded. Bad limits are a 400 naming them."""
-    with as_http_errors():
-        reply = await tm.control("cache_snapshot", args=args)
-    if not reply.ok:
-        raise HTTPError(400, f"cache snapshot refused: {reply.error}")
-    # decoding a few hundred short texts: off the event loop, so streams keep flowing
-    return await asyncio.to_thread(decode_snapshot, reply.data, tm.tokenizer)
 
 
 def page_html() -> str:

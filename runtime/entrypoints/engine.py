@@ -26,7 +26,7 @@ from radixlm.runtime.entrypoints.launch import launch_runtime
 from radixlm.runtime.layers.sampling import SamplingParams
 from radixlm.runtime.managers.request_state import RequestError
 from radixlm.runtime.managers.tokenizer_manager import PreparedRequest, TokenizerManager
-from radixlm.runtime.radix.cache_snapshot import SnapshotLimits, decode_snapshot
+from radixlm.runtime.radix.cache_snapshot import SnapshotLimits
 from radixlm.runtime.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -128,10 +128,7 @@ class Engine:
         hits, locks and tier, as `/cache.json` serves it: `{"replicas": [snapshot, ...]}`."""
         SnapshotLimits(max_nodes=max_nodes, max_text_tokens=max_text_tokens, order=order)  # ValueError
         args = {"max_nodes": max_nodes, "max_text_tokens": max_text_tokens, "order": order}
-        reply = self._call(self.tokenizer_manager.control("cache_snapshot", args=args))
-        if not reply.ok:
-            raise ValueError(f"cache snapshot refused: {reply.error}")
-        return decode_snapshot(reply.data, self.tokenizer_manager.tokenizer)
+        return self._call(self.tokenizer_manager.cache_snapshot(args))
 
     def check_accounting(self) -> dict:
         """Raise AssertionError unless free + evictable + locked + in use == total in the scheduler."""

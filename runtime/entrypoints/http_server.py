@@ -184,7 +184,9 @@ def _add_cache_view_routes(app: FastAPI, tm: TokenizerManager, enabled: bool) ->
     @app.get("/cache.json")
     async def cache_json(request: Request):
         check_enabled()
-        return await cache_view.cache_snapshot(tm, cache_view.parse_limits(dict(request.query_params)))
+        args = cache_view.parse_limits(dict(request.query_params))
+        with as_http_errors():
+            return await tm.cache_snapshot(args)
 
 
 def _respond(answer: Any) -> Any:

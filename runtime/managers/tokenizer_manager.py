@@ -37,6 +37,7 @@ from radixlm.runtime.managers.messages import (
     encoder,
 )
 from radixlm.runtime.managers.request_state import ReqState
+from radixlm.runtime.radix.cache_snapshot import decode_snapshot
 from radixlm.runtime.scheduler.request import check_request, check_text
 
 logger = logging.getLogger("radixlm.tokenizer_manager")
@@ -285,6 +286,15 @@ class TokenizerManager:
             return await asyncio.wait_for(fut, timeout)
         finally:
             self.pending_control.pop(rid, None)
+
+    async def cache_snapshot(self, args: dict[str, int | str]) -> dict[str, Any]:
+        """Every replica's radix-tree snapshot within `args`' limits, decoded here (off the event
+        loop: a few hundred short texts), so the scheduler only walks the tree. A refusal (bad
+        limits) is a ValueError naming it. What `Engine.cache_snapshot` and `/cache.json` answer."""
+        reply = await self.control("cache_snapshot", args=args)
+        if not reply.ok:
+            raise ValueError(f"cache snapshot refused: {reply.error}")
+        return await asyncio.to_thread(decode_snapshot, reply.data, self.tokenizer)
 
     # ------------------------------------------------------------------ internals
     def _check_alive(self) -> None:

@@ -9,7 +9,7 @@ summarised on their parent (how many, and their own tokens), and the tree's tota
 the counters the tree keeps anyway.
 
 The snapshot holds token ids, not text: the caller's process, which has the tokenizer, turns
-them into text (`decode_snapshot`, called by the Engine and `/cache.json`), so the scheduler
+them into text (`decode_snapshot`, in `TokenizerManager.cache_snapshot`), so the scheduler
 does no decoding.
 """
 

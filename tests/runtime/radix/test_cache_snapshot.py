@@ -20,6 +20,7 @@ from radixlm.runtime.entrypoints.cache_view import parse_limits
 from radixlm.runtime.entrypoints.http_errors import HTTPError
 from radixlm.runtime.entrypoints.http_guard import RedactQueryKey, redact_query_key
 from radixlm.runtime.entrypoints.http_server import create_app
+from radixlm.runtime.managers.tokenizer_manager import TokenizerManager
 from radixlm.runtime.radix.cache_snapshot import (
     MAX_SNAPSHOT_NODES,
     SnapshotLimits,
@@ -216,6 +217,8 @@ class SnapshotTM:
         except (TypeError, ValueError) as exc:
             return SimpleNamespace(ok=False, data={}, error=str(exc))
         return SimpleNamespace(ok=True, data={"replicas": [snapshot_tree(self.tree, limits)]}, error=None)
+
+    cache_snapshot = TokenizerManager.cache_snapshot  # the real one, over this control
 
 
 def get_all(app, requests: list[tuple[str, dict]]) -> list[httpx.Response]:
