@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import triton
@@ -43,20 +44,28 @@ CONFIG_FILE = Path(__file__).with_name("fp8_gemm_configs.json")
 M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
-@dataclasses.dataclass(frozen=True)
-class Fp8GemmConfig:
-    BLOCK_M: int
-    BLOCK_N: int
-    GROUP_M: int = 8
-    num_warps: int = 4
-    num_stages: int = 3
+_Tile = TypeVar("_Tile", bound="TileConfig")
+
+
+class TileConfig:
+    """A kernel's tile choice (a frozen dataclass of ints) to and from its tuned table's JSON; the
+    fp8 GEMM's, the fp8 GEMV's and the fused MoE's configs are its subclasses."""
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> Fp8GemmConfig:
+    def from_dict(cls: type[_Tile], d: dict) -> _Tile:
         return cls(**{f.name: int(d[f.name]) for f in dataclasses.fields(cls) if f.name in d})
+
+
+@dataclasses.dataclass(frozen=True)
+class Fp8GemmConfig(TileConfig):
+    BLOCK_M: int
+    BLOCK_N: int
+    GROUP_M: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
 
 
 def bucket_for(m: int, buckets=M_BUCKETS) -> int:

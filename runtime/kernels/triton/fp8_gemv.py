@@ -66,7 +66,7 @@ import triton
 import triton.language as tl
 
 # one M-bucket rule, tuned-table lookup and cached json reader for both fp8 kernels
-from radixlm.runtime.kernels.triton.fp8_gemm import load_config_file, tuned_entry
+from radixlm.runtime.kernels.triton.fp8_gemm import TileConfig, load_config_file, tuned_entry
 
 FP8_DTYPE = torch.float8_e4m3fn  # as reference.py; not imported, so this module needs only torch and triton
 
@@ -79,19 +79,12 @@ TARGET_PROGRAMS = 512
 
 
 @dataclasses.dataclass(frozen=True)
-class Fp8GemvConfig:
+class Fp8GemvConfig(TileConfig):
     BLOCK_N: int
     BLOCK_K: int
     SPLIT_K: int = 1
     num_warps: int = 4
     num_stages: int = 1  # > 1: Triton pipelines the tile loads through shared memory (cp.async)
-
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Fp8GemvConfig:
-        return cls(**{f.name: int(d[f.name]) for f in dataclasses.fields(cls) if f.name in d})
 
 
 def block_m_for(m: int) -> int:

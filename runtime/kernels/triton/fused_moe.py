@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from radixlm.runtime.kernels.triton.fp8_gemm import bucket_for, load_config_file
+from radixlm.runtime.kernels.triton.fp8_gemm import TileConfig, bucket_for, load_config_file
 from radixlm.runtime.kernels.triton.fp8_quant import per_token_group_quant_fp8
 from radixlm.runtime.kernels.triton.moe_align import moe_align_block_size
 
@@ -53,20 +53,13 @@ TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 @dataclasses.dataclass(frozen=True)
-class FusedMoeConfig:
+class FusedMoeConfig(TileConfig):
     BLOCK_M: int
     BLOCK_N: int
     BLOCK_K: int
     GROUP_M: int = 8
     num_warps: int = 4
     num_stages: int = 3
-
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FusedMoeConfig:
-        return cls(**{f.name: int(d[f.name]) for f in dataclasses.fields(cls) if f.name in d})
 
 
 def config_key(num_experts: int, hidden: int, inter: int, top_k: int, fp8: bool) -> str:
