@@ -6,12 +6,9 @@ No timing assertions."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_hicache.py"
+from bench_scripts import run_bench_script
+
 CONVS, TURNS, HISTORY, TURN, OUTPUT, POOL = 6, 3, 200, 16, 4, 700
 RUN_FIELDS = [
     "wall_s",
@@ -33,7 +30,6 @@ RUN_FIELDS = [
 
 def test_bench_hicache_smoke(tmp_path):
     out = tmp_path / "hicache.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     args = {
         "--device": "cpu",
         "--conversations": CONVS,
@@ -46,9 +42,7 @@ def test_bench_hicache_smoke(tmp_path):
         "--cpu-threads": 1,
         "--json": out,
     }
-    cmd = [sys.executable, str(SCRIPT), *(str(x) for kv in args.items() for x in kv)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_bench_script("bench_hicache.py", args, timeout=240)
     assert "| metric" in proc.stdout and "| vs off" in proc.stdout
 
     data = json.loads(out.read_text())

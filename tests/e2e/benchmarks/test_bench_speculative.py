@@ -5,12 +5,9 @@ counters add up, and a regenerated request's drafts are accepted. No timing asse
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_speculative.py"
+from bench_scripts import run_bench_script
+
 VARIANTS = ("off", "ngram", "lookahead")
 FIELDS = [
     "requests",
@@ -31,7 +28,6 @@ FIELDS = [
 
 def test_bench_speculative_smoke(tmp_path):
     out = tmp_path / "speculative.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     args = {
         "--families": "regenerate",
         "--count": 2,
@@ -40,9 +36,7 @@ def test_bench_speculative_smoke(tmp_path):
         "--cpu-threads": 1,
         "--json": out,
     }
-    cmd = [sys.executable, str(SCRIPT), *(str(x) for kv in args.items() for x in kv)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_bench_script("bench_speculative.py", args, timeout=240)
     assert "| family | variant |" in proc.stdout and "| regenerate | lookahead |" in proc.stdout
 
     data = json.loads(out.read_text())
