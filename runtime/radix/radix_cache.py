@@ -15,7 +15,7 @@ host-only nodes reports them (`MatchResult.host_nodes`) so the caller can load t
 yet on the device. The host pool is evicted LRU in turn: a host-only leaf is removed, a
 node on both tiers just drops its host copy.
 
-Invariants (checked by `self_check`):
+Invariants (checked by `self_check`, radix_check.py):
   * every non-root node has a non-empty key, lives on at least one tier, and each of its
     slot tensors has `len(key)` entries;
   * device residency is prefix-closed: a node on the device has its parent on the device,
@@ -23,6 +23,7 @@ Invariants (checked by `self_check`):
   * a loading node is on both tiers and locked (so neither copy can be evicted under it);
   * a child is stored under the first token of its key;
   * `node.lock_ref >= sum(child.lock_ref)` (a lock on a node is held by all its ancestors);
+  * `node.hits >= child.hits` for every child (a request reusing a node reused its ancestors);
   * per tier, evictable + protected == tokens stored there, split by `lock_ref == 0`;
   * no device slot and no host slot appears twice.
 """
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from radixlm.runtime.radix.radix_check import check_tree
 
 if TYPE_CHECKING:
     from radixlm.runtime.radix.kv_transfer import KVTransfer
@@ -415,38 +418,5 @@ class RadixCache:
         return torch.cat(vals) if vals else torch.empty(0, dtype=torch.int64)
 
     def self_check(self) -> None:
-        sizes = [0, 0, 0, 0]  # device evictable, protected; host evictable, protected
-        for node in self._nodes():
-            if node is self.root:
-                continue
-            self._check_node(node)
-            locked = 1 if node.lock_ref else 0
-            if node.value is not None:
-                sizes[locked] += len(node.key)
-            if node.host_value is not None:
-                sizes[2 + locked] += len(node.key)
-        recorded = [self.evictable_size, self.protected_size]
-        recorded += [self.host_evictable_size, self.host_protected_size]
-        if sizes != recorded:
-            raise AssertionError(
-                f"radix size counters drifted: counted (device evictable, protected, host evictable, "
-                f"protected) = {sizes}, recorded {recorded}"
-            )
-        for slots, tier in ((self.all_slots(), "device"), (self.all_host_slots(), "host")):
-            if slots.numel() != torch.unique(slots).numel():
-                raise AssertionError(f"a {tier} KV slot is stored twice in the radix tree")
-
-    def _check_node(self, node: TreeNode) -> None:
-        if not node.key or (node.value is None and node.host_value is None):
-            raise AssertionError("radix node with an empty key or on neither tier")
-        for slots in (node.value, node.host_value):
-            if slots is not None and len(slots) != len(node.key):
-                raise AssertionError("radix node whose slots do not match its key's length")
-        if node.parent.children.get(node.key[0]) is not node:
-            raise AssertionError("radix node not stored under its first token")
-        if node.lock_ref < sum(c.lock_ref for c in node.children.values()):
-            raise AssertionError("radix node has fewer locks than its children")
-        if node.value is not None and node.parent is not self.root and node.parent.value is None:
-            raise AssertionError("radix node on the device under a host-only parent")
-        if node.loading and (node.host_value is None or not node.lock_ref):
-            raise AssertionError("a loading radix node must keep its host copy and be locked")
+        """Raise AssertionError where an invariant above does not hold (radix_check.py)."""
+        check_tree(self)
