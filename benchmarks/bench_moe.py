@@ -1,7 +1,7 @@
 """Mixture-of-experts speed: radixlm (bf16, fp8) beside transformers eager on a Qwen3-30B-A3B shape.
 
-    python benchmarks/bench_moe.py --num-layers 24 --out benchmarks/results/moe-gpu-h100-DATE.json
-    python benchmarks/bench_moe.py --device cpu --tiny --out /tmp/moe-smoke.json      # CPU smoke run
+    python benchmarks/bench_moe.py --out benchmarks/results/moe-gpu-h100-DATE.json
+    python benchmarks/bench_moe.py --device cpu --tiny --prefill-len 512 --out /tmp/moe-smoke.json # CPU
 
 The model (benchmarks/moe_folder.py): Qwen3-30B-A3B's config (hidden 2048, 128 experts, top-8,
 expert intermediate 768, 32 query / 4 KV heads of 128, vocabulary 151936) with random bf16 weights
@@ -36,6 +36,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -197,6 +198,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def load_hf_model(auto_cls: Any, folder: Path, dtype: torch.dtype, device: str) -> Any:
+    """Straight onto the device where accelerate is installed (device_map needs it): all 48
+    layers are 61 GB, which the host cannot hold twice beside a folder in /dev/shm. Without
+    it, loaded on the host and then moved."""
+    import importlib.util
+
+    kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
+    if device != "cpu" and importlib.util.find_spec("accelerate") is not None:
+        return auto_cls.from_pretrained(str(folder), device_map=device, **kwargs).eval()
+    return auto_cls.from_pretrained(str(folder), **kwargs).to(device).eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device
@@ -230,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "hf-eager":
             from transformers import AutoModelForCausalLM
 
-            # loaded on the host, then moved: device_map needs accelerate, which the GPU image lacks
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, attn_implementation="sdpa")
-            model = model.to(device).eval()
+            model = load_hf_model(AutoModelForCausalLM, folder, dtype, device)
             engine = HFEngine(model, "hf-eager", device)
             engine_info[name] = {
                 "experts_implementation": getattr(model.config, "_experts_implementation", None)

@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for row in rows:
         row["speedup"] = row["tok_s"] / base
     info = machine_info(args.device)
-    # a decode step reads every weight but the embedding table once (bf16 as stored)
-    weight_bytes = facts["stored_weight_bytes"] * facts["non_embedding_params"] / facts["params"]
+    # a decode step reads every weight but the embedding table once, at the run's dtype
+    run_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}.get(args.dtype)
+    per_param = run_bytes or facts["stored_weight_bytes"] / facts["params"]
+    weight_bytes = per_param * facts["non_embedding_params"]
     on_gpu = args.device.startswith("cuda")
     floor = measure_bandwidth_gbs(args.device) * 1e9 / weight_bytes if on_gpu else None
     print(f"byte floor at batch 1: {floor:.1f} tok/s" if floor else "byte floor: n/a")
