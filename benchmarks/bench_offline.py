@@ -26,11 +26,14 @@ a feature off: radixlm-no-overlap (no overlap scheduling), radixlm-no-cuda-graph
 radixlm-torch-kernels (reference kernels, no graphs); and FP8 variants: radixlm-fp8 (decoder
 weights block-quantised to e4m3 at load), radixlm-fp8-triton (the same with the Triton W8A8 GEMM at
 every M, no cuBLAS block-scaled GEMM), radixlm-fp8-no-gemv (no W8A16 GEMV: activation quantisation
-and the W8A8 GEMM at every M), radixlm-fp8-kv (plus the fp8 KV cache), whose MBU
-counts the fp8 bytes (and prefill MFU the bf16 peak); radixlm-tp2 (tensor parallel over two
-GPUs; MBU against one card's bandwidth, so up to 2x). Each decode row also carries the
-scheduler's own per-step account: loop iteration, launch + wait, and on CUDA the device's busy
-time per step and the share of decode time it sat idle between steps waiting for the host.
+and the W8A8 GEMM at every M), radixlm-fp8-kv (plus the fp8 KV cache), radixlm-fp8-lm-head (plus
+an fp8 LM head), whose MBU counts the fp8 bytes (and prefill MFU the bf16 peak);
+radixlm-no-dense-gemv (bf16 linears on cuBLAS at every M: no Triton GEMV at decode);
+radixlm-pdl and radixlm-fp8-pdl (the Triton kernels with programmatic dependent launch);
+radixlm-tp2 (tensor parallel over two GPUs; MBU against one card's bandwidth, so up to 2x).
+Each decode row also carries the scheduler's own per-step account: loop iteration, launch + wait,
+and on CUDA the device's busy time per step and the share of decode time it sat idle between
+steps waiting for the host.
 Bandwidth (a large device copy, read + write) and the matmul peak are measured in the same run.
 """
 
@@ -104,6 +107,16 @@ SHAPES: dict[str, dict] = {
 }
 
 
+# engine name -> the environment its scheduler process starts with (key None: every variable used)
+ENV_ABLATIONS = {
+    "radixlm-fp8-no-gemv": {"RADIXLM_FP8_GEMV_MAX_M": "0"},
+    "radixlm-no-dense-gemv": {"RADIXLM_DENSE_GEMV": "0"},
+    "radixlm-pdl": {"RADIXLM_PDL": "1"},
+    "radixlm-fp8-pdl": {"RADIXLM_PDL": "1"},
+    None: {"RADIXLM_FP8_GEMV_MAX_M": "", "RADIXLM_DENSE_GEMV": "", "RADIXLM_PDL": ""},
+}
+
+
 def median_time(fn: Callable[[], Any], reps: int, device: str) -> tuple[float, list[float]]:
     times = []
     for _ in range(reps):
@@ -148,15 +161,15 @@ def model_numbers(cfg: dict, dtype: torch.dtype) -> dict:
     }
 
 
-def fp8_numbers(nums: dict, weights: bool, kv: bool) -> dict:
+def fp8_numbers(nums: dict, weights: bool, kv: bool, lm_head: bool = False) -> dict:
     """Bytes per decode step with fp8 decoder linears (1 byte per weight plus one fp32 scale
-    per 128 x 128 block; embeddings, LM head and norms stay 16-bit) and/or an fp8 KV cache:
-    the byte count MBU is measured against for those runs."""
+    per 128 x 128 block; embeddings, LM head and norms stay 16-bit), an fp8 LM head and/or an
+    fp8 KV cache: the byte count MBU is measured against for those runs."""
     out = dict(nums)
     elem = nums["weight_bytes"] / nums["params"]
-    if weights:
-        linear = nums["decoder_linear_params"]
-        out["weight_bytes"] = nums["weight_bytes"] - linear * elem + linear * (1 + 4 / (128 * 128))
+    fp8_params = nums["decoder_linear_params"] * weights + nums["lm_head_params"] * lm_head
+    if fp8_params:
+        out["weight_bytes"] = nums["weight_bytes"] - fp8_params * elem + fp8_params * (1 + 4 / (128 * 128))
     if kv:
         out["kv_bytes_per_token"] = nums["kv_bytes_per_token"] / elem
     return out
@@ -350,7 +363,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ablations",
         default="",
         help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, "
-        "tp2, spec-ngram, spec-lookahead",
+        "fp8-lm-head, no-dense-gemv, pdl, fp8-pdl, tp2, spec-ngram, spec-lookahead",
     )
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
@@ -453,6 +466,15 @@ def main(argv: list[str] | None = None) -> int:
     for alg in ("ngram", "lookahead"):  # speculative decoding: its cost where drafts rarely hold
         if f"spec-{alg}" in ablations:
             configs.append((f"radixlm-spec-{alg}", {"speculative_algorithm": alg}, batch_sizes, False))
+    if "no-dense-gemv" in ablations:  # bf16 linears on cuBLAS at every M (no Triton GEMV at decode)
+        configs.append(("radixlm-no-dense-gemv", {}, batch_sizes, False))
+    if "fp8-lm-head" in ablations:  # fp8 weights and an fp8 LM head
+        fp8_head = {"quantization": "fp8", "lm_head_quantization": "fp8"}
+        configs.append(("radixlm-fp8-lm-head", fp8_head, batch_sizes, False))
+    if "pdl" in ablations:  # the Triton kernels launched with programmatic dependent launch
+        configs.append(("radixlm-pdl", {}, batch_sizes, False))
+    if "fp8-pdl" in ablations:
+        configs.append(("radixlm-fp8-pdl", {"quantization": "fp8"}, batch_sizes, False))
     if "no-overlap" in ablations:
         configs.append(("radixlm-no-overlap", {"overlap_schedule": "off"}, batch_sizes, False))
     if "no-cuda-graph" in ablations:
@@ -462,10 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     engine_info = {}
     for name, extra, sizes, prefill in configs:
         t = time.perf_counter()
-        # the GEMV threshold reaches the scheduler process through its environment
-        os.environ.pop("RADIXLM_FP8_GEMV_MAX_M", None)
-        if name == "radixlm-fp8-no-gemv":
-            os.environ["RADIXLM_FP8_GEMV_MAX_M"] = "0"
+        # kernel choices reach the scheduler process through its environment (read when it starts)
+        for var in ENV_ABLATIONS.get(None, {}):
+            os.environ.pop(var, None)
+        os.environ.update(ENV_ABLATIONS.get(name, {}))
         engine = RadixEngine(folder, {**base, **extra})
         engine_info[name] = {
             k: engine.info.get(k)
@@ -484,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"{name}: engine up in {time.perf_counter() - t:.1f} s ({engine_info[name]})", flush=True)
         try:
-            engine_nums = fp8_numbers(nums, "quantization" in extra, "kv_cache_dtype" in extra)
+            engine_nums = fp8_numbers(
+                nums, "quantization" in extra, "kv_cache_dtype" in extra, "lm_head_quantization" in extra
+            )
             rows += run_cases(
                 name, engine, args, prompts, engine_nums, device, bandwidth, peak, sizes, prefill
             )

@@ -22,6 +22,7 @@
 #   bash benchmarks/gpu_session.sh jf-fp32  # jump-forward on/off identity at b=64, 8B shape in float32
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 #   bash benchmarks/gpu_session.sh view     # issue 26: a cache snapshot's cost during an 8B batch-64 decode
+#   bash benchmarks/gpu_session.sh floor    # issue 25: dense GEMV tuning, 8B b=1/64 with and without it, profile
 #   bash benchmarks/gpu_session.sh moe      # issue 24: fused MoE GPU tests, Qwen3-30B-A3B shape vs HF
 #   bash benchmarks/gpu_session.sh moe-tune # issue 24: tune the fused MoE kernel's tiles
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
@@ -218,6 +219,28 @@ case "$MODE" in
     python3 benchmarks/bench_cache_view.py --model /tmp/bench-8b --device cuda --dtype bfloat16 --batch-size 64 \
       --fill-prompts 2000 --output-len 128 --reps 6 --intervals-ms 0,100,2000 --json "$OUT/cache-view.json" \
       2>&1 | tee "$OUT/cache-view.log"
+    ;;
+  floor)  # issue 25: batch-1 decode against the byte floor (~9 min on an H100). Tune the dense (bf16) GEMV
+    # against cuBLAS (rewrites dense_gemv_configs.json in this tree; copied to $OUT: commit it from there),
+    # then the 8B shape in one process: bf16 with the tuned GEMV beside no-dense-gemv (cuBLAS at every M),
+    # with PDL, fp8, fp8 with PDL, fp8 with an fp8 LM head, at batch 1 and 64; then the GPU tests of the
+    # changed kernels and the kernel-by-kernel profile of the same tree
+    timeout 150 python3 benchmarks/tune_dense_gemv.py --m ${TUNE_M:-1 2} --quick --reps 15 \
+      --results "$OUT/tune-dense-gemv.json" 2>&1 | tee "$OUT/tune-dense-gemv.log" | grep -E "^dense|thresholds|FAILURE|Error"
+    cp runtime/kernels/triton/dense_gemv_configs.json "$OUT/dense_gemv_configs.json"
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
+      --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
+    timeout 270 python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
+      --engines radixlm --ablations "${ABLATIONS:-no-dense-gemv,pdl,fp8,fp8-pdl,fp8-lm-head}" --batch-sizes 1,64 \
+      --reps 3 --out "$OUT/offline-floor.json" > "$OUT/offline-floor.log" 2>&1
+    grep -E "decode b=|prefill" "$OUT/offline-floor.log" | grep -v "^|"
+    timeout 120 python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_kernels.py tests/gpu/test_gpu_fp8_kernels.py \
+      tests/gpu/test_gpu_engine.py ${FLOOR_TESTS:-} -k "${FLOOR_K:-dense_gemv or gemv or pdl or rotary or store_kv or fp32_greedy}" \
+      > "$OUT/gpu-tests-floor.log" 2>&1; tail -3 "$OUT/gpu-tests-floor.log"
+    for Q in none fp8; do
+      timeout 60 python3 benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization $Q \
+        --out "$OUT/profile-$Q.json" > "$OUT/profile-$Q.log" 2>&1; grep -A12 "== decode b=1" "$OUT/profile-$Q.log"
+    done
     ;;
   moe)  # issue 24: fused MoE kernel tests and the tiny MoE models on the GPU, then the Qwen3-30B-A3B
         # shape (all 48 layers, or MOE_LAYERS) radixlm bf16 / fp8 vs HF eager

@@ -29,7 +29,17 @@ class _TritonModules:
     and not once per call in the per-layer hot path (after the first lookup a module is a plain
     attribute)."""
 
-    NAMES = ("norm", "activation", "rotary", "kv_store", "fp8_quant", "fp8_gemm", "fp8_gemv", "fused_moe")
+    NAMES = (
+        "norm",
+        "activation",
+        "rotary",
+        "kv_store",
+        "fp8_quant",
+        "fp8_gemm",
+        "fp8_gemv",
+        "dense_gemv",
+        "fused_moe",
+    )
 
     def __getattr__(self, name: str):
         if name not in self.NAMES:
@@ -53,6 +63,31 @@ def set_backend(name: str) -> None:
 
 def uses_triton(x: torch.Tensor) -> bool:
     return _backend == "triton" and x.is_cuda
+
+
+# For a whole run, scheduler processes included (they are spawned, so they read it at import):
+# RADIXLM_DENSE_GEMV=0 keeps every unquantised linear on cuBLAS (the A/B benchmarks' baseline);
+# =force takes the GEMV at every M it accepts, for every shape and float dtype (the GPU parity
+# tests, whose tiny shapes the tuned table does not list); unset: the tuned table.
+DENSE_GEMV_ENV = "RADIXLM_DENSE_GEMV"
+_dense_gemv_mode = os.environ.get(DENSE_GEMV_ENV, "")
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ weight [N, K]^T (+ bias) for an unquantised weight. On CUDA, where the tuned
+    table (dense_gemv_configs.json) measured the Triton GEMV faster than cuBLAS for this shape up
+    to some M, rows up to that M take the GEMV; everything else is cuBLAS (`F.linear`)."""
+    if _dense_gemv_mode != "0" and uses_triton(x) and x.dtype == weight.dtype and weight.stride(1) == 1:
+        gemv = triton_kernels.dense_gemv
+        n, k = weight.shape
+        m = x.numel() // k if k else 0
+        max_m = gemv.MAX_M if _dense_gemv_mode == "force" else gemv.max_m_for(n, k, weight.dtype)
+        if 0 < m <= max_m:
+            out = gemv.dense_gemv(x.reshape(m, k), weight)
+            if bias is not None:
+                out += bias
+            return out.reshape(*x.shape[:-1], n)
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -101,6 +136,33 @@ def store_kv(
         triton_kernels.kv_store.store_kv(k, v, k_buffer, v_buffer, slots, k_scale, v_scale)
         return
     reference.store_kv(k, v, k_buffer, v_buffer, slots, k_scale, v_scale)
+
+
+def rotary_and_store_kv(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    slots: torch.Tensor,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
+    keep_k: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`apply_rotary` then `store_kv` of the rotated k, with the same results: one Triton launch on
+    CUDA (q rotated in place, and k too when keep_k). Returns the rotated (q, k); k is None unless
+    keep_k (a decode step, which reads K only from the pool, need not write it back)."""
+    if uses_triton(q):
+        return triton_kernels.rotary.rotary_and_store_kv(
+            positions, q, k, v, cos, sin, k_buffer, v_buffer, slots, k_scale, v_scale, keep_k
+        )
+    q, k = reference.rotary_and_store_kv(
+        positions, q, k, v, cos, sin, k_buffer, v_buffer, slots, k_scale, v_scale
+    )
+    return q, (k if keep_k else None)
 
 
 # The M (rows of x: tokens) up to which fp8_linear takes the W8A16 path; None: the tuned value of

@@ -162,6 +162,27 @@ def store_kv(
         buf[slots] = x.to(buf.dtype)
 
 
+def rotary_and_store_kv(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    slots: torch.Tensor,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`apply_rotary` then `store_kv` of the rotated k: the oracle of the fused Triton kernel
+    (runtime/kernels/triton/rotary.py). Returns the rotated (q, k), out of place like
+    apply_rotary; the buffers are written in place."""
+    q, k = apply_rotary(positions, q, k, cos_cache, sin_cache)
+    store_kv(k, v, k_buffer, v_buffer, slots, k_scale, v_scale)
+    return q, k
+
+
 # ---------------------------------------------------------------------------- FP8 (e4m3)
 # Conventions shared with the Triton FP8 kernels and the checkpoint format of Hugging Face's
 # "fp8" block quantisation (DeepSeek-V3 style):

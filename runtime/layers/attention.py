@@ -92,12 +92,41 @@ class AttentionBackend:
             batch.attn_metadata = meta
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, batch: ForwardBatch
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: int,
+        batch: ForwardBatch,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """q: [T, H, D]; k, v: [T, Hkv, D] for the batch's new tokens. Returns [T, H, D]."""
+        """q: [T, H, D]; k, v: [T, Hkv, D] for the batch's new tokens. Returns [T, H, D].
+
+        rope: the rotary (cos, sin) tables [P, D]. Given, q and k arrive unrotated and are rotated
+        here at `batch.positions`, fused with the K/V store (`ops.rotary_and_store_kv`: one launch
+        per layer instead of two, with the same results); None: they arrive rotated."""
         k_buffer, v_buffer = self.kv_pool.k_buffers[layer], self.kv_pool.v_buffers[layer]
         scales = self.kv_pool.scales[layer]  # (k, v): an fp8 pool stores value / scale
-        ops.store_kv(k, v, k_buffer, v_buffer, batch.out_cache_loc, *scales)
+        if rope is None:
+            ops.store_kv(k, v, k_buffer, v_buffer, batch.out_cache_loc, *scales)
+        else:
+            # Decode reads K only from the pool (both kernels below), so the rotated k need not be
+            # written back; every extend path (Triton, reference, SDPA) reads the new k itself.
+            decode = batch.mode is ForwardMode.DECODE
+            q, rotated_k = ops.rotary_and_store_kv(
+                batch.positions,
+                q,
+                k,
+                v,
+                *rope,
+                k_buffer,
+                v_buffer,
+                batch.out_cache_loc,
+                *scales,
+                keep_k=not decode,
+            )
+            if rotated_k is not None:
+                k = rotated_k
         req_to_token = self.req_pool.req_to_token
         if not self.use_triton:
             if batch.mode is ForwardMode.DECODE:

@@ -1,4 +1,4 @@
-"""Building blocks shared by the decoder-only models: norms, rotary embedding, MLP."""
+"""Building blocks shared by the decoder-only models: linears, norms, rotary embedding, MLP."""
 
 from __future__ import annotations
 
@@ -10,6 +10,16 @@ from torch import nn
 
 from radixlm.runtime.config import RopeConfig
 from radixlm.runtime.kernels import ops
+
+
+class DenseLinear(nn.Linear):
+    """nn.Linear whose product goes through `ops.dense_linear`: at decode-sized batches on CUDA,
+    where the tuned table measured it faster for this weight's shape, a Triton GEMV instead of
+    cuBLAS (runtime/kernels/triton/dense_gemv.py); the same `x @ w^T` elsewhere. Quantisation
+    replaces it like any nn.Linear (runtime/layers/quantization.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.dense_linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -74,8 +84,8 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.intermediate_size = intermediate_size
         self.reduce = reduce
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_up_proj = DenseLinear(hidden_size, 2 * intermediate_size, bias=False)
+        self.down_proj = DenseLinear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)

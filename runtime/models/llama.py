@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from radixlm.runtime.config import ModelConfig
-from radixlm.runtime.layers.decoder_blocks import GatedMLP, RMSNorm, RotaryEmbedding
+from radixlm.runtime.layers.decoder_blocks import DenseLinear, GatedMLP, RMSNorm, RotaryEmbedding
+from radixlm.runtime.layers.quantization import Fp8Linear
 from radixlm.runtime.model_executor.distributed import TPGroup
 from radixlm.runtime.model_executor.forward_batch import ForwardBatch
 
@@ -32,8 +33,8 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = q1 - q0, k1 - k0, cfg.head_dim
         self.q_size = self.num_heads * cfg.head_dim
         self.kv_size = self.num_kv_heads * cfg.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.qkv_proj = DenseLinear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = DenseLinear(self.q_size, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.rotary = rotary
@@ -45,8 +46,10 @@ class Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(batch.positions, q, k)
-        out = batch.attn_backend.forward(q, k, v, self.layer_id, batch)
+        # rotary embedding, fused with the K/V store by the attention backend
+        out = batch.attn_backend.forward(
+            q, k, v, self.layer_id, batch, rope=(self.rotary.cos, self.rotary.sin)
+        )
         return self.tp.all_reduce(self.o_proj(out.reshape(-1, self.q_size)))
 
 
@@ -132,8 +135,12 @@ class LlamaForCausalLM(nn.Module):
         return self.tp.all_reduce(h)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return self.tp.all_gather_last((hidden @ weight.t()).float())
+        if isinstance(self.lm_head, Fp8Linear):  # lm_head_quantization="fp8" (quantize_lm_head)
+            logits = self.lm_head(hidden)
+        else:
+            weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+            logits = hidden @ weight.t()
+        return self.tp.all_gather_last(logits.float())
 
     # ------------------------------------------------------------------ weights
     def _shard_slice(self, target: str, fused: str, shard: int) -> slice:
@@ -230,7 +237,7 @@ class LlamaForCausalLM(nn.Module):
             name = name.removeprefix("model.")
             if "rotary_emb.inv_freq" in name:
                 continue
-            if name == "lm_head.weight" and self.lm_head is None:
+            if name == "lm_head.weight" and self.cfg.tie_word_embeddings:
                 continue  # tied: some checkpoints still store a copy
             kv_scale = KV_SCALE_NAME.fullmatch(name)
             if kv_scale:  # "layers.N.self_attn.k_scale": a scalar for the fp8 KV cache

@@ -19,6 +19,7 @@ if torch.cuda.is_available():
     from radixlm.runtime.kernels import reference as ref
     from radixlm.runtime.kernels.triton.activation import silu_and_mul
     from radixlm.runtime.kernels.triton.decode_attention import choose_num_kv_splits, decode_attention
+    from radixlm.runtime.kernels.triton.dense_gemv import dense_gemv
     from radixlm.runtime.kernels.triton.extend_attention import extend_attention
     from radixlm.runtime.kernels.triton.kv_store import store_kv
     from radixlm.runtime.kernels.triton.norm import fused_add_rmsnorm, rmsnorm
@@ -249,3 +250,84 @@ def test_store_kv(src_dtype, buf_dtype, tokens):
     store_kv(k, v, kb, vb, slots)
     torch.cuda.synchronize()
     assert torch.equal(kb, exp_k) and torch.equal(vb, exp_v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 16])
+@pytest.mark.parametrize("n, k", [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (1000, 1100)])
+def test_dense_gemv(dtype, m, n, k):
+    """The dense GEMV with its tuned (or default) tiles against fp64, the output poisoned first; a
+    bf16 result is as close as one output rounding (cuBLAS' error is the same size)."""
+    x = torch.randn(m, k, device=DEV).to(dtype)
+    w = (torch.randn(n, k, device=DEV) * 0.02).to(dtype)
+    out = torch.full((m, n), float("nan"), device=DEV, dtype=dtype)
+    dense_gemv(x, w, out=out)
+    expected = x.double() @ w.double().t()
+    assert rel_err(out, expected) < {torch.bfloat16: 4e-3, torch.float16: 1e-3, torch.float32: 1e-5}[dtype]
+    if dtype != torch.float32:  # no further from fp64 than cuBLAS is, within one rounding's spread
+        assert rel_err(out, expected) < 2 * rel_err(x @ w.t(), expected) + 1e-3
+
+
+def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch):
+    """A decode layer's Triton chain (norm, GEMVs, activation, attention) captured in a CUDA graph
+    with programmatic dependent launch gives bit-identical results to plain launches, replayed
+    on fresh inputs: a kernel that read ahead of its wait would read stale values."""
+    from radixlm.runtime.kernels.triton import fp8_gemv, pdl
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs compute capability 9.0")
+    hidden, inter, dtype = 1024, 2816, torch.bfloat16
+    w_gate_up = torch.randn(2 * inter, hidden, device=DEV).to(dtype) * 0.03
+    w_down = torch.randn(hidden, inter, device=DEV).to(dtype) * 0.03
+    w_q, w_s = ref.block_quant_fp8(torch.randn(hidden, hidden, device=DEV) * 0.03, (128, 128))
+    norm_w = torch.rand(hidden, device=DEV).to(dtype) + 0.5
+    k_buf, v_buf, r2t, rows = make_pool([300], 8, 128, dtype)
+    x_in = torch.empty(1, hidden, device=DEV, dtype=dtype)
+    res_in = torch.empty(1, hidden, device=DEV, dtype=dtype)
+    seq_lens = torch.full((1,), 300, device=DEV)
+
+    def layer():
+        x, res = fused_add_rmsnorm(x_in.clone(), res_in.clone(), norm_w, 1e-6)
+        q = fp8_gemv.w8a16_block_fp8_matmul(x, w_q, w_s)  # [1, 1024]: 8 query heads of 128
+        attn = decode_attention(
+            q.view(1, 8, 128), k_buf, v_buf, r2t, rows, seq_lens, 128**-0.5, num_kv_splits=4
+        )
+        h = dense_gemv(silu_and_mul(dense_gemv(attn.view(1, hidden), w_gate_up)), w_down)
+        return rmsnorm(h, norm_w, 1e-6), res
+
+    def run_all(inputs, graph=None, static=None):
+        """Each input through the layer: launched eagerly, or replayed from `graph` (outputs `static`)."""
+        outs = []
+        for x, r in inputs:
+            x_in.copy_(x)
+            res_in.copy_(r)
+            if graph is None:
+                outs.append(tuple(t.clone() for t in layer()))
+            else:
+                graph.replay()
+                outs.append(tuple(t.clone() for t in static))
+        return outs
+
+    inputs = [
+        (torch.randn(1, hidden, device=DEV).to(dtype), torch.randn(1, hidden, device=DEV).to(dtype))
+        for _ in range(4)
+    ]
+    monkeypatch.setenv("RADIXLM_PDL", "0")
+    pdl._enabled.cache_clear()
+    expected = run_all(inputs)
+    monkeypatch.setenv("RADIXLM_PDL", "1")
+    pdl._enabled.cache_clear()
+    try:
+        assert pdl.enabled(x_in)
+        x_in.copy_(inputs[0][0])
+        res_in.copy_(inputs[0][1])
+        layer()  # compile the PDL variants outside capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static = layer()
+        got = run_all(inputs, graph, static)
+    finally:
+        monkeypatch.setenv("RADIXLM_PDL", "0")
+        pdl._enabled.cache_clear()
+    for (out_e, res_e), (out_g, res_g) in zip(expected, got):
+        assert torch.equal(out_e, out_g) and torch.equal(res_e, res_g)

@@ -11,14 +11,21 @@ import torch
 import triton
 import triton.language as tl
 
+from radixlm.runtime.kernels.triton import pdl
+
 BLOCK = 1024
 
 
 @triton.jit
-def _silu_and_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_o, INTER, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(
+    gu_ptr, out_ptr, stride_gu, stride_o, INTER, BLOCK: tl.constexpr, USE_PDL: tl.constexpr
+):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < INTER
+    if USE_PDL:  # no weights to read ahead: wait, then let the next kernel start (pdl.py)
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     gate = tl.load(gu_ptr + row * stride_gu + offs, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(gu_ptr + row * stride_gu + INTER + offs, mask=mask, other=0.0).to(tl.float32)
     y = gate / (1.0 + tl.exp(-gate)) * up
@@ -35,6 +42,13 @@ def silu_and_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torc
     if rows == 0:
         return out
     _silu_and_mul_kernel[(rows, triton.cdiv(inter, BLOCK))](
-        gate_up, out, gate_up.stride(0), out.stride(0), inter, BLOCK=BLOCK, num_warps=4
+        gate_up,
+        out,
+        gate_up.stride(0),
+        out.stride(0),
+        inter,
+        BLOCK=BLOCK,
+        num_warps=4,
+        **pdl.launch_options(gate_up),
     )
     return out

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from radixlm.runtime.kernels.triton import pdl
+
 # Tokens per inner-loop tile of stage 1 (and the granularity of a split's length). With 4 warps
 # and 2 stages it was within 1% of the best of six tile configs at B=32/seq 512 and B=64/seq 2048
 # (H200, bench_kernels.py); 128 would be 16% faster at B=1/seq 8192 but 13% slower at B=64.
@@ -82,7 +84,11 @@ def _decode_stage1_kernel(
     DOT_PRECISION: tl.constexpr,
     FINAL: tl.constexpr,  # one split: part_out_ptr is the output itself (q's dtype), no lse
     KV_FP8: tl.constexpr,  # K/V stored as e4m3: dequantised to q's dtype on load
+    USE_PDL: tl.constexpr,  # launched with PDL: wait for the kernel ahead first (pdl.py)
 ):
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0)
     kv_head = tl.program_id(1) // PROGS_PER_KV
     sub = tl.program_id(1) % PROGS_PER_KV
@@ -175,7 +181,11 @@ def _decode_stage2_kernel(
     BLOCK_S: tl.constexpr,  # next power of two >= num_splits
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -299,6 +309,7 @@ def decode_attention(
         KV_FP8=k_buffer.dtype == torch.float8_e4m3fn,
         num_warps=num_warps,
         num_stages=num_stages,
+        **pdl.launch_options(q),
     )
     if final:
         return out
@@ -318,5 +329,6 @@ def decode_attention(
         HEAD_DIM=head_dim,
         BLOCK_D=block_d,
         num_warps=4 if block_d >= 128 else 2,
+        **pdl.launch_options(q),
     )
     return out

@@ -54,6 +54,9 @@ M changes at every serving step: it is never specialised (`do_not_specialize`); 
 8 or 16) is, so each M bucket compiles once. Tile configs come from `choose_config`: tuned values
 in fp8_gemv_configs.json (written by `benchmarks/tune_fp8_gemm.py --gemv`) keyed by "N,K" and M
 bucket, else `default_config`. The same file holds the dispatch threshold (`max_m_for`).
+
+Without scales (HAS_SCALE False, `launch(..., scales=None)`) the same kernel multiplies a bf16 /
+fp16 weight: the dense GEMV of dense_gemv.py, with its own tuned table.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ import triton
 import triton.language as tl
 
 # one M-bucket rule, tuned-table lookup and cached json reader for both fp8 kernels
+from radixlm.runtime.kernels.triton import pdl
 from radixlm.runtime.kernels.triton.fp8_gemm import TileConfig, load_config_file, tuned_entry
 
 FP8_DTYPE = torch.float8_e4m3fn  # as reference.py; not imported, so this module needs only torch and triton
@@ -151,6 +155,15 @@ def choose_config(
     return default_config(m, n, k, block_size)
 
 
+@triton.jit
+def _accumulate(acc, x, w, s_ptr, k0, stride_ws_k, BLOCK_SCALE_K: tl.constexpr, HAS_SCALE: tl.constexpr):
+    """acc + one K step's [BLOCK_M, BLOCK_N] partial products, times the step's block scale."""
+    part = tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=2)  # [BLOCK_M, BLOCK_N, BLOCK_K] summed over K
+    if HAS_SCALE:  # e4m3 -> fp32 is exact: one multiply by the block's scale a step
+        part = part * tl.load(s_ptr + (k0 // BLOCK_SCALE_K) * stride_ws_k)  # BLOCK_K divides block_k
+    return acc + part
+
+
 @triton.jit(do_not_specialize=["M", "split_k"])
 def _w8a16_block_fp8_gemv_kernel(
     x_ptr,
@@ -181,6 +194,8 @@ def _w8a16_block_fp8_gemv_kernel(
     BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K masks
     NUM_STAGES: tl.constexpr,
+    HAS_SCALE: tl.constexpr = True,  # False: a bf16/fp16/fp32 weight without scales (dense_gemv.py)
+    USE_PDL: tl.constexpr = False,  # launched with PDL (pdl.py)
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -199,7 +214,25 @@ def _w8a16_block_fp8_gemv_kernel(
     s_ptr = ws_ptr + (pid_n * BLOCK_N // BLOCK_SCALE_N).to(tl.int64) * stride_ws_n  # the tile's scale row
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+    k_loop = k_start
+    if USE_PDL:
+        # the first step's weight tile is read before the wait: no kernel of the step writes
+        # weights, so this read may overlap the kernel ahead (pdl.py); every split has a step
+        first_k = (k_start + offs_k)[None, None, :] < K
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+        else:
+            w = tl.load(w_ptrs, mask=first_k, other=0.0)
+        tl.extra.cuda.gdc_wait()
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+        else:
+            x = tl.load(x_ptrs, mask=first_k, other=0.0)
+        acc = _accumulate(acc, x, w, s_ptr, k_start, stride_ws_k, BLOCK_SCALE_K, HAS_SCALE)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+        k_loop = k_start + BLOCK_K
+    for k0 in tl.range(k_loop, k_end, BLOCK_K, num_stages=NUM_STAGES):
         if EVEN_K:
             x = tl.load(x_ptrs)
             w = tl.load(w_ptrs)
@@ -207,11 +240,11 @@ def _w8a16_block_fp8_gemv_kernel(
             in_k = (k0 + offs_k)[None, None, :] < K  # only the last step of the last split is partial
             x = tl.load(x_ptrs, mask=in_k, other=0.0)
             w = tl.load(w_ptrs, mask=in_k, other=0.0)
-        scale = tl.load(s_ptr + (k0 // BLOCK_SCALE_K) * stride_ws_k)  # one per step: BLOCK_K | block_k
-        prod = x.to(tl.float32) * w.to(tl.float32)  # [BLOCK_M, BLOCK_N, BLOCK_K]; e4m3 -> fp32 is exact
-        acc += tl.sum(prod, axis=2) * scale
+        acc = _accumulate(acc, x, w, s_ptr, k0, stride_ws_k, BLOCK_SCALE_K, HAS_SCALE)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
+    if USE_PDL:  # the weights are read: the next kernel may start and read its own
+        tl.extra.cuda.gdc_launch_dependents()
 
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
@@ -300,6 +333,23 @@ def w8a16_block_fp8_matmul(
     assert block_k % config.BLOCK_K == 0, f"BLOCK_K {config.BLOCK_K} must divide block_k {block_k}"
     assert config.BLOCK_K >= 16 and config.SPLIT_K >= 1, config
 
+    launch(x, w_q, w_scale_inv, block_size, config, out)
+    return out
+
+
+def launch(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    scales: torch.Tensor | None,
+    scale_block: tuple[int, int],
+    config: Fp8GemvConfig,
+    out: torch.Tensor,
+) -> None:
+    """Run the kernel on checked operands: out [M, N] = x [M, K] @ w [N, K]^T, each [BLOCK_N, BLOCK_K]
+    step times its block scale when `scales` is given (scale_block: its block_n, block_k; with
+    scales=None, any tile sizes: the dense GEMV, dense_gemv.py). M, N, K > 0."""
+    m, k = x.shape
+    n = w.shape[0]
     # each split gets whole BLOCK_K steps; fewer splits than asked when K has fewer steps, and
     # none left empty (every partial slice is written)
     k_steps = triton.cdiv(k, config.BLOCK_K)
@@ -316,8 +366,8 @@ def w8a16_block_fp8_matmul(
     )
     _w8a16_block_fp8_gemv_kernel[(tiles_n, split_k)](
         x,
-        w_q,
-        w_scale_inv,
+        w,
+        scales if scales is not None else counters,  # never read without scales: any pointer types it
         out,
         parts,
         counters,
@@ -328,16 +378,16 @@ def w8a16_block_fp8_matmul(
         split_k,
         x.stride(0),
         x.stride(1),
-        w_q.stride(0),
-        w_q.stride(1),
-        w_scale_inv.stride(0),
-        w_scale_inv.stride(1),
+        w.stride(0),
+        w.stride(1),
+        scales.stride(0) if scales is not None else 0,
+        scales.stride(1) if scales is not None else 0,
         out.stride(0),
         out.stride(1),
         parts.stride(0),
         parts.stride(1),
-        BLOCK_SCALE_N=block_n,
-        BLOCK_SCALE_K=block_k,
+        BLOCK_SCALE_N=scale_block[0],
+        BLOCK_SCALE_K=scale_block[1],
         BLOCK_M=block_m_for(m),
         BLOCK_N=config.BLOCK_N,
         BLOCK_K=config.BLOCK_K,
@@ -345,5 +395,6 @@ def w8a16_block_fp8_matmul(
         NUM_STAGES=config.num_stages,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
+        HAS_SCALE=scales is not None,
+        **pdl.launch_options(x),
     )
-    return out

@@ -14,6 +14,17 @@ import triton.language as tl
 
 
 @triton.jit
+def store_pool_rows(dst_ptr, x, inv_scale, mask, FP8: tl.constexpr):
+    """Stores x at dst_ptr cast to the pool's dtype; an fp8 pool gets x * (1 / scale) in fp32,
+    saturated at +-448 (e4m3fn has no infinity: an unsaturated overflow would become NaN).
+    The one definition of the pool cast: rotary.rotary_and_store_kv uses it too, so the fused
+    kernel writes the same bits as this one."""
+    if FP8:
+        x = tl.clamp(x.to(tl.float32) * inv_scale, -448.0, 448.0)
+    tl.store(dst_ptr, x.to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _store_kv_kernel(
     k_ptr,
     v_ptr,
@@ -43,18 +54,11 @@ def _store_kv_kernel(
     mask = (offs_h[:, None] < num_kv_heads) & (offs_d[None, :] < HEAD_DIM)
     k = tl.load(k_ptr + t * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=mask)
     v = tl.load(v_ptr + t * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask)
-    if FP8:
-        k = tl.clamp(k.to(tl.float32) * inv_k_scale, -448.0, 448.0)
-        v = tl.clamp(v.to(tl.float32) * inv_v_scale, -448.0, 448.0)
-    tl.store(
-        kb_ptr + slot * stride_kbt + offs_h[:, None] * stride_kbh + offs_d[None, :],
-        k.to(kb_ptr.dtype.element_ty),
-        mask=mask,
+    store_pool_rows(
+        kb_ptr + slot * stride_kbt + offs_h[:, None] * stride_kbh + offs_d[None, :], k, inv_k_scale, mask, FP8
     )
-    tl.store(
-        vb_ptr + slot * stride_vbt + offs_h[:, None] * stride_vbh + offs_d[None, :],
-        v.to(vb_ptr.dtype.element_ty),
-        mask=mask,
+    store_pool_rows(
+        vb_ptr + slot * stride_vbt + offs_h[:, None] * stride_vbh + offs_d[None, :], v, inv_v_scale, mask, FP8
     )
 
 

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from radixlm.runtime.kernels.triton import pdl
+
 MAX_HIDDEN = 16384  # one row is held in registers; larger rows would spill
 
 
@@ -30,22 +32,33 @@ def _inv_rms(r, N, eps):
 
 
 @triton.jit
-def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, stride_x, stride_o, N, eps, BLOCK: tl.constexpr):
+def _rmsnorm_kernel(
+    x_ptr, w_ptr, out_ptr, stride_x, stride_o, N, eps, BLOCK: tl.constexpr, USE_PDL: tl.constexpr
+):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # a weight: before the wait (pdl.py)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     r = x.to(tl.float32)
     normed = (r * _inv_rms(r, N, eps)).to(x.dtype).to(tl.float32)  # rounded before the gain
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_o + offs, (w * normed).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _fused_add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, stride_x, stride_r, N, eps, BLOCK: tl.constexpr):
+def _fused_add_rmsnorm_kernel(
+    x_ptr, res_ptr, w_ptr, stride_x, stride_r, N, eps, BLOCK: tl.constexpr, USE_PDL: tl.constexpr
+):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # a weight: before the wait (pdl.py)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     res = tl.load(res_ptr + row * stride_r + offs, mask=mask, other=0.0)
     # like torch's half-precision add: exact fp32 sum, rounded once to the dtype
@@ -53,7 +66,6 @@ def _fused_add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, stride_x, stride_r, N, eps,
     tl.store(res_ptr + row * stride_r + offs, h, mask=mask)
     r = h.to(tl.float32)
     normed = (r * _inv_rms(r, N, eps)).to(x.dtype).to(tl.float32)  # rounded before the gain
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(x_ptr + row * stride_x + offs, (w * normed).to(x.dtype), mask=mask)
 
 
@@ -69,7 +81,16 @@ def rmsnorm(
         return out
     block, warps = _launch_params(hidden)
     _rmsnorm_kernel[(rows,)](
-        x, weight, out, x.stride(0), out.stride(0), hidden, eps, BLOCK=block, num_warps=warps
+        x,
+        weight,
+        out,
+        x.stride(0),
+        out.stride(0),
+        hidden,
+        eps,
+        BLOCK=block,
+        num_warps=warps,
+        **pdl.launch_options(x),
     )
     return out
 
@@ -86,6 +107,15 @@ def fused_add_rmsnorm(
         return x, residual
     block, warps = _launch_params(hidden)
     _fused_add_rmsnorm_kernel[(rows,)](
-        x, residual, weight, x.stride(0), residual.stride(0), hidden, eps, BLOCK=block, num_warps=warps
+        x,
+        residual,
+        weight,
+        x.stride(0),
+        residual.stride(0),
+        hidden,
+        eps,
+        BLOCK=block,
+        num_warps=warps,
+        **pdl.launch_options(x),
     )
     return x, residual
