@@ -277,6 +277,11 @@ class EngineConfig:
     # weights: None = as stored (an fp8 checkpoint loads as fp8); "fp8" = block-quantise a
     # bf16/fp16/fp32 checkpoint at load time (128 x 128 blocks, per-token-group activations)
     quantization: str | None = None
+    # the LM head: None = the model dtype (as SGLang and vLLM keep it, fp8 model or not); "fp8" =
+    # block-quantise it too (each tensor-parallel rank its vocabulary rows; a tied model keeps
+    # its embedding table and adds an fp8 copy for the head). benchmarks/bench_lm_head_fp8.py
+    # measures what it does to logprobs
+    lm_head_quantization: str | None = None
     # fp8 W8A8 products: "auto" = cuBLAS block-scaled GEMM from the tuned M where torch has it
     # (prefill), Triton below; "triton" = the Triton GEMM at every M
     fp8_gemm_backend: str = "auto"
@@ -320,6 +325,8 @@ class EngineConfig:
             raise ValueError(f"overlap_schedule must be auto, on or off, got {self.overlap_schedule!r}")
         if self.quantization not in (None, "fp8"):
             raise ValueError(f"quantization must be None or 'fp8', got {self.quantization!r}")
+        if self.lm_head_quantization not in (None, "fp8"):
+            raise ValueError(f"lm_head_quantization must be None or 'fp8', got {self.lm_head_quantization!r}")
         if self.fp8_gemm_backend not in ("auto", "triton"):
             raise ValueError(f"fp8_gemm_backend must be auto or triton, got {self.fp8_gemm_backend!r}")
         if self.kv_cache_dtype not in ("auto", "fp8_e4m3"):

@@ -8,7 +8,9 @@ group of `block_k` at run time (`activation_scheme: dynamic`), except at decode-
 up to a tuned M, where a W8A16 GEMV multiplies the unquantised input with the fp8 weights
 (`ops.fp8_linear`). A decode step then reads half the weight bytes of bf16. Embeddings, the
 LM head and the norms stay in the model dtype, as in SGLang and vLLM: they are a small share
-of the bytes and the most sensitive.
+of the bytes and the most sensitive. The LM head can opt in on its own
+(`lm_head_quantization="fp8"`, `quantize_lm_head`), with or without the decoder in fp8: on a
+large vocabulary it is the biggest single matrix a decode step reads (Llama 3's 128k x 4096).
 
 Two ways in: a checkpoint whose config.json says `quantization_config.quant_method: fp8`
 loads as it is stored (`replace_linears` before loading); `quantization="fp8"` quantises a
@@ -59,11 +61,38 @@ class Fp8Linear(nn.Module):
     @staticmethod
     def quantize(linear: nn.Linear, block_size: tuple[int, int]) -> Fp8Linear:
         """An Fp8Linear holding `linear`'s weights, quantised on their device."""
-        w = linear.weight.data
-        out = Fp8Linear(linear.in_features, linear.out_features, linear.bias is not None, block_size, w.dtype)
-        out.weight.data, out.weight_scale_inv.data = reference.block_quant_fp8(w, block_size)
-        if linear.bias is not None:
-            out.bias.data = linear.bias.data
+        return Fp8Linear.from_weight(linear.weight.data, linear.bias, block_size)
+
+    @staticmethod
+    def from_weight(
+        w: torch.Tensor,
+        bias: torch.Tensor | None,
+        block_size: tuple[int, int],
+        rows_per_chunk: int | None = None,
+    ) -> Fp8Linear:
+        """An Fp8Linear holding `w` [N, K] quantised (the source is left as it is). With
+        `rows_per_chunk` (a multiple of block_n) the rows are quantised a chunk at a time: the
+        same blocks, so the same result, but the fp32 temporaries are one chunk's, not the whole
+        matrix's (an LM head's fp32 copy alone is 2 GiB at Llama 3's 128k x 4096)."""
+        n, k = w.shape
+        bn = block_size[0]
+        if rows_per_chunk is not None and (rows_per_chunk <= 0 or rows_per_chunk % bn):
+            raise ValueError(f"rows_per_chunk {rows_per_chunk} is not a positive multiple of block_n {bn}")
+        with torch.device("meta"):  # shapes only: the tensors are made below, on w's device
+            out = Fp8Linear(k, n, bias is not None, block_size, w.dtype)
+        if rows_per_chunk is None or rows_per_chunk >= n:
+            q, scale = reference.block_quant_fp8(w, block_size)
+        else:
+            q = torch.empty(out.weight.shape, dtype=reference.FP8_DTYPE, device=w.device)
+            scale = torch.empty(out.weight_scale_inv.shape, dtype=torch.float32, device=w.device)
+            for start in range(0, n, rows_per_chunk):
+                q_part, s_part = reference.block_quant_fp8(w[start : start + rows_per_chunk], block_size)
+                q[start : start + rows_per_chunk] = q_part
+                scale[start // bn : start // bn + s_part.shape[0]] = s_part
+        out.weight = nn.Parameter(q, requires_grad=False)
+        out.weight_scale_inv = nn.Parameter(scale, requires_grad=False)
+        if bias is not None:
+            out.bias = nn.Parameter(bias.data, requires_grad=False)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,3 +155,23 @@ def quantize_linears(model: nn.Module, block_size: tuple[int, int] = DEFAULT_BLO
         parent, name, linear = targets.pop()
         setattr(parent, name, Fp8Linear.quantize(linear, block_size))
     return count
+
+
+# Rows of the LM head quantised at a time: 64 row blocks of 128 (the fp32 temporaries of 8192
+# rows of 4096 are 128 MiB, against 2 GiB for all of Llama 3's 128k rows at once)
+LM_HEAD_ROWS_PER_CHUNK = 64 * DEFAULT_BLOCK[0]
+
+
+@torch.no_grad()
+def quantize_lm_head(model: nn.Module, block_size: tuple[int, int] = DEFAULT_BLOCK) -> Fp8Linear:
+    """Give `model` (a LlamaForCausalLM or subclass) an fp8 LM head: `model.lm_head` becomes an
+    Fp8Linear over this tensor-parallel rank's vocabulary rows, which `compute_logits` then runs
+    through `ops.fp8_linear`. An untied head's bf16 weight is dropped; a tied model keeps its
+    embedding table for lookups and the head gets a separate fp8 copy of it (about half the
+    table's bytes more: lookups read one row per token, the head reads all of them per step)."""
+    if isinstance(model.lm_head, Fp8Linear):  # already fp8: its weight is no source to quantise
+        return model.lm_head
+    source = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+    rows = max(1, LM_HEAD_ROWS_PER_CHUNK // block_size[0]) * block_size[0]
+    model.lm_head = Fp8Linear.from_weight(source.data, None, block_size, rows)
+    return model.lm_head

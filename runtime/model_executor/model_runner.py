@@ -72,16 +72,23 @@ class ModelRunner:
         use_triton = self.device.type == "cuda" and cfg.attention_backend != "torch"
         ops.set_backend("triton" if use_triton else "torch")
         self.model = load_model(
-            model_cfg, self.dtype, self.device, self.model_context_len, cfg.quantization, self.tp
+            model_cfg,
+            self.dtype,
+            self.device,
+            self.model_context_len,
+            cfg.quantization,
+            self.tp,
+            lm_head_quantization=cfg.lm_head_quantization,
         )
         # this rank's heads: KV pool and attention hold only them
         self.num_heads, self.num_kv_heads = self.model.local_num_heads, self.model.local_num_kv_heads
         self.quantization = "fp8" if cfg.quantization == "fp8" or model_cfg.checkpoint_fp8_block else None
+        self.lm_head_quantization = cfg.lm_head_quantization
         ops.set_fp8_gemm_backend(cfg.fp8_gemm_backend)
         # which kernels run fp8 W8A8 products (server_info); cuBLAS is probed here, before any
-        # CUDA graph is captured
+        # CUDA graph is captured (an fp8 LM head alone needs the probe and the GEMV's counters too)
         self.fp8_gemm = None
-        if self.quantization == "fp8":
+        if self.quantization == "fp8" or self.lm_head_quantization == "fp8":
             self.fp8_gemm = "torch reference" if not use_triton else "triton"
             if use_triton:
                 reason = ops.prepare_fp8(self.device)

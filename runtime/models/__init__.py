@@ -9,7 +9,12 @@ from pathlib import Path
 import torch
 
 from radixlm.runtime.config import ModelConfig
-from radixlm.runtime.layers.quantization import DEFAULT_BLOCK, quantize_linears, replace_linears
+from radixlm.runtime.layers.quantization import (
+    DEFAULT_BLOCK,
+    quantize_linears,
+    quantize_lm_head,
+    replace_linears,
+)
 from radixlm.runtime.model_executor.distributed import TPGroup
 from radixlm.runtime.models.llama import LlamaForCausalLM
 from radixlm.runtime.models.moe import MoeForCausalLM
@@ -63,10 +68,14 @@ def load_model(
     max_positions: int,
     quantization: str | None = None,
     tp: TPGroup | None = None,
+    *,
+    lm_head_quantization: str | None = None,
 ) -> torch.nn.Module:
     """The model (this tensor-parallel rank's slice of it) in `dtype` on `device`. An fp8
     checkpoint keeps its fp8 linears and experts; `quantization="fp8"` block-quantises the
-    linears and experts of any other checkpoint after loading."""
+    linears and experts of any other checkpoint after loading. `lm_head_quantization="fp8"`
+    block-quantises the LM head (this rank's vocabulary rows; a tied model's embedding table
+    stays as it is), independently of the rest."""
     cls = MODEL_CLASSES[cfg.family]
     tp = tp or TPGroup()
     with torch.device("meta"):
@@ -81,8 +90,13 @@ def load_model(
             fresh = type(module)(cfg.head_dim, max_positions, cfg.rope)
             module.cos, module.sin = fresh.cos.to(device), fresh.sin.to(device)
     model.load_weights(iter_safetensors(cfg.path))
-    if quantization == "fp8" and cfg.checkpoint_fp8_block is None:
+    quantized = quantization == "fp8" and cfg.checkpoint_fp8_block is None
+    if quantized:
         quantize_linears(model, DEFAULT_BLOCK)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # the bf16 weights' memory goes back before the KV pool is sized
+    if lm_head_quantization == "fp8":
+        # 128 x 128 blocks whatever an fp8 checkpoint's own block: the head is ours to quantise,
+        # and the tuned fp8 kernel configs are for that block
+        quantize_lm_head(model, DEFAULT_BLOCK)
+    if (quantized or lm_head_quantization == "fp8") and device.type == "cuda":
+        torch.cuda.empty_cache()  # the bf16 weights' memory goes back before the KV pool is sized
     return model.eval()

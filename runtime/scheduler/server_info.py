@@ -23,6 +23,7 @@ def server_info(cfg: EngineConfig, sched: Scheduler) -> dict[str, Any]:
         "dtype": str(runner.dtype).removeprefix("torch."),
         "attention_backend": "triton" if runner.attn_backend.use_triton else "torch",
         "quantization": runner.quantization,
+        "lm_head_quantization": runner.lm_head_quantization,
         "fp8_gemm": runner.fp8_gemm,
         "tp_size": runner.tp.size,
         "kv_cache_dtype": str(runner.kv_dtype).removeprefix("torch."),
