@@ -225,20 +225,20 @@ case "$MODE" in
     # then the 8B shape in one process: bf16 with the tuned GEMV beside no-dense-gemv (cuBLAS at every M),
     # with PDL, fp8, fp8 with PDL, fp8 with an fp8 LM head, at batch 1 and 64; then the GPU tests of the
     # changed kernels and the kernel-by-kernel profile of the same tree
-    timeout 150 python3 benchmarks/tune_dense_gemv.py --m ${TUNE_M:-1 2} --quick --reps 15 \
+    timeout 130 python3 benchmarks/tune_dense_gemv.py --m ${TUNE_M:-1 2} --quick --reps 15 \
       --results "$OUT/tune-dense-gemv.json" 2>&1 | tee "$OUT/tune-dense-gemv.log" | grep -E "^dense|thresholds|FAILURE|Error"
     cp runtime/kernels/triton/dense_gemv_configs.json "$OUT/dense_gemv_configs.json"
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
       --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
-    timeout 270 python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
+    timeout 240 python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
       --engines radixlm --ablations "${ABLATIONS:-no-dense-gemv,pdl,fp8,fp8-pdl,fp8-lm-head}" --batch-sizes 1,64 \
       --reps 3 --out "$OUT/offline-floor.json" > "$OUT/offline-floor.log" 2>&1
     grep -E "decode b=|prefill" "$OUT/offline-floor.log" | grep -v "^|"
-    timeout 120 python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_kernels.py tests/gpu/test_gpu_fp8_kernels.py \
-      tests/gpu/test_gpu_engine.py ${FLOOR_TESTS:-} -k "${FLOOR_K:-dense_gemv or gemv or pdl or rotary or store_kv or fp32_greedy}" \
+    timeout 130 python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_kernels.py tests/gpu/test_gpu_fp8_kernels.py \
+      tests/gpu/test_gpu_engine.py tests/gpu/test_gpu_rotary_kv_store.py -x -k "${FLOOR_K:-dense_gemv or gemv or pdl or rotary or store_kv or fp32_greedy}" \
       > "$OUT/gpu-tests-floor.log" 2>&1; tail -3 "$OUT/gpu-tests-floor.log"
     for Q in none fp8; do
-      timeout 60 python3 benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization $Q \
+      timeout 50 python3 benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization $Q \
         --out "$OUT/profile-$Q.json" > "$OUT/profile-$Q.log" 2>&1; grep -A12 "== decode b=1" "$OUT/profile-$Q.log"
     done
     ;;
