@@ -20,12 +20,13 @@ def ids_of(n: int, seed: int) -> list[int]:
     return [rng.randrange(4, 8192) for _ in range(n)]
 
 
-@pytest.mark.parametrize("dense_gemv, pdl", [("", "0"), ("force", "0"), ("force", "1")])
+@pytest.mark.parametrize("dense_gemv, pdl", [("", "0"), ("force", "0"), ("force", "16")])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "llama3-rope"])
 def test_fp32_greedy_matches_hf_on_gpu(arch, dense_gemv, pdl, monkeypatch):
     # "force": every linear at decode batches (up to 16 rows) through the dense GEMV, whose
-    # tuned table lists no tiny shape; RADIXLM_PDL=1: the Triton kernels launched with
-    # programmatic dependent launch (the scheduler process reads both when it starts)
+    # tuned table lists no tiny shape; RADIXLM_PDL=16: the Triton kernels launched with
+    # programmatic dependent launch up to 16 rows, not only at batch 1 (the scheduler process
+    # reads both when it starts)
     monkeypatch.setenv("RADIXLM_DENSE_GEMV", dense_gemv)
     monkeypatch.setenv("RADIXLM_PDL", pdl)
     prompts = [ids_of(5 + 7 * i, 100 + i) for i in range(12)]

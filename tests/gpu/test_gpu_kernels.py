@@ -313,10 +313,10 @@ def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch):
         for _ in range(4)
     ]
     monkeypatch.setenv("RADIXLM_PDL", "0")
-    pdl._enabled.cache_clear()
+    pdl._max_rows.cache_clear()
     expected = run_all(inputs)
     monkeypatch.setenv("RADIXLM_PDL", "1")
-    pdl._enabled.cache_clear()
+    pdl._max_rows.cache_clear()
     try:
         assert pdl.enabled(x_in)
         x_in.copy_(inputs[0][0])
@@ -328,6 +328,6 @@ def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch):
         got = run_all(inputs, graph, static)
     finally:
         monkeypatch.setenv("RADIXLM_PDL", "0")
-        pdl._enabled.cache_clear()
+        pdl._max_rows.cache_clear()
     for (out_e, res_e), (out_g, res_g) in zip(expected, got):
         assert torch.equal(out_e, out_g) and torch.equal(res_e, res_g)

@@ -49,6 +49,6 @@ def silu_and_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torc
         inter,
         BLOCK=BLOCK,
         num_warps=4,
-        **pdl.launch_options(gate_up),
+        **pdl.launch_options(gate_up, rows),
     )
     return out

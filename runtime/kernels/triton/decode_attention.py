@@ -309,7 +309,7 @@ def decode_attention(
         KV_FP8=k_buffer.dtype == torch.float8_e4m3fn,
         num_warps=num_warps,
         num_stages=num_stages,
-        **pdl.launch_options(q),
+        **pdl.launch_options(q, batch),
     )
     if final:
         return out
@@ -329,6 +329,6 @@ def decode_attention(
         HEAD_DIM=head_dim,
         BLOCK_D=block_d,
         num_warps=4 if block_d >= 128 else 2,
-        **pdl.launch_options(q),
+        **pdl.launch_options(q, batch),
     )
     return out

@@ -396,5 +396,5 @@ def launch(
         num_warps=config.num_warps,
         num_stages=config.num_stages,
         HAS_SCALE=scales is not None,
-        **pdl.launch_options(x),
+        **pdl.launch_options(x, m),
     )

@@ -90,7 +90,7 @@ def rmsnorm(
         eps,
         BLOCK=block,
         num_warps=warps,
-        **pdl.launch_options(x),
+        **pdl.launch_options(x, rows),
     )
     return out
 
@@ -116,6 +116,6 @@ def fused_add_rmsnorm(
         eps,
         BLOCK=block,
         num_warps=warps,
-        **pdl.launch_options(x),
+        **pdl.launch_options(x, rows),
     )
     return x, residual

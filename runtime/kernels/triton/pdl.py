@@ -17,8 +17,13 @@ passed its wait, N and everything before it have completed. A kernel launched wi
 (cuBLAS, a torch op) waits for the one ahead as usual, and a PDL kernel after it simply starts
 when it ends.
 
-Off unless RADIXLM_PDL=1 (measured as an A/B, benchmarks/bench_offline.py --ablations pdl) and
-the device is compute capability 9.0 or later; never under the Triton interpreter (CPU).
+Where it is on: at batch-1 decode, on compute capability 9.0 and later, never under the Triton
+interpreter (CPU). Measured on an H100 (8B shape, benchmarks/results/decode-floor-gpu-h100-2026-12-07.md):
+batch 1 went from 167.7 to 174.2 tok/s in bf16 and from 260 to 275 in fp8, while at batch 64 fp8
+lost 17% (6.49 -> 7.57 ms a step): there the kernels run several waves of programs, and the next
+kernel's programs, launched early, hold SM slots while they wait. So a launch takes PDL only up to
+MAX_ROWS rows (tokens, or requests for attention). RADIXLM_PDL overrides it for a whole run: 0 is
+off, N is on up to N rows.
 """
 
 from __future__ import annotations
@@ -29,24 +34,27 @@ import os
 import torch
 
 ENV = "RADIXLM_PDL"
+MAX_ROWS = 1  # measured at batch 1 only; see above
 
 
 @functools.cache
-def _enabled(device_index: int) -> bool:
-    if os.environ.get(ENV, "0") != "1" or os.environ.get("TRITON_INTERPRET") == "1":
+def _max_rows(device_index: int) -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.get_device_capability(device_index)[0] < 9:
+        return 0
+    value = os.environ.get(ENV, "")
+    return int(value) if value.strip() else MAX_ROWS
+
+
+def enabled(t: torch.Tensor, rows: int = 1) -> bool:
+    """Whether a kernel on `t`'s device over `rows` rows launches with PDL (and waits with `gdc_wait`)."""
+    if not t.is_cuda:
         return False
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
+    return rows <= _max_rows(t.device.index if t.device.index is not None else torch.cuda.current_device())
 
 
-def enabled(t: torch.Tensor) -> bool:
-    """Whether kernels on `t`'s device launch with PDL (and so wait with `gdc_wait`)."""
-    return t.is_cuda and _enabled(
-        t.device.index if t.device.index is not None else torch.cuda.current_device()
-    )
-
-
-def launch_options(t: torch.Tensor) -> dict:
-    """Keyword arguments for a kernel launch on `t`'s device: the kernel's USE_PDL constexpr, and
-    Triton's `launch_pdl` when on (left out otherwise: the interpreter takes no such option)."""
-    on = enabled(t)
+def launch_options(t: torch.Tensor, rows: int) -> dict:
+    """Keyword arguments for a launch over `rows` rows on `t`'s device: the kernel's USE_PDL
+    constexpr, and Triton's `launch_pdl` when on (left out otherwise: the interpreter takes no such
+    option)."""
+    on = enabled(t, rows)
     return {"USE_PDL": on, "launch_pdl": True} if on else {"USE_PDL": False}

@@ -277,6 +277,6 @@ def rotary_and_store_kv(
         FP8=k_buffer.dtype == torch.float8_e4m3fn,
         KEEP_K=keep_k,
         num_warps=4,
-        **pdl.launch_options(q),
+        **pdl.launch_options(q, num_tokens),
     )
     return q, (k if keep_k else None)
