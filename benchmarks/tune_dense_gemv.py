@@ -27,26 +27,19 @@ from pathlib import Path
 
 import torch
 from kernel_timing import LLAMA_8B_SHAPES, load_kernel_modules, parse_shape, time_ms
-from tune_fp8_gemm import GEMV_FIRST_ROUND, HOLD_CYCLES, gemv_fits, gemv_split_ks, start_run, write_table
+from tune_fp8_gemm import (
+    GEMV_FIRST_ROUND,
+    HOLD_CYCLES,
+    check_and_time,
+    gemv_fits,
+    gemv_max_m,
+    gemv_split_ks,
+    start_run,
+    write_table,
+)
 
 MARGIN = 0.03  # the GEMV must be this much faster than cuBLAS at an M for the table to send it there
 DEFAULT_MS = (1, 2, 4)  # batch-1 decode, and speculative / jump-forward verify rows of one request
-
-
-def check_and_time(run, out, expected, what: str, flush, args) -> float | None:
-    from triton.runtime.errors import OutOfResources
-
-    try:
-        out.fill_(float("nan"))
-        run()
-        torch.cuda.synchronize()
-    except OutOfResources as exc:
-        print(f"  skip {what}: {exc}", file=sys.stderr)
-        return None
-    err = float((out.double() - expected).norm() / expected.norm())
-    if not err < 1e-2:  # NaN fails too
-        raise SystemExit(f"CORRECTNESS FAILURE {what}: rel err {err:.3e}")
-    return time_ms(run, flush, args.warmup, args.reps, budget_ms=100.0, hold_cycles=HOLD_CYCLES)
 
 
 def tune_shape(gemv, n: int, k: int, ms: list[int], flush: torch.Tensor, args) -> tuple[dict, dict]:
@@ -72,7 +65,9 @@ def tune_shape(gemv, n: int, k: int, ms: list[int], flush: torch.Tensor, args) -
             def run(cfg=cfg):
                 gemv.dense_gemv(x, w, config=cfg, out=out)
 
-            result = check_and_time(run, out, expected, f"N,K={n},{k} M={m} {cfg}", flush, args)
+            result = check_and_time(
+                run, out, expected, f"N,K={n},{k} M={m} {cfg}", flush, args, budget_ms=100.0
+            )
             if result is not None:
                 timed[key] = result
 
@@ -113,16 +108,6 @@ def tune_shape(gemv, n: int, k: int, ms: list[int], flush: torch.Tensor, args) -
     return best, measured
 
 
-def max_m(measured: dict[str, dict]) -> int:
-    """The largest tuned M up to which the GEMV beat cuBLAS by MARGIN at every tuned M (0: never)."""
-    value = 0
-    for m in sorted(measured, key=int):
-        if not measured[m]["gemv_us"] < (1 - MARGIN) * measured[m]["cublas_us"]:
-            break
-        value = int(m)
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", nargs="+", type=parse_shape, metavar="N,K", help="default: Llama-3.1-8B's")
@@ -156,7 +141,10 @@ def main(argv: list[str] | None = None) -> None:
             "Keys: '_max_m_by_shape': {'N,K': the largest tuned M up to which the GEMV beat cuBLAS "
             f"by {MARGIN:.0%} at every tuned M}}; 'N,K', then the M bucket (the smallest >= M)."
         )
-        table["_max_m_by_shape"] = {**table.get("_max_m_by_shape", {}), key: max_m(measured)}
+        table["_max_m_by_shape"] = {
+            **table.get("_max_m_by_shape", {}),
+            key: gemv_max_m(measured, "cublas_us", MARGIN),
+        }
         table[key] = {**table.get(key, {}), **configs}
         write_table(gemm, out_path, table, ("_comment", "_max_m_by_shape"))
         if args.results:

@@ -259,11 +259,12 @@ def tune_gemv_shape(
     return best, measured
 
 
-def gemv_max_m(measured: dict[str, dict]) -> int:
-    """The largest tuned M up to which the GEMV beats the W8A8 path at every tuned M (0: never)."""
+def gemv_max_m(measured: dict[str, dict], baseline: str = "w8a8_us", margin: float = 0.0) -> int:
+    """The largest tuned M up to which the GEMV beats the other path (`baseline`: its timing's key;
+    by `margin`, a fraction) at every tuned M (0: never)."""
     max_m = 0
     for m in sorted(measured, key=int):
-        if not measured[m]["gemv_us"] < measured[m]["w8a8_us"]:
+        if not measured[m]["gemv_us"] < (1 - margin) * measured[m][baseline]:
             break
         max_m = int(m)
     return max_m

@@ -165,7 +165,7 @@ def _accumulate(acc, x, w, s_ptr, k0, stride_ws_k, BLOCK_SCALE_K: tl.constexpr, 
 
 
 @triton.jit(do_not_specialize=["M", "split_k"])
-def _w8a16_block_fp8_gemv_kernel(
+def _gemv_kernel(
     x_ptr,
     w_ptr,
     ws_ptr,
@@ -364,7 +364,7 @@ def launch(
         if split_k > 1
         else counters.view(torch.float32)[None, None]
     )
-    _w8a16_block_fp8_gemv_kernel[(tiles_n, split_k)](
+    _gemv_kernel[(tiles_n, split_k)](
         x,
         w,
         scales if scales is not None else counters,  # never read without scales: any pointer types it
