@@ -29,7 +29,8 @@ every M, no cuBLAS block-scaled GEMM), radixlm-fp8-no-gemv (no W8A16 GEMV: activ
 and the W8A8 GEMM at every M), radixlm-fp8-kv (plus the fp8 KV cache), radixlm-fp8-lm-head (plus
 an fp8 LM head), whose MBU counts the fp8 bytes (and prefill MFU the bf16 peak);
 radixlm-no-dense-gemv (bf16 linears on cuBLAS at every M: no Triton GEMV at decode);
-radixlm-no-pdl and radixlm-fp8-no-pdl (no programmatic dependent launch at batch 1);
+radixlm-no-pdl and radixlm-fp8-no-pdl (no programmatic dependent launch at batch 1), radixlm-pdl-16
+(PDL up to 16 rows);
 radixlm-tp2 (tensor parallel over two GPUs; MBU against one card's bandwidth, so up to 2x).
 Each decode row also carries the scheduler's own per-step account: loop iteration, launch + wait,
 and on CUDA the device's busy time per step and the share of decode time it sat idle between
@@ -113,6 +114,7 @@ ENV_ABLATIONS = {
     "radixlm-no-dense-gemv": {"RADIXLM_DENSE_GEMV": "0"},
     "radixlm-no-pdl": {"RADIXLM_PDL": "0"},
     "radixlm-fp8-no-pdl": {"RADIXLM_PDL": "0"},
+    "radixlm-pdl-16": {"RADIXLM_PDL": "16"},
     None: {"RADIXLM_FP8_GEMV_MAX_M": "", "RADIXLM_DENSE_GEMV": "", "RADIXLM_PDL": ""},
 }
 
@@ -363,7 +365,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ablations",
         default="",
         help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, "
-        "fp8-lm-head, no-dense-gemv, no-pdl, fp8-no-pdl, tp2, spec-ngram, spec-lookahead",
+        "fp8-lm-head, no-dense-gemv, no-pdl, pdl-16, fp8-no-pdl, tp2, spec-ngram, spec-lookahead",
     )
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
@@ -473,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("radixlm-fp8-lm-head", fp8_head, batch_sizes, False))
     if "no-pdl" in ablations:  # no programmatic dependent launch (on at batch 1 by default)
         configs.append(("radixlm-no-pdl", {}, batch_sizes, False))
+    if "pdl-16" in ablations:  # PDL up to 16 rows, not only at batch 1
+        configs.append(("radixlm-pdl-16", {}, batch_sizes, False))
     if "fp8-no-pdl" in ablations:
         configs.append(("radixlm-fp8-no-pdl", {"quantization": "fp8"}, batch_sizes, False))
     if "no-overlap" in ablations:
