@@ -42,7 +42,7 @@ MARGIN = 0.03  # the GEMV must be this much faster than cuBLAS at an M for the t
 DEFAULT_MS = (1, 2, 4)  # batch-1 decode, and speculative / jump-forward verify rows of one request
 
 
-def tune_shape(gemv, n: int, k: int, ms: list[int], flush: torch.Tensor, args) -> tuple[dict, dict]:
+def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tensor, args) -> tuple[dict, dict]:
     """({M bucket: best tiles}, {M bucket: {"gemv_us", "cublas_us", ...}}) for one [N, K] weight."""
     w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16)
     best: dict[str, dict] = {}
@@ -51,7 +51,7 @@ def tune_shape(gemv, n: int, k: int, ms: list[int], flush: torch.Tensor, args) -
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         expected = x.double() @ w.double().t()
         out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-        block_m = 1 << (m - 1).bit_length()
+        block_m = fp8_gemv.block_m_for(m)  # the kernel's rows a program (dense_gemv runs fp8_gemv's kernel)
         timed: dict[tuple, float] = {}
         t0 = time.time()
 
@@ -122,18 +122,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("tune_dense_gemv.py needs a CUDA GPU: run it on the machine whose table you want")
     import triton
 
-    gemm, gemv = load_kernel_modules("triton.fp8_gemm", "triton.dense_gemv")
+    gemm, fp8_gemv, gemv = load_kernel_modules("triton.fp8_gemm", "triton.fp8_gemv", "triton.dense_gemv")
     shapes = args.shapes or LLAMA_8B_SHAPES
     ms = sorted(args.m or DEFAULT_MS)
-    if ms[0] < 1 or ms[-1] > 16:
-        sys.exit(f"the dense GEMV takes 1 <= M <= 16, got {ms}")
+    if ms[0] < 1 or ms[-1] > gemv.MAX_M:
+        sys.exit(f"the dense GEMV takes 1 <= M <= {gemv.MAX_M}, got {ms}")
     out_path = args.out or gemv.CONFIG_FILE
     card, flush, table, date = start_run("dense GEMV tuning", shapes, ms, out_path)
     results = {"card": card, "date": date, "torch": torch.__version__, "triton": triton.__version__}
     results["shapes"] = {}
     for n, k in shapes:  # rewritten after each shape: a cut-off run keeps what it tuned
         key = f"{n},{k}"
-        configs, measured = tune_shape(gemv, n, k, ms, flush, args)
+        configs, measured = tune_shape(gemv, fp8_gemv, n, k, ms, flush, args)
         results["shapes"][key] = measured
         table["_comment"] = (
             f"Tuned by benchmarks/tune_dense_gemv.py on {card}, {date}, torch {torch.__version__}, "

@@ -111,16 +111,6 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return reference.silu_and_mul(gate_up)
 
 
-def apply_rotary(
-    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate-half RoPE of q [T, H, D] and k [T, Hkv, D] (the Triton version in place)."""
-    if uses_triton(q):
-        triton_kernels.rotary.apply_rotary(positions, q, k, cos, sin)
-        return q, k
-    return reference.apply_rotary(positions, q, k, cos, sin)
-
-
 def store_kv(
     k: torch.Tensor,
     v: torch.Tensor,

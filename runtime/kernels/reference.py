@@ -130,7 +130,7 @@ def apply_rotary(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate-half RoPE, out of place: x * cos + rotate_half(x) * sin for q [T, H, D] and
     k [T, Hkv, D] with the fp32 tables [P, D] indexed by positions [T]. fp32 math, rounded once
-    to each input's dtype (eager layers.RotaryEmbedding rounds cos/sin and each product to the
+    to each input's dtype (Hugging Face's eager rotary rounds cos/sin and each product to the
     dtype first, so half-precision results can differ from it by an ulp)."""
     cos = cos_cache[positions].float()[:, None, :]
     sin = sin_cache[positions].float()[:, None, :]

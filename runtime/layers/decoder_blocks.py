@@ -54,8 +54,9 @@ def rope_inv_freq(head_dim: int, rope: RopeConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotate-half RoPE with a cos/sin table over all positions. The tables stay fp32 whatever
-    the model's dtype (the loader rebuilds them after casting the model)."""
+    """Rotate-half RoPE's cos/sin tables over all positions, which the attention backend rotates
+    q and k with, fused with the K/V store (`ops.rotary_and_store_kv`). The tables stay fp32
+    whatever the model's dtype (the loader rebuilds them after casting the model)."""
 
     def __init__(self, head_dim: int, max_positions: int, rope: RopeConfig) -> None:
         super().__init__()
@@ -64,10 +65,6 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
-
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """q: [T, H, D], k: [T, Hkv, D] -> rotated (same dtypes; on GPU rotated in place)."""
-        return ops.apply_rotary(positions, q, k, self.cos, self.sin)
 
 
 class GatedMLP(nn.Module):

@@ -4,9 +4,9 @@ For each token t at position p and each head: with x1 = x[:D/2], x2 = x[D/2:],
     x'[:D/2] = x1 * cos[p, :D/2] - x2 * sin[p, :D/2]
     x'[D/2:] = x2 * cos[p, D/2:] + x1 * sin[p, D/2:]
 which is x * cos + rotate_half(x) * sin. The math is fp32 with the fp32 cos/sin tables and is
-rounded once to x's dtype. The eager path (runtime/layers/decoder_blocks.py RotaryEmbedding, like Hugging
-Face) first rounds cos/sin to the dtype and rounds each product and the sum, so half-precision
-results can differ from eager in the last bit; fp32 agrees to rounding.
+rounded once to x's dtype. Hugging Face's eager rotary first rounds cos/sin to the dtype and
+rounds each product and the sum, so half-precision results can differ from it in the last bit;
+fp32 agrees to rounding.
 
 `rotary_and_store_kv` fuses the rotation with the K/V store of kv_store.py (one launch per
 layer instead of two; at batch-1 decode the launches, not the bytes, are the cost). It shares
