@@ -45,6 +45,7 @@ import gc
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -115,7 +116,21 @@ ENV_ABLATIONS = {
     "radixlm-no-pdl": {"RADIXLM_PDL": "0"},
     "radixlm-fp8-no-pdl": {"RADIXLM_PDL": "0"},
     "radixlm-pdl-16": {"RADIXLM_PDL": "16"},
+    "radixlm-pdl-late": {"RADIXLM_PDL_EARLY": "0"},
+    "radixlm-fp8-pdl-late": {"RADIXLM_PDL_EARLY": "0"},
+    "radixlm-no-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "0"},
+    "radixlm-fp8-no-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "0"},
 }
+# "[fp8-]prefetch-N": the GEMV's L2 prefetch for weights up to N MB (gemv_kernel.py)
+PREFETCH_ABLATION = re.compile(r"(fp8-)?prefetch-(\d+)")
+
+
+def ablation_env(name: str) -> dict[str, str]:
+    """The environment an engine (named "radixlm-<ablation>") starts with."""
+    match = PREFETCH_ABLATION.fullmatch(name.removeprefix("radixlm-"))
+    if match:
+        return {"RADIXLM_GEMV_PREFETCH_MB": match.group(2)}
+    return ENV_ABLATIONS.get(name, {})
 
 
 def median_time(fn: Callable[[], Any], reps: int, device: str) -> tuple[float, list[float]]:
@@ -478,6 +493,19 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("radixlm-pdl-16", {}, batch_sizes, False))
     if "fp8-no-pdl" in ablations:
         configs.append(("radixlm-fp8-no-pdl", {"quantization": "fp8"}, batch_sizes, False))
+    if "pdl-late" in ablations:  # each kernel releases the next after its wait, not at its start
+        configs.append(("radixlm-pdl-late", {}, batch_sizes, False))
+    if "fp8-pdl-late" in ablations:
+        configs.append(("radixlm-fp8-pdl-late", {"quantization": "fp8"}, batch_sizes, False))
+    if "no-fused-silu" in ablations:  # silu_and_mul as its own kernel before the down GEMV
+        configs.append(("radixlm-no-fused-silu", {}, batch_sizes, False))
+    if "fp8-no-fused-silu" in ablations:
+        configs.append(("radixlm-fp8-no-fused-silu", {"quantization": "fp8"}, batch_sizes, False))
+    for ablation in ablations:  # the GEMV's L2 prefetch up to N MB
+        match = PREFETCH_ABLATION.fullmatch(ablation)
+        if match:
+            extra = {"quantization": "fp8"} if match.group(1) else {}
+            configs.append((f"radixlm-{ablation}", extra, batch_sizes, False))
     if "no-overlap" in ablations:
         configs.append(("radixlm-no-overlap", {"overlap_schedule": "off"}, batch_sizes, False))
     if "no-cuda-graph" in ablations:
@@ -488,9 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, extra, sizes, prefill in configs:
         t = time.perf_counter()
         # kernel choices reach the scheduler process through its environment (read when it starts)
-        for var in {var for env in ENV_ABLATIONS.values() for var in env}:
+        for var in {var for env in ENV_ABLATIONS.values() for var in env} | {"RADIXLM_GEMV_PREFETCH_MB"}:
             os.environ.pop(var, None)
-        os.environ.update(ENV_ABLATIONS.get(name, {}))
+        os.environ.update(ablation_env(name))
         engine = RadixEngine(folder, {**base, **extra})
         engine_info[name] = {
             k: engine.info.get(k)

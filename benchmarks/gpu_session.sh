@@ -232,14 +232,14 @@ case "$MODE" in
     fi
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
       --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
-    timeout 240 python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
+    timeout ${BENCH_TIMEOUT:-240} python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
       --engines radixlm --ablations "${ABLATIONS:-no-dense-gemv,no-pdl,fp8,fp8-no-pdl,fp8-lm-head}" --batch-sizes "${BATCHES:-1,64}" \
       --reps 3 --out "$OUT/offline-floor.json" > "$OUT/offline-floor.log" 2>&1
     grep -E "decode b=|prefill" "$OUT/offline-floor.log" | grep -v "^|"
     timeout 130 python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_kernels.py tests/gpu/test_gpu_fp8_kernels.py \
       tests/gpu/test_gpu_engine.py tests/gpu/test_gpu_rotary_kv_store.py -x -k "${FLOOR_K:-dense_gemv or gemv or pdl or rotary or store_kv or fp32_greedy}" \
       > "$OUT/gpu-tests-floor.log" 2>&1; tail -3 "$OUT/gpu-tests-floor.log"
-    for Q in none fp8; do
+    for Q in ${PROFILES-none fp8}; do  # PROFILES="": none
       timeout 50 python3 benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization $Q \
         --out "$OUT/profile-$Q.json" > "$OUT/profile-$Q.log" 2>&1; grep -A12 "== decode b=1" "$OUT/profile-$Q.log"
     done

@@ -51,7 +51,7 @@ def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tenso
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         expected = x.double() @ w.double().t()
         out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-        block_m = fp8_gemv.block_m_for(m)  # the kernel's rows a program (dense_gemv runs fp8_gemv's kernel)
+        block_m = fp8_gemv.block_m_for(m)  # the kernel's rows a program (gemv_kernel.py's, as fp8's)
         timed: dict[tuple, float] = {}
         t0 = time.time()
 

@@ -37,6 +37,7 @@ class _TritonModules:
         "fp8_quant",
         "fp8_gemm",
         "fp8_gemv",
+        "gemv_kernel",
         "dense_gemv",
         "fused_moe",
     )
@@ -73,21 +74,49 @@ DENSE_GEMV_ENV = "RADIXLM_DENSE_GEMV"
 _dense_gemv_mode = os.environ.get(DENSE_GEMV_ENV, "")
 
 
+def _takes_dense_gemv(x: torch.Tensor, weight: torch.Tensor, m: int) -> bool:
+    """Whether m rows of x times an unquantised weight [N, K] go through the Triton dense GEMV."""
+    if _dense_gemv_mode == "0" or not uses_triton(x) or x.dtype != weight.dtype or weight.stride(1) != 1:
+        return False
+    gemv = triton_kernels.dense_gemv
+    n, k = weight.shape
+    return 0 < m <= (gemv.MAX_M if _dense_gemv_mode == "force" else gemv.max_m_for(n, k, weight.dtype))
+
+
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ weight [N, K]^T (+ bias) for an unquantised weight. On CUDA, where the tuned
     table (dense_gemv_configs.json) measured the Triton GEMV faster than cuBLAS for this shape up
     to some M, rows up to that M take the GEMV; everything else is cuBLAS (`F.linear`)."""
-    if _dense_gemv_mode != "0" and uses_triton(x) and x.dtype == weight.dtype and weight.stride(1) == 1:
-        gemv = triton_kernels.dense_gemv
-        n, k = weight.shape
-        m = x.numel() // k if k else 0
-        max_m = gemv.MAX_M if _dense_gemv_mode == "force" else gemv.max_m_for(n, k, weight.dtype)
-        if 0 < m <= max_m:
-            out = gemv.dense_gemv(x.reshape(m, k), weight)
-            if bias is not None:
-                out += bias
-            return out.reshape(*x.shape[:-1], n)
+    n, k = weight.shape
+    m = x.numel() // k if k else 0
+    if _takes_dense_gemv(x, weight, m):
+        out = triton_kernels.dense_gemv.dense_gemv(x.reshape(m, k), weight)
+        if bias is not None:
+            out += bias
+        return out.reshape(*x.shape[:-1], n)
     return torch.nn.functional.linear(x, weight, bias)
+
+
+# "0": the down projection's GEMV takes silu_and_mul's output instead of computing it from
+# gate_up itself (an ablation; the results are the same bits either way)
+FUSED_SILU_ENV = "RADIXLM_FUSED_SILU_GEMV"
+_fused_silu = os.environ.get(FUSED_SILU_ENV, "") != "0"
+
+
+def dense_silu_gated_linear(
+    gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`dense_linear(silu_and_mul(gate_up), weight, bias)`, a gated MLP's down projection. On the
+    GEMV route one kernel computes the activation as it streams the weights (no separate kernel,
+    the same bits)."""
+    n, k = weight.shape
+    m = gate_up.numel() // (2 * k) if k else 0
+    if _fused_silu and gate_up.shape[-1] == 2 * k and _takes_dense_gemv(gate_up, weight, m):
+        out = triton_kernels.dense_gemv.dense_gemv(gate_up.reshape(m, 2 * k), weight, gated=True)
+        if bias is not None:
+            out += bias
+        return out.reshape(*gate_up.shape[:-1], n)
+    return dense_linear(silu_and_mul(gate_up), weight, bias)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -190,7 +219,7 @@ def prepare_fp8(device: torch.device) -> str | None:
     """What the fp8 kernels need made or probed before any CUDA graph is captured (the model runner
     calls this at load): the GEMV's split-K tile counters, and, with backend "auto", whether
     cuBLAS block-scaled fp8 works here. Returns why cuBLAS will not run (None: it will)."""
-    triton_kernels.fp8_gemv.prepare(device)
+    triton_kernels.gemv_kernel.prepare(device)
     if _fp8_gemm_backend != "auto":
         return f"fp8 GEMM backend {_fp8_gemm_backend!r}"
     return cublas_fp8.unsupported_reason(device)
@@ -270,14 +299,23 @@ def fp8_silu_gated_linear(
 ) -> torch.Tensor:
     """`fp8_linear(silu_and_mul(gate_up), ...)`, the gated MLP's down projection, with the same math
     and routing; on the W8A8 route the activation and the input quantisation run as one kernel
-    (fp8_quant.silu_and_mul_quant_fp8), so the [M, I] activation never goes through memory."""
+    (fp8_quant.silu_and_mul_quant_fp8), on the GEMV route the GEMV computes the activation itself,
+    so the [M, I] activation never goes through memory."""
     n, k = w_q.shape
     m = gate_up.numel() // gate_up.shape[-1] if gate_up.shape[-1] else 0
-    if not uses_triton(gate_up) or m <= fp8_gemv_max_m(n, k, block_size):
+    weight_only = m <= fp8_gemv_max_m(n, k, block_size)
+    if not uses_triton(gate_up) or (weight_only and not _fused_silu):
         return fp8_linear(silu_and_mul(gate_up), w_q, w_scale_inv, bias, block_size)
     g2 = gate_up.reshape(-1, gate_up.shape[-1])
     if not g2.is_contiguous():
         g2 = g2.contiguous()
+    if weight_only:  # the GEMV computes the activation as it streams the weights (the same bits)
+        y = triton_kernels.fp8_gemv.w8a16_block_fp8_matmul(
+            g2, w_q, w_scale_inv, block_size, out_dtype=gate_up.dtype, gated=True
+        )
+        if bias is not None:
+            y += bias
+        return y.reshape(*gate_up.shape[:-1], n)
     quant = triton_kernels.fp8_quant
     y = _w8a8(
         lambda q, s: quant.silu_and_mul_quant_fp8(g2, block_size[1], out_q=q, out_scale=s),

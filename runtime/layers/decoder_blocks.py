@@ -21,6 +21,10 @@ class DenseLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.dense_linear(x, self.weight, self.bias)
 
+    def forward_silu_gated(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """forward(silu_and_mul(gate_up)) for a gated MLP's down projection (one kernel on the GEMV route)."""
+        return ops.dense_silu_gated_linear(gate_up, self.weight, self.bias)
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
@@ -86,7 +90,8 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
-        # a down projection that can take the activation in (fp8: fused with its input quantisation)
+        # a down projection that takes the activation in: fused with the fp8 input quantisation,
+        # or computed inside the decode GEMV
         fused = getattr(self.down_proj, "forward_silu_gated", None)
         out = fused(gate_up) if fused is not None else self.down_proj(ops.silu_and_mul(gate_up))
         return self.reduce(out) if self.reduce is not None else out

@@ -18,9 +18,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 if torch.cuda.is_available():
     from radixlm.runtime.kernels import ops
     from radixlm.runtime.kernels import reference as ref
-    from radixlm.runtime.kernels.triton import fp8_gemm, fp8_gemv
+    from radixlm.runtime.kernels.triton import fp8_gemm, gemv_kernel
     from radixlm.runtime.kernels.triton.fp8_gemm import Fp8GemmConfig, w8a8_block_fp8_matmul
-    from radixlm.runtime.kernels.triton.fp8_gemv import Fp8GemvConfig, w8a16_block_fp8_matmul
+    from radixlm.runtime.kernels.triton.fp8_gemv import GemvConfig, w8a16_block_fp8_matmul
     from radixlm.runtime.kernels.triton.fp8_quant import per_token_group_quant_fp8
 
 DEV = "cuda"
@@ -252,7 +252,7 @@ def test_gemv_configs(m, config):
     block_n, block_k, _, warps, _ = config
     if m * block_n * block_k // (32 * warps) > 256:  # tune_fp8_gemm.GEMV_MAX_PRODUCTS
         pytest.skip("more fp32 products a thread than the tuner allows (compiling it took ~2 min on an H100)")
-    assert run_gemv(m, 1152, 1000, torch.float32, Fp8GemvConfig(*config)) < GEMV_TOL[torch.float32]
+    assert run_gemv(m, 1152, 1000, torch.float32, GemvConfig(*config)) < GEMV_TOL[torch.float32]
 
 
 @pytest.mark.parametrize("block", [(64, 128), (128, 64)])
@@ -263,13 +263,13 @@ def test_gemv_other_blocks(block):
 def test_gemv_large_k_accuracy():
     """K=14336 in fp32: each block's partial product is exact-input fp32 math, so the error stays
     at summation-order level (no fp8 accumulation, unlike the W8A8 tensor cores)."""
-    assert run_gemv(2, 1024, 14336, torch.float32, Fp8GemvConfig(32, 128, 8)) < 2e-5
+    assert run_gemv(2, 1024, 14336, torch.float32, GemvConfig(32, 128, 8)) < 2e-5
 
 
 def test_gemv_split_k_is_deterministic():
     """The split-K partial sums are reduced in a fixed order: identical bits run after run."""
     x, w_q, w_s = gemv_operands(4, 4096, 14336)
-    cfg = Fp8GemvConfig(BLOCK_N=16, BLOCK_K=128, SPLIT_K=16)
+    cfg = GemvConfig(BLOCK_N=16, BLOCK_K=128, SPLIT_K=16)
     first = w8a16_block_fp8_matmul(x, w_q, w_s, config=cfg)
     for _ in range(5):
         assert torch.equal(w8a16_block_fp8_matmul(x, w_q, w_s, config=cfg), first)
@@ -282,7 +282,7 @@ def test_gemv_empty():
 
 def test_gemv_new_m_in_bucket_does_not_recompile():
     """M is not specialised: Ms of one BLOCK_M bucket (5..8) share one compiled kernel."""
-    config = Fp8GemvConfig(32, 128, 4)
+    config = GemvConfig(32, 128, 4)
     n, k = 512, 1024
     w_q, w_s = ref.block_quant_fp8(torch.randn(n, k, device=DEV) * 0.02)
 
@@ -290,10 +290,10 @@ def test_gemv_new_m_in_bucket_does_not_recompile():
         w8a16_block_fp8_matmul(torch.randn(m, k, device=DEV, dtype=torch.bfloat16), w_q, w_s, config=config)
 
     call(5)
-    before = _num_compiled(fp8_gemv._gemv_kernel)
+    before = _num_compiled(gemv_kernel._gemv_kernel)
     for m in (6, 7, 8):
         call(m)
-    after = _num_compiled(fp8_gemv._gemv_kernel)
+    after = _num_compiled(gemv_kernel._gemv_kernel)
     assert after == before
 
 
@@ -440,10 +440,10 @@ def test_fp8_silu_gated_linear(rows):
 def test_gemv_split_k_in_a_cuda_graph():
     """Split-K GEMV launches captured in a CUDA graph (as decode steps are): every replay's last
     program per tile resets its counter, so replays on new inputs match eager calls bit for bit."""
-    fp8_gemv.prepare(torch.device(DEV))
+    gemv_kernel.prepare(torch.device(DEV))
     w_q, w_s = ref.block_quant_fp8(torch.randn(4096, 14336, device=DEV) * 0.02)
     x = torch.randn(1, 14336, device=DEV, dtype=torch.bfloat16)
-    cfg = Fp8GemvConfig(BLOCK_N=32, BLOCK_K=128, SPLIT_K=8, num_warps=4)
+    cfg = GemvConfig(BLOCK_N=32, BLOCK_K=128, SPLIT_K=8, num_warps=4)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -459,4 +459,4 @@ def test_gemv_split_k_in_a_cuda_graph():
         torch.cuda.synchronize()
         eager = w8a16_block_fp8_matmul(x, w_q, w_s, config=cfg)
         assert torch.equal(y, eager) and torch.equal(y2, eager)
-    assert not fp8_gemv._tile_counters(torch.device(DEV)).any()
+    assert not gemv_kernel._tile_counters(torch.device(DEV)).any()

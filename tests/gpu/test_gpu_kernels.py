@@ -268,10 +268,24 @@ def test_dense_gemv(dtype, m, n, k):
         assert rel_err(out, expected) < 2 * rel_err(x @ w.t(), expected) + 1e-3
 
 
-def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch):
+def _set_pdl_env(monkeypatch, rows: str, early: str = "1", prefetch_mb: str = "0") -> None:
+    from radixlm.runtime.kernels.triton import gemv_kernel, pdl
+
+    monkeypatch.setenv(pdl.ENV, rows)
+    monkeypatch.setenv(pdl.EARLY_ENV, early)
+    monkeypatch.setenv(gemv_kernel.PREFETCH_ENV, prefetch_mb)
+    pdl._max_rows.cache_clear()
+    pdl._early.cache_clear()
+    gemv_kernel._prefetch_budget_bytes.cache_clear()
+
+
+@pytest.mark.parametrize("early, prefetch_mb", [("0", "0"), ("1", "0"), ("1", "1000")])
+def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch, early, prefetch_mb):
     """A decode layer's Triton chain (norm, GEMVs, activation, attention) captured in a CUDA graph
     with programmatic dependent launch gives bit-identical results to plain launches, replayed
-    on fresh inputs: a kernel that read ahead of its wait would read stale values."""
+    on fresh inputs: a kernel that read ahead of its wait would read stale values. Each kernel
+    releasing the next after its wait or at its start (early), the GEMVs prefetching their
+    weights into L2 or not."""
     from radixlm.runtime.kernels.triton import fp8_gemv, pdl
 
     if torch.cuda.get_device_capability()[0] < 9:
@@ -292,8 +306,10 @@ def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch):
         attn = decode_attention(
             q.view(1, 8, 128), k_buf, v_buf, r2t, rows, seq_lens, 128**-0.5, num_kv_splits=4
         )
-        h = dense_gemv(silu_and_mul(dense_gemv(attn.view(1, hidden), w_gate_up)), w_down)
-        return rmsnorm(h, norm_w, 1e-6), res
+        gate_up = dense_gemv(attn.view(1, hidden), w_gate_up)
+        h = dense_gemv(silu_and_mul(gate_up), w_down)
+        h_gated = dense_gemv(gate_up, w_down, gated=True)  # the activation inside the GEMV
+        return rmsnorm(h, norm_w, 1e-6), res, h, h_gated
 
     def run_all(inputs, graph=None, static=None):
         """Each input through the layer: launched eagerly, or replayed from `graph` (outputs `static`)."""
@@ -312,11 +328,9 @@ def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch):
         (torch.randn(1, hidden, device=DEV).to(dtype), torch.randn(1, hidden, device=DEV).to(dtype))
         for _ in range(4)
     ]
-    monkeypatch.setenv("RADIXLM_PDL", "0")
-    pdl._max_rows.cache_clear()
+    _set_pdl_env(monkeypatch, "0")
     expected = run_all(inputs)
-    monkeypatch.setenv("RADIXLM_PDL", "1")
-    pdl._max_rows.cache_clear()
+    _set_pdl_env(monkeypatch, "1", early, prefetch_mb)
     try:
         assert pdl.enabled(x_in)
         x_in.copy_(inputs[0][0])
@@ -327,7 +341,7 @@ def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch):
             static = layer()
         got = run_all(inputs, graph, static)
     finally:
-        monkeypatch.setenv("RADIXLM_PDL", "0")
-        pdl._max_rows.cache_clear()
-    for (out_e, res_e), (out_g, res_g) in zip(expected, got):
-        assert torch.equal(out_e, out_g) and torch.equal(res_e, res_g)
+        _set_pdl_env(monkeypatch, "0")
+    for want, have in zip(expected, got):
+        assert all(torch.equal(a, b) for a, b in zip(want, have))
+        assert torch.equal(have[2], have[3])  # the gated GEMV: the bits of silu_and_mul then the GEMV

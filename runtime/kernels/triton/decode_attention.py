@@ -85,10 +85,10 @@ def _decode_stage1_kernel(
     FINAL: tl.constexpr,  # one split: part_out_ptr is the output itself (q's dtype), no lse
     KV_FP8: tl.constexpr,  # K/V stored as e4m3: dequantised to q's dtype on load
     USE_PDL: tl.constexpr,  # launched with PDL: wait for the kernel ahead first (pdl.py)
+    PDL_EARLY: tl.constexpr,
 ):
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl.release_early(USE_PDL, PDL_EARLY)
+    pdl.wait(USE_PDL, PDL_EARLY)
     b = tl.program_id(0)
     kv_head = tl.program_id(1) // PROGS_PER_KV
     sub = tl.program_id(1) % PROGS_PER_KV
@@ -182,10 +182,10 @@ def _decode_stage2_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr,
+    PDL_EARLY: tl.constexpr,
 ):
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl.release_early(USE_PDL, PDL_EARLY)
+    pdl.wait(USE_PDL, PDL_EARLY)
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)

@@ -1,7 +1,8 @@
 """GEMV for decode-sized M with a bf16 / fp16 weight: out [M, N] = x [M, K] @ w [N, K]^T.
 
-The kernel is fp8_gemv.py's without the block scales (its docstring explains the layout, split-K
-with an in-kernel reduction, and the edges); the oracle is `x @ w.t()` in fp32.
+The kernel is gemv_kernel.py's (fp8_gemv.py's too) without the block scales: its docstring explains
+the layout, split-K with an in-kernel reduction, the edges, and the activation fused in for the
+gated MLP's down projection (`gated=True`). The oracle is `x @ w.t()` in fp32.
 
 Why not cuBLAS at M = 1: a batch-1 decode step is bound by reading the weights, and on an H100
 cuBLAS reads the smaller projections of an 8B model well below copy bandwidth. The batch-1 profile
@@ -26,7 +27,7 @@ import torch
 import triton
 
 from radixlm.runtime.kernels.triton.fp8_gemm import load_config_file, tuned_entry
-from radixlm.runtime.kernels.triton.fp8_gemv import MAX_M, Fp8GemvConfig, launch
+from radixlm.runtime.kernels.triton.gemv_kernel import MAX_M, GemvConfig, launch
 
 CONFIG_FILE = Path(__file__).with_name("dense_gemv_configs.json")
 WEIGHT_DTYPES = (torch.bfloat16, torch.float16)  # the weights the tuned table speaks for
@@ -50,7 +51,7 @@ def max_m_for(n: int, k: int, dtype: torch.dtype, configs: dict | None = None) -
     return max(0, min(int(value), MAX_M))
 
 
-def default_config(m: int, n: int, k: int) -> Fp8GemvConfig:
+def default_config(m: int, n: int, k: int) -> GemvConfig:
     """Untuned tiles: 64 K elements a step (128 bytes of a bf16 row: 16 a thread over 8 threads),
     32 columns a program up to M = 4, 16 beyond; SPLIT_K doubled until about TARGET_PROGRAMS
     programs, keeping at least 4 K steps a split."""
@@ -60,32 +61,36 @@ def default_config(m: int, n: int, k: int) -> Fp8GemvConfig:
     split_k = 1
     while tiles_n * split_k < TARGET_PROGRAMS and k_steps // (split_k * 2) >= 4:
         split_k *= 2
-    return Fp8GemvConfig(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=8 if m > 8 else 4)
+    return GemvConfig(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=8 if m > 8 else 4)
 
 
-def choose_config(m: int, n: int, k: int, configs: dict | None = None) -> Fp8GemvConfig:
+def choose_config(m: int, n: int, k: int, configs: dict | None = None) -> GemvConfig:
     """The tuned tiles for (N, K) at M's bucket when the table has them, else `default_config`."""
     table = load_configs() if configs is None else configs
     entry = tuned_entry({"_block_size": list(NO_BLOCKS), **table}, m, n, k, NO_BLOCKS)
-    return Fp8GemvConfig.from_dict(entry) if entry is not None else default_config(m, n, k)
+    return GemvConfig.from_dict(entry) if entry is not None else default_config(m, n, k)
 
 
 def dense_gemv(
     x: torch.Tensor,
     w: torch.Tensor,
-    config: Fp8GemvConfig | dict | None = None,
+    config: GemvConfig | dict | None = None,
     out: torch.Tensor | None = None,
+    gated: bool = False,
 ) -> torch.Tensor:
     """x [M, K] (1 <= M <= MAX_M) @ w^T, w [N, K] with a contiguous last dim, x and w of one float
     dtype -> out [M, N] in that dtype, fp32 accumulation. config: tiles (default `choose_config`);
-    out: an [M, N] buffer to write instead of a new one."""
-    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"dense_gemv: x [M, K] and w [N, K] needed, got {tuple(x.shape)}, {tuple(w.shape)}")
+    out: an [M, N] buffer to write instead of a new one. gated: x is a gated MLP's gate_up [M, 2K]
+    and the product is silu_and_mul(x) @ w^T (the same bits as the two kernels)."""
+    width = 2 * w.shape[1] if gated and w.dim() == 2 else (w.shape[1] if w.dim() == 2 else -1)
+    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != width:
+        want = "gate_up [M, 2K]" if gated else "x [M, K]"
+        raise ValueError(f"dense_gemv: {want} and w [N, K] needed, got {tuple(x.shape)}, {tuple(w.shape)}")
     if x.dtype != w.dtype or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"dense_gemv: x and w must share a float dtype, got {x.dtype} and {w.dtype}")
     if w.stride(1) != 1:
         raise ValueError("dense_gemv: w needs a contiguous last dim")
-    m, k = x.shape
+    m, k = x.shape[0], w.shape[1]
     n = w.shape[0]
     if not 0 <= m <= MAX_M:
         raise ValueError(f"dense_gemv takes M <= {MAX_M} rows, got {m}")
@@ -98,6 +103,6 @@ def dense_gemv(
     if config is None:
         config = choose_config(m, n, k)
     elif isinstance(config, dict):
-        config = Fp8GemvConfig.from_dict(config)
-    launch(x, w, None, (config.BLOCK_N, config.BLOCK_K), config, out)
+        config = GemvConfig.from_dict(config)
+    launch(x, w, None, (config.BLOCK_N, config.BLOCK_K), config, out, gated=gated)
     return out

@@ -20,81 +20,36 @@ scale covers a step. A step's [BLOCK_M, BLOCK_N] partial dot product over BLOCK_
 from the raw e4m3 values (exact in fp32) and multiplied by that one scale before it is added to
 the fp32 accumulator: BLOCK_M * BLOCK_N multiplies a step instead of one per weight.
 
-Layout: the tiles are addressed as 3-D pointer blocks, x as [BLOCK_M, 1, BLOCK_K] and w as
-[1, BLOCK_N, BLOCK_K], so that the layout Triton's coalescing gives the weight load (16
-contiguous K bytes a thread) carries over to the [BLOCK_M, BLOCK_N, BLOCK_K] product: a thread
-multiplies its 16 weight bytes with the matching x values of every row, and the K reduction is
-in-thread FMAs plus a few shuffles. (2-D tiles broadcast to 3-D got a default layout with one K
-element a thread, reduced across the whole program every step.) The small x tile is moved into
-that layout through shared memory each step. Compiled offline for sm_90 (Triton 3.9): one
-16-byte load a thread per 16 columns a step, 3 shuffles per output, 39 to 96 registers from
-BLOCK_M 1 to 16 at the default tiles, no spills. num_stages > 1 pipelines the tile loads through
-shared memory (cp.async), but at BLOCK_M = 1 Triton then picked the one-element layout again:
-the default is 1 (latency hidden by resident programs), and the tuner times both.
-
-Split-K: with BLOCK_N columns a program, N / BLOCK_N programs can be too few to keep every SM
-streaming (o_proj and down_proj of Llama-3.1-8B have N = 4096). SPLIT_K > 1 gives each program a
-contiguous range of K (a multiple of BLOCK_K) and a second grid dimension; each writes its fp32
-partial sums to a workspace [SPLIT_K, M, N], then takes a ticket from its column tile's counter
-(an acq_rel atomic, after a barrier, so the tile's partials are visible to whoever sees the
-count); the program that takes the last ticket adds the SPLIT_K partials in index order, casts,
-writes the output and resets the counter to 0 for the next call. So no second launch (it cost
-~2 us a layer in a decode step: 96 launches, 5% of a batch-1 fp8 step on the H100), and the
-result does not depend on which program finishes first (`tl.atomic_add` of the partials into a
-zeroed buffer would: fp32 addition in arrival order is not reproducible). The counters are one
-int32 a column tile in a zeroed buffer kept per device (`_tile_counters`), made before any CUDA
-graph is captured; programs of one launch never share a tile, and launches on a stream run one
-after another. SPLIT_K = 1 writes the output directly.
-
-Edges: rows past M (BLOCK_M is M's next power of two) and columns past N are clamped (`% M`,
-`% N`) on load, so loads need no M/N mask and only the store is masked; a partial last K step
-(K not a multiple of BLOCK_K) loads its missing lanes as 0 (EVEN_K skips those masks).
+The kernel (layout, split-K, edges, PDL, prefetch) is gemv_kernel.py's.
 
 M changes at every serving step: it is never specialised (`do_not_specialize`); BLOCK_M (1, 2, 4,
 8 or 16) is, so each M bucket compiles once. Tile configs come from `choose_config`: tuned values
 in fp8_gemv_configs.json (written by `benchmarks/tune_fp8_gemm.py --gemv`) keyed by "N,K" and M
 bucket, else `default_config`. The same file holds the dispatch threshold (`max_m_for`).
 
-Without scales (HAS_SCALE False, `launch(..., scales=None)`) the same kernel multiplies a bf16 /
-fp16 weight: the dense GEMV of dense_gemv.py, with its own tuned table.
+Without scales the same kernel multiplies a bf16 / fp16 weight: the dense GEMV of dense_gemv.py,
+with its own tuned table.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
 
 # one M-bucket rule, tuned-table lookup and cached json reader for both fp8 kernels
-from radixlm.runtime.kernels.triton import pdl
-from radixlm.runtime.kernels.triton.fp8_gemm import TileConfig, load_config_file, tuned_entry
+from radixlm.runtime.kernels.triton.fp8_gemm import load_config_file, tuned_entry
+from radixlm.runtime.kernels.triton.gemv_kernel import M_BUCKETS, MAX_M, GemvConfig, block_m_for, launch
+
+__all__ = ["MAX_M", "M_BUCKETS", "GemvConfig", "block_m_for", "w8a16_block_fp8_matmul", "choose_config"]
 
 FP8_DTYPE = torch.float8_e4m3fn  # as reference.py; not imported, so this module needs only torch and triton
 
 CONFIG_FILE = Path(__file__).with_name("fp8_gemv_configs.json")
-MAX_M = 16  # the largest M this kernel takes: beyond it the weights stop being the bottleneck
-M_BUCKETS = (1, 2, 4, 8, 16)  # BLOCK_M values, and the M buckets of the tuned table
 # programs the default config aims for: about 4 per SM of an H100 (132 SMs), so that enough weight
 # loads are in flight; more splits would add partial sums to reduce for little gain
 TARGET_PROGRAMS = 512
-
-
-@dataclasses.dataclass(frozen=True)
-class Fp8GemvConfig(TileConfig):
-    BLOCK_N: int
-    BLOCK_K: int
-    SPLIT_K: int = 1
-    num_warps: int = 4
-    num_stages: int = 1  # > 1: Triton pipelines the tile loads through shared memory (cp.async)
-
-
-def block_m_for(m: int) -> int:
-    """BLOCK_M: M's next power of two (>= 1), the rows one program holds."""
-    assert 0 < m <= MAX_M, f"the GEMV takes 1 <= M <= {MAX_M}, got {m}"
-    return 1 << (m - 1).bit_length()
 
 
 def load_configs(path: str | Path | None = None) -> dict:
@@ -120,7 +75,7 @@ def _largest_pow2_divisor(x: int, cap: int) -> int:
     return min(x & -x, cap)
 
 
-def default_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 128)) -> Fp8GemvConfig:
+def default_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 128)) -> GemvConfig:
     """Untuned tiles: BLOCK_K = 128 (with 4 warps, 16 contiguous weight bytes a thread per 16 columns:
     one 16-byte load), 32 columns a program up to M = 4 (two loads in flight a thread), 16 beyond
     (the [BLOCK_M, BLOCK_N, BLOCK_K] product's registers grow with M), 8 warps at M = 16; no
@@ -136,161 +91,23 @@ def default_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 1
     split_k = 1
     while tiles_n * split_k < TARGET_PROGRAMS and k_steps // (split_k * 2) >= 4:
         split_k *= 2
-    return Fp8GemvConfig(
+    return GemvConfig(
         BLOCK_N=block_n_tile, BLOCK_K=block_k_tile, SPLIT_K=split_k, num_warps=8 if m > 8 else 4, num_stages=1
     )
 
 
 def choose_config(
     m: int, n: int, k: int, block_size: tuple[int, int] = (128, 128), configs: dict | None = None
-) -> Fp8GemvConfig:
+) -> GemvConfig:
     """The tuned config for (N, K) at M's bucket when the table has one (tuned for this block size,
     its tiles dividing the blocks), else `default_config`. configs: a table in the JSON file's
     format (default: fp8_gemv_configs.json)."""
     entry = tuned_entry(load_configs() if configs is None else configs, m, n, k, block_size)
     if entry is not None:
-        cfg = Fp8GemvConfig.from_dict(entry)
+        cfg = GemvConfig.from_dict(entry)
         if block_size[0] % cfg.BLOCK_N == 0 and block_size[1] % cfg.BLOCK_K == 0:
             return cfg
     return default_config(m, n, k, block_size)
-
-
-@triton.jit
-def _accumulate(acc, x, w, s_ptr, k0, stride_ws_k, BLOCK_SCALE_K: tl.constexpr, HAS_SCALE: tl.constexpr):
-    """acc + one K step's [BLOCK_M, BLOCK_N] partial products, times the step's block scale."""
-    part = tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=2)  # [BLOCK_M, BLOCK_N, BLOCK_K] summed over K
-    if HAS_SCALE:  # e4m3 -> fp32 is exact: one multiply by the block's scale a step
-        part = part * tl.load(s_ptr + (k0 // BLOCK_SCALE_K) * stride_ws_k)  # BLOCK_K divides block_k
-    return acc + part
-
-
-@triton.jit(do_not_specialize=["M", "split_k"])
-def _gemv_kernel(
-    x_ptr,
-    w_ptr,
-    ws_ptr,
-    c_ptr,
-    part_ptr,
-    count_ptr,
-    M,
-    N,
-    K,
-    k_per_split,  # K range of one program along grid dim 1: a multiple of BLOCK_K
-    split_k,  # programs along K (grid dim 1); a launch argument, so each SPLIT_K compiles no variant
-    stride_xm,
-    stride_xk,
-    stride_wn,
-    stride_wk,
-    stride_ws_n,
-    stride_ws_k,
-    stride_cm,
-    stride_cn,
-    stride_ps,
-    stride_pm,  # the fp32 partials [SPLIT_K, M, N] (SPLIT_K > 1), last dim contiguous
-    BLOCK_SCALE_N: tl.constexpr,  # block_n of the weight scales; a multiple of BLOCK_N
-    BLOCK_SCALE_K: tl.constexpr,  # block_k; a multiple of BLOCK_K
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K masks
-    NUM_STAGES: tl.constexpr,
-    HAS_SCALE: tl.constexpr = True,  # False: a bf16/fp16/fp32 weight without scales (dense_gemv.py)
-    USE_PDL: tl.constexpr = False,  # launched with PDL (pdl.py)
-):
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    rows = (offs_m % M).to(tl.int64)  # clamped: rows past M re-read valid rows, never stored
-    cols = (offs_n % N).to(tl.int64)
-    k_start = pid_k * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
-
-    # 3-D pointer tiles: the weight load's layout carries over to the product (module doc)
-    ks = (k_start + offs_k)[None, None, :]
-    x_ptrs = x_ptr + rows[:, None, None] * stride_xm + ks * stride_xk  # [BLOCK_M, 1, BLOCK_K]
-    w_ptrs = w_ptr + cols[None, :, None] * stride_wn + ks * stride_wk  # [1, BLOCK_N, BLOCK_K]
-    s_ptr = ws_ptr + (pid_n * BLOCK_N // BLOCK_SCALE_N).to(tl.int64) * stride_ws_n  # the tile's scale row
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_loop = k_start
-    if USE_PDL:
-        # the first step's weight tile is read before the wait: no kernel of the step writes
-        # weights, so this read may overlap the kernel ahead (pdl.py); every split has a step
-        first_k = (k_start + offs_k)[None, None, :] < K
-        if EVEN_K:
-            w = tl.load(w_ptrs)
-        else:
-            w = tl.load(w_ptrs, mask=first_k, other=0.0)
-        tl.extra.cuda.gdc_wait()
-        if EVEN_K:
-            x = tl.load(x_ptrs)
-        else:
-            x = tl.load(x_ptrs, mask=first_k, other=0.0)
-        acc = _accumulate(acc, x, w, s_ptr, k_start, stride_ws_k, BLOCK_SCALE_K, HAS_SCALE)
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
-        k_loop = k_start + BLOCK_K
-    for k0 in tl.range(k_loop, k_end, BLOCK_K, num_stages=NUM_STAGES):
-        if EVEN_K:
-            x = tl.load(x_ptrs)
-            w = tl.load(w_ptrs)
-        else:
-            in_k = (k0 + offs_k)[None, None, :] < K  # only the last step of the last split is partial
-            x = tl.load(x_ptrs, mask=in_k, other=0.0)
-            w = tl.load(w_ptrs, mask=in_k, other=0.0)
-        acc = _accumulate(acc, x, w, s_ptr, k0, stride_ws_k, BLOCK_SCALE_K, HAS_SCALE)
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
-    if USE_PDL:  # the weights are read: the next kernel may start and read its own
-        tl.extra.cuda.gdc_launch_dependents()
-
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
-    if split_k == 1:
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
-    else:
-        part = part_ptr + offs_m.to(tl.int64)[:, None] * stride_pm + offs_n[None, :]
-        tl.store(part + pid_k.to(tl.int64) * stride_ps, acc, mask=mask)
-        tl.debug_barrier()  # every thread's partials stored before the ticket is taken (release)
-        ticket = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-        if ticket == split_k - 1:  # the last of the tile's programs: the others' partials are visible
-            tl.debug_barrier()
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in range(split_k):  # in index order: the same sum whoever came last
-                total += tl.load(part + s * stride_ps, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(c_ptrs, total.to(c_ptr.dtype.element_ty), mask=mask)
-            tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed", scope="gpu")  # ready for the next launch
-
-
-_COUNTERS: dict[tuple[str, int | None], torch.Tensor] = {}
-COUNTER_SLOTS = 1 << 16  # column tiles a launch may have: N / BLOCK_N <= 65536
-
-
-def _tile_counters(device: torch.device) -> torch.Tensor:
-    """The zeroed int32 tile counters of split-K launches on this device (every launch leaves them
-    0). Made on first use, which must not be inside CUDA-graph capture: `prepare` makes them at
-    model load."""
-    device = torch.device(device)
-    key = (
-        device.type,
-        device.index if device.index is not None or device.type != "cuda" else torch.cuda.current_device(),
-    )
-    counters = _COUNTERS.get(key)
-    if counters is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                "fp8_gemv: split-K tile counters must be made before CUDA-graph capture "
-                "(call fp8_gemv.prepare(device) first)"
-            )
-        counters = _COUNTERS[key] = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=device)
-    return counters
-
-
-def prepare(device: torch.device) -> None:
-    """Make this device's split-K tile counters (before any CUDA graph is captured)."""
-    _tile_counters(device)
 
 
 def w8a16_block_fp8_matmul(
@@ -299,18 +116,25 @@ def w8a16_block_fp8_matmul(
     w_scale_inv: torch.Tensor,
     block_size: tuple[int, int] = (128, 128),
     out_dtype: torch.dtype | None = None,
-    config: Fp8GemvConfig | dict | None = None,
+    config: GemvConfig | dict | None = None,
     out: torch.Tensor | None = None,
+    gated: bool = False,
 ) -> torch.Tensor:
     """x [M, K] (bf16 / fp16 / fp32, 1 <= M <= MAX_M) @ w^T with w_q [N, K] e4m3 (contiguous last
     dim) and w_scale_inv fp32 [ceil(N / block_n), ceil(K / block_k)] -> out [M, N] in out_dtype
     (default x's dtype), fp32 accumulation, x unquantised. config: tiles (default
-    `choose_config(M, N, K, block_size)`); out: an [M, N] buffer to write instead of a new one."""
+    `choose_config(M, N, K, block_size)`); out: an [M, N] buffer to write instead of a new one.
+    gated: x is a gated MLP's gate_up [M, 2K] and the product is silu_and_mul(x) @ w^T, the
+    activation computed as the weights stream (the same bits as the two kernels)."""
     block_n, block_k = block_size
-    assert x.dim() == 2 and w_q.dim() == 2 and x.shape[1] == w_q.shape[1], (x.shape, w_q.shape)
+    k_in = x.shape[1] // 2 if gated else x.shape[1]
+    assert x.dim() == 2 and w_q.dim() == 2 and x.shape[1] == w_q.shape[1] * (2 if gated else 1), (
+        x.shape,
+        w_q.shape,
+    )
     assert x.dtype in (torch.bfloat16, torch.float16, torch.float32), x.dtype
     assert w_q.dtype == FP8_DTYPE and w_q.stride(1) == 1, "w_q: e4m3 with a contiguous last dim"
-    m, k = x.shape
+    m, k = x.shape[0], k_in
     n = w_q.shape[0]
     assert m <= MAX_M, f"the GEMV takes M <= {MAX_M} (got {m}); use fp8_gemm for larger M"
     assert (
@@ -328,73 +152,10 @@ def w8a16_block_fp8_matmul(
     if config is None:
         config = choose_config(m, n, k, block_size)
     elif isinstance(config, dict):
-        config = Fp8GemvConfig.from_dict(config)
+        config = GemvConfig.from_dict(config)
     assert block_n % config.BLOCK_N == 0, f"BLOCK_N {config.BLOCK_N} must divide block_n {block_n}"
     assert block_k % config.BLOCK_K == 0, f"BLOCK_K {config.BLOCK_K} must divide block_k {block_k}"
     assert config.BLOCK_K >= 16 and config.SPLIT_K >= 1, config
 
-    launch(x, w_q, w_scale_inv, block_size, config, out)
+    launch(x, w_q, w_scale_inv, block_size, config, out, gated=gated)
     return out
-
-
-def launch(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    scales: torch.Tensor | None,
-    scale_block: tuple[int, int],
-    config: Fp8GemvConfig,
-    out: torch.Tensor,
-) -> None:
-    """Run the kernel on checked operands: out [M, N] = x [M, K] @ w [N, K]^T, each [BLOCK_N, BLOCK_K]
-    step times its block scale when `scales` is given (scale_block: its block_n, block_k; with
-    scales=None, any tile sizes: the dense GEMV, dense_gemv.py). M, N, K > 0."""
-    m, k = x.shape
-    n = w.shape[0]
-    # each split gets whole BLOCK_K steps; fewer splits than asked when K has fewer steps, and
-    # none left empty (every partial slice is written)
-    k_steps = triton.cdiv(k, config.BLOCK_K)
-    k_per_split = triton.cdiv(k_steps, min(config.SPLIT_K, k_steps)) * config.BLOCK_K
-    split_k = triton.cdiv(k, k_per_split)
-    tiles_n = triton.cdiv(n, config.BLOCK_N)
-    counters = _tile_counters(x.device)
-    assert tiles_n <= COUNTER_SLOTS, f"{tiles_n} column tiles exceed the {COUNTER_SLOTS} split-K counters"
-    # SPLIT_K 1 never touches the partials: any fp32 pointer types the argument (the counters' memory)
-    parts = (
-        torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
-        if split_k > 1
-        else counters.view(torch.float32)[None, None]
-    )
-    _gemv_kernel[(tiles_n, split_k)](
-        x,
-        w,
-        scales if scales is not None else counters,  # never read without scales: any pointer types it
-        out,
-        parts,
-        counters,
-        m,
-        n,
-        k,
-        k_per_split,
-        split_k,
-        x.stride(0),
-        x.stride(1),
-        w.stride(0),
-        w.stride(1),
-        scales.stride(0) if scales is not None else 0,
-        scales.stride(1) if scales is not None else 0,
-        out.stride(0),
-        out.stride(1),
-        parts.stride(0),
-        parts.stride(1),
-        BLOCK_SCALE_N=scale_block[0],
-        BLOCK_SCALE_K=scale_block[1],
-        BLOCK_M=block_m_for(m),
-        BLOCK_N=config.BLOCK_N,
-        BLOCK_K=config.BLOCK_K,
-        EVEN_K=k % config.BLOCK_K == 0,
-        NUM_STAGES=config.num_stages,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-        HAS_SCALE=scales is not None,
-        **pdl.launch_options(x, m),
-    )

@@ -19,7 +19,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from radixlm.runtime.kernels import ops  # noqa: E402
-from radixlm.runtime.kernels.triton import dense_gemv, fp8_gemv  # noqa: E402
+from radixlm.runtime.kernels.triton import dense_gemv, fp8_gemv, gemv_kernel  # noqa: E402
 from radixlm.runtime.layers.decoder_blocks import DenseLinear  # noqa: E402
 
 if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
@@ -56,7 +56,7 @@ def test_dense_gemv_matches_fp64(m, n, k, config, dtype):
 
 def test_dense_gemv_more_splits_than_k_steps_and_counters_reset():
     assert run(2, 64, 100, torch.float32, {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 8}) < 1e-5
-    counters = fp8_gemv._tile_counters(torch.device("cpu"))
+    counters = gemv_kernel._tile_counters(torch.device("cpu"))
     assert int(counters.abs().sum()) == 0, "a split-K launch left a tile counter set"
 
 
@@ -125,3 +125,46 @@ def test_dense_linear_module_equals_nn_linear_on_cpu():
     plain.load_state_dict(layer.state_dict())
     x = torch.randn(5, 32)
     assert torch.equal(layer(x), plain(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(
+    "m, n, k, config",
+    [
+        (1, 64, 512, None),  # default tiles, split-K
+        (3, 40, 300, {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2}),  # partial last K step, clamped row
+    ],
+)
+def test_gated_gemv_equals_silu_and_mul_then_gemv(m, n, k, config, dtype):
+    """gated=True computes silu_and_mul(gate_up) inside the GEMV: the same bits as the activation
+    kernel followed by the plain GEMV with the same tiles."""
+    from radixlm.runtime.kernels.triton import activation
+
+    gen = torch.Generator().manual_seed(m * 7 + n * 131 + k)
+    gate_up = (torch.randn(m, 2 * k, generator=gen) * 2).to(dtype)
+    w = (torch.randn(n, k, generator=gen) * 0.05).to(dtype)
+    fused = torch.full((m, n), float("nan"), dtype=dtype)
+    dense_gemv.dense_gemv(gate_up, w, config=config, out=fused, gated=True)
+    plain = dense_gemv.dense_gemv(activation.silu_and_mul(gate_up), w, config=config)
+    assert torch.equal(fused, plain)
+    with pytest.raises(ValueError, match="gate_up \\[M, 2K\\]"):
+        dense_gemv.dense_gemv(gate_up[:, :-1], w, gated=True)
+
+
+def test_gated_mlp_down_projection_takes_the_fused_gemv(monkeypatch):
+    """`DenseLinear.forward_silu_gated` (the gated MLP's down projection) on the GEMV route is one
+    gated GEMV with the same result as silu_and_mul then the linear; elsewhere the two steps."""
+    calls = []
+    real = dense_gemv.dense_gemv
+    monkeypatch.setattr(ops, "uses_triton", lambda x: True)
+    monkeypatch.setattr(dense_gemv, "max_m_for", lambda n, k, dtype: 2)
+    monkeypatch.setattr(
+        dense_gemv, "dense_gemv", lambda x, w, gated=False: calls.append(gated) or real(x, w, gated=gated)
+    )
+    torch.manual_seed(1)
+    layer = DenseLinear(64, 48, bias=False).half()
+    for rows in (1, 3):  # 1 row: the fused GEMV; 3 rows: silu_and_mul then F.linear
+        gate_up = torch.randn(rows, 128).half()
+        expected = ops.dense_linear(ops.silu_and_mul(gate_up), layer.weight)
+        assert torch.equal(layer.forward_silu_gated(gate_up), expected)
+    assert calls == [False, True]  # rows=1: the plain GEMV of the expected value, then the fused one

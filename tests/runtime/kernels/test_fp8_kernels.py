@@ -36,6 +36,7 @@ from radixlm.runtime.kernels.triton import (  # noqa: E402
     fp8_gemm,
     fp8_gemv,
     fp8_quant,
+    gemv_kernel,
 )
 from radixlm.runtime.kernels.triton.fp8_gemm import (  # noqa: E402 -- imports triton: after importorskip
     M_BUCKETS,
@@ -46,7 +47,7 @@ from radixlm.runtime.kernels.triton.fp8_gemm import (  # noqa: E402 -- imports t
     load_configs,
     w8a8_block_fp8_matmul,
 )
-from radixlm.runtime.kernels.triton.fp8_gemv import Fp8GemvConfig, w8a16_block_fp8_matmul  # noqa: E402
+from radixlm.runtime.kernels.triton.fp8_gemv import GemvConfig, w8a16_block_fp8_matmul  # noqa: E402
 from radixlm.runtime.kernels.triton.fp8_quant import per_token_group_quant_fp8  # noqa: E402
 
 if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
@@ -375,9 +376,9 @@ def run_gemv(m, n, k, x_dtype, config=None, block=(128, 128)):
 @pytest.mark.parametrize(
     "n,k,config",
     [
-        (200, 256, Fp8GemvConfig(BLOCK_N=32, BLOCK_K=128, SPLIT_K=1)),  # N not a multiple of the tile
-        (200, 300, Fp8GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3)),  # K partial; 5 steps in 3 splits of 2
-        (96, 1000, Fp8GemvConfig(BLOCK_N=64, BLOCK_K=128, SPLIT_K=4, num_warps=2)),  # K partial, 4 splits
+        (200, 256, GemvConfig(BLOCK_N=32, BLOCK_K=128, SPLIT_K=1)),  # N not a multiple of the tile
+        (200, 300, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3)),  # K partial; 5 steps in 3 splits of 2
+        (96, 1000, GemvConfig(BLOCK_N=64, BLOCK_K=128, SPLIT_K=4, num_warps=2)),  # K partial, 4 splits
         (130, 384, None),  # the default config
     ],
 )
@@ -388,8 +389,8 @@ def test_gemv_matches_reference(m, n, k, config, x_dtype):
 @pytest.mark.parametrize(
     "block,config",
     [
-        ((64, 128), Fp8GemvConfig(BLOCK_N=64, BLOCK_K=128, SPLIT_K=2)),  # block_n 64: a tile in one scale row
-        ((128, 64), Fp8GemvConfig(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2)),  # block_k 64: one scale a K step
+        ((64, 128), GemvConfig(BLOCK_N=64, BLOCK_K=128, SPLIT_K=2)),  # block_n 64: a tile in one scale row
+        ((128, 64), GemvConfig(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2)),  # block_k 64: one scale a K step
         ((64, 128), None),  # the default with block_n 64
         ((96, 128), None),  # block_n 96: tiles of 32 (its largest power-of-two divisor caps BLOCK_N)
     ],
@@ -403,12 +404,27 @@ def test_gemv_more_splits_than_k_steps():
     assert run_gemv(2, 64, 200, torch.float32, {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT_K": 8}) < 1e-5
 
 
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m, config", [(1, None), (3, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3))])
+def test_gated_gemv_equals_silu_and_mul_then_gemv(m, config, x_dtype):
+    """gated=True computes silu_and_mul(gate_up) inside the GEMV: bit for bit the activation kernel
+    followed by the plain GEMV with the same tiles (K 300: a partial last step)."""
+    from radixlm.runtime.kernels.triton.activation import silu_and_mul
+
+    n, k = 130, 300
+    gate_up = torch.randn(m, 2 * k).to(x_dtype) * 2
+    w_q, w_s = ref.block_quant_fp8(torch.randn(n, k) * 0.05)
+    fused = torch.full((m, n), float("nan"), dtype=x_dtype)
+    w8a16_block_fp8_matmul(gate_up, w_q, w_s, config=config, out=fused, gated=True)
+    assert torch.equal(fused, w8a16_block_fp8_matmul(silu_and_mul(gate_up), w_q, w_s, config=config))
+
+
 def test_gemv_split_k_tile_counters_return_to_zero():
     """Split-K programs take tickets from per-tile counters; the last one reduces and resets its
     counter, so consecutive launches (other shapes, other splits) start from zero and agree."""
     x = torch.randn(4, 1000)
     w_q, w_s = ref.block_quant_fp8(torch.randn(300, 1000) * 0.05)
-    counters = fp8_gemv._tile_counters(torch.device("cpu"))
+    counters = gemv_kernel._tile_counters(torch.device("cpu"))
     outs = []
     for split in (2, 4, 8, 4):
         cfg = {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT_K": split}
@@ -445,9 +461,9 @@ def test_gemv_empty_and_zero_k():
 def test_gemv_rejects_bad_input():
     x, w_q, w_s = gemv_operands(4, 128, 256, (64, 128), torch.float32)
     with pytest.raises(AssertionError):  # BLOCK_N 128 straddles two block_n=64 scale blocks
-        w8a16_block_fp8_matmul(x, w_q, w_s, (64, 128), config=Fp8GemvConfig(BLOCK_N=128, BLOCK_K=128))
+        w8a16_block_fp8_matmul(x, w_q, w_s, (64, 128), config=GemvConfig(BLOCK_N=128, BLOCK_K=128))
     with pytest.raises(AssertionError):  # BLOCK_K 256 straddles two block_k=128 scales
-        w8a16_block_fp8_matmul(x, w_q, w_s, (64, 128), config=Fp8GemvConfig(BLOCK_N=16, BLOCK_K=256))
+        w8a16_block_fp8_matmul(x, w_q, w_s, (64, 128), config=GemvConfig(BLOCK_N=16, BLOCK_K=256))
     with pytest.raises(AssertionError):  # scales of the wrong shape
         w8a16_block_fp8_matmul(x, w_q, w_s[:, :1], (64, 128))
     with pytest.raises(AssertionError):  # M past the GEMV's range
@@ -478,7 +494,7 @@ def test_gemv_shipped_config_file():
         n, k = map(int, shape.split(","))
         assert {int(b) for b in by_m} <= set(fp8_gemv.M_BUCKETS)
         for bucket, d in by_m.items():
-            cfg = Fp8GemvConfig.from_dict(d)
+            cfg = GemvConfig.from_dict(d)
             assert cfg.to_dict() == d, "every field given, no others"
             assert 128 % cfg.BLOCK_N == 0 and 128 % cfg.BLOCK_K == 0 and cfg.BLOCK_K >= 16
             assert cfg.SPLIT_K >= 1 and cfg.num_warps in (1, 2, 4, 8) and 1 <= cfg.num_stages <= 6
@@ -495,8 +511,8 @@ def test_gemv_choose_config_and_threshold_lookup():
         "512,256": {"2": small, "16": big},
     }
     choose = fp8_gemv.choose_config
-    assert choose(1, 512, 256, configs=table) == choose(2, 512, 256, configs=table) == Fp8GemvConfig(**small)
-    assert choose(3, 512, 256, configs=table) == choose(16, 512, 256, configs=table) == Fp8GemvConfig(**big)
+    assert choose(1, 512, 256, configs=table) == choose(2, 512, 256, configs=table) == GemvConfig(**small)
+    assert choose(3, 512, 256, configs=table) == choose(16, 512, 256, configs=table) == GemvConfig(**big)
     assert choose(3, 512, 512, configs=table) == fp8_gemv.default_config(3, 512, 512)
     assert choose(3, 512, 256, (64, 128), configs=table) == fp8_gemv.default_config(3, 512, 256, (64, 128))
     assert choose(3, 512, 256, configs={}) == fp8_gemv.default_config(3, 512, 256)
@@ -725,7 +741,8 @@ def test_silu_and_mul_quant_matches_the_two_kernels(dtype, m, inter, group):
 
 
 def test_fp8_silu_gated_linear_routes_like_fp8_linear(triton_fp8_linear):
-    """The gated down projection: at GEMV sizes silu_and_mul then the GEMV; at W8A8 sizes the fused
+    """The gated down projection: at GEMV sizes the GEMV computing the activation itself (the bits
+    of silu_and_mul then the GEMV); at W8A8 sizes the fused
     activation-quantisation kernel (not the plain quantiser) then the GEMM; the same math as
     fp8_linear(silu_and_mul(gate_up)) on either route and on the reference path."""
     calls = triton_fp8_linear
@@ -747,6 +764,9 @@ def test_fp8_silu_gated_linear_routes_like_fp8_linear(triton_fp8_linear):
                 rel_err(y, ref.fp8_block_linear(h, w_q, w_s, None, quantize_x=not expect_gemv))
                 < LINEAR_TOL_W8A8
             )
+            if expect_gemv:
+                two_kernels = ops.fp8_linear(ops.silu_and_mul(gate_up), w_q, w_s, None, (128, 128))
+                assert torch.equal(y, two_kernels)
             a_q, a_s = fp8_quant.silu_and_mul_quant_fp8(gate_up, 128)
             if not expect_gemv:  # the same math on the kernel's own quantised activation
                 assert rel_err(y, ref.w8a8_block_fp8_matmul(a_q, a_s, w_q, w_s)) < LINEAR_TOL_SAME_MATH

@@ -56,4 +56,28 @@ def test_never_under_the_interpreter_or_on_cpu(monkeypatch):
         pdl._max_rows.cache_clear()
     cpu = torch.zeros(1)
     assert not pdl.enabled(cpu, 1)
-    assert pdl.launch_options(cpu, 1) == {"USE_PDL": False}  # no launch_pdl: the interpreter rejects it
+    # no launch_pdl: the interpreter rejects it
+    assert pdl.launch_options(cpu, 1) == {"USE_PDL": False, "PDL_EARLY": False}
+
+
+def test_gemv_prefetches_weights_within_the_budget_and_aligned(monkeypatch):
+    """The GEMV's L2 prefetch (under PDL) takes weights up to RADIXLM_GEMV_PREFETCH_MB megabytes
+    whose rows start 16-byte aligned and are contiguous, as the bulk prefetch needs."""
+    from radixlm.runtime.kernels.triton import gemv_kernel
+
+    w = torch.zeros(64, 4096, dtype=torch.bfloat16)  # 0.52 MB
+    try:
+        monkeypatch.setenv(gemv_kernel.PREFETCH_ENV, "1")
+        gemv_kernel._prefetch_budget_bytes.cache_clear()
+        assert gemv_kernel._prefetches(w)
+        assert not gemv_kernel._prefetches(torch.zeros(256, 4096, dtype=torch.bfloat16))  # 2.1 MB
+        assert not gemv_kernel._prefetches(w[:, 1:])  # rows start 2 bytes past 16-byte alignment
+        assert not gemv_kernel._prefetches(
+            torch.zeros(64, 4100, dtype=torch.bfloat16)[:, :4096]
+        )  # 8200-byte rows
+        assert not gemv_kernel._prefetches(w.t())  # not contiguous along K
+        monkeypatch.setenv(gemv_kernel.PREFETCH_ENV, "0")
+        gemv_kernel._prefetch_budget_bytes.cache_clear()
+        assert not gemv_kernel._prefetches(w)
+    finally:
+        gemv_kernel._prefetch_budget_bytes.cache_clear()
