@@ -45,7 +45,6 @@ import gc
 import json
 import math
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -116,21 +115,12 @@ ENV_ABLATIONS = {
     "radixlm-no-pdl": {"RADIXLM_PDL": "0"},
     "radixlm-fp8-no-pdl": {"RADIXLM_PDL": "0"},
     "radixlm-pdl-16": {"RADIXLM_PDL": "16"},
-    "radixlm-pdl-late": {"RADIXLM_PDL_EARLY": "0"},
-    "radixlm-fp8-pdl-late": {"RADIXLM_PDL_EARLY": "0"},
     "radixlm-no-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "0"},
     "radixlm-fp8-no-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "0"},
+    "radixlm-no-attn-prefetch": {"RADIXLM_ATTN_PREFETCH_MB": "0"},
+    "radixlm-fp8-no-attn-prefetch": {"RADIXLM_ATTN_PREFETCH_MB": "0"},
+    "radixlm-fp8-attn-prefetch-17": {"RADIXLM_ATTN_PREFETCH_MB": "17"},
 }
-# "[fp8-]prefetch-N": the GEMV's L2 prefetch for weights up to N MB (gemv_kernel.py)
-PREFETCH_ABLATION = re.compile(r"(fp8-)?prefetch-(\d+)")
-
-
-def ablation_env(name: str) -> dict[str, str]:
-    """The environment an engine (named "radixlm-<ablation>") starts with."""
-    match = PREFETCH_ABLATION.fullmatch(name.removeprefix("radixlm-"))
-    if match:
-        return {"RADIXLM_GEMV_PREFETCH_MB": match.group(2)}
-    return ENV_ABLATIONS.get(name, {})
 
 
 def median_time(fn: Callable[[], Any], reps: int, device: str) -> tuple[float, list[float]]:
@@ -493,19 +483,16 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("radixlm-pdl-16", {}, batch_sizes, False))
     if "fp8-no-pdl" in ablations:
         configs.append(("radixlm-fp8-no-pdl", {"quantization": "fp8"}, batch_sizes, False))
-    if "pdl-late" in ablations:  # each kernel releases the next after its wait, not at its start
-        configs.append(("radixlm-pdl-late", {}, batch_sizes, False))
-    if "fp8-pdl-late" in ablations:
-        configs.append(("radixlm-fp8-pdl-late", {"quantization": "fp8"}, batch_sizes, False))
     if "no-fused-silu" in ablations:  # silu_and_mul as its own kernel before the down GEMV
         configs.append(("radixlm-no-fused-silu", {}, batch_sizes, False))
     if "fp8-no-fused-silu" in ablations:
         configs.append(("radixlm-fp8-no-fused-silu", {"quantization": "fp8"}, batch_sizes, False))
-    for ablation in ablations:  # the GEMV's L2 prefetch up to N MB
-        match = PREFETCH_ABLATION.fullmatch(ablation)
-        if match:
-            extra = {"quantization": "fp8"} if match.group(1) else {}
-            configs.append((f"radixlm-{ablation}", extra, batch_sizes, False))
+    if "no-attn-prefetch" in ablations:  # no prefetch of o_proj's weight during attention
+        configs.append(("radixlm-no-attn-prefetch", {}, batch_sizes, False))
+    if "fp8-no-attn-prefetch" in ablations:
+        configs.append(("radixlm-fp8-no-attn-prefetch", {"quantization": "fp8"}, batch_sizes, False))
+    if "fp8-attn-prefetch-17" in ablations:  # a 17 MB budget: the fp8 o_proj, none of gate_up
+        configs.append(("radixlm-fp8-attn-prefetch-17", {"quantization": "fp8"}, batch_sizes, False))
     if "no-overlap" in ablations:
         configs.append(("radixlm-no-overlap", {"overlap_schedule": "off"}, batch_sizes, False))
     if "no-cuda-graph" in ablations:
@@ -516,9 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, extra, sizes, prefill in configs:
         t = time.perf_counter()
         # kernel choices reach the scheduler process through its environment (read when it starts)
-        for var in {var for env in ENV_ABLATIONS.values() for var in env} | {"RADIXLM_GEMV_PREFETCH_MB"}:
+        for var in {var for env in ENV_ABLATIONS.values() for var in env}:
             os.environ.pop(var, None)
-        os.environ.update(ablation_env(name))
+        os.environ.update(ENV_ABLATIONS.get(name, {}))
         engine = RadixEngine(folder, {**base, **extra})
         engine_info[name] = {
             k: engine.info.get(k)

@@ -222,9 +222,9 @@ case "$MODE" in
     ;;
   floor)  # issue 25: batch-1 decode against the byte floor (~9 min on an H100). Tune the dense (bf16) GEMV
     # against cuBLAS (rewrites dense_gemv_configs.json in this tree; copied to $OUT: commit it from there),
-    # then the 8B shape in one process: bf16 beside no-dense-gemv (cuBLAS at every M) and no-pdl, fp8
-    # beside fp8-no-pdl and fp8 with an fp8 LM head, at batch 1 and 64; then the GPU tests of the
-    # changed kernels and the kernel-by-kernel profile of the same tree
+    # then the 8B shape in one process: bf16 and fp8 each beside their runs without PDL and without
+    # the attention's weight prefetch, fp8 also without the gated GEMV and with an fp8 LM head, at
+    # batch 1 and 64; then the GPU tests of the changed kernels and the kernel-by-kernel profile
     if [ "${TUNE:-1}" = 1 ]; then  # TUNE=0: the committed table as it is
       timeout 130 python3 benchmarks/tune_dense_gemv.py --m ${TUNE_M:-1 2} --quick --reps 15 \
         --results "$OUT/tune-dense-gemv.json" 2>&1 | tee "$OUT/tune-dense-gemv.log" | grep -E "^dense|thresholds|FAILURE|Error"
@@ -233,11 +233,11 @@ case "$MODE" in
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
       --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
     timeout ${BENCH_TIMEOUT:-240} python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
-      --engines radixlm --ablations "${ABLATIONS:-no-dense-gemv,no-pdl,fp8,fp8-no-pdl,fp8-lm-head}" --batch-sizes "${BATCHES:-1,64}" \
+      --engines radixlm --ablations "${ABLATIONS:-no-pdl,no-attn-prefetch,fp8,fp8-no-pdl,fp8-no-attn-prefetch,fp8-attn-prefetch-17,fp8-no-fused-silu,fp8-lm-head}" --batch-sizes "${BATCHES:-1,64}" \
       --reps 3 --out "$OUT/offline-floor.json" > "$OUT/offline-floor.log" 2>&1
     grep -E "decode b=|prefill" "$OUT/offline-floor.log" | grep -v "^|"
     timeout 130 python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_kernels.py tests/gpu/test_gpu_fp8_kernels.py \
-      tests/gpu/test_gpu_engine.py tests/gpu/test_gpu_rotary_kv_store.py -x -k "${FLOOR_K:-dense_gemv or gemv or pdl or rotary or store_kv or fp32_greedy}" \
+      tests/gpu/test_gpu_engine.py tests/gpu/test_gpu_rotary_kv_store.py -x -k "${FLOOR_K:-pdl or gated or dense_gemv or gemv or rotary or store_kv or fp32_greedy}" \
       > "$OUT/gpu-tests-floor.log" 2>&1; tail -3 "$OUT/gpu-tests-floor.log"
     for Q in ${PROFILES-none fp8}; do  # PROFILES="": none
       timeout 50 python3 benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization $Q \

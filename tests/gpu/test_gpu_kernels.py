@@ -268,24 +268,22 @@ def test_dense_gemv(dtype, m, n, k):
         assert rel_err(out, expected) < 2 * rel_err(x @ w.t(), expected) + 1e-3
 
 
-def _set_pdl_env(monkeypatch, rows: str, early: str = "1", prefetch_mb: str = "0") -> None:
-    from radixlm.runtime.kernels.triton import gemv_kernel, pdl
+def _set_pdl_env(monkeypatch, rows: str, attn_prefetch_mb: str = "40") -> None:
+    from radixlm.runtime.kernels.triton import decode_attention, pdl
 
     monkeypatch.setenv(pdl.ENV, rows)
-    monkeypatch.setenv(pdl.EARLY_ENV, early)
-    monkeypatch.setenv(gemv_kernel.PREFETCH_ENV, prefetch_mb)
+    monkeypatch.setenv(decode_attention.PREFETCH_ENV, attn_prefetch_mb)
     pdl._max_rows.cache_clear()
-    pdl._early.cache_clear()
-    gemv_kernel._prefetch_budget_bytes.cache_clear()
+    decode_attention._prefetch_budget.cache_clear()
 
 
-@pytest.mark.parametrize("early, prefetch_mb", [("0", "0"), ("1", "0"), ("1", "1000")])
-def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch, early, prefetch_mb):
+@pytest.mark.parametrize("attn_prefetch_mb", ["0", "8", "40"])
+def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch, attn_prefetch_mb):
     """A decode layer's Triton chain (norm, GEMVs, activation, attention) captured in a CUDA graph
     with programmatic dependent launch gives bit-identical results to plain launches, replayed
-    on fresh inputs: a kernel that read ahead of its wait would read stale values. Each kernel
-    releasing the next after its wait or at its start (early), the GEMVs prefetching their
-    weights into L2 or not."""
+    on fresh inputs: a kernel that read ahead of its wait would read stale values. With the
+    attention prefetching none, part or all of the next GEMVs' weights into L2."""
+    from radixlm.runtime.kernels.triton import decode_attention as attention_module
     from radixlm.runtime.kernels.triton import fp8_gemv, pdl
 
     if torch.cuda.get_device_capability()[0] < 9:
@@ -304,7 +302,15 @@ def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch, early, pre
         x, res = fused_add_rmsnorm(x_in.clone(), res_in.clone(), norm_w, 1e-6)
         q = fp8_gemv.w8a16_block_fp8_matmul(x, w_q, w_s)  # [1, 1024]: 8 query heads of 128
         attn = decode_attention(
-            q.view(1, 8, 128), k_buf, v_buf, r2t, rows, seq_lens, 128**-0.5, num_kv_splits=4
+            q.view(1, 8, 128),
+            k_buf,
+            v_buf,
+            r2t,
+            rows,
+            seq_lens,
+            128**-0.5,
+            num_kv_splits=4,
+            prefetch=(w_gate_up, w_down),
         )
         gate_up = dense_gemv(attn.view(1, hidden), w_gate_up)
         h = dense_gemv(silu_and_mul(gate_up), w_down)
@@ -330,9 +336,12 @@ def test_pdl_chain_in_a_cuda_graph_equals_plain_launches(monkeypatch, early, pre
     ]
     _set_pdl_env(monkeypatch, "0")
     expected = run_all(inputs)
-    _set_pdl_env(monkeypatch, "1", early, prefetch_mb)
+    _set_pdl_env(monkeypatch, "1", attn_prefetch_mb)
     try:
         assert pdl.enabled(x_in)
+        # 0: none; 8: part of w_gate_up (11.5 MB); 40: it and w_down from its start
+        plan = attention_module.prefetch_plan((w_gate_up, w_down), 8 * 4)
+        assert len(plan) == {"0": 0, "8": 1, "40": 2}[attn_prefetch_mb]
         x_in.copy_(inputs[0][0])
         res_in.copy_(inputs[0][1])
         layer()  # compile the PDL variants outside capture

@@ -18,23 +18,17 @@ BLOCK = 1024
 
 @triton.jit
 def _silu_and_mul_kernel(
-    gu_ptr,
-    out_ptr,
-    stride_gu,
-    stride_o,
-    INTER,
-    BLOCK: tl.constexpr,
-    USE_PDL: tl.constexpr,
-    PDL_EARLY: tl.constexpr,
+    gu_ptr, out_ptr, stride_gu, stride_o, INTER, BLOCK: tl.constexpr, USE_PDL: tl.constexpr
 ):
-    pdl.release_early(USE_PDL, PDL_EARLY)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < INTER
-    pdl.wait(USE_PDL, PDL_EARLY)  # no weights to read ahead (pdl.py)
+    if USE_PDL:  # no weights to read ahead: wait, then let the next kernel start (pdl.py)
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     gate = tl.load(gu_ptr + row * stride_gu + offs, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(gu_ptr + row * stride_gu + INTER + offs, mask=mask, other=0.0).to(tl.float32)
-    y = gate / (1.0 + tl.exp(-gate)) * up  # fp8_gemv._load_x computes the same: keep them equal
+    y = gate / (1.0 + tl.exp(-gate)) * up  # gemv_kernel._load_x computes the same: keep them equal
     tl.store(out_ptr + row * stride_o + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 

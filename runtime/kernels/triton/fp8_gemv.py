@@ -20,7 +20,7 @@ scale covers a step. A step's [BLOCK_M, BLOCK_N] partial dot product over BLOCK_
 from the raw e4m3 values (exact in fp32) and multiplied by that one scale before it is added to
 the fp32 accumulator: BLOCK_M * BLOCK_N multiplies a step instead of one per weight.
 
-The kernel (layout, split-K, edges, PDL, prefetch) is gemv_kernel.py's.
+The kernel (layout, split-K, edges, PDL, the gated MLP's activation) is gemv_kernel.py's.
 
 M changes at every serving step: it is never specialised (`do_not_specialize`); BLOCK_M (1, 2, 4,
 8 or 16) is, so each M bucket compiles once. Tile configs come from `choose_config`: tuned values

@@ -32,11 +32,8 @@ Edges: rows past M (BLOCK_M is M's next power of two) and columns past N are cla
 `% N`) on load, so loads need no M/N mask and only the store is masked; a partial last K step
 (K not a multiple of BLOCK_K) loads its missing lanes as 0 (EVEN_K skips those masks).
 
-Batch-1 decode (PDL, pdl.py): the first weight tile is read before `gdc_wait`, and with PREFETCH
-the program's whole weight slice is bulk-prefetched into L2 first (sm_90's
-`cp.async.bulk.prefetch`, one instruction a row): with early release the programs start while the
-kernels ahead run, so their weights stream in meanwhile. `_prefetches` says which weights:
-those small enough to stay in L2 (RADIXLM_GEMV_PREFETCH_MB).
+Batch-1 decode (PDL, pdl.py): the first weight tile is read before `gdc_wait`, so that read
+overlaps the kernel ahead, and the next kernel is released once the weight loop is done.
 
 GATED: x is a gated MLP's gate_up [M, 2K] and each x step is silu(gate) * up, computed as
 activation.py's silu_and_mul computes it (the same bits), so the down projection needs no
@@ -46,8 +43,6 @@ separate activation kernel and no [M, K] activation in memory.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 
 import torch
 import triton
@@ -77,26 +72,6 @@ def block_m_for(m: int) -> int:
     return 1 << (m - 1).bit_length()
 
 
-PREFETCH_ENV = "RADIXLM_GEMV_PREFETCH_MB"
-PREFETCH_MB = 0.0  # weights up to this size are prefetched into L2 under PDL (see `_prefetches`)
-
-
-@functools.cache
-def _prefetch_budget_bytes() -> float:
-    value = os.environ.get(PREFETCH_ENV, "").strip()
-    return (float(value) if value else PREFETCH_MB) * 1e6
-
-
-def _prefetches(w: torch.Tensor) -> bool:
-    """Whether a PDL launch on weight w prefetches each program's slice into L2 before its wait:
-    for weights up to RADIXLM_GEMV_PREFETCH_MB megabytes (default PREFETCH_MB), small enough to
-    stay in L2 (50 MB on an H100) while the kernels ahead stream theirs, and rows that start
-    16-byte aligned, as the bulk prefetch requires."""
-    nbytes = w.numel() * w.element_size()
-    aligned = w.stride(1) == 1 and w.data_ptr() % 16 == 0 and (w.stride(0) * w.element_size()) % 16 == 0
-    return aligned and nbytes <= _prefetch_budget_bytes()
-
-
 @triton.jit
 def _accumulate(acc, x, w, s_ptr, k0, stride_ws_k, BLOCK_SCALE_K: tl.constexpr, HAS_SCALE: tl.constexpr):
     """acc + one K step's [BLOCK_M, BLOCK_N] partial products, times the step's block scale."""
@@ -123,20 +98,6 @@ def _load_x(ptrs, mask, up_offset, GATED: tl.constexpr, EVEN_K: tl.constexpr):
         gate = x.to(tl.float32)
         x = (gate / (1.0 + tl.exp(-gate)) * up).to(x.dtype)
     return x
-
-
-@triton.jit
-def _prefetch_l2(row_ptrs, row_bytes, BLOCK_N: tl.constexpr):
-    """Bulk-prefetch row_bytes (a multiple of 16, from 16-byte aligned row starts) of each of
-    BLOCK_N weight rows into L2 (sm_90's cp.async.bulk.prefetch): a hint, nothing waits for it."""
-    tl.inline_asm_elementwise(
-        "cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;",
-        "=r,l,r",
-        [row_ptrs, tl.full([BLOCK_N], 0, tl.int32) + row_bytes],
-        dtype=tl.int32,
-        is_pure=False,
-        pack=1,
-    )
 
 
 @triton.jit(do_not_specialize=["M", "split_k"])
@@ -171,11 +132,8 @@ def _gemv_kernel(
     NUM_STAGES: tl.constexpr,
     HAS_SCALE: tl.constexpr = True,  # False: a bf16/fp16/fp32 weight without scales (dense_gemv.py)
     USE_PDL: tl.constexpr = False,  # launched with PDL (pdl.py)
-    PDL_EARLY: tl.constexpr = False,
-    PREFETCH: tl.constexpr = False,  # under PDL: the program's weight slice into L2 before the wait
     GATED: tl.constexpr = False,  # x_ptr is gate_up [M, 2K]: x = silu(gate) * up (`_load_x`)
 ):
-    pdl.release_early(USE_PDL, PDL_EARLY)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -197,15 +155,12 @@ def _gemv_kernel(
     if USE_PDL:
         # the first step's weight tile is read before the wait: no kernel of the step writes
         # weights, so this read may overlap the kernel ahead (pdl.py); every split has a step
-        if PREFETCH:  # and the rest of the slice into L2, while the kernels ahead still run
-            row_bytes = (k_end - k_start) * (w_ptr.dtype.element_ty.primitive_bitwidth // 8) // 16 * 16
-            _prefetch_l2(w_ptr + cols * stride_wn + k_start * stride_wk, row_bytes, BLOCK_N)
         first_k = (k_start + offs_k)[None, None, :] < K
         if EVEN_K:
             w = tl.load(w_ptrs)
         else:
             w = tl.load(w_ptrs, mask=first_k, other=0.0)
-        pdl.wait(USE_PDL, PDL_EARLY, RELEASE=False)
+        tl.extra.cuda.gdc_wait()
         x = _load_x(x_ptrs, first_k, K * stride_xk, GATED, EVEN_K)
         acc = _accumulate(acc, x, w, s_ptr, k_start, stride_ws_k, BLOCK_SCALE_K, HAS_SCALE)
         x_ptrs += BLOCK_K * stride_xk
@@ -221,7 +176,8 @@ def _gemv_kernel(
         acc = _accumulate(acc, x, w, s_ptr, k0, stride_ws_k, BLOCK_SCALE_K, HAS_SCALE)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
-    pdl.release_late(USE_PDL, PDL_EARLY)  # the weights are read: the next kernel may read its own
+    if USE_PDL:  # the weights are read: the next kernel may start and read its own
+        tl.extra.cuda.gdc_launch_dependents()
 
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
@@ -292,7 +248,6 @@ def launch(
     split_k = triton.cdiv(k, k_per_split)
     tiles_n = triton.cdiv(n, config.BLOCK_N)
     counters = _tile_counters(x.device)
-    pdl_options = pdl.launch_options(x, m)
     assert tiles_n <= COUNTER_SLOTS, f"{tiles_n} column tiles exceed the {COUNTER_SLOTS} split-K counters"
     # SPLIT_K 1 never touches the partials: any fp32 pointer types the argument (the counters' memory)
     parts = (
@@ -332,7 +287,6 @@ def launch(
         num_warps=config.num_warps,
         num_stages=config.num_stages,
         HAS_SCALE=scales is not None,
-        PREFETCH=pdl_options["USE_PDL"] and _prefetches(w),
         GATED=gated,
-        **pdl_options,
+        **pdl.launch_options(x, m),
     )

@@ -33,23 +33,15 @@ def _inv_rms(r, N, eps):
 
 @triton.jit
 def _rmsnorm_kernel(
-    x_ptr,
-    w_ptr,
-    out_ptr,
-    stride_x,
-    stride_o,
-    N,
-    eps,
-    BLOCK: tl.constexpr,
-    USE_PDL: tl.constexpr,
-    PDL_EARLY: tl.constexpr,
+    x_ptr, w_ptr, out_ptr, stride_x, stride_o, N, eps, BLOCK: tl.constexpr, USE_PDL: tl.constexpr
 ):
-    pdl.release_early(USE_PDL, PDL_EARLY)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # a weight: before the wait (pdl.py)
-    pdl.wait(USE_PDL, PDL_EARLY)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     r = x.to(tl.float32)
     normed = (r * _inv_rms(r, N, eps)).to(x.dtype).to(tl.float32)  # rounded before the gain
@@ -58,23 +50,15 @@ def _rmsnorm_kernel(
 
 @triton.jit
 def _fused_add_rmsnorm_kernel(
-    x_ptr,
-    res_ptr,
-    w_ptr,
-    stride_x,
-    stride_r,
-    N,
-    eps,
-    BLOCK: tl.constexpr,
-    USE_PDL: tl.constexpr,
-    PDL_EARLY: tl.constexpr,
+    x_ptr, res_ptr, w_ptr, stride_x, stride_r, N, eps, BLOCK: tl.constexpr, USE_PDL: tl.constexpr
 ):
-    pdl.release_early(USE_PDL, PDL_EARLY)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # a weight: before the wait (pdl.py)
-    pdl.wait(USE_PDL, PDL_EARLY)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     res = tl.load(res_ptr + row * stride_r + offs, mask=mask, other=0.0)
     # like torch's half-precision add: exact fp32 sum, rounded once to the dtype

@@ -36,9 +36,7 @@ import triton
 import triton.language as tl
 
 ENV = "RADIXLM_PDL"
-EARLY_ENV = "RADIXLM_PDL_EARLY"
 MAX_ROWS = 1  # measured at batch 1 only; see above
-EARLY = True  # release the next kernel at the start of this one (see `release_early`)
 
 
 @functools.cache
@@ -49,12 +47,6 @@ def _max_rows(device_index: int) -> int:
     return int(value) if value.strip() else MAX_ROWS
 
 
-@functools.cache
-def _early() -> bool:
-    value = os.environ.get(EARLY_ENV, "").strip()
-    return EARLY if not value else value != "0"
-
-
 def enabled(t: torch.Tensor, rows: int = 1) -> bool:
     """Whether a kernel on `t`'s device over `rows` rows launches with PDL (and waits with `gdc_wait`)."""
     if not t.is_cuda:
@@ -63,41 +55,24 @@ def enabled(t: torch.Tensor, rows: int = 1) -> bool:
 
 
 def launch_options(t: torch.Tensor, rows: int) -> dict:
-    """Keyword arguments for a launch over `rows` rows on `t`'s device: the kernel's USE_PDL and
-    PDL_EARLY constexprs, and Triton's `launch_pdl` when on (left out otherwise: the interpreter
-    takes no such option)."""
-    if enabled(t, rows):
-        return {"USE_PDL": True, "PDL_EARLY": _early(), "launch_pdl": True}
-    return {"USE_PDL": False, "PDL_EARLY": False}
+    """Keyword arguments for a launch over `rows` rows on `t`'s device: the kernel's USE_PDL
+    constexpr, and Triton's `launch_pdl` when on (left out otherwise: the interpreter takes no such
+    option)."""
+    on = enabled(t, rows)
+    return {"USE_PDL": on, "launch_pdl": True} if on else {"USE_PDL": False}
 
 
 @triton.jit
-def release_early(USE_PDL: tl.constexpr, PDL_EARLY: tl.constexpr):
-    """A kernel's first statement. With early release the next kernel on the stream may launch as
-    soon as every program of this one has started: its programs take the SM slots this kernel's
-    last wave leaves free and read their weights while this one runs. Safe wherever it is
-    called, since only `gdc_wait` orders memory: the next kernel still waits for this one to
-    complete."""
-    if USE_PDL:
-        if PDL_EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
-def wait(USE_PDL: tl.constexpr, PDL_EARLY: tl.constexpr, RELEASE: tl.constexpr = True):
-    """Wait for the kernel ahead (and so every earlier one) to complete: before reading anything
-    a kernel of the step writes, and before writing. Without early release, then release the
-    next kernel (RELEASE; the GEMV releases after its weight loop instead)."""
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
-        if not PDL_EARLY:
-            if RELEASE:
-                tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
-def release_late(USE_PDL: tl.constexpr, PDL_EARLY: tl.constexpr):
-    """Without early release: release the next kernel here (after `wait(..., RELEASE=False)`)."""
-    if USE_PDL:
-        if not PDL_EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
+def prefetch_l2(ptrs, nbytes):
+    """Bulk-prefetch `nbytes` (a multiple of 16; each address 16-byte aligned) from every address
+    in `ptrs` into L2 (sm_90's cp.async.bulk.prefetch, one instruction an element): a hint that
+    nothing waits for. For weights only (see above): issued before `gdc_wait`, it streams a later
+    kernel's weights while the memory system is otherwise idle."""
+    tl.inline_asm_elementwise(
+        "cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;",
+        "=r,l,r",
+        [ptrs, tl.zeros(ptrs.shape, tl.int32) + nbytes],
+        dtype=tl.int32,
+        is_pure=False,
+        pack=1,
+    )

@@ -177,15 +177,15 @@ def _rotary_store_kv_kernel(
     FP8: tl.constexpr,
     KEEP_K: tl.constexpr,
     USE_PDL: tl.constexpr,  # launched with PDL: nothing read or written before the wait (pdl.py)
-    PDL_EARLY: tl.constexpr,
 ):
     """Program t: token t's q heads rotated in place, its k heads rotated (rounded to k's dtype
     as the rotary kernel stores them) and cast into pool row slots[t], and its v heads copied
     there; with KEEP_K also the rotated k written back over k. Everything is read before it is
     written and only row t of q/k/v and row slots[t] of the pool are touched (slots are
     distinct within a batch), so programs never race."""
-    pdl.release_early(USE_PDL, PDL_EARLY)
-    pdl.wait(USE_PDL, PDL_EARLY)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     slot = tl.load(slots_ptr + t).to(tl.int64)
