@@ -115,11 +115,8 @@ ENV_ABLATIONS = {
     "radixlm-no-pdl": {"RADIXLM_PDL": "0"},
     "radixlm-fp8-no-pdl": {"RADIXLM_PDL": "0"},
     "radixlm-pdl-16": {"RADIXLM_PDL": "16"},
-    "radixlm-no-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "0"},
-    "radixlm-fp8-no-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "0"},
-    "radixlm-no-attn-prefetch": {"RADIXLM_ATTN_PREFETCH_MB": "0"},
-    "radixlm-fp8-no-attn-prefetch": {"RADIXLM_ATTN_PREFETCH_MB": "0"},
-    "radixlm-fp8-attn-prefetch-17": {"RADIXLM_ATTN_PREFETCH_MB": "17"},
+    "radixlm-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "1"},
+    "radixlm-fp8-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "1"},
 }
 
 
@@ -483,16 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("radixlm-pdl-16", {}, batch_sizes, False))
     if "fp8-no-pdl" in ablations:
         configs.append(("radixlm-fp8-no-pdl", {"quantization": "fp8"}, batch_sizes, False))
-    if "no-fused-silu" in ablations:  # silu_and_mul as its own kernel before the down GEMV
-        configs.append(("radixlm-no-fused-silu", {}, batch_sizes, False))
-    if "fp8-no-fused-silu" in ablations:
-        configs.append(("radixlm-fp8-no-fused-silu", {"quantization": "fp8"}, batch_sizes, False))
-    if "no-attn-prefetch" in ablations:  # no prefetch of o_proj's weight during attention
-        configs.append(("radixlm-no-attn-prefetch", {}, batch_sizes, False))
-    if "fp8-no-attn-prefetch" in ablations:
-        configs.append(("radixlm-fp8-no-attn-prefetch", {"quantization": "fp8"}, batch_sizes, False))
-    if "fp8-attn-prefetch-17" in ablations:  # a 17 MB budget: the fp8 o_proj, none of gate_up
-        configs.append(("radixlm-fp8-attn-prefetch-17", {"quantization": "fp8"}, batch_sizes, False))
+    if "fused-silu" in ablations:  # the down projection's GEMV computing silu_and_mul itself
+        configs.append(("radixlm-fused-silu", {}, batch_sizes, False))
+    if "fp8-fused-silu" in ablations:
+        configs.append(("radixlm-fp8-fused-silu", {"quantization": "fp8"}, batch_sizes, False))
     if "no-overlap" in ablations:
         configs.append(("radixlm-no-overlap", {"overlap_schedule": "off"}, batch_sizes, False))
     if "no-cuda-graph" in ablations:

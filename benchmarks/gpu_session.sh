@@ -222,9 +222,10 @@ case "$MODE" in
     ;;
   floor)  # issue 25: batch-1 decode against the byte floor (~9 min on an H100). Tune the dense (bf16) GEMV
     # against cuBLAS (rewrites dense_gemv_configs.json in this tree; copied to $OUT: commit it from there),
-    # then the 8B shape in one process: bf16 and fp8 each beside their runs without PDL and without
-    # the attention's weight prefetch, fp8 also without the gated GEMV and with an fp8 LM head, at
-    # batch 1 and 64; then the GPU tests of the changed kernels and the kernel-by-kernel profile
+    # then the 8B shape in one process: bf16 and fp8 each beside their runs without PDL and with the
+    # gated down-projection GEMV, fp8 also with an fp8 LM head, at batch 1 and 64; then the GPU
+    # tests of the changed kernels and the kernel-by-kernel profile (PDL off: under PDL a kernel's
+    # time would include its wait for the one ahead)
     if [ "${TUNE:-1}" = 1 ]; then  # TUNE=0: the committed table as it is
       timeout 130 python3 benchmarks/tune_dense_gemv.py --m ${TUNE_M:-1 2} --quick --reps 15 \
         --results "$OUT/tune-dense-gemv.json" 2>&1 | tee "$OUT/tune-dense-gemv.log" | grep -E "^dense|thresholds|FAILURE|Error"
@@ -233,14 +234,14 @@ case "$MODE" in
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
       --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
     timeout ${BENCH_TIMEOUT:-240} python3 benchmarks/bench_offline.py --shape llama-3.1-8b --keep-model --model-dir /tmp/bench-8b \
-      --engines radixlm --ablations "${ABLATIONS:-no-pdl,no-attn-prefetch,fp8,fp8-no-pdl,fp8-no-attn-prefetch,fp8-attn-prefetch-17,fp8-no-fused-silu,fp8-lm-head}" --batch-sizes "${BATCHES:-1,64}" \
+      --engines radixlm --ablations "${ABLATIONS:-no-pdl,fused-silu,fp8,fp8-no-pdl,fp8-fused-silu,fp8-lm-head}" --batch-sizes "${BATCHES:-1,64}" \
       --reps 3 --out "$OUT/offline-floor.json" > "$OUT/offline-floor.log" 2>&1
     grep -E "decode b=|prefill" "$OUT/offline-floor.log" | grep -v "^|"
     timeout 130 python3 -m pytest -p no:cacheprovider tests/gpu/test_gpu_kernels.py tests/gpu/test_gpu_fp8_kernels.py \
       tests/gpu/test_gpu_engine.py tests/gpu/test_gpu_rotary_kv_store.py -x -k "${FLOOR_K:-pdl or gated or dense_gemv or gemv or rotary or store_kv or fp32_greedy}" \
       > "$OUT/gpu-tests-floor.log" 2>&1; tail -3 "$OUT/gpu-tests-floor.log"
     for Q in ${PROFILES-none fp8}; do  # PROFILES="": none
-      timeout 50 python3 benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization $Q \
+      RADIXLM_PDL=0 timeout 50 python3 benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization $Q \
         --out "$OUT/profile-$Q.json" > "$OUT/profile-$Q.log" 2>&1; grep -A12 "== decode b=1" "$OUT/profile-$Q.log"
     done
     ;;

@@ -97,10 +97,12 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return torch.nn.functional.linear(x, weight, bias)
 
 
-# "0": the down projection's GEMV takes silu_and_mul's output instead of computing it from
-# gate_up itself (an ablation; the results are the same bits either way)
+# "1": the down projection's GEMV computes silu_and_mul from gate_up itself instead of taking the
+# activation kernel's output (the same bits either way). Opt-in until measured on its own: the
+# one GPU run so far (benchmarks/results/decode-floor-gpu-h100-2026-12-07-second.md) had it with
+# kernels releasing their successor at their start, and there it was slower
 FUSED_SILU_ENV = "RADIXLM_FUSED_SILU_GEMV"
-_fused_silu = os.environ.get(FUSED_SILU_ENV, "") != "0"
+_fused_silu = os.environ.get(FUSED_SILU_ENV, "") == "1"
 
 
 def dense_silu_gated_linear(

@@ -99,15 +99,12 @@ class AttentionBackend:
         layer: int,
         batch: ForwardBatch,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        prefetch: tuple[torch.Tensor, ...] = (),
     ) -> torch.Tensor:
         """q: [T, H, D]; k, v: [T, Hkv, D] for the batch's new tokens. Returns [T, H, D].
 
         rope: the rotary (cos, sin) tables [P, D]. Given, q and k arrive unrotated and are rotated
         here at `batch.positions`, fused with the K/V store (`ops.rotary_and_store_kv`: one launch
-        per layer instead of two, with the same results); None: they arrive rotated.
-        prefetch: the weights the layer reads next (o_proj's, gate_up's), which the Triton decode
-        kernel reads into L2 while it runs at batch 1 (kernels/triton/decode_attention.py)."""
+        per layer instead of two, with the same results); None: they arrive rotated."""
         k_buffer, v_buffer = self.kv_pool.k_buffers[layer], self.kv_pool.v_buffers[layer]
         scales = self.kv_pool.scales[layer]  # (k, v): an fp8 pool stores value / scale
         if rope is None:
@@ -171,7 +168,6 @@ class AttentionBackend:
                 partial_lse=meta.partial_lse,
                 k_scale=scales[0],
                 v_scale=scales[1],
-                prefetch=prefetch,
             )
         if meta.sdpa_spans is not None:
             return self._sdpa_prefill(q, k, v, meta.sdpa_spans)

@@ -39,26 +39,16 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.rotary = rotary
 
-    def forward(
-        self, x: torch.Tensor, batch: ForwardBatch, read_next: tuple[torch.Tensor, ...] = ()
-    ) -> torch.Tensor:
-        """read_next: weights the layer reads after this block's o_proj (the MLP's gate_up)."""
+    def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        # rotary embedding, fused with the K/V store by the attention backend; the weights read
-        # next go into L2 while attention runs (batch-1 decode)
+        # rotary embedding, fused with the K/V store by the attention backend
         out = batch.attn_backend.forward(
-            q,
-            k,
-            v,
-            self.layer_id,
-            batch,
-            rope=(self.rotary.cos, self.rotary.sin),
-            prefetch=(self.o_proj.weight, *read_next),
+            q, k, v, self.layer_id, batch, rope=(self.rotary.cos, self.rotary.sin)
         )
         return self.tp.all_reduce(self.o_proj(out.reshape(-1, self.q_size)))
 
@@ -84,8 +74,7 @@ class DecoderLayer(nn.Module):
             residual, h = h, self.input_layernorm(h)
         else:
             h, residual = self.input_layernorm(h, residual)
-        gate_up = getattr(self.mlp, "gate_up_proj", None)  # the dense MLP's first weight
-        h = self.self_attn(h, batch, read_next=(gate_up.weight,) if gate_up is not None else ())
+        h = self.self_attn(h, batch)
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 

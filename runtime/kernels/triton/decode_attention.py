@@ -11,18 +11,9 @@ num_kv_splits == 1 stage 1 writes the final output itself and stage 2 is not lau
 CUDA-graph safety: the grid depends only on B, H and `num_kv_splits`; every per-request length
 (and so each split's range) is read on the device inside the kernel. Nothing syncs with the host.
 A split with no tokens writes lse = -inf and a zero partial output; stage 2 gives it weight 0.
-
-Prefetch (batch-1 decode, under PDL): attention reads little memory (the KV of one request) and
-is bound by latency, so while it runs the memory system would idle. Given `prefetch`, the weights
-the layer reads next (its o_proj, then its gate_up), stage 1's programs first bulk-prefetch them
-into L2, a slice each, before their `gdc_wait`, up to an L2 budget (`prefetch_plan`): the GEMVs
-after it then find them in L2.
 """
 
 from __future__ import annotations
-
-import functools
-import os
 
 import torch
 import triton
@@ -55,46 +46,6 @@ def choose_num_kv_splits(batch_size: int, num_kv_heads: int, max_seq_len_hint: i
     return int(max(1, min(want, by_length, MAX_KV_SPLITS)))
 
 
-PREFETCH_ENV = "RADIXLM_ATTN_PREFETCH_MB"  # the L2 budget of the prefetch; "0": none
-# Inside an H100's 50 MB L2, which nothing else fills while attention runs: an 8B model's fp8 o_proj
-# (16.8 MB) and the start of its gate_up, or its bf16 o_proj (33.5 MB) and a little of gate_up.
-PREFETCH_MB = 40.0
-PREFETCH_PIECES = 128
-
-
-@functools.cache
-def _prefetch_budget() -> int:
-    value = os.environ.get(PREFETCH_ENV, "").strip()
-    return int((float(value) if value else PREFETCH_MB) * 1e6)
-
-
-def prefetch_plan(weights: tuple[torch.Tensor, ...], programs: int) -> list[tuple[torch.Tensor, int]]:
-    """(weight, bytes each of stage 1's `programs` prefetches) for up to two of `weights`, in
-    order, within RADIXLM_ATTN_PREFETCH_MB (PREFETCH_MB by default, 0: none): the first whole if
-    it fits, the next from its start with what is left. A slice is a multiple of 16 *
-    PREFETCH_PIECES bytes (the remainder is left to the kernel that reads the weight); a weight
-    not contiguous from a 16-byte aligned start, or past the budget, ends the plan."""
-    plan, left, unit = [], _prefetch_budget(), 16 * PREFETCH_PIECES
-    for w in weights[:2]:
-        if not w.is_contiguous() or w.data_ptr() % 16:
-            break
-        nbytes = min(w.numel() * w.element_size(), left)
-        chunk = nbytes // max(1, programs) // unit * unit
-        if chunk == 0:
-            break
-        plan.append((w, chunk))
-        left -= chunk * programs
-    return plan
-
-
-@triton.jit
-def _prefetch_slice(ptr, chunk, prog, PIECES: tl.constexpr):
-    """Program `prog`'s slice of a weight, bytes [prog * chunk, (prog + 1) * chunk), into L2."""
-    piece = chunk // PIECES
-    start = ptr.to(tl.pointer_type(tl.uint8)) + prog.to(tl.int64) * chunk
-    pdl.prefetch_l2(start + tl.arange(0, PIECES).to(tl.int64) * piece, piece)
-
-
 # num_splits is never specialised: a split count first seen while serving must not compile a
 # new variant (see extend_attention.py)
 @triton.jit(do_not_specialize=["num_splits"])
@@ -123,10 +74,6 @@ def _decode_stage1_kernel(
     stride_lb,
     stride_lh,
     num_splits,  # a runtime value: no recompile per split count
-    prefetch_ptr,  # PREFETCH >= 1: the weight the layer reads next (any pointer otherwise)
-    prefetch_chunk,  # its bytes per program, a multiple of 16 * PREFETCH_PIECES
-    prefetch2_ptr,  # PREFETCH == 2: the weight after it, prefetched from its start
-    prefetch2_chunk,
     GROUP: tl.constexpr,  # query heads per KV head
     HEADS_PER_PROG: tl.constexpr,  # min(GROUP, BLOCK_H): valid rows of a program
     PROGS_PER_KV: tl.constexpr,  # cdiv(GROUP, HEADS_PER_PROG)
@@ -138,16 +85,8 @@ def _decode_stage1_kernel(
     FINAL: tl.constexpr,  # one split: part_out_ptr is the output itself (q's dtype), no lse
     KV_FP8: tl.constexpr,  # K/V stored as e4m3: dequantised to q's dtype on load
     USE_PDL: tl.constexpr,  # launched with PDL: wait for the kernel ahead first (pdl.py)
-    PREFETCH: tl.constexpr = 0,  # under PDL: weights (0, 1 or 2) to prefetch into L2 (module doc)
-    PREFETCH_PIECES: tl.constexpr = 128,  # bulk prefetches a program and weight: one a thread at 4 warps
 ):
     if USE_PDL:
-        if PREFETCH > 0:  # weights, which no kernel of the step writes: before the wait (pdl.py)
-            grid_1, grid_2 = tl.num_programs(1), tl.num_programs(2)
-            prog = (tl.program_id(0) * grid_1 + tl.program_id(1)) * grid_2 + tl.program_id(2)
-            _prefetch_slice(prefetch_ptr, prefetch_chunk, prog, PREFETCH_PIECES)
-            if PREFETCH > 1:
-                _prefetch_slice(prefetch2_ptr, prefetch2_chunk, prog, PREFETCH_PIECES)
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0)
@@ -291,7 +230,6 @@ def decode_attention(
     block_n: int = DECODE_BLOCK_N,
     num_warps: int = 4,
     num_stages: int = 2,
-    prefetch: tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor:
     """Same result as `reference.decode_attention`.
 
@@ -299,8 +237,7 @@ def decode_attention(
     and seq_lens [B] (seq_len counts the current token, whose K/V are already in the pool).
     Optional preallocated buffers (for CUDA graphs): out [B, H, D] in q's dtype, partial_out
     fp32 [>=B, H, >=num_kv_splits, D], partial_lse fp32 [>=B, H, >=num_kv_splits]; larger
-    buffers are used through their strides. prefetch: the weights the layer reads next (its
-    o_proj, then gate_up), read into L2 while this runs at batch 1 (`prefetch_plan`). Returns out.
+    buffers are used through their strides. Returns out.
     """
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_buffer.shape[1]
@@ -338,11 +275,7 @@ def decode_attention(
     # fp32 caches get exact fp32 dots (tf32 would cost ~1e-3 relative error and break
     # fp32 parity runs); half-precision inputs ignore this setting.
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    grid = (batch, num_kv_heads * progs_per_kv, num_kv_splits)
-    pdl_options = pdl.launch_options(q, batch)
-    plan = prefetch_plan(prefetch, grid[0] * grid[1] * grid[2]) if pdl_options["USE_PDL"] else []
-    (pf_ptr, pf_chunk), (pf2_ptr, pf2_chunk) = (plan + [(q, 0), (q, 0)])[:2]
-    _decode_stage1_kernel[grid](
+    _decode_stage1_kernel[(batch, num_kv_heads * progs_per_kv, num_kv_splits)](
         q,
         k_buffer,
         v_buffer,
@@ -364,10 +297,6 @@ def decode_attention(
         *part_strides,
         *lse_strides,
         num_kv_splits,
-        pf_ptr,
-        pf_chunk,
-        pf2_ptr,
-        pf2_chunk,
         GROUP=group,
         HEADS_PER_PROG=heads_per_prog,
         PROGS_PER_KV=progs_per_kv,
@@ -380,9 +309,7 @@ def decode_attention(
         KV_FP8=k_buffer.dtype == torch.float8_e4m3fn,
         num_warps=num_warps,
         num_stages=num_stages,
-        PREFETCH=len(plan),
-        PREFETCH_PIECES=PREFETCH_PIECES,
-        **pdl_options,
+        **pdl.launch_options(q, batch),
     )
     if final:
         return out

@@ -24,6 +24,17 @@ lost 17% (6.49 -> 7.57 ms a step): there the kernels run several waves of progra
 kernel's programs, launched early, hold SM slots while they wait. So a launch takes PDL only up to
 MAX_ROWS rows (tokens, or requests for attention). RADIXLM_PDL overrides it for a whole run: 0 is
 off, N is on up to N rows.
+
+A kernel releases the next one (`gdc_launch_dependents`) right after its wait, the GEMV after its
+weight loop. Three ways of reading further ahead were measured on the H100 (8B shape, batch 1;
+benchmarks/results/decode-floor-gpu-h100-2026-12-07-second.md) and dropped:
+  * releasing at the very start, so that a chain of kernels sits resident and reads its weights
+    early: fp8 256 tok/s against 281, bf16 172 against 175;
+  * each GEMV bulk-prefetching its own weight slice into L2 before its wait: fp8 243 and 234
+    tok/s with 30 and 60 MB budgets (reads issued while the kernel ahead streams its weights
+    compete with it for the same bandwidth, and lines are evicted before use);
+  * the decode attention prefetching o_proj's weight (and the start of gate_up's) into L2 while
+    it runs: within run-to-run noise (bf16 +0.8% and +1.3%, fp8 -1.8% and 0% in two runs).
 """
 
 from __future__ import annotations
@@ -32,8 +43,6 @@ import functools
 import os
 
 import torch
-import triton
-import triton.language as tl
 
 ENV = "RADIXLM_PDL"
 MAX_ROWS = 1  # measured at batch 1 only; see above
@@ -60,19 +69,3 @@ def launch_options(t: torch.Tensor, rows: int) -> dict:
     option)."""
     on = enabled(t, rows)
     return {"USE_PDL": on, "launch_pdl": True} if on else {"USE_PDL": False}
-
-
-@triton.jit
-def prefetch_l2(ptrs, nbytes):
-    """Bulk-prefetch `nbytes` (a multiple of 16; each address 16-byte aligned) from every address
-    in `ptrs` into L2 (sm_90's cp.async.bulk.prefetch, one instruction an element): a hint that
-    nothing waits for. For weights only (see above): issued before `gdc_wait`, it streams a later
-    kernel's weights while the memory system is otherwise idle."""
-    tl.inline_asm_elementwise(
-        "cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;",
-        "=r,l,r",
-        [ptrs, tl.zeros(ptrs.shape, tl.int32) + nbytes],
-        dtype=tl.int32,
-        is_pure=False,
-        pack=1,
-    )

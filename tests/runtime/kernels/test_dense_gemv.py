@@ -152,9 +152,11 @@ def test_gated_gemv_equals_silu_and_mul_then_gemv(m, n, k, config, dtype):
 
 
 def test_gated_mlp_down_projection_takes_the_fused_gemv(monkeypatch):
-    """`DenseLinear.forward_silu_gated` (the gated MLP's down projection) on the GEMV route is one
-    gated GEMV with the same result as silu_and_mul then the linear; elsewhere the two steps."""
+    """`DenseLinear.forward_silu_gated` (the gated MLP's down projection) on the GEMV route, with
+    RADIXLM_FUSED_SILU_GEMV=1, is one gated GEMV with the same result as silu_and_mul then the
+    linear; elsewhere, and by default, the two steps."""
     calls = []
+    monkeypatch.setattr(ops, "_fused_silu", True)
     real = dense_gemv.dense_gemv
     monkeypatch.setattr(ops, "uses_triton", lambda x: True)
     monkeypatch.setattr(dense_gemv, "max_m_for", lambda n, k, dtype: 2)
@@ -168,3 +170,9 @@ def test_gated_mlp_down_projection_takes_the_fused_gemv(monkeypatch):
         expected = ops.dense_linear(ops.silu_and_mul(gate_up), layer.weight)
         assert torch.equal(layer.forward_silu_gated(gate_up), expected)
     assert calls == [False, True]  # rows=1: the plain GEMV of the expected value, then the fused one
+    monkeypatch.setattr(ops, "_fused_silu", False)
+    gate_up = torch.randn(1, 128).half()
+    assert torch.equal(
+        layer.forward_silu_gated(gate_up), ops.dense_linear(ops.silu_and_mul(gate_up), layer.weight)
+    )
+    assert calls == [False, True, False, False]  # off: silu_and_mul, then the plain GEMV

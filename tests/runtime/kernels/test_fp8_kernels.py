@@ -740,12 +740,15 @@ def test_silu_and_mul_quant_matches_the_two_kernels(dtype, m, inter, group):
     assert e_q.shape == (0, inter) and e_s.shape == (0, math.ceil(inter / group))
 
 
-def test_fp8_silu_gated_linear_routes_like_fp8_linear(triton_fp8_linear):
-    """The gated down projection: at GEMV sizes the GEMV computing the activation itself (the bits
-    of silu_and_mul then the GEMV); at W8A8 sizes the fused
+@pytest.mark.parametrize("fused_silu", [False, True])
+def test_fp8_silu_gated_linear_routes_like_fp8_linear(triton_fp8_linear, monkeypatch, fused_silu):
+    """The gated down projection: at GEMV sizes silu_and_mul then the GEMV, or with
+    RADIXLM_FUSED_SILU_GEMV=1 the GEMV computing the activation itself (the same bits); at W8A8
+    sizes the fused
     activation-quantisation kernel (not the plain quantiser) then the GEMM; the same math as
     fp8_linear(silu_and_mul(gate_up)) on either route and on the reference path."""
     calls = triton_fp8_linear
+    monkeypatch.setattr(ops, "_fused_silu", fused_silu)
     n, inter = 192, 320
     w_q, w_s = ref.block_quant_fp8(torch.randn(n, inter) * 0.05)
     ops.set_fp8_gemv_max_m(2)

@@ -57,34 +57,3 @@ def test_never_under_the_interpreter_or_on_cpu(monkeypatch):
     cpu = torch.zeros(1)
     assert not pdl.enabled(cpu, 1)
     assert pdl.launch_options(cpu, 1) == {"USE_PDL": False}  # no launch_pdl: the interpreter rejects it
-
-
-def test_attention_prefetch_plan(monkeypatch):
-    """The decode attention's L2 prefetch of the weights read next: the first whole, the second
-    from its start within the budget (RADIXLM_ATTN_PREFETCH_MB), equal slices a program made of
-    whole bulk prefetches (16-byte multiples) a thread; none for a weight not contiguous or not
-    16-byte aligned, and none at budget 0."""
-    from radixlm.runtime.kernels.triton import decode_attention as attention
-
-    unit = 16 * attention.PREFETCH_PIECES
-
-    def plan_with(budget_mb, weights, programs=128):
-        monkeypatch.setenv(attention.PREFETCH_ENV, budget_mb)
-        attention._prefetch_budget.cache_clear()
-        return [(w.data_ptr(), chunk) for w, chunk in attention.prefetch_plan(weights, programs)]
-
-    o_proj = torch.zeros(4096, 4096, dtype=torch.float8_e4m3fn)  # an 8B model's fp8 o_proj: 16.8 MB
-    gate_up = torch.zeros(28672, 4096, dtype=torch.float8_e4m3fn)  # 117 MB
-    try:
-        (o_ptr, o_chunk), (g_ptr, g_chunk) = plan_with("40", (o_proj, gate_up))
-        assert (o_ptr, g_ptr) == (o_proj.data_ptr(), gate_up.data_ptr())
-        assert o_chunk % unit == 0 and 0 <= o_proj.numel() - 128 * o_chunk < 128 * unit  # all but a tail
-        assert g_chunk % unit == 0 and 128 * (o_chunk + g_chunk) <= 40e6 < 128 * (o_chunk + g_chunk + unit)
-        assert plan_with("10", (o_proj, gate_up)) == [(o_ptr, 10_000_000 // 128 // unit * unit)]
-        assert plan_with("0", (o_proj, gate_up)) == []
-        assert plan_with("40", (o_proj.t(), gate_up)) == []  # not contiguous: nothing after it either
-        assert plan_with("40", (o_proj.view(-1)[1:],)) == []  # not 16-byte aligned
-        assert plan_with("40", (torch.zeros(100, dtype=torch.uint8),)) == []  # under a unit a program
-        assert plan_with("40", ()) == []
-    finally:
-        attention._prefetch_budget.cache_clear()
