@@ -90,11 +90,18 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     n, k = weight.shape
     m = x.numel() // k if k else 0
     if _takes_dense_gemv(x, weight, m):
-        out = triton_kernels.dense_gemv.dense_gemv(x.reshape(m, k), weight)
-        if bias is not None:
-            out += bias
-        return out.reshape(*x.shape[:-1], n)
+        return _dense_gemv_linear(x.reshape(m, k), weight, bias, x.shape[:-1])
     return torch.nn.functional.linear(x, weight, bias)
+
+
+def _dense_gemv_linear(
+    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lead: torch.Size, gated: bool = False
+) -> torch.Tensor:
+    """The dense GEMV of `rows` [M, K] (gated: gate_up [M, 2K]) plus bias, as [*lead, N]."""
+    out = triton_kernels.dense_gemv.dense_gemv(rows, weight, gated=gated)
+    if bias is not None:
+        out += bias
+    return out.reshape(*lead, weight.shape[0])
 
 
 # "1": the down projection's GEMV computes silu_and_mul from gate_up itself instead of taking the
@@ -111,13 +118,10 @@ def dense_silu_gated_linear(
     """`dense_linear(silu_and_mul(gate_up), weight, bias)`, a gated MLP's down projection. On the
     GEMV route one kernel computes the activation as it streams the weights (no separate kernel,
     the same bits)."""
-    n, k = weight.shape
+    k = weight.shape[1]
     m = gate_up.numel() // (2 * k) if k else 0
     if _fused_silu and gate_up.shape[-1] == 2 * k and _takes_dense_gemv(gate_up, weight, m):
-        out = triton_kernels.dense_gemv.dense_gemv(gate_up.reshape(m, 2 * k), weight, gated=True)
-        if bias is not None:
-            out += bias
-        return out.reshape(*gate_up.shape[:-1], n)
+        return _dense_gemv_linear(gate_up.reshape(m, 2 * k), weight, bias, gate_up.shape[:-1], gated=True)
     return dense_linear(silu_and_mul(gate_up), weight, bias)
 
 
@@ -315,19 +319,17 @@ def fp8_silu_gated_linear(
         y = triton_kernels.fp8_gemv.w8a16_block_fp8_matmul(
             g2, w_q, w_scale_inv, block_size, out_dtype=gate_up.dtype, gated=True
         )
-        if bias is not None:
-            y += bias
-        return y.reshape(*gate_up.shape[:-1], n)
-    quant = triton_kernels.fp8_quant
-    y = _w8a8(
-        lambda q, s: quant.silu_and_mul_quant_fp8(g2, block_size[1], out_q=q, out_scale=s),
-        m,
-        w_q,
-        w_scale_inv,
-        block_size,
-        gate_up.dtype,
-        gate_up.device,
-    )
+    else:
+        quant = triton_kernels.fp8_quant
+        y = _w8a8(
+            lambda q, s: quant.silu_and_mul_quant_fp8(g2, block_size[1], out_q=q, out_scale=s),
+            m,
+            w_q,
+            w_scale_inv,
+            block_size,
+            gate_up.dtype,
+            gate_up.device,
+        )
     if bias is not None:
         y += bias
     return y.reshape(*gate_up.shape[:-1], n)

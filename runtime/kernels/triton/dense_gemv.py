@@ -82,8 +82,7 @@ def dense_gemv(
     dtype -> out [M, N] in that dtype, fp32 accumulation. config: tiles (default `choose_config`);
     out: an [M, N] buffer to write instead of a new one. gated: x is a gated MLP's gate_up [M, 2K]
     and the product is silu_and_mul(x) @ w^T (the same bits as the two kernels)."""
-    width = 2 * w.shape[1] if gated and w.dim() == 2 else (w.shape[1] if w.dim() == 2 else -1)
-    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != width:
+    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1] * (2 if gated else 1):
         want = "gate_up [M, 2K]" if gated else "x [M, K]"
         raise ValueError(f"dense_gemv: {want} and w [N, K] needed, got {tuple(x.shape)}, {tuple(w.shape)}")
     if x.dtype != w.dtype or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):

@@ -127,14 +127,13 @@ def w8a16_block_fp8_matmul(
     gated: x is a gated MLP's gate_up [M, 2K] and the product is silu_and_mul(x) @ w^T, the
     activation computed as the weights stream (the same bits as the two kernels)."""
     block_n, block_k = block_size
-    k_in = x.shape[1] // 2 if gated else x.shape[1]
     assert x.dim() == 2 and w_q.dim() == 2 and x.shape[1] == w_q.shape[1] * (2 if gated else 1), (
         x.shape,
         w_q.shape,
     )
     assert x.dtype in (torch.bfloat16, torch.float16, torch.float32), x.dtype
     assert w_q.dtype == FP8_DTYPE and w_q.stride(1) == 1, "w_q: e4m3 with a contiguous last dim"
-    m, k = x.shape[0], k_in
+    m, k = x.shape[0], w_q.shape[1]
     n = w_q.shape[0]
     assert m <= MAX_M, f"the GEMV takes M <= {MAX_M} (got {m}); use fp8_gemm for larger M"
     assert (

@@ -105,7 +105,9 @@ def test_dense_linear_takes_the_gemv_only_where_measured(monkeypatch):
     real = dense_gemv.dense_gemv
     monkeypatch.setattr(ops, "uses_triton", lambda x: True)
     monkeypatch.setattr(dense_gemv, "max_m_for", lambda n, k, dtype: 2 if (n, k) == (48, 64) else 0)
-    monkeypatch.setattr(dense_gemv, "dense_gemv", lambda x, w: calls.append(x.shape) or real(x, w))
+    monkeypatch.setattr(
+        dense_gemv, "dense_gemv", lambda x, w, gated=False: calls.append(x.shape) or real(x, w, gated=gated)
+    )
     w, b = torch.randn(48, 64).half(), torch.randn(48).half()
     for shape in [(1, 64), (2, 64), (1, 2, 64), (3, 64)]:
         x = torch.randn(*shape).half()
