@@ -15,10 +15,13 @@ grows with M (M FMAs per weight byte) while the bytes do not, so somewhere below
 tensor-core GEMM wins again; `ops.fp8_linear` switches at the measured M (`max_m_for`).
 
 Scales: a program owns BLOCK_N output columns, BLOCK_N dividing block_n, so one scale row of
-w_scale covers the whole tile; it walks K in steps of BLOCK_K, BLOCK_K dividing block_k, so one
-scale covers a step. A step's [BLOCK_M, BLOCK_N] partial dot product over BLOCK_K is computed
+w_scale covers the whole tile; it walks K in steps of BLOCK_K. When BLOCK_K divides block_k, one
+scale covers a step: the step's [BLOCK_M, BLOCK_N] partial dot product over BLOCK_K is computed
 from the raw e4m3 values (exact in fp32) and multiplied by that one scale before it is added to
-the fp32 accumulator: BLOCK_M * BLOCK_N multiplies a step instead of one per weight.
+the fp32 accumulator, BLOCK_M * BLOCK_N multiplies a step instead of one per weight. A step over
+several blocks (BLOCK_K a multiple of block_k: longer contiguous reads of each weight row), or a
+config that defers the K sum to the end (DEFER_SUM), multiplies x by each element's block scale
+instead, BLOCK_M * BLOCK_K multiplies a step.
 
 The kernel (layout, split-K, edges, PDL, the gated MLP's activation) is gemv_kernel.py's.
 
@@ -96,6 +99,11 @@ def default_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 1
     )
 
 
+def k_tile_fits(block_k_tile: int, block_k: int) -> bool:
+    """Whether a BLOCK_K step meets the scale blocks (module doc): it divides block_k or is a multiple of it."""
+    return block_k % block_k_tile == 0 or block_k_tile % block_k == 0
+
+
 def choose_config(
     m: int, n: int, k: int, block_size: tuple[int, int] = (128, 128), configs: dict | None = None
 ) -> GemvConfig:
@@ -105,7 +113,7 @@ def choose_config(
     entry = tuned_entry(load_configs() if configs is None else configs, m, n, k, block_size)
     if entry is not None:
         cfg = GemvConfig.from_dict(entry)
-        if block_size[0] % cfg.BLOCK_N == 0 and block_size[1] % cfg.BLOCK_K == 0:
+        if block_size[0] % cfg.BLOCK_N == 0 and k_tile_fits(cfg.BLOCK_K, block_size[1]):
             return cfg
     return default_config(m, n, k, block_size)
 
@@ -153,7 +161,7 @@ def w8a16_block_fp8_matmul(
     elif isinstance(config, dict):
         config = GemvConfig.from_dict(config)
     assert block_n % config.BLOCK_N == 0, f"BLOCK_N {config.BLOCK_N} must divide block_n {block_n}"
-    assert block_k % config.BLOCK_K == 0, f"BLOCK_K {config.BLOCK_K} must divide block_k {block_k}"
+    assert k_tile_fits(config.BLOCK_K, block_k), f"BLOCK_K {config.BLOCK_K} must divide block_k {block_k} or be a multiple"
     assert config.BLOCK_K >= 16 and config.SPLIT_K >= 1, config
 
     launch(x, w_q, w_scale_inv, block_size, config, out, gated=gated)

@@ -64,6 +64,7 @@ class GemvConfig(TileConfig):
     SPLIT_K: int = 1
     num_warps: int = 4
     num_stages: int = 1  # > 1: Triton pipelines the tile loads through shared memory (cp.async)
+    DEFER_SUM: int = 0  # 1: products accumulate per element and are summed over K once, after the loop
 
 
 def block_m_for(m: int) -> int:
@@ -73,11 +74,40 @@ def block_m_for(m: int) -> int:
 
 
 @triton.jit
-def _accumulate(acc, x, w, s_ptr, k0, stride_ws_k, BLOCK_SCALE_K: tl.constexpr, HAS_SCALE: tl.constexpr):
-    """acc + one K step's [BLOCK_M, BLOCK_N] partial products, times the step's block scale."""
-    part = tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=2)  # [BLOCK_M, BLOCK_N, BLOCK_K] summed over K
-    if HAS_SCALE:  # e4m3 -> fp32 is exact: one multiply by the block's scale a step
-        part = part * tl.load(s_ptr + (k0 // BLOCK_SCALE_K) * stride_ws_k)  # BLOCK_K divides block_k
+def _accumulate(
+    acc,
+    x,
+    w,
+    s_ptr,
+    k0,
+    K,
+    stride_ws_k,
+    BLOCK_SCALE_K: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    DEFER_SUM: tl.constexpr,
+):
+    """acc + one K step's products: summed over K into [BLOCK_M, BLOCK_N] (acc 2-D), or with
+    DEFER_SUM added element by element into the [BLOCK_M, BLOCK_N, BLOCK_K] acc (summed once,
+    after the loop). With scales (e4m3 -> fp32 is exact): a step within one scale block multiplies
+    its K sum by that scale (BLOCK_M * BLOCK_N multiplies); a step across several blocks, or a
+    deferred sum, multiplies x by each element's block scale before the product (BLOCK_M * BLOCK_K)."""
+    if HAS_SCALE and (DEFER_SUM or BLOCK_K > BLOCK_SCALE_K):
+        if BLOCK_K <= BLOCK_SCALE_K:  # one block: a scalar
+            scale = tl.load(s_ptr + (k0 // BLOCK_SCALE_K) * stride_ws_k)
+        else:  # clamped: a partial last step's lanes past K (x = 0 there) read the last block's scale
+            blocks = tl.minimum((k0 + tl.arange(0, BLOCK_K)) // BLOCK_SCALE_K, (K - 1) // BLOCK_SCALE_K)
+            scale = tl.load(s_ptr + blocks * stride_ws_k)[None, None, :]
+        prod = (x.to(tl.float32) * scale) * w.to(tl.float32)
+        if DEFER_SUM:
+            return acc + prod
+        return acc + tl.sum(prod, axis=2)
+    prod = x.to(tl.float32) * w.to(tl.float32)
+    if DEFER_SUM:
+        return acc + prod
+    part = tl.sum(prod, axis=2)  # [BLOCK_M, BLOCK_N, BLOCK_K] summed over K
+    if HAS_SCALE:  # BLOCK_K divides block_k: one scale covers the step
+        part = part * tl.load(s_ptr + (k0 // BLOCK_SCALE_K) * stride_ws_k)
     return acc + part
 
 
@@ -124,7 +154,7 @@ def _gemv_kernel(
     stride_ps,
     stride_pm,  # the fp32 partials [SPLIT_K, M, N] (SPLIT_K > 1), last dim contiguous
     BLOCK_SCALE_N: tl.constexpr,  # block_n of the weight scales; a multiple of BLOCK_N
-    BLOCK_SCALE_K: tl.constexpr,  # block_k; a multiple of BLOCK_K
+    BLOCK_SCALE_K: tl.constexpr,  # block_k; a multiple or a divisor of BLOCK_K
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -133,6 +163,7 @@ def _gemv_kernel(
     HAS_SCALE: tl.constexpr = True,  # False: a bf16/fp16/fp32 weight without scales (dense_gemv.py)
     USE_PDL: tl.constexpr = False,  # launched with PDL (pdl.py)
     GATED: tl.constexpr = False,  # x_ptr is gate_up [M, 2K]: x = silu(gate) * up (`_load_x`)
+    DEFER_SUM: tl.constexpr = False,  # accumulate [BLOCK_M, BLOCK_N, BLOCK_K], sum over K once (`_accumulate`)
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -150,7 +181,10 @@ def _gemv_kernel(
     w_ptrs = w_ptr + cols[None, :, None] * stride_wn + ks * stride_wk  # [1, BLOCK_N, BLOCK_K]
     s_ptr = ws_ptr + (pid_n * BLOCK_N // BLOCK_SCALE_N).to(tl.int64) * stride_ws_n  # the tile's scale row
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if DEFER_SUM:
+        acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_loop = k_start
     if USE_PDL:
         # the first step's weight tile is read before the wait: no kernel of the step writes
@@ -162,7 +196,9 @@ def _gemv_kernel(
             w = tl.load(w_ptrs, mask=first_k, other=0.0)
         tl.extra.cuda.gdc_wait()
         x = _load_x(x_ptrs, first_k, K * stride_xk, GATED, EVEN_K)
-        acc = _accumulate(acc, x, w, s_ptr, k_start, stride_ws_k, BLOCK_SCALE_K, HAS_SCALE)
+        acc = _accumulate(
+            acc, x, w, s_ptr, k_start, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM
+        )
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
         k_loop = k_start + BLOCK_K
@@ -173,11 +209,13 @@ def _gemv_kernel(
             w = tl.load(w_ptrs)
         else:
             w = tl.load(w_ptrs, mask=in_k, other=0.0)
-        acc = _accumulate(acc, x, w, s_ptr, k0, stride_ws_k, BLOCK_SCALE_K, HAS_SCALE)
+        acc = _accumulate(acc, x, w, s_ptr, k0, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
     if USE_PDL:  # the weights are read: the next kernel may start and read its own
         tl.extra.cuda.gdc_launch_dependents()
+    if DEFER_SUM:
+        acc = tl.sum(acc, axis=2)
 
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
@@ -288,5 +326,6 @@ def launch(
         num_stages=config.num_stages,
         HAS_SCALE=scales is not None,
         GATED=gated,
+        DEFER_SUM=bool(config.DEFER_SUM),
         **pdl.launch_options(x, m),
     )

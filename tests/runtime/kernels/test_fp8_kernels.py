@@ -380,6 +380,11 @@ def run_gemv(m, n, k, x_dtype, config=None, block=(128, 128)):
         (200, 300, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3)),  # K partial; 5 steps in 3 splits of 2
         (96, 1000, GemvConfig(BLOCK_N=64, BLOCK_K=128, SPLIT_K=4, num_warps=2)),  # K partial, 4 splits
         (130, 384, None),  # the default config
+        # a step over several scale blocks (x scaled per element): K partial, the last block's
+        # lanes past K clamped; and with the K sum deferred to the end
+        (96, 1000, GemvConfig(BLOCK_N=16, BLOCK_K=256, SPLIT_K=2)),
+        (96, 1000, GemvConfig(BLOCK_N=16, BLOCK_K=512, SPLIT_K=1, DEFER_SUM=1)),
+        (200, 300, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3, DEFER_SUM=1)),  # deferred, one scale a step
     ],
 )
 def test_gemv_matches_reference(m, n, k, config, x_dtype):
@@ -405,7 +410,14 @@ def test_gemv_more_splits_than_k_steps():
 
 
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("m, config", [(1, None), (3, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3))])
+@pytest.mark.parametrize(
+    "m, config",
+    [
+        (1, None),
+        (3, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3)),
+        (1, GemvConfig(BLOCK_N=16, BLOCK_K=256, SPLIT_K=2, DEFER_SUM=1)),
+    ],
+)
 def test_gated_gemv_equals_silu_and_mul_then_gemv(m, config, x_dtype):
     """gated=True computes silu_and_mul(gate_up) inside the GEMV: bit for bit the activation kernel
     followed by the plain GEMV with the same tiles (K 300: a partial last step)."""
@@ -462,8 +474,10 @@ def test_gemv_rejects_bad_input():
     x, w_q, w_s = gemv_operands(4, 128, 256, (64, 128), torch.float32)
     with pytest.raises(AssertionError):  # BLOCK_N 128 straddles two block_n=64 scale blocks
         w8a16_block_fp8_matmul(x, w_q, w_s, (64, 128), config=GemvConfig(BLOCK_N=128, BLOCK_K=128))
-    with pytest.raises(AssertionError):  # BLOCK_K 256 straddles two block_k=128 scales
-        w8a16_block_fp8_matmul(x, w_q, w_s, (64, 128), config=GemvConfig(BLOCK_N=16, BLOCK_K=256))
+    x96, w_q96, w_s96 = gemv_operands(4, 128, 256, (64, 96), torch.float32)
+    with pytest.raises(AssertionError):  # BLOCK_K 64 neither divides block_k=96 nor is a multiple of it
+        w8a16_block_fp8_matmul(x96, w_q96, w_s96, (64, 96), config=GemvConfig(BLOCK_N=16, BLOCK_K=64))
+    w8a16_block_fp8_matmul(x96, w_q96, w_s96, (64, 96), config=GemvConfig(BLOCK_N=16, BLOCK_K=32))  # divides
     with pytest.raises(AssertionError):  # scales of the wrong shape
         w8a16_block_fp8_matmul(x, w_q, w_s[:, :1], (64, 128))
     with pytest.raises(AssertionError):  # M past the GEMV's range
@@ -496,7 +510,7 @@ def test_gemv_shipped_config_file():
         for bucket, d in by_m.items():
             cfg = GemvConfig.from_dict(d)
             assert cfg.to_dict() == d, "every field given, no others"
-            assert 128 % cfg.BLOCK_N == 0 and 128 % cfg.BLOCK_K == 0 and cfg.BLOCK_K >= 16
+            assert 128 % cfg.BLOCK_N == 0 and fp8_gemv.k_tile_fits(cfg.BLOCK_K, 128) and cfg.BLOCK_K >= 16
             assert cfg.SPLIT_K >= 1 and cfg.num_warps in (1, 2, 4, 8) and 1 <= cfg.num_stages <= 6
             assert fp8_gemv.choose_config(int(bucket), n, k) == cfg
 
