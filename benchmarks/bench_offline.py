@@ -117,6 +117,8 @@ ENV_ABLATIONS = {
     "radixlm-pdl-16": {"RADIXLM_PDL": "16"},
     "radixlm-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "1"},
     "radixlm-fp8-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "1"},
+    # another fp8 GEMV table, e.g. the committed one beside a table just tuned (BENCH_FP8_GEMV_TABLE)
+    "radixlm-fp8-gemv-table": {"RADIXLM_FP8_GEMV_CONFIGS": os.environ.get("BENCH_FP8_GEMV_TABLE", "")},
 }
 
 
@@ -366,7 +368,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ablations",
         default="",
         help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, "
-        "fp8-lm-head, no-dense-gemv, no-pdl, pdl-16, fp8-no-pdl, tp2, spec-ngram, spec-lookahead",
+        "fp8-lm-head, no-dense-gemv, no-pdl, pdl-16, fp8-no-pdl, fused-silu, fp8-fused-silu, fp8-gemv-table "
+        "(the fp8 GEMV table at $BENCH_FP8_GEMV_TABLE), tp2, spec-ngram, spec-lookahead",
     )
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
@@ -484,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("radixlm-fused-silu", {}, batch_sizes, False))
     if "fp8-fused-silu" in ablations:
         configs.append(("radixlm-fp8-fused-silu", {"quantization": "fp8"}, batch_sizes, False))
+    if "fp8-gemv-table" in ablations:
+        if not os.environ.get("BENCH_FP8_GEMV_TABLE"):
+            sys.exit("the fp8-gemv-table ablation reads its table's path from $BENCH_FP8_GEMV_TABLE")
+        configs.append(("radixlm-fp8-gemv-table", {"quantization": "fp8"}, batch_sizes, False))
     if "no-overlap" in ablations:
         configs.append(("radixlm-no-overlap", {"overlap_schedule": "off"}, batch_sizes, False))
     if "no-cuda-graph" in ablations:

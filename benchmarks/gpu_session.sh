@@ -23,6 +23,7 @@
 #   bash benchmarks/gpu_session.sh tp       # 2 GPUs: TP/DP parity and the 8B shape at TP=1 vs TP=2
 #   bash benchmarks/gpu_session.sh view     # issue 26: a cache snapshot's cost during an 8B batch-64 decode
 #   bash benchmarks/gpu_session.sh floor    # issue 25: dense GEMV tuning, 8B b=1/64 with and without it, profile
+#                                           # (TUNE_FP8=1: first tune the fp8 GEMV in CUDA graphs)
 #   bash benchmarks/gpu_session.sh moe      # issue 24: fused MoE GPU tests, Qwen3-30B-A3B shape vs HF
 #   bash benchmarks/gpu_session.sh moe-tune # issue 24: tune the fused MoE kernel's tiles
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
@@ -230,6 +231,14 @@ case "$MODE" in
       timeout 130 python3 benchmarks/tune_dense_gemv.py --m ${TUNE_M:-1 2} --quick --reps 15 \
         --results "$OUT/tune-dense-gemv.json" 2>&1 | tee "$OUT/tune-dense-gemv.log" | grep -E "^dense|thresholds|FAILURE|Error"
       cp runtime/kernels/triton/dense_gemv_configs.json "$OUT/dense_gemv_configs.json"
+    fi
+    if [ "${TUNE_FP8:-0}" = 1 ]; then  # the fp8 GEMV at TUNE_FP8_M inside CUDA graphs, the wide round too;
+      # the committed table stays the baseline of the fp8-gemv-table ablation
+      cp runtime/kernels/triton/fp8_gemv_configs.json /tmp/fp8_gemv_configs.committed.json
+      export BENCH_FP8_GEMV_TABLE=/tmp/fp8_gemv_configs.committed.json
+      timeout ${TUNE_FP8_TIMEOUT:-240} python3 benchmarks/tune_fp8_gemm.py --gemv --m ${TUNE_FP8_M:-1} --chain-mb 512 --wide \
+        --reps 20 --results "$OUT/tune-gemv-chain.json" 2>&1 | tee "$OUT/tune-gemv-chain.log" | grep -E "^GEMV|FAILURE|Error"
+      cp runtime/kernels/triton/fp8_gemv_configs.json "$OUT/fp8_gemv_configs.json"
     fi
     python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
       --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }

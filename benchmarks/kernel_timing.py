@@ -77,6 +77,32 @@ def time_ms(
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
+def chain_time_ms(run_copy: Callable[[int], object], copies: int, reps: int = 20) -> float:
+    """Median ms of one call within a CUDA graph of `copies` calls back to back, `run_copy(i)` on the
+    i-th copy of the operands: how a kernel runs inside a decode step's graph (launched with PDL
+    where it takes it, its ramp overlapping the tail of the call ahead), the copies' weights
+    together several times L2, so each call reads its own from device memory. The graph's replay
+    is one launch: no host gaps to hide."""
+    for i in range(copies):  # compiles and allocations outside the capture
+        run_copy(i)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(copies):
+            run_copy(i)
+    graph.replay()
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for s, e in zip(starts, ends):
+        s.record()
+        graph.replay()
+        e.record()
+    torch.cuda.synchronize()
+    del graph
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / copies
+
+
 def evict_l2(flush: torch.Tensor) -> None:
     """Fill L2 with clean lines of `flush` (256 MB: five times an H100's L2) by reading it whole, so
     the next call reads its operands from device memory, as a layer of a forward pass does. A read,

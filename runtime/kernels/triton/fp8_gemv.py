@@ -27,8 +27,9 @@ The kernel (layout, split-K, edges, PDL, the gated MLP's activation) is gemv_ker
 
 M changes at every serving step: it is never specialised (`do_not_specialize`); BLOCK_M (1, 2, 4,
 8 or 16) is, so each M bucket compiles once. Tile configs come from `choose_config`: tuned values
-in fp8_gemv_configs.json (written by `benchmarks/tune_fp8_gemm.py --gemv`) keyed by "N,K" and M
-bucket, else `default_config`. The same file holds the dispatch threshold (`max_m_for`).
+in fp8_gemv_configs.json (written by `benchmarks/tune_fp8_gemm.py --gemv`; RADIXLM_FP8_GEMV_CONFIGS
+names another) keyed by "N,K" and M bucket, else `default_config`. The same file holds the
+dispatch threshold (`max_m_for`).
 
 Without scales the same kernel multiplies a bf16 / fp16 weight: the dense GEMV of dense_gemv.py,
 with its own tuned table.
@@ -36,6 +37,7 @@ with its own tuned table.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -50,6 +52,8 @@ __all__ = ["MAX_M", "M_BUCKETS", "GemvConfig", "block_m_for", "w8a16_block_fp8_m
 FP8_DTYPE = torch.float8_e4m3fn  # as reference.py; not imported, so this module needs only torch and triton
 
 CONFIG_FILE = Path(__file__).with_name("fp8_gemv_configs.json")
+# another table's path: one tuned for this card, or a benchmark's baseline
+CONFIG_ENV = "RADIXLM_FP8_GEMV_CONFIGS"
 # programs the default config aims for: about 4 per SM of an H100 (132 SMs), so that enough weight
 # loads are in flight; more splits would add partial sums to reduce for little gain
 TARGET_PROGRAMS = 512
@@ -58,8 +62,9 @@ TARGET_PROGRAMS = 512
 def load_configs(path: str | Path | None = None) -> dict:
     """The table {"_gemv_max_m": int, "_gemv_max_m_by_shape": {"N,K": int}, "N,K": {"<M bucket>":
     {BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages}}} (other keys starting with "_" are
-    metadata); {} when the file is missing or unreadable. Read once per path."""
-    return load_config_file(str(path or CONFIG_FILE))
+    metadata); {} when the file is missing or unreadable. Read once per path. Default: the file
+    $RADIXLM_FP8_GEMV_CONFIGS names, else fp8_gemv_configs.json."""
+    return load_config_file(str(path or os.environ.get(CONFIG_ENV) or CONFIG_FILE))
 
 
 def max_m_for(n: int, k: int, block_size: tuple[int, int] = (128, 128), configs: dict | None = None) -> int:
@@ -100,7 +105,8 @@ def default_config(m: int, n: int, k: int, block_size: tuple[int, int] = (128, 1
 
 
 def k_tile_fits(block_k_tile: int, block_k: int) -> bool:
-    """Whether a BLOCK_K step meets the scale blocks (module doc): it divides block_k or is a multiple of it."""
+    """Whether a BLOCK_K step meets the scale blocks (module doc): it divides block_k or is a
+    multiple of it."""
     return block_k % block_k_tile == 0 or block_k_tile % block_k == 0
 
 
@@ -161,7 +167,9 @@ def w8a16_block_fp8_matmul(
     elif isinstance(config, dict):
         config = GemvConfig.from_dict(config)
     assert block_n % config.BLOCK_N == 0, f"BLOCK_N {config.BLOCK_N} must divide block_n {block_n}"
-    assert k_tile_fits(config.BLOCK_K, block_k), f"BLOCK_K {config.BLOCK_K} must divide block_k {block_k} or be a multiple"
+    assert k_tile_fits(config.BLOCK_K, block_k), (
+        f"BLOCK_K {config.BLOCK_K} must divide block_k {block_k} or be a multiple of it"
+    )
     assert config.BLOCK_K >= 16 and config.SPLIT_K >= 1, config
 
     launch(x, w_q, w_scale_inv, block_size, config, out, gated=gated)

@@ -92,23 +92,22 @@ def _accumulate(
     after the loop). With scales (e4m3 -> fp32 is exact): a step within one scale block multiplies
     its K sum by that scale (BLOCK_M * BLOCK_N multiplies); a step across several blocks, or a
     deferred sum, multiplies x by each element's block scale before the product (BLOCK_M * BLOCK_K)."""
+    # one return at the end: Triton compiles the statements after a return inside an `if` too
+    xf = x.to(tl.float32)
     if HAS_SCALE and (DEFER_SUM or BLOCK_K > BLOCK_SCALE_K):
         if BLOCK_K <= BLOCK_SCALE_K:  # one block: a scalar
-            scale = tl.load(s_ptr + (k0 // BLOCK_SCALE_K) * stride_ws_k)
+            xf = xf * tl.load(s_ptr + (k0 // BLOCK_SCALE_K) * stride_ws_k)
         else:  # clamped: a partial last step's lanes past K (x = 0 there) read the last block's scale
             blocks = tl.minimum((k0 + tl.arange(0, BLOCK_K)) // BLOCK_SCALE_K, (K - 1) // BLOCK_SCALE_K)
-            scale = tl.load(s_ptr + blocks * stride_ws_k)[None, None, :]
-        prod = (x.to(tl.float32) * scale) * w.to(tl.float32)
-        if DEFER_SUM:
-            return acc + prod
-        return acc + tl.sum(prod, axis=2)
-    prod = x.to(tl.float32) * w.to(tl.float32)
+            xf = xf * tl.load(s_ptr + blocks * stride_ws_k)[None, None, :]
+    prod = xf * w.to(tl.float32)
     if DEFER_SUM:
-        return acc + prod
-    part = tl.sum(prod, axis=2)  # [BLOCK_M, BLOCK_N, BLOCK_K] summed over K
-    if HAS_SCALE:  # BLOCK_K divides block_k: one scale covers the step
-        part = part * tl.load(s_ptr + (k0 // BLOCK_SCALE_K) * stride_ws_k)
-    return acc + part
+        acc = acc + prod
+    elif HAS_SCALE and BLOCK_K <= BLOCK_SCALE_K:  # one scale covers the step: times its K sum
+        acc = acc + tl.sum(prod, axis=2) * tl.load(s_ptr + (k0 // BLOCK_SCALE_K) * stride_ws_k)
+    else:
+        acc = acc + tl.sum(prod, axis=2)  # [BLOCK_M, BLOCK_N, BLOCK_K] summed over K
+    return acc
 
 
 @triton.jit
@@ -163,7 +162,7 @@ def _gemv_kernel(
     HAS_SCALE: tl.constexpr = True,  # False: a bf16/fp16/fp32 weight without scales (dense_gemv.py)
     USE_PDL: tl.constexpr = False,  # launched with PDL (pdl.py)
     GATED: tl.constexpr = False,  # x_ptr is gate_up [M, 2K]: x = silu(gate) * up (`_load_x`)
-    DEFER_SUM: tl.constexpr = False,  # accumulate [BLOCK_M, BLOCK_N, BLOCK_K], sum over K once (`_accumulate`)
+    DEFER_SUM: tl.constexpr = False,  # a [BLOCK_M, BLOCK_N, BLOCK_K] acc, summed over K once (`_accumulate`)
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
