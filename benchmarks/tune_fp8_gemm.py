@@ -178,7 +178,8 @@ def gemv_split_ks(n: int, k: int, block_n: int, block_k: int) -> list[int]:
 
 def gemv_fits(block_m: int, block_n: int, block_k: int, warps: int, defer: int = 0) -> bool:
     """Whether a tile keeps its registers: >= 8 weight elements a thread (wide loads), the step's
-    fp32 products within GEMV_MAX_PRODUCTS, and a deferred sum's accumulator within half of that."""
+    fp32 products within GEMV_MAX_PRODUCTS, and within half of that with a deferred sum's
+    accumulator or a prefetched tile (`defer`)."""
     per_thread = block_n * block_k // (32 * warps)
     limit = GEMV_MAX_PRODUCTS // 2 if defer else GEMV_MAX_PRODUCTS
     return per_thread >= 8 and block_m * per_thread <= limit
@@ -186,10 +187,9 @@ def gemv_fits(block_m: int, block_n: int, block_k: int, warps: int, defer: int =
 
 # (BLOCK_N, BLOCK_K, num_warps) of the wide round (--wide, M <= 2): steps over several scale blocks
 # (longer contiguous reads of each weight row) and 8 to 32 columns a program, each with and without
-# the deferred K sum
-GEMV_WIDE_ROUND = tuple(
-    (bn, bk, w) for bk in (128, 256, 512) for bn in (8, 16, 32, 64) for w in (4, 8) if bn * bk <= 16384
-)
+# the deferred K sum and the weight prefetch (GEMV_WIDE_VARIANTS: (DEFER_SUM, PREFETCH))
+GEMV_WIDE_ROUND = tuple((bn, bk, w) for bk in (128, 256, 512) for bn in (8, 16, 32) for w in (4, 8))
+GEMV_WIDE_VARIANTS = ((0, 0), (1, 0), (0, 1), (1, 1))
 
 
 def tune_gemv_shape(
@@ -236,7 +236,7 @@ def tune_gemv_shape(
             if ms_run is not None:
                 timed[key] = ms_run
 
-        def config(block_n, block_k, split_k, warps, stages, defer=0) -> dict:
+        def config(block_n, block_k, split_k, warps, stages, defer=0, prefetch=0) -> dict:
             return {
                 "BLOCK_N": block_n,
                 "BLOCK_K": block_k,
@@ -244,6 +244,7 @@ def tune_gemv_shape(
                 "num_warps": warps,
                 "num_stages": stages,
                 "DEFER_SUM": defer,
+                "PREFETCH": prefetch,
             }
 
         # round 1: BLOCK_K 128, no pipelining, (BLOCK_N, warps) x SPLIT_K
@@ -265,14 +266,15 @@ def tune_gemv_shape(
             measure(config(bn, 128, split, warps, 3))
         if args.wide and block_m <= 2:
             for block_n, block_k, warps in GEMV_WIDE_ROUND:
-                for defer in (0, 1):
-                    if gemv_fits(block_m, block_n, block_k, warps, defer):
+                for defer, prefetch in GEMV_WIDE_VARIANTS:
+                    if gemv_fits(block_m, block_n, block_k, warps, defer or prefetch):
                         for split_k in gemv_split_ks(n, k, block_n, block_k):
-                            measure(config(block_n, block_k, split_k, warps, 1, defer))
+                            measure(config(block_n, block_k, split_k, warps, 1, defer, prefetch))
         key_best = min(timed, key=timed.get)
         cfg_best, ms_best = dict(key_best), timed[key_best]
         ordered = {
-            f: cfg_best[f] for f in ("BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages", "DEFER_SUM")
+            f: cfg_best[f]
+            for f in ("BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages", "DEFER_SUM", "PREFETCH")
         }
 
         # what the W8A8 path costs here: the activation quantisation plus the GEMM

@@ -65,6 +65,7 @@ class GemvConfig(TileConfig):
     num_warps: int = 4
     num_stages: int = 1  # > 1: Triton pipelines the tile loads through shared memory (cp.async)
     DEFER_SUM: int = 0  # 1: products accumulate per element and are summed over K once, after the loop
+    PREFETCH: int = 0  # 1: the next step's weight tile is loaded before this step's math (in registers)
 
 
 def block_m_for(m: int) -> int:
@@ -163,6 +164,7 @@ def _gemv_kernel(
     USE_PDL: tl.constexpr = False,  # launched with PDL (pdl.py)
     GATED: tl.constexpr = False,  # x_ptr is gate_up [M, 2K]: x = silu(gate) * up (`_load_x`)
     DEFER_SUM: tl.constexpr = False,  # a [BLOCK_M, BLOCK_N, BLOCK_K] acc, summed over K once (`_accumulate`)
+    PREFETCH: tl.constexpr = False,  # the next step's weights loaded before this step's math
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -184,33 +186,63 @@ def _gemv_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_loop = k_start
-    if USE_PDL:
-        # the first step's weight tile is read before the wait: no kernel of the step writes
-        # weights, so this read may overlap the kernel ahead (pdl.py); every split has a step
+    if PREFETCH:
+        # registers double-buffer the weight tiles: the next step's load is issued before this
+        # step's math, so a program always has a tile in flight. The last step re-reads its own
+        # tile (an L2 hit) instead of reading past its K range. The first tile is read before
+        # the PDL wait (below).
         first_k = (k_start + offs_k)[None, None, :] < K
         if EVEN_K:
             w = tl.load(w_ptrs)
         else:
             w = tl.load(w_ptrs, mask=first_k, other=0.0)
-        tl.extra.cuda.gdc_wait()
-        x = _load_x(x_ptrs, first_k, K * stride_xk, GATED, EVEN_K)
-        acc = _accumulate(
-            acc, x, w, s_ptr, k_start, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM
-        )
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
-        k_loop = k_start + BLOCK_K
-    for k0 in tl.range(k_loop, k_end, BLOCK_K, num_stages=NUM_STAGES):
-        in_k = (k0 + offs_k)[None, None, :] < K  # only the last step of the last split is partial
-        x = _load_x(x_ptrs, in_k, K * stride_xk, GATED, EVEN_K)
-        if EVEN_K:
-            w = tl.load(w_ptrs)
-        else:
-            w = tl.load(w_ptrs, mask=in_k, other=0.0)
-        acc = _accumulate(acc, x, w, s_ptr, k0, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM)
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
+        if USE_PDL:
+            tl.extra.cuda.gdc_wait()
+        for k0 in tl.range(k_start, k_end, BLOCK_K):
+            step = tl.where(k0 + BLOCK_K < k_end, BLOCK_K, 0)
+            if EVEN_K:
+                w_next = tl.load(w_ptrs + step * stride_wk)
+            else:
+                w_next = tl.load(
+                    w_ptrs + step * stride_wk, mask=(k0 + step + offs_k)[None, None, :] < K, other=0.0
+                )
+            x = _load_x(x_ptrs, (k0 + offs_k)[None, None, :] < K, K * stride_xk, GATED, EVEN_K)
+            acc = _accumulate(
+                acc, x, w, s_ptr, k0, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM
+            )
+            w = w_next
+            x_ptrs += BLOCK_K * stride_xk
+            w_ptrs += step * stride_wk
+    else:
+        k_loop = k_start
+        if USE_PDL:
+            # the first step's weight tile is read before the wait: no kernel of the step writes
+            # weights, so this read may overlap the kernel ahead (pdl.py); every split has a step
+            first_k = (k_start + offs_k)[None, None, :] < K
+            if EVEN_K:
+                w = tl.load(w_ptrs)
+            else:
+                w = tl.load(w_ptrs, mask=first_k, other=0.0)
+            tl.extra.cuda.gdc_wait()
+            x = _load_x(x_ptrs, first_k, K * stride_xk, GATED, EVEN_K)
+            acc = _accumulate(
+                acc, x, w, s_ptr, k_start, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM
+            )
+            x_ptrs += BLOCK_K * stride_xk
+            w_ptrs += BLOCK_K * stride_wk
+            k_loop = k_start + BLOCK_K
+        for k0 in tl.range(k_loop, k_end, BLOCK_K, num_stages=NUM_STAGES):
+            in_k = (k0 + offs_k)[None, None, :] < K  # only the last step of the last split is partial
+            x = _load_x(x_ptrs, in_k, K * stride_xk, GATED, EVEN_K)
+            if EVEN_K:
+                w = tl.load(w_ptrs)
+            else:
+                w = tl.load(w_ptrs, mask=in_k, other=0.0)
+            acc = _accumulate(
+                acc, x, w, s_ptr, k0, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM
+            )
+            x_ptrs += BLOCK_K * stride_xk
+            w_ptrs += BLOCK_K * stride_wk
     if USE_PDL:  # the weights are read: the next kernel may start and read its own
         tl.extra.cuda.gdc_launch_dependents()
     if DEFER_SUM:
@@ -326,5 +358,6 @@ def launch(
         HAS_SCALE=scales is not None,
         GATED=gated,
         DEFER_SUM=bool(config.DEFER_SUM),
+        PREFETCH=bool(config.PREFETCH),
         **pdl.launch_options(x, m),
     )
