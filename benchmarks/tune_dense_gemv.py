@@ -26,9 +26,11 @@ import time
 from pathlib import Path
 
 import torch
-from kernel_timing import LLAMA_8B_SHAPES, load_kernel_modules, parse_shape, time_ms
+from kernel_timing import LLAMA_8B_SHAPES, chain_time_ms, load_kernel_modules, parse_shape, time_ms
 from tune_fp8_gemm import (
     GEMV_FIRST_ROUND,
+    GEMV_WIDE_ROUND,
+    GEMV_WIDE_VARIANTS,
     HOLD_CYCLES,
     check_and_time,
     gemv_fits,
@@ -45,6 +47,9 @@ DEFAULT_MS = (1, 2, 4)  # batch-1 decode, and speculative / jump-forward verify 
 def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tensor, args) -> tuple[dict, dict]:
     """({M bucket: best tiles}, {M bucket: {"gemv_us", "cublas_us", ...}}) for one [N, K] weight."""
     w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16)
+    # --chain-mb: copies of the weight, together that many MB, timed back to back in a CUDA graph
+    copies = max(2, -(-args.chain_mb * 2**20 // (2 * w.numel()))) if args.chain_mb else 0
+    ws = [w] + [w.clone() for _ in range(copies - 1)]
     best: dict[str, dict] = {}
     measured: dict[str, dict] = {}
     for m in ms:
@@ -55,18 +60,28 @@ def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tenso
         timed: dict[tuple, float] = {}
         t0 = time.time()
 
-        def measure(block_n: int, block_k: int, split_k: int, warps: int, stages: int) -> None:
+        def measure(block_n, block_k, split_k, warps, stages, defer=0, prefetch=0) -> None:
             cfg = {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k}
-            cfg |= {"num_warps": warps, "num_stages": stages}
+            cfg |= {"num_warps": warps, "num_stages": stages, "DEFER_SUM": defer, "PREFETCH": prefetch}
             key = tuple(cfg.items())
-            if key in timed or not gemv_fits(block_m, block_n, block_k, warps):
+            if key in timed or not gemv_fits(block_m, block_n, block_k, warps, defer or prefetch):
                 return
 
             def run(cfg=cfg):
                 gemv.dense_gemv(x, w, config=cfg, out=out)
 
+            def run_copy(i: int, cfg=cfg):
+                gemv.dense_gemv(x, ws[i], config=cfg, out=out)
+
             result = check_and_time(
-                run, out, expected, f"N,K={n},{k} M={m} {cfg}", flush, args, budget_ms=100.0
+                run,
+                out,
+                expected,
+                f"N,K={n},{k} M={m} {cfg}",
+                flush,
+                args,
+                budget_ms=100.0,
+                timer=(lambda: chain_time_ms(run_copy, copies)) if copies else None,
             )
             if result is not None:
                 timed[key] = result
@@ -83,12 +98,19 @@ def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tenso
             measure(bn, bk, split, warps, 3)
             if bn >= 32:
                 measure(bn // 2, 2 * bk, split, warps, 1)
+        if args.wide and block_m <= 2:  # tune_fp8_gemm.py's wide round, in elements (twice the bytes)
+            for block_n, block_k, warps in GEMV_WIDE_ROUND:
+                for defer, prefetch in GEMV_WIDE_VARIANTS:
+                    for split_k in gemv_split_ks(n, k, block_n, block_k):
+                        measure(block_n, block_k, split_k, warps, 1, defer, prefetch)
         cfg_best = dict(min(timed, key=timed.get))
         ms_best = timed[tuple(cfg_best.items())]
         cublas_out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-        ms_cublas = time_ms(
-            lambda: torch.matmul(x, w.t(), out=cublas_out), flush, args.warmup, args.reps, 100.0, HOLD_CYCLES
-        )
+        if copies:
+            ms_cublas = chain_time_ms(lambda i: torch.matmul(x, ws[i].t(), out=cublas_out), copies)
+        else:
+            cublas = lambda: torch.matmul(x, w.t(), out=cublas_out)
+            ms_cublas = time_ms(cublas, flush, args.warmup, args.reps, 100.0, HOLD_CYCLES)
         gbs = 2 * n * k / ms_best / 1e6
         print(
             f"dense GEMV N,K={n},{k} M={m:2d}: {ms_best * 1e3:7.1f} us ({gbs:5.0f} GB/s) vs cuBLAS "
@@ -117,6 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="the first round only")
+    p.add_argument(
+        "--chain-mb",
+        type=int,
+        default=0,
+        help="time inside a CUDA graph of weight copies together this many MB (tune_fp8_gemm.py's)",
+    )
+    p.add_argument("--wide", action="store_true", help="M <= 2: tune_fp8_gemm.py's wide round too")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("tune_dense_gemv.py needs a CUDA GPU: run it on the machine whose table you want")
