@@ -64,7 +64,7 @@ def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tenso
             cfg = {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k}
             cfg |= {"num_warps": warps, "num_stages": stages, "DEFER_SUM": defer, "PREFETCH": prefetch}
             key = tuple(cfg.items())
-            if key in timed or not gemv_fits(block_m, block_n, block_k, warps, defer or prefetch):
+            if key in timed or not gemv_fits(block_m, block_n, block_k, warps, defer, prefetch):
                 return
 
             def run(cfg=cfg):

@@ -65,7 +65,7 @@ class GemvConfig(TileConfig):
     num_warps: int = 4
     num_stages: int = 1  # > 1: Triton pipelines the tile loads through shared memory (cp.async)
     DEFER_SUM: int = 0  # 1: products accumulate per element and are summed over K once, after the loop
-    PREFETCH: int = 0  # 1: the next step's weight tile is loaded before this step's math (in registers)
+    PREFETCH: int = 0  # 1, 2: weight tiles are loaded that many steps ahead of their math (in registers)
 
 
 def block_m_for(m: int) -> int:
@@ -164,7 +164,7 @@ def _gemv_kernel(
     USE_PDL: tl.constexpr = False,  # launched with PDL (pdl.py)
     GATED: tl.constexpr = False,  # x_ptr is gate_up [M, 2K]: x = silu(gate) * up (`_load_x`)
     DEFER_SUM: tl.constexpr = False,  # a [BLOCK_M, BLOCK_N, BLOCK_K] acc, summed over K once (`_accumulate`)
-    PREFETCH: tl.constexpr = False,  # the next step's weights loaded before this step's math
+    PREFETCH: tl.constexpr = 0,  # 1, 2: weight tiles loaded that many steps ahead of their math
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -187,30 +187,43 @@ def _gemv_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if PREFETCH:
-        # registers double-buffer the weight tiles: the next step's load is issued before this
-        # step's math, so a program always has a tile in flight. The last step re-reads its own
-        # tile (an L2 hit) instead of reading past its K range. The first tile is read before
-        # the PDL wait (below).
+        # registers hold the next PREFETCH (1 or 2) weight tiles: a step's loads are issued
+        # PREFETCH steps ahead of its math, so a program always has tiles in flight. Past its
+        # last step a program re-reads its last tile (an L1/L2 hit), never past its K range. The
+        # first tiles are read before the PDL wait (pdl.py), overlapping the kernel ahead.
         first_k = (k_start + offs_k)[None, None, :] < K
         if EVEN_K:
             w = tl.load(w_ptrs)
         else:
             w = tl.load(w_ptrs, mask=first_k, other=0.0)
+        if PREFETCH == 2:
+            step = tl.where(k_start + BLOCK_K < k_end, BLOCK_K, 0)
+            w_ptrs += step * stride_wk
+            if EVEN_K:
+                w_next = tl.load(w_ptrs)
+            else:
+                w_next = tl.load(w_ptrs, mask=(k_start + step + offs_k)[None, None, :] < K, other=0.0)
         if USE_PDL:
             tl.extra.cuda.gdc_wait()
         for k0 in tl.range(k_start, k_end, BLOCK_K):
-            step = tl.where(k0 + BLOCK_K < k_end, BLOCK_K, 0)
+            # w_ptrs: the tile PREFETCH - 1 steps ahead; step: whether one more follows it
+            k_ahead = k0 + (PREFETCH - 1) * BLOCK_K
+            step = tl.where(k_ahead + BLOCK_K < k_end, BLOCK_K, 0)
             if EVEN_K:
-                w_next = tl.load(w_ptrs + step * stride_wk)
+                w_ahead = tl.load(w_ptrs + step * stride_wk)
             else:
-                w_next = tl.load(
-                    w_ptrs + step * stride_wk, mask=(k0 + step + offs_k)[None, None, :] < K, other=0.0
+                w_ahead = tl.load(
+                    w_ptrs + step * stride_wk, mask=(k_ahead + step + offs_k)[None, None, :] < K, other=0.0
                 )
             x = _load_x(x_ptrs, (k0 + offs_k)[None, None, :] < K, K * stride_xk, GATED, EVEN_K)
             acc = _accumulate(
                 acc, x, w, s_ptr, k0, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM
             )
-            w = w_next
+            if PREFETCH == 2:
+                w = w_next
+                w_next = w_ahead
+            else:
+                w = w_ahead
             x_ptrs += BLOCK_K * stride_xk
             w_ptrs += step * stride_wk
     else:
@@ -358,6 +371,6 @@ def launch(
         HAS_SCALE=scales is not None,
         GATED=gated,
         DEFER_SUM=bool(config.DEFER_SUM),
-        PREFETCH=bool(config.PREFETCH),
+        PREFETCH=config.PREFETCH,
         **pdl.launch_options(x, m),
     )
