@@ -237,6 +237,7 @@ case "$MODE" in
       cp runtime/kernels/triton/fp8_gemv_configs.json /tmp/fp8_gemv_configs.committed.json
       export BENCH_FP8_GEMV_TABLE=/tmp/fp8_gemv_configs.committed.json
       timeout ${TUNE_FP8_TIMEOUT:-240} python3 benchmarks/tune_fp8_gemm.py --gemv --m ${TUNE_FP8_M:-1} --chain-mb 512 --wide \
+        --shapes ${TUNE_FP8_SHAPES:-28672,4096 4096,14336 6144,4096 4096,4096} \
         --reps 20 --results "$OUT/tune-gemv-chain.json" 2>&1 | tee "$OUT/tune-gemv-chain.log" | grep -E "^GEMV|FAILURE|Error"
       cp runtime/kernels/triton/fp8_gemv_configs.json "$OUT/fp8_gemv_configs.json"
     fi
