@@ -227,8 +227,10 @@ case "$MODE" in
     # gated down-projection GEMV, fp8 also with an fp8 LM head, at batch 1 and 64; then the GPU
     # tests of the changed kernels and the kernel-by-kernel profile (PDL off: under PDL a kernel's
     # time would include its wait for the one ahead)
-    if [ "${TUNE:-1}" = 1 ]; then  # TUNE=0: the committed table as it is
-      timeout 130 python3 benchmarks/tune_dense_gemv.py --m ${TUNE_M:-1 2} --quick --reps 15 \
+    if [ "${TUNE:-1}" = 1 ]; then  # TUNE=0: the committed table as it is (the gemv-table ablation's baseline)
+      cp runtime/kernels/triton/dense_gemv_configs.json /tmp/dense_gemv_configs.committed.json
+      export BENCH_DENSE_GEMV_TABLE=/tmp/dense_gemv_configs.committed.json
+      timeout ${TUNE_TIMEOUT:-130} python3 benchmarks/tune_dense_gemv.py --m ${TUNE_M:-1 2} --quick --reps 15 ${TUNE_ARGS:-} \
         --results "$OUT/tune-dense-gemv.json" 2>&1 | tee "$OUT/tune-dense-gemv.log" | grep -E "^dense|thresholds|FAILURE|Error"
       cp runtime/kernels/triton/dense_gemv_configs.json "$OUT/dense_gemv_configs.json"
     fi

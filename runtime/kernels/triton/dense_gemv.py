@@ -21,6 +21,7 @@ M ("_max_m_by_shape" in dense_gemv_configs.json). A shape it has not measured ke
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ from radixlm.runtime.kernels.triton.fp8_gemm import load_config_file, tuned_entr
 from radixlm.runtime.kernels.triton.gemv_kernel import MAX_M, GemvConfig, launch
 
 CONFIG_FILE = Path(__file__).with_name("dense_gemv_configs.json")
+CONFIG_ENV = "RADIXLM_DENSE_GEMV_CONFIGS"  # another table's path, as fp8_gemv.py's CONFIG_ENV
 WEIGHT_DTYPES = (torch.bfloat16, torch.float16)  # the weights the tuned table speaks for
 NO_BLOCKS = (1, 1)  # the table has no weight blocks; `tuned_entry` checks this key like fp8's
 TARGET_PROGRAMS = 512  # as the fp8 GEMV's default: about 4 programs an SM of an H100
@@ -37,8 +39,9 @@ TARGET_PROGRAMS = 512  # as the fp8 GEMV's default: about 4 programs an SM of an
 
 def load_configs(path: str | Path | None = None) -> dict:
     """The table {"_max_m_by_shape": {"N,K": int}, "N,K": {"<M bucket>": {BLOCK_N, BLOCK_K, SPLIT_K,
-    num_warps, num_stages}}} (other "_" keys are metadata); {} when missing or unreadable."""
-    return load_config_file(str(path or CONFIG_FILE))
+    num_warps, num_stages, DEFER_SUM, PREFETCH}}} (other "_" keys are metadata); {} when missing or
+    unreadable. Default: the file $RADIXLM_DENSE_GEMV_CONFIGS names, else dense_gemv_configs.json."""
+    return load_config_file(str(path or os.environ.get(CONFIG_ENV) or CONFIG_FILE))
 
 
 def max_m_for(n: int, k: int, dtype: torch.dtype, configs: dict | None = None) -> int:
