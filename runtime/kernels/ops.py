@@ -221,6 +221,12 @@ def set_fp8_gemm_backend(name: str) -> None:
     _fp8_gemm_backend = name
 
 
+def prepare_kernels(device: torch.device) -> None:
+    """What the Triton kernels need made before any CUDA graph is captured: the zeroed ticket
+    counters of the split-K GEMVs and of the decode attention's merge (gemv_kernel.py)."""
+    triton_kernels.gemv_kernel.prepare(device)
+
+
 def prepare_fp8(device: torch.device) -> str | None:
     """What the fp8 kernels need made or probed before any CUDA graph is captured (the model runner
     calls this at load): the GEMV's split-K tile counters, and, with backend "auto", whether
