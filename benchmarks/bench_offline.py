@@ -119,8 +119,8 @@ ENV_ABLATIONS = {
     "radixlm-fp8-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "1"},
     # another fp8 GEMV table, e.g. the committed one beside a table just tuned (BENCH_FP8_GEMV_TABLE)
     "radixlm-fp8-gemv-table": {"RADIXLM_FP8_GEMV_CONFIGS": os.environ.get("BENCH_FP8_GEMV_TABLE", "")},
-    "radixlm-no-attn-merge": {"RADIXLM_ATTN_MERGE": "0"},
-    "radixlm-fp8-no-attn-merge": {"RADIXLM_ATTN_MERGE": "0"},
+    "radixlm-attn-merge": {"RADIXLM_ATTN_MERGE": "1"},
+    "radixlm-fp8-attn-merge": {"RADIXLM_ATTN_MERGE": "1"},
     # the same for the dense (bf16) GEMV's table (BENCH_DENSE_GEMV_TABLE)
     "radixlm-gemv-table": {"RADIXLM_DENSE_GEMV_CONFIGS": os.environ.get("BENCH_DENSE_GEMV_TABLE", "")},
 }
@@ -374,7 +374,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, "
         "fp8-lm-head, no-dense-gemv, no-pdl, pdl-16, fp8-no-pdl, fused-silu, fp8-fused-silu, fp8-gemv-table "
         "(the fp8 GEMV table at $BENCH_FP8_GEMV_TABLE), gemv-table (the dense one at "
-        "$BENCH_DENSE_GEMV_TABLE), no-attn-merge, fp8-no-attn-merge, tp2, spec-ngram, spec-lookahead",
+        "$BENCH_DENSE_GEMV_TABLE), attn-merge, fp8-attn-merge, tp2, spec-ngram, spec-lookahead",
     )
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
@@ -492,10 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("radixlm-fused-silu", {}, batch_sizes, False))
     if "fp8-fused-silu" in ablations:
         configs.append(("radixlm-fp8-fused-silu", {"quantization": "fp8"}, batch_sizes, False))
-    if "no-attn-merge" in ablations:  # the decode attention's splits merged by a second launch
-        configs.append(("radixlm-no-attn-merge", {}, batch_sizes, False))
-    if "fp8-no-attn-merge" in ablations:
-        configs.append(("radixlm-fp8-no-attn-merge", {"quantization": "fp8"}, batch_sizes, False))
+    if "attn-merge" in ablations:  # batch-1 decode attention merging its splits without stage 2
+        configs.append(("radixlm-attn-merge", {}, batch_sizes, False))
+    if "fp8-attn-merge" in ablations:
+        configs.append(("radixlm-fp8-attn-merge", {"quantization": "fp8"}, batch_sizes, False))
     if "gemv-table" in ablations:
         if not os.environ.get("BENCH_DENSE_GEMV_TABLE"):
             sys.exit("the gemv-table ablation reads its table's path from $BENCH_DENSE_GEMV_TABLE")

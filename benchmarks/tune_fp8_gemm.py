@@ -389,8 +389,10 @@ def main_gemv(args) -> None:
         by_shape[key] = tuned_max
         table["_comment"] = (
             f"Tuned by benchmarks/tune_fp8_gemm.py --gemv on {card}, {date}, torch {torch.__version__}, "
-            f"triton {triton.__version__} (shapes {'; '.join(results['shapes'])}, M {ms}; "
-            "entries of other shapes or M may be older). "
+            f"triton {triton.__version__} (shapes {'; '.join(results['shapes'])}, M {ms}, timed "
+            + (f"in CUDA graphs of {args.chain_mb} MB of weight copies" if args.chain_mb else "alone")
+            + (", wide round" if args.wide else "")
+            + "; entries of other shapes or M may be older). "
             'Keys: "_gemv_max_m": largest M that ops.fp8_linear sends to the GEMV (for shapes without '
             "their own; the smallest of the tuned shapes' values); "
             '"_gemv_max_m_by_shape": {"N,K": the largest tuned M up to which the GEMV beat activation '
