@@ -378,7 +378,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, "
         "fp8-lm-head, no-dense-gemv, no-pdl, pdl-16, fp8-no-pdl, fused-silu, fp8-fused-silu, fp8-gemv-table "
         "(the fp8 GEMV table at $BENCH_FP8_GEMV_TABLE), gemv-table (the dense one at "
-        "$BENCH_DENSE_GEMV_TABLE), attn-merge, fp8-attn-merge, fp8-attn-merge-gemv-table, tp2, spec-ngram, spec-lookahead",
+        "$BENCH_DENSE_GEMV_TABLE), attn-merge, fp8-attn-merge, fp8-attn-merge-gemv-table, tp2, "
+        "spec-ngram, spec-lookahead",
     )
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
