@@ -119,12 +119,6 @@ ENV_ABLATIONS = {
     "radixlm-fp8-fused-silu": {"RADIXLM_FUSED_SILU_GEMV": "1"},
     # another fp8 GEMV table, e.g. the committed one beside a table just tuned (BENCH_FP8_GEMV_TABLE)
     "radixlm-fp8-gemv-table": {"RADIXLM_FP8_GEMV_CONFIGS": os.environ.get("BENCH_FP8_GEMV_TABLE", "")},
-    "radixlm-attn-merge": {"RADIXLM_ATTN_MERGE": "1"},
-    "radixlm-fp8-attn-merge": {"RADIXLM_ATTN_MERGE": "1"},
-    "radixlm-fp8-attn-merge-gemv-table": {
-        "RADIXLM_ATTN_MERGE": "1",
-        "RADIXLM_FP8_GEMV_CONFIGS": os.environ.get("BENCH_FP8_GEMV_TABLE", ""),
-    },
     # the same for the dense (bf16) GEMV's table (BENCH_DENSE_GEMV_TABLE)
     "radixlm-gemv-table": {"RADIXLM_DENSE_GEMV_CONFIGS": os.environ.get("BENCH_DENSE_GEMV_TABLE", "")},
 }
@@ -378,8 +372,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma list: no-overlap, no-cuda-graph, torch-kernels, fp8, fp8-triton, fp8-no-gemv, fp8-kv, "
         "fp8-lm-head, no-dense-gemv, no-pdl, pdl-16, fp8-no-pdl, fused-silu, fp8-fused-silu, fp8-gemv-table "
         "(the fp8 GEMV table at $BENCH_FP8_GEMV_TABLE), gemv-table (the dense one at "
-        "$BENCH_DENSE_GEMV_TABLE), attn-merge, fp8-attn-merge, fp8-attn-merge-gemv-table, tp2, "
-        "spec-ngram, spec-lookahead",
+        "$BENCH_DENSE_GEMV_TABLE), tp2, spec-ngram, spec-lookahead",
     )
     p.add_argument("--model-dir", default="/tmp/radixlm-bench-model")
     p.add_argument("--keep-model", action="store_true", help="leave the saved folder (e.g. for serving.py)")
@@ -497,19 +490,14 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("radixlm-fused-silu", {}, batch_sizes, False))
     if "fp8-fused-silu" in ablations:
         configs.append(("radixlm-fp8-fused-silu", {"quantization": "fp8"}, batch_sizes, False))
-    if "attn-merge" in ablations:  # batch-1 decode attention merging its splits without stage 2
-        configs.append(("radixlm-attn-merge", {}, batch_sizes, False))
-    if "fp8-attn-merge" in ablations:
-        configs.append(("radixlm-fp8-attn-merge", {"quantization": "fp8"}, batch_sizes, False))
     if "gemv-table" in ablations:
         if not os.environ.get("BENCH_DENSE_GEMV_TABLE"):
             sys.exit("the gemv-table ablation reads its table's path from $BENCH_DENSE_GEMV_TABLE")
         configs.append(("radixlm-gemv-table", {}, batch_sizes, False))
-    for name in ("fp8-gemv-table", "fp8-attn-merge-gemv-table"):  # the second: both at once
-        if name in ablations:
-            if not os.environ.get("BENCH_FP8_GEMV_TABLE"):
-                sys.exit(f"the {name} ablation reads its table's path from $BENCH_FP8_GEMV_TABLE")
-            configs.append((f"radixlm-{name}", {"quantization": "fp8"}, batch_sizes, False))
+    if "fp8-gemv-table" in ablations:
+        if not os.environ.get("BENCH_FP8_GEMV_TABLE"):
+            sys.exit("the fp8-gemv-table ablation reads its table's path from $BENCH_FP8_GEMV_TABLE")
+        configs.append(("radixlm-fp8-gemv-table", {"quantization": "fp8"}, batch_sizes, False))
     if "no-overlap" in ablations:
         configs.append(("radixlm-no-overlap", {"overlap_schedule": "off"}, batch_sizes, False))
     if "no-cuda-graph" in ablations:

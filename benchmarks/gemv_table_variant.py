@@ -4,7 +4,7 @@ BENCH_DENSE_GEMV_TABLE) to measure configs in the model that a tuner cannot rank
 tuner times a GEMV after GEMVs; in the model the kernel ahead may be attention or a norm).
 
     python benchmarks/gemv_table_variant.py runtime/kernels/triton/fp8_gemv_configs.json /tmp/variant.json \\
-        "4096,4096:1:PREFETCH=2" "6144,4096:1:PREFETCH=2,BLOCK_N=16"
+        "4096,4096:1:SPLIT_K=4" "6144,4096:1:DEFER_SUM=0,BLOCK_N=16"
 """
 
 from __future__ import annotations

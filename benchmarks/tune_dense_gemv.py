@@ -30,7 +30,6 @@ from kernel_timing import LLAMA_8B_SHAPES, chain_time_ms, load_kernel_modules, p
 from tune_fp8_gemm import (
     GEMV_FIRST_ROUND,
     GEMV_WIDE_ROUND,
-    GEMV_WIDE_VARIANTS,
     HOLD_CYCLES,
     check_and_time,
     gemv_fits,
@@ -60,11 +59,11 @@ def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tenso
         timed: dict[tuple, float] = {}
         t0 = time.time()
 
-        def measure(block_n, block_k, split_k, warps, stages, defer=0, prefetch=0) -> None:
+        def measure(block_n, block_k, split_k, warps, stages, defer=0) -> None:
             cfg = {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k}
-            cfg |= {"num_warps": warps, "num_stages": stages, "DEFER_SUM": defer, "PREFETCH": prefetch}
+            cfg |= {"num_warps": warps, "num_stages": stages, "DEFER_SUM": defer}
             key = tuple(cfg.items())
-            if key in timed or not gemv_fits(block_m, block_n, block_k, warps, defer, prefetch):
+            if key in timed or not gemv_fits(block_m, block_n, block_k, warps, defer):
                 return
 
             def run(cfg=cfg):
@@ -100,9 +99,9 @@ def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tenso
                 measure(bn // 2, 2 * bk, split, warps, 1)
         if args.wide and block_m <= 2:  # tune_fp8_gemm.py's wide round, in elements (twice the bytes)
             for block_n, block_k, warps in GEMV_WIDE_ROUND:
-                for defer, prefetch in GEMV_WIDE_VARIANTS:
+                for defer in (0, 1):
                     for split_k in gemv_split_ks(n, k, block_n, block_k):
-                        measure(block_n, block_k, split_k, warps, 1, defer, prefetch)
+                        measure(block_n, block_k, split_k, warps, 1, defer)
         cfg_best = dict(min(timed, key=timed.get))
         ms_best = timed[tuple(cfg_best.items())]
         cublas_out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)

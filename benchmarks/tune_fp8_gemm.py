@@ -176,20 +176,17 @@ def gemv_split_ks(n: int, k: int, block_n: int, block_k: int) -> list[int]:
     return splits
 
 
-def gemv_fits(block_m: int, block_n: int, block_k: int, warps: int, defer=0, prefetch=0) -> bool:
+def gemv_fits(block_m: int, block_n: int, block_k: int, warps: int, defer: int = 0) -> bool:
     """Whether a tile keeps its registers: >= 8 weight elements a thread (wide loads), and within
-    GEMV_MAX_PRODUCTS: the step's fp32 products, as many again for a deferred sum's accumulator,
-    and half a register an element for each tile loaded ahead."""
+    GEMV_MAX_PRODUCTS the step's fp32 products, as many again for a deferred sum's accumulator."""
     per_thread = block_n * block_k // (32 * warps)
-    held = block_m * per_thread * (2 if defer else 1) + per_thread * prefetch // 2
-    return per_thread >= 8 and held <= GEMV_MAX_PRODUCTS
+    return per_thread >= 8 and block_m * per_thread * (2 if defer else 1) <= GEMV_MAX_PRODUCTS
 
 
 # (BLOCK_N, BLOCK_K, num_warps) of the wide round (--wide, M <= 2): steps over several scale blocks
 # (longer contiguous reads of each weight row) and 8 to 32 columns a program, each with and without
-# the deferred K sum and the weight prefetch (GEMV_WIDE_VARIANTS: (DEFER_SUM, PREFETCH))
+# the deferred K sum
 GEMV_WIDE_ROUND = tuple((bn, bk, w) for bk in (128, 256, 512) for bn in (8, 16, 32) for w in (4, 8))
-GEMV_WIDE_VARIANTS = ((0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2))
 
 
 def tune_gemv_shape(
@@ -236,7 +233,7 @@ def tune_gemv_shape(
             if ms_run is not None:
                 timed[key] = ms_run
 
-        def config(block_n, block_k, split_k, warps, stages, defer=0, prefetch=0) -> dict:
+        def config(block_n, block_k, split_k, warps, stages, defer=0) -> dict:
             return {
                 "BLOCK_N": block_n,
                 "BLOCK_K": block_k,
@@ -244,7 +241,6 @@ def tune_gemv_shape(
                 "num_warps": warps,
                 "num_stages": stages,
                 "DEFER_SUM": defer,
-                "PREFETCH": prefetch,
             }
 
         # round 1: BLOCK_K 128, no pipelining, (BLOCK_N, warps) x SPLIT_K
@@ -266,15 +262,14 @@ def tune_gemv_shape(
             measure(config(bn, 128, split, warps, 3))
         if args.wide and block_m <= 2:
             for block_n, block_k, warps in GEMV_WIDE_ROUND:
-                for defer, prefetch in GEMV_WIDE_VARIANTS:
-                    if gemv_fits(block_m, block_n, block_k, warps, defer, prefetch):
+                for defer in (0, 1):
+                    if gemv_fits(block_m, block_n, block_k, warps, defer):
                         for split_k in gemv_split_ks(n, k, block_n, block_k):
-                            measure(config(block_n, block_k, split_k, warps, 1, defer, prefetch))
+                            measure(config(block_n, block_k, split_k, warps, 1, defer))
         key_best = min(timed, key=timed.get)
         cfg_best, ms_best = dict(key_best), timed[key_best]
         ordered = {
-            f: cfg_best[f]
-            for f in ("BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages", "DEFER_SUM", "PREFETCH")
+            f: cfg_best[f] for f in ("BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages", "DEFER_SUM")
         }
 
         # what the W8A8 path costs here: the activation quantisation plus the GEMM

@@ -223,7 +223,7 @@ def set_fp8_gemm_backend(name: str) -> None:
 
 def prepare_kernels(device: torch.device) -> None:
     """What the Triton kernels need made before any CUDA graph is captured: the zeroed ticket
-    counters of the split-K GEMVs and of the decode attention's merge (gemv_kernel.py)."""
+    counters of the split-K GEMVs, dense or fp8 (gemv_kernel.py)."""
     triton_kernels.gemv_kernel.prepare(device)
 
 

@@ -89,8 +89,7 @@ class ModelRunner:
         # CUDA graph is captured (an fp8 LM head alone needs the probe and the GEMV's counters too)
         self.fp8_gemm = None
         if use_triton:
-            # the tickets of split-K GEMVs and of the batch-1 decode attention's merge, made
-            # before any CUDA graph is captured
+            # the split-K GEMVs' tickets (dense or fp8), made before any CUDA graph is captured
             ops.prepare_kernels(self.device)
         if self.quantization == "fp8" or self.lm_head_quantization == "fp8":
             self.fp8_gemm = "torch reference" if not use_triton else "triton"

@@ -233,7 +233,7 @@ def test_gemv_dtypes_and_edges(m, x_dtype):
 
 @pytest.mark.parametrize(
     "config",
-    [  # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages[, DEFER_SUM[, PREFETCH]]
+    [  # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages[, DEFER_SUM]
         (8, 128, 1, 1, 1),
         (16, 128, 4, 4, 1),
         (32, 128, 8, 4, 1),
@@ -250,17 +250,13 @@ def test_gemv_dtypes_and_edges(m, x_dtype):
         (32, 128, 8, 4, 1, 1),
         (16, 256, 4, 4, 1, 1),
         (8, 512, 2, 4, 1, 1),
-        (32, 128, 8, 4, 1, 0, 1),
-        (16, 256, 4, 4, 1, 1, 1),
-        (16, 512, 2, 4, 1, 1, 2),
-        (32, 128, 1, 4, 1, 0, 2),
     ],
 )
 @pytest.mark.parametrize("m", [1, 16])
 def test_gemv_configs(m, config):
     """Every tile shape the tuner may pick computes the same function (odd N, K edges)."""
     block_n, block_k, _, warps = config[:4]
-    limit = 128 if any(config[5:]) else 256  # about tune_fp8_gemm.gemv_fits
+    limit = 128 if any(config[5:]) else 256  # tune_fp8_gemm.gemv_fits
     if m * block_n * block_k // (32 * warps) > limit:  # tune_fp8_gemm.GEMV_MAX_PRODUCTS
         pytest.skip("more fp32 products a thread than the tuner allows (compiling it took ~2 min on an H100)")
     assert run_gemv(m, 1152, 1000, torch.float32, GemvConfig(*config)) < GEMV_TOL[torch.float32]

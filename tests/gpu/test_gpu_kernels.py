@@ -81,11 +81,10 @@ def test_decode(dtype, kv_heads, heads, head_dim):
     expected = ref.decode_attention(q, k, v, r2t, rows, seq_lens, scale)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for splits in sorted({1, 7, 16, choose_num_kv_splits(len(DECODE_LENS), kv_heads, max(DECODE_LENS), sms)}):
-        for merge in (False, True):  # stage 2, or the last split's program, merges the splits
-            out = torch.full_like(q, float("nan"))
-            decode_attention(q, k, v, r2t, rows, seq_lens, scale, num_kv_splits=splits, out=out, merge=merge)
-            torch.cuda.synchronize()
-            assert rel_err(out, expected) < TOL[dtype], (splits, merge, rel_err(out, expected))
+        out = torch.full_like(q, float("nan"))
+        decode_attention(q, k, v, r2t, rows, seq_lens, scale, num_kv_splits=splits, out=out)
+        torch.cuda.synchronize()
+        assert rel_err(out, expected) < TOL[dtype], (splits, rel_err(out, expected))
 
 
 # (prefix_len, extend_len): single tokens, no prefix, long prefix, ragged tiles
@@ -113,8 +112,7 @@ def test_extend(dtype, kv_heads, heads, head_dim):
     assert rel_err(out, expected) < TOL[dtype]
 
 
-@pytest.mark.parametrize("merge", [False, True])
-def test_decode_cuda_graph(merge):
+def test_decode_cuda_graph():
     """Capture once with static buffers; replay with new q, seq_lens and request rows."""
     torch.manual_seed(7)
     batch, kv_heads, heads, head_dim, dtype, max_len = 8, 8, 32, 128, torch.bfloat16, 4096
@@ -143,7 +141,6 @@ def test_decode_cuda_graph(merge):
             out=out,
             partial_out=part,
             partial_lse=lse,
-            merge=merge,
         )
 
     side = torch.cuda.Stream()

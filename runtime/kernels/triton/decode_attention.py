@@ -8,13 +8,10 @@ log-sum-exp `[B, H, split]` (natural log), both fp32.
 Stage 2 (grid `(B, H)`): merges the splits, weighting each by `exp(lse - max lse)`. With
 num_kv_splits == 1 stage 1 writes the final output itself and stage 2 is not launched.
 
-Merged (`merge=True`; RADIXLM_ATTN_MERGE=1 turns it on where the launch takes PDL, batch-1
-decode): no stage 2. Each
-stage-1 program, after writing its split, takes a ticket from its (request, head group)'s counter
-(an acq_rel atomic after a barrier, as the split-K GEMV's, gemv_kernel.py); the program that takes
-the last ticket merges every split of its heads in split order and resets the counter. One launch
-a layer fewer, and the merged output does not depend on which split finishes last. The counters
-are the GEMV's (`gemv_kernel._tile_counters`: zero between launches, made before graph capture).
+Merging in stage 1 instead (the program that takes a split's last ticket merges its heads, as
+the split-K GEMV reduces, gemv_kernel.py) was measured at batch-1 decode on the H100 and dropped:
+fp8 8B 278.3 tok/s against 288.5 with stage 2, and 279.0 against 289.2 with the merge looping
+over the splits (benchmarks/results/decode-floor-gpu-h100-2026-12-07-third.md).
 
 CUDA-graph safety: the grid depends only on B, H and `num_kv_splits`; every per-request length
 (and so each split's range) is read on the device inside the kernel. Nothing syncs with the host.
@@ -23,13 +20,11 @@ A split with no tokens writes lse = -inf and a zero partial output; stage 2 give
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from radixlm.runtime.kernels.triton import gemv_kernel, pdl
+from radixlm.runtime.kernels.triton import pdl
 
 # Tokens per inner-loop tile of stage 1 (and the granularity of a split's length). With 4 warps
 # and 2 stages it was within 1% of the best of six tile configs at B=32/seq 512 and B=64/seq 2048
@@ -43,7 +38,6 @@ MAX_KV_SPLITS = 16
 # 11.0 with 8; elsewhere in B in {1, 32, 64} x seq in {512, 2048, 8192} the choice below was
 # within 2% of the best split count tried (1, 2, 4, 8, 16).
 MIN_TOKENS_PER_SPLIT = 64
-MERGE_ENV = "RADIXLM_ATTN_MERGE"  # "1": merge in stage 1 where PDL is on (opt-in until measured a gain)
 
 
 def choose_num_kv_splits(batch_size: int, num_kv_heads: int, max_seq_len_hint: int, num_sms: int) -> int:
@@ -96,12 +90,6 @@ def _decode_stage1_kernel(
     FINAL: tl.constexpr,  # one split: part_out_ptr is the output itself (q's dtype), no lse
     KV_FP8: tl.constexpr,  # K/V stored as e4m3: dequantised to q's dtype on load
     USE_PDL: tl.constexpr,  # launched with PDL: wait for the kernel ahead first (pdl.py)
-    MERGE: tl.constexpr = False,  # the last split's program merges the splits (module doc)
-    out_ptr=None,  # MERGE: the output [B, H, D] and its strides
-    stride_ob=0,
-    stride_oh=0,
-    count_ptr=None,  # MERGE: zeroed int32 counters, one per (request, program along axis 1)
-    BLOCK_S: tl.constexpr = 1,  # MERGE: next power of two >= num_splits
 ):
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
@@ -180,82 +168,6 @@ def _decode_stage1_kernel(
             has_tokens, (m_i + tl.log2(tl.where(has_tokens, l_i, 1.0))) * 0.6931471805599453, float("-inf")
         )
         tl.store(part_lse_ptr + b.to(tl.int64) * stride_lb + heads * stride_lh + split, lse, mask=mask_h)
-    if MERGE:
-        _merge_if_last(
-            part_out_ptr + b.to(tl.int64) * stride_pb,
-            part_lse_ptr + b.to(tl.int64) * stride_lb,
-            out_ptr + b.to(tl.int64) * stride_ob,
-            count_ptr + b * tl.num_programs(1) + tl.program_id(1),
-            kv_head * GROUP + sub * HEADS_PER_PROG,
-            tl.minimum(HEADS_PER_PROG, GROUP - sub * HEADS_PER_PROG),
-            stride_ph,
-            stride_ps,
-            stride_lh,
-            stride_oh,
-            num_splits,
-            BLOCK_S,
-            HEAD_DIM,
-            BLOCK_D,
-            HEADS_PER_PROG,
-        )
-
-
-@triton.jit
-def _merge_if_last(
-    part_ptr,
-    lse_ptr,
-    out_ptr,
-    counter_ptr,
-    first_head,
-    valid_heads,
-    stride_ph,
-    stride_ps,
-    stride_lh,
-    stride_oh,
-    num_splits,
-    BLOCK_S: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    HEADS_PER_PROG: tl.constexpr,
-):
-    """Take this split's ticket; the program with the last one merges the splits of its heads
-    (`first_head` on, `valid_heads` of them) with stage 2's math, and resets the counter. The heads
-    are unrolled, so all their loads are in flight at once (a loop over the splits instead waited
-    on one L2 round trip a split: 3.7 us a layer on the H100). Reads go to L2 (`.cg`): other SMs
-    wrote them."""
-    tl.debug_barrier()  # every thread's partials stored before the ticket is taken (release)
-    ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
-    if ticket == num_splits - 1:
-        tl.debug_barrier()
-        offs_s = tl.arange(0, BLOCK_S)
-        offs_d = tl.arange(0, BLOCK_D)
-        for i in tl.static_range(HEADS_PER_PROG):
-            h = first_head + i
-            head_ok = (offs_s * 0 + i) < valid_heads  # as a tensor: a mask of the loads below
-            lse = tl.load(
-                lse_ptr + h * stride_lh + offs_s,
-                mask=(offs_s < num_splits) & head_ok,
-                other=float("-inf"),
-                cache_modifier=".cg",
-            )
-            used = lse > float("-inf")
-            m = tl.max(lse, 0)
-            m = tl.where(m > float("-inf"), m, 0.0)  # all splits empty (seq_len 0): avoid -inf - -inf
-            w = tl.where(used, tl.exp(lse - m), 0.0)
-            part = tl.load(  # unused splits are not read: a reused buffer's stale contents stay out
-                part_ptr + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :],
-                mask=used[:, None] & (offs_d[None, :] < HEAD_DIM),
-                other=0.0,
-                cache_modifier=".cg",
-            )
-            denom = tl.sum(w, 0)
-            out = tl.sum(part * w[:, None], 0) / tl.where(denom > 0.0, denom, 1.0)
-            tl.store(
-                out_ptr + h * stride_oh + offs_d,
-                out.to(out_ptr.dtype.element_ty),
-                mask=(offs_d < HEAD_DIM) & ((offs_d * 0 + i) < valid_heads),
-            )
-        tl.atomic_xchg(counter_ptr, 0, sem="relaxed", scope="gpu")  # ready for the next launch
 
 
 @triton.jit(do_not_specialize=["num_splits"])
@@ -323,7 +235,6 @@ def decode_attention(
     block_n: int = DECODE_BLOCK_N,
     num_warps: int = 4,
     num_stages: int = 2,
-    merge: bool | None = None,
 ) -> torch.Tensor:
     """Same result as `reference.decode_attention`.
 
@@ -331,8 +242,7 @@ def decode_attention(
     and seq_lens [B] (seq_len counts the current token, whose K/V are already in the pool).
     Optional preallocated buffers (for CUDA graphs): out [B, H, D] in q's dtype, partial_out
     fp32 [>=B, H, >=num_kv_splits, D], partial_lse fp32 [>=B, H, >=num_kv_splits]; larger
-    buffers are used through their strides. merge: stage 1 merges the splits itself, no stage 2
-    (module doc; default: where the launch takes PDL, with RADIXLM_ATTN_MERGE=1). Returns out.
+    buffers are used through their strides. Returns out.
     """
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_buffer.shape[1]
@@ -366,21 +276,6 @@ def decode_attention(
 
     heads_per_prog = min(group, BLOCK_H)
     progs_per_kv = triton.cdiv(group, heads_per_prog)
-    if merge is None:
-        merge = pdl.enabled(q, batch) and os.environ.get(MERGE_ENV, "0") == "1"
-    merge = merge and not final
-    merge_args = {}
-    if merge:
-        counters = gemv_kernel._tile_counters(q.device)
-        assert batch * num_kv_heads * progs_per_kv <= counters.numel(), "more programs than merge counters"
-        merge_args = dict(
-            MERGE=True,
-            out_ptr=out,
-            stride_ob=out.stride(0),
-            stride_oh=out.stride(1),
-            count_ptr=counters,
-            BLOCK_S=triton.next_power_of_2(num_kv_splits),
-        )
     block_d = triton.next_power_of_2(head_dim)
     # fp32 caches get exact fp32 dots (tf32 would cost ~1e-3 relative error and break
     # fp32 parity runs); half-precision inputs ignore this setting.
@@ -419,10 +314,9 @@ def decode_attention(
         KV_FP8=k_buffer.dtype == torch.float8_e4m3fn,
         num_warps=num_warps,
         num_stages=num_stages,
-        **merge_args,
         **pdl.launch_options(q, batch),
     )
-    if final or merge:
+    if final:
         return out
     _decode_stage2_kernel[(batch, num_heads)](
         partial_out,

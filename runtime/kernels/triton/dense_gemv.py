@@ -39,7 +39,7 @@ TARGET_PROGRAMS = 512  # as the fp8 GEMV's default: about 4 programs an SM of an
 
 def load_configs(path: str | Path | None = None) -> dict:
     """The table {"_max_m_by_shape": {"N,K": int}, "N,K": {"<M bucket>": {BLOCK_N, BLOCK_K, SPLIT_K,
-    num_warps, num_stages, DEFER_SUM, PREFETCH}}} (other "_" keys are metadata); {} when missing or
+    num_warps, num_stages, DEFER_SUM}}} (other "_" keys are metadata); {} when missing or
     unreadable. Default: the file $RADIXLM_DENSE_GEMV_CONFIGS names, else dense_gemv_configs.json."""
     return load_config_file(str(path or os.environ.get(CONFIG_ENV) or CONFIG_FILE))
 

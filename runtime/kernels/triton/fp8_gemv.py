@@ -61,7 +61,7 @@ TARGET_PROGRAMS = 512
 
 def load_configs(path: str | Path | None = None) -> dict:
     """The table {"_gemv_max_m": int, "_gemv_max_m_by_shape": {"N,K": int}, "N,K": {"<M bucket>":
-    {BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, DEFER_SUM, PREFETCH}}} (other keys starting
+    {BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, DEFER_SUM}}} (other keys starting
     with "_" are metadata); {} when the file is missing or unreadable. Read once per path. Default:
     the file $RADIXLM_FP8_GEMV_CONFIGS names, else fp8_gemv_configs.json."""
     return load_config_file(str(path or os.environ.get(CONFIG_ENV) or CONFIG_FILE))

@@ -38,6 +38,22 @@ overlaps the kernel ahead, and the next kernel is released once the weight loop 
 GATED: x is a gated MLP's gate_up [M, 2K] and each x step is silu(gate) * up, computed as
 activation.py's silu_and_mul computes it (the same bits), so the down projection needs no
 separate activation kernel and no [M, K] activation in memory.
+
+Wide steps and the deferred sum (both tuned per shape; benchmarks/tune_fp8_gemm.py --wide). A step
+may span several fp8 scale blocks (BLOCK_K 256 or 512: each weight row read in longer contiguous
+runs; x is then scaled per element, fp8_gemv.py). DEFER_SUM keeps the [BLOCK_M, BLOCK_N, BLOCK_K]
+products in an fp32 accumulator and sums over K once after the loop: the loop is loads, converts
+and FMAs, without a cross-thread reduction each step (compiled for sm_90, a BLOCK_K 256 step
+otherwise spent 160 shuffles a thread on its K sum). Tuned inside CUDA graphs on an H100
+(2026-12-07), batch 1 of the 8B shape took BLOCK_K 512 for gate_up and qkv (qkv with the deferred
+sum) and 256 for o_proj and down: per layer 39.5 + 22.7 + 10.7 + 8.3 us against the previous
+table's 42.8 + 24.3 + 11.4 + 9.1; in one engine A/B the fp8 step went from 265.3 to 279.0 tok/s
+(both then with a decode-attention variant since dropped; without it, 288.5).
+
+Measured and dropped: loading weight tiles one or two steps ahead of their math into registers
+(the first two before the PDL wait). The tuner never picked either, and in the model two steps
+ahead on qkv, o_proj and down took a batch-1 fp8 step from 3.47 to 7.84 ms (H100,
+benchmarks/results/decode-floor-gpu-h100-2026-12-07-third.md).
 """
 
 from __future__ import annotations
@@ -65,7 +81,6 @@ class GemvConfig(TileConfig):
     num_warps: int = 4
     num_stages: int = 1  # > 1: Triton pipelines the tile loads through shared memory (cp.async)
     DEFER_SUM: int = 0  # 1: products accumulate per element and are summed over K once, after the loop
-    PREFETCH: int = 0  # 1, 2: weight tiles are loaded that many steps ahead of their math (in registers)
 
 
 def block_m_for(m: int) -> int:
@@ -164,7 +179,6 @@ def _gemv_kernel(
     USE_PDL: tl.constexpr = False,  # launched with PDL (pdl.py)
     GATED: tl.constexpr = False,  # x_ptr is gate_up [M, 2K]: x = silu(gate) * up (`_load_x`)
     DEFER_SUM: tl.constexpr = False,  # a [BLOCK_M, BLOCK_N, BLOCK_K] acc, summed over K once (`_accumulate`)
-    PREFETCH: tl.constexpr = 0,  # 1, 2: weight tiles loaded that many steps ahead of their math
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -186,76 +200,33 @@ def _gemv_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if PREFETCH:
-        # registers hold the next PREFETCH (1 or 2) weight tiles: a step's loads are issued
-        # PREFETCH steps ahead of its math, so a program always has tiles in flight. Past its
-        # last step a program re-reads its last tile (an L1/L2 hit), never past its K range. The
-        # first tiles are read before the PDL wait (pdl.py), overlapping the kernel ahead.
+    k_loop = k_start
+    if USE_PDL:
+        # the first step's weight tile is read before the wait: no kernel of the step writes
+        # weights, so this read may overlap the kernel ahead (pdl.py); every split has a step
         first_k = (k_start + offs_k)[None, None, :] < K
         if EVEN_K:
             w = tl.load(w_ptrs)
         else:
             w = tl.load(w_ptrs, mask=first_k, other=0.0)
-        if PREFETCH == 2:
-            step = tl.where(k_start + BLOCK_K < k_end, BLOCK_K, 0)
-            w_ptrs += step * stride_wk
-            if EVEN_K:
-                w_next = tl.load(w_ptrs)
-            else:
-                w_next = tl.load(w_ptrs, mask=(k_start + step + offs_k)[None, None, :] < K, other=0.0)
-        if USE_PDL:
-            tl.extra.cuda.gdc_wait()
-        for k0 in tl.range(k_start, k_end, BLOCK_K):
-            # w_ptrs: the tile PREFETCH - 1 steps ahead; step: whether one more follows it
-            k_ahead = k0 + (PREFETCH - 1) * BLOCK_K
-            step = tl.where(k_ahead + BLOCK_K < k_end, BLOCK_K, 0)
-            if EVEN_K:
-                w_ahead = tl.load(w_ptrs + step * stride_wk)
-            else:
-                w_ahead = tl.load(
-                    w_ptrs + step * stride_wk, mask=(k_ahead + step + offs_k)[None, None, :] < K, other=0.0
-                )
-            x = _load_x(x_ptrs, (k0 + offs_k)[None, None, :] < K, K * stride_xk, GATED, EVEN_K)
-            acc = _accumulate(
-                acc, x, w, s_ptr, k0, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM
-            )
-            if PREFETCH == 2:
-                w = w_next
-                w_next = w_ahead
-            else:
-                w = w_ahead
-            x_ptrs += BLOCK_K * stride_xk
-            w_ptrs += step * stride_wk
-    else:
-        k_loop = k_start
-        if USE_PDL:
-            # the first step's weight tile is read before the wait: no kernel of the step writes
-            # weights, so this read may overlap the kernel ahead (pdl.py); every split has a step
-            first_k = (k_start + offs_k)[None, None, :] < K
-            if EVEN_K:
-                w = tl.load(w_ptrs)
-            else:
-                w = tl.load(w_ptrs, mask=first_k, other=0.0)
-            tl.extra.cuda.gdc_wait()
-            x = _load_x(x_ptrs, first_k, K * stride_xk, GATED, EVEN_K)
-            acc = _accumulate(
-                acc, x, w, s_ptr, k_start, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM
-            )
-            x_ptrs += BLOCK_K * stride_xk
-            w_ptrs += BLOCK_K * stride_wk
-            k_loop = k_start + BLOCK_K
-        for k0 in tl.range(k_loop, k_end, BLOCK_K, num_stages=NUM_STAGES):
-            in_k = (k0 + offs_k)[None, None, :] < K  # only the last step of the last split is partial
-            x = _load_x(x_ptrs, in_k, K * stride_xk, GATED, EVEN_K)
-            if EVEN_K:
-                w = tl.load(w_ptrs)
-            else:
-                w = tl.load(w_ptrs, mask=in_k, other=0.0)
-            acc = _accumulate(
-                acc, x, w, s_ptr, k0, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM
-            )
-            x_ptrs += BLOCK_K * stride_xk
-            w_ptrs += BLOCK_K * stride_wk
+        tl.extra.cuda.gdc_wait()
+        x = _load_x(x_ptrs, first_k, K * stride_xk, GATED, EVEN_K)
+        acc = _accumulate(
+            acc, x, w, s_ptr, k_start, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM
+        )
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+        k_loop = k_start + BLOCK_K
+    for k0 in tl.range(k_loop, k_end, BLOCK_K, num_stages=NUM_STAGES):
+        in_k = (k0 + offs_k)[None, None, :] < K  # only the last step of the last split is partial
+        x = _load_x(x_ptrs, in_k, K * stride_xk, GATED, EVEN_K)
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+        else:
+            w = tl.load(w_ptrs, mask=in_k, other=0.0)
+        acc = _accumulate(acc, x, w, s_ptr, k0, K, stride_ws_k, BLOCK_SCALE_K, BLOCK_K, HAS_SCALE, DEFER_SUM)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
     if USE_PDL:  # the weights are read: the next kernel may start and read its own
         tl.extra.cuda.gdc_launch_dependents()
     if DEFER_SUM:
@@ -371,6 +342,5 @@ def launch(
         HAS_SCALE=scales is not None,
         GATED=gated,
         DEFER_SUM=bool(config.DEFER_SUM),
-        PREFETCH=config.PREFETCH,
         **pdl.launch_options(x, m),
     )

@@ -385,12 +385,6 @@ def run_gemv(m, n, k, x_dtype, config=None, block=(128, 128)):
         (96, 1000, GemvConfig(BLOCK_N=16, BLOCK_K=256, SPLIT_K=2)),
         (96, 1000, GemvConfig(BLOCK_N=16, BLOCK_K=512, SPLIT_K=1, DEFER_SUM=1)),
         (200, 300, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3, DEFER_SUM=1)),  # deferred, one scale a step
-        # the next step's weights loaded before this step's math: K partial, 3 splits; and deferred
-        (200, 300, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3, PREFETCH=1)),
-        (96, 1000, GemvConfig(BLOCK_N=16, BLOCK_K=256, SPLIT_K=2, DEFER_SUM=1, PREFETCH=1)),
-        # two steps ahead: 3 splits of 2 steps (K partial), and one split of 4 steps
-        (200, 300, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3, PREFETCH=2)),
-        (96, 1000, GemvConfig(BLOCK_N=16, BLOCK_K=256, SPLIT_K=1, DEFER_SUM=1, PREFETCH=2)),
     ],
 )
 def test_gemv_matches_reference(m, n, k, config, x_dtype):
@@ -422,8 +416,7 @@ def test_gemv_more_splits_than_k_steps():
         (1, None),
         (3, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3)),
         (1, GemvConfig(BLOCK_N=16, BLOCK_K=256, SPLIT_K=2, DEFER_SUM=1)),
-        (3, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3, DEFER_SUM=1, PREFETCH=1)),
-        (1, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, PREFETCH=2)),
+        (3, GemvConfig(BLOCK_N=16, BLOCK_K=64, SPLIT_K=3, DEFER_SUM=1)),
     ],
 )
 def test_gated_gemv_equals_silu_and_mul_then_gemv(m, config, x_dtype):

@@ -25,7 +25,6 @@ import torch
 triton = pytest.importorskip("triton")
 
 from radixlm.runtime.kernels import reference as ref  # noqa: E402
-from radixlm.runtime.kernels.triton import gemv_kernel  # noqa: E402
 from radixlm.runtime.kernels.triton.activation import silu_and_mul  # noqa: E402
 from radixlm.runtime.kernels.triton.decode_attention import choose_num_kv_splits, decode_attention  # noqa: E402
 from radixlm.runtime.kernels.triton.extend_attention import ExtendConfig, extend_attention  # noqa: E402
@@ -102,9 +101,8 @@ def test_decode_matches_reference(dtype, kv_heads, heads):
     seq_lens = torch.tensor(DECODE_LENS)
     q = torch.randn(len(DECODE_LENS), heads, head_dim).to(dtype)
     expected = ref.decode_attention(q, pool.k, pool.v, pool.req_to_token, pool.rows, seq_lens, head_dim**-0.5)
-    # 16 splits: more splits than 64-token tiles, so most splits are empty (lse = -inf); merged
-    # by the last split's program, or by stage 2
-    for splits, merge in ((1, False), (3, False), (16, False), (3, True), (16, True)):
+    # 16 splits: more splits than 64-token tiles, so most splits are empty (lse = -inf)
+    for splits in (1, 3, 16):
         out = torch.full_like(q, float("nan"))
         decode_attention(
             q,
@@ -116,17 +114,14 @@ def test_decode_matches_reference(dtype, kv_heads, heads):
             head_dim**-0.5,
             num_kv_splits=splits,
             out=out,
-            merge=merge,
         )
-        assert rel_err(out, expected) < TOL[dtype], (splits, merge, rel_err(out, expected))
+        assert rel_err(out, expected) < TOL[dtype], (splits, rel_err(out, expected))
 
 
-@pytest.mark.parametrize("merge", [False, True])
-def test_decode_large_group_and_static_buffers(merge):
+def test_decode_large_group_and_static_buffers():
     """GQA 24 (two programs per KV head, the second half full), static oversized partial
     buffers full of NaN from a previous use, and a padded row (seq_len 1 on another request's
-    row, as CUDA-graph padding does); merged by stage 2 or by the last split's program (whose
-    counters are all back at zero after the launch)."""
+    row, as CUDA-graph padding does)."""
     kv_heads, heads, head_dim, dtype = 1, 24, 64, torch.float32
     lens = [50, 1, 9]
     pool = Pool(lens, kv_heads, head_dim, dtype, seed=3)
@@ -149,11 +144,9 @@ def test_decode_large_group_and_static_buffers(merge):
         out=out,
         partial_out=part,
         partial_lse=lse,
-        merge=merge,
     )
     expected = ref.decode_attention(q, pool.k, pool.v, pool.req_to_token, rows, seq_lens, head_dim**-0.5)
     assert rel_err(out, expected) < TOL[dtype]
-    assert not gemv_kernel._tile_counters(q.device).any(), "a merge counter was left non-zero"
     # request 1 (one token) fills split 0 only; the others must say "empty"
     assert torch.isinf(lse[1, :, 1:splits]).all() and (lse[1, :, 1:splits] < 0).all()
 
