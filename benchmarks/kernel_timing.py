@@ -1,16 +1,22 @@
-"""Shared pieces of the GPU kernel benchmarks (bench_kernels.py, bench_fp8_gemm.py,
-tune_fp8_gemm.py): loading the kernel modules, CUDA-event timing, relative error."""
+"""Shared pieces of the GPU kernel benchmarks and tuners (bench_kernels.py, bench_fp8_gemm.py,
+tune_fp8_gemm.py, tune_gemv.py, tune_dense_gemv.py, tune_fused_moe.py): loading the kernel modules,
+CUDA-event timing (alone after an L2 flush, or inside a CUDA graph), checking a candidate before it is
+timed, a tuning run's start and its table's writing, relative error."""
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import importlib.util
+import json
 import statistics
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+HOLD_CYCLES = 20_000_000  # ~10 ms of GPU clock cycles: longer than queueing the timed calls takes
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "runtime" / "kernels"
 # (N, K) of the Llama-3.1-8B linear layers: qkv, o_proj, gate_up, down
 LLAMA_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
@@ -117,3 +123,68 @@ def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
         return float("nan")
     out, expected = out.double(), expected.double()
     return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+def check_and_time(
+    run,
+    out: torch.Tensor,
+    expected: torch.Tensor,
+    what: str,
+    flush: torch.Tensor,
+    args,
+    budget_ms: float,
+    timer=None,
+) -> float | None:
+    """One candidate: run it once on a NaN-poisoned output and check it against the reference
+    (stop the whole run on a wrong result), then time it (`timer()`, default `time_ms` of `run`
+    after L2 flushes). None when it does not fit the GPU."""
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        out.fill_(float("nan"))
+        run()
+        torch.cuda.synchronize()
+    except OutOfResources as exc:
+        print(f"  skip {what}: {exc}", file=sys.stderr)
+        return None
+    err = float((out.double() - expected.double()).norm() / expected.double().norm())
+    if not err < 1e-2:  # NaN fails too
+        raise SystemExit(f"CORRECTNESS FAILURE {what}: rel err {err:.3e}")
+    if timer is not None:
+        return timer()
+    return time_ms(run, flush, args.warmup, args.reps, budget_ms=budget_ms, hold_cycles=HOLD_CYCLES)
+
+
+def start_run(title: str, shapes, ms, out_path: Path) -> tuple[str, torch.Tensor, dict, str]:
+    """A tuning run's common start: print its banner, seed, and return (card, the L2-eviction
+    buffer, the config table at out_path ({} when missing or unreadable), today's date)."""
+    import triton
+
+    card = torch.cuda.get_device_name(0)
+    print(
+        " | ".join(
+            [
+                *([title] if title else []),
+                f"card: {card}",
+                f"torch {torch.__version__}",
+                f"triton {triton.__version__}",
+                f"shapes {shapes}",
+                f"M {ms}",
+            ]
+        )
+    )
+    torch.manual_seed(0)
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    try:
+        table = json.loads(Path(out_path).read_text())
+    except (OSError, ValueError):
+        table = {}
+    return card, flush, table, datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+def write_table(gemm, out_path: Path, table: dict, head: tuple[str, ...]) -> None:
+    """Write the config table: the metadata keys of `head` (those present) first, then the rest in
+    their order."""
+    ordered = {key: table[key] for key in head if key in table}
+    ordered.update((key, v) for key, v in table.items() if key not in ordered)
+    Path(out_path).write_text(gemm.dump_configs(ordered))

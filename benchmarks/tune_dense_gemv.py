@@ -7,7 +7,7 @@ dispatches on; 0 where cuBLAS won at M = 1).
     python benchmarks/tune_dense_gemv.py --shapes 4096,4096 --m 1 2 4 8 --out /tmp/dense.json
 
 Operands are bf16 (the table speaks for 2-byte weights), fresh random data. Each candidate is
-checked against fp64 on a NaN-poisoned output, then timed as tune_fp8_gemm.py times the fp8 GEMV:
+checked against fp64 on a NaN-poisoned output, then timed as tune_gemv.py times the fp8 GEMV:
 the L2 evicted before every call (one layer's weights, 33 to 235 MB in bf16, must come from device
 memory as in a forward pass), CUDA events, the median of `--reps`. Candidates, in two rounds to
 bound compiles (SPLIT_K is a launch argument, the rest compile): BLOCK_K 64 and 128 elements with
@@ -26,18 +26,18 @@ import time
 from pathlib import Path
 
 import torch
-from kernel_timing import LLAMA_8B_SHAPES, chain_time_ms, load_kernel_modules, parse_shape, time_ms
-from tune_fp8_gemm import (
-    GEMV_FIRST_ROUND,
-    GEMV_WIDE_ROUND,
+from kernel_timing import (
     HOLD_CYCLES,
+    LLAMA_8B_SHAPES,
+    chain_time_ms,
     check_and_time,
-    gemv_fits,
-    gemv_max_m,
-    gemv_split_ks,
+    load_kernel_modules,
+    parse_shape,
     start_run,
+    time_ms,
     write_table,
 )
+from tune_gemv import GEMV_FIRST_ROUND, GEMV_WIDE_ROUND, gemv_fits, gemv_max_m, gemv_split_ks
 
 MARGIN = 0.03  # the GEMV must be this much faster than cuBLAS at an M for the table to send it there
 DEFAULT_MS = (1, 2, 4)  # batch-1 decode, and speculative / jump-forward verify rows of one request
@@ -97,7 +97,7 @@ def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tenso
             measure(bn, bk, split, warps, 3)
             if bn >= 32:
                 measure(bn // 2, 2 * bk, split, warps, 1)
-        if args.wide and block_m <= 2:  # tune_fp8_gemm.py's wide round, in elements (twice the bytes)
+        if args.wide and block_m <= 2:  # tune_gemv.py's wide round, in elements (twice the bytes)
             for block_n, block_k, warps in GEMV_WIDE_ROUND:
                 for defer in (0, 1):
                     for split_k in gemv_split_ks(n, k, block_n, block_k):
@@ -142,9 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         "--chain-mb",
         type=int,
         default=0,
-        help="time inside a CUDA graph of weight copies together this many MB (tune_fp8_gemm.py's)",
+        help="time inside a CUDA graph of weight copies together this many MB (tune_gemv.py's)",
     )
-    p.add_argument("--wide", action="store_true", help="M <= 2: tune_fp8_gemm.py's wide round too")
+    p.add_argument("--wide", action="store_true", help="M <= 2: tune_gemv.py's wide round too")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("tune_dense_gemv.py needs a CUDA GPU: run it on the machine whose table you want")

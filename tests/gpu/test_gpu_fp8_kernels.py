@@ -256,8 +256,8 @@ def test_gemv_dtypes_and_edges(m, x_dtype):
 def test_gemv_configs(m, config):
     """Every tile shape the tuner may pick computes the same function (odd N, K edges)."""
     block_n, block_k, _, warps = config[:4]
-    limit = 128 if any(config[5:]) else 256  # tune_fp8_gemm.gemv_fits
-    if m * block_n * block_k // (32 * warps) > limit:  # tune_fp8_gemm.GEMV_MAX_PRODUCTS
+    limit = 128 if any(config[5:]) else 256  # tune_gemv.gemv_fits
+    if m * block_n * block_k // (32 * warps) > limit:  # tune_gemv.GEMV_MAX_PRODUCTS
         pytest.skip("more fp32 products a thread than the tuner allows (compiling it took ~2 min on an H100)")
     assert run_gemv(m, 1152, 1000, torch.float32, GemvConfig(*config)) < GEMV_TOL[torch.float32]
 

@@ -39,7 +39,7 @@ GATED: x is a gated MLP's gate_up [M, 2K] and each x step is silu(gate) * up, co
 activation.py's silu_and_mul computes it (the same bits), so the down projection needs no
 separate activation kernel and no [M, K] activation in memory.
 
-Wide steps and the deferred sum (both tuned per shape; benchmarks/tune_fp8_gemm.py --wide). A step
+Wide steps and the deferred sum (both tuned per shape: `benchmarks/tune_fp8_gemm.py --gemv --wide`). A step
 may span several fp8 scale blocks (BLOCK_K 256 or 512: each weight row read in longer contiguous
 runs; x is then scaled per element, fp8_gemv.py). DEFER_SUM keeps the [BLOCK_M, BLOCK_N, BLOCK_K]
 products in an fp32 accumulator and sums over K once after the loop: the loop is loads, converts
