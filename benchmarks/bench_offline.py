@@ -490,14 +490,14 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("radixlm-fused-silu", {}, batch_sizes, False))
     if "fp8-fused-silu" in ablations:
         configs.append(("radixlm-fp8-fused-silu", {"quantization": "fp8"}, batch_sizes, False))
-    if "gemv-table" in ablations:
-        if not os.environ.get("BENCH_DENSE_GEMV_TABLE"):
-            sys.exit("the gemv-table ablation reads its table's path from $BENCH_DENSE_GEMV_TABLE")
-        configs.append(("radixlm-gemv-table", {}, batch_sizes, False))
-    if "fp8-gemv-table" in ablations:
-        if not os.environ.get("BENCH_FP8_GEMV_TABLE"):
-            sys.exit("the fp8-gemv-table ablation reads its table's path from $BENCH_FP8_GEMV_TABLE")
-        configs.append(("radixlm-fp8-gemv-table", {"quantization": "fp8"}, batch_sizes, False))
+    for name, table_env, extra in (
+        ("gemv-table", "BENCH_DENSE_GEMV_TABLE", {}),
+        ("fp8-gemv-table", "BENCH_FP8_GEMV_TABLE", {"quantization": "fp8"}),
+    ):
+        if name in ablations:
+            if not os.environ.get(table_env):
+                sys.exit(f"the {name} ablation reads its table's path from ${table_env}")
+            configs.append((f"radixlm-{name}", extra, batch_sizes, False))
     if "no-overlap" in ablations:
         configs.append(("radixlm-no-overlap", {"overlap_schedule": "off"}, batch_sizes, False))
     if "no-cuda-graph" in ablations:

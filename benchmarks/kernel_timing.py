@@ -109,6 +109,24 @@ def chain_time_ms(run_copy: Callable[[int], object], copies: int, reps: int = 20
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / copies
 
 
+def chain_copies(chain_mb: int, weight_bytes: int) -> int:
+    """How many copies of a weight make `chain_mb` MB together (at least 2), for `chain_time_ms`;
+    0 when chain_mb is 0 (each call timed alone)."""
+    return max(2, -(-chain_mb * 2**20 // weight_bytes)) if chain_mb else 0
+
+
+def time_copies(
+    run_copy: Callable[[int], object], copies: int, flush: torch.Tensor, args, budget_ms: float
+) -> float:
+    """ms of one call: inside a CUDA graph over `copies` operand copies (`chain_time_ms`), or with
+    copies 0 `run_copy(0)` alone after L2 flushes (`time_ms`, args.warmup / args.reps)."""
+    if copies:
+        return chain_time_ms(run_copy, copies)
+    return time_ms(
+        lambda: run_copy(0), flush, args.warmup, args.reps, budget_ms=budget_ms, hold_cycles=HOLD_CYCLES
+    )
+
+
 def evict_l2(flush: torch.Tensor) -> None:
     """Fill L2 with clean lines of `flush` (256 MB: five times an H100's L2) by reading it whole, so
     the next call reads its operands from device memory, as a layer of a forward pass does. A read,

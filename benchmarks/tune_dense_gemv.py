@@ -27,14 +27,13 @@ from pathlib import Path
 
 import torch
 from kernel_timing import (
-    HOLD_CYCLES,
     LLAMA_8B_SHAPES,
-    chain_time_ms,
+    chain_copies,
     check_and_time,
     load_kernel_modules,
     parse_shape,
     start_run,
-    time_ms,
+    time_copies,
     write_table,
 )
 from tune_gemv import GEMV_FIRST_ROUND, GEMV_WIDE_ROUND, gemv_fits, gemv_max_m, gemv_split_ks
@@ -47,7 +46,7 @@ def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tenso
     """({M bucket: best tiles}, {M bucket: {"gemv_us", "cublas_us", ...}}) for one [N, K] weight."""
     w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16)
     # --chain-mb: copies of the weight, together that many MB, timed back to back in a CUDA graph
-    copies = max(2, -(-args.chain_mb * 2**20 // (2 * w.numel()))) if args.chain_mb else 0
+    copies = chain_copies(args.chain_mb, 2 * w.numel())
     ws = [w] + [w.clone() for _ in range(copies - 1)]
     best: dict[str, dict] = {}
     measured: dict[str, dict] = {}
@@ -66,21 +65,18 @@ def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tenso
             if key in timed or not gemv_fits(block_m, block_n, block_k, warps, defer):
                 return
 
-            def run(cfg=cfg):
-                gemv.dense_gemv(x, w, config=cfg, out=out)
-
-            def run_copy(i: int, cfg=cfg):
+            def run_copy(i: int, cfg=cfg):  # copy 0: the operands checked against fp64
                 gemv.dense_gemv(x, ws[i], config=cfg, out=out)
 
             result = check_and_time(
-                run,
+                lambda: run_copy(0),
                 out,
                 expected,
                 f"N,K={n},{k} M={m} {cfg}",
                 flush,
                 args,
                 budget_ms=100.0,
-                timer=(lambda: chain_time_ms(run_copy, copies)) if copies else None,
+                timer=lambda: time_copies(run_copy, copies, flush, args, 100.0),
             )
             if result is not None:
                 timed[key] = result
@@ -105,11 +101,9 @@ def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tenso
         cfg_best = dict(min(timed, key=timed.get))
         ms_best = timed[tuple(cfg_best.items())]
         cublas_out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-        if copies:
-            ms_cublas = chain_time_ms(lambda i: torch.matmul(x, ws[i].t(), out=cublas_out), copies)
-        else:
-            cublas = lambda: torch.matmul(x, w.t(), out=cublas_out)
-            ms_cublas = time_ms(cublas, flush, args.warmup, args.reps, 100.0, HOLD_CYCLES)
+        ms_cublas = time_copies(
+            lambda i: torch.matmul(x, ws[i].t(), out=cublas_out), copies, flush, args, 100.0
+        )
         gbs = 2 * n * k / ms_best / 1e6
         print(
             f"dense GEMV N,K={n},{k} M={m:2d}: {ms_best * 1e3:7.1f} us ({gbs:5.0f} GB/s) vs cuBLAS "

@@ -30,13 +30,12 @@ import time
 
 import torch
 from kernel_timing import (
-    HOLD_CYCLES,
     LLAMA_8B_SHAPES,
-    chain_time_ms,
+    chain_copies,
     check_and_time,
     load_kernel_modules,
     start_run,
-    time_ms,
+    time_copies,
     write_table,
 )
 
@@ -80,7 +79,7 @@ def tune_gemv_shape(
     w_q, w_s = ref.block_quant_fp8(w, BLOCK_SIZE)
     del w
     # --chain-mb: copies of the weight, together that many MB, timed back to back in a CUDA graph
-    copies = max(2, -(-args.chain_mb * 2**20 // w_q.numel())) if args.chain_mb else 0
+    copies = chain_copies(args.chain_mb, w_q.numel())
     w_copies = [(w_q, w_s)] + [(w_q.clone(), w_s.clone()) for _ in range(copies - 1)]
     best: dict[str, dict] = {}
     measured: dict[str, dict] = {}
@@ -97,21 +96,18 @@ def tune_gemv_shape(
             if key in timed:
                 return
 
-            def run(cfg=cfg):
-                gemv.w8a16_block_fp8_matmul(x, w_q, w_s, BLOCK_SIZE, config=cfg, out=out)
-
-            def run_copy(i: int, cfg=cfg):
+            def run_copy(i: int, cfg=cfg):  # copy 0: the operands checked against the reference
                 gemv.w8a16_block_fp8_matmul(x, *w_copies[i], BLOCK_SIZE, config=cfg, out=out)
 
             ms_run = check_and_time(
-                run,
+                lambda: run_copy(0),
                 out,
                 expected,
                 f"(GEMV) N,K={n},{k} M={m} {cfg}",
                 flush,
                 args,
                 budget_ms=100.0,
-                timer=(lambda: chain_time_ms(run_copy, copies)) if copies else None,
+                timer=lambda: time_copies(run_copy, copies, flush, args, 100.0),
             )
             if ms_run is not None:
                 timed[key] = ms_run
@@ -158,14 +154,11 @@ def tune_gemv_shape(
         # what the W8A8 path costs here: the activation quantisation plus the GEMM
         w8a8_out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
 
-        def w8a8(i: int = 0):
+        def w8a8(i: int):
             a_q, a_s = quant.per_token_group_quant_fp8(x, BLOCK_SIZE[1])
             gemm.w8a8_block_fp8_matmul(a_q, a_s, *w_copies[i], BLOCK_SIZE, torch.bfloat16, out=w8a8_out)
 
-        if copies:
-            ms_w8a8 = chain_time_ms(w8a8, copies)
-        else:
-            ms_w8a8 = time_ms(w8a8, flush, args.warmup, args.reps, budget_ms=100.0, hold_cycles=HOLD_CYCLES)
+        ms_w8a8 = time_copies(w8a8, copies, flush, args, 100.0)
         default = gemv.default_config(m, n, k, BLOCK_SIZE).to_dict()
         ms_default = timed.get(tuple(sorted(default.items())), float("nan"))
         ms_committed = timed[tuple(sorted(committed.items()))]

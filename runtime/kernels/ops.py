@@ -228,10 +228,10 @@ def prepare_kernels(device: torch.device) -> None:
 
 
 def prepare_fp8(device: torch.device) -> str | None:
-    """What the fp8 kernels need made or probed before any CUDA graph is captured (the model runner
-    calls this at load): the GEMV's split-K tile counters, and, with backend "auto", whether
-    cuBLAS block-scaled fp8 works here. Returns why cuBLAS will not run (None: it will)."""
-    triton_kernels.gemv_kernel.prepare(device)
+    """What the fp8 kernels need probed before any CUDA graph is captured (the model runner calls
+    this at load, after `prepare_kernels`, which makes the GEMV's split-K tile counters): with
+    backend "auto", whether cuBLAS block-scaled fp8 works here. Returns why cuBLAS will not run
+    (None: it will)."""
     if _fp8_gemm_backend != "auto":
         return f"fp8 GEMM backend {_fp8_gemm_backend!r}"
     return cublas_fp8.unsupported_reason(device)

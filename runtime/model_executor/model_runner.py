@@ -85,12 +85,12 @@ class ModelRunner:
         self.quantization = "fp8" if cfg.quantization == "fp8" or model_cfg.checkpoint_fp8_block else None
         self.lm_head_quantization = cfg.lm_head_quantization
         ops.set_fp8_gemm_backend(cfg.fp8_gemm_backend)
-        # which kernels run fp8 W8A8 products (server_info); cuBLAS is probed here, before any
-        # CUDA graph is captured (an fp8 LM head alone needs the probe and the GEMV's counters too)
-        self.fp8_gemm = None
         if use_triton:
             # the split-K GEMVs' tickets (dense or fp8), made before any CUDA graph is captured
             ops.prepare_kernels(self.device)
+        # which kernels run fp8 W8A8 products (server_info); cuBLAS is probed here, before any
+        # CUDA graph is captured (an fp8 LM head alone needs the probe too)
+        self.fp8_gemm = None
         if self.quantization == "fp8" or self.lm_head_quantization == "fp8":
             self.fp8_gemm = "torch reference" if not use_triton else "triton"
             if use_triton:
