@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_offline import HFEngine, Prompts, RadixEngine, median_time
+from bench_offline import HFEngine, Prompts, RadixEngine, decode_step, median_time
 from moe_folder import QWEN3_30B_A3B, TINY, build_folder
 from run_info import command_line, git_commit, git_dirty, load_before_run, machine_info, utc_now
 from serving import measure_bandwidth_gbs, measure_matmul_tflops
@@ -103,7 +103,7 @@ def run_engine(name, engine, args, prompts, nums, device, bandwidth, peak, vocab
         tn, tn_all = median_time(
             lambda: engine.generate(prompts.batch(b, args.input_len), n), args.reps, device
         )
-        step = (tn - t1) / (n - 1)
+        step = decode_step(name, b, t1, tn, n)
         read = step_bytes(nums, b, args.input_len + n / 2)
         rows.append(
             {
@@ -113,16 +113,18 @@ def run_engine(name, engine, args, prompts, nums, device, bandwidth, peak, vocab
                 "input_len": args.input_len,
                 "output_len": n,
                 "ttft_ms": t1 * 1e3,
-                "decode_ms_per_step": step * 1e3,
-                "decode_tok_s": b / step,
+                "decode_ms_per_step": step * 1e3 if step else None,
+                "decode_tok_s": b / step if step else None,
                 "experts_hit_per_layer": experts_hit(nums["num_experts"], nums["top_k"], b),
                 "step_bytes": read,
-                "mbu": read / step / (bandwidth * 1e9),
+                "mbu": read / step / (bandwidth * 1e9) if step else None,
                 "t1_s": t1_all,
                 "tn_s": tn_all,
             }
         )
         r = rows[-1]
+        if step is None:
+            continue
         print(
             f"  {name:12s} decode b={b:<3d} step {step * 1e3:7.2f} ms  {b / step:8.1f} tok/s  "
             f"reads {read / 1e9:.2f} GB  MBU {r['mbu']:.1%}",

@@ -12,7 +12,8 @@ Cases. Every prompt is fresh random token ids, so no case is served from another
 and every output has a fixed length (greedy; `ignore_eos`, or HF's `min_new_tokens`).
   decode (batch b in --batch-sizes, --input-len prompt tokens, N = --output-len new tokens):
       t1 = wall time to generate 1 token, tN = to generate N, each the median of --reps runs;
-      decode ms/step = (tN - t1) / (N - 1); TTFT = t1; output tok/s = b * N / tN;
+      decode ms/step = (tN - t1) / (N - 1), empty when tN <= t1 (noise larger than the N - 1
+      steps); TTFT = t1; output tok/s = b * N / tN;
       decode tok/s = b / step; MBU = (weight bytes + b * mean context * KV bytes per token)
       / step / bandwidth, mean context = input + N / 2. (The method of the HF baseline in
       ../shared/reference/gpu-baselines.md, applied to both engines.)
@@ -133,6 +134,20 @@ def median_time(fn: Callable[[], Any], reps: int, device: str) -> tuple[float, l
         sync_device(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times), times
+
+
+def decode_step(name: str, b: int, t1: float, tn: float, n: int) -> float | None:
+    """The decode step: the slope between a 1-token and an n-token run. When the noise on either
+    median is larger than the (n - 1) steps between them the slope means nothing (it can be
+    negative), so there is no step time and the run says so rather than report one."""
+    if tn > t1:
+        return (tn - t1) / (n - 1)
+    print(
+        f"  {name:24s} decode b={b:<3d} the {n}-token run was not slower than the 1-token run "
+        f"({tn * 1e3:.2f} vs {t1 * 1e3:.2f} ms): no step time; raise --output-len or --reps",
+        flush=True,
+    )
+    return None
 
 
 class Prompts:
@@ -274,7 +289,7 @@ def run_cases(
                 "gpu_busy_ms": 1e3 * busy_s / max(steps, 1) if busy_s else None,
                 "gpu_idle_share": idle_s / (idle_s + busy_s) if busy_s else None,
             }
-        step = (tn - t1) / (n - 1)
+        step = decode_step(name, b, t1, tn, n)
         step_bytes = nums["weight_bytes"] + b * (args.input_len + n / 2) * nums["kv_bytes_per_token"]
         rows.append(
             {
@@ -284,10 +299,10 @@ def run_cases(
                 "input_len": args.input_len,
                 "output_len": n,
                 "ttft_ms": t1 * 1e3,
-                "decode_ms_per_step": step * 1e3,
-                "decode_tok_s": b / step,
+                "decode_ms_per_step": step * 1e3 if step else None,
+                "decode_tok_s": b / step if step else None,
                 "output_tok_s": b * n / tn,
-                "mbu": step_bytes / step / (bandwidth * 1e9),
+                "mbu": step_bytes / step / (bandwidth * 1e9) if step else None,
                 "prefill_tflops": None,
                 "mfu": None,
                 "cache_hit_rate": None,
@@ -297,6 +312,8 @@ def run_cases(
                 "scheduler": overhead,
             }
         )
+        if step is None:
+            continue
         print(
             f"  {name:24s} decode b={b:<3d} ttft {t1 * 1e3:8.1f} ms  step {step * 1e3:7.2f} ms  "
             f"{b / step:9.1f} tok/s  MBU {rows[-1]['mbu']:.1%}"
@@ -583,11 +600,10 @@ def format_table(result: dict) -> str:
         base = hf.get((r["case"], r["batch_size"]))
         ratio = None
         if base is not None and r["engine"] != "hf-eager":
-            ratio = (
-                base["ttft_ms"] / r["ttft_ms"]
-                if r["case"] == "prefill"
-                else base["decode_ms_per_step"] / r["decode_ms_per_step"]
-            )
+            if r["case"] == "prefill":
+                ratio = base["ttft_ms"] / r["ttft_ms"]
+            elif base["decode_ms_per_step"] and r["decode_ms_per_step"]:
+                ratio = base["decode_ms_per_step"] / r["decode_ms_per_step"]
         lines.append(
             f"| {r['engine']} | {r['case']} | {r['batch_size']} | {f(r['ttft_ms'], '.1f')} | "
             f"{f(r['decode_ms_per_step'], '.2f')} | {f(r['decode_tok_s'], '.1f')} | "
