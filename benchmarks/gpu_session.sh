@@ -24,6 +24,7 @@
 #   bash benchmarks/gpu_session.sh view     # issue 26: a cache snapshot's cost during an 8B batch-64 decode
 #   bash benchmarks/gpu_session.sh floor    # issue 25: dense GEMV tuning, 8B b=1/64 with and without it, profile
 #                                           # (TUNE_FP8=1: first tune the fp8 GEMV in CUDA graphs)
+#   bash benchmarks/gpu_session.sh timeline # issue 25: b=1 decode's device timeline under PDL, kernel by kernel
 #   bash benchmarks/gpu_session.sh moe      # issue 24: fused MoE GPU tests, Qwen3-30B-A3B shape vs HF
 #   bash benchmarks/gpu_session.sh moe-tune # issue 24: tune the fused MoE kernel's tiles
 # The GPU image lacks pyzmq, msgspec and outlines-core: bring them as wheels in .whl/ (see
@@ -202,6 +203,15 @@ case "$MODE" in
     for Q in none fp8; do
       timeout 280 python3 benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization $Q \
         --out "$OUT/profile-$Q.json" > "$OUT/profile-$Q.log" 2>&1; grep -A14 "==" "$OUT/profile-$Q.log"
+    done
+    ;;
+  timeline)  # issue 25: where a batch-1 decode step's time goes with PDL on (each kernel's advance of the
+    # device timeline, and one decoder layer position by position), fp8 then bf16 (PROFILES)
+    python3 benchmarks/bench_offline.py --shape llama-3.1-8b --engines none --keep-model --model-dir /tmp/bench-8b \
+      --out "$OUT/build.json" > "$OUT/build.log" 2>&1 || { tail "$OUT/build.log"; exit 1; }
+    for Q in ${PROFILES-fp8 none}; do
+      timeout 120 python3 benchmarks/profile_forward.py --model-dir /tmp/bench-8b --quantization $Q --prefill-len 1024 \
+        --out "$OUT/timeline-$Q.json" > "$OUT/timeline-$Q.log" 2>&1; sed -n '/== decode/,$p' "$OUT/timeline-$Q.log" | head -60
     done
     ;;
   fp8-final)  # the done-when table of issue 8: HF eager, radixlm bf16, fp8 (cuBLAS from the tuned M), fp8 Triton-only

@@ -95,6 +95,93 @@ def kernel_table(prof, steps: int) -> tuple[list[dict], float]:
     return rows, total / steps
 
 
+def timeline(prof, steps: int) -> dict | None:
+    """Each kernel's share of the device timeline, not its own duration. Under PDL a kernel starts
+    while the one ahead drains, so durations overlap and their sum exceeds the step; what a kernel
+    costs is how far it moves the timeline's end (`advance`), and the idle time before it is a gap.
+    Also the repeating unit of the step (a decoder layer), position by position, averaged over
+    steps and layers. None when the steps do not launch the same kernels."""
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end, e.name)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    if not kernels or len(kernels) % steps:
+        return None
+    per_step = len(kernels) // steps
+    frontier, rows = kernels[0][0], []
+    for start, end, name in kernels:
+        gap = max(0.0, start - frontier)
+        advance = max(0.0, end - max(frontier, start))
+        frontier = max(frontier, end)
+        rows.append((name, end - start, advance, gap))
+    names = [r[0] for r in rows[:per_step]]
+    if any(rows[i][0] != names[i % per_step] for i in range(len(rows))):
+        return None
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])
+    for name, dur, advance, gap in rows:
+        entry = by_name[name]
+        entry[0] += dur / 1e3 / steps
+        entry[1] += advance / 1e3 / steps
+        entry[2] += gap / 1e3 / steps
+        entry[3] += 1 / steps
+    # the layer: the shortest period p with names[i] == names[i + p] over the middle third
+    mid, period = per_step // 3, None
+    for p in range(2, per_step // 3):
+        if all(names[i] == names[i + p] for i in range(mid, 2 * mid - p)):
+            period = p
+            break
+    unit = []
+    if period:
+        first = next((i for i in range(mid, mid + period) if "norm" in names[i]), mid)
+        layer = names[first : first + period]
+        starts = range(first % period, per_step - period + 1, period)
+        reps = [i for i in starts if names[i : i + period] == layer]
+        for k in range(period):
+            vals = [rows[s * per_step + i + k] for s in range(steps) for i in reps]
+            unit.append(
+                {
+                    "kernel": names[first + k],
+                    "us": sum(v[1] for v in vals) / len(vals),
+                    "advance_us": sum(v[2] for v in vals) / len(vals),
+                    "gap_us": sum(v[3] for v in vals) / len(vals),
+                }
+            )
+    span = (kernels[-1][1] - kernels[0][0]) / 1e3 / steps
+    return {
+        "span_ms_per_step": span,
+        "gap_ms_per_step": sum(v[2] for v in by_name.values()),
+        "kernels": [
+            {
+                "kernel": k,
+                "ms_per_step": v[0],
+                "advance_ms_per_step": v[1],
+                "gap_ms_per_step": v[2],
+                "calls": v[3],
+            }
+            for k, v in sorted(by_name.items(), key=lambda kv: -kv[1][1])
+        ],
+        "layer_unit": unit,
+        "layers_matched": len(reps) if period else 0,
+    }
+
+
+def print_timeline(tl: dict, top: int) -> None:
+    print(
+        f"  timeline: {tl['span_ms_per_step']:.3f} ms a step from first kernel start to last end, "
+        f"{tl['gap_ms_per_step']:.3f} ms of it idle; advance = how far a kernel moves the end"
+    )
+    for r in tl["kernels"][:top]:
+        print(
+            f"  {r['advance_ms_per_step']:8.3f} ms advance {r['ms_per_step']:8.3f} ms run "
+            f"{r['gap_ms_per_step']:7.3f} ms gap {r['calls']:6.1f}x  {r['kernel'][:80]}"
+        )
+    if tl["layer_unit"]:
+        print(f"  one layer ({tl['layers_matched']} matched), us: run / advance / gap before")
+        for r in tl["layer_unit"]:
+            print(f"    {r['us']:7.2f} {r['advance_us']:7.2f} {r['gap_us']:6.2f}  {r['kernel'][:80]}")
+
+
 def profile_phase(label: str, run, steps: int, top: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
@@ -113,7 +200,16 @@ def profile_phase(label: str, run, steps: int, top: int) -> dict:
         print(
             f"  {r['ms_per_step']:8.3f} ms {r['share']:6.1%} {r['calls_per_step']:6.1f}x  {r['kernel'][:110]}"
         )
-    return {"label": label, "wall_ms_per_step": wall * 1e3, "kernel_ms_per_step": kernel_ms, "kernels": rows}
+    tl = timeline(prof, steps)
+    if tl:
+        print_timeline(tl, top)
+    return {
+        "label": label,
+        "wall_ms_per_step": wall * 1e3,
+        "kernel_ms_per_step": kernel_ms,
+        "kernels": rows,
+        "timeline": tl,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
