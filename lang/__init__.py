@@ -1,12 +1,10 @@
 """The prompt-program DSL: `@function` programs with gen, select, roles, tools and fork/join."""
 
 from radixlm.lang.api import (
-    SglFunction,
     assistant,
     assistant_begin,
     assistant_end,
     flush_cache,
-    function,
     gen,
     gen_int,
     gen_string,
@@ -30,6 +28,7 @@ from radixlm.lang.choices import (
 )
 from radixlm.lang.interpreter import ProgramError
 from radixlm.lang.ir import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR
+from radixlm.lang.program import SglFunction, function
 from radixlm.lang.program_state import ProgramState, ProgramStateGroup
 from radixlm.lang.tools import ToolCall, ToolReply, run_tool_call, tool_response, tool_spec, tools_prompt
 

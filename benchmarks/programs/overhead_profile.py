@@ -49,7 +49,7 @@ import overhead as bench
 
 import radixlm as rl
 from radixlm.client.runtime_client import RuntimeClient
-from radixlm.lang import api as lang_api
+from radixlm.lang import program as lang_program
 from radixlm.lang import tracer as lang_tracer
 from radixlm.lang.backend.runtime import RuntimeEndpoint
 from radixlm.lang.interpreter import StateExecutor
@@ -78,7 +78,7 @@ def install(rt: Any) -> None:
     """Wrap the functions we time (class attributes, so every instance is covered)."""
     StateExecutor.__init__ = _span("executor_init", StateExecutor.__init__)
     threading.Thread.start = _span("thread_start", threading.Thread.start)
-    lang_api.SglFunction.cache = _span("cache_step", lang_api.SglFunction.cache)
+    lang_program.SglFunction.cache = _span("cache_step", lang_program.SglFunction.cache)
     lang_tracer.trace_prefix = _span("trace", lang_tracer.trace_prefix)
     RuntimeEndpoint.cache_prefix = _span("precache_rt", RuntimeEndpoint.cache_prefix)
 

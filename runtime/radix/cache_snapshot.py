@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from radixlm.runtime.radix.radix_cache import RadixCache, TreeNode
+    from radixlm.runtime.radix.radix_cache import RadixCache
+    from radixlm.runtime.radix.tree_node import TreeNode
 
 SNAPSHOT_ORDERS = ("hits", "recent", "tokens")
 PREVIEW_CHARS = 48

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from radixlm.runtime.radix.radix_cache import RadixCache, TreeNode
+    from radixlm.runtime.radix.radix_cache import RadixCache
+    from radixlm.runtime.radix.tree_node import TreeNode
 
 
 def check_tree(tree: RadixCache) -> None:

@@ -30,7 +30,8 @@ import torch
 
 from radixlm.runtime.radix.kv_transfer import KVTransfer, LoadTicket
 from radixlm.runtime.radix.memory_pool import KVPool, ReqToTokenPool
-from radixlm.runtime.radix.radix_cache import MatchResult, RadixCache, TreeNode
+from radixlm.runtime.radix.radix_cache import RadixCache
+from radixlm.runtime.radix.tree_node import MatchResult, TreeNode
 from radixlm.runtime.scheduler.request import Req
 
 

@@ -19,7 +19,8 @@ the tree walk starts at the request's locked prefix node.
 
 from __future__ import annotations
 
-from radixlm.runtime.radix.radix_cache import RadixCache, TreeNode
+from radixlm.runtime.radix.radix_cache import RadixCache
+from radixlm.runtime.radix.tree_node import TreeNode
 from radixlm.runtime.scheduler.request import Req
 
 NGRAM_SIZES = (4, 3, 2)  # longest first: a longer match predicts better

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from radixlm.runtime.radix.radix_cache import MatchResult, RadixCache
+from radixlm.runtime.radix.radix_cache import RadixCache
+from radixlm.runtime.radix.tree_node import MatchResult
 from radixlm.runtime.scheduler.request import Req
 
 # LPM matches every waiting request against the tree each round; past this queue length

@@ -15,7 +15,7 @@ from typing import Any
 
 from radixlm.runtime.constrained.backend import GrammarMatcher
 from radixlm.runtime.layers.sampling import SamplingParams
-from radixlm.runtime.radix.radix_cache import TreeNode
+from radixlm.runtime.radix.tree_node import TreeNode
 
 
 @dataclass(eq=False)
