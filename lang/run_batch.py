@@ -8,8 +8,9 @@ offers one (client/request_gather.py): a request waits until every worker still 
 one ready, or a few milliseconds, and then they leave together, so the scheduler prefills the
 programs' first calls as one batch, as it does for `Engine.generate` of the same prompts. The
 programs' constant prefix is prefilled once: the backend decides how (RuntimeEndpoint: the
-scheduler's in-batch dedup under LPM; under FCFS the prefix goes first and the programs'
-requests, not the workers, wait for its reply). A backend that cannot gather prefills it with
+scheduler's in-batch dedup under LPM, for a prefix at least its `in_batch_prefix_tokens` long;
+otherwise the prefix goes first and the programs' requests, not the workers, wait for its
+reply). A backend that cannot gather prefills it with
 `cache_prefix` before the workers start.
 
 Semantics are those of running each program alone: expressions within a state keep their

@@ -137,12 +137,18 @@ class RuntimeEndpoint(BaseBackend):
         if not isinstance(self.client, RuntimeClient):  # HTTP: one request per call, as they come
             return None
         gather = self.client.gather(workers, GATHER_MAX_WAIT_S)
-        # Under LPM the scheduler admits one of the gathered requests that share an uncached
-        # prefix and defers the others by a round, so the programs' own first calls pre-cache
-        # it; FCFS would prefill it in each of them, so there the prefix goes first, alone.
-        if prefix and self.info.get("schedule_policy") != "lpm":
+        if prefix and not self._deduplicated(prefix):
             gather.barrier(prefill_message(prefix))
         return functools.partial(self.client.gathering, gather)
+
+    def _deduplicated(self, prefix: str) -> bool:
+        """Whether the scheduler itself prefills `prefix` once for gathered requests sharing it.
+        Under LPM it admits one of the requests that share at least `in_batch_prefix_tokens`
+        uncached tokens and defers the others a round, so the programs' own first calls pre-cache
+        the prefix. A shorter prefix (or FCFS) would be prefilled in every one of them: it goes
+        first, alone, and the programs wait for it."""
+        least = self.info.get("in_batch_prefix_tokens")
+        return least is not None and len(self.tokenizer(prefix).input_ids) >= least
 
     # ------------------------------------------------------------------ select
     def choice_logprobs(self, prompt: str, choices: list[str], unconditional: bool = False):

@@ -6,6 +6,7 @@ import statistics
 from typing import Any
 
 from radixlm.runtime.config import EngineConfig
+from radixlm.runtime.scheduler.policy import IN_BATCH_PREFIX_THRESHOLD
 from radixlm.runtime.scheduler.scheduler import Scheduler
 
 
@@ -28,6 +29,9 @@ def server_info(cfg: EngineConfig, sched: Scheduler) -> dict[str, Any]:
         "tp_size": runner.tp.size,
         "kv_cache_dtype": str(runner.kv_dtype).removeprefix("torch."),
         "schedule_policy": cfg.schedule_policy,
+        # requests admitted together that share at least this many uncached tokens are admitted
+        # one at a time (the rest a round later, from the cache); None: no such deduplication
+        "in_batch_prefix_tokens": IN_BATCH_PREFIX_THRESHOLD if sched.policy.policy == "lpm" else None,
         "cuda_graph_batch_sizes": runner.graph_runner.batch_sizes if runner.graph_runner else [],
         "cache_hit_rate": stats.cache_hit_rate,
         "prompt_tokens": stats.prompt_tokens,

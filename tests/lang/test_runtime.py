@@ -170,9 +170,37 @@ def test_run_batch_prefills_the_shared_header_once_under_either_policy(policy):
         after = runtime.get_server_info()
         runtime.engine.check_accounting()
     assert all(st.error() is None for st in states)
+    # FCFS: the header went first as a request of its own; LPM: the programs' calls alone
+    assert after["finished_requests"] - before["finished_requests"] == 16 + (policy == "fcfs")
     prompt = after["prompt_tokens"] - before["prompt_tokens"]
     cached = after["cached_tokens"] - before["cached_tokens"]
     assert cached / prompt > 0.8, (policy, cached, prompt)
+
+
+def test_run_batch_precaches_a_header_too_short_for_the_schedulers_dedup():
+    """LPM's in-batch deduplication only catches shared prefixes of `in_batch_prefix_tokens` or
+    more. A shorter traced header (still worth caching: over 64 characters) goes first, alone,
+    so a cold batch whose programs all arrive in one round still reads it from the cache."""
+    header = "You are a concise assistant; answer every question in one short line.\n"
+
+    @rl.function
+    def solve(s, a):
+        s += header
+        s += f"Question: what is {a} plus 1?\nAnswer:" + rl.gen("answer", max_tokens=2)
+
+    with rl.Runtime(str(build_tiny_model("llama")), schedule_policy="lpm") as runtime:
+        before = runtime.get_server_info()
+        header_tokens = len(runtime.endpoint.tokenizer(header).input_ids)
+        assert len(header) > 64 and 4 < header_tokens < before["in_batch_prefix_tokens"]
+        states = solve.run_batch([{"a": i} for i in range(16)], temperature=0, backend=runtime)
+        after = runtime.get_server_info()
+        runtime.engine.check_accounting()
+    assert all(st.error() is None for st in states)
+    # the header was its own request, ahead of the programs' first calls
+    assert after["finished_requests"] - before["finished_requests"] == 16 + 1
+    cached = after["cached_tokens"] - before["cached_tokens"]
+    # every program reads the header (all but a token where it meets the question) from the cache
+    assert cached >= 16 * (header_tokens - 1), (cached, header_tokens)
 
 
 def test_run_batch_equals_running_each_program_alone(rt):
