@@ -98,26 +98,22 @@ def kernel_table(prof, steps: int) -> tuple[list[dict], float]:
 def timeline(prof, steps: int) -> dict | None:
     """Each kernel's share of the device timeline, not its own duration. Under PDL a kernel starts
     while the one ahead drains, so durations overlap and their sum exceeds the step; what a kernel
-    costs is how far it moves the timeline's end (`advance`), and the idle time before it is a gap.
-    Also the repeating unit of the step (a decoder layer), position by position, averaged over
-    steps and layers. None when the steps do not launch the same kernels."""
+    costs is how far it moves the timeline's end (`advance`), and the idle time before it is a gap
+    (between steps that includes the host's turn). Also the step's repeating unit (a decoder
+    layer), position by position, averaged over every place it occurs. None without kernels."""
     kernels = sorted(
         (e.time_range.start, e.time_range.end, e.name)
         for e in prof.events()
         if e.device_type == torch.autograd.DeviceType.CUDA
     )
-    if not kernels or len(kernels) % steps:
+    if not kernels:
         return None
-    per_step = len(kernels) // steps
     frontier, rows = kernels[0][0], []
     for start, end, name in kernels:
         gap = max(0.0, start - frontier)
         advance = max(0.0, end - max(frontier, start))
         frontier = max(frontier, end)
         rows.append((name, end - start, advance, gap))
-    names = [r[0] for r in rows[:per_step]]
-    if any(rows[i][0] != names[i % per_step] for i in range(len(rows))):
-        return None
     by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])
     for name, dur, advance, gap in rows:
         entry = by_name[name]
@@ -125,31 +121,9 @@ def timeline(prof, steps: int) -> dict | None:
         entry[1] += advance / 1e3 / steps
         entry[2] += gap / 1e3 / steps
         entry[3] += 1 / steps
-    # the layer: the shortest period p with names[i] == names[i + p] over the middle third
-    mid, period = per_step // 3, None
-    for p in range(2, per_step // 3):
-        if all(names[i] == names[i + p] for i in range(mid, 2 * mid - p)):
-            period = p
-            break
-    unit = []
-    if period:
-        first = next((i for i in range(mid, mid + period) if "norm" in names[i]), mid)
-        layer = names[first : first + period]
-        starts = range(first % period, per_step - period + 1, period)
-        reps = [i for i in starts if names[i : i + period] == layer]
-        for k in range(period):
-            vals = [rows[s * per_step + i + k] for s in range(steps) for i in reps]
-            unit.append(
-                {
-                    "kernel": names[first + k],
-                    "us": sum(v[1] for v in vals) / len(vals),
-                    "advance_us": sum(v[2] for v in vals) / len(vals),
-                    "gap_us": sum(v[3] for v in vals) / len(vals),
-                }
-            )
-    span = (kernels[-1][1] - kernels[0][0]) / 1e3 / steps
+    unit, places = _layer_unit(rows)
     return {
-        "span_ms_per_step": span,
+        "span_ms_per_step": (kernels[-1][1] - kernels[0][0]) / 1e3 / steps,
         "gap_ms_per_step": sum(v[2] for v in by_name.values()),
         "kernels": [
             {
@@ -162,8 +136,57 @@ def timeline(prof, steps: int) -> dict | None:
             for k, v in sorted(by_name.items(), key=lambda kv: -kv[1][1])
         ],
         "layer_unit": unit,
-        "layers_matched": len(reps) if period else 0,
+        "layers_matched": places,
     }
+
+
+def _layer_unit(rows: list[tuple]) -> tuple[list[dict], int]:
+    """The shortest period p that repeats three times running somewhere in the middle of the
+    kernel sequence (several windows: one may straddle a step's edge), started where that
+    pattern first begins; then its kernels averaged over every place the whole unit occurs.
+    ([], 0) when none repeats."""
+    names = [r[0] for r in rows]
+    n = len(names)
+    period = None
+    for w in (n // 2, n // 3, 2 * n // 3, n // 4, n // 8, n // 16):
+        for p in range(2, (n - w) // 3):
+            if all(names[w + i] == names[w + i + p] for i in range(2 * p)):
+                period, window = p, w
+                break
+        if period:
+            break
+    if not period:
+        return [], 0
+    # start the unit where the pattern first begins (a step's first layer: the embedding and
+    # anything before it are not part of it)
+    seen = names[window : window + period]
+    rotations = {tuple(seen[k:] + seen[:k]) for k in range(period)}
+    first = next(
+        i
+        for i in range(n - 2 * period + 1)
+        if tuple(names[i : i + period]) in rotations
+        and names[i : i + period] == names[i + period : i + 2 * period]
+    )
+    layer = names[first : first + period]
+    places, i = [], 0
+    while i + period <= n:
+        if names[i : i + period] == layer:
+            places.append(i)
+            i += period
+        else:
+            i += 1
+    unit = []
+    for k in range(period):
+        vals = [rows[i + k] for i in places]
+        unit.append(
+            {
+                "kernel": layer[k],
+                "us": sum(v[1] for v in vals) / len(vals),
+                "advance_us": sum(v[2] for v in vals) / len(vals),
+                "gap_us": sum(v[3] for v in vals) / len(vals),
+            }
+        )
+    return unit, len(places)
 
 
 def print_timeline(tl: dict, top: int) -> None:
