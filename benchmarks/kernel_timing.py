@@ -144,33 +144,32 @@ def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def check_and_time(
-    run,
+    run_copy: Callable[[int], object],
     out: torch.Tensor,
     expected: torch.Tensor,
     what: str,
     flush: torch.Tensor,
     args,
     budget_ms: float,
-    timer=None,
+    copies: int = 0,
 ) -> float | None:
-    """One candidate: run it once on a NaN-poisoned output and check it against the reference
-    (stop the whole run on a wrong result), then time it (`timer()`, default `time_ms` of `run`
-    after L2 flushes). None when it does not fit the GPU."""
+    """One candidate: `run_copy(0)` once on a NaN-poisoned output, checked against the reference
+    computed from operand copy 0 (a wrong result stops the whole run), then timed by
+    `time_copies` (alone after L2 flushes, or over `copies` operand copies in a CUDA graph). None
+    when it does not fit the GPU."""
     from triton.runtime.errors import OutOfResources
 
     try:
         out.fill_(float("nan"))
-        run()
+        run_copy(0)
         torch.cuda.synchronize()
     except OutOfResources as exc:
         print(f"  skip {what}: {exc}", file=sys.stderr)
         return None
-    err = float((out.double() - expected.double()).norm() / expected.double().norm())
+    err = rel_err(out, expected)
     if not err < 1e-2:  # NaN fails too
         raise SystemExit(f"CORRECTNESS FAILURE {what}: rel err {err:.3e}")
-    if timer is not None:
-        return timer()
-    return time_ms(run, flush, args.warmup, args.reps, budget_ms=budget_ms, hold_cycles=HOLD_CYCLES)
+    return time_copies(run_copy, copies, flush, args, budget_ms)
 
 
 def start_run(title: str, shapes, ms, out_path: Path) -> tuple[str, torch.Tensor, dict, str]:

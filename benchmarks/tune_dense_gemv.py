@@ -69,14 +69,7 @@ def tune_shape(gemv, fp8_gemv, n: int, k: int, ms: list[int], flush: torch.Tenso
                 gemv.dense_gemv(x, ws[i], config=cfg, out=out)
 
             result = check_and_time(
-                lambda: run_copy(0),
-                out,
-                expected,
-                f"N,K={n},{k} M={m} {cfg}",
-                flush,
-                args,
-                budget_ms=100.0,
-                timer=lambda: time_copies(run_copy, copies, flush, args, 100.0),
+                run_copy, out, expected, f"N,K={n},{k} M={m} {cfg}", flush, args, 100.0, copies
             )
             if result is not None:
                 timed[key] = result

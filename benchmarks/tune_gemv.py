@@ -100,14 +100,7 @@ def tune_gemv_shape(
                 gemv.w8a16_block_fp8_matmul(x, *w_copies[i], BLOCK_SIZE, config=cfg, out=out)
 
             ms_run = check_and_time(
-                lambda: run_copy(0),
-                out,
-                expected,
-                f"(GEMV) N,K={n},{k} M={m} {cfg}",
-                flush,
-                args,
-                budget_ms=100.0,
-                timer=lambda: time_copies(run_copy, copies, flush, args, 100.0),
+                run_copy, out, expected, f"(GEMV) N,K={n},{k} M={m} {cfg}", flush, args, 100.0, copies
             )
             if ms_run is not None:
                 timed[key] = ms_run
