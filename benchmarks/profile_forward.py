@@ -9,8 +9,10 @@ The model runner and scheduler run in this process (as tests/helpers.LocalRuntim
 profiler sees every kernel; decode steps replay their CUDA graphs as in serving (CUPTI reports the
 kernels inside a graph). The folder is built first when missing (benchmarks/bench_offline.py's
 model: HF LlamaForCausalLM with the 8B config and random N(0, 0.02) weights). For each phase it
-prints the wall time, the summed kernel time, and the kernels grouped by name with their share:
-the numbers to decide what to optimise, beside the end-to-end figures of bench_offline.py.
+prints the wall time, the summed kernel time, and the kernels grouped by name with their share
+and their advance of the device timeline (under PDL runs overlap: `device_kernels`), then one
+decoder layer position by position: the numbers to decide what to optimise, beside the
+end-to-end figures of bench_offline.py.
 """
 
 from __future__ import annotations
@@ -74,78 +76,72 @@ class InProcess:
         return done
 
 
-def kernel_table(prof, steps: int) -> tuple[list[dict], float]:
-    """Device time per kernel name (ms per step) over the profiled region, largest first."""
-    by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for evt in prof.events():
-        if evt.device_type == torch.autograd.DeviceType.CUDA:
-            entry = by_name[evt.name]
-            entry[0] += evt.device_time_total / 1e3  # us -> ms
-            entry[1] += 1
+def device_kernels(prof) -> list[tuple[str, float, float, float]]:
+    """The device's kernels in start order, each (name, run, advance, gap before) in us. Under PDL
+    a kernel starts while the one ahead drains, so runs overlap and add up to more than the step:
+    what a kernel costs is how far it moves the timeline's end (its advance), and the idle time
+    before it is a gap (between steps, that includes the host's turn)."""
+    events = sorted(
+        (e.time_range.start, e.time_range.end, e.name)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    frontier = events[0][0] if events else 0.0
+    kernels = []
+    for start, end, name in events:
+        gap = max(0.0, start - frontier)
+        advance = max(0.0, end - max(frontier, start))
+        frontier = max(frontier, end)
+        kernels.append((name, end - start, advance, gap))
+    return kernels
+
+
+def kernel_table(kernels: list[tuple], steps: int) -> tuple[list[dict], float]:
+    """Per kernel name, ms per step of run, advance and gap before (`device_kernels`), and calls
+    per step, largest run first; and the summed run time per step."""
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])
+    for name, run, advance, gap in kernels:
+        entry = by_name[name]
+        entry[0] += run / 1e3  # us -> ms
+        entry[1] += advance / 1e3
+        entry[2] += gap / 1e3
+        entry[3] += 1
     total = sum(v[0] for v in by_name.values())
     rows = [
         {
             "kernel": name,
             "ms_per_step": ms / steps,
+            "advance_ms_per_step": advance / steps,
+            "gap_ms_per_step": gap / steps,
             "calls_per_step": calls / steps,
             "share": ms / total if total else 0.0,
         }
-        for name, (ms, calls) in sorted(by_name.items(), key=lambda kv: -kv[1][0])
+        for name, (ms, advance, gap, calls) in sorted(by_name.items(), key=lambda kv: -kv[1][0])
     ]
     return rows, total / steps
 
 
-def timeline(prof, steps: int) -> dict | None:
-    """Each kernel's share of the device timeline, not its own duration. Under PDL a kernel starts
-    while the one ahead drains, so durations overlap and their sum exceeds the step; what a kernel
-    costs is how far it moves the timeline's end (`advance`), and the idle time before it is a gap
-    (between steps that includes the host's turn). Also the step's repeating unit (a decoder
-    layer), position by position, averaged over every place it occurs. None without kernels."""
-    kernels = sorted(
-        (e.time_range.start, e.time_range.end, e.name)
-        for e in prof.events()
-        if e.device_type == torch.autograd.DeviceType.CUDA
-    )
+def timeline(kernels: list[tuple], steps: int) -> dict | None:
+    """The device timeline of `device_kernels`: its span and idle time per step, and the step's
+    repeating unit (a decoder layer), position by position, averaged over every place it occurs.
+    None without kernels."""
     if not kernels:
         return None
-    frontier, rows = kernels[0][0], []
-    for start, end, name in kernels:
-        gap = max(0.0, start - frontier)
-        advance = max(0.0, end - max(frontier, start))
-        frontier = max(frontier, end)
-        rows.append((name, end - start, advance, gap))
-    by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])
-    for name, dur, advance, gap in rows:
-        entry = by_name[name]
-        entry[0] += dur / 1e3 / steps
-        entry[1] += advance / 1e3 / steps
-        entry[2] += gap / 1e3 / steps
-        entry[3] += 1 / steps
-    unit, places = _layer_unit(rows)
+    unit, places = _layer_unit(kernels)
     return {
-        "span_ms_per_step": (kernels[-1][1] - kernels[0][0]) / 1e3 / steps,
-        "gap_ms_per_step": sum(v[2] for v in by_name.values()),
-        "kernels": [
-            {
-                "kernel": k,
-                "ms_per_step": v[0],
-                "advance_ms_per_step": v[1],
-                "gap_ms_per_step": v[2],
-                "calls": v[3],
-            }
-            for k, v in sorted(by_name.items(), key=lambda kv: -kv[1][1])
-        ],
+        "span_ms_per_step": sum(k[2] + k[3] for k in kernels) / 1e3 / steps,
+        "gap_ms_per_step": sum(k[3] for k in kernels) / 1e3 / steps,
         "layer_unit": unit,
         "layers_matched": places,
     }
 
 
-def _layer_unit(rows: list[tuple]) -> tuple[list[dict], int]:
+def _layer_unit(kernels: list[tuple]) -> tuple[list[dict], int]:
     """The shortest period p that repeats three times running somewhere in the middle of the
     kernel sequence (several windows: one may straddle a step's edge), started where that
     pattern first begins; then its kernels averaged over every place the whole unit occurs.
     ([], 0) when none repeats."""
-    names = [r[0] for r in rows]
+    names = [k[0] for k in kernels]
     n = len(names)
     period = None
     for w in (n // 2, n // 3, 2 * n // 3, n // 4, n // 8, n // 16):
@@ -177,7 +173,7 @@ def _layer_unit(rows: list[tuple]) -> tuple[list[dict], int]:
             i += 1
     unit = []
     for k in range(period):
-        vals = [rows[i + k] for i in places]
+        vals = [kernels[i + k] for i in places]
         unit.append(
             {
                 "kernel": layer[k],
@@ -189,16 +185,11 @@ def _layer_unit(rows: list[tuple]) -> tuple[list[dict], int]:
     return unit, len(places)
 
 
-def print_timeline(tl: dict, top: int) -> None:
+def print_timeline(tl: dict) -> None:
     print(
-        f"  timeline: {tl['span_ms_per_step']:.3f} ms a step from first kernel start to last end, "
-        f"{tl['gap_ms_per_step']:.3f} ms of it idle; advance = how far a kernel moves the end"
+        f"  timeline: {tl['span_ms_per_step']:.3f} ms a step from the first kernel's start to the last's "
+        f"end, {tl['gap_ms_per_step']:.3f} ms of it idle"
     )
-    for r in tl["kernels"][:top]:
-        print(
-            f"  {r['advance_ms_per_step']:8.3f} ms advance {r['ms_per_step']:8.3f} ms run "
-            f"{r['gap_ms_per_step']:7.3f} ms gap {r['calls']:6.1f}x  {r['kernel'][:80]}"
-        )
     if tl["layer_unit"]:
         print(f"  one layer ({tl['layers_matched']} matched), us: run / advance / gap before")
         for r in tl["layer_unit"]:
@@ -214,18 +205,20 @@ def profile_phase(label: str, run, steps: int, top: int) -> dict:
         run()
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t) / steps
-    rows, kernel_ms = kernel_table(prof, steps)
+    kernels = device_kernels(prof)
+    rows, kernel_ms = kernel_table(kernels, steps)
     print(
         f"\n== {label}: wall {wall * 1e3:.2f} ms a step, kernels {kernel_ms:.2f} ms a step "
-        f"({kernel_ms / (wall * 1e3):.0%} of wall)"
+        f"({kernel_ms / (wall * 1e3):.0%} of wall); run, share, advance (how far it moves the end)"
     )
     for r in rows[:top]:
         print(
-            f"  {r['ms_per_step']:8.3f} ms {r['share']:6.1%} {r['calls_per_step']:6.1f}x  {r['kernel'][:110]}"
+            f"  {r['ms_per_step']:8.3f} ms {r['share']:6.1%} {r['advance_ms_per_step']:8.3f} ms "
+            f"{r['calls_per_step']:6.1f}x  {r['kernel'][:100]}"
         )
-    tl = timeline(prof, steps)
+    tl = timeline(kernels, steps)
     if tl:
-        print_timeline(tl, top)
+        print_timeline(tl)
     return {
         "label": label,
         "wall_ms_per_step": wall * 1e3,

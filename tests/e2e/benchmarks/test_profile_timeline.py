@@ -48,18 +48,25 @@ def _steps(steps: int, layers: int, overlap: float) -> list:
     return events
 
 
+def _profile(profile_forward, events: list, steps: int) -> tuple[list[dict], dict | None]:
+    kernels = profile_forward.device_kernels(types.SimpleNamespace(events=lambda: events))
+    return profile_forward.kernel_table(kernels, steps)[0], profile_forward.timeline(kernels, steps)
+
+
 def test_advance_counts_only_what_a_kernel_adds_past_the_one_ahead(profile_forward):
     events = _steps(steps=3, layers=6, overlap=1.0)
-    tl = profile_forward.timeline(types.SimpleNamespace(events=lambda: events[::-1]), steps=3)
-    by_name = {k["kernel"]: k for k in tl["kernels"]}
+    rows, tl = _profile(profile_forward, events[::-1], steps=3)
+    by_name = {k["kernel"]: k for k in rows}
     # a norm runs 3 us (2 + 1 early) but moves the end by 2; two per layer, six layers
     assert by_name["norm"]["ms_per_step"] == pytest.approx(12 * 3e-3)
     assert by_name["norm"]["advance_ms_per_step"] == pytest.approx(12 * 2e-3)
     assert by_name["gemv"]["advance_ms_per_step"] == pytest.approx(6 * 40e-3)
-    assert by_name["head"]["calls"] == pytest.approx(1.0)
+    assert by_name["head"]["calls_per_step"] == pytest.approx(1.0)
     # the 5 us after each head is idle; the last step's is not inside the span
     assert tl["gap_ms_per_step"] == pytest.approx(2 * 5e-3 / 3)
-    assert tl["kernels"][0]["kernel"] == "gemv"  # largest advance first
+    span_us = events[-1].time_range.end - events[0].time_range.start
+    assert tl["span_ms_per_step"] == pytest.approx(span_us / 1e3 / 3)
+    assert rows[0]["kernel"] == "gemv"  # largest run first
     unit = tl["layer_unit"]
     assert [u["kernel"] for u in unit] == ["norm", "gemv", "attn", "norm", "gemv"]
     assert tl["layers_matched"] >= 4
@@ -72,8 +79,8 @@ def test_steps_that_differ_still_give_the_layer(profile_forward):
     the layer is still found wherever it occurs whole."""
     events = _steps(steps=2, layers=8, overlap=0.0)
     events.insert(1, _event(2, 2.5, "copy"))  # inside the first step, after the embedding
-    tl = profile_forward.timeline(types.SimpleNamespace(events=lambda: events), steps=2)
+    rows, tl = _profile(profile_forward, events, steps=2)
     assert [u["kernel"] for u in tl["layer_unit"]] == ["norm", "gemv", "attn", "norm", "gemv"]
     assert tl["layers_matched"] == 16
-    assert {k["kernel"]: k["calls"] for k in tl["kernels"]}["copy"] == pytest.approx(0.5)
-    assert profile_forward.timeline(types.SimpleNamespace(events=lambda: []), steps=2) is None
+    assert {k["kernel"]: k["calls_per_step"] for k in rows}["copy"] == pytest.approx(0.5)
+    assert _profile(profile_forward, [], steps=2) == ([], None)
