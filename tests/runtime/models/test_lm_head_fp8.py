@@ -151,12 +151,26 @@ def test_engine_generates_with_the_fp8_head(name, options):
 
     ps = prompts(6, seed=11)
     greedy = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
-    outs = engine.generate(input_ids=ps, sampling_params=greedy)
+    outs = engine.generate(input_ids=ps, sampling_params=greedy, return_logprob=True, top_logprobs_num=5)
     assert [len(o["output_ids"]) for o in outs] == [24] * len(ps)
-    # the same prompts again read their prefixes from the cache and decode the same tokens
+    # The same prompts again read their prefixes from the cache and decode the same tokens, up
+    # to a near-tie of the first run. The last prompt token is now computed in a one-token
+    # extend rather than the whole prompt's prefill: fp32 sums in another order, which the fp8
+    # quantisation of every linear's input can amplify (the untied case), and this random model's
+    # top-2 gaps are often a few hundredths of a nat. Where a rerun first takes another token, it
+    # must be one the first run ranked within 0.25 nats of its choice.
     again = engine.generate(input_ids=ps, sampling_params=greedy)
-    assert [o["output_ids"] for o in again] == [o["output_ids"] for o in outs]
     assert all(o["meta_info"]["cached_tokens"] > 0 for o in again)
+    for first, rerun in zip(outs, again):
+        diverge = next(
+            (i for i, (x, y) in enumerate(zip(first["output_ids"], rerun["output_ids"])) if x != y), None
+        )
+        if diverge is not None:
+            top = dict(first["meta_info"]["output_top_logprobs"][diverge])
+            taken = rerun["output_ids"][diverge]
+            assert taken in top and max(top.values()) - top[taken] < 0.25, (diverge, taken, top)
+    if not options:  # the tied model (only its head in fp8) keeps the exact check
+        assert [o["output_ids"] for o in again] == [o["output_ids"] for o in outs]
     usage = engine.check_accounting()
     assert usage["in_use_tokens"] == 0 and usage["locked_tokens"] == 0
 
